@@ -1,0 +1,18 @@
+import pytest
+import torch
+
+from gt_core.tiny import TINY_ARCHS, tiny_model
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_tiny_model_runs_forward_with_loss(arch):
+    model = tiny_model(arch)
+    ids = torch.randint(3, 512, (2, 8))
+    out = model(input_ids=ids, labels=ids)
+    assert torch.isfinite(out.loss)
+    assert model.config._attn_implementation == "eager"
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown tiny architecture 'gpt5'"):
+        tiny_model("gpt5")
