@@ -1,0 +1,198 @@
+"""Tensor importance (paper Eq. 6): the first-order loss drop of the update the optimizer would make.
+
+    I_k = - Σ_i Δw_i^(k) · ∂L/∂w_i^(k)
+
+Δw is what the real AdamW would do at its next step (current moments, step count, bias correction,
+the scheduler's current lr, decoupled weight decay), computed from a copy of its state; gradients
+are averaged over a few batches in eval mode. Nothing observable changes: parameters, requires_grad
+flags, ``.grad``, optimizer and scheduler state, RNG states and the training data order are the
+same afterwards (gradients come from ``torch.autograd.grad``, never ``.backward()``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from gt_core.profiler import TensorProfile
+
+Metric = Literal["dw_grad", "dw", "grad"]
+METRICS: tuple[str, ...] = ("dw_grad", "dw", "grad")
+
+
+def adam_update(param: torch.Tensor, grad: torch.Tensor, state: Mapping, group: Mapping) -> torch.Tensor:
+    """The change ``w_new - w`` one ``torch.optim.Adam``/``AdamW`` step would apply to ``param``.
+
+    Mirrors the single-tensor implementation: moments updated with ``grad``, bias-corrected with the
+    step count the step would reach, the group's current lr, and weight decay either decoupled
+    (AdamW: ``w ← w·(1 - lr·wd)``) or added to the gradient (Adam).
+    """
+    if group.get("maximize", False):
+        grad = -grad
+    beta1, beta2 = group["betas"]
+    lr = float(group["lr"])
+    eps = float(group["eps"])
+    weight_decay = float(group["weight_decay"])
+    decoupled = bool(group.get("decoupled_weight_decay", False))
+    p = param.detach().float()
+    g = grad.detach().float()
+    if weight_decay and not decoupled:
+        g = g + weight_decay * p
+    if state:
+        step = float(state["step"]) + 1.0
+        exp_avg = state["exp_avg"].float() * beta1 + (1 - beta1) * g
+        exp_avg_sq = state["exp_avg_sq"].float() * beta2 + (1 - beta2) * g * g
+    else:
+        step = 1.0
+        exp_avg = (1 - beta1) * g
+        exp_avg_sq = (1 - beta2) * g * g
+    if group.get("amsgrad", False):
+        previous = state["max_exp_avg_sq"].float() if state else torch.zeros_like(exp_avg_sq)
+        exp_avg_sq = torch.maximum(previous, exp_avg_sq)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    denom = exp_avg_sq.sqrt() / (bias_correction2**0.5) + eps
+    delta = -(lr / bias_correction1) * exp_avg / denom
+    if weight_decay and decoupled:
+        delta = delta - lr * weight_decay * p
+    return delta
+
+
+def unreachable_tensors(profile: TensorProfile, rho: float) -> np.ndarray:
+    """Mask of tensors that can never fit the budget (paper Eq. 8): their dy path alone is too dear.
+
+    Walking from the output towards the input, the cumulated ``t_dy`` grows; the first tensor where
+    it exceeds the backward budget ``ρ·T_full - T_fp`` and every tensor nearer the input are cut.
+    The additive chain over-prices a lone tensor (it never needs its own input gradient), so the cut
+    moves down while the exact cost of training the boundary tensor alone still fits.
+    """
+    n = len(profile)
+    t_full = profile.t_full
+    budget_backward = rho * t_full - profile.t_fp
+    dy_from_output = np.cumsum(profile.t_dy[::-1])[::-1]  # [k] = Σ_{j ≥ k} t_dy[j]
+    out = dy_from_output > budget_backward * (1 + 1e-12)
+    cut = int(np.flatnonzero(out).max()) if out.any() else -1  # deepest unreachable index
+    while cut >= 0:
+        alone = np.zeros(n, dtype=bool)
+        alone[cut] = True
+        if profile.cost(alone) <= rho * t_full * (1 + 1e-12):
+            out[cut] = False
+            cut -= 1
+        else:
+            break
+    return out
+
+
+def _named_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    # Every alias of a tied weight, so profile names (first name in execution order) resolve.
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def parameters_by_name(model: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Parameter]:
+    """The parameters behind ``names`` (profile order); KeyError names the first unknown one."""
+    by_name = _named_parameters(model)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KeyError(f"model has no parameter named {missing[0]!r}")
+    return [by_name[n] for n in names]
+
+
+class _Restore:
+    """Snapshot and restore everything importance evaluation could disturb (besides weights)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> "_Restore":
+        self.training = {m: m.training for m in self.model.modules()}
+        self.requires_grad = {p: p.requires_grad for p in self.model.parameters()}
+        self.torch_rng = torch.get_rng_state()
+        self.numpy_rng = np.random.get_state()
+        self.python_rng = random.getstate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for module, mode in self.training.items():
+            module.training = mode
+        for p, flag in self.requires_grad.items():
+            p.requires_grad_(flag)
+        torch.set_rng_state(self.torch_rng)
+        np.random.set_state(self.numpy_rng)
+        random.setstate(self.python_rng)
+
+
+def average_gradients(
+    model: torch.nn.Module, params: Sequence[torch.nn.Parameter], batches: Iterable[Mapping[str, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Mean of ∂loss/∂p over ``batches`` (``model(**batch).loss``), without touching ``p.grad``."""
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    count = 0
+    for batch in batches:
+        loss = model(**batch).loss
+        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+        for total, g in zip(sums, grads):
+            if g is not None:
+                total.add_(g.float())
+        count += 1
+    if count == 0:
+        raise ValueError("importance needs at least one batch")
+    return [s / count for s in sums]
+
+
+def compute_importance(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    metric: Metric = "dw_grad",
+    profile: TensorProfile | None = None,
+    rho: float | None = None,
+) -> np.ndarray:
+    """Importance of each tensor in ``names`` (profile order), scaled by the largest magnitude.
+
+    ``metric``: ``"dw_grad"`` is Eq. 6, ``-Σ Δw·g``; ``"dw"`` is ``Σ|Δw|``; ``"grad"`` is ``Σ|g|``.
+    With ``profile`` and ``rho``, tensors that can never fit the budget (Eq. 8) are frozen for the
+    backward (so it stops early and uses less memory) and get ``-inf``.
+    ``optimizer`` must be Adam or AdamW holding every named parameter.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
+    params = parameters_by_name(model, names)
+    excluded = np.zeros(len(names), dtype=bool)
+    if profile is not None and rho is not None:
+        if list(profile.names) != list(names):
+            raise ValueError("profile and names disagree")
+        excluded = unreachable_tensors(profile, rho)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+    importance = np.full(len(names), -np.inf)
+    live = [i for i in range(len(names)) if not excluded[i]]
+    if not live:
+        return importance
+    with _Restore(model), torch.no_grad():
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for i in live:
+            params[i].requires_grad_(True)
+        with torch.enable_grad():
+            grads = average_gradients(model, [params[i] for i in live], batches)
+        for i, g in zip(live, grads):
+            p = params[i]
+            if id(p) not in group_of:
+                raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
+            if metric == "grad":
+                value = g.abs().sum()
+            else:
+                delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
+                value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
+            importance[i] = float(value)
+    finite = importance[np.isfinite(importance)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    if scale > 0:
+        importance[np.isfinite(importance)] /= scale
+    return importance

@@ -1,0 +1,155 @@
+import copy
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gt_core.importance import adam_update, compute_importance, unreachable_tensors
+from gt_core.profiler import TensorProfile
+from gt_core.tiny import tiny_model
+
+
+def _batches(n: int, seed: int, batch_size: int = 2, seq: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 512, (batch_size, seq), generator=g)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return out
+
+
+def _trained_setup(steps: int = 2):
+    model = tiny_model("opt", hidden=32, layers=1)
+    names = [n for n, _ in model.named_parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / 10)
+    model.train()
+    for batch in _batches(steps, seed=1):
+        model(**batch).loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    return model, names, opt, sched
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_adam_update_matches_a_real_step(decoupled):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, 3))
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    opt = cls([p], lr=0.1, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    for _ in range(3):
+        p.grad = torch.randn(5, 3)
+        g = p.grad.clone()
+        predicted = adam_update(p, g, opt.state.get(p, {}), opt.param_groups[0])
+        before = p.detach().clone()
+        opt.step()
+        sched.step()
+        torch.testing.assert_close(p.detach() - before, predicted, rtol=1e-5, atol=1e-7)
+
+
+def test_importance_leaves_no_trace():
+    model, names, opt, sched = _trained_setup()
+    model.train()
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.endswith("bias"))
+        p.grad = torch.full_like(p, 0.25) if n.endswith("bias") else None
+    loader_gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(123)
+    np.random.seed(5)
+    random.seed(9)
+    snap = {
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "opt": copy.deepcopy(opt.state_dict()),
+        "sched": copy.deepcopy(sched.state_dict()),
+        "rng": (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()),
+        "loader": loader_gen.get_state(),
+        "modes": [m.training for m in model.modules()],
+    }
+
+    imp = compute_importance(model, names, _batches(2, seed=3), opt)
+
+    assert np.isfinite(imp).all() and np.abs(imp).max() == pytest.approx(1.0)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), snap["params"][n]), n
+        assert p.requires_grad == snap["flags"][n], n
+        if snap["grads"][n] is None:
+            assert p.grad is None, n
+        else:
+            assert torch.equal(p.grad, snap["grads"][n]), n
+    after = opt.state_dict()
+    for key, state in snap["opt"]["state"].items():
+        for field, value in state.items():
+            assert torch.equal(after["state"][key][field], value), (key, field)
+    assert after["param_groups"] == snap["opt"]["param_groups"]
+    assert sched.state_dict() == snap["sched"]
+    assert torch.equal(torch.get_rng_state(), snap["rng"][0])
+    assert np.array_equal(np.random.get_state()[1], snap["rng"][1])
+    assert random.getstate() == snap["rng"][2]
+    assert torch.equal(loader_gen.get_state(), snap["loader"])
+    assert [m.training for m in model.modules()] == snap["modes"]
+
+
+def test_importance_predicts_the_loss_drop_of_each_tensor_update():
+    model, names, opt, _ = _trained_setup()
+    for group in opt.param_groups:
+        group["lr"] = 1e-4  # small step: the first-order model is accurate
+    batches = _batches(1, seed=4)
+    imp = compute_importance(model, names, batches, opt)
+    model.eval()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        base = model(**batches[0]).loss.item()
+    drops = []
+    with torch.enable_grad():
+        grads = torch.autograd.grad(model(**batches[0]).loss, list(params.values()))
+    group = opt.param_groups[0]
+    with torch.no_grad():
+        for (name, p), g in zip(params.items(), grads):
+            delta = adam_update(p, g, opt.state[p], group)
+            p.add_(delta)
+            drops.append(base - model(**batches[0]).loss.item())
+            p.sub_(delta)
+    drops = np.array(drops)
+    # Positive importance means updating that tensor lowers the loss (the paper's sign).
+    assert np.corrcoef(imp, drops)[0, 1] > 0.95
+    assert drops[int(np.argmax(imp))] > 0
+
+
+def test_metrics_dw_and_grad_are_magnitudes():
+    model, names, opt, _ = _trained_setup()
+    batches = _batches(1, seed=4)
+    dw = compute_importance(model, names, batches, opt, metric="dw")
+    grad = compute_importance(model, names, batches, opt, metric="grad")
+    dw_grad = compute_importance(model, names, batches, opt)
+    assert (dw >= 0).all() and (grad >= 0).all()
+    assert not np.allclose(dw, grad) and not np.allclose(dw, dw_grad)
+    with pytest.raises(ValueError, match="unknown importance metric"):
+        compute_importance(model, names, batches, opt, metric="loss")
+
+
+def test_early_stop_freezes_unreachable_tensors_during_backward():
+    model, names, opt, _ = _trained_setup()
+    n = len(names)
+    # A stand-in chain profile: each tensor costs 1 FLOP of dy and 1 of dw, forward 1.
+    prof = TensorProfile(names=names, t_dw=np.ones(n), t_dy=np.ones(n), t_fp=float(n))
+    rho = (prof.t_fp + n / 2) / prof.t_full  # backward budget n/2: the input half is out of reach
+    cut = unreachable_tensors(prof, rho)
+    assert cut[0] and not cut[-1]
+    assert np.all(np.diff(cut.astype(int)) <= 0)  # a contiguous block on the input side
+    seen = {}
+    embed = model.get_input_embeddings()
+
+    def record(module, args):
+        seen["flag"] = module.weight.requires_grad
+
+    handle = embed.register_forward_pre_hook(record)
+    imp = compute_importance(model, names, _batches(1, seed=4), opt, profile=prof, rho=rho)
+    handle.remove()
+    assert seen["flag"] is False
+    assert np.isneginf(imp[cut]).all() and np.isfinite(imp[~cut]).all()
+    assert all(p.requires_grad for p in model.parameters())
