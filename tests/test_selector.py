@@ -1,0 +1,209 @@
+"""Tensor selection: exact optimality on small instances, budget safety on large ones, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gt_core.profiler import TensorProfile
+from gt_core.selector import (
+    InfeasibleBudgetError,
+    Selection,
+    dy_prefix,
+    quantise,
+    select_tensors,
+    solve_quantised,
+)
+
+
+def _profile(t_dw, t_dy, t_fp, exact=None) -> TensorProfile:
+    return TensorProfile([f"t{i}" for i in range(len(t_dw))], t_dw, t_dy, t_fp, exact_backward=exact)
+
+
+def _brute_force(t_dw: np.ndarray, t_dy: np.ndarray, imp: np.ndarray, back_budget: int) -> float:
+    """Best Σ importance over all 2^N masks with integer additive backward cost ≤ budget."""
+    n = len(t_dw)
+    masks = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+    sigma = np.logical_or.accumulate(masks, axis=1)
+    cost = masks.astype(np.int64) @ t_dw + sigma.astype(np.int64) @ t_dy
+    with np.errstate(invalid="ignore"):
+        value = np.where(masks, imp[None, :], 0.0).sum(axis=1)
+    value[~(cost <= back_budget)] = -np.inf
+    return float(value.max())
+
+
+def _rho_for_budget(t_fp: int, back_budget: int, t_full: float) -> float:
+    """Smallest ρ whose float budget ρ·T_full is not below the integer budget t_fp + back_budget."""
+    rho = min(1.0, (t_fp + back_budget) / t_full)
+    while rho < 1.0 and rho * t_full < t_fp + back_budget:
+        rho = float(np.nextafter(rho, 2.0))
+    return rho
+
+
+def test_matches_exhaustive_search_on_small_integer_instances() -> None:
+    rng = np.random.default_rng(7)
+    levels = np.array([-np.inf, -1.0, 0.0, 1.0, 1.0, 2.0, 3.0])  # repeated values: ties
+    checked = 0
+    while checked < 220:
+        n = int(rng.integers(1, 15))
+        t_dw = rng.integers(0, 8, n) * (rng.random(n) > 0.15)  # some zero costs
+        t_dy = rng.integers(0, 8, n) * (rng.random(n) > 0.15)
+        if rng.random() < 0.5:
+            imp = levels[rng.integers(0, len(levels), n)]
+        else:
+            imp = np.round(rng.normal(0.5, 1.0, n), 2)
+            imp[rng.random(n) < 0.1] = -np.inf
+        t_fp = int(rng.integers(0, 30))
+        prof = _profile(t_dw, t_dy, t_fp)
+        total = int(t_dw.sum() + t_dy.sum())
+        cheapest = int((dy_prefix(t_dy) + t_dw).min())
+        back_budget = int(rng.integers(cheapest, total + 1))
+        rho = _rho_for_budget(t_fp, back_budget, prof.t_full)
+        if rho <= 0:
+            continue
+        sel = select_tensors(prof, imp, rho, resolution=max(back_budget, 1))
+        expected = max(_brute_force(t_dw, t_dy, imp, back_budget), 0.0)
+        assert math.isclose(sel.objective, expected, rel_tol=1e-12, abs_tol=1e-9), (n, t_dw, t_dy, imp)
+        assert prof.additive_backward(sel.mask) <= back_budget
+        assert not sel.mask[imp <= 0].any()
+        checked += 1
+
+
+def test_quantised_costs_are_never_below_exact_costs() -> None:
+    rng = np.random.default_rng(3)
+    t_dw, t_dy = rng.uniform(0, 1e9, 500), rng.uniform(0, 1e9, 500)
+    unit = 1.234567e8
+    q_dw, q_pre = quantise(t_dw, t_dy, unit, capacity=10**6, mode="ceil")
+    assert np.all(q_dw * unit >= t_dw)
+    assert np.all(q_pre * unit >= dy_prefix(t_dy))
+    assert np.all(np.diff(q_pre) <= 0)  # deeper tensors never pay less dy
+
+
+def _random_profile(n: int, seed: int) -> tuple[TensorProfile, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t_dw = rng.uniform(1e9, 1e11, n)
+    t_dy = rng.uniform(1e9, 1e11, n)
+    imp = rng.uniform(-0.1, 1.0, n)
+    return _profile(t_dw, t_dy, t_fp=(t_dw.sum() + t_dy.sum()) / 2), imp
+
+
+@pytest.mark.parametrize("n", [515, 2000])
+@pytest.mark.parametrize("resolution", [100, 1000])
+def test_large_instances_stay_within_budget_and_beat_floor_quantisation(n: int, resolution: int) -> None:
+    prof, imp = _random_profile(n, seed=n + resolution)
+    rho = 0.5
+    sel = select_tensors(prof, imp, rho, resolution=resolution)
+    budget = rho * prof.t_full
+    assert sel.flops == prof.cost(sel.mask) <= budget
+    assert not sel.mask[imp <= 0].any()
+
+    # Reference-style: floor every cost to the same resolution and solve exactly on that.
+    back = budget - prof.t_fp
+    q_dw, q_pre = quantise(prof.t_dw, prof.t_dy, back / resolution, resolution, mode="floor")
+    floor_mask, floor_obj = solve_quantised(q_dw, q_pre, imp, resolution)
+    if prof.cost(floor_mask) <= budget:
+        assert sel.objective >= floor_obj - 1e-9
+    # Rounding up alone would waste budget; the refinement must recover most of it.
+    assert sel.rho_effective > 0.995 * rho
+
+
+def test_exact_cost_model_is_used_and_called_a_bounded_number_of_times() -> None:
+    prof_add, imp = _random_profile(300, seed=11)
+    calls = []
+
+    def exact(mask: np.ndarray) -> float:
+        calls.append(1)
+        return 0.8 * prof_add.additive_backward(mask)  # monotone and below the additive bound
+
+    prof = _profile(prof_add.t_dw, prof_add.t_dy, prof_add.t_fp, exact=exact)
+    calls.clear()
+    sel = select_tensors(prof, imp, 0.5, resolution=1000)
+    assert len(calls) <= 40
+    assert sel.flops == prof.cost(sel.mask) <= 0.5 * prof.t_full
+    assert sel.additive_flops > sel.flops
+    # The same FLOPs budget priced on the additive model alone buys less.
+    same_budget_rho = sel.budget_flops / prof_add.t_full
+    assert sel.objective > select_tensors(prof_add, imp, same_budget_rho).objective
+
+
+def test_only_exact_model_fits_one_tensor() -> None:
+    # Additive cost of every single tensor is over budget, but the exact model fits tensor 1.
+    t_dw, t_dy = np.array([10.0, 10.0, 30.0]), np.array([0.0, 10.0, 10.0])
+
+    def exact(mask: np.ndarray) -> float:
+        m = np.asarray(mask, dtype=bool)
+        add = float(t_dw[m].sum() + t_dy[np.logical_or.accumulate(m)].sum())
+        return add - 5.0 if m.tolist() == [False, True, False] else add
+
+    prof = _profile(t_dw, t_dy, t_fp=50.0, exact=exact)  # T_full = 120; singles: 80, 75 (exact), 90
+    sel = select_tensors(prof, [1.0, 2.0, 3.0], rho=76 / 120)
+    assert sel.mask.tolist() == [False, True, False]
+    assert sel.flops == 75.0
+    with pytest.raises(InfeasibleBudgetError) as err:
+        select_tensors(prof, [1.0, 2.0, 3.0], rho=74 / 120)
+    assert err.value.min_rho == pytest.approx(75 / 120)
+
+
+def test_rho_one_selects_every_positive_tensor() -> None:
+    prof, imp = _random_profile(400, seed=5)
+    imp[:7] = -np.inf
+    sel = select_tensors(prof, imp, 1.0)
+    assert np.array_equal(sel.mask, imp > 0)
+
+    exact_prof = _profile(prof.t_dw, prof.t_dy, prof.t_fp, exact=lambda m: 0.9 * prof.additive_backward(m))
+    sel = select_tensors(exact_prof, imp, 1.0)
+    assert np.array_equal(sel.mask, imp > 0)
+    assert sel.flops <= exact_prof.t_full
+
+
+def test_negative_and_minus_inf_importance_never_selected() -> None:
+    prof, _ = _random_profile(50, seed=2)
+    imp = np.full(50, -0.5)
+    imp[::3] = -np.inf
+    imp[10] = 0.0
+    sel = select_tensors(prof, imp, 1.0)
+    assert not sel.mask.any()
+    assert sel.objective == 0.0
+    assert sel.flops == prof.t_fp
+
+
+def test_selection_fields_are_consistent() -> None:
+    prof, imp = _random_profile(100, seed=9)
+    sel = select_tensors(prof, imp, 0.6, resolution=500)
+    assert isinstance(sel, Selection)
+    assert sel.mask.dtype == np.bool_ and sel.mask.shape == (100,)
+    assert sel.names == [prof.names[i] for i in np.flatnonzero(sel.mask)]
+    assert sel.objective == pytest.approx(imp[sel.mask].sum())
+    assert sel.rho == 0.6
+    assert sel.rho_effective == pytest.approx(sel.flops / prof.t_full)
+    assert sel.additive_flops == pytest.approx(prof.additive_cost(sel.mask))
+
+
+def test_infeasible_rho_reports_minimum() -> None:
+    prof, imp = _random_profile(60, seed=4)
+    min_rho = prof.min_feasible_rho()
+    with pytest.raises(InfeasibleBudgetError) as err:
+        select_tensors(prof, imp, min_rho * 0.99)
+    assert err.value.min_rho == pytest.approx(min_rho)
+    assert f"{math.ceil(min_rho * 1e4) / 1e4:.4f}" in str(err.value)
+    # The rounded-up value it prints is itself feasible.
+    sel = select_tensors(prof, imp, math.ceil(min_rho * 1e4) / 1e4)
+    assert sel.flops <= sel.budget_flops
+
+
+@pytest.mark.parametrize("rho", [0.0, -0.2, 1.01, float("nan")])
+def test_rho_outside_unit_interval_is_rejected(rho: float) -> None:
+    prof, imp = _random_profile(10, seed=1)
+    with pytest.raises(ValueError, match="rho"):
+        select_tensors(prof, imp, rho)
+
+
+def test_bad_importance_is_rejected() -> None:
+    prof, imp = _random_profile(10, seed=1)
+    imp[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        select_tensors(prof, imp, 0.5)
+    with pytest.raises(ValueError, match="one value per tensor"):
+        select_tensors(prof, imp[:5], 0.5)
