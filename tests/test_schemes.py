@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from gt_core.profiler import TensorProfile
+from gt_core.schemes import (
+    apply_lora,
+    apply_prefix,
+    check_scheme,
+    full_flops,
+    lora_flops,
+    lora_target_names,
+    prefix_flops,
+    set_trainable,
+    topk_mask,
+)
+from gt_core.tiny import tiny_model
+
+BATCH, SOURCE_LEN, TARGET_LEN = 2, 16, 8
+
+
+def _batch(arch: str) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 512, (BATCH, SOURCE_LEN), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    if arch == "t5":
+        batch["labels"] = torch.randint(3, 512, (BATCH, TARGET_LEN), generator=g)
+    return batch
+
+
+def _count(fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _step_flops(model: torch.nn.Module, batch: dict) -> tuple[float, float]:
+    """Measured matmul FLOPs of the forward and the backward of one step."""
+    box = {}
+    forward = _count(lambda: box.setdefault("loss", model(**batch).loss))
+    backward = _count(lambda: box["loss"].backward())
+    model.zero_grad(set_to_none=True)
+    return forward, backward
+
+
+def _measured_profile(model: torch.nn.Module, batch: dict) -> TensorProfile:
+    """Stand-in profile: every mask priced by running the real backward under a FLOP counter."""
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+
+    def backward_of(mask: np.ndarray) -> float:
+        flags = [p.requires_grad for _, p in named]
+        for (_, p), m in zip(named, mask):
+            p.requires_grad_(bool(m))
+        try:
+            return _step_flops(model, batch)[1]
+        finally:
+            for (_, p), f in zip(named, flags):
+                p.requires_grad_(f)
+
+    tokens = {n: BATCH * (TARGET_LEN if ".decoder." in f".{n}" and "EncDecAttention" not in n else SOURCE_LEN)
+              for n in names}
+    t_dw = np.array([2.0 * tokens[n] * p.numel() if p.dim() == 2 else 0.0 for n, p in named])
+    with torch.no_grad():
+        t_fp = _count(lambda: model(**batch))
+    return TensorProfile(names=names, t_dw=t_dw, t_dy=np.zeros(len(names)), t_fp=t_fp, exact_backward=backward_of)
+
+
+@pytest.mark.parametrize("arch", ["opt", "gpt2", "t5"])
+def test_lora_flops_match_a_flop_counter(arch):
+    base = tiny_model(arch, hidden=64, layers=2)
+    batch = _batch(arch)
+    prof = _measured_profile(base, batch)
+    target_len = TARGET_LEN if arch == "t5" else None
+    predicted = lora_flops(prof, base, r=8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
+    model = apply_lora(base, r=8, dropout=0.0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    forward, backward = _step_flops(model, batch)
+    assert predicted.forward == pytest.approx(forward, rel=0.10)
+    assert predicted.backward == pytest.approx(backward, rel=0.10)
+    assert predicted.total < prof.t_full
+
+
+@pytest.mark.parametrize("arch", ["opt", "t5"])
+def test_prefix_flops_match_a_flop_counter(arch):
+    base = tiny_model(arch, hidden=64, layers=2)
+    batch = _batch(arch)
+    prof = _measured_profile(base, batch)
+    target_len = TARGET_LEN if arch == "t5" else None
+    predicted = prefix_flops(prof, base, 8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
+    model = apply_prefix(base, num_virtual_tokens=8)
+    forward, backward = _step_flops(model, batch)
+    assert predicted.forward == pytest.approx(forward, rel=0.10)
+    assert predicted.backward == pytest.approx(backward, rel=0.10)
+    assert predicted.forward > prof.t_fp
+
+
+def test_lora_targets_per_family():
+    assert lora_target_names(tiny_model("opt", hidden=32, layers=1)) == ("q_proj", "v_proj")
+    assert lora_target_names(tiny_model("llama", hidden=32, layers=1)) == ("q_proj", "v_proj")
+    assert lora_target_names(tiny_model("bloom", hidden=32, layers=1)) == ("query_key_value",)
+    assert lora_target_names(tiny_model("gpt2", hidden=32, layers=1)) == ("c_attn",)
+    assert lora_target_names(tiny_model("t5", hidden=32, layers=1)) == ("q", "v")
+
+
+def test_topk_full_and_trainable_masks():
+    prof = TensorProfile(names=list("abcde"), t_dw=np.ones(5), t_dy=np.ones(5), t_fp=5.0)
+    assert topk_mask(prof, 2).tolist() == [False, False, False, True, True]
+    assert full_flops(prof).total == prof.t_full == 15.0
+    with pytest.raises(ValueError):
+        topk_mask(prof, 0)
+    with pytest.raises(ValueError, match="unknown scheme 'sparse'"):
+        check_scheme("sparse")
+    model = tiny_model("qwen2", hidden=32, layers=1)  # tied embeddings: either alias selects the tensor
+    set_trainable(model, ["lm_head.weight"])
+    assert model.get_input_embeddings().weight.requires_grad
+    assert sum(p.requires_grad for p in model.parameters()) == 1
+    with pytest.raises(KeyError):
+        set_trainable(model, ["nope"])
