@@ -1,5 +1,15 @@
 """Tensor-level FLOPs profiling of a model's training step."""
 
+from gt_core.profiler.modules import UnsupportedModuleError, register_module_type
+from gt_core.profiler.op_rules import UnsupportedOpError, register_op_rule
+from gt_core.profiler.profile_model import profile_model
 from gt_core.profiler.tensor_profile import TensorProfile
 
-__all__ = ["TensorProfile"]
+__all__ = [
+    "TensorProfile",
+    "UnsupportedModuleError",
+    "UnsupportedOpError",
+    "profile_model",
+    "register_module_type",
+    "register_op_rule",
+]
