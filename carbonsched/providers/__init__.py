@@ -1,0 +1,62 @@
+"""Grid carbon-intensity providers for the carbonsched daemon (all values in gCO2e/kWh).
+
+Usage::
+
+    provider = build_provider("electricitymaps:DE,static:DEU", env=os.environ)
+    reading = provider.current()   # IntensityReading, or ProviderError when nothing is usable
+    provider.name                  # "chain(electricitymaps:DE,static:DEU)"
+    provider.describe()            # dict for `status`; never contains secrets
+
+Spec grammar
+------------
+A spec is one or more providers separated by commas; the later ones are fallbacks::
+
+    spec     := provider ("," provider)*
+    provider := kind [":" zone] ["?" key "=" value ("&" key "=" value)*]
+
+Kinds:
+
+``trace``, ``trace:/path/file.csv``
+    Replays a CSV trace (default: the bundled synthetic week) from the moment the provider is
+    built, looping at the end. ``?speedup=600`` plays 600 trace seconds per wall second
+    (default 1). No network.
+``static:FRA``
+    CodeCarbon's bundled yearly average for an ISO 3166-1 alpha-3 country. No network.
+    List codes: ``python -m carbonsched.providers.static``.
+``electricitymaps:DE``, ``electricitymaps?lat=48.1&lon=11.6``
+    Electricity Maps v3, average signal, hourly. Options ``emission_factor_type=lifecycle|direct``,
+    ``disable_estimations=true``. Token: ``ELECTRICITYMAPS_TOKEN`` or the systemd credential
+    ``electricitymaps_token``.
+``watttime:CAISO_NORTH``
+    WattTime v3 MOER, marginal signal, 5-minute. Credentials: ``WATTTIME_USERNAME`` /
+    ``WATTTIME_PASSWORD`` or the systemd credentials ``watttime_username`` / ``watttime_password``.
+``ukgrid``, ``ukgrid:region=13``, ``ukgrid:postcode=RG10``
+    UK Carbon Intensity API (Great Britain), average signal, half-hourly; national, by region
+    id 1-17, or by outward postcode. No key.
+
+Options for every network provider: ``base_url=`` (API root; also ``CARBONSCHED_ELECTRICITYMAPS_URL``,
+``CARBONSCHED_WATTTIME_URL``, ``CARBONSCHED_UKGRID_URL``), ``connect_timeout_s=`` (default 3),
+``read_timeout_s=`` (default 10), ``max_tries=`` (default 3), ``forecast=false`` (skip the forecast
+request). A bad spec raises :class:`ProviderSpecError` with a one-line message naming the bad part.
+
+Behaviour: each provider is cached per (provider, zone) for its data interval (one upstream
+call per interval), cools down after errors, and a chain falls back in order, returns to the
+primary when it recovers, and serves the last good value marked ``detail["stale"]`` when all fail.
+"""
+
+from carbonsched.providers.base import IntensityProvider, ProviderSpecError
+from carbonsched.providers.build import build_provider
+from carbonsched.providers.cache import CachedProvider, ReadingCache
+from carbonsched.providers.chain import FallbackChain
+
+DEFAULT_PROVIDER_SPEC = "trace"
+
+__all__ = [
+    "DEFAULT_PROVIDER_SPEC",
+    "CachedProvider",
+    "FallbackChain",
+    "IntensityProvider",
+    "ProviderSpecError",
+    "ReadingCache",
+    "build_provider",
+]

@@ -1,0 +1,140 @@
+"""Turning a parsed spec into a working provider: credentials, API roots, HTTP settings, cache, chain."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+
+import requests
+
+from carbonsched.providers import electricitymaps, ukgrid, watttime
+from carbonsched.providers.base import Clock, IntensityProvider, ProviderSpecError, default_clock
+from carbonsched.providers.cache import CachedProvider, ReadingCache
+from carbonsched.providers.chain import FallbackChain
+from carbonsched.providers.http import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_TRIES,
+    DEFAULT_READ_TIMEOUT_S,
+    HttpClient,
+)
+from carbonsched.providers.secrets import credential_hint, read_credential
+from carbonsched.providers.spec import ProviderSpec, parse_specs
+from carbonsched.providers.static import StaticProvider
+from carbonsched.providers.trace import TraceProvider
+
+ROOT_ENV = {
+    "electricitymaps": ("CARBONSCHED_ELECTRICITYMAPS_URL", electricitymaps.DEFAULT_ROOT),
+    "watttime": ("CARBONSCHED_WATTTIME_URL", watttime.DEFAULT_ROOT),
+    "ukgrid": ("CARBONSCHED_UKGRID_URL", ukgrid.DEFAULT_ROOT),
+}
+
+
+def build_provider(
+    spec: str,
+    env: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    session_factory: Callable[[], requests.Session] = requests.Session,
+    cache: ReadingCache | None = None,
+    rng: random.Random | None = None,
+) -> FallbackChain:
+    """Build the provider (or fallback chain) a spec describes; raise ProviderSpecError if it is bad.
+
+    ``env`` supplies credentials and API-root overrides (default ``os.environ``); ``clock`` returns
+    aware UTC datetimes (default: the wall clock); ``sleep`` is used between retries; ``cache`` may
+    be shared across rebuilds (e.g. a config reload) so fresh values are not fetched again.
+    """
+    env = os.environ if env is None else env
+    clock = clock or default_clock
+    cache = cache if cache is not None else ReadingCache()
+    members = []
+    for parsed in parse_specs(spec):
+        inner = _build_one(parsed, env, clock, sleep, session_factory, rng)
+        members.append(CachedProvider(inner, cache=cache, clock=clock))
+    return FallbackChain(members)
+
+
+def _build_one(
+    spec: ProviderSpec,
+    env: Mapping[str, str],
+    clock: Clock,
+    sleep: Callable[[float], None],
+    session_factory: Callable[[], requests.Session],
+    rng: random.Random | None,
+) -> IntensityProvider:
+    if spec.kind == "trace":
+        return TraceProvider(spec.zone, speedup=spec.number("speedup", 1.0) or 1.0, clock=clock)
+    if spec.kind == "static":
+        return StaticProvider(spec.zone or "", clock=clock)
+    want_forecast = spec.flag("forecast", True)
+    if spec.kind == "ukgrid":
+        http = _http(spec, "ukgrid", env, clock, sleep, session_factory, rng)
+        key, _, value = (spec.zone or "").partition("=")
+        return _ukgrid(http, key, value, want_forecast, clock)
+    if spec.kind == "electricitymaps":
+        token = read_credential(env, electricitymaps.TOKEN_ENV, electricitymaps.TOKEN_CREDENTIAL)
+        if not token:
+            raise ProviderSpecError(
+                f"{spec.text}: no Electricity Maps API token; "
+                + credential_hint(electricitymaps.TOKEN_ENV, electricitymaps.TOKEN_CREDENTIAL)
+            )
+        http = _http(spec, "electricitymaps", env, clock, sleep, session_factory, rng)
+        return electricitymaps.ElectricityMapsProvider(
+            http,
+            token,
+            zone=spec.zone,
+            lat=spec.number("lat", None, positive=False),
+            lon=spec.number("lon", None, positive=False),
+            emission_factor_type=spec.params.get("emission_factor_type"),
+            disable_estimations=spec.flag("disable_estimations", False),
+            want_forecast=want_forecast,
+            clock=clock,
+        )
+    if spec.kind == "watttime":
+        username = read_credential(env, watttime.USERNAME_ENV, watttime.USERNAME_CREDENTIAL)
+        password = read_credential(env, watttime.PASSWORD_ENV, watttime.PASSWORD_CREDENTIAL)
+        if not username or not password:
+            missing = watttime.USERNAME_ENV if not username else watttime.PASSWORD_ENV
+            credential = watttime.USERNAME_CREDENTIAL if not username else watttime.PASSWORD_CREDENTIAL
+            raise ProviderSpecError(f"{spec.text}: no WattTime credentials; " + credential_hint(missing, credential))
+        http = _http(spec, "watttime", env, clock, sleep, session_factory, rng)
+        return watttime.WattTimeProvider(http, username, password, region=spec.zone or "", clock=clock)
+    raise ProviderSpecError(f"unknown provider kind {spec.kind!r}")  # parse_specs already refused it
+
+
+def _ukgrid(http: HttpClient, key: str, value: str, want_forecast: bool, clock: Clock) -> IntensityProvider:
+    if key == "region":
+        return ukgrid.UkGridProvider(http, region_id=int(value), want_forecast=want_forecast, clock=clock)
+    if key == "postcode":
+        return ukgrid.UkGridProvider(http, postcode=value, want_forecast=want_forecast, clock=clock)
+    return ukgrid.UkGridProvider(http, want_forecast=want_forecast, clock=clock)
+
+
+def _http(
+    spec: ProviderSpec,
+    kind: str,
+    env: Mapping[str, str],
+    clock: Clock,
+    sleep: Callable[[float], None],
+    session_factory: Callable[[], requests.Session],
+    rng: random.Random | None,
+) -> HttpClient:
+    env_var, default_root = ROOT_ENV[kind]
+    root = spec.params.get("base_url") or env.get(env_var) or default_root
+    if not root.startswith(("http://", "https://")):
+        raise ProviderSpecError(f"{spec.text}: API root {root!r} must start with http:// or https://")
+    max_tries = spec.number("max_tries", DEFAULT_MAX_TRIES)
+    return HttpClient(
+        f"{spec.kind}:{spec.zone}" if spec.zone else spec.kind,
+        root,
+        clock=clock,
+        sleep=sleep,
+        rng=rng,
+        session=session_factory(),
+        connect_timeout_s=spec.number("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S) or DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s=spec.number("read_timeout_s", DEFAULT_READ_TIMEOUT_S) or DEFAULT_READ_TIMEOUT_S,
+        max_tries=int(max_tries or DEFAULT_MAX_TRIES),
+    )

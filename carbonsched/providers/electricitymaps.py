@@ -1,0 +1,128 @@
+"""Electricity Maps API v3: average (grid-mix) carbon intensity for a zone, hourly.
+
+``GET {root}/v3/carbon-intensity/latest?zone=DE`` (or ``lat=&lon=``) with the ``auth-token``
+header gives the current value; ``/v3/carbon-intensity/forecast`` gives the forecast. A forecast
+the account may not see (HTTP 401/403/404) is noted once and not asked for again; the current
+value is still returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.http import HttpClient, HttpStatusError
+from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
+
+log = logging.getLogger("carbonsched.providers")
+
+DEFAULT_ROOT = "https://api.electricitymap.org"
+INTERVAL_S = 3600.0
+TOKEN_ENV = "ELECTRICITYMAPS_TOKEN"
+TOKEN_CREDENTIAL = "electricitymaps_token"
+_FORECAST_DENIED = (401, 403, 404)
+
+
+class ElectricityMapsProvider(IntensityProvider):
+    kind = "electricitymaps"
+
+    def __init__(
+        self,
+        http: HttpClient,
+        token: str,
+        *,
+        zone: str | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        emission_factor_type: str | None = None,
+        disable_estimations: bool = False,
+        want_forecast: bool = True,
+        clock: Clock = default_clock,
+    ) -> None:
+        if zone is None and (lat is None or lon is None):
+            raise ValueError("electricitymaps needs a zone or both lat and lon")
+        self.http = http
+        self.http.add_secret(token)
+        self._token = token
+        self.zone = zone
+        self.name = f"electricitymaps:{zone}" if zone else f"electricitymaps:{lat},{lon}"
+        self.http.provider = self.name
+        self._location: dict[str, str] = {"zone": zone} if zone else {"lat": str(lat), "lon": str(lon)}
+        self._options: dict[str, str] = {}
+        if emission_factor_type:
+            self._options["emissionFactorType"] = emission_factor_type
+        if disable_estimations:
+            self._options["disableEstimations"] = "true"
+        self.want_forecast = want_forecast
+        self.forecast_unavailable: str | None = None
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"ElectricityMapsProvider({self.name!r})"
+
+    def current(self) -> IntensityReading:
+        body = self._get("/v3/carbon-intensity/latest")
+        if not isinstance(body, dict) or "carbonIntensity" not in body:
+            raise ProviderError(self.name, "reply to /latest has no carbonIntensity")
+        value = check_intensity(self.name, body["carbonIntensity"])
+        timestamp = parse_utc(self.name, body.get("datetime"), "datetime")
+        detail = {
+            key: body[key]
+            for key in ("emissionFactorType", "estimationMethod", "updatedAt")
+            if body.get(key) is not None
+        }
+        zone = body.get("zone") if isinstance(body.get("zone"), str) else self.zone
+        return IntensityReading(
+            intensity_g_per_kwh=value,
+            timestamp=timestamp,
+            provider=self.name,
+            signal="average",
+            fetched_at=self.clock(),
+            zone=zone,
+            interval_s=INTERVAL_S,
+            estimated=bool(body.get("isEstimated", False)),
+            forecast=self._forecast(),
+            detail=detail,
+        )
+
+    def _forecast(self) -> tuple[ForecastPoint, ...]:
+        if not self.want_forecast or self.forecast_unavailable:
+            return ()
+        try:
+            body = self._get("/v3/carbon-intensity/forecast", with_options=False)
+            points = body.get("forecast") if isinstance(body, dict) else None
+            if not isinstance(points, list):
+                raise ProviderError(self.name, "reply to /forecast has no forecast list")
+            return tuple(
+                ForecastPoint(
+                    timestamp=parse_utc(self.name, point.get("datetime"), "forecast datetime"),
+                    intensity_g_per_kwh=check_intensity(self.name, point.get("carbonIntensity"), "forecast value"),
+                )
+                for point in points
+                if isinstance(point, dict)
+            )
+        except HttpStatusError as exc:
+            if exc.status in _FORECAST_DENIED:
+                self.forecast_unavailable = f"HTTP {exc.status}"
+                log.warning("%s: forecast not available to this account (HTTP %d); not asking again",
+                            self.name, exc.status)
+                return ()
+            log.warning("%s: no forecast this time: %s", self.name, exc)
+            return ()
+        except ProviderError as exc:
+            log.warning("%s: no forecast this time: %s", self.name, exc)
+            return ()
+
+    def _get(self, path: str, *, with_options: bool = True) -> object:
+        params: Mapping[str, str] = {**self._location, **(self._options if with_options else {})}
+        return self.http.get_json(path, params=params, headers={"auth-token": self._token})
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "signal": "average",
+            "interval_s": INTERVAL_S,
+            "forecast_unavailable": self.forecast_unavailable,
+            **self.http.describe(),
+        }

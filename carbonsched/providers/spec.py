@@ -1,0 +1,134 @@
+"""Parsing provider specs: ``kind[:zone][?key=value&...]``, several joined by commas.
+
+The grammar is documented in :mod:`carbonsched.providers`; this module only splits and checks
+the text, so every error names the part that is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from carbonsched.providers.base import ProviderSpecError
+
+HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"})
+KEYS_BY_KIND: dict[str, frozenset[str]] = {
+    "trace": frozenset({"speedup"}),
+    "static": frozenset(),
+    "electricitymaps": HTTP_KEYS | {"lat", "lon", "emission_factor_type", "disable_estimations"},
+    "watttime": HTTP_KEYS,
+    "ukgrid": HTTP_KEYS,
+}
+KINDS = tuple(KEYS_BY_KIND)
+_UK_OUTWARD_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    kind: str
+    zone: str | None
+    params: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+    def flag(self, key: str, default: bool) -> bool:
+        if key not in self.params:
+            return default
+        value = self.params[key].strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ProviderSpecError(f"provider spec {self.text!r}: {key}={self.params[key]!r} is not true/false")
+
+    def number(self, key: str, default: float | None, *, positive: bool = True) -> float | None:
+        if key not in self.params:
+            return default
+        try:
+            value = float(self.params[key])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (positive and value <= 0):
+            kind = "a positive number" if positive else "a number"
+            raise ProviderSpecError(f"provider spec {self.text!r}: {key}={self.params[key]!r} is not {kind}")
+        return value
+
+
+def parse_specs(text: str) -> list[ProviderSpec]:
+    """Split a comma-separated fallback chain and parse each part."""
+    if not isinstance(text, str) or not text.strip():
+        raise ProviderSpecError("empty provider spec; expected e.g. 'trace' or 'electricitymaps:DE,static:DEU'")
+    return [parse_spec(part, position) for position, part in enumerate(text.split(","), start=1)]
+
+
+def parse_spec(part: str, position: int = 1) -> ProviderSpec:
+    text = part.strip()
+    if not text:
+        raise ProviderSpecError(f"provider #{position} in the spec is empty (stray comma?)")
+    head, _, query = text.partition("?")
+    kind, has_zone, zone = head.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KEYS_BY_KIND:
+        raise ProviderSpecError(f"unknown provider kind {kind!r} in {text!r}; known: {', '.join(KINDS)}")
+    zone = zone.strip()
+    if has_zone and not zone:
+        raise ProviderSpecError(f"provider spec {text!r}: empty zone after ':'")
+    params = _parse_query(text, query)
+    unknown = sorted(set(params) - KEYS_BY_KIND[kind])
+    if unknown:
+        allowed = ", ".join(sorted(KEYS_BY_KIND[kind])) or "none"
+        raise ProviderSpecError(f"provider spec {text!r}: unknown option {unknown[0]!r} for {kind} (allowed: {allowed})")
+    spec = ProviderSpec(kind, zone or None, params, text)
+    _check_zone(spec)
+    return spec
+
+
+def _parse_query(text: str, query: str) -> dict[str, str]:
+    if not query:
+        return {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ProviderSpecError(f"provider spec {text!r}: options {query!r} are not key=value&key=value") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise ProviderSpecError(f"provider spec {text!r}: option {key!r} given twice")
+        if not value:
+            raise ProviderSpecError(f"provider spec {text!r}: option {key!r} has no value")
+        params[key] = value
+    return params
+
+
+def _check_zone(spec: ProviderSpec) -> None:
+    text, zone = spec.text, spec.zone
+    if spec.kind == "static":
+        if zone is None or not re.fullmatch(r"[A-Za-z]{3}", zone):
+            raise ProviderSpecError(f"provider spec {text!r}: static needs an ISO 3166-1 alpha-3 country, e.g. static:FRA")
+    elif spec.kind == "watttime":
+        if zone is None:
+            raise ProviderSpecError(f"provider spec {text!r}: watttime needs a region, e.g. watttime:CAISO_NORTH")
+    elif spec.kind == "electricitymaps":
+        has_point = "lat" in spec.params or "lon" in spec.params
+        if zone is None and not has_point:
+            raise ProviderSpecError(f"provider spec {text!r}: electricitymaps needs a zone (electricitymaps:DE) or ?lat=..&lon=..")
+        if zone is not None and has_point:
+            raise ProviderSpecError(f"provider spec {text!r}: give a zone or lat/lon, not both")
+        if has_point:
+            for key, limit in (("lat", 90.0), ("lon", 180.0)):
+                value = spec.number(key, None, positive=False)
+                if value is None or abs(value) > limit:
+                    raise ProviderSpecError(f"provider spec {text!r}: {key} must be a number within ±{limit:g}")
+        factor = spec.params.get("emission_factor_type")
+        if factor is not None and factor not in ("lifecycle", "direct"):
+            raise ProviderSpecError(f"provider spec {text!r}: emission_factor_type must be lifecycle or direct")
+    elif spec.kind == "ukgrid" and zone is not None:
+        key, has_eq, value = zone.partition("=")
+        if not has_eq or key not in ("region", "postcode"):
+            raise ProviderSpecError(f"provider spec {text!r}: ukgrid zone must be region=<1-17> or postcode=<outward code>")
+        if key == "region" and not (value.isdigit() and 1 <= int(value) <= 17):
+            raise ProviderSpecError(f"provider spec {text!r}: ukgrid region must be a number from 1 to 17")
+        if key == "postcode" and not _UK_OUTWARD_POSTCODE.match(value.upper()):
+            raise ProviderSpecError(f"provider spec {text!r}: ukgrid postcode must be an outward code such as RG10")

@@ -1,0 +1,137 @@
+"""WattTime API v3: marginal operating emissions rate (MOER) for a grid region, every 5 minutes.
+
+Log in at ``{root}/login`` with HTTP basic auth to get a bearer token (kept in memory, renewed
+after ``TOKEN_LIFETIME_S`` or once on HTTP 401); then ``/v3/forecast?region=..&signal_type=co2_moer``
+whose first point is the current 5-minute interval. Values arrive in lbs CO2/MWh and are
+converted to gCO2e/kWh; unknown units are refused rather than guessed. The signal-index endpoint
+(a 0-100 percentile) is not an intensity and is not used as one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.http import HttpClient, HttpStatusError
+from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
+
+DEFAULT_ROOT = "https://api.watttime.org"
+INTERVAL_S = 300.0
+TOKEN_LIFETIME_S = 25 * 60  # WattTime tokens last about 30 minutes
+USERNAME_ENV, PASSWORD_ENV = "WATTTIME_USERNAME", "WATTTIME_PASSWORD"
+USERNAME_CREDENTIAL, PASSWORD_CREDENTIAL = "watttime_username", "watttime_password"
+LBS_PER_MWH_TO_G_PER_KWH = 0.453592
+UNIT_TO_G_PER_KWH = {
+    "lbs_co2_per_mwh": LBS_PER_MWH_TO_G_PER_KWH,
+    "kg_co2_per_mwh": 1.0,
+    "g_co2_per_kwh": 1.0,
+}
+SIGNAL_TYPE = "co2_moer"
+
+
+class WattTimeProvider(IntensityProvider):
+    kind = "watttime"
+
+    def __init__(
+        self, http: HttpClient, username: str, password: str, *, region: str, clock: Clock = default_clock
+    ) -> None:
+        self.http = http
+        self.http.add_secret(username)
+        self.http.add_secret(password)
+        self._auth = (username, password)
+        self.zone = region
+        self.name = f"watttime:{region}"
+        self.http.provider = self.name
+        self.clock = clock
+        self._token: str | None = None
+        self._token_at: datetime | None = None
+        self.logins = 0
+
+    def __repr__(self) -> str:
+        return f"WattTimeProvider({self.name!r})"
+
+    def current(self) -> IntensityReading:
+        body = self._get_authorized("/v3/forecast", {"region": self.zone, "signal_type": SIGNAL_TYPE})
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not body["data"]:
+            raise ProviderError(self.name, "reply to /v3/forecast has no data points")
+        meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        units = meta.get("units")
+        factor = UNIT_TO_G_PER_KWH.get(units) if isinstance(units, str) else None
+        if factor is None:
+            raise ProviderError(self.name, f"unknown units {units!r} in /v3/forecast reply; refusing to guess")
+        signal_type = meta.get("signal_type", SIGNAL_TYPE)
+        if signal_type != SIGNAL_TYPE:
+            raise ProviderError(self.name, f"asked for {SIGNAL_TYPE}, got signal_type {signal_type!r}")
+        points = tuple(self._point(raw, factor) for raw in body["data"])
+        now_point = points[0]
+        detail = {"units_upstream": units, "signal_type": signal_type}
+        for key in ("generated_at", "region"):
+            if isinstance(meta.get(key), str):
+                detail[key] = meta[key]
+        return IntensityReading(
+            intensity_g_per_kwh=now_point.intensity_g_per_kwh,
+            timestamp=now_point.timestamp,
+            provider=self.name,
+            signal="marginal",
+            fetched_at=self.clock(),
+            zone=self.zone,
+            interval_s=INTERVAL_S,
+            estimated=True,  # the current MOER is the first step of a model forecast
+            forecast=points,
+            detail=detail,
+        )
+
+    def _point(self, raw: object, factor: float) -> ForecastPoint:
+        if not isinstance(raw, dict):
+            raise ProviderError(self.name, f"data point is not an object: {raw!r}")
+        value = raw.get("value")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = value * factor
+        return ForecastPoint(
+            timestamp=parse_utc(self.name, raw.get("point_time"), "point_time"),
+            intensity_g_per_kwh=check_intensity(self.name, value, "MOER"),
+        )
+
+    def _get_authorized(self, path: str, params: dict[str, str]) -> object:
+        token = self._login_if_needed()
+        try:
+            return self.http.get_json(path, params=params, headers={"Authorization": f"Bearer {token}"})
+        except HttpStatusError as exc:
+            if exc.status != 401:
+                raise
+        token = self._login_if_needed(force=True)  # token expired early: log in again, once
+        return self.http.get_json(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+    def _login_if_needed(self, force: bool = False) -> str:
+        now = self.clock()
+        if (
+            not force
+            and self._token is not None
+            and self._token_at is not None
+            and now - self._token_at < timedelta(seconds=TOKEN_LIFETIME_S)
+        ):
+            return self._token
+        self._token = None
+        self.logins += 1
+        try:
+            body = self.http.get_json("/login", auth=self._auth)
+        except HttpStatusError as exc:
+            if exc.status in (401, 403):
+                raise ProviderError(self.name, "login refused: check the WattTime username and password") from None
+            raise
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProviderError(self.name, "login reply has no token")
+        self.http.add_secret(token)
+        self._token, self._token_at = token, now
+        return token
+
+    def describe(self) -> dict:
+        return {
+            **super().describe(),
+            "signal": "marginal",
+            "interval_s": INTERVAL_S,
+            "logged_in": self._token is not None,
+            "logins": self.logins,
+            **self.http.describe(),
+        }
