@@ -1,7 +1,83 @@
-"""Sub-command module (filled in by its owner)."""
+"""`carbonsched policy check|explain`: validate policy files and show how a ρ is reached."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from carbonsched.policies import PolicyFileError, PolicyFileUnreadable, PolicySource, policy_from_source
+from carbonsched.policies.forecast_csv import ForecastFileError, parse_utc, read_forecast_csv
+from carbonsched.types import Signals, utcnow
+
+policy_app = typer.Typer(help="Check policy files and explain the ρ they give.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@policy_app.command("check")
+def check(files: Annotated[list[Path], typer.Argument(help="Policy TOML files.")]) -> None:
+    """Print 'ok FILE (kind)' or every problem of each file; exit 1 on problems, 2 if unreadable."""
+    exit_code = 0
+    for path in files:
+        try:
+            policy = policy_from_source(PolicySource.from_path(path))
+        except PolicyFileUnreadable as err:
+            typer.echo(f"error: {err}", err=True)
+            exit_code = 2
+        except PolicyFileError as err:
+            typer.echo(str(err))
+            exit_code = max(exit_code, 1)
+        else:
+            typer.echo(f"ok {path} ({policy.kind})")
+    raise typer.Exit(exit_code)
+
+
+@policy_app.command("explain")
+def explain(
+    file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
+    intensity: Annotated[Optional[float], typer.Option(help="Grid intensity, gCO2e/kWh (omit: unknown).")] = None,
+    forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
+    gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
+    used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
+    used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
+    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print the ρ FILE gives for the given signals, and why (a fresh policy: no hysteresis/dwell history)."""
+    try:
+        policy = policy_from_source(PolicySource.from_path(file))
+    except PolicyFileUnreadable as err:
+        raise _fail(str(err), 2) from None
+    except PolicyFileError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+    try:
+        at: datetime = parse_utc(now) if now else utcnow()
+    except ValueError:
+        raise _fail(f"--now is not an ISO 8601 time: {now!r}", 2) from None
+    try:
+        forecast = read_forecast_csv(forecast_file) if forecast_file else ()
+    except ForecastFileError as err:
+        raise _fail(str(err), 2) from None
+    signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, gpu_power_w=gpu_power_w,
+                      carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
+    explanation = policy.explain(signals)
+    decision = policy.decide(signals)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "policy": decision.policy, "kind": policy.kind,
+                               "rho": decision.rho, "rho_min": policy.rho_min, "reason": decision.reason,
+                               "explanation": explanation.splitlines()}, ensure_ascii=False))
+        return
+    typer.echo(f"ρ {decision.rho:.2f}  ({decision.reason})")
+    typer.echo(explanation)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(policy_app, name="policy")
