@@ -1,0 +1,223 @@
+"""Client for the daemon socket, for training jobs and the CLI.
+
+Training code must keep training whatever happens to the daemon: ``rho()`` never raises and
+never waits longer than ``timeout_s``; the job/epoch helpers return None on failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from carbonsched.paths import default_socket_path
+from carbonsched.protocol import DEFAULT_MAX_LINE_BYTES, LineBuffer, ProtocolError, decode_reply, encode
+
+log = logging.getLogger("carbonsched.client")
+
+RhoSourceName = Literal["daemon", "last_known", "default"]
+
+
+class DaemonUnavailable(Exception):
+    """No answer from the daemon within the timeout (not running, stuck, or socket unusable)."""
+
+
+class DaemonRequestError(Exception):
+    """The daemon answered with an error reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RhoAnswer:
+    rho: float
+    source: RhoSourceName
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class DaemonClient:
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        timeout_s: float = 2.0,
+        *,
+        default_rho: float = 1.0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    ):
+        self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
+        self.timeout_s = timeout_s
+        self.default_rho = default_rho
+        self.max_line_bytes = max_line_bytes
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._last_rho: float | None = None
+        self._last_rho_at: float | None = None
+
+    # -- transport -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> "DaemonClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return the reply object (``ok`` may be false).
+
+        Raises DaemonUnavailable if no reply arrives within ``timeout_s`` in total.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        request_id = next(self._ids)
+        payload = encode({"op": op, "id": request_id, **fields})
+        with self._lock:
+            reused = self._sock is not None
+            try:
+                return self._exchange(payload, request_id, deadline)
+            except (OSError, ValueError, ProtocolError, _Closed) as first:
+                self._drop()
+                # A kept-alive connection the server closed while idle: one fresh attempt.
+                if reused and isinstance(first, (_Closed, BrokenPipeError, ConnectionResetError)):
+                    try:
+                        return self._exchange(payload, request_id, deadline)
+                    except (OSError, ValueError, ProtocolError, _Closed) as second:
+                        self._drop()
+                        first = second
+                raise DaemonUnavailable(f"no answer from {self.socket_path}: {_describe(first)}") from None
+
+    def _exchange(self, payload: bytes, request_id: int, deadline: float) -> dict[str, Any]:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(_remaining(deadline))
+                sock.connect(str(self.socket_path))
+            except BaseException:
+                sock.close()
+                raise
+            self._sock = sock
+        sock = self._sock
+        sock.settimeout(_remaining(deadline))
+        sock.sendall(payload)
+        buffer = LineBuffer(self.max_line_bytes)
+        while True:
+            sock.settimeout(_remaining(deadline))
+            data = sock.recv(65536)
+            if not data:
+                raise _Closed("daemon closed the connection")
+            for line in buffer.feed(data):
+                reply = decode_reply(line)
+                if reply.get("id") in (request_id, None):
+                    return reply
+                # A reply to an earlier request that timed out on our side: skip it.
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Like request(), but an error reply raises DaemonRequestError."""
+        reply = self.request(op, **fields)
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise DaemonRequestError(str(error.get("code", "internal")), str(error.get("message", "")))
+        return reply
+
+    # -- ρ -----------------------------------------------------------------------------------
+
+    def rho(self, job_id: str | None = None, default: float | None = None) -> RhoAnswer:
+        """ρ from the daemon; else the last ρ it gave this client; else ``default`` (or the
+        client's ``default_rho``). ``detail`` says why a fallback was used."""
+        fields = {"job_id": job_id} if job_id is not None else {}
+        try:
+            reply = self.call("rho", **fields)
+            rho = float(reply["rho"])
+            if not 0.0 < rho <= 1.0:
+                raise ValueError(f"daemon sent rho={rho} outside (0, 1]")
+        except (DaemonUnavailable, DaemonRequestError, KeyError, TypeError, ValueError) as exc:
+            reason = _describe(exc)
+            log.debug("rho fallback: %s", reason)
+            if self._last_rho is not None and self._last_rho_at is not None:
+                return RhoAnswer(
+                    self._last_rho,
+                    "last_known",
+                    {"reason": reason, "age_s": round(time.monotonic() - self._last_rho_at, 3)},
+                )
+            fallback = self.default_rho if default is None else default
+            return RhoAnswer(float(fallback), "default", {"reason": reason})
+        self._last_rho, self._last_rho_at = rho, time.monotonic()
+        detail = {k: v for k, v in reply.items() if k not in ("ok", "v", "id", "rho")}
+        return RhoAnswer(rho, "daemon", detail)
+
+    # -- job and epoch reports (never raise) -------------------------------------------------
+
+    def _quiet(self, op: str, **fields: Any) -> dict[str, Any] | None:
+        try:
+            return self.call(op, **{k: v for k, v in fields.items() if v is not None})
+        except (DaemonUnavailable, DaemonRequestError) as exc:
+            log.warning("carbonsched %s not recorded: %s", op, _describe(exc))
+            return None
+        except (TypeError, ValueError) as exc:  # unencodable field values (e.g. NaN loss)
+            log.warning("carbonsched %s not recorded: %s", op, exc)
+            return None
+
+    def job_start(
+        self,
+        model: str,
+        scheme: str,
+        *,
+        pid: int | None = None,
+        devices: list[str] | None = None,
+        job_id: str | None = None,
+    ) -> str | None:
+        reply = self._quiet("job.start", model=model, scheme=scheme, pid=pid or os.getpid(), devices=devices, job_id=job_id)
+        return None if reply is None else str(reply["job_id"])
+
+    def epoch_start(
+        self, job_id: str, epoch: int, rho_asked: float, rho_effective: float | None = None
+    ) -> dict[str, Any] | None:
+        return self._quiet("epoch.start", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
+
+    def epoch_end(self, job_id: str, epoch: int, rho_asked: float, rho_effective: float, **metrics: Any) -> dict[str, Any] | None:
+        """``metrics``: flops_forward, flops_backward, flops_full, wall_s, train_loss, val_loss,
+        and any extra JSON-able values (stored with the epoch)."""
+        return self._quiet("epoch.end", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective, **metrics)
+
+    def job_end(self, job_id: str, status: str = "completed") -> dict[str, Any] | None:
+        return self._quiet("job.end", job_id=job_id, status=status)
+
+
+class _Closed(Exception):
+    pass
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("timed out")
+    return remaining
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, FileNotFoundError):
+        return "socket file not found"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,254 @@
+"""The daemon's wire protocol: one JSON object per line each way, UTF-8, bounded line length.
+
+Request:  {"op": "<name>", "id"?: str|int, ...fields}
+Reply:    {"v": PROTOCOL_VERSION, "ok": true, "id"?: <echoed>, ...result}
+Error:    {"v": PROTOCOL_VERSION, "ok": false, "id"?: <echoed>, "error": {"code": ..., "message": ...}}
+
+Unknown fields are ignored (newer clients, older daemon) except in ``epoch.end``, where they are
+kept as the epoch's ``extra`` JSON. Every field named here is type-checked; a wrong type is a
+``bad_request`` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from carbonsched import PROTOCOL_VERSION
+
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+
+ERROR_CODES = ("bad_json", "bad_request", "unknown_op", "too_large", "forbidden", "internal", "unavailable")
+ADMIN_OPS = frozenset({"override", "reload"})
+JOB_END_STATUSES = ("completed", "failed", "interrupted", "cancelled")
+MAX_STRING_CHARS = 512
+MAX_DEVICES = 64
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, request_id: Any = None):
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    fields: dict[str, Any]
+    id: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- field checkers: each returns the normalised value or raises ValueError("must be ...") ------
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_STRING_CHARS:
+        raise ValueError(f"must be a non-empty string of at most {MAX_STRING_CHARS} characters")
+    return value
+
+
+def _integer(min_value: int = 0) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < min_value or value > 2**63 - 1:
+            raise ValueError(f"must be an integer >= {min_value}")
+        return value
+
+    return check
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return float(value)
+
+
+def _non_negative(value: Any) -> float:
+    number = _number(value)
+    if number < 0:
+        raise ValueError("must be a finite number >= 0")
+    return number
+
+
+def _positive(value: Any) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise ValueError("must be a finite number > 0")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    number = _number(value)
+    if not 0.0 < number <= 1.0:
+        raise ValueError("must be a number in (0, 1]")
+    return number
+
+
+def _nullable(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def nullable(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return nullable
+
+
+def _string_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_DEVICES:
+        raise ValueError(f"must be a list of at most {MAX_DEVICES} strings")
+    return [_string(v) for v in value]
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+REQUIRED, OPTIONAL = True, False
+
+# op -> {field: (required, checker)}
+OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
+    "ping": {},
+    "rho": {"job_id": (OPTIONAL, _string), "model": (OPTIONAL, _string), "phase": (OPTIONAL, _string)},
+    "job.start": {
+        "model": (REQUIRED, _string),
+        "scheme": (REQUIRED, _string),
+        "pid": (REQUIRED, _integer(1)),
+        "devices": (OPTIONAL, _string_list),
+        "job_id": (OPTIONAL, _string),
+    },
+    "epoch.start": {
+        "job_id": (REQUIRED, _string),
+        "epoch": (REQUIRED, _integer(0)),
+        "rho_asked": (REQUIRED, _fraction),
+        "rho_effective": (OPTIONAL, _nullable(_fraction)),
+    },
+    "epoch.end": {
+        "job_id": (REQUIRED, _string),
+        "epoch": (REQUIRED, _integer(0)),
+        "rho_asked": (REQUIRED, _fraction),
+        "rho_effective": (REQUIRED, _fraction),
+        "flops_forward": (OPTIONAL, _nullable(_non_negative)),
+        "flops_backward": (OPTIONAL, _nullable(_non_negative)),
+        "flops_full": (OPTIONAL, _nullable(_non_negative)),
+        "wall_s": (OPTIONAL, _nullable(_non_negative)),
+        "train_loss": (OPTIONAL, _nullable(_number)),
+        "val_loss": (OPTIONAL, _nullable(_number)),
+    },
+    "job.end": {"job_id": (REQUIRED, _string), "status": (REQUIRED, _one_of(JOB_END_STATUSES))},
+    "status": {},
+    "jobs": {"status": (OPTIONAL, _string), "limit": (OPTIONAL, _integer(1))},
+    "override": {"rho": (REQUIRED, _nullable(_fraction)), "ttl_s": (OPTIONAL, _nullable(_positive))},
+    "reload": {},
+}
+KEEPS_EXTRA_FIELDS = frozenset({"epoch.end"})
+ENVELOPE_FIELDS = frozenset({"op", "id", "v"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse and validate one request line (without or with its trailing newline)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_json", f"request is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_json", f"request is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", "request must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+        raise ProtocolError("bad_request", "field 'id' must be a string or an integer")
+    op = obj.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("bad_request", "field 'op' must be a string", request_id)
+    spec = OPS.get(op)
+    if spec is None:
+        raise ProtocolError("unknown_op", f"unknown op {op[:64]!r}; known: {', '.join(OPS)}", request_id)
+    fields: dict[str, Any] = {}
+    for name, (required, check) in spec.items():
+        if name not in obj:
+            if required:
+                raise ProtocolError("bad_request", f"{op}: field '{name}' is required", request_id)
+            continue
+        try:
+            fields[name] = check(obj[name])
+        except ValueError as exc:
+            raise ProtocolError("bad_request", f"{op}: field '{name}' {exc}", request_id) from None
+    extra: dict[str, Any] = {}
+    if op in KEEPS_EXTRA_FIELDS:
+        extra = {k: v for k, v in obj.items() if k not in spec and k not in ENVELOPE_FIELDS}
+    return Request(op=op, fields=fields, id=request_id, extra=extra)
+
+
+def _with_id(reply: dict[str, Any], request_id: Any) -> dict[str, Any]:
+    if request_id is not None:
+        reply["id"] = request_id
+    return reply
+
+
+def ok_reply(result: dict[str, Any], request_id: Any = None) -> dict[str, Any]:
+    return _with_id({"v": PROTOCOL_VERSION, "ok": True, **result}, request_id)
+
+
+def error_reply(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+    return _with_id(
+        {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message}}, request_id
+    )
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One line of compact UTF-8 JSON, newline-terminated. NaN/inf are refused (ValueError)."""
+    return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def encode_request(op: str, **fields: Any) -> bytes:
+    return encode({"op": op, **fields})
+
+
+def decode_reply(line: bytes) -> dict[str, Any]:
+    obj = json.loads(line.decode("utf-8"))
+    if not isinstance(obj, dict) or "ok" not in obj:
+        raise ValueError("reply is not a protocol object")
+    return obj
+
+
+class LineBuffer:
+    """Splits a byte stream into lines; raises ProtocolError('too_large') once a line exceeds
+    ``max_line_bytes`` (the newline not counted) without waiting for its end."""
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES):
+        self.max_line_bytes = max_line_bytes
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self.max_line_bytes:
+                    raise ProtocolError("too_large", f"line longer than {self.max_line_bytes} bytes")
+                return
+            if nl > self.max_line_bytes:
+                raise ProtocolError("too_large", f"line longer than {self.max_line_bytes} bytes")
+            line = bytes(self._buf[:nl])
+            del self._buf[: nl + 1]
+            if line.strip():
+                yield line

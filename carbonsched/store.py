@@ -1,0 +1,450 @@
+"""SQLite store for intensity/energy samples, ρ decisions, jobs and epochs.
+
+One file under the state directory, WAL journal, ``synchronous=FULL`` so that a row is on disk
+once the call that wrote it returns (it survives ``kill -9`` and power loss). One connection
+shared by the daemon's threads behind a lock; other processes (reports, CLI) open their own.
+
+All instants are stored as UTC unix seconds (REAL) and returned as such.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from carbonsched.types import Decision, EnergyReading, IntensityReading
+
+J_PER_KWH = 3.6e6
+
+# Forward-only: append, never edit an entry that has shipped. Index i brings the file to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE intensity_samples (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        provider TEXT NOT NULL,
+        zone TEXT,
+        signal TEXT NOT NULL,
+        intensity_g_per_kwh REAL NOT NULL,
+        estimated INTEGER NOT NULL DEFAULT 0,
+        fetched_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX intensity_samples_key
+        ON intensity_samples (provider, ifnull(zone, ''), ts);
+    CREATE INDEX intensity_samples_ts ON intensity_samples (ts);
+
+    CREATE TABLE energy_samples (
+        id INTEGER PRIMARY KEY,
+        "start" REAL NOT NULL,
+        "end" REAL NOT NULL,
+        device TEXT NOT NULL,
+        energy_j REAL NOT NULL,
+        source TEXT NOT NULL,
+        power_w REAL,
+        pids TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX energy_samples_end ON energy_samples ("end");
+
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        rho REAL NOT NULL,
+        policy TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        intensity_g_per_kwh REAL,
+        gpu_power_w REAL,
+        override INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX decisions_ts ON decisions (ts);
+
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        pid INTEGER,
+        uid INTEGER,
+        devices TEXT NOT NULL DEFAULT '[]',
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL DEFAULT 'running'
+    );
+
+    CREATE TABLE epochs (
+        job_id TEXT NOT NULL REFERENCES jobs (job_id),
+        epoch INTEGER NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        rho_asked REAL,
+        rho_effective REAL,
+        flops_forward REAL,
+        flops_backward REAL,
+        flops_full REAL,
+        wall_s REAL,
+        train_loss REAL,
+        val_loss REAL,
+        extra TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (job_id, epoch)
+    );
+    """,
+    # Energy and carbon of an epoch are computed when it ends, so they outlive sample retention.
+    """
+    ALTER TABLE epochs ADD COLUMN energy_j REAL;
+    ALTER TABLE epochs ADD COLUMN carbon_g REAL;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The store file cannot be used (newer schema, corrupt, unwritable)."""
+
+
+def to_unix_s(value: datetime | float | int | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Store:
+    def __init__(self, path: Path | str, *, timeout_s: float = 10.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {current} is newer than this carbonsched "
+                    f"understands ({SCHEMA_VERSION}); upgrade carbonsched"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                try:
+                    self._db.executescript(
+                        f"BEGIN IMMEDIATE;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;"
+                    )
+                except sqlite3.DatabaseError:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, params).fetchall()]
+
+    # -- samples ---------------------------------------------------------------------------
+
+    def add_intensity(self, reading: IntensityReading) -> bool:
+        """Store a reading; returns False when the same (provider, zone, ts) is already stored."""
+        cur = self._write(
+            "INSERT OR IGNORE INTO intensity_samples "
+            "(ts, provider, zone, signal, intensity_g_per_kwh, estimated, fetched_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                to_unix_s(reading.timestamp),
+                reading.provider,
+                reading.zone,
+                reading.signal,
+                float(reading.intensity_g_per_kwh),
+                int(bool(reading.estimated)),
+                to_unix_s(reading.fetched_at),
+            ),
+        )
+        return cur.rowcount == 1
+
+    def add_energy(self, readings: Iterable[EnergyReading]) -> int:
+        rows = [
+            (
+                to_unix_s(r.start),
+                to_unix_s(r.end),
+                r.device,
+                float(r.energy_j),
+                r.source,
+                _finite_or_none(r.power_w),
+                json.dumps([int(p) for p in r.pids]),
+            )
+            for r in readings
+        ]
+        if not rows:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    'INSERT INTO energy_samples ("start", "end", device, energy_j, source, power_w, pids) '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def add_decision(
+        self,
+        ts: datetime | float,
+        decision: Decision,
+        *,
+        intensity_g_per_kwh: float | None,
+        gpu_power_w: float | None,
+        override: bool = False,
+    ) -> None:
+        self._write(
+            "INSERT INTO decisions (ts, rho, policy, reason, intensity_g_per_kwh, gpu_power_w, override) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                to_unix_s(ts),
+                float(decision.rho),
+                decision.policy,
+                decision.reason,
+                _finite_or_none(intensity_g_per_kwh),
+                _finite_or_none(gpu_power_w),
+                int(override),
+            ),
+        )
+
+    def prune(self, retention_days: float, now: datetime | float) -> int:
+        """Delete samples and decisions older than ``retention_days``; jobs and epochs stay."""
+        cutoff = to_unix_s(now) - retention_days * 86400.0
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                n = self._db.execute("DELETE FROM intensity_samples WHERE ts < ?", (cutoff,)).rowcount
+                n += self._db.execute('DELETE FROM energy_samples WHERE "end" < ?', (cutoff,)).rowcount
+                n += self._db.execute("DELETE FROM decisions WHERE ts < ?", (cutoff,)).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
+
+    # -- jobs and epochs -------------------------------------------------------------------
+
+    def start_job(
+        self,
+        job_id: str,
+        *,
+        model: str,
+        scheme: str,
+        pid: int | None,
+        uid: int | None,
+        devices: Sequence[str] = (),
+        started_at: datetime | float,
+    ) -> bool:
+        """Record a new running job; False if ``job_id`` already exists (nothing is changed)."""
+        cur = self._write(
+            "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+            (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at)),
+        )
+        return cur.rowcount == 1
+
+    def resume_job(self, job_id: str) -> bool:
+        """Mark an existing job running again (a trainer restarted with the same job id)."""
+        cur = self._write("UPDATE jobs SET status = 'running', ended_at = NULL WHERE job_id = ?", (job_id,))
+        return cur.rowcount == 1
+
+    def end_job(self, job_id: str, status: str, ended_at: datetime | float) -> bool:
+        cur = self._write(
+            "UPDATE jobs SET status = ?, ended_at = ? WHERE job_id = ?",
+            (status, to_unix_s(ended_at), job_id),
+        )
+        return cur.rowcount == 1
+
+    def start_epoch(
+        self,
+        job_id: str,
+        epoch: int,
+        *,
+        rho_asked: float,
+        rho_effective: float | None,
+        started_at: datetime | float,
+    ) -> None:
+        """Insert the epoch, or restart it (a resumed job repeats an epoch): end fields are cleared."""
+        self._write(
+            "INSERT INTO epochs (job_id, epoch, started_at, rho_asked, rho_effective) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (job_id, epoch) DO UPDATE SET started_at = excluded.started_at, "
+            "rho_asked = excluded.rho_asked, rho_effective = excluded.rho_effective, ended_at = NULL",
+            (job_id, epoch, to_unix_s(started_at), rho_asked, rho_effective),
+        )
+
+    EPOCH_END_FIELDS = (
+        "rho_asked",
+        "rho_effective",
+        "flops_forward",
+        "flops_backward",
+        "flops_full",
+        "wall_s",
+        "train_loss",
+        "val_loss",
+        "energy_j",
+        "carbon_g",
+    )
+
+    def end_epoch(
+        self,
+        job_id: str,
+        epoch: int,
+        *,
+        ended_at: datetime | float,
+        extra: dict[str, Any] | None = None,
+        **values: float | None,
+    ) -> None:
+        """Record an epoch's end; an epoch that never reported its start is created with
+        ``started_at = ended_at - wall_s``."""
+        unknown = set(values) - set(self.EPOCH_END_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown epoch fields: {sorted(unknown)}")
+        end_s = to_unix_s(ended_at)
+        wall_s = values.get("wall_s")
+        start_guess = end_s - wall_s if wall_s is not None else None
+        cols = list(values)
+        assignments = ", ".join(f"{c} = excluded.{c}" for c in cols)
+        self._write(
+            f"INSERT INTO epochs (job_id, epoch, started_at, ended_at, extra{''.join(', ' + c for c in cols)}) "
+            f"VALUES (?, ?, ?, ?, ?{', ?' * len(cols)}) "
+            "ON CONFLICT (job_id, epoch) DO UPDATE SET ended_at = excluded.ended_at, extra = excluded.extra, "
+            f"started_at = coalesce(epochs.started_at, excluded.started_at){', ' + assignments if cols else ''}",
+            (job_id, epoch, start_guess, end_s, json.dumps(extra or {}), *[values[c] for c in cols]),
+        )
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _decode_job(rows[0]) if rows else None
+
+    def jobs(self, *, status: str | None = None, since: datetime | float | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM jobs WHERE 1", []
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        if since is not None:
+            sql += " AND started_at >= ?"
+            params.append(to_unix_s(since))
+        return [_decode_job(r) for r in self._rows(sql + " ORDER BY started_at, job_id", params)]
+
+    def epochs(self, job_id: str) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT * FROM epochs WHERE job_id = ? ORDER BY epoch", (job_id,))
+        for row in rows:
+            row["extra"] = json.loads(row["extra"] or "{}")
+        return rows
+
+    # -- windows for reports ---------------------------------------------------------------
+
+    def intensity_samples(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? ORDER BY ts",
+            (to_unix_s(start), to_unix_s(end)),
+        )
+
+    def latest_intensity(self) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM intensity_samples ORDER BY ts DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    def energy_samples(
+        self, start: datetime | float, end: datetime | float, *, devices: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        sql = 'SELECT * FROM energy_samples WHERE "end" > ? AND "start" < ?'
+        params: list[Any] = [to_unix_s(start), to_unix_s(end)]
+        if devices:
+            sql += f" AND device IN ({', '.join('?' * len(devices))})"
+            params.extend(devices)
+        rows = self._rows(sql + ' ORDER BY "start", device', params)
+        for row in rows:
+            row["pids"] = json.loads(row["pids"] or "[]")
+        return rows
+
+    def decisions(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM decisions WHERE ts >= ? AND ts < ? ORDER BY ts",
+            (to_unix_s(start), to_unix_s(end)),
+        )
+
+    def energy_and_carbon(
+        self, start: datetime | float, end: datetime | float, *, devices: Sequence[str] | None = None
+    ) -> tuple[float, float | None]:
+        """Energy (J) of samples overlapping [start, end), pro rata by overlap, and its carbon
+        (gCO2e) using the latest intensity at or before each sample's start (or the first one
+        after, if the sample predates all readings). Carbon is None if no intensity is stored."""
+        s, e = to_unix_s(start), to_unix_s(end)
+        energy_total_j, carbon_total_g, any_intensity = 0.0, 0.0, False
+        for row in self.energy_samples(s, e, devices=devices):
+            span_s = row["end"] - row["start"]
+            overlap_s = min(row["end"], e) - max(row["start"], s)
+            share = 1.0 if span_s <= 0 else max(0.0, overlap_s) / span_s
+            energy_j = row["energy_j"] * share
+            energy_total_j += energy_j
+            intensity = self._intensity_at(row["start"])
+            if intensity is not None:
+                any_intensity = True
+                carbon_total_g += energy_j / J_PER_KWH * intensity
+        return energy_total_j, (carbon_total_g if any_intensity else None)
+
+    def _intensity_at(self, ts: float) -> float | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT intensity_g_per_kwh FROM intensity_samples WHERE ts <= ? ORDER BY ts DESC LIMIT 1",
+                (ts,),
+            ).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT intensity_g_per_kwh FROM intensity_samples WHERE ts > ? ORDER BY ts LIMIT 1",
+                    (ts,),
+                ).fetchone()
+        return None if row is None else float(row[0])
+
+
+def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
+    row["devices"] = json.loads(row["devices"] or "[]")
+    return row
