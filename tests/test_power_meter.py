@@ -26,7 +26,7 @@ def test_node_meter_reads_every_device_over_one_window(tmp_path):
     assert {(r.start, r.end) for r in readings.values()} == {(datetime(2026, 1, 1, tzinfo=timezone.utc), clock.now)}
     assert readings["gpu:0"].energy_j == 4000.0 and readings["gpu:0"].pids == (7,)
     assert readings["gpu:1"].energy_j == 2000.0
-    assert meter.gpu_power_w() == 200.0
+    assert meter.gpu_power_w() == 150.0
     assert meter.gpu_processes() == {0: [7], 1: []}
     status = meter.status()
     assert status["gpu"]["available"] and [d["energy_source"] for d in status["gpu"]["devices"]] == [
