@@ -343,3 +343,18 @@ def test_broken_plugin_is_a_problem_not_a_crash(tmp_path, monkeypatch):
     install_plugin(tmp_path, monkeypatch, "owl_broken_plugin", "raise RuntimeError('no GPU here')\n")
     [problem] = check_policy_file(write(tmp_path, 'kind = "night_owl"\n'))
     assert problem.field == "kind" and "failed to load: RuntimeError: no GPU here" in problem.message
+
+
+def test_lines_found_for_inline_tables_and_arrays(tmp_path):
+    path = write(tmp_path, """
+        kind = "steps"
+        description = \"\"\"
+        rho_min = not a key inside this string
+        \"\"\"
+        steps = [
+          { below = 150, rho = 1.0 },
+          { rho = "x" },
+        ]
+        gpu_power = { above_w = 250, rho_scale = 2 }
+        """)
+    assert {(p.line, p.field) for p in check_policy_file(path)} == {(5, "steps[1].rho"), (9, "gpu_power.rho_scale")}

@@ -93,7 +93,7 @@ def _same(a: float, b: float) -> bool:
 class Policy:
     """Base of every policy kind; see the module docstring for the evaluation order."""
 
-    kind: ClassVar[str] = ""
+    kind: str = ""
     rho_is_continuous: ClassVar[bool] = False
 
     def __init__(self, *, kind: str, name: str, source_file: str, rho_min: float = DEFAULT_RHO_MIN,

@@ -12,7 +12,7 @@ from typing import Any
 from carbonsched.policies import builtin
 from carbonsched.policies.base import Policy
 from carbonsched.policies.fields import describe_value
-from carbonsched.policies.problems import PolicyFileError, PolicyFileUnreadable, PolicyProblem
+from carbonsched.policies.problems import PolicyFileError, PolicyProblem
 from carbonsched.policies.source import PolicySource
 
 ENTRY_POINT_GROUP = "carbonsched.policies"
@@ -111,5 +111,5 @@ def default_policy_path() -> Path:
     return Path(str(resources.files("carbonsched").joinpath("data", "default_policy.toml")))
 
 
-__all__ = ["ENTRY_POINT_GROUP", "PolicyFileUnreadable", "available_kinds", "check_policy_file",
+__all__ = ["ENTRY_POINT_GROUP", "available_kinds", "check_policy_file",
            "default_policy_path", "load_policy", "policy_entry_points", "policy_from_source"]

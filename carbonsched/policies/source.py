@@ -75,14 +75,16 @@ class _LineIndex:
         return index
 
     def line_of(self, path: str) -> int | None:
+        # Most specific first: the key itself, then its table's header, then enclosing keys (an
+        # inline table or array such as `gpu_power = {...}`) and headers.
         for candidate in (path, _INDEX.sub("", path)):
             parts = candidate.split(".")
-            for i in range(len(parts) - 1, -1, -1):
-                hit = self.keys.get((".".join(parts[:i]), ".".join(parts[i:])))
-                if hit is not None:
-                    return hit
-            for i in range(len(parts), 0, -1):
-                hit = self.headers.get(".".join(parts[:i]))
+            for end in range(len(parts), 0, -1):
+                for i in range(end - 1, -1, -1):
+                    hit = self.keys.get((".".join(parts[:i]), ".".join(parts[i:end])))
+                    if hit is not None:
+                        return hit
+                hit = self.headers.get(".".join(parts[:end]))
                 if hit is not None:
                     return hit
         return None
