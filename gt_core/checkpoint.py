@@ -1,0 +1,120 @@
+"""Training checkpoints written atomically: a complete new directory replaces the old one by rename.
+
+Layout of ``<output_dir>/checkpoint``: ``model.pt`` (state dict), ``optimizer.pt``,
+``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states) and ``state.json`` (position and
+history). A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoint"
+_PREVIOUS = ".checkpoint.old"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands: ``epoch`` in progress and optimizer steps done within it."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    selections: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_tensor_file(obj: Any, path: Path) -> None:
+    with path.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_checkpoint(
+    output_dir: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+) -> Path:
+    """Write ``output_dir/checkpoint`` atomically and return its path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / CHECKPOINT_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=output_dir))
+    try:
+        _save_tensor_file(model.state_dict(), tmp / "model.pt")
+        _save_tensor_file(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save_tensor_file(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save_tensor_file(rng_state(), tmp / "rng.pt")
+        with (tmp / "state.json").open("w", encoding="utf-8") as handle:
+            json.dump(state.__dict__, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        previous = output_dir / _PREVIOUS
+        if previous.exists():
+            shutil.rmtree(previous)
+        if final.exists():
+            os.replace(final, previous)
+        os.replace(tmp, final)
+        _fsync_dir(output_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint directory for ``path`` (an output dir or a checkpoint dir), or None."""
+    path = Path(path)
+    for candidate in (path, path / CHECKPOINT_DIR, path / _PREVIOUS):
+        if (candidate / "state.json").is_file() and (candidate / "model.pt").is_file():
+            return candidate
+    return None
+
+
+def load_checkpoint(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG states from a checkpoint; return the position."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {path}")
+    model.load_state_dict(torch.load(found / "model.pt", weights_only=True))
+    optimizer.load_state_dict(torch.load(found / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(found / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(found / "rng.pt", weights_only=False))
+    with (found / "state.json").open(encoding="utf-8") as handle:
+        return TrainerState(**json.load(handle))
