@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -219,3 +220,72 @@ def test_bad_importance_is_rejected() -> None:
         select_tensors(prof, imp, 0.5)
     with pytest.raises(ValueError, match="one value per tensor"):
         select_tensors(prof, imp[:5], 0.5)
+
+
+# --- on a real profiled model, and through the command line -------------------------------------
+
+@pytest.fixture(scope="module")
+def opt_profile() -> TensorProfile:
+    from gt_core.profiler import profile_model
+    from gt_core.tiny import tiny_model
+
+    return profile_model(tiny_model("opt"), batch_size=4, seq_len=64)
+
+
+@pytest.mark.parametrize("rho", [0.45, 0.6, 0.8, 1.0])
+def test_measured_profile_selection_fits_exact_budget(opt_profile: TensorProfile, rho: float) -> None:
+    imp = np.random.default_rng(int(rho * 100)).uniform(-0.2, 1.0, len(opt_profile))
+    sel = select_tensors(opt_profile, imp, rho, resolution=1000)
+    assert sel.flops == opt_profile.cost(sel.mask) <= rho * opt_profile.t_full
+    assert sel.flops <= sel.additive_flops
+    assert sel.stats["exact_calls"] <= 40
+    if rho == 1.0:
+        assert np.array_equal(sel.mask, imp > 0)
+
+
+def _run(*args: str):
+    from typer.testing import CliRunner
+
+    from gt_core.cli import app
+
+    return CliRunner().invoke(app, ["select", *args])
+
+
+def test_cli_json_matches_library(opt_profile: TensorProfile) -> None:
+    result = _run("--rho", "0.5", "--tiny", "opt", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    expected = select_tensors(opt_profile, np.ones(len(opt_profile)), 0.5)
+    assert out["selected"] == expected.names
+    assert out["rho_effective"] == pytest.approx(expected.rho_effective)
+    assert out["flops"] <= 0.5 * out["t_full"]
+
+
+def test_cli_importance_file_steers_selection(opt_profile: TensorProfile, tmp_path) -> None:
+    wanted = "model.decoder.layers.0.self_attn.k_proj.weight"
+    path = tmp_path / "imp.json"
+    path.write_text(json.dumps({wanted: 1.0, "model.decoder.final_layer_norm.weight": -1.0}))
+    result = _run("--rho", "0.9", "--tiny", "opt", "--importance", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"selected 1 of {len(opt_profile)} tensors" in result.stdout
+    assert f"  {wanted}\n" in result.stdout
+    assert "effective rho:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rho", "0.2", "--tiny", "opt"], "rho >= 0.4"),
+        (["--rho", "1.5", "--tiny", "opt"], "--rho must be in (0, 1]"),
+        (["--rho", "0.5"], "exactly one of --model or --tiny"),
+        (["--rho", "0.5", "--tiny", "opt", "--importance", "IMP"], "no.such.tensor"),
+    ],
+)
+def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path) -> None:
+    path = tmp_path / "imp.json"
+    path.write_text(json.dumps({"no.such.tensor": 1.0, "model.decoder.final_layer_norm.weight": 1.0}))
+    result = _run(*[str(path) if a == "IMP" else a for a in args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output
