@@ -1,0 +1,80 @@
+"""Load the model to fine-tune: a pretrained one by name or local path, or a tiny random one."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gt_core.tiny import TINY_ARCHS, tiny_model
+
+
+class ModelLoadError(RuntimeError):
+    """The requested model could not be built or loaded; the message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_model(
+    model: str | None = None,
+    tiny: str | None = None,
+    *,
+    attn_implementation: str | None = None,
+    vocab_size: int | None = None,
+) -> torch.nn.Module:
+    """Return ``model`` (hub name or local directory) or a tiny random model of family ``tiny``.
+
+    Exactly one of the two must be given. Encoder-decoder checkpoints load as seq2seq LMs, all
+    others as causal LMs. With ``HF_HUB_OFFLINE=1`` only local files are used. ``vocab_size``
+    sets a tiny model's vocabulary, or resizes a pretrained model's token embeddings.
+    """
+    if (model is None) == (tiny is None):
+        raise ModelLoadError("give exactly one of a model name/path or a tiny architecture")
+    if vocab_size is not None and vocab_size < 1:
+        raise ModelLoadError(f"vocab_size must be positive, got {vocab_size}")
+    if tiny is not None:
+        return _load_tiny(tiny, attn_implementation, vocab_size)
+    assert model is not None
+    return _load_pretrained(model, attn_implementation, vocab_size)
+
+
+def _load_tiny(arch: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+    if arch not in TINY_ARCHS:
+        raise ModelLoadError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    kwargs: dict = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    try:
+        return tiny_model(arch, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
+
+
+def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+    import transformers as tf
+
+    local_only = _offline()
+    try:
+        config = tf.AutoConfig.from_pretrained(name, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"model {name!r} not found: {_one_line(exc)}") from exc
+    auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
+    kwargs: dict = {"config": config, "local_files_only": local_only}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        loaded = auto.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"model {name!r} could not be loaded: {_one_line(exc)}") from exc
+    if vocab_size is not None:
+        loaded.resize_token_embeddings(vocab_size)
+    return loaded
