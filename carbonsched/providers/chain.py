@@ -60,6 +60,8 @@ class FallbackChain(IntensityProvider):
             self.answered_by = None
             log.warning("%s: all providers failed, serving stale value from %s: %s", self.name, stale.provider, summary)
             return dataclasses.replace(stale, detail={**stale.detail, "stale": True, "errors": [str(e) for e in errors]})
+        if len(errors) == 1:
+            raise errors[0]
         waits = [exc.retry_after_s for exc in errors if exc.retry_after_s is not None]
         raise ProviderError(
             self.name,

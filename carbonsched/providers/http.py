@@ -139,7 +139,7 @@ class HttpClient:
                     self._rate_limited(path, response)
                 elif response.status_code >= 400:
                     self._fail(
-                        f"HTTP {response.status_code} from {path}: {_snippet(response.text)}",
+                        f"HTTP {response.status_code} from {path}: {self._snippet(response.text)}",
                         status=response.status_code,
                     )
                 else:
@@ -155,7 +155,7 @@ class HttpClient:
         try:
             return response.json()
         except ValueError:
-            self._fail(f"malformed JSON from {path}: {_snippet(response.text)}")
+            self._fail(f"malformed JSON from {path}: {self._snippet(response.text)}")
 
     def _rate_limited(self, path: str, response: requests.Response) -> None:
         now = self.clock()
@@ -174,6 +174,11 @@ class HttpClient:
             raise ProviderError(self.provider, message, retry_after_s=retry_after_s)
         raise HttpStatusError(self.provider, message, status, retry_after_s=retry_after_s)
 
+    def _snippet(self, body: str) -> str:
+        """The start of a response body for an error message, redacted before it is cut short."""
+        text = self.redact(" ".join(body.split()))
+        return text[:_BODY_SNIPPET_CHARS] + ("…" if len(text) > _BODY_SNIPPET_CHARS else "")
+
     def describe(self) -> dict:
         return {
             "base_url": self.base_url,
@@ -183,6 +188,3 @@ class HttpClient:
         }
 
 
-def _snippet(text: str) -> str:
-    text = " ".join(text.split())
-    return text[:_BODY_SNIPPET_CHARS] + ("…" if len(text) > _BODY_SNIPPET_CHARS else "")

@@ -23,6 +23,8 @@ KEYS_BY_KIND: dict[str, frozenset[str]] = {
 }
 KINDS = tuple(KEYS_BY_KIND)
 _UK_OUTWARD_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")
+_FLAG_KEYS = frozenset({"forecast", "disable_estimations"})
+_POSITIVE_NUMBER_KEYS = frozenset({"speedup", "connect_timeout_s", "read_timeout_s", "max_tries"})
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -81,8 +83,16 @@ def parse_spec(part: str, position: int = 1) -> ProviderSpec:
         allowed = ", ".join(sorted(KEYS_BY_KIND[kind])) or "none"
         raise ProviderSpecError(f"provider spec {text!r}: unknown option {unknown[0]!r} for {kind} (allowed: {allowed})")
     spec = ProviderSpec(kind, zone or None, params, text)
+    _check_values(spec)
     _check_zone(spec)
     return spec
+
+
+def _check_values(spec: ProviderSpec) -> None:
+    for key in spec.params.keys() & _FLAG_KEYS:
+        spec.flag(key, False)
+    for key in spec.params.keys() & _POSITIVE_NUMBER_KEYS:
+        spec.number(key, None)
 
 
 def _parse_query(text: str, query: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ converted to gCO2e/kWh; unknown units are refused rather than guessed. The signa
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta
 
 from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
@@ -38,6 +39,8 @@ class WattTimeProvider(IntensityProvider):
         self.http = http
         self.http.add_secret(username)
         self.http.add_secret(password)
+        # A server echoing the Authorization header would show the pair in base64.
+        self.http.add_secret(base64.b64encode(f"{username}:{password}".encode()).decode())
         self._auth = (username, password)
         self.zone = region
         self.name = f"watttime:{region}"
