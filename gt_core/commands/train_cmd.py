@@ -1,7 +1,198 @@
-"""Sub-command module (filled in by its owner)."""
+"""`greentrainer train`: fine-tune a model with GreenTrainer or a baseline scheme.
+
+Every input is validated (data, fields, ρ, scheme, model, feasibility of ρ) before the output
+directory is created; bad input is one ``error: ...`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+EXIT_BAD_INPUT = 2
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _parse_reselect(value: str) -> str | int:
+    if value in ("epoch", "on_change"):
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise _BadInput(f"--reselect must be 'epoch', 'on_change' or a number of steps, got {value!r}") from None
+    if steps < 1:
+        raise _BadInput(f"--reselect needs a positive number of steps, got {steps}")
+    return steps
+
+
+def _load_data(
+    data: str | None, val_data: str | None, source_field: str, target_field: str, limit: int | None, seed: int
+) -> tuple[list, list]:
+    from gt_core.data import load_examples
+
+    if data is None:
+        from gt_core.embedded_task import embedded_task
+
+        if val_data is not None:
+            raise _BadInput("--val-data needs --data")
+        train, val = embedded_task(seed=seed)
+    else:
+        fields = dict(source_field=source_field, target_field=target_field)
+        train = load_examples(data, split="train", **fields)
+        if val_data is not None:
+            val = load_examples(val_data, split="validation", **fields)
+        elif Path(data).exists():
+            # A single local file: hold out its last tenth for validation.
+            held_out = max(1, len(train) // 10) if len(train) > 1 else 0
+            train, val = train[: len(train) - held_out], train[len(train) - held_out :]
+        else:
+            val = load_examples(data, split="validation", **fields)
+    if limit is not None:
+        train, val = train[:limit], val[: max(1, limit // 8)]
+    if not train:
+        raise _BadInput("no training examples")
+    return train, val
+
+
+def _load_model_and_tokenizer(tiny: str | None, model_name: str | None) -> tuple[Any, Any]:
+    from gt_core.tokenizer import build_tokenizer, load_tokenizer
+
+    if tiny is not None:
+        from gt_core.tiny import tiny_model
+
+        tokenizer = build_tokenizer()
+        return tiny_model(tiny, vocab_size=len(tokenizer)), tokenizer
+    try:
+        tokenizer = load_tokenizer(model_name, tiny=False)
+        from gt_core.models import load_model
+
+        return load_model(model_name), tokenizer
+    except (OSError, ValueError) as exc:
+        raise _BadInput(f"cannot load model {model_name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_output_dir(output_dir: Path, resume: Path | None) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise _BadInput(f"--output-dir {output_dir} exists and is not a directory")
+    if resume is None and output_dir.is_dir() and any(
+        (output_dir / name).exists() for name in ("checkpoint", "metrics.jsonl", "final")
+    ):
+        raise _BadInput(f"{output_dir} already holds a run; pass --resume {output_dir} or choose another --output-dir")
+
+
+def train(
+    tiny: Optional[str] = typer.Option(None, "--tiny", help="Build a tiny random model of this family (opt, bloom, gpt2, llama, qwen2, mistral, t5)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path."),
+    data: Optional[str] = typer.Option(None, "--data", help="Training data: .jsonl/.json/.csv file or a data set name (default: the embedded task)."),
+    source_field: str = typer.Option("source", "--source-field"),
+    target_field: str = typer.Option("target", "--target-field"),
+    val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation data (default: last tenth of --data)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most this many training examples."),
+    scheme: str = typer.Option("green", "--scheme", help="green | full | topk | lora | prefix"),
+    rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5)."),
+    rho_schedule: Optional[Path] = typer.Option(None, "--rho-schedule", help="Per-epoch ρ: JSON list or one value per line."),
+    epochs: int = typer.Option(5, "--epochs", min=1),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    lr: float = typer.Option(2e-5, "--lr"),
+    max_input_length: int = typer.Option(512, "--max-input-length", min=8),
+    max_target_length: int = typer.Option(64, "--max-target-length", min=1),
+    importance_batches: int = typer.Option(4, "--importance-batches", min=1),
+    importance_metric: str = typer.Option("dw_grad", "--importance-metric", help="dw_grad | dw | grad"),
+    reselect: str = typer.Option("epoch", "--reselect", help="epoch | K (every K steps) | on_change"),
+    seed: int = typer.Option(0, "--seed"),
+    topk: int = typer.Option(2, "--topk", min=1),
+    lora_r: int = typer.Option(8, "--lora-r", min=1),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Also checkpoint every N steps."),
+    output_dir: Path = typer.Option(..., "--output-dir", help="Where metrics, checkpoints and the final model go."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
+    try:
+        trainer = _build_trainer(**locals())
+    except _BadInput as exc:
+        _fail(str(exc))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    records = trainer.train()
+    if trainer.interrupted:
+        typer.echo(
+            f"interrupted: checkpoint saved in {output_dir / 'checkpoint'}; continue with --resume {output_dir}",
+            err=True,
+        )
+        return
+    last = records[-1]
+    typer.echo(
+        f"done: {len(records)} epochs, val loss {last.val_loss if last.val_loss is not None else float('nan'):.4f}, "
+        f"FLOPs {sum(r.flops_forward + r.flops_backward for r in records):.3e} "
+        f"({sum(r.flops_forward + r.flops_backward for r in records) / max(sum(r.flops_full for r in records), 1):.3f} of full); "
+        f"model in {output_dir / 'final'}"
+    )
+
+
+def _build_trainer(**opts: Any) -> Any:
+    from gt_core.rho import ConstantRho, ScheduleRho, check_rho
+    from gt_core.schemes import check_scheme
+
+    if (opts["tiny"] is None) == (opts["model"] is None):
+        raise _BadInput("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
+    if opts["tiny"] is not None:
+        from gt_core.tiny import TINY_ARCHS
+
+        if opts["tiny"] not in TINY_ARCHS:
+            raise _BadInput(f"unknown tiny architecture {opts['tiny']!r}; choose one of {', '.join(TINY_ARCHS)}")
+    check_scheme(opts["scheme"])
+    if opts["rho"] is not None and opts["rho_schedule"] is not None:
+        raise _BadInput("give --rho or --rho-schedule, not both")
+    if opts["rho_schedule"] is not None:
+        rho_source = ScheduleRho.from_file(opts["rho_schedule"])
+        rho = rho_source.values[0]
+    else:
+        rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
+        rho_source = ConstantRho(rho)
+    if opts["lr"] <= 0:
+        raise _BadInput(f"--lr must be positive, got {opts['lr']}")
+    reselect = _parse_reselect(opts["reselect"])
+    if opts["importance_metric"] not in ("dw_grad", "dw", "grad"):
+        raise _BadInput(f"unknown --importance-metric {opts['importance_metric']!r}; choose dw_grad, dw or grad")
+    output_dir = Path(opts["output_dir"])
+    resume = opts["resume"]
+    _check_output_dir(output_dir, resume)
+    if resume is not None:
+        from gt_core.checkpoint import find_checkpoint
+
+        if find_checkpoint(resume) is None:
+            raise _BadInput(f"no checkpoint to resume in {resume}")
+
+    train_examples, val_examples = _load_data(
+        opts["data"], opts["val_data"], opts["source_field"], opts["target_field"], opts["limit"], opts["seed"]
+    )
+    model, tokenizer = _load_model_and_tokenizer(opts["tiny"], opts["model"])
+
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    config = TrainConfig(
+        scheme=opts["scheme"], rho=rho, lr=opts["lr"], batch_size=opts["batch_size"], epochs=opts["epochs"],
+        max_input_length=opts["max_input_length"], max_target_length=opts["max_target_length"],
+        importance_batches=opts["importance_batches"], importance_metric=opts["importance_metric"],
+        reselect=reselect, topk=opts["topk"], lora_r=opts["lora_r"], seed=opts["seed"],
+        output_dir=output_dir, checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
+    )
+    trainer = GreenTrainer(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source)
+    if resume is not None:
+        trainer.resume(resume)
+    return trainer
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train)
