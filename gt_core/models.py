@@ -63,6 +63,10 @@ def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int
     import transformers as tf
 
     local_only = _offline()
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        if not os.path.isdir(os.path.expanduser(name)):
+            raise ModelLoadError(f"model {name!r} not found: no such directory")
+        name = os.path.expanduser(name)
     try:
         config = tf.AutoConfig.from_pretrained(name, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as exc:

@@ -1,7 +1,119 @@
-"""Sub-command module (filled in by its owner)."""
+"""`greentrainer profile`: per-tensor FLOPs of one training step of a model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand
+
+_COUNTS = ("all", "matmul")
+_PREFIXES = ("", "k", "M", "G", "T", "P", "E")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+class _OneLineErrors(TyperCommand):
+    """Report bad command-line arguments as one ``error: ...`` line (exit code 2)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:  # click's UsageError family; typer vendors click privately
+            if not hasattr(exc, "format_message"):
+                raise
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2)
+
+
+def _scaled(value: float) -> tuple[float, str]:
+    i = 0
+    while abs(value) >= 1000 and i < len(_PREFIXES) - 1:
+        value /= 1000
+        i += 1
+    return value, _PREFIXES[i]
+
+
+def human_flops(flops: float) -> str:
+    """FLOPs with an SI prefix, e.g. ``1.2 MFLOPs``."""
+    value, prefix = _scaled(float(flops))
+    return f"{value:.3g} {prefix}FLOPs"
+
+
+def human_count(n: float) -> str:
+    """A count with an SI prefix, e.g. ``32.8k``."""
+    value, prefix = _scaled(float(n))
+    return f"{value:.3g}{prefix}"
+
+
+def _table(prof: Any) -> str:
+    width = max([len("tensor")] + [len(n) for n in prof.names])
+    lines = [f"{'#':>4}  {'tensor':<{width}}  {'params':>8}  {'t_dw':>14}  {'t_dy':>14}"]
+    for i, name in enumerate(prof.names):
+        lines.append(
+            f"{i:>4}  {name:<{width}}  {human_count(prof.param_counts[i]):>8}  "
+            f"{human_flops(prof.t_dw[i]):>14}  {human_flops(prof.t_dy[i]):>14}"
+        )
+    lines += [
+        "",
+        f"tensors           {len(prof.names)} ({human_count(prof.param_counts.sum())} parameters)",
+        f"t_fp              {human_flops(prof.t_fp)}  (forward, one batch)",
+        f"t_full            {human_flops(prof.t_full)}  (forward + full backward)",
+        f"min feasible rho  {prof.min_feasible_rho():.3f}",
+    ]
+    return "\n".join(lines)
+
+
+def _as_json(prof: Any, source: str) -> str:
+    doc = {
+        "model": source,
+        "count": prof.count,
+        "batch_size": prof.meta["batch_size"],
+        "seq_len": prof.meta["seq_len"],
+        "target_len": prof.meta["target_len"],
+        "t_fp": prof.t_fp,
+        "t_full": prof.t_full,
+        "min_feasible_rho": prof.min_feasible_rho(),
+        "tensors": [
+            {"name": n, "params": int(p), "t_dw": float(dw), "t_dy": float(dy)}
+            for n, p, dw, dy in zip(prof.names, prof.param_counts, prof.t_dw, prof.t_dy)
+        ],
+    }
+    return json.dumps(doc, indent=2)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("profile", cls=_OneLineErrors)
+    def profile(
+        tiny: Optional[str] = typer.Option(None, "--tiny", help="Tiny random model family (opt, bloom, gpt2, llama, qwen2, mistral, t5)."),
+        model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path."),
+        batch_size: int = typer.Option(4, "--batch-size", help="Sequences per batch."),
+        seq_len: int = typer.Option(64, "--seq-len", help="Tokens per sequence (encoder length for T5)."),
+        target_len: Optional[int] = typer.Option(None, "--target-len", help="Decoder length of encoder-decoder models."),
+        count: str = typer.Option("all", "--count", help="'all' FLOPs or only 'matmul' FLOPs."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """Per-tensor FLOPs of one training step (tensors in forward execution order)."""
+        if (tiny is None) == (model is None):
+            _fail("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
+        if count not in _COUNTS:
+            _fail(f"--count must be one of {', '.join(_COUNTS)}, got {count!r}")
+        if batch_size < 1 or seq_len < 1 or (target_len is not None and target_len < 1):
+            _fail("--batch-size, --seq-len and --target-len must be positive")
+
+        from gt_core.models import ModelLoadError, load_model
+        from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model
+
+        try:
+            net = load_model(model=model, tiny=tiny)
+            prof = profile_model(net, batch_size=batch_size, seq_len=seq_len, target_len=target_len, count=count)
+        except (ModelLoadError, UnsupportedModuleError, UnsupportedOpError, ValueError) as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        source = f"tiny:{tiny}" if tiny is not None else str(model)
+        typer.echo(_as_json(prof, source) if as_json else _table(prof))

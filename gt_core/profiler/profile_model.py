@@ -129,7 +129,7 @@ def profile_model(
         meta={
             "batch_size": batch_size,
             "seq_len": seq_len,
-            "target_len": target_len if _is_encoder_decoder(model) else None,
+            "target_len": (target_len or seq_len) if _is_encoder_decoder(model) else None,
             "model_class": type(model).__name__,
             "n_ops": len(recording.ops),
             "n_cost_groups": len(compiled.group_flops),
