@@ -215,3 +215,29 @@ def test_custom_autograd_function_keeps_the_gradient_path() -> None:
     matmul = 2 * BATCH * SEQ * 8
     # Without the Function's edge, the mixer would look disconnected from the loss and cost nothing.
     assert prof.cost(np.array([0, 1, 0, 0, 0], dtype=bool)) == prof.t_fp + matmul * 8 + matmul * 32
+
+
+def test_parameters_the_forward_never_reads_are_left_out() -> None:
+    model = ToyLM()
+    model.mixer = nn.Linear(8, 8)
+    model.spare = nn.Linear(8, 8)  # registered, never called
+    prof = profile_model(model, batch_size=BATCH, seq_len=SEQ)
+    assert "spare.weight" not in prof.names
+    assert prof.meta["unused"] == ["spare.weight", "spare.bias"]
+
+
+def test_t5_encoder_tensors_come_before_decoder_tensors(profiles: dict[str, TensorProfile]) -> None:
+    names = profiles["t5"].names
+    assert names[0] == "shared.weight"
+    last_encoder = max(i for i, n in enumerate(names) if n.startswith("encoder."))
+    first_decoder = min(i for i, n in enumerate(names) if n.startswith("decoder."))
+    assert names[last_encoder] == "encoder.final_layer_norm.weight"
+    assert last_encoder < first_decoder
+    # Training only an encoder tensor still pays the input gradients of the decoder's cross-attention
+    # K/V projections, so it costs more than its own weight gradient.
+    k = names.index("encoder.block.1.layer.1.DenseReluDense.wo.weight")
+    mask = np.zeros(len(names), dtype=bool)
+    mask[k] = True
+    prof = profiles["t5"]
+    cross_kv_input_grads = 2 * 2 * (2 * BATCH * SEQ * 64 * 64)  # 2 decoder layers x (K, V), d_model = inner = 64
+    assert prof.cost(mask) - prof.t_fp >= prof.t_dw[k] + cross_kv_input_grads
