@@ -1,0 +1,129 @@
+"""Helpers for tests that talk to real sockets and real daemon processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CARBONSCHED_BIN = Path(sys.executable).parent / "carbonsched"
+
+
+@contextmanager
+def short_dir() -> Iterator[Path]:
+    """A fresh directory with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class LineConn:
+    """A raw protocol connection: send bytes, read reply lines."""
+
+    def __init__(self, path: Path, timeout_s: float = 5.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(str(path))
+        self._buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def ask(self, **obj: Any) -> dict[str, Any]:
+        self.send(json.dumps(obj).encode() + b"\n")
+        return self.reply()
+
+    def reply(self) -> dict[str, Any]:
+        while b"\n" not in self._buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed by server")
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+class DaemonProcess:
+    """`carbonsched run` as a real subprocess with short intervals."""
+
+    def __init__(self, workdir: Path, *extra_args: str, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.socket = workdir / "run" / "carbonsched.sock"
+        self.state_dir = workdir / "state"
+        self.log_path = workdir / "daemon.log"
+        args = [
+            str(CARBONSCHED_BIN), "run", "--socket", str(self.socket), "--state-dir", str(self.state_dir),
+            "--provider", "trace?speedup=3600", "--poll-intensity-s", "0.2", "--sample-power-s", "0.2",
+            "--decide-s", "0.3", *extra_args,
+        ]
+        full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+        full_env.update(env or {})
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=workdir)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> "DaemonProcess":
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                conn = LineConn(self.socket, timeout_s=1.0)
+            except OSError:
+                return False
+            try:
+                return conn.ask(op="ping").get("ok") is True
+            finally:
+                conn.close()
+
+        assert wait_until(answers, timeout_s), f"daemon not ready:\n{self.log()}"
+        return self
+
+    def conn(self) -> LineConn:
+        return LineConn(self.socket)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
