@@ -65,20 +65,19 @@ def _load_data(
 
 
 def _load_model_and_tokenizer(tiny: str | None, model_name: str | None) -> tuple[Any, Any]:
-    from gt_core.tokenizer import build_tokenizer, load_tokenizer
+    from gt_core.models import ModelLoadError, load_model
+    from gt_core.tokenizer import load_tokenizer
 
-    if tiny is not None:
-        from gt_core.tiny import tiny_model
-
-        tokenizer = build_tokenizer()
-        return tiny_model(tiny, vocab_size=len(tokenizer)), tokenizer
     try:
-        tokenizer = load_tokenizer(model_name, tiny=False)
-        from gt_core.models import load_model
-
+        tokenizer = load_tokenizer(model_name, tiny=tiny is not None)
+        if tiny is not None:
+            # The local tokenizer decides the vocabulary; the tiny model is sized to it.
+            return load_model(tiny=tiny, vocab_size=len(tokenizer)), tokenizer
         return load_model(model_name), tokenizer
+    except ModelLoadError as exc:
+        raise _BadInput(str(exc)) from None
     except (OSError, ValueError) as exc:
-        raise _BadInput(f"cannot load model {model_name!r}: {str(exc).splitlines()[0]}") from None
+        raise _BadInput(f"cannot load {model_name or tiny!r}: {str(exc).splitlines()[0]}") from None
 
 
 def _check_output_dir(output_dir: Path, resume: Path | None) -> None:
