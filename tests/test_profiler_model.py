@@ -241,3 +241,15 @@ def test_t5_encoder_tensors_come_before_decoder_tensors(profiles: dict[str, Tens
     prof = profiles["t5"]
     cross_kv_input_grads = 2 * 2 * (2 * BATCH * SEQ * 64 * 64)  # 2 decoder layers x (K, V), d_model = inner = 64
     assert prof.cost(mask) - prof.t_fp >= prof.t_dw[k] + cross_kv_input_grads
+
+
+@pytest.mark.parametrize("arch", ["opt", "t5"])
+def test_meta_device_model_profiles_like_the_real_one(arch: str) -> None:
+    with torch.device("meta"):
+        meta_model = tiny_model(arch)
+    assert next(meta_model.parameters()).is_meta
+    real = profile_model(tiny_model(arch), batch_size=BATCH, seq_len=SEQ)
+    meta = profile_model(meta_model, batch_size=BATCH, seq_len=SEQ)
+    assert meta.names == real.names
+    assert meta.t_fp == real.t_fp and meta.t_full == real.t_full
+    assert np.array_equal(meta.t_dw, real.t_dw) and np.array_equal(meta.t_dy, real.t_dy)
