@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gt_core.cli import app
+from gt_core.embedded_task import embedded_task
+from gt_core.rho import CallableRho
+from gt_core.tiny import tiny_model
+from gt_core.tokenizer import build_tokenizer
+from gt_core.trainer import GreenTrainer, TrainConfig
+
+FIELDS = {
+    "epoch", "rho_asked", "rho_effective", "tensors_selected", "param_share_selected", "flops_forward",
+    "flops_backward", "flops_full", "wall_s", "importance_s", "dp_s", "train_loss", "val_loss",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return embedded_task(n_train=16, n_val=4)
+
+
+def _trainer(tmp_path, tokenizer, task, rho_source=None, **overrides) -> GreenTrainer:
+    options = dict(
+        epochs=2, lr=1e-3, batch_size=4, importance_batches=1, max_input_length=32, max_target_length=12,
+        output_dir=tmp_path / "run", progress=False,
+    )
+    options.update(overrides)
+    model = tiny_model("opt", vocab_size=len(tokenizer), hidden=32, layers=1)
+    return GreenTrainer(model, tokenizer, task[0], task[1], TrainConfig(**options), rho_source=rho_source)
+
+
+def test_frozen_tensors_stay_untouched_and_keep_their_optimizer_state(tmp_path, tokenizer, task):
+    box: dict = {}
+
+    def rho(epoch: int, step: int) -> float:
+        trainer = box["trainer"]
+        if epoch == 1:  # snapshot just before epoch 1's selection
+            box["params"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            box["state"] = {n: {k: v.clone() for k, v in trainer.optimizer.state[p].items()}
+                            for n, p in trainer.model.named_parameters() if p in trainer.optimizer.state}
+            return trainer.min_rho * 1.01
+        return 1.0
+
+    trainer = _trainer(tmp_path, tokenizer, task, rho_source=CallableRho(rho))
+    box["trainer"] = trainer
+    records = trainer.train()
+
+    first, second = (set(s["selected"]) for s in trainer.state.selections)
+    assert len(second) < len(first)
+    params = dict(trainer.model.named_parameters())
+    trained_before_only = first - second
+    assert trained_before_only
+    for name in trainer.profile.names:
+        if name in second:
+            assert not torch.equal(params[name], box["params"][name]), name
+            continue
+        assert torch.equal(params[name], box["params"][name]), name
+        if name in trained_before_only:  # its AdamW moments and step count survive for later
+            state = trainer.optimizer.state[params[name]]
+            for key, value in box["state"][name].items():
+                assert torch.equal(state[key], value), (name, key)
+    assert records[1].rho_effective <= records[1].rho_asked + 1e-9
+
+
+def test_metrics_log_budget_and_final_model(tmp_path, tokenizer, task):
+    trainer = _trainer(tmp_path, tokenizer, task, rho=0.7)
+    records = trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for line, record in zip(lines, records):
+        assert FIELDS <= line.keys()
+        assert line["rho_asked"] == 0.7
+        assert line["flops_forward"] + line["flops_backward"] <= 0.7 * line["flops_full"] * (1 + 1e-9)
+        assert line["flops_full"] == pytest.approx(4 * trainer.profile.t_full)
+        assert 0 < line["param_share_selected"] < 1 and np.isfinite(line["val_loss"])
+        assert line["train_loss"] == pytest.approx(record.train_loss)
+    final = tmp_path / "run" / "final"
+    assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("reselect, expected", [("epoch", [0, 4]), (3, [0, 3, 6]), ("on_change", [0, 4, 5])])
+def test_reselection_points(tmp_path, tokenizer, task, reselect, expected):
+    source = CallableRho(lambda epoch, step: 0.7 if step < 5 else 0.9)
+    trainer = _trainer(tmp_path, tokenizer, task, rho_source=source, reselect=reselect, save_final=False)
+    trainer.train()
+    assert [s["global_step"] for s in trainer.state.selections] == expected
+
+
+@pytest.mark.parametrize("scheme", ["full", "topk", "lora", "prefix"])
+def test_baselines_train_only_their_parameters(tmp_path, tokenizer, task, scheme):
+    trainer = _trainer(tmp_path, tokenizer, task, scheme=scheme, epochs=1, save_final=False, lr=1e-2)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    record = trainer.train()[0]
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert changed and changed <= trainable
+    if scheme == "full":
+        assert record.rho_effective == pytest.approx(1.0) and record.param_share_selected == 1.0
+    else:
+        assert record.rho_effective < 1.0 and record.param_share_selected < 0.1
+    if scheme == "topk":
+        assert trainable == set(trainer.profile.names[-2:])
+    if scheme == "lora":
+        assert all("lora_" in n for n in trainable)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+BASE = ["train", "--limit", "8", "--epochs", "1", "--max-input-length", "32", "--max-target-length", "12", "--no-progress"]
+
+
+def test_cli_trains_and_writes_the_run(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, BASE + ["--tiny", "opt", "--rho", "0.7", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "done: 1 epochs" in result.stdout
+    assert (out / "metrics.jsonl").is_file() and (out / "checkpoint" / "state.json").is_file()
+    again = runner.invoke(app, BASE + ["--tiny", "opt", "--output-dir", str(out)])
+    assert again.exit_code == 2 and "already holds a run" in again.stderr
+
+
+def _bad_inputs(tmp_path):
+    wrong_field = tmp_path / "wrong.jsonl"
+    wrong_field.write_text(json.dumps({"article": "a b c", "summary": "a"}) + "\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    schedule = tmp_path / "schedule.txt"
+    schedule.write_text("0.5\n1.5\n")
+    return {
+        "rho zero": (["--tiny", "opt", "--rho", "0"], "(0, 1]"),
+        "rho above one": (["--tiny", "opt", "--rho", "1.5"], "(0, 1]"),
+        "infeasible rho": (["--tiny", "opt", "--rho", "0.05"], "needs rho >="),
+        "bad schedule": (["--tiny", "opt", "--rho-schedule", str(schedule)], "entry 1"),
+        "unknown scheme": (["--tiny", "opt", "--scheme", "sparse"], "unknown scheme 'sparse'"),
+        "unknown tiny": (["--tiny", "gpt5"], "unknown tiny architecture"),
+        "unknown model": (["--model", str(tmp_path / "no-such-model")], str(tmp_path / "no-such-model")),
+        "missing data": (["--tiny", "opt", "--data", str(tmp_path / "missing.jsonl")], "no such file"),
+        "wrong field": (["--tiny", "opt", "--data", str(wrong_field)], "missing field 'source'"),
+        "empty data": (["--tiny", "opt", "--data", str(empty)], "no examples"),
+        "nothing to resume": (["--tiny", "opt", "--resume", str(tmp_path)], "no checkpoint"),
+        "no model": ([], "exactly one of --tiny"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["rho zero", "rho above one", "infeasible rho", "bad schedule", "unknown scheme", "unknown tiny",
+     "unknown model", "missing data", "wrong field", "empty data", "nothing to resume", "no model"],
+)
+def test_cli_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
+    args, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "run"
+    result = runner.invoke(app, BASE + args + ["--output-dir", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
