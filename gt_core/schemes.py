@@ -198,8 +198,8 @@ def prefix_flops(
 ) -> StepFLOPs:
     """FLOPs of one prefix-tuning step (``model`` is the base model).
 
-    ``p`` learned key/value tokens join every attention block that reads them (each decoder layer;
-    for T5, the decoder's self- and cross-attention, peft's layout). With ``q`` queries per
+    ``p`` learned key/value tokens join the self-attention of every decoder layer (for T5 only
+    the decoder's: that is where peft's prefix lands; measured). With ``q`` queries per
     sequence and attention width ``d`` (heads × head size), a block's extra work is
     ``e = 4·b·q·p·d`` forward (scores and weighted sum) and ``2e`` backward.
 
@@ -215,7 +215,7 @@ def prefix_flops(
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     queries = target_len if (encoder_decoder and target_len is not None) else source_len
     if encoder_decoder:
-        blocks = 2 * int(getattr(config, "num_decoder_layers", None) or config.num_layers)
+        blocks = int(getattr(config, "num_decoder_layers", None) or config.num_layers)
     else:
         blocks = int(config.num_hidden_layers)
     extra = blocks * 4.0 * batch_size * queries * num_virtual_tokens * _attention_width(config)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gt_core.profiler import TensorProfile
+from gt_core.profiler import TensorProfile, profile_model
 from gt_core.schemes import (
     apply_lora,
     apply_prefix,
@@ -45,34 +45,16 @@ def _step_flops(model: torch.nn.Module, batch: dict) -> tuple[float, float]:
     return forward, backward
 
 
-def _measured_profile(model: torch.nn.Module, batch: dict) -> TensorProfile:
-    """Stand-in profile: every mask priced by running the real backward under a FLOP counter."""
-    named = list(model.named_parameters())
-    names = [n for n, _ in named]
-
-    def backward_of(mask: np.ndarray) -> float:
-        flags = [p.requires_grad for _, p in named]
-        for (_, p), m in zip(named, mask):
-            p.requires_grad_(bool(m))
-        try:
-            return _step_flops(model, batch)[1]
-        finally:
-            for (_, p), f in zip(named, flags):
-                p.requires_grad_(f)
-
-    tokens = {n: BATCH * (TARGET_LEN if ".decoder." in f".{n}" and "EncDecAttention" not in n else SOURCE_LEN)
-              for n in names}
-    t_dw = np.array([2.0 * tokens[n] * p.numel() if p.dim() == 2 else 0.0 for n, p in named])
-    with torch.no_grad():
-        t_fp = _count(lambda: model(**batch))
-    return TensorProfile(names=names, t_dw=t_dw, t_dy=np.zeros(len(names)), t_fp=t_fp, exact_backward=backward_of)
+def _profile(model: torch.nn.Module, arch: str) -> TensorProfile:
+    target_len = TARGET_LEN if arch == "t5" else None
+    return profile_model(model, batch_size=BATCH, seq_len=SOURCE_LEN, target_len=target_len, count="matmul")
 
 
 @pytest.mark.parametrize("arch", ["opt", "gpt2", "t5"])
 def test_lora_flops_match_a_flop_counter(arch):
     base = tiny_model(arch, hidden=64, layers=2)
     batch = _batch(arch)
-    prof = _measured_profile(base, batch)
+    prof = _profile(base, arch)
     target_len = TARGET_LEN if arch == "t5" else None
     predicted = lora_flops(prof, base, r=8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
     model = apply_lora(base, r=8, dropout=0.0)
@@ -84,11 +66,11 @@ def test_lora_flops_match_a_flop_counter(arch):
     assert predicted.total < prof.t_full
 
 
-@pytest.mark.parametrize("arch", ["opt", "t5"])
+@pytest.mark.parametrize("arch", ["opt", "gpt2", "t5"])
 def test_prefix_flops_match_a_flop_counter(arch):
     base = tiny_model(arch, hidden=64, layers=2)
     batch = _batch(arch)
-    prof = _measured_profile(base, batch)
+    prof = _profile(base, arch)
     target_len = TARGET_LEN if arch == "t5" else None
     predicted = prefix_flops(prof, base, 8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
     model = apply_prefix(base, num_virtual_tokens=8)
@@ -96,6 +78,13 @@ def test_prefix_flops_match_a_flop_counter(arch):
     assert predicted.forward == pytest.approx(forward, rel=0.10)
     assert predicted.backward == pytest.approx(backward, rel=0.10)
     assert predicted.forward > prof.t_fp
+
+
+def test_profile_agrees_with_the_flop_counter_on_full_fine_tuning():
+    base = tiny_model("opt", hidden=64, layers=2)
+    forward, backward = _step_flops(base, _batch("opt"))
+    assert full_flops(_profile(base, "opt")).forward == pytest.approx(forward, rel=0.01)
+    assert full_flops(_profile(base, "opt")).backward == pytest.approx(backward, rel=0.01)
 
 
 def test_lora_targets_per_family():
