@@ -18,5 +18,20 @@ for _module in (daemon_cmds, policy_cmds, doctor_cmd):
     _module.register(app)
 
 
+@app.callback()
+def _root() -> None:
+    """Keeps sub-command names required even while only one sub-command is registered."""
+
+
 def main() -> None:
-    app()
+    """Console entry point: command-line usage errors become one ``error: ...`` line, exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:  # the usage-error family of the click that typer vendors
+        if not hasattr(exc, "format_message"):
+            raise
+        message = exc.format_message()
+        if message:  # empty for "no arguments given", where the help text was already printed
+            typer.echo(f"error: {message}", err=True)
+        raise SystemExit(2) from None
+    raise SystemExit(code or 0)
