@@ -482,8 +482,7 @@ class GreenTrainer:
             bar.close()
         record = self._record(epoch, tally, time.perf_counter() - started)
         self.metrics.write(asdict(record))
-        if cfg.progress:
-            tqdm.write(_format_record(record))
+        tqdm.write(_format_record(record))
         self.state.records.append(asdict(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0
