@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gt_core import schemes
+from gt_core.callbacks import TrainerCallback, TrainStatus
 from gt_core.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from gt_core.data import Example, SummarizationDataset, collate_batch, make_loader
 from gt_core.importance import compute_importance
@@ -166,6 +167,7 @@ class GreenTrainer:
         val_examples: Sequence[Example],
         config: TrainConfig,
         rho_source: RhoSource | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         if not train_examples:
             raise ValueError("no training examples")
@@ -173,6 +175,10 @@ class GreenTrainer:
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
         self.rho_source: RhoSource = rho_source or ConstantRho(config.rho)
+        # A ρ source that is also a callback (the daemon source) hears about epochs first.
+        self.callbacks: list[TrainerCallback] = list(callbacks)
+        if isinstance(rho_source, TrainerCallback) and rho_source not in self.callbacks:
+            self.callbacks.insert(0, rho_source)
         encoder_decoder = _encoder_decoder(model)
         self.pad_id = _pad_id(tokenizer)
         dataset_args = dict(
@@ -432,23 +438,36 @@ class GreenTrainer:
         if self.fixed is not None:
             self._current = self.fixed
         previous_handlers = self._install_signal_handlers()
+        self._notify("on_train_start")
         try:
             while self.state.epoch < cfg.epochs:
                 if not self._train_epoch(self.state.epoch):
                     self.interrupted = True
                     break
+        except BaseException:
+            self._notify_end("failed")
+            raise
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+        self._notify_end("interrupted" if self.interrupted else "completed")
         if not self.interrupted and cfg.save_final:
             final = self.output_dir / "final"
             self.model.save_pretrained(final)
             self.tokenizer.save_pretrained(final)
         return [EpochRecord(**r) for r in self.state.records]
 
+    def _notify(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _notify_end(self, status: TrainStatus) -> None:
+        self._notify("on_train_end", [EpochRecord(**r) for r in self.state.records], status)
+
     def _train_epoch(self, epoch: int) -> bool:
         """Train one epoch from ``state.step_in_epoch``; False when stopped by a signal."""
         cfg = self.config
+        announced = False
         tally = _EpochTally(**self.state.extra.get("tally", {}))
         started = time.perf_counter() - self.state.extra.get("wall_s", 0.0)
         bar = tqdm(
@@ -457,10 +476,14 @@ class GreenTrainer:
         )
         try:
             for group in self._batches(epoch):
+                reading = None
                 if self.fixed is None:
                     reading = self._needs_selection(epoch, self.state.step_in_epoch, tally)
                     if reading is not None:
                         self._select(epoch, reading, tally)
+                if not announced:
+                    self._notify("on_epoch_start", epoch, reading)
+                    announced = True
                 loss = self._train_step(group)
                 tally.loss_sum += loss
                 tally.steps += 1
@@ -482,6 +505,7 @@ class GreenTrainer:
             bar.close()
         record = self._record(epoch, tally, time.perf_counter() - started)
         self.metrics.write(asdict(record))
+        self._notify("on_epoch_end", record)
         tqdm.write(_format_record(record))
         self.state.records.append(asdict(record))
         self.state.epoch += 1
