@@ -64,9 +64,15 @@ def _integer(min_value: int = 0) -> Callable[[Any], int]:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a finite number")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond float range raises OverflowError, not ValueError
+    except OverflowError:
+        raise ValueError("must be a finite number") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
 
 
 def _non_negative(value: Any) -> float:
