@@ -48,9 +48,21 @@ class Request:
 # -- field checkers: each returns the normalised value or raises ValueError("must be ...") ------
 
 
+def _is_unicode_text(value: str) -> bool:
+    """False for strings holding lone surrogates (JSON allows "\\ud800"); they cannot be encoded
+    as UTF-8, so they could be neither stored nor echoed in a reply."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_STRING_CHARS:
         raise ValueError(f"must be a non-empty string of at most {MAX_STRING_CHARS} characters")
+    if not _is_unicode_text(value):
+        raise ValueError("must be valid Unicode text (no lone surrogates)")
     return value
 
 
@@ -176,8 +188,12 @@ def decode_request(line: bytes) -> Request:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "request must be a JSON object")
     request_id = obj.get("id")
-    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
-        raise ProtocolError("bad_request", "field 'id' must be a string or an integer")
+    if request_id is not None and (
+        isinstance(request_id, bool)
+        or not isinstance(request_id, (str, int))
+        or (isinstance(request_id, str) and not _is_unicode_text(request_id))
+    ):
+        raise ProtocolError("bad_request", "field 'id' must be a string (valid Unicode text) or an integer")
     op = obj.get("op")
     if not isinstance(op, str):
         raise ProtocolError("bad_request", "field 'op' must be a string", request_id)
