@@ -175,6 +175,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999 is valid JSON syntax but no float; json would give inf
+        raise ValueError(f"number {text[:32]} is out of range")
+    return number
+
+
 def decode_request(line: bytes) -> Request:
     """Parse and validate one request line (without or with its trailing newline)."""
     try:
@@ -182,7 +189,7 @@ def decode_request(line: bytes) -> Request:
     except UnicodeDecodeError as exc:
         raise ProtocolError("bad_json", f"request is not valid UTF-8 (byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_json", f"request is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
