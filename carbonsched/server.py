@@ -240,6 +240,9 @@ class UnixSocketServer:
             request = decode_request(line)
         except ProtocolError as exc:
             return error_reply(exc.code, exc.message, exc.request_id)
+        except Exception as exc:  # a validation bug must cost one request, not the connection
+            log.exception("decoding a request failed")
+            return error_reply("internal", f"request could not be decoded: {type(exc).__name__}")
         if request.op in ADMIN_OPS and peer.uid not in self.admin_uids:
             return error_reply("forbidden", f"{request.op} is allowed only to uid {os.getuid()} or root", request.id)
         try:
@@ -255,6 +258,9 @@ class UnixSocketServer:
             data = encode(reply)
         except (TypeError, ValueError) as exc:
             log.error("reply not encodable: %s", exc)
-            data = encode(error_reply("internal", "reply could not be encoded", reply.get("id")))
+            try:
+                data = encode(error_reply("internal", "reply could not be encoded", reply.get("id")))
+            except (TypeError, ValueError):  # the echoed id itself is the problem
+                data = encode(error_reply("internal", "reply could not be encoded"))
         conn.settimeout(self.write_timeout_s)
         conn.sendall(data)
