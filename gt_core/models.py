@@ -28,24 +28,28 @@ def load_model(
     *,
     attn_implementation: str | None = None,
     vocab_size: int | None = None,
+    tie_word_embeddings: bool | None = None,
 ) -> torch.nn.Module:
     """Return ``model`` (hub name or local directory) or a tiny random model of family ``tiny``.
 
     Exactly one of the two must be given. Encoder-decoder checkpoints load as seq2seq LMs, all
     others as causal LMs. With ``HF_HUB_OFFLINE=1`` only local files are used. ``vocab_size``
     sets a tiny model's vocabulary, or resizes a pretrained model's token embeddings.
+    ``tie_word_embeddings`` overrides a tiny model's family default (ignored for checkpoints).
     """
     if (model is None) == (tiny is None):
         raise ModelLoadError("give exactly one of a model name/path or a tiny architecture")
     if vocab_size is not None and vocab_size < 1:
         raise ModelLoadError(f"vocab_size must be positive, got {vocab_size}")
     if tiny is not None:
-        return _load_tiny(tiny, attn_implementation, vocab_size)
+        return _load_tiny(tiny, attn_implementation, vocab_size, tie_word_embeddings)
     assert model is not None
     return _load_pretrained(model, attn_implementation, vocab_size)
 
 
-def _load_tiny(arch: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+def _load_tiny(
+    arch: str, attn_implementation: str | None, vocab_size: int | None, tie_word_embeddings: bool | None
+) -> torch.nn.Module:
     if arch not in TINY_ARCHS:
         raise ModelLoadError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
     kwargs: dict = {}
@@ -53,6 +57,8 @@ def _load_tiny(arch: str, attn_implementation: str | None, vocab_size: int | Non
         kwargs["attn_implementation"] = attn_implementation
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
+    if tie_word_embeddings is not None:
+        kwargs["tie_word_embeddings"] = tie_word_embeddings
     try:
         return tiny_model(arch, **kwargs)
     except (ValueError, TypeError) as exc:

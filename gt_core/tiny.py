@@ -56,17 +56,22 @@ def tiny_model(
     max_len: int = 512,
     attn_implementation: str | None = "eager",
     seed: int = 0,
+    tie_word_embeddings: bool | None = None,
 ) -> torch.nn.Module:
     """Build a small random-init model of family ``arch`` (one of ``TINY_ARCHS``).
 
     ``attn_implementation="eager"`` runs attention as plain matmuls, which FLOP counters can see;
     pass ``"sdpa"`` to use the fused kernel as transformers does by default.
+    ``tie_word_embeddings=None`` keeps the family's default (OPT, BLOOM, GPT-2, T5, Qwen2 and
+    Mistral tie the LM head to the input embedding here; Llama does not).
     """
     import transformers as tf
 
     config = _config(arch, vocab_size, hidden, layers, heads, max_len)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
+    if tie_word_embeddings is not None:
+        config.tie_word_embeddings = tie_word_embeddings
     torch.manual_seed(seed)
     if arch == "t5":
         model = tf.AutoModelForSeq2SeqLM.from_config(config)

@@ -16,3 +16,10 @@ def test_tiny_model_runs_forward_with_loss(arch):
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown tiny architecture 'gpt5'"):
         tiny_model("gpt5")
+
+
+def test_tie_word_embeddings_override():
+    tied = tiny_model("opt")
+    untied = tiny_model("opt", tie_word_embeddings=False)
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    assert untied.lm_head.weight is not untied.get_input_embeddings().weight

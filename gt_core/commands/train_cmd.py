@@ -71,8 +71,10 @@ def _load_model_and_tokenizer(tiny: str | None, model_name: str | None) -> tuple
     try:
         tokenizer = load_tokenizer(model_name, tiny=tiny is not None)
         if tiny is not None:
-            # The local tokenizer decides the vocabulary; the tiny model is sized to it.
-            return load_model(tiny=tiny, vocab_size=len(tokenizer)), tokenizer
+            # The local tokenizer decides the vocabulary; the tiny model is sized to it. Its LM head
+            # is untied: in a random-init model the tied embedding is most of what there is to
+            # learn, and tied it sits at the input end where no budget below 1 can reach it.
+            return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
         return load_model(model_name), tokenizer
     except ModelLoadError as exc:
         raise _BadInput(str(exc)) from None
