@@ -1,0 +1,267 @@
+"""Benchmark 4: accuracy at equal epochs on the embedded summarisation task, with FLOPs and wall time.
+
+Setup (all sizes in ``Sizes``): a tiny OPT is first pre-trained as a plain language model (full
+fine-tuning on report continuations: first two sentences → the rest) so that parameter-efficient
+baselines start from a model that already knows the words, as they would from a pretrained LLM.
+Every scheme then fine-tunes a copy of that base on the summarisation task with the GreenTrainer
+loop (``gt_core.trainer``): full, FT-Top2, LoRA (r 8 on W_Q, W_V), prefix tuning (16 tokens) and
+GreenTrainer at ρ ∈ {0.4, 0.5, 0.7}. Each scheme's learning rate is the best of a 3-value sweep on
+seed 0 by dev-split validation loss; the reported numbers are on a separate test split.
+
+Run records (per epoch, from each run's metrics.jsonl) go to bench/results/accuracy_runs.json, which
+the overhead and ablation sections reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from bench.common import RESULTS, fmt_pm, machine_line, single_thread, table, write_section
+
+RUNS_JSON = RESULTS / "accuracy_runs.json"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    n_train: int = 512
+    n_dev: int = 64
+    n_test: int = 64
+    epochs: int = 5
+    batch_size: int = 8
+    seeds: tuple[int, ...] = (0, 1, 2)
+    base_examples: int = 1024
+    base_epochs: int = 3
+    base_lr: float = 1e-3
+    num_beams: int = 4
+    max_new_tokens: int = 32
+    sweep_full: bool = True
+    importance_batches: int = 4
+    resolution: int = 1000
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "Sizes":
+        if not quick:
+            return cls()
+        return cls(n_train=128, n_dev=32, n_test=32, epochs=2, seeds=(0,), base_examples=256, base_epochs=1,
+                   num_beams=2, sweep_full=False, importance_batches=2)
+
+
+# scheme key → (trainer scheme, ρ, lr grid). The middle value is the quick-mode choice.
+SCHEMES: dict[str, tuple[str, float | None, tuple[float, ...]]] = {
+    "full": ("full", None, (3e-4, 1e-3, 3e-3)),
+    "top2": ("topk", None, (1e-3, 3e-3, 1e-2)),
+    "lora": ("lora", None, (1e-3, 3e-3, 1e-2)),
+    "prefix": ("prefix", None, (3e-3, 1e-2, 3e-2)),
+    "green-0.4": ("green", 0.4, (3e-4, 1e-3, 3e-3)),
+    "green-0.5": ("green", 0.5, (3e-4, 1e-3, 3e-3)),
+    "green-0.7": ("green", 0.7, (3e-4, 1e-3, 3e-3)),
+}
+# GreenTrainer ρ values share the learning rate swept at ρ = 0.5.
+SWEPT = ("full", "top2", "lora", "prefix", "green-0.5")
+LR_FROM = {"green-0.4": "green-0.5", "green-0.7": "green-0.5"}
+
+
+@dataclass
+class Task:
+    sizes: Sizes
+    tokenizer: object
+    train: list
+    dev: list
+    test: list
+    base_state: dict
+    base_info: dict = field(default_factory=dict)
+
+
+def _continuation_examples(n: int, seed: int) -> list:
+    from gt_core.data import Example
+    from gt_core.embedded_task import embedded_task
+
+    reports, _ = embedded_task(n_train=n, n_val=0, seed=seed)
+    out = []
+    for ex in reports:
+        sentences = [s.strip() + "." for s in ex.source.split(".") if s.strip()]
+        out.append(Example(source=" ".join(sentences[:2]), target=" ".join(sentences[2:])))
+    return out
+
+
+def build_task(quick: bool) -> Task:
+    """Tokenizer, splits and the pre-trained base model (state dict), built once per process."""
+    import torch
+
+    from gt_core.embedded_task import embedded_task
+    from gt_core.tiny import tiny_model
+    from gt_core.tokenizer import build_tokenizer
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    sizes = Sizes.for_mode(quick)
+    tokenizer = build_tokenizer()
+    train, held = embedded_task(n_train=sizes.n_train, n_val=sizes.n_dev + sizes.n_test, seed=0)
+    dev, test = held[: sizes.n_dev], held[sizes.n_dev:]
+    model = tiny_model("opt", vocab_size=len(tokenizer), hidden=sizes.hidden, layers=sizes.layers,
+                       heads=sizes.heads, max_len=256, seed=0)
+    pre = _continuation_examples(sizes.base_examples, seed=1000)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(scheme="full", lr=sizes.base_lr, batch_size=sizes.batch_size, epochs=sizes.base_epochs,
+                          max_input_length=200, max_target_length=96, output_dir=tmp, progress=False,
+                          save_final=False, seed=1000)
+        records = GreenTrainer(model, tokenizer, pre, pre[:32], cfg).train()
+    info = {"pretrain_s": time.perf_counter() - start, "pretrain_val_loss": records[-1].val_loss,
+            "params": sum(p.numel() for p in model.parameters())}
+    torch.manual_seed(0)
+    return Task(sizes, tokenizer, train, dev, test, copy.deepcopy(model.state_dict()), info)
+
+
+def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad") -> dict:
+    """Fine-tune a copy of the base with scheme ``key``; evaluate on dev (loss) and test (ROUGE, loss)."""
+    import torch
+
+    from gt_core.evaluate import evaluate_model
+    from gt_core.metrics_log import MetricsLog
+    from gt_core.tiny import tiny_model
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    s = task.sizes
+    scheme, rho, _ = SCHEMES[key]
+    model = tiny_model("opt", vocab_size=len(task.tokenizer), hidden=s.hidden, layers=s.layers, heads=s.heads,
+                       max_len=256, seed=0)
+    model.load_state_dict(task.base_state)
+    torch.manual_seed(seed)  # LoRA / prefix initialisation
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            scheme=scheme, rho=rho if rho is not None else 0.5, lr=lr, batch_size=s.batch_size, epochs=s.epochs,
+            max_input_length=200, max_target_length=32, importance_batches=s.importance_batches,
+            importance_metric=metric, resolution=s.resolution, seed=seed, output_dir=tmp, progress=False,
+            save_final=False,
+        )
+        trainer = GreenTrainer(model, task.tokenizer, task.train, task.dev, cfg)
+        records = trainer.train()
+        epochs = MetricsLog(f"{tmp}/metrics.jsonl").read()
+        start = time.perf_counter()
+        result = evaluate_model(trainer.model, task.tokenizer, task.test, num_beams=s.num_beams,
+                                max_new_tokens=s.max_new_tokens, batch_size=16, max_input_length=200,
+                                max_target_length=32)
+        eval_s = time.perf_counter() - start
+    flops = sum(r.flops_forward + r.flops_backward for r in records)
+    full = sum(r.flops_full for r in records)
+    return {
+        "key": key, "scheme": scheme, "rho": rho, "lr": lr, "seed": seed, "metric": metric,
+        "dev_loss": records[-1].val_loss, "test_loss": result["val_loss"], "rougeL": result["rougeL"],
+        "rouge1": result["rouge1"], "rouge2": result["rouge2"], "flops": flops, "flops_full": full,
+        "wall_s": sum(r.wall_s for r in records), "importance_s": sum(r.importance_s for r in records),
+        "dp_s": sum(r.dp_s for r in records), "eval_s": eval_s, "epochs": epochs,
+        "param_share": records[-1].param_share_selected,
+    }
+
+
+def _label(key: str) -> str:
+    return {"full": "Full FT", "top2": "FT-Top2", "lora": "LoRA", "prefix": "Prefix"}.get(key, key.replace("green-", "GreenTrainer ρ="))
+
+
+def sweep(task: Task, log) -> tuple[dict[str, float], list[dict]]:
+    """Best lr per swept scheme (seed 0, lowest dev loss); all sweep runs are returned."""
+    runs, best = [], {}
+    for key in SWEPT:
+        grid = SCHEMES[key][2] if task.sizes.sweep_full else (SCHEMES[key][2][1],)
+        scored = []
+        for lr in grid:
+            run = run_one(task, key, lr, seed=0)
+            log(f"  sweep {key} lr={lr:g}: dev loss {run['dev_loss']:.4f}, ROUGE-L {run['rougeL']:.2f}")
+            runs.append(run)
+            scored.append((run["dev_loss"], lr))
+        best[key] = min(scored)[1]
+    for key, src in LR_FROM.items():
+        best[key] = best[src]
+    return best, runs
+
+
+def main(quick: bool = False, log=print) -> list[str]:
+    single_thread()
+    started = time.perf_counter()
+    task = build_task(quick)
+    s = task.sizes
+    log(f"  base model pre-trained in {task.base_info['pretrain_s']:.0f} s")
+    best, sweep_runs = sweep(task, log)
+    runs: list[dict] = []
+    for seed in s.seeds:
+        for key in SCHEMES:
+            reuse = [r for r in sweep_runs if r["key"] == key and r["lr"] == best[key] and r["seed"] == seed]
+            run = reuse[0] if reuse else run_one(task, key, best[key], seed)
+            if not reuse:
+                log(f"  {key} seed {seed}: ROUGE-L {run['rougeL']:.2f}, test loss {run['test_loss']:.4f}")
+            runs.append(run)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    RUNS_JSON.write_text(json.dumps({"sizes": asdict(s), "quick": quick, "best_lr": best, "runs": runs,
+                                     "sweep": sweep_runs}, indent=1))
+
+    full_flops = [r["flops"] for r in runs if r["key"] == "full"]
+    full_wall = [r["wall_s"] for r in runs if r["key"] == "full"]
+    ref_flops = sum(full_flops) / len(full_flops)
+    ref_wall = sum(full_wall) / len(full_wall)
+    rows = []
+    for key in SCHEMES:
+        rs = [r for r in runs if r["key"] == key]
+        rows.append([
+            _label(key), f"{best[key]:g}", fmt_pm([r["rougeL"] for r in rs], 2), fmt_pm([r["test_loss"] for r in rs], 3),
+            fmt_pm([r["flops"] for r in rs], 3, 1e-12), f"{sum(r['flops'] for r in rs) / len(rs) / ref_flops:.3f}",
+            fmt_pm([r["wall_s"] for r in rs], 1), f"{sum(r['wall_s'] for r in rs) / len(rs) / ref_wall:.2f}",
+            f"{100 * rs[-1]['param_share']:.1f}%",
+        ])
+    sweep_rows = [
+        [_label(r["key"]), f"{r['lr']:g}", f"{r['dev_loss']:.4f}", f"{r['rougeL']:.2f}",
+         "**chosen**" if r["lr"] == best[r["key"]] else ""]
+        for r in sweep_runs
+    ]
+    green5 = [r["rougeL"] for r in runs if r["key"] == "green-0.5"]
+    full_r = [r["rougeL"] for r in runs if r["key"] == "full"]
+    lines = [
+        "## 4. Accuracy on the embedded summarisation task",
+        "",
+        f"{machine_line()} Model: OPT from `tiny_model` (hidden {s.hidden}, {s.layers} layers, {s.heads} heads, "
+        f"vocab {len(task.tokenizer)} from the local BPE tokenizer, {task.base_info['params'] / 1e6:.2f} M parameters). "
+        f"Base: pre-trained as a plain LM (full fine-tuning, lr {s.base_lr:g}, {s.base_epochs} epochs, batch "
+        f"{s.batch_size}) on {s.base_examples} report continuations of the embedded task's generator with another "
+        f"seed (first two sentences → the rest; no summaries), {task.base_info['pretrain_s']:.0f} s, final "
+        f"continuation loss {task.base_info['pretrain_val_loss']:.3f}. Fine-tuning: {s.n_train} training pairs, "
+        f"{s.epochs} epochs, batch {s.batch_size}, AdamW (wd 0.01, linear decay, grad-norm clip 1.0), "
+        f"importance on {s.importance_batches} batches per epoch, DP resolution {s.resolution}; the learning rate "
+        f"of each scheme is chosen on a {s.n_dev}-example dev split; ROUGE-L (beam {s.num_beams}, at most "
+        f"{s.max_new_tokens} new tokens) and test loss (mean token cross-entropy) on a separate "
+        f"{s.n_test}-example test split. Mean ± std over seeds {', '.join(map(str, s.seeds))} (seed = data order, "
+        "importance batches, adapter init). FLOPs are the trainer's modelled totals over all epochs "
+        "(profile at the longest training sequence, forward + backward, 2 per MAC); wall time is the "
+        "training loop's time including importance and DP, excluding validation.",
+        "",
+        *table(["scheme", "lr", "ROUGE-L", "test loss", "total PFLOPs×1e-3 (TFLOPs)", "FLOPs / full",
+                "wall s", "wall / full", "params trained (last epoch)"], rows),
+        "",
+        f"GreenTrainer ρ=0.5 vs full fine-tuning: ROUGE-L {fmt_pm(green5, 2)} vs {fmt_pm(full_r, 2)}. "
+        "The paper's claims are for fine-tuning pretrained 1-3B models on real summarisation data; this "
+        "is a 1-M-parameter model on a synthetic slot-copying task, so only the ordering and the cost "
+        "columns are comparable, not the absolute gaps. Where GreenTrainer or a baseline does worse than "
+        "the paper reports, it is left as measured.",
+        "",
+        "### Learning-rate sweep (seed 0, chosen by lowest dev loss)",
+        "",
+        "GreenTrainer at ρ = 0.4 and 0.7 uses the learning rate swept at ρ = 0.5.",
+        "",
+        *table(["scheme", "lr", "dev loss", "test ROUGE-L", ""], sweep_rows),
+        "",
+        f"_Section time: {time.perf_counter() - started:.0f} s._",
+    ]
+    write_section("accuracy", lines)
+    return lines
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    print("\n".join(main(ap.parse_args().quick)))
