@@ -21,6 +21,15 @@ _EXPORTS = {
     "Selection": "gt_core.selector",
     "InfeasibleBudgetError": "gt_core.selector",
     "tiny_model": "gt_core.tiny",
+    "GreenTrainer": "gt_core.trainer",
+    "TrainConfig": "gt_core.trainer",
+    "EpochRecord": "gt_core.trainer",
+    "compute_importance": "gt_core.importance",
+    "RhoSource": "gt_core.rho",
+    "RhoReading": "gt_core.rho",
+    "ConstantRho": "gt_core.rho",
+    "ScheduleRho": "gt_core.rho",
+    "CallableRho": "gt_core.rho",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,3 +23,10 @@ def test_tie_word_embeddings_override():
     untied = tiny_model("opt", tie_word_embeddings=False)
     assert tied.lm_head.weight is tied.get_input_embeddings().weight
     assert untied.lm_head.weight is not untied.get_input_embeddings().weight
+
+
+def test_every_public_name_of_gt_core_resolves():
+    import gt_core
+
+    for name in gt_core.__all__:
+        assert getattr(gt_core, name) is not None
