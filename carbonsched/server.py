@@ -128,7 +128,9 @@ class UnixSocketServer:
                     os.umask(old_umask)
             os.chmod(self.path, self.socket_mode)
             self._inode = self.path.stat().st_ino
-            listener.listen(min(self.max_connections, socket.SOMAXCONN))
+            # The backlog is not the connection limit: a burst beyond it would see EAGAIN from
+            # connect() instead of the 'too many connections' reply the accept loop sends.
+            listener.listen(socket.SOMAXCONN)
             listener.setblocking(False)
         except OSError as exc:
             listener.close()
