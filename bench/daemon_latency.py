@@ -1,0 +1,174 @@
+"""Benchmark 7: carbonsched daemon ρ query latency, throughput and memory over its real unix socket.
+
+The daemon runs as a real subprocess (`carbonsched run`, trace provider, no network). Each client is
+a separate process holding one `carbonsched.client.DaemonClient` connection and asking `rho` in a
+closed loop for a fixed time after a common start signal; every request's round trip is timed on
+the client. Daemon RSS is read from /proc/PID/status (VmRSS) idle and, sampled every 0.1 s, under
+the heaviest load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import machine_line, percentile, table, write_section
+
+CLIENT_COUNTS = (1, 10, 50)
+
+
+def _client(socket_path: str, start_evt, stop_at_holder, ready_q, out_q) -> None:
+    from carbonsched.client import DaemonClient
+
+    client = DaemonClient(socket_path, timeout_s=10.0)
+    client.call("ping")  # connect before the clock starts
+    ready_q.put(os.getpid())
+    start_evt.wait()
+    stop_at = stop_at_holder.value
+    lat, errors = [], 0
+    while True:
+        t0 = time.perf_counter()
+        if t0 >= stop_at:
+            break
+        try:
+            reply = client.call("rho")
+            if "rho" not in reply:
+                errors += 1
+        except Exception:  # noqa: BLE001 - counted, not raised
+            errors += 1
+        lat.append(time.perf_counter() - t0)
+    client.close()
+    out_q.put((lat, errors))
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _start_daemon(workdir: Path) -> tuple[subprocess.Popen, Path]:
+    sock = workdir / "cs.sock"
+    exe = Path(sys.executable).parent / "carbonsched"
+    args = [str(exe), "run", "--socket", str(sock), "--state-dir", str(workdir / "state"),
+            "--provider", "trace?speedup=600"]
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    log = (workdir / "daemon.log").open("wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    from carbonsched.client import DaemonClient, DaemonUnavailable
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited {proc.returncode}: {(workdir / 'daemon.log').read_text()[-2000:]}")
+        try:
+            with DaemonClient(sock, timeout_s=1.0) as c:
+                c.call("rho")
+            return proc, sock
+        except (DaemonUnavailable, Exception):  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("daemon did not answer within 30 s")
+
+
+def _load(ctx, sock: Path, n: int, seconds: float, pid: int, sample_rss: bool) -> dict:
+    start_evt = ctx.Event()
+    stop_at = ctx.Value("d", 0.0)
+    ready_q, out_q = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(str(sock), start_evt, stop_at, ready_q, out_q)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for _ in range(n):
+        ready_q.get(timeout=120)
+    rss_samples: list[int] = []
+    done = threading.Event()
+
+    def sampler() -> None:
+        while not done.is_set():
+            rss_samples.append(_rss_kib(pid))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sampler, daemon=True)
+    stop_at.value = time.perf_counter() + seconds  # perf_counter is system-wide (CLOCK_MONOTONIC) on Linux
+    begin = time.perf_counter()
+    if sample_rss:
+        t.start()
+    start_evt.set()
+    results = [out_q.get(timeout=seconds + 120) for _ in range(n)]
+    elapsed = time.perf_counter() - begin
+    done.set()
+    for p in procs:
+        p.join(timeout=30)
+    lat = [x for r in results for x in r[0]]
+    return {
+        "clients": n, "requests": len(lat), "errors": sum(r[1] for r in results), "seconds": elapsed,
+        "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "max_ms": max(lat) * 1e3,
+        "throughput": len(lat) / elapsed, "rss_max_kib": max(rss_samples) if rss_samples else None,
+    }
+
+
+def main(quick: bool = False) -> list[str]:
+    started = time.perf_counter()
+    seconds = 1.0 if quick else 4.0
+    ctx = mp.get_context("spawn")
+    workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
+    proc = None
+    try:
+        proc, sock = _start_daemon(workdir)
+        time.sleep(1.0)
+        idle_rss = _rss_kib(proc.pid)
+        _load(ctx, sock, 2, 0.5, proc.pid, False)  # warm-up
+        results = [_load(ctx, sock, n, seconds, proc.pid, True) for n in CLIENT_COUNTS]
+        time.sleep(1.0)
+        after_rss = _rss_kib(proc.pid)
+        alive = proc.poll() is None
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = [
+        [r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}",
+         f"{r['throughput']:.0f}", f"{r['rss_max_kib'] / 1024:.1f}"]
+        for r in results
+    ]
+    lines = [
+        "## 7. carbonsched daemon: ρ query latency, throughput, memory",
+        "",
+        f"{machine_line()} The daemon is a real `carbonsched run` subprocess (trace provider replaying the "
+        "bundled synthetic carbon-intensity trace, default intervals). Each client is its own process with "
+        "one kept-alive `carbonsched.client.DaemonClient` connection asking `rho` back to back for "
+        f"{seconds:g} s after a common start signal; latency is the client-side round trip of `call('rho')`. "
+        "Clients and daemon share the same 2 cores, so with 10 and 50 clients the latency includes waiting "
+        "for a core; throughput is total answered requests / wall time.",
+        "",
+        *table(["clients", "requests", "errors", "p50 ms", "p99 ms", "max ms", "requests/s", "daemon RSS under load, max MiB"],
+               rows),
+        "",
+        f"Daemon RSS (VmRSS): idle {idle_rss / 1024:.1f} MiB before the load, {after_rss / 1024:.1f} MiB one second "
+        f"after it; daemon still running after the load: {'yes' if alive else 'NO'}.",
+        "",
+        f"_Section time: {time.perf_counter() - started:.0f} s._",
+    ]
+    write_section("daemon_latency", lines)
+    return lines
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    print("\n".join(main(ap.parse_args().quick)))
