@@ -27,6 +27,7 @@ from carbonsched.notify import Notifier
 from carbonsched.paths import UnsafeDirectoryError, ensure_private_dir, ensure_runtime_dir, store_path
 from carbonsched.protocol import ProtocolError, Request
 from carbonsched.server import PeerCred, ServerError, UnixSocketServer
+from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
 from carbonsched.store import J_PER_KWH, Store, StoreError
 from carbonsched.types import Decision, IntensityReading, ProviderError, Signals, utcnow
 
@@ -164,6 +165,7 @@ class Daemon:
         self._carbon_day: datetime | None = None
         self._carbon_today_g = 0.0
         self._job_carbon_g: dict[str, float] = {}
+        self._energy_totals_j: dict[tuple[str, str], float] = {}
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -171,6 +173,8 @@ class Daemon:
         log.error("%s: %s", where, message)
         with self._lock:
             self._errors.append({"at": _iso(utcnow()), "where": where, "message": message})
+
+    record_error = _record_error
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -212,7 +216,9 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         self._start_scheduler()
         if cfg.metrics_port:
-            self._start_metrics(cfg.metrics_addr, cfg.metrics_port)
+            from carbonsched.metrics import start_metrics_server
+
+            self._metrics_server = start_metrics_server(self, cfg.metrics_addr, cfg.metrics_port)
         log.info(
             "listening on %s (provider %s, policy %s, store %s)",
             cfg.socket, getattr(self.provider, "name", "?"), getattr(self.policy, "name", "?"), self.store.path,
@@ -361,6 +367,9 @@ class Daemon:
         self.store.add_energy(readings)
         with self._lock:
             self._gpu_power_w = _finite(gpu_power_w)
+            for r in readings:
+                key = (r.device, r.source)
+                self._energy_totals_j[key] = self._energy_totals_j.get(key, 0.0) + r.energy_j
             intensity = self._reading.intensity_g_per_kwh if self._reading is not None else None
             self._roll_carbon_day(utcnow())
             if intensity is None:
@@ -538,12 +547,25 @@ class Daemon:
         started_at = next((e["started_at"] for e in self.store.epochs(job_id) if e["epoch"] == epoch), None)
         if started_at is None and fields.get("wall_s") is not None:
             started_at = now.timestamp() - fields["wall_s"]
-        energy_j = carbon_g = None
+        accounting = savings = None
         if started_at is not None:
-            energy_j, carbon_g = self.store.energy_and_carbon(started_at, now, devices=job["devices"] or None)
+            accounting = epoch_energy(self.store, job, started_at, now.timestamp())
         metrics = {k: v for k, v in fields.items() if k not in ("job_id", "epoch")}
+        if accounting is not None:
+            savings = epoch_savings(
+                {**metrics, "energy_j": accounting.energy_j, "carbon_g": accounting.carbon_g},
+                j_per_flop=measured_j_per_flop(self.store, job["model"]),
+                mean_intensity_g_per_kwh=accounting.mean_intensity_g_per_kwh,
+            )
+        energy_j = accounting.energy_j if accounting else None
+        carbon_g = accounting.carbon_g if accounting else None
         self.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, energy_j=energy_j, carbon_g=carbon_g, **metrics)
-        return {"job_id": job_id, "epoch": epoch, "ended_at": _iso(now), "energy_j": energy_j, "carbon_g": carbon_g}
+        return {
+            "job_id": job_id, "epoch": epoch, "ended_at": _iso(now), "energy_j": energy_j, "carbon_g": carbon_g,
+            "mean_intensity_g_per_kwh": accounting.mean_intensity_g_per_kwh if accounting else None,
+            "accounting": accounting.to_dict() if accounting else None,
+            "savings": savings.to_dict() if savings else None,
+        }
 
     def _op_job_end(self, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
         assert self.store is not None
@@ -674,46 +696,20 @@ class Daemon:
 
     # -- metrics -------------------------------------------------------------------------------
 
-    def _start_metrics(self, addr: str, port: int) -> None:
-        try:
-            from prometheus_client import CollectorRegistry, start_http_server
-        except ImportError as exc:
-            self._record_error("metrics", f"prometheus_client missing: {exc}")
-            return
-        registry = CollectorRegistry()
-        registry.register(_MetricsCollector(self))
-        try:
-            server, _thread = start_http_server(port, addr=addr, registry=registry)
-        except OSError as exc:
-            self._record_error("metrics", f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}")
-            return
-        self._metrics_server = server
-        log.info("metrics on http://%s:%d/metrics", addr, port)
-
-
-class _MetricsCollector:
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-
-    def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        d = self.daemon
-        with d._lock:
-            record, reading, gpu_w, carbon_g = d._decision, d._reading, d._gpu_power_w, d._carbon_today_g
-            override = d._override is not None and d._override.active(utcnow())
-            running = len(d._job_carbon_g)
-        values = [
-            ("carbonsched_rho", "Current FLOPs budget ρ decided by the policy (0-1]", record.decision.rho if record else None),
-            ("carbonsched_override_active", "1 while an admin override of ρ is active", float(override)),
-            ("carbonsched_intensity_g_per_kwh", "Latest grid carbon intensity, gCO2e/kWh", reading.intensity_g_per_kwh if reading else None),
-            ("carbonsched_gpu_power_w", "Latest total GPU power, W", gpu_w),
-            ("carbonsched_carbon_today_g", "Carbon of measured energy since 00:00 UTC, gCO2e", carbon_g),
-            ("carbonsched_jobs_running", "Training jobs registered and not ended", float(running)),
-        ]
-        for name, doc, value in values:
-            if value is not None:
-                yield GaugeMetricFamily(name, doc, value=value)
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Current values for the Prometheus collector (see carbonsched.metrics)."""
+        with self._lock:
+            record, reading = self._decision, self._reading
+            override = self._override is not None and self._override.active(utcnow())
+            return {
+                "rho": record.decision.rho if record else None,
+                "override": override,
+                "intensity_g_per_kwh": reading.intensity_g_per_kwh if reading else None,
+                "gpu_power_w": self._gpu_power_w,
+                "carbon_today_g": self._carbon_today_g,
+                "jobs_running": len(self._job_carbon_g),
+                "energy_j": dict(self._energy_totals_j),
+            }
 
 
 def run_daemon(config: DaemonConfig, cli_overrides: dict[str, Any] | None = None) -> None:

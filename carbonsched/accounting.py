@@ -1,0 +1,303 @@
+"""Energy, carbon and savings of one training epoch, from the store's samples.
+
+Who gets which joule (the node's samples are per device, not per job):
+
+- GPU (``gpu:N``): where NVML listed the compute processes of a sample, the sample belongs to
+  the jobs whose pid is listed ("per-pid"); where it listed none (or cannot), the whole device
+  belongs to the jobs that run on it: their ``devices``, or every GPU when a job named none
+  ("whole-device"). GPU energy of processes that are not registered jobs is nobody's.
+- CPU and RAM: the meter's node-wide figures (RAPL or CodeCarbon's estimates), shared by every
+  job with an epoch in progress.
+
+Within a sample, energy is spread evenly over its time span, and each instant's share is split
+equally between the jobs eligible for that device whose epoch window covers the instant (a
+split by wall-time overlap). So, over any set of epoch windows, the jobs' energies add up to
+the node's attributable energy over the union of those windows.
+
+Carbon integrates energy × intensity: the intensity samples form a step function (each holds
+until the next), and each piece of energy is priced at the intensities in force while it was
+used.
+
+Savings against full fine-tuning at ρ = 1, two ways, each labelled:
+
+- "modelled": this epoch's energy and carbon scaled by flops_full / (flops_forward + flops_backward);
+- "measured": a full fine-tuning job of the same model is in the store: its energy per FLOP,
+  times this epoch's flops_full, priced at this epoch's mean intensity.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Literal, Sequence
+
+from carbonsched.store import J_PER_KWH, Store
+
+INTENSITY_LOOKBACK_S = 2 * 86400.0
+SavingsLabel = Literal["modelled", "measured"]
+
+
+@dataclass(frozen=True)
+class JobWindow:
+    """One epoch of one job as a time window, with what decides its share of each device."""
+
+    job_id: str
+    pid: int | None
+    gpu_devices: frozenset[str]  # empty: every GPU of the node
+    start_s: float
+    end_s: float
+
+    def eligible(self, device: str, pids: Sequence[int]) -> bool:
+        if not device.startswith("gpu"):
+            return True
+        if pids:
+            return self.pid is not None and self.pid in pids
+        return not self.gpu_devices or device in self.gpu_devices
+
+
+@dataclass(frozen=True)
+class EpochEnergy:
+    """An epoch's attributed energy (J) by device kind, its carbon (gCO2e; None without any
+    intensity sample) and the time-weighted mean intensity over its window (gCO2e/kWh)."""
+
+    energy_j: float
+    gpu_j: float
+    cpu_j: float
+    ram_j: float
+    carbon_g: float | None
+    mean_intensity_g_per_kwh: float | None
+    gpu_attribution: str  # "per-pid", "whole-device", "mixed" or "no GPU samples"
+    sources: dict[str, str]  # device -> energy source (nvml_counter, rapl, tdp_estimate, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Savings:
+    """What full fine-tuning would have cost for the same data, and the difference."""
+
+    label: SavingsLabel
+    full_energy_j: float
+    full_carbon_g: float | None
+    saved_j: float
+    saved_g: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- intensity as a step function --------------------------------------------------------------
+
+
+class IntensityCurve:
+    """gCO2e/kWh over time: each sample holds until the next; before the first, the first."""
+
+    def __init__(self, samples: Iterable[tuple[float, float]]):
+        pairs = sorted(samples)
+        self.ts = [t for t, _ in pairs]
+        self.values = [v for _, v in pairs]
+
+    @classmethod
+    def from_store(cls, store: Store, start_s: float, end_s: float) -> "IntensityCurve":
+        rows = store.intensity_samples(start_s - INTENSITY_LOOKBACK_S, end_s)
+        if not rows:
+            after = store.intensity_samples(end_s, end_s + INTENSITY_LOOKBACK_S)
+            rows = after[:1]
+        return cls((r["ts"], r["intensity_g_per_kwh"]) for r in rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.ts)
+
+    def integral(self, start_s: float, end_s: float) -> float:
+        """∫ intensity dt over [start_s, end_s), in gCO2e/kWh · s."""
+        if not self.ts or end_s <= start_s:
+            return 0.0
+        total, t = 0.0, start_s
+        i = max(0, bisect.bisect_right(self.ts, start_s) - 1)
+        while t < end_s:
+            nxt = self.ts[i + 1] if i + 1 < len(self.ts) else end_s
+            upto = min(max(nxt, t), end_s)
+            total += self.values[i] * (upto - t)
+            t = upto
+            i += 1
+            if i >= len(self.ts):
+                total += self.values[-1] * (end_s - t)
+                break
+        return total
+
+    def mean(self, start_s: float, end_s: float) -> float | None:
+        if not self.ts:
+            return None
+        if end_s <= start_s:
+            return self.values[max(0, bisect.bisect_right(self.ts, start_s) - 1)]
+        return self.integral(start_s, end_s) / (end_s - start_s)
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+
+def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> list[JobWindow]:
+    """Every job's epoch windows overlapping [start_s, end_s); an epoch still in progress of a
+    running job lasts until ``now_s``."""
+    windows = []
+    for job in store.jobs():
+        for epoch in store.epochs(job["job_id"]):
+            begin = epoch["started_at"]
+            finish = epoch["ended_at"]
+            if finish is None:
+                if job["status"] != "running":
+                    continue
+                finish = now_s
+            if begin is None or begin >= end_s or finish <= start_s:
+                continue
+            windows.append(JobWindow(
+                job["job_id"], job["pid"], frozenset(d for d in job["devices"] if d.startswith("gpu")), begin, finish,
+            ))
+    return windows
+
+
+def _target_share(
+    sample_start: float, sample_end: float, target: JobWindow, others: Sequence[JobWindow]
+) -> list[tuple[float, float, float]]:
+    """Pieces (start, end, fraction) of the sample's span inside ``target`` where ``target``'s
+    job gets ``fraction`` of the power (1 / jobs eligible and active there)."""
+    lo, hi = max(sample_start, target.start_s), min(sample_end, target.end_s)
+    if hi <= lo:
+        return []
+    cuts = {lo, hi}
+    for w in others:
+        for t in (w.start_s, w.end_s):
+            if lo < t < hi:
+                cuts.add(t)
+    points = sorted(cuts)
+    pieces = []
+    for a, b in zip(points, points[1:]):
+        mid = (a + b) / 2
+        jobs = {w.job_id for w in others if w.start_s <= mid < w.end_s} | {target.job_id}
+        pieces.append((a, b, 1.0 / len(jobs)))
+    return pieces
+
+
+def epoch_energy(
+    store: Store, job: dict[str, Any], start_s: float, end_s: float, *, now_s: float | None = None
+) -> EpochEnergy:
+    """Energy and carbon attributed to ``job`` over its epoch window [start_s, end_s)."""
+    now_s = end_s if now_s is None else now_s
+    target = JobWindow(
+        job["job_id"], job.get("pid"), frozenset(d for d in job.get("devices") or () if d.startswith("gpu")), start_s, end_s,
+    )
+    others = [w for w in job_windows(store, start_s, end_s, now_s=now_s) if w.job_id != target.job_id]
+    curve = IntensityCurve.from_store(store, start_s, end_s)
+    by_kind = {"gpu": 0.0, "cpu": 0.0, "ram": 0.0}
+    carbon_g = 0.0
+    sources: dict[str, str] = {}
+    gpu_modes: set[str] = set()
+    for row in store.energy_samples(start_s, end_s):
+        device, pids = row["device"], row["pids"]
+        if not target.eligible(device, pids):
+            continue
+        span_s = row["end"] - row["start"]
+        if span_s <= 0:
+            continue
+        eligible = [w for w in others if w.eligible(device, pids)]
+        power_w = row["energy_j"] / span_s
+        energy_j = 0.0
+        for a, b, fraction in _target_share(row["start"], row["end"], target, eligible):
+            piece_j = power_w * (b - a) * fraction
+            energy_j += piece_j
+            carbon_g += power_w * fraction * curve.integral(a, b) / J_PER_KWH
+        if energy_j == 0.0:
+            continue
+        kind = "gpu" if device.startswith("gpu") else device if device in by_kind else "cpu"
+        by_kind[kind] += energy_j
+        sources[device] = row["source"]
+        if kind == "gpu":
+            gpu_modes.add("per-pid" if pids else "whole-device")
+    attribution = "no GPU samples" if not gpu_modes else gpu_modes.pop() if len(gpu_modes) == 1 else "mixed"
+    return EpochEnergy(
+        energy_j=sum(by_kind.values()),
+        gpu_j=by_kind["gpu"],
+        cpu_j=by_kind["cpu"],
+        ram_j=by_kind["ram"],
+        carbon_g=carbon_g if curve else None,
+        mean_intensity_g_per_kwh=curve.mean(start_s, end_s),
+        gpu_attribution=attribution,
+        sources=sources,
+    )
+
+
+def node_energy_j(store: Store, windows: Iterable[tuple[float, float]]) -> float:
+    """The node's energy over the union of ``windows`` (every device), for cross-checks."""
+    merged: list[list[float]] = []
+    for a, b in sorted(windows):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    if not merged:
+        return 0.0
+    total = 0.0
+    for row in store.energy_samples(merged[0][0], merged[-1][1]):
+        span_s = row["end"] - row["start"]
+        if span_s <= 0:
+            continue
+        overlap_s = sum(max(0.0, min(row["end"], b) - max(row["start"], a)) for a, b in merged)
+        total += row["energy_j"] * overlap_s / span_s
+    return total
+
+
+# -- savings -----------------------------------------------------------------------------------
+
+
+def modelled_savings(
+    energy_j: float | None, carbon_g: float | None, flops_used: float | None, flops_full: float | None
+) -> Savings | None:
+    """Full fine-tuning scaled from this epoch by the FLOPs ratio (labelled "modelled")."""
+    if energy_j is None or not flops_used or not flops_full:
+        return None
+    factor = flops_full / flops_used
+    full_j = energy_j * factor
+    full_g = carbon_g * factor if carbon_g is not None else None
+    return Savings("modelled", full_j, full_g, full_j - energy_j,
+                   None if full_g is None or carbon_g is None else full_g - carbon_g)
+
+
+def measured_j_per_flop(store: Store, model: str, *, exclude_job: str | None = None) -> float | None:
+    """J per training FLOP of the full fine-tuning epochs of ``model`` in the store, or None."""
+    energy_j = flops = 0.0
+    for job in store.jobs():
+        if job["model"] != model or job["scheme"] != "full" or job["job_id"] == exclude_job:
+            continue
+        for e in store.epochs(job["job_id"]):
+            used = (e["flops_forward"] or 0.0) + (e["flops_backward"] or 0.0)
+            if e["energy_j"] is not None and e["ended_at"] is not None and used > 0:
+                energy_j += e["energy_j"]
+                flops += used
+    return energy_j / flops if flops > 0 and energy_j > 0 else None
+
+
+def measured_savings(
+    j_per_flop: float, energy_j: float | None, carbon_g: float | None, flops_full: float | None,
+    mean_intensity_g_per_kwh: float | None,
+) -> Savings | None:
+    """Full fine-tuning priced from a measured full-FT run's J/FLOP and this epoch's intensity."""
+    if energy_j is None or not flops_full:
+        return None
+    full_j = j_per_flop * flops_full
+    full_g = full_j / J_PER_KWH * mean_intensity_g_per_kwh if mean_intensity_g_per_kwh is not None else None
+    saved_g = full_g - carbon_g if full_g is not None and carbon_g is not None else None
+    return Savings("measured", full_j, full_g, full_j - energy_j, saved_g)
+
+
+def epoch_savings(
+    epoch: dict[str, Any], *, j_per_flop: float | None, mean_intensity_g_per_kwh: float | None
+) -> Savings | None:
+    """Measured savings when a full-FT J/FLOP is known, else modelled; None without energy."""
+    used = (epoch.get("flops_forward") or 0.0) + (epoch.get("flops_backward") or 0.0)
+    if j_per_flop is not None:
+        measured = measured_savings(j_per_flop, epoch.get("energy_j"), epoch.get("carbon_g"),
+                                    epoch.get("flops_full"), mean_intensity_g_per_kwh)
+        if measured is not None:
+            return measured
+    return modelled_savings(epoch.get("energy_j"), epoch.get("carbon_g"), used, epoch.get("flops_full"))

@@ -1,0 +1,200 @@
+"""ρ from the carbonsched daemon, with the job's epochs reported back to it.
+
+:class:`DaemonRhoSource` is a :class:`~gt_core.rho.RhoSource` and a
+:class:`~gt_core.callbacks.TrainerCallback` at once: the trainer asks it for ρ at every selection
+point and tells it when epochs start and end; it forwards both to the daemon.
+
+Training never depends on the daemon: every exchange is bounded by the client timeout, at most
+one exchange is attempted per trainer event while the daemon is unreachable, and ρ falls back to
+the last value the daemon gave, else ``default_rho``. The first failure of an outage is logged
+once as a warning; when the daemon answers again the same job id is registered again (the
+daemon marks it running) and reporting resumes. An epoch whose start was missed is still
+recorded at its end (the daemon derives its start from the wall time).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from typing import TYPE_CHECKING, Any, Sequence
+
+from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+
+from gt_core.callbacks import TrainerCallback, TrainStatus
+from gt_core.rho import RhoReading, check_rho
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gt_core.trainer import EpochRecord, GreenTrainer
+
+log = logging.getLogger("gt_core.rho_daemon")
+
+# Per-epoch values sent as extra fields of epoch.end (the daemon keeps them with the epoch).
+_EXTRA_FIELDS = ("tensors_selected", "param_share_selected", "steps", "selections", "importance_s", "dp_s", "rho_source")
+
+
+def devices_from_env(env: dict[str, str] | None = None) -> list[str]:
+    """GPU device names (``gpu:N``) from CUDA_VISIBLE_DEVICES; [] when unset (the daemon then
+    counts every GPU of the node). UUID entries are passed through unchanged."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return []
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    return [f"gpu:{e}" if e.isdigit() else e for e in entries]
+
+
+def _clamp_fraction(value: float | None) -> float | None:
+    """A ratio as the protocol's (0, 1] field; None when it is not a usable number."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return None
+    return min(1.0, float(value))
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+class DaemonRhoSource(TrainerCallback):
+    """Ask the daemon for ρ; register the job and report its epochs.
+
+    ``model_name`` and ``scheme`` identify the job in the daemon's store (reports compare a green
+    job with a full fine-tuning job of the same model). ``job_id`` defaults to a fresh random id,
+    kept for the whole run so a daemon restart does not split the job.
+    """
+
+    def __init__(
+        self,
+        socket_path: "str | Path | None" = None,
+        *,
+        default_rho: float = 1.0,
+        timeout_s: float = 2.0,
+        model_name: str,
+        scheme: str,
+        job_id: str | None = None,
+        devices: Sequence[str] | None = None,
+    ) -> None:
+        self.default_rho = check_rho(default_rho, what="default rho")
+        self.client = DaemonClient(socket_path, timeout_s=timeout_s, default_rho=self.default_rho)
+        self.model_name = model_name
+        self.scheme = scheme
+        self.job_id = job_id or uuid.uuid4().hex[:16]
+        self.devices = list(devices_from_env() if devices is None else devices)
+        self.registered = False
+        self.reachable: bool | None = None  # None until the first exchange
+        self.warnings = 0
+        self.epoch_reports: dict[int, dict[str, Any]] = {}
+        self.last_reading: RhoReading | None = None
+        self._epoch_rho: dict[int, float] = {}
+
+    @property
+    def socket_path(self) -> "Path":
+        return self.client.socket_path
+
+    # -- daemon exchanges -------------------------------------------------------------------
+
+    def _mark(self, ok: bool, reason: str = "") -> None:
+        if ok and self.reachable is False:
+            log.info("carbonsched daemon at %s answers again; reporting resumes for job %s", self.socket_path, self.job_id)
+        elif not ok and self.reachable is not False:
+            self.warnings += 1
+            log.warning(
+                "carbonsched daemon at %s unavailable (%s): training continues on the last rho (else %.2f)",
+                self.socket_path, reason, self.default_rho,
+            )
+        self.reachable = ok
+
+    def _call(self, op: str, **fields: Any) -> dict[str, Any] | None:
+        """One request; None on any failure. An unknown job (a daemon with a fresh store) is
+        registered again and the request retried once."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            reply = self.client.call(op, **fields)
+        except DaemonUnavailable as exc:
+            self.registered = False
+            self._mark(False, str(exc))
+            return None
+        except DaemonRequestError as exc:
+            if exc.code == "bad_request" and "unknown job_id" in exc.message and op != "job.start":
+                self.registered = False
+                if self._register():
+                    return self._call(op, **fields)
+            self._mark(True)
+            log.warning("carbonsched %s rejected: %s", op, exc)
+            return None
+        except (TypeError, ValueError) as exc:  # values JSON cannot carry
+            log.warning("carbonsched %s not sent: %s", op, exc)
+            return None
+        self._mark(True)
+        return reply
+
+    def _register(self) -> bool:
+        if self.registered:
+            return True
+        reply = self._call(
+            "job.start", model=self.model_name, scheme=self.scheme, pid=os.getpid(), devices=self.devices,
+            job_id=self.job_id,
+        )
+        self.registered = reply is not None
+        return self.registered
+
+    # -- RhoSource -----------------------------------------------------------------------------
+
+    def rho_for(self, epoch: int, step: int) -> RhoReading:
+        fallback = self.last_reading.rho if self.last_reading is not None else self.default_rho
+        if not self._register():
+            reading = RhoReading(fallback, "daemon-fallback", {"reason": "daemon unavailable"})
+        else:
+            answer = self.client.rho(self.job_id, default=fallback)
+            if answer.source == "daemon":
+                self._mark(True)
+                reading = RhoReading(answer.rho, "daemon", dict(answer.detail))
+            else:
+                self.registered = False
+                self._mark(False, str(answer.detail.get("reason", "no answer")))
+                reading = RhoReading(fallback, "daemon-fallback", dict(answer.detail))
+        if reading.source == "daemon" or self.last_reading is None:
+            self.last_reading = reading
+        return reading
+
+    # -- TrainerCallback -----------------------------------------------------------------------
+
+    def on_train_start(self, trainer: "GreenTrainer") -> None:
+        self._register()
+
+    def on_epoch_start(self, trainer: "GreenTrainer", epoch: int, reading: RhoReading | None) -> None:
+        current = getattr(trainer, "_current", None)
+        rho_effective = None
+        if current is not None:
+            rho_effective = _clamp_fraction(current.flops.total / trainer.profile.t_full)
+        rho_asked = reading.rho if reading is not None else (rho_effective or 1.0)
+        self._epoch_rho[epoch] = rho_asked
+        if self._register():
+            self._call("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
+
+    def on_epoch_end(self, trainer: "GreenTrainer", record: "EpochRecord") -> None:
+        rho_effective = _clamp_fraction(record.rho_effective) or 1.0
+        rho_asked = record.rho_asked if record.rho_asked is not None else self._epoch_rho.get(record.epoch, rho_effective)
+        extra = {name: getattr(record, name) for name in _EXTRA_FIELDS}
+        extra["model"], extra["scheme"] = self.model_name, record.scheme
+        if not self._register():
+            return
+        reply = self._call(
+            "epoch.end", job_id=self.job_id, epoch=record.epoch, rho_asked=rho_asked, rho_effective=rho_effective,
+            flops_forward=_finite(record.flops_forward), flops_backward=_finite(record.flops_backward),
+            flops_full=_finite(record.flops_full), wall_s=_finite(record.wall_s),
+            train_loss=_finite(record.train_loss), val_loss=_finite(record.val_loss),
+            **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
+        )
+        if reply is not None:
+            self.epoch_reports[record.epoch] = reply
+
+    def on_train_end(self, trainer: "GreenTrainer", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
+        if self._register():
+            self._call("job.end", job_id=self.job_id, status=status)
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"DaemonRhoSource({str(self.socket_path)!r}, job_id={self.job_id!r})"
