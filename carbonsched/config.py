@@ -2,7 +2,7 @@
 
 Example::
 
-    provider = "electricitymaps?zone=DE"
+    provider = "electricitymaps:DE,static:DEU"
     policy = "/etc/carbonsched/policy.toml"
     retention_days = 90
     max_connections = 64
