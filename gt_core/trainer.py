@@ -275,19 +275,13 @@ class GreenTrainer:
 
     def _select(self, epoch: int, reading: RhoReading, tally: _EpochTally) -> None:
         """Importance → DP → requires_grad for the selected tensors (the green scheme)."""
-        cfg, prof = self.config, self.profile
+        prof = self.profile
         self.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        importance = compute_importance(
-            self.model, prof.names, self.importance_batches(self.state.global_step), self.optimizer,
-            metric=cfg.importance_metric, profile=prof, rho=reading.rho,
-        )
+        importance = self._importance(reading.rho)
         tally.importance_s += time.perf_counter() - start
         start = time.perf_counter()
-        selection = select_tensors(prof, importance, reading.rho, resolution=cfg.resolution)
-        mask = np.asarray(selection.mask, dtype=bool)
-        if not mask.any():
-            mask = self._fallback_mask(importance, reading.rho)
+        mask = self._choose(importance, reading.rho)
         tally.dp_s += time.perf_counter() - start
         self._apply(mask, reading.rho)
         tally.selections += 1
@@ -300,6 +294,22 @@ class GreenTrainer:
             "rho_effective": self._current.flops.total / prof.t_full,
             "selected": [n for n, m in zip(prof.names, mask) if m],
         })
+
+    def _importance(self, rho: float) -> np.ndarray:
+        """Importance of every profiled tensor now (a hook: the distributed trainer all-reduces)."""
+        cfg, prof = self.config, self.profile
+        return compute_importance(
+            self.model, prof.names, self.importance_batches(self.state.global_step), self.optimizer,
+            metric=cfg.importance_metric, profile=prof, rho=rho,
+        )
+
+    def _choose(self, importance: np.ndarray, rho: float) -> np.ndarray:
+        """The DP's mask for ``importance`` under ``rho`` (a hook: the distributed trainer broadcasts rank 0's)."""
+        selection = select_tensors(self.profile, importance, rho, resolution=self.config.resolution)
+        mask = np.asarray(selection.mask, dtype=bool)
+        if not mask.any():
+            mask = self._fallback_mask(importance, rho)
+        return mask
 
     def _fallback_mask(self, importance: np.ndarray, rho: float) -> np.ndarray:
         """No tensor has positive importance: train the most important one that fits alone."""
