@@ -34,11 +34,11 @@ class Sizes:
     n_train: int = 512
     n_dev: int = 64
     n_test: int = 64
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
-    base_examples: int = 1024
-    base_epochs: int = 3
+    base_examples: int = 768
+    base_epochs: int = 2
     base_lr: float = 1e-3
     num_beams: int = 4
     max_new_tokens: int = 32
@@ -92,8 +92,17 @@ def _continuation_examples(n: int, seed: int) -> list:
     return out
 
 
+_TASKS: dict[bool, Task] = {}
+
+
 def build_task(quick: bool) -> Task:
     """Tokenizer, splits and the pre-trained base model (state dict), built once per process."""
+    if quick not in _TASKS:
+        _TASKS[quick] = _build_task(quick)
+    return _TASKS[quick]
+
+
+def _build_task(quick: bool) -> Task:
     import torch
 
     from gt_core.embedded_task import embedded_task
