@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd
+from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd, report_cmd
 
 app = typer.Typer(
     name="carbonsched",
@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (daemon_cmds, policy_cmds, doctor_cmd):
+for _module in (daemon_cmds, policy_cmds, doctor_cmd, report_cmd):
     _module.register(app)
 
 

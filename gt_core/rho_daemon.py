@@ -157,7 +157,14 @@ class DaemonRhoSource(TrainerCallback):
                 reading = RhoReading(fallback, "daemon-fallback", dict(answer.detail))
         if reading.source == "daemon" or self.last_reading is None:
             self.last_reading = reading
+        if epoch not in self._epoch_rho:
+            # The epoch's window opens here, before importance and DP, so their energy counts too.
+            self._epoch_rho[epoch] = reading.rho
+            self._call_if_registered("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=reading.rho)
         return reading
+
+    def _call_if_registered(self, op: str, **fields: Any) -> dict[str, Any] | None:
+        return self._call(op, **fields) if self.registered else None
 
     # -- TrainerCallback -----------------------------------------------------------------------
 
@@ -169,6 +176,8 @@ class DaemonRhoSource(TrainerCallback):
         rho_effective = None
         if current is not None:
             rho_effective = _clamp_fraction(current.flops.total / trainer.profile.t_full)
+        if epoch in self._epoch_rho:
+            return  # opened by rho_for at the epoch's first selection
         rho_asked = reading.rho if reading is not None else (rho_effective or 1.0)
         self._epoch_rho[epoch] = rho_asked
         if self._register():

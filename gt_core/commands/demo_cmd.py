@@ -1,7 +1,34 @@
-"""Sub-command module (filled in by its owner)."""
+"""`greentrainer demo`: the daemon-driven main job end to end on the embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+EXIT_BAD_INPUT = 2
+
+
+def demo(
+    epochs: int = typer.Option(4, "--epochs", min=1, help="Training epochs (the daemon is asked for ρ before each)."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for the plot, the run's metrics and kept state."),
+    keep_daemon_state: bool = typer.Option(False, "--keep-daemon-state", help="Keep the daemon's SQLite store in OUT/daemon-state."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes and a faster trace: a smoke run in seconds."),
+    lr: float = typer.Option(2e-3, "--lr", help="Learning rate (a random-init tiny model needs ~1e-3..2e-3)."),
+) -> None:
+    """Start a carbonsched daemon, fine-tune a tiny OPT with ρ from it, print energy and carbon per epoch."""
+    from gt_core.demo import DemoError, DemoOptions, run_demo
+
+    if lr <= 0:
+        typer.echo(f"error: --lr must be positive, got {lr}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        run_demo(DemoOptions(epochs=epochs, out=out, keep_daemon_state=keep_daemon_state, quick=quick, lr=lr),
+                 echo=typer.echo)
+    except DemoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("demo")(demo)

@@ -102,6 +102,7 @@ def train(
     scheme: str = typer.Option("green", "--scheme", help="green | full | topk | lora | prefix"),
     rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5)."),
     rho_schedule: Optional[Path] = typer.Option(None, "--rho-schedule", help="Per-epoch ρ: JSON list or one value per line."),
+    rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it (--rho is the fallback)."),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     lr: float = typer.Option(2e-5, "--lr"),
@@ -155,7 +156,19 @@ def _build_trainer(**opts: Any) -> Any:
     check_scheme(opts["scheme"])
     if opts["rho"] is not None and opts["rho_schedule"] is not None:
         raise _BadInput("give --rho or --rho-schedule, not both")
-    if opts["rho_schedule"] is not None:
+    if opts["rho_from"] is not None and opts["rho_schedule"] is not None:
+        raise _BadInput("give --rho-from or --rho-schedule, not both")
+    if opts["rho_from"] is not None:
+        kind, _, socket_path = opts["rho_from"].partition(":")
+        if kind != "daemon":
+            raise _BadInput(f"--rho-from must be 'daemon' or 'daemon:SOCKET', got {opts['rho_from']!r}")
+        from gt_core.rho_daemon import DaemonRhoSource
+
+        rho = check_rho(1.0 if opts["rho"] is None else opts["rho"], what="--rho")
+        rho_source = DaemonRhoSource(
+            socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
+        )
+    elif opts["rho_schedule"] is not None:
         rho_source = ScheduleRho.from_file(opts["rho_schedule"])
         rho = rho_source.values[0]
     else:

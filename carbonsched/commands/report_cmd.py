@@ -1,0 +1,85 @@
+"""`carbonsched report`: per-job, per-epoch energy, carbon, ρ, FLOPs and savings from the store."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO date or date-time; without an offset it is taken as UTC."""
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"--since {value!r} is not an ISO date or date-time (e.g. 2025-01-06 or 2025-01-06T12:00)") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def report(
+    job: Optional[str] = typer.Option(None, "--job", help="Only this job id."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO date/time (UTC)."),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG plot (intensity, ρ, FLOPs per epoch) to this file."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="The daemon's state directory (default: as the daemon)."),
+) -> None:
+    """Energy (kWh), carbon (gCO2e) and savings vs full fine-tuning per job and epoch; no daemon needed."""
+    from carbonsched.paths import default_state_dir, store_path
+    from carbonsched.report import FORMATS, ReportPathError, build_report, check_output_file, render
+    from carbonsched.store import Store, StoreError
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        since_dt = parse_since(since) if since is not None else None
+        if output is not None:
+            check_output_file(output, "--output")
+        if plot is not None:
+            check_output_file(plot, "--plot")
+    except (ValueError, ReportPathError) as exc:
+        _fail(str(exc))
+    directory = state_dir or default_state_dir()
+    db = store_path(directory)
+    if not db.is_file():
+        _fail(f"no store at {db} (has `carbonsched run --state-dir {directory}` run?)", 1)
+    try:
+        with Store(db) as store:
+            reports = build_report(store, job_id=job, since=since_dt)
+            if job is not None and not reports:
+                _fail(f"no job {job!r} in {db}", 1)
+            samples = []
+            if plot is not None:
+                times = [e.started_at for r in reports for e in r.epochs if e.started_at is not None]
+                ends = [e.started_at + e.duration_s for r in reports for e in r.epochs
+                        if e.started_at is not None and e.duration_s is not None]
+                if times:
+                    start, end = min(times), max(ends or times)
+                    samples = [(row["ts"], row["intensity_g_per_kwh"]) for row in store.intensity_samples(start - 3600, end)]
+                    samples = [(max(t, start), v) for t, v in samples] + ([(end, samples[-1][1])] if samples else [])
+    except StoreError as exc:
+        _fail(f"cannot read the store: {exc}", 1)
+    text = render(reports, fmt)
+    if output is not None:
+        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    else:
+        typer.echo(text.rstrip("\n"))
+    if plot is not None:
+        from carbonsched.plot import plot_report
+
+        plot_report(reports, samples, plot)
+        typer.echo(f"plot written to {plot}", err=output is None and fmt != "table")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
