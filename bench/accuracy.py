@@ -249,7 +249,7 @@ def main(quick: bool = False, log=print) -> list[str]:
         "(profile at the longest training sequence, forward + backward, 2 per MAC); wall time is the "
         "training loop's time including importance and DP, excluding validation.",
         "",
-        *table(["scheme", "lr", "ROUGE-L", "test loss", "total PFLOPs×1e-3 (TFLOPs)", "FLOPs / full",
+        *table(["scheme", "lr", "ROUGE-L", "test loss", "total TFLOPs", "FLOPs / full",
                 "wall s", "wall / full", "params trained (last epoch)"], rows),
         "",
         f"GreenTrainer ρ=0.5 vs full fine-tuning: ROUGE-L {fmt_pm(green5, 2)} vs {fmt_pm(full_r, 2)}. "
