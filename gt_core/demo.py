@@ -52,7 +52,7 @@ class DemoOptions:
     def sizes(self) -> dict[str, int]:
         """Model and data sizes: the full demo learns visibly; quick mode only exercises the path."""
         if self.quick:
-            return {"n_train": 32, "n_val": 8, "hidden": 32, "layers": 1, "batch_size": 8}
+            return {"n_train": 32, "n_val": 8, "hidden": 64, "layers": 1, "batch_size": 8}
         return {"n_train": 384, "n_val": 32, "hidden": 64, "layers": 2, "batch_size": 8}
 
 
