@@ -268,11 +268,17 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload_requested.set()
 
-    def run_forever(self) -> None:
-        """Serve until SIGTERM/SIGINT; SIGHUP reloads. Call from the main thread after start()."""
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads. Main thread only; call before start(), since the
+        socket answers (and READY=1 is sent) before run_forever() begins, and a SIGHUP in that
+        window would otherwise kill the process with the default action."""
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def run_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads. Call from the main thread after start()."""
+        self.install_signal_handlers()
         while not self._stop.is_set():
             if self._reload_requested.wait(0.25):
                 self._reload_requested.clear()
@@ -716,5 +722,6 @@ def run_daemon(config: DaemonConfig, cli_overrides: dict[str, Any] | None = None
     """Foreground entry point for `carbonsched run`; raises StartupError if it cannot start."""
     setup_logging()
     daemon = Daemon(config, cli_overrides=cli_overrides)
+    daemon.install_signal_handlers()
     daemon.start()
     daemon.run_forever()
