@@ -1,0 +1,86 @@
+"""SIGHUP with a broken config file keeps the running configuration and says why.
+
+tests/test_daemon.py covers a broken *policy* file on SIGHUP; here the *config* file breaks in
+several ways (invalid TOML, a wrong type, an unknown key, world-writable, a missing policy file,
+a deleted file). (A provider spec in the file is not tried here: the test daemon's --provider flag
+overrides it, as command-line flags do on reload.) Each time: ρ and the policy stay as they were, ``status.reload_error`` and
+the log name the problem, and a fixed file reloads cleanly afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from daemon_helpers import DaemonProcess, short_dir, wait_until
+
+POLICY = 'kind = "constant"\nname = "steady"\nrho = 0.55\nrho_min = 0.3\n'
+OTHER_POLICY = 'kind = "constant"\nname = "steadier"\nrho = 0.65\nrho_min = 0.3\n'
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    with short_dir() as d:
+        (d / "policy.toml").write_text(POLICY)
+        (d / "other.toml").write_text(OTHER_POLICY)
+        config = d / "carbonsched.toml"
+        config.write_text('policy = "policy.toml"\nretention_days = 7\n')
+        proc = DaemonProcess(d, "--config", str(config)).wait_ready()
+        proc.config = config
+        try:
+            yield proc
+        finally:
+            proc.stop()
+
+
+BROKEN_CONFIGS = {
+    "invalid_toml": ('policy = "policy.toml\nretention_days = 7\n', "carbonsched.toml"),
+    "wrong_type": ('policy = "policy.toml"\nretention_days = "a week"\n', "retention_days"),
+    "unknown_key": ('policy = "policy.toml"\nretention_dayz = 7\n', "retention_dayz"),
+    "world_writable": ('policy = "other.toml"\n', "world-writable"),
+    "missing_policy": ('policy = "no-such-policy.toml"\n', "no-such-policy.toml"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_sighup_with_a_broken_config_keeps_the_running_one(daemon, case):
+    text, fragment = BROKEN_CONFIGS[case]
+    conn = daemon.conn()
+    assert conn.ask(op="rho")["rho"] == 0.55
+    daemon.config.write_text(text)
+    os.chmod(daemon.config, 0o666 if case == "world_writable" else 0o644)
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: fragment in (conn.ask(op="status")["reload_error"] or ""), 5), conn.ask(op="status")["reload_error"]
+    status = conn.ask(op="status")
+    assert "keeping the running configuration" in status["reload_error"]
+    assert status["policy"]["name"] == "steady" and status["config"]["retention_days"] == 7
+    assert status["errors"][-1]["where"] == "reload"
+    assert conn.ask(op="rho")["rho"] == 0.55
+    assert daemon.proc.poll() is None
+    assert wait_until(lambda: fragment in daemon.log(), 3)
+    assert "reload failed" in daemon.log()
+
+    # fixed: the next SIGHUP applies it and clears the error; then back to the original
+    os.chmod(daemon.config, 0o644)
+    daemon.config.write_text('policy = "other.toml"\nretention_days = 7\n')
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.65, 5)
+    assert conn.ask(op="status")["reload_error"] is None
+    daemon.config.write_text('policy = "policy.toml"\nretention_days = 7\n')
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.55, 5)
+
+
+def test_a_deleted_config_file_on_sighup_is_reported(daemon):
+    conn = daemon.conn()
+    saved = daemon.config.read_text()
+    daemon.config.unlink()
+    try:
+        daemon.signal(signal.SIGHUP)
+        assert wait_until(lambda: "no such file" in (conn.ask(op="status")["reload_error"] or ""), 5)
+        assert conn.ask(op="rho")["rho"] == 0.55
+    finally:
+        daemon.config.write_text(saved)
+    assert conn.ask(op="reload")["reloaded"] is True
