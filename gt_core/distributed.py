@@ -1,0 +1,481 @@
+"""Data-parallel GreenTrainer over several processes (``torchrun``, ``accelerate launch``).
+
+Launch ``greentrainer train`` under torchrun and every process runs this recipe in lockstep:
+
+- ``--batch-size`` stays the *global* batch: each of the W ranks loads ``batch_size / W`` rows of
+  every global batch, drawn in the single-process order (:class:`RankBatches`), so global step k
+  sees the same examples as a one-process run.
+- Each rank's loss is scaled so that DDP's gradient average equals the gradient of the global
+  batch's mean per-token loss (the ranks' token counts are all-reduced first), which makes a
+  W-process run agree with a one-process run up to float summation order.
+- Importance: every rank builds the same global importance batches, runs its share of their rows,
+  and the per-tensor gradients are all-reduced before Eq. 6 is evaluated, so all ranks hold the
+  importance a single process would compute.
+- Rank 0 asks the ρ source and solves the DP; ρ and the mask are broadcast; every rank applies the
+  same ``requires_grad``. DistributedDataParallel registers only parameters that require grad when
+  it is built, so the wrapper is rebuilt after each selection that changes the mask (without the
+  initial weight broadcast: the ranks already agree).
+- Only rank 0 writes checkpoints, ``metrics.jsonl``, the final model and the epoch summary line.
+  Callbacks run on every rank; a daemon ρ source only talks to its node's daemon from local
+  rank 0, under a job id shared by all ranks, and its ``job.start`` carries hostname and rank.
+
+A stop signal on any rank is agreed on at the next step (one small all-reduce per step), so all
+ranks stop after the same step. Timings of the distributed part of each selection are kept in
+``DistributedGreenTrainer.overhead`` and written by rank 0 to ``output_dir/distributed.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from gt_core.data import IGNORE_INDEX, collate_batch
+from gt_core.importance import METRICS, _Restore, adam_update, parameters_by_name, unreachable_tensors
+from gt_core.rho import RhoReading
+from gt_core.trainer import GreenTrainer, TrainConfig, _encoder_decoder
+
+
+# ----------------------------------------------------------------------------- process group
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """What the launcher (torchrun, accelerate launch) put in the environment."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    return DistEnv(
+        rank=int(env.get("RANK", "0") or 0),
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", "0") or 0),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world)) or world),
+    )
+
+
+def is_distributed_launch(env: Mapping[str, str] | None = None) -> bool:
+    """True when started by a launcher with more than one process (WORLD_SIZE > 1)."""
+    return dist_env(env).distributed
+
+
+def init_distributed(backend: str | None = None) -> DistEnv:
+    """Join the process group the launcher describes (env://): NCCL on CUDA, gloo on CPU."""
+    env = dist_env()
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend=backend)
+    return env
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a single process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def job_identity() -> dict[str, Any]:
+    """Fields every rank's ``job.start`` carries so per-node reports can be summed and listed."""
+    env = dist_env()
+    return {
+        "hostname": socket.gethostname(),
+        "rank": env.rank,
+        "local_rank": env.local_rank,
+        "world_size": env.world_size,
+    }
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled; small objects only)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def trainer_class() -> type[GreenTrainer]:
+    """GreenTrainer for one process; under a multi-process launcher, join the group and return
+    :class:`DistributedGreenTrainer`."""
+    if not is_distributed_launch():
+        return GreenTrainer
+    init_distributed()
+    return DistributedGreenTrainer
+
+
+def loss_items(batch: Mapping[str, torch.Tensor], encoder_decoder: bool) -> int:
+    """Tokens the model's mean loss divides by: labels ≠ -100, after the causal shift for decoders."""
+    labels = batch["labels"]
+    if not encoder_decoder:
+        labels = labels[:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
+# ----------------------------------------------------------------------------- importance
+
+
+def distributed_importance(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    local_batches: Sequence[tuple[Mapping[str, torch.Tensor], float]],
+    n_batches: int,
+    optimizer: torch.optim.Optimizer,
+    *,
+    metric: str = "dw_grad",
+    profile: Any = None,
+    rho: float | None = None,
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """:func:`gt_core.importance.compute_importance` with gradients summed over all ranks.
+
+    ``local_batches`` are this rank's (batch, weight) pieces; the weighted gradients, all-reduced
+    and divided by ``n_batches``, must equal the mean gradient over the global importance batches
+    (weight = this piece's loss tokens / its global batch's loss tokens). Side-effect free like
+    the single-process version; every rank returns the same array.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
+    params = parameters_by_name(model, names)
+    excluded = unreachable_tensors(profile, rho) if profile is not None and rho is not None else np.zeros(len(names), bool)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    importance = np.full(len(names), -np.inf)
+    live = [i for i in range(len(names)) if not excluded[i]]
+    if not live:
+        return importance
+    live_params = [params[i] for i in live]
+    with _Restore(model), torch.no_grad():
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in live_params:
+            p.requires_grad_(True)
+        sums = [torch.zeros_like(p, dtype=torch.float32) for p in live_params]
+        with torch.enable_grad():
+            for batch, weight in local_batches:
+                loss = model(**batch).loss * weight
+                grads = torch.autograd.grad(loss, live_params, allow_unused=True)
+                for total, g in zip(sums, grads):
+                    if g is not None:
+                        total.add_(g.float())
+        flat = torch.cat([s.reshape(-1) for s in sums]) / max(1, n_batches)
+        start = time.perf_counter()
+        dist.all_reduce(flat)
+        if timings is not None:
+            timings["allreduce_s"] = time.perf_counter() - start
+        offset = 0
+        for i, p in zip(live, live_params):
+            g = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if id(p) not in group_of:
+                raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
+            if metric == "grad":
+                value = g.abs().sum()
+            else:
+                delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
+                value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
+            importance[i] = float(value)
+    finite = importance[np.isfinite(importance)]
+    scale = float(np.abs(finite).max()) if finite.size else 0.0
+    if scale > 0:
+        importance[np.isfinite(importance)] /= scale
+    return importance
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class _NullLog:
+    """metrics.jsonl stand-in on ranks other than 0."""
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        pass
+
+
+def _is_daemon_source(callback: Any) -> bool:
+    return hasattr(callback, "job_id") and hasattr(callback, "client") and hasattr(callback, "_register")
+
+
+def _tag_job_start(client: Any, fields: Mapping[str, Any]) -> None:
+    """Add ``fields`` to every ``job.start`` this daemon client sends (unknown fields are
+    ignored by older daemons, per the protocol)."""
+    original = client.call
+
+    def call(op: str, **kwargs: Any) -> Any:
+        if op == "job.start":
+            kwargs = {**fields, **kwargs}
+        return original(op, **kwargs)
+
+    client.call = call
+
+
+class RankBatches:
+    """One rank's share of every global batch, in the single-process trainer's order.
+
+    The global order is drawn exactly as :func:`gt_core.data.make_loader` draws it (a shuffling
+    DataLoader over the indices with the same seeded generator), so global step k holds the same
+    examples with any number of processes; each global batch is then split into W contiguous row
+    blocks and rank r takes block r. (A plain ``DistributedSampler`` permutes differently from the
+    single-process loader, so it could not reproduce a one-process run.) A rank left without rows
+    by a short last batch gets one padding example with every label ignored: it runs the step and
+    contributes no loss.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, generator: torch.Generator, rank: int, world_size: int, pad_id: int) -> None:
+        self.dataset, self.rank, self.world_size, self.pad_id = dataset, rank, world_size, pad_id
+        self.global_batches = DataLoader(
+            range(len(dataset)), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=list
+        )
+
+    def __len__(self) -> int:
+        return len(self.global_batches)
+
+    def __iter__(self):
+        for indices in self.global_batches:
+            rows = np.array_split(np.asarray(indices), self.world_size)[self.rank]
+            if len(rows) == 0:
+                batch = collate_batch([self.dataset[int(indices[0])]], self.pad_id)
+                batch["labels"].fill_(IGNORE_INDEX)
+            else:
+                batch = collate_batch([self.dataset[int(i)] for i in rows], self.pad_id)
+            yield batch
+
+
+class DistributedGreenTrainer(GreenTrainer):
+    """:class:`GreenTrainer` in one process of a data-parallel group (see the module text).
+
+    Needs an initialised process group (:func:`init_distributed`). ``config.batch_size`` is the
+    global batch and must be a multiple of the world size.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        train_examples: Sequence[Any],
+        val_examples: Sequence[Any],
+        config: TrainConfig,
+        rho_source: Any = None,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("DistributedGreenTrainer needs a process group: call init_distributed() first")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = dist_env().local_rank
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch size {config.batch_size} (global) must be a multiple of the {self.world_size} processes"
+            )
+        self.per_rank_batch = config.batch_size // self.world_size
+        if self.rank != 0:
+            config = replace(config, progress=False, save_final=False)
+        self.encoder_decoder = _encoder_decoder(model)
+        super().__init__(model, tokenizer, train_examples, val_examples, config, rho_source, callbacks)
+        backend = dist.get_backend()
+        self.device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+        self.model.to(self.device)
+        if self.rank != 0:
+            self.metrics = _NullLog()
+        self._setup_daemon_callbacks()
+        self.ddp: DistributedDataParallel | None = None
+        self._ddp_mask: np.ndarray | None = None
+        self._ddp_builds = 0
+        self._pending_signal: int | None = None
+        self.overhead: list[dict[str, Any]] = []
+        self._timing: dict[str, float] = {}
+        if self.fixed is not None:
+            self._wrap(None)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_daemon_callbacks(self) -> None:
+        """One daemon client per node (local rank 0), one job id for all ranks, hostname and rank
+        in ``job.start``; ρ itself is only ever asked on rank 0."""
+        daemons = [cb for cb in self.callbacks if _is_daemon_source(cb)]
+        if not daemons:
+            return
+        ids = broadcast_object([cb.job_id for cb in daemons])
+        for cb, job_id in zip(daemons, ids):
+            cb.job_id = job_id
+            if self.local_rank == 0:
+                _tag_job_start(cb.client, job_identity())
+        if self.local_rank != 0:
+            self.callbacks = [cb for cb in self.callbacks if not _is_daemon_source(cb)]
+
+    def _wrap(self, mask: np.ndarray | None) -> None:
+        """(Re)build the DDP wrapper over the parameters that require grad now."""
+        if self.ddp is not None and mask is not None and self._ddp_mask is not None and np.array_equal(mask, self._ddp_mask):
+            return
+        start = time.perf_counter()
+        self.ddp = None  # the old reducer drops its autograd hooks when collected
+        first = self._ddp_builds == 0
+        self.ddp = DistributedDataParallel(
+            self.model,
+            device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+            init_sync=first,  # later builds: every rank already holds the same weights
+            forward_sync_buffers=False,  # transformer LMs update no buffer in forward
+        )
+        self._ddp_builds += 1
+        self._ddp_mask = None if mask is None else mask.copy()
+        self._timing["rebuild_s"] = time.perf_counter() - start
+
+    # ------------------------------------------------------------------ data
+
+    def epoch_loader(self, epoch: int) -> "RankBatches":
+        """This rank's rows of each global batch of the single-process order (see :class:`RankBatches`)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.config.seed + epoch)
+        return RankBatches(self.train_set, self.config.batch_size, generator, self.rank, self.world_size, self.pad_id)
+
+    def _local_importance_batches(self) -> tuple[list[tuple[dict[str, torch.Tensor], float]], int]:
+        """This rank's rows of the global importance batches, each weighted by its share of its
+        batch's loss tokens; and the number of global batches."""
+        pieces = []
+        batches = self.importance_batches(self.state.global_step)
+        for batch in batches:
+            total = loss_items(batch, self.encoder_decoder)
+            rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
+            if rows.numel() == 0 or total == 0:
+                continue
+            piece = {key: value[rows].to(self.device) for key, value in batch.items()}
+            pieces.append((piece, loss_items(piece, self.encoder_decoder) / total))
+        return pieces, len(batches)
+
+    # ------------------------------------------------------------------ selection
+
+    def _ask_rho(self, epoch: int) -> RhoReading:
+        reading = super()._ask_rho(epoch) if self.rank == 0 else None
+        start = time.perf_counter()
+        reading = broadcast_object(reading)
+        self._timing["broadcast_rho_s"] = time.perf_counter() - start
+        return reading
+
+    def _importance(self, rho: float) -> np.ndarray:
+        cfg, prof = self.config, self.profile
+        pieces, n_batches = self._local_importance_batches()
+        return distributed_importance(
+            self.model, prof.names, pieces, n_batches, self.optimizer, metric=cfg.importance_metric, profile=prof, rho=rho, timings=self._timing,
+        )
+
+    def _choose(self, importance: np.ndarray, rho: float) -> np.ndarray:
+        start = time.perf_counter()
+        mask = super()._choose(importance, rho) if self.rank == 0 else None
+        self._timing["dp_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        mask = np.asarray(broadcast_object(mask), dtype=bool)
+        self._timing["broadcast_mask_s"] = time.perf_counter() - start
+        return mask
+
+    def _select(self, epoch: int, reading: RhoReading, tally: Any) -> None:
+        start = time.perf_counter()
+        super()._select(epoch, reading, tally)
+        total = time.perf_counter() - start
+        entry = {
+            "epoch": epoch, "global_step": self.state.global_step, "rank": self.rank, "world_size": self.world_size,
+            "selection_s": total, "rebuilt": self._timing.pop("rebuilt", False), **self._timing,
+        }
+        self._timing = {}
+        self.overhead.append(entry)
+        if self.rank == 0:
+            path = Path(self.output_dir) / "distributed.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+    def _apply(self, mask: np.ndarray, rho: float | None) -> None:
+        super()._apply(mask, rho)
+        builds = self._ddp_builds
+        self._timing.pop("rebuild_s", None)
+        self._wrap(mask)
+        self._timing["rebuilt"] = self._ddp_builds != builds
+
+    # ------------------------------------------------------------------ steps
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Promoted to _stop_signal only when all ranks have heard of it (end of _train_step).
+        self._pending_signal = signum
+
+    def _train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
+        ddp = self.ddp
+        ddp.train()
+        local = [loss_items(b, self.encoder_decoder) for b in group]
+        counts = torch.tensor(local, dtype=torch.float64)
+        dist.all_reduce(counts)
+        loss_total = 0.0
+        for k, batch in enumerate(group):
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+            sync = contextlib.nullcontext() if k == len(group) - 1 else ddp.no_sync()
+            with sync:
+                out = ddp(**batch)
+                if local[k]:
+                    # DDP averages over ranks: scale this rank's mean so the average is the global mean.
+                    loss = out.loss * (local[k] * self.world_size / float(counts[k]) / len(group))
+                else:
+                    loss = out.logits.sum() * 0.0
+                loss.backward()
+            loss_total += float(loss.detach()) / self.world_size
+        stats = torch.tensor([loss_total, 0.0 if self._pending_signal is None else 1.0], dtype=torch.float64)
+        dist.all_reduce(stats)
+        trainable = [p for p in self.params if p.grad is not None]
+        if self.config.max_grad_norm and trainable:
+            torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if stats[1] > 0 and self._stop_signal is None:  # some rank was signalled: all stop after this step
+            self._stop_signal = self._pending_signal or signal.SIGTERM
+        return float(stats[0])
+
+    # ------------------------------------------------------------------ output
+
+    def checkpoint(self) -> Path:
+        if self.rank == 0:
+            return super().checkpoint()
+        return self.output_dir / "checkpoint"
+
+    def _train_epoch(self, epoch: int) -> bool:
+        if self.rank == 0:
+            return super()._train_epoch(epoch)
+        with contextlib.redirect_stdout(io.StringIO()):  # the epoch summary line is rank 0's
+            return super()._train_epoch(epoch)
+
+    def train(self) -> list:
+        records = super().train()
+        dist.barrier()  # rank 0 has written the final model when any rank returns
+        return records
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node 2 -m gt_core.distributed train ...
+    from gt_core.cli import main
+
+    main()
