@@ -103,7 +103,16 @@ def _one_client(path, barrier: threading.Barrier, release: threading.Event, resu
 
 
 def test_200_concurrent_connections_are_served_or_refused_cleanly(daemon):
-    rounds = 5 if SOAK else 1
+    _bursts(daemon, 1)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not SOAK, reason="soak test: set CARBONSCHED_SOAK=1 (make soak)")
+def test_soak_200_concurrent_connections_20_bursts(daemon):
+    _bursts(daemon, 20)
+
+
+def _bursts(daemon, rounds: int) -> None:
     for _ in range(rounds):
         results: list = [None] * CONCURRENT
         barrier, release = threading.Barrier(CONCURRENT), threading.Event()
