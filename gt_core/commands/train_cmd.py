@@ -127,6 +127,8 @@ def train(
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
     records = trainer.train()
+    if getattr(trainer, "rank", 0) != 0:  # under torchrun only rank 0 reports
+        return
     if trainer.interrupted:
         typer.echo(
             f"interrupted: checkpoint saved in {output_dir / 'checkpoint'}; continue with --resume {output_dir}",
@@ -193,7 +195,7 @@ def _build_trainer(**opts: Any) -> Any:
     )
     model, tokenizer = _load_model_and_tokenizer(opts["tiny"], opts["model"])
 
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.trainer import TrainConfig
 
     config = TrainConfig(
         scheme=opts["scheme"], rho=rho, lr=opts["lr"], batch_size=opts["batch_size"], epochs=opts["epochs"],
@@ -202,7 +204,10 @@ def _build_trainer(**opts: Any) -> Any:
         reselect=reselect, topk=opts["topk"], lora_r=opts["lora_r"], seed=opts["seed"],
         output_dir=output_dir, checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
     )
-    trainer = GreenTrainer(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source)
+    from gt_core.distributed import trainer_class
+
+    # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel variant.
+    trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source)
     if resume is not None:
         trainer.resume(resume)
     return trainer
