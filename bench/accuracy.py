@@ -229,6 +229,8 @@ def main(quick: bool = False, log=print) -> list[str]:
          "**chosen**" if r["lr"] == best[r["key"]] else ""]
         for r in sweep_runs
     ]
+    edge = [_label(k) for k in SWEPT
+            if task.sizes.sweep_full and best[k] in (SCHEMES[k][2][0], SCHEMES[k][2][-1])]
     green5 = [r["rougeL"] for r in runs if r["key"] == "green-0.5"]
     full_r = [r["rougeL"] for r in runs if r["key"] == "full"]
     lines = [
@@ -260,7 +262,9 @@ def main(quick: bool = False, log=print) -> list[str]:
         "",
         "### Learning-rate sweep (seed 0, chosen by lowest dev loss)",
         "",
-        "GreenTrainer at ρ = 0.4 and 0.7 uses the learning rate swept at ρ = 0.5.",
+        "GreenTrainer at ρ = 0.4 and 0.7 uses the learning rate swept at ρ = 0.5. "
+        + (f"Chosen at an end of its grid (a wider grid might help these): {', '.join(edge)}."
+           if edge else "Every chosen learning rate is inside its grid."),
         "",
         *table(["scheme", "lr", "dev loss", "test ROUGE-L", ""], sweep_rows),
         "",
