@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch; a GPU user installs their CUDA build of torch first (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test soak bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ demo: $(STAMP)
 	$(VENV)/bin/greentrainer demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" $(PYTEST_ARGS)
+
+# Long reliability runs (50 kill -9 rounds, 100k fuzzed messages, ...): about 4 minutes.
+soak: $(STAMP)
+	CARBONSCHED_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider -m soak -s $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

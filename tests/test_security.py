@@ -188,14 +188,7 @@ def test_world_writable_config_is_refused_with_a_clear_error():
         assert not (d / "s.sock").exists()
 
 
-def _report_available() -> bool:
-    out = subprocess.run([str(CARBONSCHED_BIN), "report", "--help"], capture_output=True, text=True, timeout=60)
-    return out.returncode == 0 and "--plot" in out.stdout
-
-
 def test_report_and_plot_write_only_where_the_user_pointed():
-    if not _report_available():
-        pytest.skip("carbonsched report --plot is not there yet")
     with short_dir() as d:
         daemon = DaemonProcess(d).wait_ready()
         try:
