@@ -28,9 +28,9 @@ READY_TIMEOUT_S = 60.0
 STORE_NAME = "carbonsched.sqlite3"
 
 # Trace seconds per wall second. The bundled trace is a daily cycle (about 400 → 125 → 400
-# gCO2e/kWh); at this pace one demo epoch (~10-15 s on 2 cores) spans 3-4 h of it, so the
-# steps policy's thresholds (300, 150) are crossed within 4-5 epochs.
-FULL_SPEEDUP = 1000.0
+# gCO2e/kWh); at this pace one demo epoch (~5 s on 2 cores) spans about 3.5 h of it, so the
+# steps policy's thresholds (300, 150) are crossed within 5-6 epochs.
+FULL_SPEEDUP = 2500.0
 QUICK_SPEEDUP = 3600.0
 
 
@@ -40,7 +40,7 @@ class DemoError(Exception):
 
 @dataclass
 class DemoOptions:
-    epochs: int = 4
+    epochs: int = 6
     out: Path = Path("demo-out")
     keep_daemon_state: bool = False
     quick: bool = False
@@ -124,7 +124,7 @@ class DaemonSubprocess:
 
 
 ROW_HEADER = (
-    f"{'epoch':>5}  {'gCO2e/kWh':>9}  {'rho':>4}  {'tensors':>9}  {'FLOPs':>9}  {'vs full':>7}  "
+    f"{'epoch':>5}  {'at ask':>6}  {'gCO2e/kWh':>9}  {'rho':>4}  {'tensors':>9}  {'FLOPs':>9}  {'vs full':>7}  "
     f"{'time s':>6}  {'loss':>6}  {'val':>6}  {'kWh':>9}  {'gCO2e':>9}"
 )
 
@@ -151,12 +151,11 @@ class EpochPrinter(TrainerCallback):
     def on_epoch_end(self, trainer: Any, record: Any) -> None:
         reply = self.source.epoch_reports.get(record.epoch) or {}
         reading = self._readings.get(record.epoch)
-        intensity = reply.get("mean_intensity_g_per_kwh")
-        if intensity is None and reading is not None:
-            intensity = reading.detail.get("intensity_g_per_kwh")
+        intensity = reply.get("mean_intensity_g_per_kwh")  # over the epoch
+        at_ask = reading.detail.get("intensity_g_per_kwh") if reading is not None else None  # what ρ was decided on
         energy_j = reply.get("energy_j")
         row = {
-            "epoch": record.epoch, "intensity_g_per_kwh": intensity, "rho": record.rho_asked,
+            "epoch": record.epoch, "intensity_g_per_kwh": intensity, "intensity_at_ask_g_per_kwh": at_ask, "rho": record.rho_asked,
             "rho_source": record.rho_source, "tensors": record.tensors_selected, "tensors_total": len(trainer.profile),
             "flops": record.flops_forward + record.flops_backward, "flops_share": record.rho_effective,
             "wall_s": record.wall_s, "train_loss": record.train_loss, "val_loss": record.val_loss,
@@ -165,7 +164,7 @@ class EpochPrinter(TrainerCallback):
         self.rows.append(row)
         tensors = f"{row['tensors']}/{row['tensors_total']}"
         self.echo(
-            f"{record.epoch + 1:>5}  {_fmt(intensity, '9.1f')}  {_fmt(record.rho_asked, '4.2f')}  "
+            f"{record.epoch + 1:>5}  {_fmt(at_ask, '6.1f')}  {_fmt(intensity, '9.1f')}  {_fmt(record.rho_asked, '4.2f')}  "
             f"{tensors:>9}  {row['flops']:9.3e}  {record.rho_effective:7.3f}  "
             f"{record.wall_s:6.1f}  {record.train_loss:6.3f}  {_fmt(record.val_loss, '6.3f')}  "
             f"{_fmt(row['energy_kwh'], '9.3e')}  {_fmt(row['carbon_g'], '9.5f')}"

@@ -10,7 +10,7 @@ EXIT_BAD_INPUT = 2
 
 
 def demo(
-    epochs: int = typer.Option(4, "--epochs", min=1, help="Training epochs (the daemon is asked for ρ before each)."),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Training epochs (the daemon is asked for ρ before each)."),
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for the plot, the run's metrics and kept state."),
     keep_daemon_state: bool = typer.Option(False, "--keep-daemon-state", help="Keep the daemon's SQLite store in OUT/daemon-state."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes and a faster trace: a smoke run in seconds."),
