@@ -1,0 +1,173 @@
+"""GreenTrainer inside a Hugging Face ``transformers.Trainer``: a callback that re-selects the
+trained tensors at every epoch start.
+
+    from gt_core.hf_callback import GreenTrainerCallback
+    from gt_core.rho import ScheduleRho
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    GreenTrainerCallback(ScheduleRho([0.5, 0.7]), seq_len=512).attach(trainer)
+    trainer.train()
+
+How it stays out of the Trainer's way:
+
+- The Trainer builds its optimizer (with every parameter, since all require grad then) and
+  scheduler before ``on_train_begin``; the callback never rebuilds or edits them. It only toggles
+  ``requires_grad``. A frozen parameter gets no gradient (the Trainer zeroes grads with
+  ``set_to_none``), and torch's Adam/AdamW (foreach or fused) skip parameters whose grad is None:
+  no step, no moment update, no weight decay, so a frozen tensor stays bit-identical.
+- Importance (:func:`gt_core.importance.compute_importance`) runs on a few batches drawn from the
+  Trainer's training data set with the data loader's own collator but a generator of its own: the
+  Trainer's data loader, its sampler state and every RNG stay untouched, as do weights, grads and
+  optimizer state.
+- The profile (:func:`gt_core.profiler.profile_model`) is computed once, at ``on_train_begin``,
+  with the per-device batch size and the longest ``input_ids`` of the data set (or ``seq_len``).
+- ρ, ρ_effective, the number of tensors selected and the FLOPs per step go through the Trainer's
+  logging: ``trainer.log`` when attached (reaches ``state.log_history`` and every reporter), else
+  straight into ``state.log_history``. Keys are prefixed ``gt_``.
+
+Several processes (torchrun/accelerate with the HF Trainer): every rank computes the same
+importance from the same batches; rank 0's ρ and mask are broadcast when a process group is up.
+Pass ``ddp_find_unused_parameters=True`` in ``TrainingArguments``: the Trainer's DDP wrapper is
+built once with all parameters, and frozen ones then produce no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from gt_core import schemes
+from gt_core.importance import compute_importance
+from gt_core.profiler import TensorProfile, profile_model
+from gt_core.rho import ConstantRho, RhoReading, RhoSource
+from gt_core.selector import select_tensors
+
+
+class GreenTrainerCallback(TrainerCallback):
+    """Importance → DP → ``requires_grad`` at each epoch start of a ``transformers.Trainer``.
+
+    ``rho``: a number or any :class:`~gt_core.rho.RhoSource`. ``seq_len``/``target_len``: the
+    shape to profile at (default: the longest ``input_ids``/``labels`` in the training set).
+    """
+
+    def __init__(
+        self,
+        rho: float | RhoSource = 0.5,
+        *,
+        seq_len: int | None = None,
+        target_len: int | None = None,
+        importance_batches: int = 4,
+        importance_metric: str = "dw_grad",
+        resolution: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.rho_source: RhoSource = ConstantRho(rho) if isinstance(rho, (int, float)) else rho
+        self.seq_len, self.target_len = seq_len, target_len
+        self.importance_batches = int(importance_batches)
+        self.importance_metric = importance_metric
+        self.resolution = int(resolution)
+        self.seed = int(seed)
+        self.trainer: Any = None
+        self.profile: TensorProfile | None = None
+        self.min_rho: float | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def attach(self, trainer: Any) -> "GreenTrainerCallback":
+        """Register with ``trainer`` and log through ``trainer.log``; returns self."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _longest(dataset: Any, key: str) -> int | None:
+        try:
+            lengths = [len(dataset[i][key]) for i in range(len(dataset))]
+        except (KeyError, TypeError, IndexError):
+            return None
+        return max(lengths) if lengths else None
+
+    def _batches(self, dataloader: Any, batch_size: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+        """A few training batches from the data set and collator, drawn by a generator of our own."""
+        dataset = dataloader.dataset
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        order = torch.randperm(len(dataset), generator=gen).tolist()
+        take = order[: self.importance_batches * batch_size]
+        batches = []
+        for i in range(0, len(take), batch_size):
+            batch = dataloader.collate_fn([dataset[j] for j in take[i : i + batch_size]])
+            batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batches
+
+    def _fallback(self, importance: np.ndarray, rho: float) -> np.ndarray:
+        costs = self.profile.single_tensor_costs()
+        candidates = np.where((costs <= rho * self.profile.t_full) & np.isfinite(importance), importance, -np.inf)
+        mask = np.zeros(len(self.profile), dtype=bool)
+        mask[int(np.argmax(candidates)) if np.isfinite(candidates).any() else int(np.argmin(costs))] = True
+        return mask
+
+    def _log(self, state: Any, values: dict[str, float]) -> None:
+        if self.trainer is not None:
+            self.trainer.log(dict(values))
+        else:
+            state.log_history.append({**values, "epoch": state.epoch, "step": state.global_step})
+
+    # ------------------------------------------------------------------ events
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, train_dataloader: Any = None, **kwargs: Any):
+        dataset = train_dataloader.dataset if train_dataloader is not None else None
+        seq_len = self.seq_len or (self._longest(dataset, "input_ids") if dataset is not None else None)
+        if seq_len is None:
+            raise ValueError("GreenTrainerCallback: give seq_len (the training data has no sized input_ids)")
+        target_len = self.target_len
+        if target_len is None and getattr(model.config, "is_encoder_decoder", False) and dataset is not None:
+            target_len = self._longest(dataset, "labels")
+        self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
+        self.min_rho = self.profile.min_feasible_rho()
+        return control
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       train_dataloader: Any = None, **kwargs: Any):
+        prof = self.profile
+        epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+        reading = self.rho_source.rho_for(epoch, state.global_step)
+        if reading.rho < self.min_rho:
+            reading = RhoReading(self.min_rho, reading.source, {**reading.detail, "clamped_from": reading.rho})
+        start = time.perf_counter()
+        batches = self._batches(train_dataloader, args.per_device_train_batch_size, state.global_step, args.device)
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+        importance = compute_importance(
+            model, prof.names, batches, inner, metric=self.importance_metric, profile=prof, rho=reading.rho
+        )
+        importance_s = time.perf_counter() - start
+        start = time.perf_counter()
+        mask = np.asarray(select_tensors(prof, importance, reading.rho, resolution=self.resolution).mask, dtype=bool)
+        if not mask.any():
+            mask = self._fallback(importance, reading.rho)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [(reading, mask)]
+            torch.distributed.broadcast_object_list(box, src=0)
+            reading, mask = box[0]
+        dp_s = time.perf_counter() - start
+        selected = [n for n, m in zip(prof.names, mask) if m]
+        schemes.set_trainable(model, selected)
+        flops = schemes.mask_flops(prof, mask)
+        values = {
+            "gt_rho": reading.rho,
+            "gt_rho_effective": flops.total / prof.t_full,
+            "gt_tensors_selected": float(len(selected)),
+            "gt_flops_per_step": flops.total,
+            "gt_flops_full_per_step": prof.t_full,
+            "gt_importance_s": importance_s,
+            "gt_dp_s": dp_s,
+        }
+        self.history.append({"epoch": epoch, "global_step": state.global_step, "source": reading.source,
+                             "selected": selected, **values})
+        self._log(state, values)
+        return control
