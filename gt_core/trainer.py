@@ -270,7 +270,9 @@ class GreenTrainer:
         reading = self.rho_source.rho_for(epoch, self.state.global_step)
         if self.min_rho is not None and reading.rho < self.min_rho:
             # A runtime source asked for less than one step can cost: pay the cheapest step instead.
-            reading = RhoReading(self.min_rho, reading.source, {**reading.detail, "clamped_from": reading.rho})
+            # The margin keeps ρ·T_full from rounding below the cheapest step's FLOPs.
+            floor = min(1.0, self.min_rho * (1 + 1e-9))
+            reading = RhoReading(floor, reading.source, {**reading.detail, "clamped_from": reading.rho})
         return reading
 
     def _select(self, epoch: int, reading: RhoReading, tally: _EpochTally) -> None:

@@ -166,3 +166,29 @@ def test_cli_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_runtime_rho_at_or_below_the_minimum_trains_the_cheapest_step(tmp_path):
+    """A daemon may hand out exactly the profile's minimum ρ (or less): the epoch still trains."""
+    import numpy as np
+
+    from gt_core.embedded_task import embedded_task
+    from gt_core.rho import CallableRho
+    from gt_core.tiny import tiny_model
+    from gt_core.tokenizer import build_tokenizer
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    tok = build_tokenizer()
+    train, val = embedded_task(16, 4)
+    model = tiny_model("opt", vocab_size=len(tok), hidden=32, tie_word_embeddings=False)
+    holder = {}
+    source = CallableRho(lambda epoch, step: holder["min_rho"] if epoch == 0 else 0.01)
+    cfg = TrainConfig(scheme="green", lr=1e-3, epochs=2, batch_size=4, output_dir=str(tmp_path / "run"))
+    trainer = GreenTrainer(model, tok, train, val, cfg, rho_source=source)
+    holder["min_rho"] = trainer.min_rho
+    records = trainer.train()
+    assert len(records) == 2
+    for r in records:
+        assert r.tensors_selected >= 1
+        assert r.rho_effective <= trainer.min_rho * (1 + 1e-6)
+    assert np.isfinite(records[-1].train_loss)
