@@ -1,7 +1,7 @@
 """The main job end to end on one machine, no network: daemon → ρ per epoch → energy and carbon.
 
 :func:`run_demo` starts ``carbonsched run`` as a subprocess (temporary socket and state dir, the
-bundled intensity trace replayed fast, the thresholds policy ``policies/steps.toml``), fine-tunes
+bundled intensity trace replayed fast, the thresholds policy ``policies/fast-trace.toml``), fine-tunes
 the tiny random-init OPT on the embedded task with the daemon as ρ source, prints one row per
 epoch, then the store's report, and writes a PNG plot. The daemon is always stopped at the end
 (SIGTERM, then SIGKILL after a grace period), also when training fails.
@@ -28,9 +28,9 @@ READY_TIMEOUT_S = 60.0
 STORE_NAME = "carbonsched.sqlite3"
 
 # Trace seconds per wall second. The bundled trace is a daily cycle (about 400 → 125 → 400
-# gCO2e/kWh); at this pace one demo epoch (~5 s on 2 cores) spans about 3.5 h of it, so the
-# steps policy's thresholds (300, 150) are crossed within 5-6 epochs.
-FULL_SPEEDUP = 2500.0
+# gCO2e/kWh); at this pace one demo epoch (~3 s on 2 cores) spans a few hours of it, so the
+# policy's thresholds (300, 200) are crossed within 5-6 epochs.
+FULL_SPEEDUP = 4000.0
 QUICK_SPEEDUP = 3600.0
 
 
@@ -44,7 +44,7 @@ class DemoOptions:
     out: Path = Path("demo-out")
     keep_daemon_state: bool = False
     quick: bool = False
-    lr: float = 2e-3
+    lr: float = 1e-3
     speedup: float | None = None
     policy: Path | None = None
 
@@ -53,7 +53,7 @@ class DemoOptions:
         """Model and data sizes: the full demo learns visibly; quick mode only exercises the path."""
         if self.quick:
             return {"n_train": 32, "n_val": 8, "hidden": 64, "layers": 1, "batch_size": 8}
-        return {"n_train": 384, "n_val": 32, "hidden": 64, "layers": 2, "batch_size": 8}
+        return {"n_train": 2048, "n_val": 48, "hidden": 128, "layers": 2, "batch_size": 4}
 
 
 @dataclass
@@ -67,8 +67,8 @@ class DemoResult:
 
 
 def default_policy() -> Path:
-    """policies/steps.toml of the source tree; the package's default policy when not installed from it."""
-    repo_policy = Path(__file__).resolve().parent.parent / "policies" / "steps.toml"
+    """policies/fast-trace.toml of the source tree; the package's default policy when not installed from it."""
+    repo_policy = Path(__file__).resolve().parent.parent / "policies" / "fast-trace.toml"
     if repo_policy.is_file():
         return repo_policy
     from carbonsched.policies import default_policy_path
@@ -236,7 +236,7 @@ def _train(options: DemoOptions, socket_path: Path, out: Path, echo: Callable[[s
     config = TrainConfig(
         scheme="green", lr=options.lr, batch_size=sizes["batch_size"], epochs=options.epochs,
         importance_batches=2, max_input_length=96, max_target_length=16, output_dir=out / "run",
-        progress=False, save_final=False,
+        progress=False, save_final=False, print_epoch_summary=False,
     )
     echo(
         f"training: tiny random-init OPT ({sizes['layers']} layers, hidden {sizes['hidden']}), embedded task "

@@ -62,6 +62,7 @@ class TrainConfig:
     seed: int = 0
     output_dir: str | Path = "runs/green"
     log_every: int = 10
+    print_epoch_summary: bool = True  # one line per epoch on the console (metrics.jsonl is always written)
     checkpoint_every: int = 0
     progress: bool = True
     save_final: bool = True
@@ -518,7 +519,8 @@ class GreenTrainer:
         record = self._record(epoch, tally, time.perf_counter() - started)
         self.metrics.write(asdict(record))
         self._notify("on_epoch_end", record)
-        tqdm.write(_format_record(record))
+        if cfg.print_epoch_summary:
+            tqdm.write(_format_record(record))
         self.state.records.append(asdict(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0

@@ -31,7 +31,7 @@ def test_demo_quick_prints_epoch_rows_report_and_plot_and_stops_the_daemon(tmp_p
     text = result.stdout
     pid = int(re.search(r"carbonsched run \(pid (\d+)\)", text).group(1))
     socket_dir = re.search(r"socket (\S+)/carbonsched.sock", text).group(1)
-    assert "lr 0.002" in text and "scheme green" in text
+    assert "lr 0.001" in text and "scheme green" in text
     rows = re.findall(r"^\s+(\d)\s+\S+\s+(\d+\.\d)\s+(\d\.\d\d)\s+(\d+)/(\d+)\s+\S+\s+(\d\.\d{3})\s.*\s(\d\.\d+e-\d\d)\s+(\d\.\d+)$", text, re.M)
     assert [r[0] for r in rows] == ["1", "2"], text
     for _epoch, intensity, rho, tensors, total, share, kwh, grams in rows:

@@ -14,7 +14,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Directory for the plot, the run's metrics and kept state."),
     keep_daemon_state: bool = typer.Option(False, "--keep-daemon-state", help="Keep the daemon's SQLite store in OUT/daemon-state."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes and a faster trace: a smoke run in seconds."),
-    lr: float = typer.Option(2e-3, "--lr", help="Learning rate (a random-init tiny model needs ~1e-3..2e-3)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (a random-init tiny model needs ~1e-3..2e-3)."),
 ) -> None:
     """Start a carbonsched daemon, fine-tune a tiny OPT with ρ from it, print energy and carbon per epoch."""
     from gt_core.demo import DemoError, DemoOptions, run_demo
