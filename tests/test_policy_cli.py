@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tomllib
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -19,7 +20,8 @@ def test_check_ok_files_prints_kind_per_file():
     files = [str(p) for p in sorted((REPO / "policies").glob("*.toml"))]
     result = runner.invoke(app, ["policy", "check", *files])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [f"ok {f} ({Path(f).stem})" for f in files]
+    kinds = [tomllib.loads(Path(f).read_text())["kind"] for f in files]
+    assert result.stdout.splitlines() == [f"ok {f} ({kind})" for f, kind in zip(files, kinds)]
 
 
 def test_check_reports_every_problem_and_exits_1(tmp_path):
