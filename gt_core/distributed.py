@@ -45,7 +45,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from gt_core.data import IGNORE_INDEX, collate_batch
-from gt_core.importance import METRICS, _Restore, adam_update, parameters_by_name, unreachable_tensors
+from gt_core.importance import (
+    METRICS,
+    _Restore,
+    normalise,
+    parameters_by_name,
+    score_tensors,
+    unreachable_tensors,
+)
 from gt_core.rho import RhoReading
 from gt_core.trainer import GreenTrainer, TrainConfig, _encoder_decoder
 
@@ -161,7 +168,6 @@ def distributed_importance(
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
     params = parameters_by_name(model, names)
     excluded = unreachable_tensors(profile, rho) if profile is not None and rho is not None else np.zeros(len(names), bool)
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     importance = np.full(len(names), -np.inf)
     live = [i for i in range(len(names)) if not excluded[i]]
     if not live:
@@ -186,23 +192,10 @@ def distributed_importance(
         dist.all_reduce(flat)
         if timings is not None:
             timings["allreduce_s"] = time.perf_counter() - start
-        offset = 0
-        for i, p in zip(live, live_params):
-            g = flat[offset : offset + p.numel()].view_as(p)
-            offset += p.numel()
-            if id(p) not in group_of:
-                raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
-            if metric == "grad":
-                value = g.abs().sum()
-            else:
-                delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
-                value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
-            importance[i] = float(value)
-    finite = importance[np.isfinite(importance)]
-    scale = float(np.abs(finite).max()) if finite.size else 0.0
-    if scale > 0:
-        importance[np.isfinite(importance)] /= scale
-    return importance
+        grads = torch.split(flat, [p.numel() for p in live_params])
+        grads = [g.view_as(p) for g, p in zip(grads, live_params)]
+        score_tensors(importance, live, live_params, grads, names, optimizer, metric)
+    return normalise(importance)
 
 
 # ----------------------------------------------------------------------------- trainer

@@ -167,7 +167,6 @@ def compute_importance(
         if list(profile.names) != list(names):
             raise ValueError("profile and names disagree")
         excluded = unreachable_tensors(profile, rho)
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
 
     importance = np.full(len(names), -np.inf)
     live = [i for i in range(len(names)) if not excluded[i]]
@@ -181,18 +180,36 @@ def compute_importance(
             params[i].requires_grad_(True)
         with torch.enable_grad():
             grads = average_gradients(model, [params[i] for i in live], batches)
-        for i, g in zip(live, grads):
-            p = params[i]
-            if id(p) not in group_of:
-                raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
-            if metric == "grad":
-                value = g.abs().sum()
-            else:
-                delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
-                value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
-            importance[i] = float(value)
-    finite = importance[np.isfinite(importance)]
-    scale = float(np.abs(finite).max()) if finite.size else 0.0
+        score_tensors(importance, live, [params[i] for i in live], grads, names, optimizer, metric)
+    return normalise(importance)
+
+
+def score_tensors(
+    importance: np.ndarray,
+    indices: Sequence[int],
+    params: Sequence[torch.nn.Parameter],
+    grads: Sequence[torch.Tensor],
+    names: Sequence[str],
+    optimizer: torch.optim.Optimizer,
+    metric: Metric,
+) -> None:
+    """Write each tensor's unscaled score (``metric``) into ``importance[indices]``."""
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    for i, p, g in zip(indices, params, grads):
+        if id(p) not in group_of:
+            raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
+        if metric == "grad":
+            value = g.abs().sum()
+        else:
+            delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
+            value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
+        importance[i] = float(value)
+
+
+def normalise(importance: np.ndarray) -> np.ndarray:
+    """Scale the finite scores by their largest magnitude (in place; -inf stays -inf)."""
+    finite = np.isfinite(importance)
+    scale = float(np.abs(importance[finite]).max()) if finite.any() else 0.0
     if scale > 0:
-        importance[np.isfinite(importance)] /= scale
+        importance[finite] /= scale
     return importance
