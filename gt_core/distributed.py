@@ -439,12 +439,7 @@ class DistributedGreenTrainer(GreenTrainer):
             loss_total += float(loss.detach()) / self.world_size
         stats = torch.tensor([loss_total, 0.0 if self._pending_signal is None else 1.0], dtype=torch.float64)
         dist.all_reduce(stats)
-        trainable = [p for p in self.params if p.grad is not None]
-        if self.config.max_grad_norm and trainable:
-            torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._apply_update()
         if stats[1] > 0 and self._stop_signal is None:  # some rank was signalled: all stop after this step
             self._stop_signal = self._pending_signal or signal.SIGTERM
         return float(stats[0])

@@ -392,6 +392,11 @@ class GreenTrainer:
             loss = self.model(**batch).loss / len(group)
             loss.backward()
             loss_total += float(loss.detach())
+        self._apply_update()
+        return loss_total
+
+    def _apply_update(self) -> None:
+        """Clip the accumulated gradients, take one optimizer and scheduler step, clear gradients."""
         trainable = [p for p in self.params if p.grad is not None]
         if self.config.max_grad_norm and trainable:
             torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
@@ -399,7 +404,6 @@ class GreenTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_total
 
     def _validation_loss(self) -> float | None:
         if self.val_set is None:
