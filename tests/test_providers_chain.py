@@ -1,5 +1,7 @@
 """Cache (one upstream call per data interval), error cool-down, fallback chain and stale values."""
 
+from datetime import datetime
+
 import pytest
 
 from carbonsched.providers import ReadingCache, build_provider
@@ -99,3 +101,48 @@ def test_single_provider_failure_raises_its_own_error(provider_server, fake_cloc
     provider_server.queue("/intensity", Reply(404, {"error": "gone"}))
     with pytest.raises(ProviderError, match=r"^ukgrid: HTTP 404"):
         build(provider_server, fake_clock, "ukgrid?forecast=false").current()
+
+
+def test_configured_cool_down_and_ceiling_are_honoured_per_member(provider_server, fake_clock):
+    provider_server.queue(LATEST, *[Reply(500)] * 3)
+    chain = build(provider_server, fake_clock,
+                  "electricitymaps:DE?forecast=false&max_tries=1&cooldown_s=5&max_cooldown_s=8,ukgrid?forecast=false")
+    primary, fallback = chain.describe()["members"]
+    assert (primary["cooldown_s"], primary["max_cooldown_s"]) == (5, 8)
+    assert (fallback["cooldown_s"], fallback["max_cooldown_s"], fallback["max_age_s"]) == (30, 300, None)
+    asked = []
+    for step_s in (0, 4, 2, 7, 2, 7, 2):  # failures at t=0 (5 s), t=6 (10 s capped to 8) and t=15 (8 s)
+        fake_clock.advance(step_s)
+        answer = chain.current().provider
+        asked.append(provider_server.count(LATEST))
+        assert answer == ("electricitymaps:DE" if asked[-1] == 4 else "ukgrid")
+    assert asked == [1, 1, 2, 2, 3, 3, 4]
+    assert chain.describe()["members"][0]["consecutive_failures"] == 0
+
+
+def test_retry_after_still_outlasts_a_short_configured_cool_down(provider_server, fake_clock):
+    provider_server.queue(LATEST, Reply(429, headers={"Retry-After": "60"}))
+    chain = build(provider_server, fake_clock, "electricitymaps:DE?forecast=false&cooldown_s=1,static:DEU")
+    assert chain.current().provider == "static:DEU"
+    fake_clock.advance(30)
+    assert chain.current().provider == "static:DEU"
+    assert provider_server.count(LATEST) == 1
+    fake_clock.advance(31)
+    assert chain.current().provider == "electricitymaps:DE"
+
+
+def test_a_first_cool_down_above_the_default_ceiling_is_not_cut_short(provider_server, fake_clock):
+    chain = build(provider_server, fake_clock, "ukgrid?cooldown_s=600")
+    assert (chain.describe()["cooldown_s"], chain.describe()["max_cooldown_s"]) == (600, 600)
+
+
+def test_max_age_replaces_the_data_interval_as_the_freshness_window(provider_server, fake_clock):
+    provider = build(provider_server, fake_clock, "electricitymaps:DE?forecast=false&max_age_s=900")
+    for _ in range(2 * 60):
+        provider.current()
+        fake_clock.advance(60)
+    assert provider_server.count(LATEST) == 8  # every 15 min instead of every hour
+    cache = provider.describe()["cache"]
+    assert cache["hits"] == 2 * 60 - 8
+    window = datetime.fromisoformat(cache["fresh_until"]) - datetime.fromisoformat(cache["fetched_at"])
+    assert window.total_seconds() == 900

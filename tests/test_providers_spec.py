@@ -41,6 +41,15 @@ def test_chain_of_three_parses_kinds_zones_and_options():
         ("ukgrid?forecast=true&forecast=false", "given twice"),
         ("ukgrid?forecast", "key=value"),
         ("ukgrid?base_url=ftp://x", "must start with http"),
+        ("electricitymaps:DE?cooldown_s=0", "cooldown_s='0' is not a positive number"),
+        ("electricitymaps:DE?cooldown_s=soon", "cooldown_s='soon'"),
+        ("ukgrid?max_cooldown_s=-1", "max_cooldown_s='-1'"),
+        ("ukgrid?max_age_s=inf", "max_age_s='inf'"),
+        ("watttime:CAISO_NORTH?max_age_s=nan", "max_age_s='nan'"),
+        ("ukgrid?cooldown_s=60&max_cooldown_s=10", "max_cooldown_s='10' is less than cooldown_s='60'"),
+        ("ukgrid?cooldown=10", "unknown option 'cooldown'"),
+        ("static:DEU?cooldown_s=10", "unknown option 'cooldown_s'"),
+        ("trace?max_age_s=10", "unknown option 'max_age_s'"),
         ("static:XYZ", "unknown country code 'XYZ'"),
         ("trace:/nonexistent/trace.csv", "/nonexistent/trace.csv"),
     ],
@@ -51,6 +60,19 @@ def test_bad_spec_raises_one_line_error_naming_the_part(spec, names):
     message = str(info.value)
     assert names in message
     assert "\n" not in message
+
+
+def test_cache_keys_parse_per_provider_in_a_chain():
+    specs = parse_specs("electricitymaps:DE?cooldown_s=10&max_age_s=900,ukgrid?max_cooldown_s=2.5,static:DEU")
+    assert specs[0].params == {"cooldown_s": "10", "max_age_s": "900"}
+    assert specs[0].number("cooldown_s", None) == 10.0 and specs[0].number("max_age_s", None) == 900.0
+    assert specs[1].number("max_cooldown_s", None) == 2.5 and specs[1].number("cooldown_s", None) is None
+
+
+def test_bad_cache_key_in_a_chain_names_that_member_and_key():
+    with pytest.raises(ProviderSpecError) as info:
+        parse_specs("ukgrid?cooldown_s=10,electricitymaps:DE?max_age_s=-900,static:DEU")
+    assert str(info.value) == "provider spec 'electricitymaps:DE?max_age_s=-900': max_age_s='-900' is not a positive number"
 
 
 def test_missing_credentials_name_env_var_and_systemd_credential():

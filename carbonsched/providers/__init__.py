@@ -37,11 +37,17 @@ Kinds:
 Options for every network provider: ``base_url=`` (API root; also ``CARBONSCHED_ELECTRICITYMAPS_URL``,
 ``CARBONSCHED_WATTTIME_URL``, ``CARBONSCHED_UKGRID_URL``), ``connect_timeout_s=`` (default 3),
 ``read_timeout_s=`` (default 10), ``max_tries=`` (default 3), ``forecast=false`` (skip the forecast
-request). A bad spec raises :class:`ProviderSpecError` with a one-line message naming the bad part.
+request), ``cooldown_s=`` (seconds without upstream calls after a failure, default 30; doubles with
+each consecutive failure), ``max_cooldown_s=`` (ceiling of that doubling, default 300, at least
+``cooldown_s``), ``max_age_s=`` (seconds a fetched value is reused before upstream is asked again;
+default the data interval: 3600 Electricity Maps, 300 WattTime, 1800 UK grid). A Retry-After
+longer than the cool-down still wins. Example: ``electricitymaps:DE?cooldown_s=10&max_age_s=900``.
+A bad spec raises :class:`ProviderSpecError` with a one-line message naming the bad part.
 
-Behaviour: each provider is cached per (provider, zone) for its data interval (one upstream
-call per interval), cools down after errors, and a chain falls back in order, returns to the
-primary when it recovers, and serves the last good value marked ``detail["stale"]`` when all fail.
+Behaviour: each provider is cached per (provider, zone) for its data interval or ``max_age_s``
+(one upstream call per interval), cools down after errors, and a chain falls back in order, returns
+to the primary when it recovers, and serves the last good value marked ``detail["stale"]`` when all
+fail.
 """
 
 from carbonsched.providers.base import IntensityProvider, ProviderSpecError

@@ -11,7 +11,12 @@ import requests
 
 from carbonsched.providers import electricitymaps, ukgrid, watttime
 from carbonsched.providers.base import Clock, IntensityProvider, ProviderSpecError, default_clock
-from carbonsched.providers.cache import CachedProvider, ReadingCache
+from carbonsched.providers.cache import (
+    DEFAULT_ERROR_COOLDOWN_S,
+    DEFAULT_MAX_ERROR_COOLDOWN_S,
+    CachedProvider,
+    ReadingCache,
+)
 from carbonsched.providers.chain import FallbackChain
 from carbonsched.providers.http import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -53,8 +58,23 @@ def build_provider(
     members = []
     for parsed in parse_specs(spec):
         inner = _build_one(parsed, env, clock, sleep, session_factory, rng)
-        members.append(CachedProvider(inner, cache=cache, clock=clock))
+        members.append(_cached(parsed, inner, cache, clock))
     return FallbackChain(members)
+
+
+def _cached(spec: ProviderSpec, inner: IntensityProvider, cache: ReadingCache, clock: Clock) -> CachedProvider:
+    """Wrap ``inner`` with the cache and the cool-down, timed by the spec's cooldown_s/max_cooldown_s/max_age_s."""
+    cooldown_s = spec.number("cooldown_s", DEFAULT_ERROR_COOLDOWN_S) or DEFAULT_ERROR_COOLDOWN_S
+    # Without an explicit ceiling, a first cool-down longer than the default ceiling is the ceiling.
+    max_cooldown_s = spec.number("max_cooldown_s", max(cooldown_s, DEFAULT_MAX_ERROR_COOLDOWN_S))
+    return CachedProvider(
+        inner,
+        cache=cache,
+        clock=clock,
+        error_cooldown_s=cooldown_s,
+        max_error_cooldown_s=max_cooldown_s or DEFAULT_MAX_ERROR_COOLDOWN_S,
+        max_age_s=spec.number("max_age_s", None),
+    )
 
 
 def _build_one(

@@ -2,12 +2,14 @@
 
 :class:`ReadingCache` holds the last good reading per (provider, zone) with the moment it stops
 being fresh (fetch time + the reading's ``interval_s``: hourly data → at most 24 upstream calls a
-day). Expired entries are kept, because a fallback chain may still serve them as stale values.
+day, or + ``max_age_s`` when that is set). Expired entries are kept, because a fallback chain may
+still serve them as stale values.
 
 :class:`CachedProvider` wraps one provider with that cache and with a cool-down after errors:
-after a failure it does not call upstream again for ``error_cooldown_s``, doubling with each
-consecutive failure up to ``max_error_cooldown_s``, and never sooner than a Retry-After. During a
-cool-down ``current()`` re-raises the remembered error immediately.
+after a failure it does not call upstream again for ``error_cooldown_s`` (default 30 s), doubling
+with each consecutive failure up to ``max_error_cooldown_s`` (default 300 s), and never sooner than
+a Retry-After. During a cool-down ``current()`` re-raises the remembered error immediately. The
+spec keys ``cooldown_s``, ``max_cooldown_s`` and ``max_age_s`` set these per provider.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ class ReadingCache:
     def get(self, provider: str, zone: str | None) -> CacheEntry | None:
         return self._entries.get((provider, zone))
 
-    def put(self, provider: str, zone: str | None, reading: IntensityReading, now: datetime) -> CacheEntry:
-        fresh_until = None if math.isinf(reading.interval_s) else now + timedelta(seconds=reading.interval_s)
+    def put(
+        self, provider: str, zone: str | None, reading: IntensityReading, now: datetime, *, fresh_s: float | None = None
+    ) -> CacheEntry:
+        """Store ``reading``; it stays fresh for ``fresh_s`` if given, else for its ``interval_s``."""
+        fresh_s = reading.interval_s if fresh_s is None else fresh_s
+        fresh_until = None if math.isinf(fresh_s) else now + timedelta(seconds=fresh_s)
         entry = CacheEntry(reading, now, fresh_until)
         self._entries[(provider, zone)] = entry
         return entry
@@ -64,6 +70,7 @@ class CachedProvider(IntensityProvider):
         clock: Clock = default_clock,
         error_cooldown_s: float = DEFAULT_ERROR_COOLDOWN_S,
         max_error_cooldown_s: float = DEFAULT_MAX_ERROR_COOLDOWN_S,
+        max_age_s: float | None = None,
     ) -> None:
         self.inner = inner
         self.name, self.kind, self.zone = inner.name, inner.kind, inner.zone
@@ -71,6 +78,7 @@ class CachedProvider(IntensityProvider):
         self.clock = clock
         self.error_cooldown_s = error_cooldown_s
         self.max_error_cooldown_s = max_error_cooldown_s
+        self.max_age_s = max_age_s  # None: each reading's own interval_s
         self.cache_hits = 0
         self.consecutive_failures = 0
         self.cooldown_until: datetime | None = None
@@ -109,7 +117,7 @@ class CachedProvider(IntensityProvider):
             raise
         self.consecutive_failures = 0
         self.cooldown_until = None
-        self.cache.put(self.name, self.zone, reading, now)
+        self.cache.put(self.name, self.zone, reading, now, fresh_s=self.max_age_s)
         return reading
 
     def _remember_failure(self, exc: ProviderError, now: datetime) -> None:
@@ -142,6 +150,9 @@ class CachedProvider(IntensityProvider):
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
             "consecutive_failures": self.consecutive_failures,
             "cooldown_until": self.cooldown_until.isoformat() if self.cooldown_until else None,
+            "cooldown_s": self.error_cooldown_s,
+            "max_cooldown_s": self.max_error_cooldown_s,
+            "max_age_s": self.max_age_s,
             "cache": self.cache_state(),
         }
 

@@ -1,7 +1,9 @@
 """Parsing provider specs: ``kind[:zone][?key=value&...]``, several joined by commas.
 
-The grammar is documented in :mod:`carbonsched.providers`; this module only splits and checks
-the text, so every error names the part that is wrong.
+The grammar and every key are documented in :mod:`carbonsched.providers`; this module only
+splits and checks the text, so every error names the part that is wrong. Network providers also
+take the cache keys ``cooldown_s``, ``max_cooldown_s`` and ``max_age_s`` (positive seconds;
+``max_cooldown_s`` not below ``cooldown_s``), applied by :func:`carbonsched.providers.build_provider`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from urllib.parse import parse_qsl
 
 from carbonsched.providers.base import ProviderSpecError
 
-HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"})
+CACHE_KEYS = frozenset({"cooldown_s", "max_cooldown_s", "max_age_s"})
+HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"}) | CACHE_KEYS
 KEYS_BY_KIND: dict[str, frozenset[str]] = {
     "trace": frozenset({"speedup"}),
     "static": frozenset(),
@@ -24,7 +27,7 @@ KEYS_BY_KIND: dict[str, frozenset[str]] = {
 KINDS = tuple(KEYS_BY_KIND)
 _UK_OUTWARD_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")
 _FLAG_KEYS = frozenset({"forecast", "disable_estimations"})
-_POSITIVE_NUMBER_KEYS = frozenset({"speedup", "connect_timeout_s", "read_timeout_s", "max_tries"})
+_POSITIVE_NUMBER_KEYS = frozenset({"speedup", "connect_timeout_s", "read_timeout_s", "max_tries"}) | CACHE_KEYS
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -93,6 +96,12 @@ def _check_values(spec: ProviderSpec) -> None:
         spec.flag(key, False)
     for key in spec.params.keys() & _POSITIVE_NUMBER_KEYS:
         spec.number(key, None)
+    first, longest = spec.number("cooldown_s", None), spec.number("max_cooldown_s", None)
+    if first is not None and longest is not None and longest < first:
+        raise ProviderSpecError(
+            f"provider spec {spec.text!r}: max_cooldown_s={spec.params['max_cooldown_s']!r} "
+            f"is less than cooldown_s={spec.params['cooldown_s']!r}"
+        )
 
 
 def _parse_query(text: str, query: str) -> dict[str, str]:
