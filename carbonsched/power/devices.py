@@ -1,9 +1,11 @@
-"""Which NVML devices a job runs on, from the job's ``CUDA_VISIBLE_DEVICES``."""
+"""Which NVML devices a job runs on, from the job's ``CUDA_VISIBLE_DEVICES`` or the ``devices`` it
+sent in ``job.start``."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,8 @@ from carbonsched.power.nvml import bus_id_key, load_nvml, nvml_error_text, text
 log = logging.getLogger(__name__)
 
 _OLD_MIG = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/\d+/\d+$")
+_DAEMON_NAME = re.compile(r"^gpu:\d+$")
+_BUS_ID = re.compile(r"^(?:[0-9a-fA-F]{1,8}:)?[0-9a-fA-F]{1,2}:[0-9a-fA-F]{1,2}\.[0-7]$")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ def job_gpu_indices(cuda_visible_devices: str | None, nvml_module: Any = None) -
         gpus = [_describe(nvml, i) for i in range(nvml.nvmlDeviceGetCount())]
         if cuda_visible_devices is None:
             return [g.index for g in gpus]
-        return _resolve(nvml, cuda_visible_devices, gpus)
+        return _resolve(cuda_visible_devices, gpus, lambda mig: _mig_parent(nvml, mig, gpus))
     except nvml.NVMLError as exc:
         log.warning("job_gpu_indices: NVML failed: %s", nvml_error_text(exc))
         return []
@@ -63,11 +67,87 @@ def _describe(nvml: Any, index: int) -> _Gpu:
     )
 
 
-def _resolve(nvml: Any, spec: str, gpus: list[_Gpu]) -> list[int]:
+def resolve_job_devices(devices: Sequence[str] | None, nvml_devices: Sequence[Any], nvml_module: Any = None) -> list[str]:
+    """The daemon's names (``gpu:N``, N the NVML index) for the devices a job sent in ``job.start``.
+
+    ``nvml_devices`` are the node's GPUs as the meter sees them: objects with ``index``, ``uuid``
+    and ``bus_id`` (the daemon's ``meter.gpu.devices``). An entry may be a daemon name ``gpu:N``
+    (kept), a CUDA ordinal ``"0"`` (matched in PCI bus id order, as :func:`job_gpu_indices` does), a
+    GPU UUID ``GPU-…`` or a unique prefix of one, a MIG id (``MIG-<uuid>`` or
+    ``MIG-GPU-<uuid>/<gi>/<ci>``: its parent GPU) or a PCI bus id (``0000:3b:00.0``, NVML's
+    8-digit domain, or no domain). Anything else, and any entry when no GPU is known, is kept as
+    it was; duplicates are dropped, order is kept. Never raises on what a client sent. NVML is
+    only initialised (from ``nvml_module``, default pynvml) to look up a new-style MIG id.
+    """
+    gpus = [_Gpu(d.index, d.uuid, d.bus_id) for d in nvml_devices or ()]
+    in_pci_order = sorted(gpus, key=lambda g: bus_id_key(g.bus_id))
+    if isinstance(devices, str):
+        entries: list[Any] = devices.split(",")
+    else:
+        entries = list(devices) if isinstance(devices, Iterable) else []
+    names: list[Any] = []
+    with _MigLookup(nvml_module, gpus) as mig_parent:
+        for entry in entries:
+            gpu = _match_job_entry(entry, gpus, in_pci_order, mig_parent) if gpus else None
+            name = gpu_name(gpu.index) if gpu is not None else entry
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def gpu_name(index: int) -> str:
+    """The daemon's name for the GPU with this NVML index (as in energy readings)."""
+    return f"gpu:{index}"
+
+
+def _match_job_entry(
+    entry: Any, gpus: list[_Gpu], in_pci_order: list[_Gpu], mig_parent: Callable[[str], _Gpu | None]
+) -> _Gpu | None:
+    if not isinstance(entry, str):
+        return None
+    entry = entry.strip()
+    if _DAEMON_NAME.match(entry):
+        return next((g for g in gpus if gpu_name(g.index) == entry), None)
+    if _BUS_ID.match(entry):
+        wanted = bus_id_key(entry if entry.count(":") == 2 else "0:" + entry)
+        return next((g for g in gpus if bus_id_key(g.bus_id) == wanted), None)
+    return _match(entry, gpus, in_pci_order, mig_parent)
+
+
+class _MigLookup:
+    """A MIG id's parent GPU over NVML, initialising NVML only if a MIG id has to be looked up."""
+
+    def __init__(self, nvml_module: Any, gpus: list[_Gpu]) -> None:
+        self._module, self._gpus = nvml_module, gpus
+        self._nvml: Any = None
+        self._tried = False
+
+    def __enter__(self) -> Callable[[str], _Gpu | None]:
+        return self._parent
+
+    def _parent(self, mig_uuid: str) -> _Gpu | None:
+        if not self._tried:
+            self._tried = True
+            self._nvml, reason = load_nvml(self._module)
+            if self._nvml is None:
+                log.debug("cannot look up MIG device %r: %s", mig_uuid, reason)
+        if self._nvml is None or not mig_uuid.isascii():
+            return None
+        return _mig_parent(self._nvml, mig_uuid, self._gpus)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception as exc:
+                log.debug("nvmlShutdown failed: %s", nvml_error_text(exc))
+
+
+def _resolve(spec: str, gpus: list[_Gpu], mig_parent: Callable[[str], _Gpu | None]) -> list[int]:
     in_pci_order = sorted(gpus, key=lambda g: bus_id_key(g.bus_id))
     indices: list[int] = []
     for entry in (e.strip() for e in spec.split(",")):
-        gpu = _match(nvml, entry, gpus, in_pci_order)
+        gpu = _match(entry, gpus, in_pci_order, mig_parent)
         if gpu is None:
             log.debug("CUDA_VISIBLE_DEVICES entry %r names no GPU; ignoring it and the rest", entry)
             break
@@ -76,7 +156,9 @@ def _resolve(nvml: Any, spec: str, gpus: list[_Gpu]) -> list[int]:
     return indices
 
 
-def _match(nvml: Any, entry: str, gpus: list[_Gpu], in_pci_order: list[_Gpu]) -> _Gpu | None:
+def _match(
+    entry: str, gpus: list[_Gpu], in_pci_order: list[_Gpu], mig_parent: Callable[[str], _Gpu | None]
+) -> _Gpu | None:
     if not entry:
         return None
     if re.fullmatch(r"\d+", entry):
@@ -86,7 +168,7 @@ def _match(nvml: Any, entry: str, gpus: list[_Gpu], in_pci_order: list[_Gpu]) ->
         old = _OLD_MIG.match(entry)
         if old:
             return _by_uuid(old.group(1), gpus)
-        return _mig_parent(nvml, entry, gpus)
+        return mig_parent(entry)
     return _by_uuid(entry, gpus)
 
 
