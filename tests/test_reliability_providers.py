@@ -7,13 +7,17 @@ malformed JSON, and impossible values (negative, NaN, absurdly large). For each 
 answers ρ from the static fallback, ``rho`` and ``status`` name the provider and the value's age,
 the primary's error is visible in ``status``, and the primary is used again once it recovers.
 
-Speed: the daemon is the real program; a ``sitecustomize`` on its PYTHONPATH only shortens two
-timing constants (Electricity Maps' hourly freshness → 1 s, error cool-down 30 s → 0.5 s) so a
-fault and its recovery take seconds, not hours.
+Speed: the daemon is the real program, unpatched; the primary's spec keys shorten its freshness
+window (``max_age_s=1`` instead of the hourly data interval) and its error cool-down
+(``cooldown_s=0.5&max_cooldown_s=1`` instead of 30 s doubling to 300 s) so a fault and its
+recovery take seconds, not hours.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
@@ -21,19 +25,13 @@ import threading
 
 import pytest
 
-from daemon_helpers import DaemonProcess, LineConn, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, short_dir, wait_until
 from provider_server import EM_TOKEN, FakeProviderServer, Reply
 
 LATEST = "/v3/carbon-intensity/latest"
 PRIMARY, FALLBACK = "electricitymaps:DE", "static:DEU"
 
-SITECUSTOMIZE = """\
-import carbonsched.providers.cache as _cache
-import carbonsched.providers.electricitymaps as _em
-
-_em.INTERVAL_S = 1.0
-_cache.CachedProvider.__init__.__kwdefaults__.update(error_cooldown_s=0.5, max_error_cooldown_s=1.0)
-"""
+FAST = {"max_age_s": 1.0, "cooldown_s": 0.5, "max_cooldown_s": 1.0}
 
 
 def _rebind(server: FakeProviderServer, port: int) -> None:
@@ -48,12 +46,10 @@ def _rebind(server: FakeProviderServer, port: int) -> None:
 def setup():
     with short_dir() as d, FakeProviderServer() as server:
         server.now = datetime.now(timezone.utc)
-        shim = d / "shim"
-        shim.mkdir()
-        (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        fast = "&".join(f"{key}={value:g}" for key, value in FAST.items())
         spec = (f"electricitymaps:DE?base_url={server.url}&max_tries=1&connect_timeout_s=0.5"
-                f"&read_timeout_s=0.5&forecast=false,static:DEU")
-        daemon = DaemonProcess(d, "--provider", spec, env={"ELECTRICITYMAPS_TOKEN": EM_TOKEN, "PYTHONPATH": str(shim)})
+                f"&read_timeout_s=0.5&forecast=false&{fast},static:DEU")
+        daemon = DaemonProcess(d, "--provider", spec, env={"ELECTRICITYMAPS_TOKEN": EM_TOKEN})
         daemon.wait_ready()
         try:
             yield daemon, server
@@ -61,20 +57,20 @@ def setup():
             daemon.stop()
 
 
-def _rho(daemon) -> dict:
-    conn = LineConn(daemon.socket)
+def _ask(socket_path, op: str) -> dict:
+    conn = LineConn(socket_path)
     try:
-        return conn.ask(op="rho")
+        return conn.ask(op=op)
     finally:
         conn.close()
+
+
+def _rho(daemon) -> dict:
+    return _ask(daemon.socket, "rho")
 
 
 def _status(daemon) -> dict:
-    conn = LineConn(daemon.socket)
-    try:
-        return conn.ask(op="status")
-    finally:
-        conn.close()
+    return _ask(daemon.socket, "status")
 
 
 def _primary_error(status: dict) -> str:
@@ -109,6 +105,8 @@ def test_primary_answers_when_healthy(setup):
     status = _status(daemon)
     assert status["provider"]["answered_by"] == PRIMARY
     assert [m["name"] for m in status["provider"]["members"]] == [PRIMARY, FALLBACK]
+    primary = status["provider"]["members"][0]
+    assert {key: primary[key] for key in FAST} == FAST  # the spec keys reached the running daemon
 
 
 def test_connection_refused(setup):
@@ -181,3 +179,61 @@ def test_the_daemon_never_crashed(setup):
     log = daemon.log()
     assert "Traceback" not in log, log[-3000:]
     assert EM_TOKEN not in log
+
+
+BAD_CACHE_SPECS = {
+    "ukgrid?cooldown_s=-2": "cooldown_s='-2' is not a positive number",
+    "electricitymaps:DE?max_age_s=soon,static:DEU": "max_age_s='soon' is not a positive number",
+    "ukgrid?cooldown_s=30&max_cooldown_s=5": "max_cooldown_s='5' is less than cooldown_s='30'",
+}
+
+
+@pytest.mark.parametrize("spec", list(BAD_CACHE_SPECS))
+def test_a_bad_cache_key_stops_the_start_with_one_line_naming_spec_and_key(spec):
+    part = spec.split(",")[0]
+    with short_dir() as d:
+        run = subprocess.run(
+            [str(CARBONSCHED_BIN), "run", "--provider", spec, "--socket", str(d / "s.sock"), "--state-dir", str(d / "state")],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "ELECTRICITYMAPS_TOKEN": EM_TOKEN},
+        )
+        assert run.returncode != 0 and not (d / "s.sock").exists()
+    output = run.stdout + run.stderr
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if BAD_CACHE_SPECS[spec] in line]
+    assert len(lines) == 1 and f"provider spec {part!r}" in lines[0], output
+
+
+def test_a_bad_cache_key_on_reload_keeps_the_running_provider():
+    """Started from a config file (no --provider flag, so the file's spec is what a reload reads)."""
+    with short_dir() as d:
+        config, socket_path = d / "carbonsched.toml", d / "run" / "carbonsched.sock"
+        config.write_text('provider = "static:DEU"\n')
+        config.chmod(0o600)
+        with (d / "daemon.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [str(CARBONSCHED_BIN), "run", "--config", str(config), "--socket", str(socket_path),
+                 "--state-dir", str(d / "state"), "--poll-intensity-s", "0.2"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            try:
+                assert wait_until(lambda: _answers(proc, socket_path), 60), (d / "daemon.log").read_text(errors="replace")
+                config.write_text('provider = "ukgrid?cooldown_s=0,static:DEU"\n')
+                proc.send_signal(signal.SIGHUP)
+                assert wait_until(lambda: "cooldown_s" in (_ask(socket_path, "status")["reload_error"] or ""), 10), (
+                    (d / "daemon.log").read_text(errors="replace"))
+                status = _ask(socket_path, "status")
+                assert "provider spec 'ukgrid?cooldown_s=0': cooldown_s='0' is not a positive number" in status["reload_error"]
+                assert status["provider"]["name"] == "static:DEU" and proc.poll() is None
+                assert _ask(socket_path, "rho")["provider"] == "static:DEU"
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        assert "Traceback" not in (d / "daemon.log").read_text(errors="replace")
+
+
+def _answers(proc: subprocess.Popen, socket_path) -> bool:
+    assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+    try:
+        return _ask(socket_path, "ping").get("ok") is True
+    except OSError:  # not listening yet
+        return False
