@@ -7,6 +7,7 @@ Example::
     retention_days = 90
     max_connections = 64
     metrics_port = 9464
+    node_name = "gpu-node-07"   # default: the host name; labels this node in multi-node job reports
 
     [intervals]
     poll_intensity_s = 300
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from socket import gethostname
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ class DaemonConfig:
     max_line_bytes: int = 64 * 1024
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    node_name: str = field(default_factory=gethostname)  # names this node's rows in multi-node reports
     intervals: Intervals = field(default_factory=Intervals)
     source: Path | None = None  # the file this came from, if any
 
@@ -74,6 +77,7 @@ class DaemonConfig:
             "retention_days": self.retention_days,
             "max_connections": self.max_connections,
             "metrics_port": self.metrics_port,
+            "node_name": self.node_name,
             "intervals": dataclasses.asdict(self.intervals),
             "source": str(self.source) if self.source else None,
         }
@@ -143,7 +147,7 @@ def parse_config(data: dict[str, Any], path: Path, base: DaemonConfig) -> Daemon
             values[key] = _integer(where, value, 1024, 16 * 1024 * 1024)
         elif key == "metrics_port":
             values[key] = _integer(where, value, 0, 65535) or None
-        elif key == "metrics_addr":
+        elif key in ("metrics_addr", "node_name"):
             values[key] = _string(where, value)
         elif key == "intervals":
             if not isinstance(value, dict):

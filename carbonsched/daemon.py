@@ -25,6 +25,7 @@ from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.config import DaemonConfig, load_config
 from carbonsched.notify import Notifier
 from carbonsched.paths import UnsafeDirectoryError, ensure_private_dir, ensure_runtime_dir, store_path
+from carbonsched.power.devices import resolve_job_devices
 from carbonsched.protocol import ProtocolError, Request
 from carbonsched.server import PeerCred, ServerError, UnixSocketServer
 from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
@@ -135,6 +136,7 @@ class Daemon:
         self.config = config
         self._cli_overrides = dict(cli_overrides or {})
         self.notifier = notifier or Notifier()
+        self._ready_sent = False
         self._provider_factory = provider_factory
         self._policy_loader = policy_loader
         self._meter_factory = meter_factory
@@ -198,6 +200,7 @@ class Daemon:
         try:
             ensure_private_dir(cfg.state_dir)
             self.store = Store(store_path(cfg.state_dir))
+            self.store.set_meta("node_name", cfg.node_name)
         except (OSError, StoreError) as exc:
             raise StartupError(f"store in {cfg.state_dir}: {exc}") from exc
         self._init_carbon_totals()
@@ -224,6 +227,7 @@ class Daemon:
             cfg.socket, getattr(self.provider, "name", "?"), getattr(self.policy, "name", "?"), self.store.path,
         )
         self.notifier.ready(status=self._status_line())
+        self._ready_sent = True
 
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -333,6 +337,8 @@ class Daemon:
             self.config, self.policy, self.provider = new_config, new_policy, new_provider
             self.reload_error = None
             self.last_reload_at = utcnow()
+        if self.store is not None:
+            self.store.set_meta("node_name", new_config.node_name)
         if intervals_changed and self.scheduler is not None:
             self._schedule_jobs()
         log.info("reloaded: provider %s, policy %s", getattr(new_provider, "name", "?"), getattr(new_policy, "name", "?"))
@@ -454,6 +460,8 @@ class Daemon:
             log.info("pruned %d samples older than %g days", removed, self.config.retention_days)
 
     def _watchdog(self) -> None:
+        if not self._ready_sent:
+            return  # the scheduler starts before READY; systemd should see READY first
         if self.server is not None and self.server._accept_thread is not None and self.server._accept_thread.is_alive():
             self.notifier.watchdog()
         else:
@@ -517,13 +525,16 @@ class Daemon:
         assert self.store is not None
         job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
         now = utcnow()
+        # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
+        gpus = getattr(getattr(self.meter, "gpu", None), "devices", None) or []
         created = self.store.start_job(
             job_id, model=fields["model"], scheme=fields["scheme"], pid=fields["pid"], uid=peer.uid,
-            devices=fields.get("devices", ()), started_at=now,
+            devices=resolve_job_devices(fields.get("devices", ()), gpus), started_at=now,
+            **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
         )
         if not created:
             self._job_for(job_id, peer)
-            self.store.resume_job(job_id)
+            self.store.resume_job(job_id, pid=fields["pid"])
             log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
         else:
             log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
@@ -563,9 +574,12 @@ class Daemon:
                 j_per_flop=measured_j_per_flop(self.store, job["model"]),
                 mean_intensity_g_per_kwh=accounting.mean_intensity_g_per_kwh,
             )
-        energy_j = accounting.energy_j if accounting else None
-        carbon_g = accounting.carbon_g if accounting else None
-        self.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, energy_j=energy_j, carbon_g=carbon_g, **metrics)
+        breakdown: dict[str, Any] = {}
+        if accounting is not None:
+            breakdown = {"energy_j": accounting.energy_j, "carbon_g": accounting.carbon_g, "gpu_j": accounting.gpu_j,
+                         "cpu_j": accounting.cpu_j, "ram_j": accounting.ram_j, "gpu_attribution": accounting.gpu_attribution}
+        energy_j, carbon_g = breakdown.get("energy_j"), breakdown.get("carbon_g")
+        self.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **breakdown, **metrics)
         return {
             "job_id": job_id, "epoch": epoch, "ended_at": _iso(now), "energy_j": energy_j, "carbon_g": carbon_g,
             "mean_intensity_g_per_kwh": accounting.mean_intensity_g_per_kwh if accounting else None,

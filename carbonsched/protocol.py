@@ -142,6 +142,11 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "pid": (REQUIRED, _integer(1)),
         "devices": (OPTIONAL, _string_list),
         "job_id": (OPTIONAL, _string),
+        # Multi-process jobs: which process of which host registered (local rank 0 of each node).
+        "hostname": (OPTIONAL, _string),
+        "rank": (OPTIONAL, _integer(0)),
+        "local_rank": (OPTIONAL, _integer(0)),
+        "world_size": (OPTIONAL, _integer(1)),
     },
     "epoch.start": {
         "job_id": (REQUIRED, _string),

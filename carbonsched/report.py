@@ -4,6 +4,14 @@ Reads the SQLite store directly, so it works whether or not the daemon runs. Ene
 are the values the daemon computed when each epoch ended (they outlive sample retention);
 savings are computed here, so a full fine-tuning run recorded later turns "modelled" savings
 into "measured" ones.
+
+Multi-node jobs: every node's daemon meters its own node and records the job (all nodes share
+rank 0's job id). A report built from several nodes' stores, or from their JSON reports
+(``carbonsched report --format json``), merges each job: per epoch, energy, carbon and savings
+are summed over the nodes; ρ, FLOPs and losses are the job's own (every node reports the same
+job-wide FLOPs, so they are taken once, from the lowest-ranked node); the epoch's time is the
+longest node's; its intensity is the energy-weighted mean. The nodes are listed with their own
+totals. The same node of the same job given twice is an error, never counted twice.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from carbonsched.accounting import IntensityCurve, epoch_savings, measured_j_per_flop
-from carbonsched.store import J_PER_KWH, Store
+from carbonsched.store import J_PER_KWH, Store, to_unix_s
 
 FORMATS = ("table", "json", "csv")
 
@@ -56,10 +64,51 @@ class EpochRow:
     saved_label: str | None
     train_loss: float | None
     val_loss: float | None
+    gpu_kwh: float | None = None
+    cpu_kwh: float | None = None
+    ram_kwh: float | None = None
+    gpu_attribution: str | None = None
+
+
+def _total(epochs: Sequence[EpochRow], name: str) -> float | None:
+    values = [getattr(e, name) for e in epochs if getattr(e, name) is not None]
+    return sum(values) if values else None
+
+
+def _labels(epochs: Sequence[EpochRow]) -> str:
+    return "/".join(sorted({e.saved_label for e in epochs if e.saved_label})) or "-"
+
+
+@dataclass
+class NodeReport:
+    """One node's part of a job: what that node's daemon recorded. ``node`` is the daemon's
+    node name; ``hostname``/``rank``/``local_rank``/``world_size`` come from the process that
+    registered the job there (None for a single-process job); ``source`` is where it was read."""
+
+    node: str
+    hostname: str | None
+    rank: int | None
+    local_rank: int | None
+    world_size: int | None
+    status: str
+    started_at: float
+    ended_at: float | None
+    source: str
+    epochs: list[EpochRow] = field(default_factory=list)
+
+    def total(self, name: str) -> float | None:
+        return _total(self.epochs, name)
+
+    @property
+    def mean_intensity_g_per_kwh(self) -> float | None:
+        energy, carbon = self.total("energy_kwh"), self.total("carbon_g")
+        return carbon / energy if energy and carbon is not None else None
 
 
 @dataclass
 class JobReport:
+    """A job with its epochs; ``nodes`` lists each node's part (one entry for a one-node job)."""
+
     job_id: str
     model: str
     scheme: str
@@ -67,14 +116,14 @@ class JobReport:
     started_at: float
     ended_at: float | None
     epochs: list[EpochRow] = field(default_factory=list)
+    nodes: list[NodeReport] = field(default_factory=list)
 
     def total(self, name: str) -> float | None:
-        values = [getattr(e, name) for e in self.epochs if getattr(e, name) is not None]
-        return sum(values) if values else None
+        return _total(self.epochs, name)
 
     @property
     def saved_labels(self) -> str:
-        return "/".join(sorted({e.saved_label for e in self.epochs if e.saved_label})) or "-"
+        return _labels(self.epochs)
 
 
 def _epoch_row(store: Store, job_id: str, e: dict[str, Any], j_per_flop: float | None) -> EpochRow:
@@ -91,33 +140,207 @@ def _epoch_row(store: Store, job_id: str, e: dict[str, Any], j_per_flop: float |
     used = None
     if e["flops_forward"] is not None or e["flops_backward"] is not None:
         used = (e["flops_forward"] or 0.0) + (e["flops_backward"] or 0.0)
+    def kwh(column: str) -> float | None:
+        value = e.get(column)
+        return None if value is None else value / J_PER_KWH
+
     return EpochRow(
         job_id=job_id, epoch=e["epoch"], started_at=start, duration_s=duration_s,
         mean_intensity_g_per_kwh=intensity, rho_asked=e["rho_asked"], rho_effective=e["rho_effective"],
         flops=used, flops_full=e["flops_full"],
-        energy_kwh=None if energy_j is None else energy_j / J_PER_KWH, carbon_g=carbon_g,
+        energy_kwh=kwh("energy_j"), carbon_g=carbon_g,
         saved_kwh=None if savings is None else savings.saved_j / J_PER_KWH,
         saved_g=None if savings is None else savings.saved_g,
         saved_label=None if savings is None else savings.label,
         train_loss=e["train_loss"], val_loss=e["val_loss"],
+        gpu_kwh=kwh("gpu_j"), cpu_kwh=kwh("cpu_j"), ram_kwh=kwh("ram_j"), gpu_attribution=e.get("gpu_attribution"),
     )
 
 
-def build_report(store: Store, *, job_id: str | None = None, since: datetime | float | None = None) -> list[JobReport]:
-    """Jobs (one, or all started since ``since``) with their epochs, oldest first."""
+def build_report(
+    store: Store, *, job_id: str | None = None, since: datetime | float | None = None, source: str | None = None
+) -> list[JobReport]:
+    """Jobs (one, or all started since ``since``) with their epochs, oldest first, as this one
+    store (one node) recorded them. ``source`` names the store in messages (default: its path)."""
     jobs = store.jobs(since=since)
     if job_id is not None:
         jobs = [j for j in jobs if j["job_id"] == job_id]
+    node_name = store.meta("node_name")
     reports = []
     j_per_flop_by_model: dict[str, float | None] = {}
     for job in jobs:
         model = job["model"]
         if model not in j_per_flop_by_model:
             j_per_flop_by_model[model] = measured_j_per_flop(store, model)
-        report = JobReport(job["job_id"], model, job["scheme"], job["status"], job["started_at"], job["ended_at"])
-        report.epochs = [_epoch_row(store, job["job_id"], e, j_per_flop_by_model[model]) for e in store.epochs(job["job_id"])]
-        reports.append(report)
+        epochs = [_epoch_row(store, job["job_id"], e, j_per_flop_by_model[model]) for e in store.epochs(job["job_id"])]
+        node = NodeReport(
+            node=node_name or job.get("hostname") or "local", hostname=job.get("hostname"), rank=job.get("rank"),
+            local_rank=job.get("local_rank"), world_size=job.get("world_size"), status=job["status"],
+            started_at=job["started_at"], ended_at=job["ended_at"], source=source or str(store.path), epochs=epochs,
+        )
+        reports.append(JobReport(
+            job["job_id"], model, job["scheme"], job["status"], job["started_at"], job["ended_at"],
+            epochs=list(epochs), nodes=[node],
+        ))
     return reports
+
+
+# -- several nodes -------------------------------------------------------------------------------
+
+
+class ReportMergeError(ValueError):
+    """Reports that cannot be merged (the same node twice, one job id for different models)."""
+
+
+_STATUS_ORDER = ("running", "failed", "interrupted", "cancelled", "completed")
+
+
+def _merged_status(statuses: Sequence[str]) -> str:
+    """A job runs while any node runs; else the worst ending any node saw."""
+    known = [s for s in _STATUS_ORDER if s in statuses]
+    return known[0] if known else statuses[0]
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _merge_epoch(rows: Sequence[EpochRow]) -> EpochRow:
+    """One epoch over several nodes; ``rows`` ordered by rank (the job-wide values come from the
+    first row that has them)."""
+
+    def first(name: str) -> Any:
+        return next((getattr(r, name) for r in rows if getattr(r, name) is not None), None)
+
+    energy, carbon = _sum([r.energy_kwh for r in rows]), _sum([r.carbon_g for r in rows])
+    starts = [r.started_at for r in rows if r.started_at is not None]
+    attributions = sorted({r.gpu_attribution for r in rows if r.gpu_attribution})
+    return EpochRow(
+        job_id=rows[0].job_id, epoch=rows[0].epoch, started_at=min(starts) if starts else None,
+        duration_s=max((r.duration_s for r in rows if r.duration_s is not None), default=None),
+        mean_intensity_g_per_kwh=carbon / energy if energy and carbon is not None else first("mean_intensity_g_per_kwh"),
+        rho_asked=first("rho_asked"), rho_effective=first("rho_effective"), flops=first("flops"),
+        flops_full=first("flops_full"), energy_kwh=energy, carbon_g=carbon,
+        saved_kwh=_sum([r.saved_kwh for r in rows]), saved_g=_sum([r.saved_g for r in rows]),
+        saved_label="/".join(sorted({r.saved_label for r in rows if r.saved_label})) or None,
+        train_loss=first("train_loss"), val_loss=first("val_loss"),
+        gpu_kwh=_sum([r.gpu_kwh for r in rows]), cpu_kwh=_sum([r.cpu_kwh for r in rows]),
+        ram_kwh=_sum([r.ram_kwh for r in rows]),
+        gpu_attribution=attributions[0] if len(attributions) == 1 else ("mixed" if attributions else None),
+    )
+
+
+def _rank_key(node: NodeReport) -> tuple[int, str]:
+    return (node.rank if node.rank is not None else 1 << 30, node.node)
+
+
+def merge_reports(reports: Sequence[JobReport]) -> list[JobReport]:
+    """Jobs from several nodes' reports, one per job id, nodes summed (see the module docstring);
+    ordered by start time."""
+    by_job: dict[str, list[JobReport]] = {}
+    for report in reports:
+        by_job.setdefault(report.job_id, []).append(report)
+    merged = []
+    for job_id, parts in by_job.items():
+        nodes: list[NodeReport] = []
+        seen: dict[str, str] = {}
+        for part in parts:
+            if (part.model, part.scheme) != (parts[0].model, parts[0].scheme):
+                raise ReportMergeError(
+                    f"job {job_id}: {part.nodes[0].source if part.nodes else '?'} has {part.model} ({part.scheme}), "
+                    f"{parts[0].nodes[0].source if parts[0].nodes else '?'} has {parts[0].model} ({parts[0].scheme})"
+                )
+            for node in part.nodes:
+                if node.node in seen:
+                    raise ReportMergeError(
+                        f"job {job_id}: node {node.node!r} appears twice ({seen[node.node]} and {node.source}); "
+                        "give each node's store or report once (set node_name in each daemon's config if hosts share a name)"
+                    )
+                seen[node.node] = node.source
+                nodes.append(node)
+        nodes.sort(key=_rank_key)
+        if len(nodes) == 1:
+            merged.append(parts[0])
+            continue
+        epoch_numbers = sorted({e.epoch for n in nodes for e in n.epochs})
+        epochs = [_merge_epoch([e for n in nodes for e in n.epochs if e.epoch == k]) for k in epoch_numbers]
+        ends = [n.ended_at for n in nodes]
+        merged.append(JobReport(
+            job_id, parts[0].model, parts[0].scheme, _merged_status([n.status for n in nodes]),
+            min(n.started_at for n in nodes), None if None in ends else max(e for e in ends if e is not None),
+            epochs=epochs, nodes=nodes,
+        ))
+    return sorted(merged, key=lambda r: (r.started_at, r.job_id))
+
+
+def reports_from_json(text: str, source: str) -> list[JobReport]:
+    """Per-node job reports back from ``to_json`` output (``carbonsched report --format json``)."""
+    try:
+        data = json.loads(text)
+        jobs = data["jobs"]
+        reports = []
+        for job in jobs:
+            nodes = []
+            for node in job["nodes"]:
+                fields = {k: v for k, v in node.items() if k in NodeReport.__dataclass_fields__ and k != "epochs"}
+                fields["source"] = source
+                node_epochs = [EpochRow(**_known(EpochRow, e)) for e in node["epochs"]]
+                nodes.append(NodeReport(**fields, epochs=node_epochs))
+            epochs = [EpochRow(**_known(EpochRow, e)) for e in job["epochs"]]
+            reports.append(JobReport(
+                job["job_id"], job["model"], job["scheme"], job["status"], job["started_at"], job["ended_at"],
+                epochs=epochs, nodes=nodes,
+            ))
+    except json.JSONDecodeError as exc:
+        raise ReportMergeError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ReportMergeError(
+            f"{source}: not a carbonsched JSON report (from `carbonsched report --format json`): missing or bad field {exc}"
+        ) from None
+    return reports
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def reports_from_path(
+    path: Path | str, *, job_id: str | None = None, since: datetime | float | None = None
+) -> list[JobReport]:
+    """Another node's reports: its state directory, its store file (read-only), or a JSON
+    report it wrote; filtered like :func:`build_report`."""
+    from carbonsched.paths import store_path
+    from carbonsched.store import StoreError
+
+    path = Path(path)
+    if path.is_dir():
+        path = store_path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise ReportMergeError(f"{path}: {exc.strerror or exc}") from None
+    if head == SQLITE_MAGIC:
+        try:
+            with Store(path, read_only=True) as store:
+                return build_report(store, job_id=job_id, since=since, source=str(path))
+        except StoreError as exc:
+            raise ReportMergeError(f"cannot read the store {exc}") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportMergeError(f"{path}: neither a carbonsched store nor a JSON report") from None
+    reports = reports_from_json(text, str(path))
+    since_s = to_unix_s(since)
+    return [
+        r for r in reports
+        if (job_id is None or r.job_id == job_id) and (since_s is None or r.started_at >= since_s)
+    ]
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``values`` that ``cls`` has; missing optional ones take their defaults."""
+    return {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
 
 
 # -- formats -----------------------------------------------------------------------------------
@@ -165,29 +388,66 @@ def format_table(reports: Sequence[JobReport]) -> str:
             f"{_f(r.total('energy_kwh'), '.3e')} kWh, {_f(r.total('carbon_g'), '.4f')} gCO2e, "
             f"saved {_f(r.total('saved_kwh'), '.3e')} kWh / {_f(r.total('saved_g'), '.4f')} gCO2e ({r.saved_labels})"
         )
+        if len(r.nodes) > 1:
+            lines.extend(_node_lines(r))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
+NODE_COLUMNS = (
+    ("node", "<16"), ("host", "<16"), ("rank", ">4"), ("world", ">5"), ("epochs", ">6"), ("time s", ">7"),
+    ("kWh", ">9"), ("gCO2e", ">9"), ("gCO2e/kWh", ">9"), ("saved kWh", ">9"), ("saved g", ">9"), ("status", "<11"),
+)
+
+
+def _node_lines(r: JobReport) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(format(c, spec) for c, (_name, spec) in zip(cells, NODE_COLUMNS)).rstrip()
+
+    lines = [f"nodes: {len(r.nodes)} (energy, carbon and savings above are their sums)", line([n for n, _ in NODE_COLUMNS])]
+    for n in r.nodes:
+        lines.append(line([
+            n.node, n.hostname or "-", "-" if n.rank is None else str(n.rank), "-" if n.world_size is None else str(n.world_size),
+            str(len(n.epochs)), _f(n.total("duration_s"), ".1f"), _f(n.total("energy_kwh"), ".3e"),
+            _f(n.total("carbon_g"), ".4f"), _f(n.mean_intensity_g_per_kwh, ".1f"), _f(n.total("saved_kwh"), ".3e"),
+            _f(n.total("saved_g"), ".4f"), n.status,
+        ]))
+    return lines
+
+
+TOTAL_FIELDS = ("duration_s", "flops", "flops_full", "energy_kwh", "carbon_g", "saved_kwh", "saved_g")
+NODE_TOTAL_FIELDS = ("duration_s", "energy_kwh", "carbon_g", "saved_kwh", "saved_g")
+
+
 def to_json(reports: Sequence[JobReport]) -> str:
+    """Jobs with merged epochs and totals, and under ``nodes`` each node's own epochs and totals
+    (so several nodes' JSON reports can be merged again by :func:`reports_from_json`)."""
     out = []
     for r in reports:
-        job = {k: v for k, v in asdict(r).items() if k != "epochs"}
-        totals = {name: r.total(name) for name in ("duration_s", "flops", "flops_full", "energy_kwh", "carbon_g", "saved_kwh", "saved_g")}
-        out.append({**job, "totals": totals, "epochs": [asdict(e) for e in r.epochs]})
+        job = {k: v for k, v in asdict(r).items() if k not in ("epochs", "nodes")}
+        totals = {name: r.total(name) for name in TOTAL_FIELDS}
+        nodes = [
+            {**{k: v for k, v in asdict(n).items() if k not in ("epochs", "source")},
+             "totals": {name: n.total(name) for name in NODE_TOTAL_FIELDS},
+             "epochs": [asdict(e) for e in n.epochs]}
+            for n in r.nodes
+        ]
+        out.append({**job, "totals": totals, "epochs": [asdict(e) for e in r.epochs], "nodes": nodes})
     return json.dumps({"jobs": out}, indent=2)
 
 
-CSV_FIELDS = ("model", "scheme", *EpochRow.__dataclass_fields__)
+CSV_FIELDS = ("model", "scheme", "nodes", *EpochRow.__dataclass_fields__)
 
 
 def to_csv(reports: Sequence[JobReport]) -> str:
+    """One row per job and epoch (summed over nodes); ``nodes`` lists the nodes, ';'-separated."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in reports:
+        nodes = ";".join(n.node for n in r.nodes)
         for e in r.epochs:
-            writer.writerow({"model": r.model, "scheme": r.scheme, **asdict(e)})
+            writer.writerow({"model": r.model, "scheme": r.scheme, "nodes": nodes, **asdict(e)})
     return buffer.getvalue()
 
 

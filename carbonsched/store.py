@@ -97,6 +97,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE epochs ADD COLUMN energy_j REAL;
     ALTER TABLE epochs ADD COLUMN carbon_g REAL;
     """,
+    # Multi-node jobs: which process registered on this node; this node's name; the epoch's
+    # energy by device kind and how GPU energy was attributed.
+    """
+    ALTER TABLE jobs ADD COLUMN hostname TEXT;
+    ALTER TABLE jobs ADD COLUMN rank INTEGER;
+    ALTER TABLE jobs ADD COLUMN local_rank INTEGER;
+    ALTER TABLE jobs ADD COLUMN world_size INTEGER;
+    ALTER TABLE epochs ADD COLUMN gpu_j REAL;
+    ALTER TABLE epochs ADD COLUMN cpu_j REAL;
+    ALTER TABLE epochs ADD COLUMN ram_j REAL;
+    ALTER TABLE epochs ADD COLUMN gpu_attribution TEXT;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -124,11 +137,30 @@ def _finite_or_none(value: float | None) -> float | None:
 
 
 class Store:
-    def __init__(self, path: Path | str, *, timeout_s: float = 10.0):
+    """``read_only``: open another node's store (a copy, or a shared state directory) for
+    reports without creating, migrating or writing anything; an older schema reads as far as
+    its columns go."""
+
+    def __init__(self, path: Path | str, *, timeout_s: float = 10.0, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._lock = threading.RLock()
         try:
+            if read_only:
+                if not self.path.is_file():
+                    raise StoreError(f"{self.path}: no such file")
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+                    isolation_level=None, check_same_thread=False,
+                )
+                self._db.row_factory = sqlite3.Row
+                if self.schema_version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: schema version {self.schema_version} is newer than this carbonsched "
+                        f"understands ({SCHEMA_VERSION}); upgrade carbonsched"
+                    )
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
             )
@@ -282,19 +314,46 @@ class Store:
         uid: int | None,
         devices: Sequence[str] = (),
         started_at: datetime | float,
+        hostname: str | None = None,
+        rank: int | None = None,
+        local_rank: int | None = None,
+        world_size: int | None = None,
     ) -> bool:
-        """Record a new running job; False if ``job_id`` already exists (nothing is changed)."""
+        """Record a new running job; False if ``job_id`` already exists (nothing is changed).
+        ``hostname``/``rank``/``local_rank``/``world_size``: the process that registered a
+        multi-process job on this node."""
         cur = self._write(
-            "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-            (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at)),
+            "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status, "
+            "hostname, rank, local_rank, world_size) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at),
+             hostname, rank, local_rank, world_size),
         )
         return cur.rowcount == 1
 
-    def resume_job(self, job_id: str) -> bool:
-        """Mark an existing job running again (a trainer restarted with the same job id)."""
-        cur = self._write("UPDATE jobs SET status = 'running', ended_at = NULL WHERE job_id = ?", (job_id,))
+    def resume_job(self, job_id: str, *, pid: int | None = None) -> bool:
+        """Mark an existing job running again (a trainer restarted with the same job id); a new
+        ``pid`` replaces the old one, so per-pid GPU attribution follows the restarted process."""
+        cur = self._write(
+            "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid) WHERE job_id = ?",
+            (pid, job_id),
+        )
         return cur.rowcount == 1
+
+    # -- node identity ----------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def meta(self, key: str) -> str | None:
+        """A value set by :meth:`set_meta`; None if unset (or the store predates the meta table)."""
+        try:
+            rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        except sqlite3.OperationalError:
+            return None
+        return rows[0]["value"] if rows else None
 
     def end_job(self, job_id: str, status: str, ended_at: datetime | float) -> bool:
         cur = self._write(
@@ -331,6 +390,10 @@ class Store:
         "val_loss",
         "energy_j",
         "carbon_g",
+        "gpu_j",
+        "cpu_j",
+        "ram_j",
+        "gpu_attribution",
     )
 
     def end_epoch(
@@ -340,7 +403,7 @@ class Store:
         *,
         ended_at: datetime | float,
         extra: dict[str, Any] | None = None,
-        **values: float | None,
+        **values: float | str | None,
     ) -> None:
         """Record an epoch's end; an epoch that never reported its start is created with
         ``started_at = ended_at - wall_s``."""

@@ -218,19 +218,6 @@ def _is_daemon_source(callback: Any) -> bool:
     return hasattr(callback, "job_id") and hasattr(callback, "client") and hasattr(callback, "_register")
 
 
-def _tag_job_start(client: Any, fields: Mapping[str, Any]) -> None:
-    """Add ``fields`` to every ``job.start`` this daemon client sends (unknown fields are
-    ignored by older daemons, per the protocol)."""
-    original = client.call
-
-    def call(op: str, **kwargs: Any) -> Any:
-        if op == "job.start":
-            kwargs = {**fields, **kwargs}
-        return original(op, **kwargs)
-
-    client.call = call
-
-
 class RankBatches:
     """One rank's share of every global batch, in the single-process trainer's order.
 
@@ -320,8 +307,7 @@ class DistributedGreenTrainer(GreenTrainer):
         ids = broadcast_object([cb.job_id for cb in daemons])
         for cb, job_id in zip(daemons, ids):
             cb.job_id = job_id
-            if self.local_rank == 0:
-                _tag_job_start(cb.client, job_identity())
+            cb.job_fields.update(job_identity())
         if self.local_rank != 0:
             self.callbacks = [cb for cb in self.callbacks if not _is_daemon_source(cb)]
 

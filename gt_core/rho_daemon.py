@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import uuid
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 
@@ -37,13 +37,13 @@ _EXTRA_FIELDS = ("tensors_selected", "param_share_selected", "steps", "selection
 
 
 def devices_from_env(env: dict[str, str] | None = None) -> list[str]:
-    """GPU device names (``gpu:N``) from CUDA_VISIBLE_DEVICES; [] when unset (the daemon then
-    counts every GPU of the node). UUID entries are passed through unchanged."""
+    """The job's GPUs as CUDA_VISIBLE_DEVICES names them (ordinals, GPU UUIDs, MIG ids); [] when
+    unset (the daemon then counts every GPU of the node). The daemon maps them to its NVML
+    devices, which only it can see."""
     value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if value is None:
         return []
-    entries = [e.strip() for e in value.split(",") if e.strip()]
-    return [f"gpu:{e}" if e.isdigit() else e for e in entries]
+    return [e.strip() for e in value.split(",") if e.strip()]
 
 
 def _clamp_fraction(value: float | None) -> float | None:
@@ -75,6 +75,7 @@ class DaemonRhoSource(TrainerCallback):
         scheme: str,
         job_id: str | None = None,
         devices: Sequence[str] | None = None,
+        job_fields: Mapping[str, Any] | None = None,
     ) -> None:
         self.default_rho = check_rho(default_rho, what="default rho")
         self.client = DaemonClient(socket_path, timeout_s=timeout_s, default_rho=self.default_rho)
@@ -82,6 +83,8 @@ class DaemonRhoSource(TrainerCallback):
         self.scheme = scheme
         self.job_id = job_id or uuid.uuid4().hex[:16]
         self.devices = list(devices_from_env() if devices is None else devices)
+        # More job.start fields, e.g. hostname/rank/local_rank/world_size of a multi-process job.
+        self.job_fields: dict[str, Any] = dict(job_fields or {})
         self.registered = False
         self.reachable: bool | None = None  # None until the first exchange
         self.warnings = 0
@@ -134,8 +137,8 @@ class DaemonRhoSource(TrainerCallback):
         if self.registered:
             return True
         reply = self._call(
-            "job.start", model=self.model_name, scheme=self.scheme, pid=os.getpid(), devices=self.devices,
-            job_id=self.job_id,
+            "job.start", **self.job_fields, model=self.model_name, scheme=self.scheme, pid=os.getpid(),
+            devices=self.devices, job_id=self.job_id,
         )
         self.registered = reply is not None
         return self.registered

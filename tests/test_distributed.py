@@ -16,7 +16,7 @@ import torch
 
 from gt_core.data import IGNORE_INDEX, make_loader
 from gt_core.distributed import (
-    GreenTrainer, RankBatches, _tag_job_start, dist_env, is_distributed_launch, job_identity, loss_items, trainer_class,
+    GreenTrainer, RankBatches, dist_env, is_distributed_launch, loss_items, trainer_class,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,24 +65,6 @@ def test_env_detection_and_single_process_default(monkeypatch):
     assert is_distributed_launch({"WORLD_SIZE": "2"}) and not is_distributed_launch({})
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert trainer_class() is GreenTrainer
-
-
-def test_job_start_carries_hostname_and_rank(monkeypatch):
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    sent = []
-
-    class Client:
-        def call(self, op, **fields):
-            sent.append((op, fields))
-
-    client = Client()
-    _tag_job_start(client, job_identity())
-    client.call("job.start", model="m", scheme="green", pid=1)
-    client.call("rho", job_id="j")
-    assert sent[0][1]["hostname"] == socket.gethostname() and sent[0][1]["rank"] == 3
-    assert sent[0][1]["world_size"] == 4 and sent[0][1]["model"] == "m"
-    assert sent[1][1] == {"job_id": "j"}
 
 
 def _free_port() -> int:

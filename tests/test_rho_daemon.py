@@ -43,7 +43,7 @@ def make_trainer(tmp_path, tokenizer, task, source, epochs=2, callbacks=()):
 
 def test_devices_from_cuda_visible_devices():
     assert devices_from_env({}) == []
-    assert devices_from_env({"CUDA_VISIBLE_DEVICES": "0, 2"}) == ["gpu:0", "gpu:2"]
+    assert devices_from_env({"CUDA_VISIBLE_DEVICES": "0, 2"}) == ["0", "2"]  # the daemon maps them
     assert devices_from_env({"CUDA_VISIBLE_DEVICES": "GPU-1234"}) == ["GPU-1234"]
 
 

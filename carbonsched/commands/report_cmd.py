@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -33,10 +34,18 @@ def report(
     output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG plot (intensity, ρ, FLOPs per epoch) to this file."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="The daemon's state directory (default: as the daemon)."),
+    include: list[Path] = typer.Option(
+        [], "--include",
+        help="Another node's part of the jobs: its state directory, a copy of its store file, or its "
+             "`report --format json` output. Repeat per node; jobs sharing an id are summed over nodes.",
+    ),
 ) -> None:
     """Energy (kWh), carbon (gCO2e) and savings vs full fine-tuning per job and epoch; no daemon needed."""
     from carbonsched.paths import default_state_dir, store_path
-    from carbonsched.report import FORMATS, ReportPathError, build_report, check_output_file, render
+    from carbonsched.report import (
+        FORMATS, ReportMergeError, ReportPathError, build_report, check_output_file, merge_reports, render,
+        reports_from_path,
+    )
     from carbonsched.store import Store, StoreError
 
     if fmt not in FORMATS:
@@ -51,15 +60,25 @@ def report(
         _fail(str(exc))
     directory = state_dir or default_state_dir()
     db = store_path(directory)
-    if not db.is_file():
+    use_local = db.is_file() or not include or state_dir is not None
+    if use_local and not db.is_file():
         _fail(f"no store at {db} (has `carbonsched run --state-dir {directory}` run?)", 1)
     try:
-        with Store(db) as store:
-            reports = build_report(store, job_id=job, since=since_dt)
+        reports = [r for path in include for r in reports_from_path(path, job_id=job, since=since_dt)]
+    except ReportMergeError as exc:
+        _fail(f"--include: {exc}", 1)
+    try:
+        with Store(db) if use_local else contextlib.nullcontext() as store:
+            if use_local:
+                reports = build_report(store, job_id=job, since=since_dt) + reports
+            try:
+                reports = merge_reports(reports)
+            except ReportMergeError as exc:
+                _fail(str(exc), 1)
             if job is not None and not reports:
-                _fail(f"no job {job!r} in {db}", 1)
+                _fail(f"no job {job!r} in {', '.join(str(p) for p in ([db] if use_local else []) + list(include))}", 1)
             samples = []
-            if plot is not None:
+            if plot is not None and use_local:
                 times = [e.started_at for r in reports for e in r.epochs if e.started_at is not None]
                 ends = [e.started_at + e.duration_s for r in reports for e in r.epochs
                         if e.started_at is not None and e.duration_s is not None]

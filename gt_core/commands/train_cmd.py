@@ -6,6 +6,7 @@ directory is created; bad input is one ``error: ...`` line on stderr and exit co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -103,6 +104,7 @@ def train(
     rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5)."),
     rho_schedule: Optional[Path] = typer.Option(None, "--rho-schedule", help="Per-epoch ρ: JSON list or one value per line."),
     rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it (--rho is the fallback)."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", help="Job id in the daemon's store (with --rho-from; default: random, or the resumed run's id)."),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     lr: float = typer.Option(2e-5, "--lr"),
@@ -112,7 +114,7 @@ def train(
     importance_metric: str = typer.Option("dw_grad", "--importance-metric", help="dw_grad | dw | grad"),
     reselect: str = typer.Option("epoch", "--reselect", help="epoch | K (every K steps) | on_change"),
     seed: int = typer.Option(0, "--seed"),
-    topk: int = typer.Option(2, "--topk", min=1),
+    topk: int = typer.Option(2, "--topk", min=1, help="Scheme topk: train the N layers nearest the output, a layer being one module's own tensors (a LayerNorm's weight and bias count once). The LM head is the last layer; if it is tied to the input embedding, that shared matrix trains and the backward runs through the whole model (priced so). Default 2 = FT-Top2: LM head + final norm."),
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Also checkpoint every N steps."),
     output_dir: Path = typer.Option(..., "--output-dir", help="Where metrics, checkpoints and the final model go."),
@@ -141,6 +143,7 @@ def train(
         f"FLOPs {sum(r.flops_forward + r.flops_backward for r in records):.3e} "
         f"({sum(r.flops_forward + r.flops_backward for r in records) / max(sum(r.flops_full for r in records), 1):.3f} of full); "
         f"model in {output_dir / 'final'}"
+        + (f"; carbonsched job {trainer.rho_source.job_id}" if rho_from is not None else "")
     )
 
 
@@ -169,7 +172,10 @@ def _build_trainer(**opts: Any) -> Any:
         rho = check_rho(1.0 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = DaemonRhoSource(
             socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
+            job_id=_job_id(opts["job_id"], opts["resume"]),
         )
+    elif opts["job_id"] is not None:
+        raise _BadInput("--job-id needs --rho-from daemon")
     elif opts["rho_schedule"] is not None:
         rho_source = ScheduleRho.from_file(opts["rho_schedule"])
         rho = rho_source.values[0]
@@ -210,7 +216,27 @@ def _build_trainer(**opts: Any) -> Any:
     trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source)
     if resume is not None:
         trainer.resume(resume)
+    if opts["rho_from"] is not None and getattr(trainer, "rank", 0) == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
     return trainer
+
+
+JOB_ID_FILE = "carbonsched-job-id"
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _job_id(given: str | None, resume: Path | None) -> str | None:
+    """--job-id, else the id a resumed run used (so the daemon keeps one job), else None (random)."""
+    if given is not None:
+        if not _JOB_ID.fullmatch(given):
+            raise _BadInput(f"--job-id {given!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return given
+    saved = resume / JOB_ID_FILE if resume is not None else None
+    if saved is not None and saved.is_file():
+        text = saved.read_text(encoding="utf-8").strip()
+        return text if _JOB_ID.fullmatch(text) else None
+    return None
 
 
 def register(app: typer.Typer) -> None:
