@@ -5,8 +5,9 @@ fine-tuning on report continuations: first two sentences → the rest) so that p
 baselines start from a model that already knows the words, as they would from a pretrained LLM.
 Every scheme then fine-tunes a copy of that base on the summarisation task with the GreenTrainer
 loop (``gt_core.trainer``): full, FT-Top2, LoRA (r 8 on W_Q, W_V), prefix tuning (16 tokens) and
-GreenTrainer at ρ ∈ {0.4, 0.5, 0.7}. Each scheme's learning rate is the best of a 3-value sweep on
-seed 0 by dev-split validation loss; the reported numbers are on a separate test split.
+GreenTrainer at ρ ∈ {0.4, 0.5, 0.7}. Each scheme's learning rate is the best of a sweep on seed 0
+by dev-split validation loss (3 half-decade values, extended past whichever end wins, up to 3
+more); the reported numbers are on a separate test split.
 
 Run records (per epoch, from each run's metrics.jsonl) go to bench/results/accuracy_runs.json, which
 the overhead and ablation sections reuse.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -175,18 +177,41 @@ def _label(key: str) -> str:
     return {"full": "Full FT", "top2": "FT-Top2", "lora": "LoRA", "prefix": "Prefix"}.get(key, key.replace("green-", "GreenTrainer ρ="))
 
 
+# While the best lr is at an end of the tried values, try one more half-decade step beyond it.
+MAX_LR_EXTENSIONS = 3
+
+
+def next_lr(lr: float, up: bool) -> float:
+    """The neighbouring value on the 1-3-10 half-decade ladder (…, 3e-4, 1e-3, 3e-3, …)."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    mantissa = round(lr / 10 ** exponent)
+    if up:
+        return float(f"{3 if mantissa == 1 else 1}e{exponent if mantissa == 1 else exponent + 1}")
+    return float(f"{1 if mantissa == 3 else 3}e{exponent if mantissa == 3 else exponent - 1}")
+
+
 def sweep(task: Task, log) -> tuple[dict[str, float], list[dict]]:
-    """Best lr per swept scheme (seed 0, lowest dev loss); all sweep runs are returned."""
+    """Best lr per swept scheme (seed 0, lowest dev loss), extending the grid past whichever end
+    wins (at most MAX_LR_EXTENSIONS times); all sweep runs are returned."""
     runs, best = [], {}
     for key in SWEPT:
-        grid = SCHEMES[key][2] if task.sizes.sweep_full else (SCHEMES[key][2][1],)
-        scored = []
-        for lr in grid:
-            run = run_one(task, key, lr, seed=0)
-            log(f"  sweep {key} lr={lr:g}: dev loss {run['dev_loss']:.4f}, ROUGE-L {run['rougeL']:.2f}")
-            runs.append(run)
-            scored.append((run["dev_loss"], lr))
-        best[key] = min(scored)[1]
+        grid = list(SCHEMES[key][2] if task.sizes.sweep_full else (SCHEMES[key][2][1],))
+        scored: dict[float, float] = {}
+        extensions = 0
+        while True:
+            for lr in grid:
+                if lr in scored:
+                    continue
+                run = run_one(task, key, lr, seed=0)
+                log(f"  sweep {key} lr={lr:g}: dev loss {run['dev_loss']:.4f}, ROUGE-L {run['rougeL']:.2f}")
+                runs.append(run)
+                scored[lr] = run["dev_loss"]
+            best[key] = min(scored, key=scored.get)
+            tried = sorted(scored)
+            if not task.sizes.sweep_full or extensions >= MAX_LR_EXTENSIONS or best[key] not in (tried[0], tried[-1]):
+                break
+            grid.append(next_lr(best[key], up=best[key] == tried[-1]))
+            extensions += 1
     for key, src in LR_FROM.items():
         best[key] = best[src]
     return best, runs
@@ -227,10 +252,10 @@ def main(quick: bool = False, log=print) -> list[str]:
     sweep_rows = [
         [_label(r["key"]), f"{r['lr']:g}", f"{r['dev_loss']:.4f}", f"{r['rougeL']:.2f}",
          "**chosen**" if r["lr"] == best[r["key"]] else ""]
-        for r in sweep_runs
+        for r in sorted(sweep_runs, key=lambda r: (SWEPT.index(r["key"]), r["lr"]))
     ]
-    edge = [_label(k) for k in SWEPT
-            if task.sizes.sweep_full and best[k] in (SCHEMES[k][2][0], SCHEMES[k][2][-1])]
+    tried = {k: sorted(r["lr"] for r in sweep_runs if r["key"] == k) for k in SWEPT}
+    edge = [_label(k) for k in SWEPT if task.sizes.sweep_full and best[k] in (tried[k][0], tried[k][-1])]
     green5 = [r["rougeL"] for r in runs if r["key"] == "green-0.5"]
     full_r = [r["rougeL"] for r in runs if r["key"] == "full"]
     lines = [
@@ -263,8 +288,10 @@ def main(quick: bool = False, log=print) -> list[str]:
         "### Learning-rate sweep (seed 0, chosen by lowest dev loss)",
         "",
         "GreenTrainer at ρ = 0.4 and 0.7 uses the learning rate swept at ρ = 0.5. "
-        + (f"Chosen at an end of its grid (a wider grid might help these): {', '.join(edge)}."
-           if edge else "Every chosen learning rate is inside its grid."),
+        + "A grid whose best value is at an end is extended by one half-decade step past it, up to "
+        f"{MAX_LR_EXTENSIONS} times. "
+        + (f"Still at an end of the values tried: {', '.join(edge)}."
+           if edge else "Every chosen learning rate has a worse value tried on both sides."),
         "",
         *table(["scheme", "lr", "dev loss", "test ROUGE-L", ""], sweep_rows),
         "",
