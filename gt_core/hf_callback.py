@@ -25,20 +25,34 @@ How it stays out of the Trainer's way:
   logging: ``trainer.log`` when attached (reaches ``state.log_history`` and every reporter), else
   straight into ``state.log_history``. Keys are prefixed ``gt_``.
 
-Several processes (torchrun/accelerate with the HF Trainer): every rank computes the same
-importance from the same batches; rank 0's ρ and mask are broadcast when a process group is up.
-Pass ``ddp_find_unused_parameters=True`` in ``TrainingArguments``: the Trainer's DDP wrapper is
-built once with all parameters, and frozen ones then produce no gradient.
+Several processes (``torchrun``/``accelerate launch`` running a script that calls
+``Trainer.train()``; tested with 2 CPU processes on gloo):
+
+- Only rank 0 asks the ρ source, computes importance and solves the DP; ρ, the mask and the
+  timings are broadcast, so every rank sets the same ``requires_grad`` (and a daemon is asked once).
+  Should rank 0 fail there, the failure is broadcast instead and every rank raises: no rank is
+  left waiting in the broadcast.
+- The Trainer's DDP wrapper is built once, before ``on_train_begin``, over every parameter; a
+  frozen one then gets no gradient on any rank, which DDP only accepts with
+  ``find_unused_parameters=True`` (it then leaves the grad None, so AdamW skips the tensor) and
+  without ``static_graph`` (the set of used parameters changes with the mask). Otherwise DDP stops
+  at the second step ("Expected to have finished reduction in the prior iteration") or, under a
+  static graph, once the mask changes; so under a process group ``on_train_begin`` raises, on every
+  rank and before any step, a ``ValueError`` naming the ``TrainingArguments`` to set. The
+  Trainer's own default is ``find_unused_parameters=True`` for a ``PreTrainedModel`` without
+  activation checkpointing, and ``False`` with it.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from gt_core import schemes
@@ -112,6 +126,33 @@ class GreenTrainerCallback(TrainerCallback):
         mask[int(np.argmax(candidates)) if np.isfinite(candidates).any() else int(np.argmin(costs))] = True
         return mask
 
+    def _ddp_settings(self, args: Any, model: Any) -> tuple[bool, bool] | None:
+        """``(find_unused_parameters, static_graph)`` of the Trainer's DDP wrapper: read from it when
+        attached, else derived from ``args`` as the Trainer does; None when the Trainer does not use DDP."""
+        wrapped = getattr(self.trainer, "model_wrapped", None)
+        if isinstance(wrapped, DistributedDataParallel):
+            return bool(wrapped.find_unused_parameters), bool(wrapped.static_graph)
+        if wrapped is not None or getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+            return None
+        find_unused = args.ddp_find_unused_parameters
+        if find_unused is None:
+            checkpointing = getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False)
+            find_unused = not (checkpointing or getattr(model, "is_activation_checkpointing", False))
+        return bool(find_unused), bool(args.ddp_static_graph)
+
+    def _check_ddp(self, args: Any, model: Any) -> None:
+        """Raise on every rank, before the first step, if DDP would stop on the frozen tensors."""
+        settings = self._ddp_settings(args, model)
+        if settings is None:
+            return
+        find_unused, static_graph = settings
+        wanted = ([] if find_unused else ["ddp_find_unused_parameters=True"]) + (["ddp_static_graph=False"] if static_graph else [])
+        if wanted:
+            raise ValueError(
+                f"GreenTrainerCallback with {dist.get_world_size()} processes needs TrainingArguments({', '.join(wanted)}): "
+                "frozen tensors get no gradient and the selection changes between epochs, which DDP otherwise stops on"
+            )
+
     def _log(self, state: Any, values: dict[str, float]) -> None:
         if self.trainer is not None:
             self.trainer.log(dict(values))
@@ -128,14 +169,16 @@ class GreenTrainerCallback(TrainerCallback):
         target_len = self.target_len
         if target_len is None and getattr(model.config, "is_encoder_decoder", False) and dataset is not None:
             target_len = self._longest(dataset, "labels")
+        if _world_size() > 1:
+            self._check_ddp(args, model)
         self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
         self.min_rho = self.profile.min_feasible_rho()
         return control
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       train_dataloader: Any = None, **kwargs: Any):
+    def _choose(self, epoch: int, state: Any, args: Any, model: Any, optimizer: Any,
+                train_dataloader: Any) -> tuple[RhoReading, np.ndarray, float, float]:
+        """This epoch's ρ reading, mask, importance seconds and DP seconds."""
         prof = self.profile
-        epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
         reading = self.rho_source.rho_for(epoch, state.global_step)
         if reading.rho < self.min_rho:
             reading = RhoReading(self.min_rho, reading.source, {**reading.detail, "clamped_from": reading.rho})
@@ -150,11 +193,15 @@ class GreenTrainerCallback(TrainerCallback):
         mask = np.asarray(select_tensors(prof, importance, reading.rho, resolution=self.resolution).mask, dtype=bool)
         if not mask.any():
             mask = self._fallback(importance, reading.rho)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            box = [(reading, mask)]
-            torch.distributed.broadcast_object_list(box, src=0)
-            reading, mask = box[0]
-        dp_s = time.perf_counter() - start
+        return reading, mask, importance_s, time.perf_counter() - start
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                       train_dataloader: Any = None, **kwargs: Any):
+        prof = self.profile
+        epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+        reading, mask, importance_s, dp_s = _on_rank0(
+            lambda: self._choose(epoch, state, args, model, optimizer, train_dataloader)
+        )
         selected = [n for n, m in zip(prof.names, mask) if m]
         schemes.set_trainable(model, selected)
         flops = schemes.mask_flops(prof, mask)
@@ -171,3 +218,29 @@ class GreenTrainerCallback(TrainerCallback):
                              "selected": selected, **values})
         self._log(state, values)
         return control
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _on_rank0(work: Callable[[], Any]) -> Any:
+    """``work()`` run on rank 0 only and its result broadcast to every rank (just ``work()`` in one
+    process). If it raises on rank 0, every rank raises after the same broadcast."""
+    if _world_size() == 1:
+        return work()
+    box: list[Any] = [None]
+    failure: Exception | None = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (work(), None)
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            failure = exc
+            box[0] = (None, f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    result, error = box[0]
+    if error is not None:
+        raise RuntimeError(f"GreenTrainerCallback: tensor selection failed on rank 0 ({error})")
+    return result
