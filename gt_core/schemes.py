@@ -55,13 +55,53 @@ def mask_flops(prof: TensorProfile, mask: np.ndarray) -> StepFLOPs:
     return StepFLOPs(prof.t_fp, prof.backward(mask))
 
 
-def topk_mask(prof: TensorProfile, k: int) -> np.ndarray:
-    """The ``k`` tensors nearest the output in execution order (FT-Top2: LM head + final norm)."""
+def _module_of(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def output_head_names(prof: TensorProfile, model: torch.nn.Module | None) -> set[str]:
+    """Profile names of the LM head's tensors; a tied head weight appears as the input embedding's name."""
+    head = model.get_output_embeddings() if model is not None and hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        return set()
+    own = {id(p) for p in head.parameters(recurse=False)}
+    profiled = set(prof.names)
+    return {
+        name for name, param in model.named_parameters(remove_duplicate=False) if id(param) in own and name in profiled
+    }
+
+
+def topk_layers(prof: TensorProfile, model: torch.nn.Module | None = None) -> list[list[str]]:
+    """Trainable layers from the output towards the input, each as its tensors' profile names.
+
+    A layer is one module's own tensors (a LayerNorm's weight and bias are one layer), placed by the
+    execution order of its last tensor. The LM head is always the layer nearest the output: when it
+    is tied to the input embedding, the profile lists the shared matrix once, at its first use (the
+    embedding lookup), so ``model`` is needed to recognise it. Without ``model`` the profile order
+    alone decides.
+    """
+    head = output_head_names(prof, model)
+    position: dict[str, int] = {}
+    members: dict[str, list[str]] = {}
+    for i, name in enumerate(prof.names):
+        key = "<lm head>" if name in head else _module_of(name)
+        members.setdefault(key, []).append(name)
+        position[key] = len(prof) if name in head else i
+    return [members[key] for key in sorted(members, key=position.__getitem__, reverse=True)]
+
+
+def topk_mask(prof: TensorProfile, k: int, model: torch.nn.Module | None = None) -> np.ndarray:
+    """Train the ``k`` layers nearest the output (FT-Top2, ``k = 2``: LM head + final norm).
+
+    Layers are counted as in :func:`topk_layers`: a norm's weight and bias count as one layer, and the
+    LM head is the last layer even when its weight is the (tied) input embedding. Training a tied
+    head trains the input embedding as well, so the activation gradient must flow back through the
+    whole model; ``prof.backward(mask)`` prices exactly that.
+    """
     if k < 1:
         raise ValueError(f"topk needs k >= 1, got {k}")
-    mask = np.zeros(len(prof), dtype=bool)
-    mask[max(0, len(prof) - k):] = True
-    return mask
+    chosen = {name for layer in topk_layers(prof, model)[:k] for name in layer}
+    return np.array([name in chosen for name in prof.names], dtype=bool)
 
 
 # ----------------------------------------------------------------------------- LoRA

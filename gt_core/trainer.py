@@ -239,7 +239,7 @@ class GreenTrainer:
             schemes.set_trainable(model, prof.names)
             return model, _Selected(mask, schemes.full_flops(prof), None)
         if cfg.scheme == "topk":
-            mask = schemes.topk_mask(prof, cfg.topk)
+            mask = schemes.topk_mask(prof, cfg.topk, model)
             schemes.set_trainable(model, [n for n, m in zip(prof.names, mask) if m])
             return model, _Selected(mask, schemes.mask_flops(prof, mask), None)
         if cfg.scheme == "lora":

@@ -13,6 +13,7 @@ from gt_core.schemes import (
     lora_target_names,
     prefix_flops,
     set_trainable,
+    topk_layers,
     topk_mask,
 )
 from gt_core.tiny import tiny_model
@@ -109,3 +110,77 @@ def test_topk_full_and_trainable_masks():
     assert sum(p.requires_grad for p in model.parameters()) == 1
     with pytest.raises(KeyError):
         set_trainable(model, ["nope"])
+
+
+# ----------------------------------------------------------------------------- FT-Top2 (topk scheme)
+
+OPT_TOP2 = {"model.decoder.embed_tokens.weight", "model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias"}
+LLAMA_TOP2 = {"lm_head.weight", "model.norm.weight"}
+
+
+def test_topk_counts_layers_and_puts_a_tied_head_last():
+    opt = tiny_model("opt", hidden=32, layers=1)  # LM head tied to the input embedding
+    prof = _profile(opt, "opt")
+    assert prof.names[0] == "model.decoder.embed_tokens.weight"  # the shared matrix is listed at its first use
+    layers = topk_layers(prof, opt)
+    assert layers[0] == ["model.decoder.embed_tokens.weight"]
+    assert layers[1] == ["model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias"]
+    assert layers[2] == ["model.decoder.layers.0.fc2.weight", "model.decoder.layers.0.fc2.bias"]
+    picked = lambda k: {n for n, m in zip(prof.names, topk_mask(prof, k, opt)) if m}  # noqa: E731
+    assert picked(1) == {"model.decoder.embed_tokens.weight"}
+    assert picked(2) == OPT_TOP2
+    assert picked(3) == OPT_TOP2 | {"model.decoder.layers.0.fc2.weight", "model.decoder.layers.0.fc2.bias"}
+    assert topk_mask(prof, 10_000, opt).all()
+    # Without the model a tied head cannot be recognised: the profile order alone decides.
+    assert {n for n, m in zip(prof.names, topk_mask(prof, 1)) if m} == OPT_TOP2 - {"model.decoder.embed_tokens.weight"}
+
+    llama = tiny_model("llama", hidden=32, layers=1)  # untied head, RMSNorm has a weight only
+    prof = _profile(llama, "llama")
+    assert {n for n, m in zip(prof.names, topk_mask(prof, 2, llama)) if m} == LLAMA_TOP2
+
+
+@pytest.mark.parametrize("arch, expected", [("opt", OPT_TOP2), ("llama", LLAMA_TOP2)])
+def test_top2_cost_of_the_mask_is_what_the_backward_really_does(arch, expected):
+    model = tiny_model(arch, hidden=64, layers=2)
+    prof = _profile(model, arch)
+    mask = topk_mask(prof, 2, model)
+    set_trainable(model, [n for n, m in zip(prof.names, mask) if m])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+    forward, backward = _step_flops(model, _batch(arch))
+    assert prof.t_fp == pytest.approx(forward, rel=1e-9)
+    assert prof.backward(mask) == pytest.approx(backward, rel=1e-9)
+    if arch == "opt":
+        # The tied head trains the input embedding too: dy runs through every layer down to the
+        # embedding, far more than the head's own matmuls (the untied Llama pays only those).
+        assert backward > 0.5 * (prof.t_full - prof.t_fp)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from gt_core.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.mark.parametrize("arch, expected", [("opt", OPT_TOP2), ("llama", LLAMA_TOP2)])
+def test_top2_scheme_trains_exactly_the_head_and_final_norm(tmp_path, tokenizer, arch, expected):
+    from gt_core.embedded_task import embedded_task
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    train, val = embedded_task(n_train=8, n_val=2)
+    model = tiny_model(arch, vocab_size=len(tokenizer), hidden=32, layers=1)
+    config = TrainConfig(scheme="topk", topk=2, epochs=1, lr=1e-2, batch_size=4, max_input_length=32,
+                         max_target_length=12, output_dir=tmp_path, progress=False, save_final=False)
+    trainer = GreenTrainer(model, tokenizer, train, val, config)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    record = trainer.train()[0]
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == expected
+    assert changed == expected
+    if arch == "opt":
+        assert trainer.model.lm_head.weight is trainer.model.get_input_embeddings().weight
+    prof = trainer.profile
+    mask = np.array([n in expected for n in prof.names])
+    assert record.flops_backward == pytest.approx(record.steps * prof.backward(mask), rel=1e-12)
+    assert record.flops_forward + record.flops_backward == pytest.approx(record.steps * prof.cost(mask), rel=1e-12)
+    assert record.param_share_selected == pytest.approx(prof.param_counts[mask].sum() / prof.param_counts.sum())

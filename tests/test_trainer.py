@@ -106,9 +106,12 @@ def test_baselines_train_only_their_parameters(tmp_path, tokenizer, task, scheme
     if scheme == "full":
         assert record.rho_effective == pytest.approx(1.0) and record.param_share_selected == 1.0
     else:
-        assert record.rho_effective < 1.0 and record.param_share_selected < 0.1
-    if scheme == "topk":
-        assert trainable == set(trainer.profile.names[-2:])
+        assert record.rho_effective < 1.0
+    if scheme in ("lora", "prefix"):
+        assert record.param_share_selected < 0.1
+    if scheme == "topk":  # FT-Top2 on a tied OPT: the LM head (the shared embedding) and the final norm
+        final_norm = {"model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias"}
+        assert trainable == {"model.decoder.embed_tokens.weight"} | final_norm
     if scheme == "lora":
         assert all("lora_" in n for n in trainable)
 
