@@ -153,3 +153,45 @@ def test_early_stop_freezes_unreachable_tensors_during_backward():
     assert seen["flag"] is False
     assert np.isneginf(imp[cut]).all() and np.isfinite(imp[~cut]).all()
     assert all(p.requires_grad for p in model.parameters())
+
+
+class _TwoVectors(torch.nn.Module):
+    """loss = |w - x|² + |v - x|², w starting at 0 and v at 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4))
+        self.v = torch.nn.Parameter(torch.full((4,), 0.5))
+
+    def forward(self, x: torch.Tensor):
+        return type("Out", (), {"loss": ((self.w - x) ** 2).sum() + ((self.v - x) ** 2).sum()})()
+
+
+def test_dw_grad_is_the_grad_metric_without_state_and_negative_on_stale_momentum():
+    # Why GreenTrainer with Eq. 6 can train few parameters in late epochs (BENCHMARKS.md section 5).
+    model = _TwoVectors()
+    names = ["w", "v"]
+    batches = [{"x": torch.ones(4)}]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.3, weight_decay=0.0)
+    # Without optimizer state the next AdamW step is -lr·g/(|g|+ε) ≈ -lr·sign(g): I = lr·Σ|g|, the grad metric.
+    first = compute_importance(model, names, batches, opt)
+    assert first == pytest.approx(compute_importance(model, names, batches, opt, metric="grad"), rel=1e-6)
+    assert first == pytest.approx([1.0, 0.5], rel=1e-6)
+    # Train w alone until its momentum carries it past the minimum (v stays frozen, without state).
+    model.v.requires_grad_(False)
+    for _ in range(20):
+        model(**batches[0]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if model.w.detach().min() > 1.0:
+            break
+    assert model.w.detach().min() > 1.0 and bool((model.v.detach() == 0.5).all())
+    assert opt.state[model.v] == {} and opt.state[model.w]["step"] > 0
+    imp = compute_importance(model, names, batches, opt)
+    grad = compute_importance(model, names, batches, opt, metric="grad")
+    # The step AdamW would take next for w still follows the stale first moment (away from x): to first
+    # order it raises the loss, so Eq. 6 scores it negative although w still has a gradient. v, with no
+    # state, gets the full lr·Σ|g|. This is the metric as defined, not an artefact of the scaling.
+    assert grad[0] > 0 and imp[0] < 0 < imp[1] == pytest.approx(1.0)
+    delta = adam_update(model.w, 2 * (model.w.detach() - 1), opt.state[model.w], opt.param_groups[0])
+    assert (delta > 0).all()  # w is already above 1 and the next step moves it further up
