@@ -117,7 +117,8 @@ def _write_times(times: dict[str, float], quick: bool, total: float, only: bool)
     line = f"Last run ({what}, {mode} mode, {stamp}): {total / 60:.1f} min in total — {parts}."
     previous = RUN_LOG.read_text().strip().splitlines() if RUN_LOG.exists() else []
     # Keep the last full all-sections line when only some sections were refreshed.
-    keep = [l for l in previous if only and l.startswith("Last run (all sections")]
+    # (It reads "Last run (all sections" right after a complete run, "Last complete run" after that.)
+    keep = [l for l in previous if only and re.match(r"Last (complete )?run \(all sections", l)]
     keep = [re.sub(r"^Last run", "Last complete run", l) for l in keep]
     RUN_LOG.parent.mkdir(parents=True, exist_ok=True)
     RUN_LOG.write_text("\n\n".join(keep + [line]) + "\n")
