@@ -1,7 +1,9 @@
 """Client for the daemon socket, for training jobs and the CLI.
 
 Training code must keep training whatever happens to the daemon: ``rho()`` never raises and
-never waits longer than ``timeout_s``; the job/epoch helpers return None on failure.
+never waits longer than ``timeout_s``; the job/epoch helpers return None on failure. The client
+itself does not throttle: every call tries the daemon, so a caller asking often (the trainer's ρ
+source, :mod:`gt_core.rho_daemon`) backs off after a failure.
 """
 
 from __future__ import annotations

@@ -4,12 +4,22 @@
 :class:`~gt_core.callbacks.TrainerCallback` at once: the trainer asks it for ρ at every selection
 point and tells it when epochs start and end; it forwards both to the daemon.
 
-Training never depends on the daemon: every exchange is bounded by the client timeout, at most
-one exchange is attempted per trainer event while the daemon is unreachable, and ρ falls back to
-the last value the daemon gave, else ``default_rho``. The first failure of an outage is logged
-once as a warning; when the daemon answers again the same job id is registered again (the
-daemon marks it running) and reporting resumes. An epoch whose start was missed is still
-recorded at its end (the daemon derives its start from the wall time).
+Training never depends on the daemon. Every exchange is bounded by the client timeout, and after
+a failed exchange (refused, timed out, or an unusable ρ answer) the source backs off: the retry
+delay starts at ``backoff_s`` and doubles after each further failure up to ``max_backoff_s``; any
+answer from the daemon resets it. While the delay runs, mid-epoch ρ requests (``reselect``
+``"on_change"`` asks before every step, an int K every K steps) are answered at once, with no
+exchange, from the last ρ the daemon gave, else ``default_rho``. So an unreachable or hung daemon
+costs the step loop at most one exchange per back-off period, not one per step: with the defaults
+(1 s doubling to 60 s) at most 6 step-loop exchanges in the first minute of an outage, then at
+most one a minute, each costing at most the timeout. The trainer's rarer events (run start, each epoch's first ρ request or start, each epoch
+end, run end) always attempt their exchange, at most one each while the daemon is unreachable
+and each bounded by the timeout, so epochs are still reported as soon as the daemon is back.
+
+The first failure of an outage is logged once as a warning; when the daemon answers again (at
+the first attempt after the back-off, or at the next epoch event) the same job id is registered
+again (the daemon marks it running) and reporting resumes. An epoch whose start was missed is
+still recorded at its end (the daemon derives its start from the wall time).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -62,7 +73,9 @@ class DaemonRhoSource(TrainerCallback):
 
     ``model_name`` and ``scheme`` identify the job in the daemon's store (reports compare a green
     job with a full fine-tuning job of the same model). ``job_id`` defaults to a fresh random id,
-    kept for the whole run so a daemon restart does not split the job.
+    kept for the whole run so a daemon restart does not split the job. ``backoff_s`` and
+    ``max_backoff_s`` bound how often mid-epoch ρ requests try an unreachable daemon (see the
+    module docstring).
     """
 
     def __init__(
@@ -76,8 +89,14 @@ class DaemonRhoSource(TrainerCallback):
         job_id: str | None = None,
         devices: Sequence[str] | None = None,
         job_fields: Mapping[str, Any] | None = None,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
     ) -> None:
         self.default_rho = check_rho(default_rho, what="default rho")
+        if not (math.isfinite(backoff_s) and backoff_s >= 0 and math.isfinite(max_backoff_s) and max_backoff_s >= backoff_s):
+            raise ValueError(f"need 0 <= backoff_s <= max_backoff_s, got {backoff_s} and {max_backoff_s}")
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self.client = DaemonClient(socket_path, timeout_s=timeout_s, default_rho=self.default_rho)
         self.model_name = model_name
         self.scheme = scheme
@@ -91,6 +110,11 @@ class DaemonRhoSource(TrainerCallback):
         self.epoch_reports: dict[int, dict[str, Any]] = {}
         self.last_reading: RhoReading | None = None
         self._epoch_rho: dict[int, float] = {}
+        # Back-off after a failed exchange: the current delay (0 while the daemon answers) and
+        # the monotonic time before which mid-epoch ρ requests do not try the daemon.
+        self._delay_s = 0.0
+        self._retry_at = 0.0
+        self.skipped = 0  # ρ requests answered from the back-off without an exchange
 
     @property
     def socket_path(self) -> "Path":
@@ -99,6 +123,12 @@ class DaemonRhoSource(TrainerCallback):
     # -- daemon exchanges -------------------------------------------------------------------
 
     def _mark(self, ok: bool, reason: str = "") -> None:
+        """Record the outcome of one exchange: logging per outage, and the back-off."""
+        if ok:
+            self._delay_s, self._retry_at = 0.0, 0.0
+        else:
+            self._delay_s = min(self.max_backoff_s, 2 * self._delay_s) if self._delay_s else self.backoff_s
+            self._retry_at = time.monotonic() + self._delay_s
         if ok and self.reachable is False:
             log.info("carbonsched daemon at %s answers again; reporting resumes for job %s", self.socket_path, self.job_id)
         elif not ok and self.reachable is not False:
@@ -145,9 +175,20 @@ class DaemonRhoSource(TrainerCallback):
 
     # -- RhoSource -----------------------------------------------------------------------------
 
+    def backing_off(self) -> float:
+        """Seconds until mid-epoch ρ requests try the daemon again; 0 when they would now."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._delay_s else 0.0
+
     def rho_for(self, epoch: int, step: int) -> RhoReading:
         fallback = self.last_reading.rho if self.last_reading is not None else self.default_rho
-        if not self._register():
+        opening = epoch not in self._epoch_rho  # an epoch event: always tried
+        wait_s = 0.0 if opening else self.backing_off()
+        if wait_s > 0:
+            self.skipped += 1
+            reading = RhoReading(
+                fallback, "daemon-fallback", {"reason": "daemon unavailable, backing off", "retry_in_s": round(wait_s, 3)}
+            )
+        elif not self._register():
             reading = RhoReading(fallback, "daemon-fallback", {"reason": "daemon unavailable"})
         else:
             answer = self.client.rho(self.job_id, default=fallback)
@@ -160,7 +201,7 @@ class DaemonRhoSource(TrainerCallback):
                 reading = RhoReading(fallback, "daemon-fallback", dict(answer.detail))
         if reading.source == "daemon" or self.last_reading is None:
             self.last_reading = reading
-        if epoch not in self._epoch_rho:
+        if opening:
             # The epoch's window opens here, before importance and DP, so their energy counts too.
             self._epoch_rho[epoch] = reading.rho
             self._call_if_registered("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=reading.rho)
