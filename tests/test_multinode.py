@@ -205,6 +205,8 @@ def test_two_node_torchrun_job_is_recorded_per_node_and_reported_as_one(tmp_path
                 assert p.returncode == 0, stderr[-3000:]
             job_id = (out / "carbonsched-job-id").read_text().strip()
             assert f"carbonsched job {job_id}" in outputs[0][0]
+            listed = CliRunner().invoke(app, ["jobs", "--socket", str(daemons[1].socket)])
+            assert listed.exit_code == 0 and job_id in listed.output and "rank 1/2" in listed.output, listed.output
         finally:
             for d in daemons:
                 d.stop()

@@ -170,7 +170,8 @@ def register(app: typer.Typer) -> None:
         if not r["jobs"]:
             typer.echo("no jobs")
         for j in r["jobs"]:
-            typer.echo(f"{j['job_id']}  {j['status']:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}  "
+            rank = f" rank {j['rank']}/{j['world_size']}" if j.get("world_size") and j.get("rank") is not None else ""
+            typer.echo(f"{j['job_id']}  {j['status']:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
                        f"{j['started_at']} → {j['ended_at'] or '…'}")
 
     @app.command()
