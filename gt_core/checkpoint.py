@@ -1,7 +1,7 @@
 """Training checkpoints written atomically: a complete new directory replaces the old one by rename.
 
 Layout of ``<output_dir>/checkpoint``: ``model.pt`` (state dict), ``optimizer.pt``,
-``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states) and ``state.json`` (position and
+``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states as tensors and numbers) and ``state.json`` (position and
 history). A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -36,13 +37,24 @@ class TrainerState:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """torch, numpy and python RNG states as tensors and plain numbers only, so that the file
+    loads with ``torch.load(weights_only=True)``: resuming never unpickles arbitrary objects."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -115,6 +127,13 @@ def load_checkpoint(
     model.load_state_dict(torch.load(found / "model.pt", weights_only=True))
     optimizer.load_state_dict(torch.load(found / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(found / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(found / "rng.pt", weights_only=False))
+    try:
+        rng = torch.load(found / "rng.pt", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{found / 'rng.pt'} holds objects other than tensors and numbers (a checkpoint from an older "
+            "version, or not ours); it is not loaded"
+        ) from None
+    set_rng_state(rng)
     with (found / "state.json").open(encoding="utf-8") as handle:
         return TrainerState(**json.load(handle))

@@ -99,3 +99,42 @@ def test_sigterm_finishes_the_step_saves_and_resumes(tmp_path, uninterrupted):
     resumed = _run(tmp_path, out, -1, "SIGTERM", resume=True)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same(_weights(out), _weights(uninterrupted))
+
+
+def test_rng_file_round_trips_and_loads_without_unpickling_objects(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from gt_core.checkpoint import _save_tensor_file, rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(5), random.seed(7)
+    np.random.normal()  # leaves a cached gaussian in numpy's state
+    _save_tensor_file(rng_state(), tmp_path / "rng.pt")
+    draws = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2:] == again[2:]
+
+
+def test_checkpoint_with_a_pickled_rng_file_is_refused(tmp_path, uninterrupted):
+    import shutil
+
+    import numpy as np
+
+    from gt_core.embedded_task import embedded_task
+    from gt_core.tiny import tiny_model
+    from gt_core.tokenizer import build_tokenizer
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted / "checkpoint", run / "checkpoint")
+    torch.save({"numpy": np.random.get_state()}, run / "checkpoint" / "rng.pt")  # objects, not tensors
+    tokenizer = build_tokenizer()
+    train, val = embedded_task(n_train=16, n_val=4)
+    config = TrainConfig(epochs=2, rho=0.8, lr=1e-3, batch_size=4, importance_batches=1, max_input_length=32,
+                         max_target_length=12, output_dir=tmp_path / "out", progress=False, save_final=False)
+    trainer = GreenTrainer(tiny_model("opt", vocab_size=len(tokenizer), hidden=32, layers=1), tokenizer, train, val, config)
+    with pytest.raises(ValueError, match="rng.pt holds objects other than tensors"):
+        trainer.resume(run)
