@@ -25,6 +25,35 @@ How it stays out of the Trainer's way:
   logging: ``trainer.log`` when attached (reaches ``state.log_history`` and every reporter), else
   straight into ``state.log_history``. Keys are prefixed ``gt_``.
 
+Reporting to the carbonsched daemon, when the ρ source is a
+:class:`~gt_core.rho_daemon.DaemonRhoSource` (or anything with its ``start_job``/``open_epoch``/
+``report_epoch``/``end_job`` methods), as :class:`gt_core.trainer.GreenTrainer` does:
+
+- ``job.start`` at ``on_train_begin`` (the source's model name and scheme), ``epoch.start`` at the
+  epoch's selection (before importance, so its energy counts), ``epoch.end`` once the epoch is over
+  and ``job.end`` ``"completed"`` at ``on_train_end``. The daemon never stops training: an
+  unreachable one costs at most the client timeout per event and one warning (the source's back-off).
+- ``epoch.end`` carries ρ asked (after the clamp to the cheapest feasible step) and effective, the
+  epoch's wall time (from its ``on_epoch_begin``, selection included, to ``on_epoch_end``), the
+  mean training loss of the epoch's ``loss`` entries in ``state.log_history`` (each weighted by the
+  optimizer steps it covers), the last ``eval_loss`` logged in the epoch, and FLOPs for the steps
+  actually run. When the Trainer logs or evaluates at the epoch end (``logging_strategy`` or
+  ``eval_strategy`` ``"epoch"``), which it does after ``on_epoch_end``, the report waits for that
+  log/evaluation (at the latest until the next epoch begins or training ends), so the loss is in it.
+- FLOPs rule: the profile prices one forward+backward of one per-device micro-batch
+  (``per_device_train_batch_size`` × the profiled length). An epoch's
+  ``flops_forward``/``flops_backward`` = that micro-batch's FLOPs under the epoch's mask × the
+  micro-batches this process ran in the epoch (optimizer steps × ``gradient_accumulation_steps``,
+  fewer when the epoch's last accumulation window is short; counted from ``on_step_end`` and
+  ``on_substep_end``) × the world size; ``flops_full`` the same with full fine-tuning's FLOPs. So
+  they are the FLOPs of the job's global batches, as :class:`~gt_core.distributed.DistributedGreenTrainer`
+  reports (it profiles at the global batch), and every node reports the same job-wide numbers.
+- Several processes: the source's job id is rank 0's and ``job.start`` carries hostname, rank,
+  local rank and world size; only local rank 0 of each node talks to (its node's) daemon. This is
+  :meth:`gt_core.distributed.DistributedGreenTrainer._setup_daemon_callbacks`, reused. Rank 0's
+  source is also asked for ρ (which opens each epoch); the other nodes open theirs with the
+  broadcast ρ.
+
 Several processes (``torchrun``/``accelerate launch`` running a script that calls
 ``Trainer.train()``; tested with 2 CPU processes on gloo):
 
@@ -47,6 +76,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -56,6 +86,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from gt_core import schemes
+from gt_core.distributed import DistributedGreenTrainer, _is_daemon_source, dist_env
 from gt_core.importance import compute_importance
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoReading, RhoSource
@@ -90,6 +121,10 @@ class GreenTrainerCallback(TrainerCallback):
         self.profile: TensorProfile | None = None
         self.min_rho: float | None = None
         self.history: list[dict[str, Any]] = []
+        self.reporter: Any = None  # the ρ source, when it reports to a daemon from this process
+        self._epoch: dict[str, Any] | None = None  # the running epoch's selection and counters
+        self._pending: dict[str, Any] | None = None  # an ended epoch whose report waits for a log/evaluation
+        self._waiting: set[str] = set()
 
     def attach(self, trainer: Any) -> "GreenTrainerCallback":
         """Register with ``trainer`` and log through ``trainer.log``; returns self."""
@@ -153,6 +188,39 @@ class GreenTrainerCallback(TrainerCallback):
                 "frozen tensors get no gradient and the selection changes between epochs, which DDP otherwise stops on"
             )
 
+    def _setup_reporting(self) -> Any:
+        """The ρ source when this process reports the job to a daemon, else None. Under a process
+        group every rank must call this (rank 0's job id is broadcast)."""
+        source = self.rho_source
+        if not (_is_daemon_source(source) and all(callable(getattr(source, m, None)) for m in _REPORTING)):
+            return None
+        if _world_size() > 1:
+            holder = SimpleNamespace(callbacks=[source], local_rank=dist_env().local_rank)
+            DistributedGreenTrainer._setup_daemon_callbacks(holder)
+            if not holder.callbacks:  # not local rank 0: another process reports for this node
+                return None
+        return source
+
+    def _flush(self, state: Any) -> None:
+        """Finish the ended epoch's entry in ``history`` (losses) and send its ``epoch.end``."""
+        pending, self._pending = self._pending, None
+        self._waiting = set()
+        if pending is None:
+            return
+        entry = pending["entry"]
+        entry["train_loss"], entry["val_loss"] = _epoch_losses(state.log_history[pending["log_start"]:], pending["step_start"])
+        if self.reporter is None:
+            return
+        self.reporter.report_epoch(
+            entry["epoch"], rho_asked=entry["gt_rho"], rho_effective=entry["gt_rho_effective"],
+            flops_forward=entry["flops_forward"], flops_backward=entry["flops_backward"],
+            flops_full=entry["flops_full"], wall_s=entry["wall_s"], train_loss=entry["train_loss"],
+            val_loss=entry["val_loss"], scheme="green", tensors_selected=len(entry["selected"]),
+            param_share_selected=pending["param_share"], steps=entry["steps"], micro_batches=entry["micro_batches"],
+            world_size=entry["world_size"], selections=1, importance_s=entry["gt_importance_s"],
+            dp_s=entry["gt_dp_s"], rho_source=entry["source"],
+        )
+
     def _log(self, state: Any, values: dict[str, float]) -> None:
         if self.trainer is not None:
             self.trainer.log(dict(values))
@@ -173,6 +241,10 @@ class GreenTrainerCallback(TrainerCallback):
             self._check_ddp(args, model)
         self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
         self.min_rho = self.profile.min_feasible_rho()
+        self._epoch, self._pending, self._waiting = None, None, set()
+        self.reporter = self._setup_reporting()
+        if self.reporter is not None:
+            self.reporter.start_job()
         return control
 
     def _choose(self, epoch: int, state: Any, args: Any, model: Any, optimizer: Any,
@@ -197,6 +269,8 @@ class GreenTrainerCallback(TrainerCallback):
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        train_dataloader: Any = None, **kwargs: Any):
+        self._flush(state)  # the previous epoch, if its report still waited for a log/evaluation
+        started = time.perf_counter()
         prof = self.profile
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
         reading, mask, importance_s, dp_s = _on_rank0(
@@ -214,10 +288,84 @@ class GreenTrainerCallback(TrainerCallback):
             "gt_importance_s": importance_s,
             "gt_dp_s": dp_s,
         }
-        self.history.append({"epoch": epoch, "global_step": state.global_step, "source": reading.source,
-                             "selected": selected, **values})
+        entry = {"epoch": epoch, "global_step": state.global_step, "source": reading.source, "selected": selected, **values}
+        self.history.append(entry)
+        self._epoch = {"entry": entry, "flops": flops, "started": started, "step_start": state.global_step,
+                       "log_start": len(state.log_history), "micro_batches": 0, "steps": 0,
+                       "param_share": float(prof.param_counts[mask].sum() / prof.param_counts.sum())}
+        if self.reporter is not None:  # rank 0's source opened the epoch when asked for ρ; other nodes' here
+            self.reporter.open_epoch(epoch, reading.rho, min(1.0, values["gt_rho_effective"]))
         self._log(state, values)
         return control
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self._epoch is not None:
+            self._epoch["micro_batches"] += 1
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self._epoch is not None:
+            self._epoch["micro_batches"] += 1
+            self._epoch["steps"] += 1
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        current, self._epoch = self._epoch, None
+        if current is None:
+            return control
+        world, passes = _world_size(), current["micro_batches"]
+        flops, entry = current["flops"], current["entry"]
+        entry.update(
+            steps=current["steps"], micro_batches=passes, world_size=world,
+            flops_forward=flops.forward * passes * world, flops_backward=flops.backward * passes * world,
+            flops_full=self.profile.t_full * passes * world, wall_s=time.perf_counter() - current["started"],
+        )
+        self._pending = current
+        # The Trainer logs/evaluates for an epoch strategy right after on_epoch_end: wait for it.
+        self._waiting = {name for name, due in (("log", control.should_log), ("evaluate", control.should_evaluate)) if due}
+        if not self._waiting:
+            self._flush(state)
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any):
+        if self._pending is not None:
+            self._waiting.discard("log")
+            if not self._waiting:
+                self._flush(state)
+        return control
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self._pending is not None:
+            self._waiting.discard("evaluate")
+            self._waiting.discard("log")
+            if not self._waiting:
+                self._flush(state)
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        self._flush(state)
+        reporter, self.reporter = self.reporter, None  # job.end once per train() call
+        if reporter is not None:
+            reporter.end_job("completed")
+        return control
+
+
+_REPORTING = ("start_job", "open_epoch", "report_epoch", "end_job")
+
+
+def _epoch_losses(entries: list[dict[str, Any]], step_start: int) -> tuple[float | None, float | None]:
+    """(mean training loss, last eval loss) of an epoch's log entries. Each ``loss`` entry is the
+    mean over the optimizer steps since the previous one, so it is weighted by them."""
+    total = weight = 0.0
+    previous, val_loss = step_start, None
+    for entry in entries:
+        if "eval_loss" in entry:
+            val_loss = float(entry["eval_loss"])
+        if "loss" in entry:
+            step = int(entry.get("step", previous + 1))
+            steps = max(1, step - previous)
+            total, weight, previous = total + float(entry["loss"]) * steps, weight + steps, step
+    return (total / weight if weight else None), val_loss
 
 
 def _world_size() -> int:

@@ -210,44 +210,85 @@ class DaemonRhoSource(TrainerCallback):
     def _call_if_registered(self, op: str, **fields: Any) -> dict[str, Any] | None:
         return self._call(op, **fields) if self.registered else None
 
+    # -- job reporting (used by the callbacks below and by gt_core.hf_callback) ------------------
+
+    def start_job(self) -> bool:
+        """Register the job with the daemon (once); False while the daemon is unreachable."""
+        return self._register()
+
+    def open_epoch(self, epoch: int, rho_asked: float, rho_effective: float | None = None) -> None:
+        """``epoch.start``, unless the epoch was already opened (by :meth:`rho_for` at its first
+        selection, or an earlier call)."""
+        if epoch in self._epoch_rho:
+            return
+        self._epoch_rho[epoch] = rho_asked
+        if self._register():
+            self._call("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
+
+    def report_epoch(
+        self,
+        epoch: int,
+        *,
+        rho_asked: float | None,
+        rho_effective: float | None,
+        flops_forward: float | None,
+        flops_backward: float | None,
+        flops_full: float | None,
+        wall_s: float | None,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        scheme: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any] | None:
+        """``epoch.end`` with the epoch's totals (FLOPs of the whole job's steps in the epoch);
+        ``extra`` values are kept with the epoch by the daemon (non-finite ones are dropped).
+        ``rho_asked`` defaults to the ρ the epoch was opened with; ``rho_effective`` outside
+        (0, 1] is sent as 1. Returns the daemon's reply, None when not recorded."""
+        rho_effective = _clamp_fraction(rho_effective) or 1.0
+        rho_asked = rho_asked if rho_asked is not None else self._epoch_rho.get(epoch, rho_effective)
+        extra["model"], extra["scheme"] = self.model_name, scheme or self.scheme
+        if not self._register():
+            return None
+        reply = self._call(
+            "epoch.end", job_id=self.job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective,
+            flops_forward=_finite(flops_forward), flops_backward=_finite(flops_backward),
+            flops_full=_finite(flops_full), wall_s=_finite(wall_s),
+            train_loss=_finite(train_loss), val_loss=_finite(val_loss),
+            **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
+        )
+        if reply is not None:
+            self.epoch_reports[epoch] = reply
+        return reply
+
+    def end_job(self, status: TrainStatus) -> None:
+        """``job.end`` with ``status``; closes the connection (a later exchange opens a new one)."""
+        if self._register():
+            self._call("job.end", job_id=self.job_id, status=status)
+        self.client.close()
+
     # -- TrainerCallback -----------------------------------------------------------------------
 
     def on_train_start(self, trainer: "GreenTrainer") -> None:
-        self._register()
+        self.start_job()
 
     def on_epoch_start(self, trainer: "GreenTrainer", epoch: int, reading: RhoReading | None) -> None:
         current = getattr(trainer, "_current", None)
         rho_effective = None
         if current is not None:
             rho_effective = _clamp_fraction(current.flops.total / trainer.profile.t_full)
-        if epoch in self._epoch_rho:
-            return  # opened by rho_for at the epoch's first selection
         rho_asked = reading.rho if reading is not None else (rho_effective or 1.0)
-        self._epoch_rho[epoch] = rho_asked
-        if self._register():
-            self._call("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
+        self.open_epoch(epoch, rho_asked, rho_effective)
 
     def on_epoch_end(self, trainer: "GreenTrainer", record: "EpochRecord") -> None:
-        rho_effective = _clamp_fraction(record.rho_effective) or 1.0
-        rho_asked = record.rho_asked if record.rho_asked is not None else self._epoch_rho.get(record.epoch, rho_effective)
-        extra = {name: getattr(record, name) for name in _EXTRA_FIELDS}
-        extra["model"], extra["scheme"] = self.model_name, record.scheme
-        if not self._register():
-            return
-        reply = self._call(
-            "epoch.end", job_id=self.job_id, epoch=record.epoch, rho_asked=rho_asked, rho_effective=rho_effective,
-            flops_forward=_finite(record.flops_forward), flops_backward=_finite(record.flops_backward),
-            flops_full=_finite(record.flops_full), wall_s=_finite(record.wall_s),
-            train_loss=_finite(record.train_loss), val_loss=_finite(record.val_loss),
-            **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
+        self.report_epoch(
+            record.epoch, rho_asked=record.rho_asked, rho_effective=record.rho_effective,
+            flops_forward=record.flops_forward, flops_backward=record.flops_backward, flops_full=record.flops_full,
+            wall_s=record.wall_s, train_loss=record.train_loss, val_loss=record.val_loss, scheme=record.scheme,
+            **{name: getattr(record, name) for name in _EXTRA_FIELDS},
         )
-        if reply is not None:
-            self.epoch_reports[record.epoch] = reply
 
     def on_train_end(self, trainer: "GreenTrainer", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
-        if self._register():
-            self._call("job.end", job_id=self.job_id, status=status)
-        self.client.close()
+        self.end_job(status)
 
     def __repr__(self) -> str:
         return f"DaemonRhoSource({str(self.socket_path)!r}, job_id={self.job_id!r})"

@@ -81,6 +81,12 @@ def test_selection_follows_schedule_frozen_tensors_untouched_and_logged(tmp_path
     assert all({"gt_rho_effective", "gt_tensors_selected", "gt_flops_per_step", "epoch", "step"} <= e.keys() for e in logged)
     assert any("loss" in e for e in trainer.state.log_history)  # the Trainer's own logging still runs
 
+    # Each epoch's totals (what a daemon source would be sent): 4 micro-batches of 4 rows per epoch.
+    for h in green.history:
+        assert h["micro_batches"] == h["steps"] == 4 and h["world_size"] == 1
+        assert h["flops_forward"] + h["flops_backward"] == h["gt_flops_per_step"] * 4
+        assert h["flops_full"] == h["gt_flops_full_per_step"] * 4 and h["train_loss"] > 0 and h["val_loss"] is None
+
 
 def test_unattached_callback_logs_into_log_history(tmp_path):
     trainer, green, _, _ = _setup(tmp_path, attach=False)
