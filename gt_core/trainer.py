@@ -125,7 +125,8 @@ class _EpochTally:
     importance_s: float = 0.0
     dp_s: float = 0.0
     loss_sum: float = 0.0
-    steps: int = 0
+    steps: int = 0  # optimizer steps
+    micro_batches: int = 0  # forward+backward passes (steps × grad_accumulation, less for a short last group)
     selections: int = 0
     rho_asked: float | None = None
     rho_source: str | None = None
@@ -416,7 +417,7 @@ class GreenTrainer:
     def _record(self, epoch: int, tally: _EpochTally, wall_s: float) -> EpochRecord:
         prof, current = self.profile, self._current
         steps = max(tally.steps, 1)
-        flops_full = prof.t_full * tally.steps
+        flops_full = prof.t_full * tally.micro_batches
         if self.fixed is None:
             share = float(prof.param_counts[current.mask].sum() / prof.param_counts.sum())
             tensors = int(current.mask.sum())
@@ -504,8 +505,9 @@ class GreenTrainer:
                 loss = self._train_step(group)
                 tally.loss_sum += loss
                 tally.steps += 1
-                tally.flops_forward += self._current.flops.forward
-                tally.flops_backward += self._current.flops.backward
+                tally.micro_batches += len(group)  # the profile prices one micro-batch
+                tally.flops_forward += self._current.flops.forward * len(group)
+                tally.flops_backward += self._current.flops.backward * len(group)
                 self.state.step_in_epoch += 1
                 self.state.global_step += 1
                 bar.update(1)

@@ -87,6 +87,16 @@ def test_metrics_log_budget_and_final_model(tmp_path, tokenizer, task):
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
 
 
+def test_flops_count_every_micro_batch_under_gradient_accumulation(tmp_path, tokenizer, task):
+    # 16 examples, batch 4: 4 micro-batches per epoch; accumulating 3 gives optimizer steps of 3 and 1.
+    trainer = _trainer(tmp_path, tokenizer, task, rho=0.7, grad_accumulation=3, epochs=1)
+    (record,) = trainer.train()
+    assert record.steps == 2
+    step = trainer.profile.cost(trainer._current.mask)
+    assert record.flops_full == pytest.approx(4 * trainer.profile.t_full)
+    assert record.flops_forward + record.flops_backward == pytest.approx(4 * step)
+
+
 @pytest.mark.parametrize("reselect, expected", [("epoch", [0, 4]), (3, [0, 3, 6]), ("on_change", [0, 4, 5])])
 def test_reselection_points(tmp_path, tokenizer, task, reselect, expected):
     source = CallableRho(lambda epoch, step: 0.7 if step < 5 else 0.9)
