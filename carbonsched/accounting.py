@@ -42,7 +42,7 @@ class JobWindow:
     """One epoch of one job as a time window, with what decides its share of each device."""
 
     job_id: str
-    pid: int | None
+    pids: frozenset[int]  # the job's processes on this node (every local rank of a multi-process job)
     gpu_devices: frozenset[str]  # empty: every GPU of the node
     start_s: float
     end_s: float
@@ -51,7 +51,7 @@ class JobWindow:
         if not device.startswith("gpu"):
             return True
         if pids:
-            return self.pid is not None and self.pid in pids
+            return not self.pids.isdisjoint(pids)
         return not self.gpu_devices or device in self.gpu_devices
 
 
@@ -137,6 +137,19 @@ class IntensityCurve:
 # -- windows -----------------------------------------------------------------------------------
 
 
+def job_pids(job: dict[str, Any]) -> frozenset[int]:
+    """The registering process and every process the job listed (``pids``) on this node."""
+    pids = set(job.get("pids") or ())
+    if job.get("pid") is not None:
+        pids.add(job["pid"])
+    return frozenset(pids)
+
+
+def _window(job: dict[str, Any], start_s: float, end_s: float) -> JobWindow:
+    gpus = frozenset(d for d in job.get("devices") or () if d.startswith("gpu"))
+    return JobWindow(job["job_id"], job_pids(job), gpus, start_s, end_s)
+
+
 def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> list[JobWindow]:
     """Every job's epoch windows overlapping [start_s, end_s); an epoch still in progress of a
     running job lasts until ``now_s``."""
@@ -151,9 +164,7 @@ def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> 
                 finish = now_s
             if begin is None or begin >= end_s or finish <= start_s:
                 continue
-            windows.append(JobWindow(
-                job["job_id"], job["pid"], frozenset(d for d in job["devices"] if d.startswith("gpu")), begin, finish,
-            ))
+            windows.append(_window(job, begin, finish))
     return windows
 
 
@@ -184,9 +195,7 @@ def epoch_energy(
 ) -> EpochEnergy:
     """Energy and carbon attributed to ``job`` over its epoch window [start_s, end_s)."""
     now_s = end_s if now_s is None else now_s
-    target = JobWindow(
-        job["job_id"], job.get("pid"), frozenset(d for d in job.get("devices") or () if d.startswith("gpu")), start_s, end_s,
-    )
+    target = _window(job, start_s, end_s)
     others = [w for w in job_windows(store, start_s, end_s, now_s=now_s) if w.job_id != target.job_id]
     curve = IntensityCurve.from_store(store, start_s, end_s)
     by_kind = {"gpu": 0.0, "cpu": 0.0, "ram": 0.0}

@@ -530,11 +530,11 @@ class Daemon:
         created = self.store.start_job(
             job_id, model=fields["model"], scheme=fields["scheme"], pid=fields["pid"], uid=peer.uid,
             devices=resolve_job_devices(fields.get("devices", ()), gpus), started_at=now,
-            **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
+            pids=fields.get("pids", ()), **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
         )
         if not created:
             self._job_for(job_id, peer)
-            self.store.resume_job(job_id, pid=fields["pid"])
+            self.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"))
             log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
         else:
             log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)

@@ -26,6 +26,7 @@ ADMIN_OPS = frozenset({"override", "reload"})
 JOB_END_STATUSES = ("completed", "failed", "interrupted", "cancelled")
 MAX_STRING_CHARS = 512
 MAX_DEVICES = 64
+MAX_PIDS = 1024
 
 
 class ProtocolError(Exception):
@@ -121,6 +122,16 @@ def _string_list(value: Any) -> list[str]:
     return [_string(v) for v in value]
 
 
+def _pid_list(value: Any) -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_PIDS:
+        raise ValueError(f"must be a list of at most {MAX_PIDS} process ids")
+    check = _integer(1)
+    try:
+        return [check(v) for v in value]
+    except ValueError:
+        raise ValueError("must be a list of process ids (integers >= 1)") from None
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -147,6 +158,7 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "rank": (OPTIONAL, _integer(0)),
         "local_rank": (OPTIONAL, _integer(0)),
         "world_size": (OPTIONAL, _integer(1)),
+        "pids": (OPTIONAL, _pid_list),  # every process of the job on this node (local ranks)
     },
     "epoch.start": {
         "job_id": (REQUIRED, _string),

@@ -104,6 +104,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN rank INTEGER;
     ALTER TABLE jobs ADD COLUMN local_rank INTEGER;
     ALTER TABLE jobs ADD COLUMN world_size INTEGER;
+    ALTER TABLE jobs ADD COLUMN pids TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE epochs ADD COLUMN gpu_j REAL;
     ALTER TABLE epochs ADD COLUMN cpu_j REAL;
     ALTER TABLE epochs ADD COLUMN ram_j REAL;
@@ -318,24 +319,28 @@ class Store:
         rank: int | None = None,
         local_rank: int | None = None,
         world_size: int | None = None,
+        pids: Sequence[int] = (),
     ) -> bool:
         """Record a new running job; False if ``job_id`` already exists (nothing is changed).
         ``hostname``/``rank``/``local_rank``/``world_size``: the process that registered a
-        multi-process job on this node."""
+        multi-process job on this node; ``pids``: all of the job's processes on this node (GPU
+        energy NVML lists for any of them belongs to the job)."""
         cur = self._write(
             "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status, "
-            "hostname, rank, local_rank, world_size) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            "hostname, rank, local_rank, world_size, pids) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
             (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at),
-             hostname, rank, local_rank, world_size),
+             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids])),
         )
         return cur.rowcount == 1
 
-    def resume_job(self, job_id: str, *, pid: int | None = None) -> bool:
+    def resume_job(self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None) -> bool:
         """Mark an existing job running again (a trainer restarted with the same job id); a new
-        ``pid`` replaces the old one, so per-pid GPU attribution follows the restarted process."""
+        ``pid``/``pids`` replace the old ones, so per-pid GPU attribution follows the restarted
+        processes."""
         cur = self._write(
-            "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid) WHERE job_id = ?",
-            (pid, job_id),
+            "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid), pids = coalesce(?, pids) "
+            "WHERE job_id = ?",
+            (pid, None if pids is None else json.dumps([int(p) for p in pids]), job_id),
         )
         return cur.rowcount == 1
 
@@ -510,4 +515,5 @@ class Store:
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
     row["devices"] = json.loads(row["devices"] or "[]")
+    row["pids"] = json.loads(row.get("pids") or "[]")
     return row

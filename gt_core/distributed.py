@@ -118,6 +118,15 @@ def job_identity() -> dict[str, Any]:
     }
 
 
+def node_pids() -> list[int]:
+    """Process ids of every rank on this node (a collective: every rank must call it). Nodes are
+    told apart by the launcher's GROUP_RANK (torchrun's node rank), else by host name."""
+    key = os.environ.get("GROUP_RANK") or socket.gethostname()
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (key, os.getpid()))
+    return sorted(pid for node, pid in everyone if node == key)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """``obj`` from rank ``src`` on every rank (pickled; small objects only)."""
     box = [obj]
@@ -299,15 +308,17 @@ class DistributedGreenTrainer(GreenTrainer):
     # ------------------------------------------------------------------ setup
 
     def _setup_daemon_callbacks(self) -> None:
-        """One daemon client per node (local rank 0), one job id for all ranks, hostname and rank
-        in ``job.start``; ρ itself is only ever asked on rank 0."""
+        """One daemon client per node (local rank 0), one job id for all ranks, hostname, rank and
+        the node's process ids in ``job.start`` (the daemon gives the job the GPU energy NVML
+        lists for any of them); ρ itself is only ever asked on rank 0."""
         daemons = [cb for cb in self.callbacks if _is_daemon_source(cb)]
         if not daemons:
             return
         ids = broadcast_object([cb.job_id for cb in daemons])
+        pids = node_pids()
         for cb, job_id in zip(daemons, ids):
             cb.job_id = job_id
-            cb.job_fields.update(job_identity())
+            cb.job_fields.update(job_identity(), pids=pids)
         if self.local_rank != 0:
             self.callbacks = [cb for cb in self.callbacks if not _is_daemon_source(cb)]
 

@@ -141,10 +141,12 @@ def _reporting_rank(rank: int, port: int, out: str) -> None:
     try:
         result = {}
         for nodes in (1, 2):
-            os.environ.update(LOCAL_RANK=str(0 if nodes == 2 else rank), LOCAL_WORLD_SIZE=str(1 if nodes == 2 else 2))
+            os.environ.update(LOCAL_RANK=str(0 if nodes == 2 else rank), LOCAL_WORLD_SIZE=str(1 if nodes == 2 else 2),
+                              GROUP_RANK=str(rank if nodes == 2 else 0))
             source = DaemonRhoSource(f"/tmp/absent-{port}.sock", model_name="m", scheme="green", job_id=f"rank-{rank}")
             reporter = GreenTrainerCallback(source)._setup_reporting()
-            result[nodes] = {"reports": reporter is source, "job_id": source.job_id, "fields": source.job_fields}
+            result[nodes] = {"reports": reporter is source, "job_id": source.job_id, "fields": source.job_fields,
+                             "pid": os.getpid()}
         with open(f"{out}/r{rank}.json", "w") as handle:
             json.dump(result, handle)
     finally:
@@ -165,3 +167,5 @@ def test_under_a_process_group_local_rank_0_of_each_node_reports_with_rank_0s_jo
             fields = g[nodes]["fields"]
             assert fields["hostname"] and (fields["rank"], fields["world_size"]) == (rank, 2)
             assert fields["local_rank"] == (0 if nodes == "2" else rank)
+            # the node's processes: both on one node, each its own on two nodes
+            assert fields["pids"] == (sorted(x[nodes]["pid"] for x in got) if nodes == "1" else [g[nodes]["pid"]])

@@ -218,6 +218,7 @@ def test_two_node_torchrun_job_is_recorded_per_node_and_reported_as_one(tmp_path
                 assert job is not None, f"node {rank} did not record the job under rank 0's id"
                 assert (job["rank"], job["local_rank"], job["world_size"]) == (rank, 0, 2)
                 assert job["hostname"] == socket.gethostname() and job["status"] == "completed"
+                assert job["pids"] == [job["pid"]]  # one process per "node" here: the node's pid list is just it
                 epochs = store.epochs(job_id)
                 assert [e["epoch"] for e in epochs] == [0, 1]
                 for e in epochs:

@@ -71,6 +71,16 @@ def test_gpu_energy_per_pid_when_listed_else_whole_device_shared(store):
     assert ea.gpu_attribution == "mixed" and eb.gpu_attribution == "whole-device"
 
 
+def test_gpu_energy_of_any_listed_process_of_a_multi_process_job_is_the_jobs(store):
+    _intensity(store, T0, 200.0)
+    store.start_job("ddp", model="m", scheme="green", pid=10, uid=0, started_at=T0, pids=[10, 11, 12])
+    store.start_epoch("ddp", 0, rho_asked=0.5, rho_effective=0.5, started_at=T0)
+    for gpu, pid in (("gpu:0", 10), ("gpu:1", 11), ("gpu:2", 12), ("gpu:3", 99)):  # local ranks 0-2, a stranger
+        _energy(store, gpu, T0, T0 + 10, 100.0, pids=[pid])
+    result = epoch_energy(store, store.job("ddp"), T0, T0 + 10)
+    assert result.gpu_j == pytest.approx(300.0) and result.gpu_attribution == "per-pid"
+
+
 def test_savings_are_modelled_until_a_full_fine_tuning_run_of_the_model_is_stored(store):
     _intensity(store, T0 - 10, 400.0)
     _energy(store, "cpu", T0, T0 + 10, 1000.0)
