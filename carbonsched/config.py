@@ -41,6 +41,7 @@ class Intervals:
     poll_intensity_s: float = 300.0
     sample_power_s: float = 10.0
     decide_s: float = 60.0
+    check_jobs_s: float = 30.0  # how often running jobs' processes are checked for having died
 
 
 @dataclass(frozen=True)

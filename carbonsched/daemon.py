@@ -26,9 +26,10 @@ from carbonsched.config import DaemonConfig, load_config
 from carbonsched.notify import Notifier
 from carbonsched.paths import UnsafeDirectoryError, ensure_private_dir, ensure_runtime_dir, store_path
 from carbonsched.power.devices import resolve_job_devices
+from carbonsched.processes import process_alive
 from carbonsched.protocol import ProtocolError, Request
 from carbonsched.server import PeerCred, ServerError, UnixSocketServer
-from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
+from carbonsched.accounting import epoch_energy, epoch_savings, job_pids, measured_j_per_flop
 from carbonsched.store import J_PER_KWH, Store, StoreError
 from carbonsched.types import Decision, IntensityReading, ProviderError, Signals, utcnow
 
@@ -244,6 +245,7 @@ class Daemon:
             ("sample_power", self.sample_power, intervals.sample_power_s if self.meter is not None else None),
             ("decide", self.decide, intervals.decide_s),
             ("prune", self.prune, PRUNE_INTERVAL_S),
+            ("check_jobs", self.check_jobs, intervals.check_jobs_s),
             ("watchdog", self._watchdog, self.notifier.watchdog_interval_s),
         ]
         for job_id, func, seconds in jobs:
@@ -459,6 +461,33 @@ class Daemon:
         if removed:
             log.info("pruned %d samples older than %g days", removed, self.config.retention_days)
 
+    def check_jobs(self) -> None:
+        """A running job whose processes are all gone (killed, crashed, OOM) without job.end is
+        marked failed, and its open epoch is closed with the energy used up to now, so it stops
+        taking a share of the node's CPU/RAM energy from the jobs that run after it. Only jobs
+        whose pids this daemon can see (same pid namespace) are checked."""
+        assert self.store is not None
+        for job in self.store.jobs(status="running"):
+            pids = job_pids(job)
+            if not job.get("pids_local") or not pids or any(process_alive(p) for p in pids):
+                continue
+            now = utcnow()
+            for epoch in self.store.epochs(job["job_id"]):
+                if epoch["ended_at"] is None and epoch["started_at"] is not None:
+                    energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+                    self.store.end_epoch(
+                        job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": "check_jobs"},
+                        energy_j=energy.energy_j, carbon_g=energy.carbon_g, gpu_j=energy.gpu_j, cpu_j=energy.cpu_j,
+                        ram_j=energy.ram_j, gpu_attribution=energy.gpu_attribution,
+                    )
+            self.store.end_job(job["job_id"], "failed", now)
+            with self._lock:
+                self._job_carbon_g.pop(job["job_id"], None)
+            log.warning(
+                "job %s: its processes (%s) are gone without job.end; marked failed",
+                job["job_id"], ", ".join(str(p) for p in sorted(pids)),
+            )
+
     def _watchdog(self) -> None:
         if not self._ready_sent:
             return  # the scheduler starts before READY; systemd should see READY first
@@ -527,14 +556,18 @@ class Daemon:
         now = utcnow()
         # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
         gpus = getattr(getattr(self.meter, "gpu", None), "devices", None) or []
+        # The kernel's view of the sender's pid equals the one it sent: same pid namespace, so
+        # check_jobs may look the job's processes up.
+        pids_local = peer.pid == fields["pid"]
         created = self.store.start_job(
             job_id, model=fields["model"], scheme=fields["scheme"], pid=fields["pid"], uid=peer.uid,
             devices=resolve_job_devices(fields.get("devices", ()), gpus), started_at=now,
-            pids=fields.get("pids", ()), **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
+            pids=fields.get("pids", ()), pids_local=pids_local,
+            **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
         )
         if not created:
             self._job_for(job_id, peer)
-            self.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"))
+            self.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local)
             log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
         else:
             log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)

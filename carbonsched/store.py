@@ -105,6 +105,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN local_rank INTEGER;
     ALTER TABLE jobs ADD COLUMN world_size INTEGER;
     ALTER TABLE jobs ADD COLUMN pids TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN pids_local INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE epochs ADD COLUMN gpu_j REAL;
     ALTER TABLE epochs ADD COLUMN cpu_j REAL;
     ALTER TABLE epochs ADD COLUMN ram_j REAL;
@@ -320,27 +321,33 @@ class Store:
         local_rank: int | None = None,
         world_size: int | None = None,
         pids: Sequence[int] = (),
+        pids_local: bool = False,
     ) -> bool:
         """Record a new running job; False if ``job_id`` already exists (nothing is changed).
         ``hostname``/``rank``/``local_rank``/``world_size``: the process that registered a
         multi-process job on this node; ``pids``: all of the job's processes on this node (GPU
-        energy NVML lists for any of them belongs to the job)."""
+        energy NVML lists for any of them belongs to the job). ``pids_local``: those ids are this
+        process's view of them (same pid namespace), so the daemon may check they still exist."""
         cur = self._write(
             "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status, "
-            "hostname, rank, local_rank, world_size, pids) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            "hostname, rank, local_rank, world_size, pids, pids_local) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
             (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at),
-             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids])),
+             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids]), int(pids_local)),
         )
         return cur.rowcount == 1
 
-    def resume_job(self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None) -> bool:
+    def resume_job(
+        self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None, pids_local: bool | None = None
+    ) -> bool:
         """Mark an existing job running again (a trainer restarted with the same job id); a new
         ``pid``/``pids`` replace the old ones, so per-pid GPU attribution follows the restarted
         processes."""
         cur = self._write(
-            "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid), pids = coalesce(?, pids) "
-            "WHERE job_id = ?",
-            (pid, None if pids is None else json.dumps([int(p) for p in pids]), job_id),
+            "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid), pids = coalesce(?, pids), "
+            "pids_local = coalesce(?, pids_local) WHERE job_id = ?",
+            (pid, None if pids is None else json.dumps([int(p) for p in pids]),
+             None if pids_local is None else int(pids_local), job_id),
         )
         return cur.rowcount == 1
 

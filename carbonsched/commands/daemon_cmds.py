@@ -66,13 +66,14 @@ def register(app: typer.Typer) -> None:
         poll_intensity_s: Optional[float] = typer.Option(None, "--poll-intensity-s", min=0.01, help="Intensity polling interval."),
         sample_power_s: Optional[float] = typer.Option(None, "--sample-power-s", min=0.01, help="Power sampling interval."),
         decide_s: Optional[float] = typer.Option(None, "--decide-s", min=0.01, help="ρ decision interval."),
+        check_jobs_s: Optional[float] = typer.Option(None, "--check-jobs-s", min=0.01, help="How often to look for jobs whose processes died."),
     ) -> None:
         """Run the daemon in the foreground (systemd: Type=notify). SIGHUP reloads, SIGTERM stops."""
         from carbonsched.daemon import StartupError, run_daemon
 
         overrides = dict(
             socket=socket, state_dir=state_dir, provider=provider, policy=policy, metrics_port=metrics_port,
-            poll_intensity_s=poll_intensity_s, sample_power_s=sample_power_s, decide_s=decide_s,
+            poll_intensity_s=poll_intensity_s, sample_power_s=sample_power_s, decide_s=decide_s, check_jobs_s=check_jobs_s,
         )
         config = _config(config_file, **overrides)
         try:
