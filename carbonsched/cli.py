@@ -35,3 +35,7 @@ def main() -> None:
             typer.echo(f"error: {message}", err=True)
         raise SystemExit(2) from None
     raise SystemExit(code or 0)
+
+
+if __name__ == "__main__":
+    main()
