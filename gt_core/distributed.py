@@ -227,6 +227,27 @@ def _is_daemon_source(callback: Any) -> bool:
     return hasattr(callback, "job_id") and hasattr(callback, "client") and hasattr(callback, "_register")
 
 
+def share_daemon_job(callbacks: Sequence[Any]) -> list[Any]:
+    """Set up daemon ρ sources (:class:`~gt_core.rho_daemon.DaemonRhoSource`) among
+    ``callbacks`` for a multi-process job; returns the callbacks this process keeps.
+
+    One daemon client per node (local rank 0), one job id for all ranks (rank 0's), hostname,
+    rank and the node's process ids in ``job.start`` (the daemon gives the job the GPU energy
+    NVML lists for any of them); ρ itself is only ever asked on rank 0. A collective: every rank
+    calls it with the same kinds of callbacks."""
+    daemons = [cb for cb in callbacks if _is_daemon_source(cb)]
+    if not daemons:
+        return list(callbacks)
+    ids = broadcast_object([cb.job_id for cb in daemons])
+    pids = node_pids()
+    for cb, job_id in zip(daemons, ids):
+        cb.job_id = job_id
+        cb.job_fields.update(job_identity(), pids=pids)
+    if dist_env().local_rank != 0:
+        return [cb for cb in callbacks if not _is_daemon_source(cb)]
+    return list(callbacks)
+
+
 class RankBatches:
     """One rank's share of every global batch, in the single-process trainer's order.
 
@@ -308,19 +329,7 @@ class DistributedGreenTrainer(GreenTrainer):
     # ------------------------------------------------------------------ setup
 
     def _setup_daemon_callbacks(self) -> None:
-        """One daemon client per node (local rank 0), one job id for all ranks, hostname, rank and
-        the node's process ids in ``job.start`` (the daemon gives the job the GPU energy NVML
-        lists for any of them); ρ itself is only ever asked on rank 0."""
-        daemons = [cb for cb in self.callbacks if _is_daemon_source(cb)]
-        if not daemons:
-            return
-        ids = broadcast_object([cb.job_id for cb in daemons])
-        pids = node_pids()
-        for cb, job_id in zip(daemons, ids):
-            cb.job_id = job_id
-            cb.job_fields.update(job_identity(), pids=pids)
-        if self.local_rank != 0:
-            self.callbacks = [cb for cb in self.callbacks if not _is_daemon_source(cb)]
+        self.callbacks = share_daemon_job(self.callbacks)
 
     def _wrap(self, mask: np.ndarray | None) -> None:
         """(Re)build the DDP wrapper over the parameters that require grad now."""

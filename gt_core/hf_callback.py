@@ -49,8 +49,8 @@ Reporting to the carbonsched daemon, when the ρ source is a
   they are the FLOPs of the job's global batches, as :class:`~gt_core.distributed.DistributedGreenTrainer`
   reports (it profiles at the global batch), and every node reports the same job-wide numbers.
 - Several processes: the source's job id is rank 0's and ``job.start`` carries hostname, rank,
-  local rank and world size; only local rank 0 of each node talks to (its node's) daemon. This is
-  :meth:`gt_core.distributed.DistributedGreenTrainer._setup_daemon_callbacks`, reused. Rank 0's
+  local rank, world size and the node's process ids; only local rank 0 of each node talks to (its
+  node's) daemon (:func:`gt_core.distributed.share_daemon_job`, as our own trainer does). Rank 0's
   source is also asked for ρ (which opens each epoch); the other nodes open theirs with the
   broadcast ρ.
 
@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -86,7 +85,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from gt_core import schemes
-from gt_core.distributed import DistributedGreenTrainer, _is_daemon_source, dist_env
+from gt_core.distributed import _is_daemon_source, share_daemon_job
 from gt_core.importance import compute_importance
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoReading, RhoSource
@@ -194,11 +193,8 @@ class GreenTrainerCallback(TrainerCallback):
         source = self.rho_source
         if not (_is_daemon_source(source) and all(callable(getattr(source, m, None)) for m in _REPORTING)):
             return None
-        if _world_size() > 1:
-            holder = SimpleNamespace(callbacks=[source], local_rank=dist_env().local_rank)
-            DistributedGreenTrainer._setup_daemon_callbacks(holder)
-            if not holder.callbacks:  # not local rank 0: another process reports for this node
-                return None
+        if _world_size() > 1 and not share_daemon_job([source]):
+            return None  # not local rank 0: another process reports for this node
         return source
 
     def _flush(self, state: Any) -> None:
