@@ -472,14 +472,7 @@ class Daemon:
             if not job.get("pids_local") or not pids or any(process_alive(p) for p in pids):
                 continue
             now = utcnow()
-            for epoch in self.store.epochs(job["job_id"]):
-                if epoch["ended_at"] is None and epoch["started_at"] is not None:
-                    energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
-                    self.store.end_epoch(
-                        job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": "check_jobs"},
-                        energy_j=energy.energy_j, carbon_g=energy.carbon_g, gpu_j=energy.gpu_j, cpu_j=energy.cpu_j,
-                        ram_j=energy.ram_j, gpu_attribution=energy.gpu_attribution,
-                    )
+            self._close_open_epochs(job, now, "check_jobs")
             self.store.end_job(job["job_id"], "failed", now)
             with self._lock:
                 self._job_carbon_g.pop(job["job_id"], None)
@@ -487,6 +480,19 @@ class Daemon:
                 "job %s: its processes (%s) are gone without job.end; marked failed",
                 job["job_id"], ", ".join(str(p) for p in sorted(pids)),
             )
+
+    def _close_open_epochs(self, job: dict[str, Any], now: datetime, closed_by: str) -> None:
+        """End the job's epochs that started but never reported their end, with the energy used
+        up to ``now`` (else it would be nobody's once the job is no longer running)."""
+        assert self.store is not None
+        for epoch in self.store.epochs(job["job_id"]):
+            if epoch["ended_at"] is None and epoch["started_at"] is not None:
+                energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+                self.store.end_epoch(
+                    job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": closed_by},
+                    energy_j=energy.energy_j, carbon_g=energy.carbon_g, gpu_j=energy.gpu_j, cpu_j=energy.cpu_j,
+                    ram_j=energy.ram_j, gpu_attribution=energy.gpu_attribution,
+                )
 
     def _watchdog(self) -> None:
         if not self._ready_sent:
@@ -622,8 +628,15 @@ class Daemon:
 
     def _op_job_end(self, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
         assert self.store is not None
-        self._job_for(fields["job_id"], peer)
+        job = self._job_for(fields["job_id"], peer)
         now = utcnow()
+        if any(e["ended_at"] is None and e["started_at"] is not None for e in self.store.epochs(job["job_id"])):
+            try:
+                self.sample_power()  # the energy up to this instant belongs to the unfinished epoch
+            except Exception as exc:
+                self._record_error("sample_power", f"{type(exc).__name__}: {exc}")
+            now = utcnow()
+            self._close_open_epochs(job, now, f"job.end {fields['status']}")
         self.store.end_job(fields["job_id"], fields["status"], now)
         with self._lock:
             carbon_g = self._job_carbon_g.pop(fields["job_id"], None)

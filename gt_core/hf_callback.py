@@ -74,6 +74,7 @@ Several processes (``torchrun``/``accelerate launch`` running a script that call
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any, Callable
@@ -121,15 +122,48 @@ class GreenTrainerCallback(TrainerCallback):
         self.min_rho: float | None = None
         self.history: list[dict[str, Any]] = []
         self.reporter: Any = None  # the ρ source, when it reports to a daemon from this process
+        self._ended: Any = None  # the reporter that sent job.end "completed" in the current train() call
         self._epoch: dict[str, Any] | None = None  # the running epoch's selection and counters
         self._pending: dict[str, Any] | None = None  # an ended epoch whose report waits for a log/evaluation
         self._waiting: set[str] = set()
 
     def attach(self, trainer: Any) -> "GreenTrainerCallback":
-        """Register with ``trainer`` and log through ``trainer.log``; returns self."""
+        """Register with ``trainer`` and log through ``trainer.log``; returns self.
+
+        Also wraps ``trainer.train`` so that a run ending in an exception is reported to a
+        daemon as such (``failed``; ``interrupted`` for Ctrl-C; ``cancelled`` for a pruned
+        hyperparameter-search trial) instead of staying "running": the Trainer has no callback
+        hook for it."""
         self.trainer = trainer
         trainer.add_callback(self)
+        train = trainer.train
+
+        @functools.wraps(train)
+        def train_reporting_how_it_ended(*args: Any, **kwargs: Any) -> Any:
+            self._ended = None
+            try:
+                return train(*args, **kwargs)
+            except BaseException as exc:
+                self._end_after(exc)
+                raise
+
+        trainer.train = train_reporting_how_it_ended
         return self
+
+    def _end_after(self, exc: BaseException) -> None:
+        """job.end for a train() call that raised, whether or not on_train_end ran first (a
+        pruned trial raises after it)."""
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        elif type(exc).__name__ == "TrialPruned":
+            status = "cancelled"
+        else:
+            status = "failed"
+        reporter, self.reporter = self.reporter, None
+        reporter = reporter or self._ended
+        self._ended = None
+        if reporter is not None:
+            reporter.end_job(status)
 
     # ------------------------------------------------------------------ helpers
 
@@ -343,6 +377,7 @@ class GreenTrainerCallback(TrainerCallback):
         reporter, self.reporter = self.reporter, None  # job.end once per train() call
         if reporter is not None:
             reporter.end_job("completed")
+            self._ended = reporter  # train() may still raise after this (a pruned trial)
         return control
 
 

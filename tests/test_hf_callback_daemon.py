@@ -169,3 +169,42 @@ def test_under_a_process_group_local_rank_0_of_each_node_reports_with_rank_0s_jo
             assert fields["local_rank"] == (0 if nodes == "2" else rank)
             # the node's processes: both on one node, each its own on two nodes
             assert fields["pids"] == (sorted(x[nodes]["pid"] for x in got) if nodes == "1" else [g[nodes]["pid"]])
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+class TrialPruned(Exception):  # what optuna raises; matched by name, optuna is not a dependency
+    pass
+
+
+@pytest.mark.parametrize("raised, status", [(_Boom, "failed"), (KeyboardInterrupt, "interrupted"), (TrialPruned, "cancelled")])
+def test_a_train_call_that_raises_is_reported_with_its_open_epoch_closed(tmp_path, raised, status):
+    from transformers import TrainerCallback
+
+    class RaiseInSecondEpoch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch > 1.2:
+                raise raised("stop")
+
+    class RaiseAfterTrainEnd(TrainerCallback):  # a pruned trial: on_train_end has run, then train() raises
+        def on_train_end(self, args, state, control, **kwargs):
+            raise raised("pruned")
+
+    with short_dir() as d:
+        daemon = DaemonProcess(d, "--policy", str(write_policy(d, rho=0.7))).wait_ready()
+        try:
+            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green")
+            trainer, _ = _trainer(tmp_path, source, evaluate=False)
+            trainer.add_callback(RaiseAfterTrainEnd() if raised is TrialPruned else RaiseInSecondEpoch())
+            with pytest.raises(raised):
+                trainer.train()
+        finally:
+            assert daemon.stop() == 0
+        with Store(daemon.state_dir / "carbonsched.sqlite3", read_only=True) as store:
+            job, epochs = store.job(source.job_id), store.epochs(source.job_id)
+        assert job["status"] == status
+        assert [e["epoch"] for e in epochs] == [0, 1] and all(e["ended_at"] is not None for e in epochs)
+        if raised is not TrialPruned:  # epoch 1 never reported its end: the daemon closed it at job.end
+            assert epochs[1]["extra"]["closed_by"] == f"job.end {status}" and epochs[1]["energy_j"] > 0
