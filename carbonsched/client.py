@@ -27,7 +27,8 @@ RhoSourceName = Literal["daemon", "last_known", "default"]
 
 
 class DaemonUnavailable(Exception):
-    """No answer from the daemon within the timeout (not running, stuck, or socket unusable)."""
+    """No answer from the daemon within the timeout (not running, stuck, busy refusing connections,
+    or socket unusable)."""
 
 
 class DaemonRequestError(Exception):
@@ -93,7 +94,12 @@ class DaemonClient:
         with self._lock:
             reused = self._sock is not None
             try:
-                return self._exchange(payload, request_id, deadline)
+                reply = self._exchange(payload, request_id, deadline)
+                if reply.get("id") is None and (reply.get("error") or {}).get("code") == "unavailable":
+                    # Refused at the door (too many connections): no request of ours was read.
+                    self._drop()
+                    raise DaemonUnavailable(f"{self.socket_path} busy: {reply['error'].get('message', '')}")
+                return reply
             except (OSError, ValueError, ProtocolError, _Closed) as first:
                 self._drop()
                 # A kept-alive connection the server closed while idle: one fresh attempt.
@@ -117,7 +123,12 @@ class DaemonClient:
             self._sock = sock
         sock = self._sock
         sock.settimeout(_remaining(deadline))
-        sock.sendall(payload)
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # A server refusing the connection may close it before our request arrives; the line
+            # it wrote first is still ours to read (else the read below fails too).
+            pass
         buffer = LineBuffer(self.max_line_bytes)
         while True:
             sock.settimeout(_remaining(deadline))
