@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from bench.common import counted_step_flops, machine_line, pct, set_trainable_mask, single_thread, table, write_section
+from bench.common import counted_step_flops, pct, set_trainable_mask, single_thread, table, write_section
 
 ARCHS = ("opt", "bloom", "gpt2", "llama", "qwen2", "t5")
 SIZE = dict(vocab_size=1000, hidden=128, layers=4, heads=4, max_len=128)

@@ -84,7 +84,6 @@ def main(quick: bool = False) -> list[str]:
             t = _step(model, optimizers[name], batch)
             if r > 0:
                 times[name].append(t)
-    full_t = statistics.median(times["full"])
 
     rows, plot = [], {"rho": [], "modelled": [], "counted": [], "wall": []}
     for name, rho, mask, sel in variants:
@@ -134,7 +133,7 @@ def main(quick: bool = False) -> list[str]:
         "",
         "![ratios vs rho](bench/results/savings.png)",
         "",
-        f"Wall-clock ratio minus counted FLOPs ratio per ρ: "
+        "Wall-clock ratio minus counted FLOPs ratio per ρ: "
         + ", ".join(f"{r}: {w - c:+.3f}" for r, w, c in zip(plot["rho"], plot["wall"], plot["counted"]))
         + f" (largest gap {worst_gap:.3f}). The modelled, matmul-modelled and counted ratios agree to "
         "three decimals, and every selection stays within its budget. The wall-clock step also contains "

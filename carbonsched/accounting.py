@@ -72,6 +72,11 @@ class EpochEnergy:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def epoch_columns(self) -> dict[str, Any]:
+        """The values :meth:`carbonsched.store.Store.end_epoch` keeps for an epoch."""
+        return {"energy_j": self.energy_j, "carbon_g": self.carbon_g, "gpu_j": self.gpu_j, "cpu_j": self.cpu_j,
+                "ram_j": self.ram_j, "gpu_attribution": self.gpu_attribution}
+
 
 @dataclass(frozen=True)
 class Savings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from carbonsched.typer_app import run_app
 from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd, report_cmd
 
 app = typer.Typer(
@@ -25,17 +26,7 @@ def _root() -> None:
 
 def main() -> None:
     """Console entry point: command-line usage errors become one ``error: ...`` line, exit code 2."""
-    try:
-        code = app(standalone_mode=False)
-    except Exception as exc:  # the usage-error family of the click that typer vendors
-        if not hasattr(exc, "format_message"):
-            raise
-        message = exc.format_message()
-        if message:  # empty for "no arguments given", where the help text was already printed
-            typer.echo(f"error: {message}", err=True)
-        raise SystemExit(2) from None
-    raise SystemExit(code or 0)
-
+    run_app(app)
 
 if __name__ == "__main__":
     main()

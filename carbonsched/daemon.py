@@ -469,11 +469,10 @@ class Daemon:
         assert self.store is not None
         for job in self.store.jobs(status="running"):
             pids = job_pids(job)
-            if not job.get("pids_local") or not pids or any(process_alive(p) for p in pids):
+            if not job.get("pids_local") or any(process_alive(p) for p in pids):
                 continue
-            now = utcnow()
-            self._close_open_epochs(job, now, "check_jobs")
-            self.store.end_job(job["job_id"], "failed", now)
+            self._close_open_epochs(job, "check_jobs")
+            self.store.end_job(job["job_id"], "failed", utcnow())
             with self._lock:
                 self._job_carbon_g.pop(job["job_id"], None)
             log.warning(
@@ -481,18 +480,28 @@ class Daemon:
                 job["job_id"], ", ".join(str(p) for p in sorted(pids)),
             )
 
-    def _close_open_epochs(self, job: dict[str, Any], now: datetime, closed_by: str) -> None:
+    def _close_open_epochs(self, job: dict[str, Any], closed_by: str) -> None:
         """End the job's epochs that started but never reported their end, with the energy used
-        up to ``now`` (else it would be nobody's once the job is no longer running)."""
+        up to now (else it would be nobody's once the job is no longer running)."""
         assert self.store is not None
-        for epoch in self.store.epochs(job["job_id"]):
-            if epoch["ended_at"] is None and epoch["started_at"] is not None:
-                energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
-                self.store.end_epoch(
-                    job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": closed_by},
-                    energy_j=energy.energy_j, carbon_g=energy.carbon_g, gpu_j=energy.gpu_j, cpu_j=energy.cpu_j,
-                    ram_j=energy.ram_j, gpu_attribution=energy.gpu_attribution,
-                )
+        unfinished = [e for e in self.store.epochs(job["job_id"]) if e["ended_at"] is None and e["started_at"] is not None]
+        if not unfinished:
+            return
+        self._sample_power_now()
+        now = utcnow()
+        for epoch in unfinished:
+            energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+            self.store.end_epoch(
+                job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": closed_by},
+                **energy.epoch_columns(),
+            )
+
+    def _sample_power_now(self) -> None:
+        """Meter up to this instant (the energy so far belongs to an epoch about to end)."""
+        try:
+            self.sample_power()
+        except Exception as exc:
+            self._record_error("sample_power", f"{type(exc).__name__}: {exc}")
 
     def _watchdog(self) -> None:
         if not self._ready_sent:
@@ -594,10 +603,7 @@ class Daemon:
     def _op_epoch_end(self, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
         assert self.store is not None
         job = self._job_for(fields["job_id"], peer)
-        try:
-            self.sample_power()  # the energy up to this instant belongs to the epoch
-        except Exception as exc:
-            self._record_error("sample_power", f"{type(exc).__name__}: {exc}")
+        self._sample_power_now()
         now = utcnow()
         job_id, epoch = fields["job_id"], fields["epoch"]
         started_at = next((e["started_at"] for e in self.store.epochs(job_id) if e["epoch"] == epoch), None)
@@ -613,12 +619,9 @@ class Daemon:
                 j_per_flop=measured_j_per_flop(self.store, job["model"]),
                 mean_intensity_g_per_kwh=accounting.mean_intensity_g_per_kwh,
             )
-        breakdown: dict[str, Any] = {}
-        if accounting is not None:
-            breakdown = {"energy_j": accounting.energy_j, "carbon_g": accounting.carbon_g, "gpu_j": accounting.gpu_j,
-                         "cpu_j": accounting.cpu_j, "ram_j": accounting.ram_j, "gpu_attribution": accounting.gpu_attribution}
-        energy_j, carbon_g = breakdown.get("energy_j"), breakdown.get("carbon_g")
-        self.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **breakdown, **metrics)
+        columns = accounting.epoch_columns() if accounting is not None else {}
+        energy_j, carbon_g = columns.get("energy_j"), columns.get("carbon_g")
+        self.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **columns, **metrics)
         return {
             "job_id": job_id, "epoch": epoch, "ended_at": _iso(now), "energy_j": energy_j, "carbon_g": carbon_g,
             "mean_intensity_g_per_kwh": accounting.mean_intensity_g_per_kwh if accounting else None,
@@ -629,14 +632,8 @@ class Daemon:
     def _op_job_end(self, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
         assert self.store is not None
         job = self._job_for(fields["job_id"], peer)
+        self._close_open_epochs(job, f"job.end {fields['status']}")
         now = utcnow()
-        if any(e["ended_at"] is None and e["started_at"] is not None for e in self.store.epochs(job["job_id"])):
-            try:
-                self.sample_power()  # the energy up to this instant belongs to the unfinished epoch
-            except Exception as exc:
-                self._record_error("sample_power", f"{type(exc).__name__}: {exc}")
-            now = utcnow()
-            self._close_open_epochs(job, now, f"job.end {fields['status']}")
         self.store.end_job(fields["job_id"], fields["status"], now)
         with self._lock:
             carbon_g = self._job_carbon_g.pop(fields["job_id"], None)

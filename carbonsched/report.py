@@ -140,7 +140,8 @@ def _epoch_row(store: Store, job_id: str, e: dict[str, Any], j_per_flop: float |
     used = None
     if e["flops_forward"] is not None or e["flops_backward"] is not None:
         used = (e["flops_forward"] or 0.0) + (e["flops_backward"] or 0.0)
-    def kwh(column: str) -> float | None:
+
+    def kwh(column: str) -> float | None:  # a store older than the column reads as None
         value = e.get(column)
         return None if value is None else value / J_PER_KWH
 
@@ -283,10 +284,9 @@ def reports_from_json(text: str, source: str) -> list[JobReport]:
         for job in jobs:
             nodes = []
             for node in job["nodes"]:
-                fields = {k: v for k, v in node.items() if k in NodeReport.__dataclass_fields__ and k != "epochs"}
-                fields["source"] = source
-                node_epochs = [EpochRow(**_known(EpochRow, e)) for e in node["epochs"]]
-                nodes.append(NodeReport(**fields, epochs=node_epochs))
+                fields = {**_known(NodeReport, node), "source": source}
+                fields["epochs"] = [EpochRow(**_known(EpochRow, e)) for e in node["epochs"]]
+                nodes.append(NodeReport(**fields))
             epochs = [EpochRow(**_known(EpochRow, e)) for e in job["epochs"]]
             reports.append(JobReport(
                 job["job_id"], job["model"], job["scheme"], job["status"], job["started_at"], job["ended_at"],
@@ -361,8 +361,8 @@ TABLE_COLUMNS = (
 )
 
 
-def _table_line(cells: Sequence[str]) -> str:
-    return "  ".join(format(c, spec) for c, (_name, spec) in zip(cells, TABLE_COLUMNS)).rstrip()
+def _table_line(cells: Sequence[str], columns: Sequence[tuple[str, str]] = TABLE_COLUMNS) -> str:
+    return "  ".join(format(c, spec) for c, (_name, spec) in zip(cells, columns)).rstrip()
 
 
 def format_table(reports: Sequence[JobReport]) -> str:
@@ -401,17 +401,17 @@ NODE_COLUMNS = (
 
 
 def _node_lines(r: JobReport) -> list[str]:
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(format(c, spec) for c, (_name, spec) in zip(cells, NODE_COLUMNS)).rstrip()
-
-    lines = [f"nodes: {len(r.nodes)} (energy, carbon and savings above are their sums)", line([n for n, _ in NODE_COLUMNS])]
+    lines = [
+        f"nodes: {len(r.nodes)} (energy, carbon and savings above are their sums)",
+        _table_line([name for name, _ in NODE_COLUMNS], NODE_COLUMNS),
+    ]
     for n in r.nodes:
-        lines.append(line([
+        lines.append(_table_line([
             n.node, n.hostname or "-", "-" if n.rank is None else str(n.rank), "-" if n.world_size is None else str(n.world_size),
             str(len(n.epochs)), _f(n.total("duration_s"), ".1f"), _f(n.total("energy_kwh"), ".3e"),
             _f(n.total("carbon_g"), ".4f"), _f(n.mean_intensity_g_per_kwh, ".1f"), _f(n.total("saved_kwh"), ".3e"),
             _f(n.total("saved_g"), ".4f"), n.status,
-        ]))
+        ], NODE_COLUMNS))
     return lines
 
 

@@ -145,7 +145,6 @@ class Store:
 
     def __init__(self, path: Path | str, *, timeout_s: float = 10.0, read_only: bool = False):
         self.path = Path(path)
-        self.read_only = read_only
         self._lock = threading.RLock()
         try:
             if read_only:
@@ -156,11 +155,7 @@ class Store:
                     isolation_level=None, check_same_thread=False,
                 )
                 self._db.row_factory = sqlite3.Row
-                if self.schema_version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: schema version {self.schema_version} is newer than this carbonsched "
-                        f"understands ({SCHEMA_VERSION}); upgrade carbonsched"
-                    )
+                self._check_not_newer()
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -181,14 +176,19 @@ class Store:
         with self._lock:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
+    def _check_not_newer(self) -> int:
+        """The file's schema version, if this carbonsched can read it."""
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this carbonsched "
+                f"understands ({SCHEMA_VERSION}); upgrade carbonsched"
+            )
+        return current
+
     def _migrate(self) -> None:
         with self._lock:
-            current = self.schema_version
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: schema version {current} is newer than this carbonsched "
-                    f"understands ({SCHEMA_VERSION}); upgrade carbonsched"
-                )
+            current = self._check_not_newer()
             for version in range(current, SCHEMA_VERSION):
                 try:
                     self._db.executescript(

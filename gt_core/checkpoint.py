@@ -1,8 +1,8 @@
 """Training checkpoints written atomically: a complete new directory replaces the old one by rename.
 
 Layout of ``<output_dir>/checkpoint``: ``model.pt`` (state dict), ``optimizer.pt``,
-``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states as tensors and numbers) and ``state.json`` (position and
-history). A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
+``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states as tensors and numbers) and
+``state.json`` (position and history). A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

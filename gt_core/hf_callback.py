@@ -86,7 +86,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
 from gt_core import schemes
-from gt_core.distributed import _is_daemon_source, share_daemon_job
+from gt_core.distributed import _is_daemon_source, broadcast_object, share_daemon_job
 from gt_core.importance import compute_importance
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoReading, RhoSource
@@ -408,18 +408,18 @@ def _on_rank0(work: Callable[[], Any]) -> Any:
     process). If it raises on rank 0, every rank raises after the same broadcast."""
     if _world_size() == 1:
         return work()
-    box: list[Any] = [None]
+    outcome: tuple[Any, str | None] | None = None
     failure: Exception | None = None
     if dist.get_rank() == 0:
         try:
-            box[0] = (work(), None)
+            outcome = (work(), None)
         except Exception as exc:  # re-raised below, after the other ranks have heard of it
             failure = exc
-            box[0] = (None, f"{type(exc).__name__}: {exc}")
-    dist.broadcast_object_list(box, src=0)
+            outcome = (None, f"{type(exc).__name__}: {exc}")
+    outcome = broadcast_object(outcome)
     if failure is not None:
         raise failure
-    result, error = box[0]
+    result, error = outcome
     if error is not None:
         raise RuntimeError(f"GreenTrainerCallback: tensor selection failed on rank 0 ({error})")
     return result

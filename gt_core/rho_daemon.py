@@ -12,9 +12,10 @@ answer from the daemon resets it. While the delay runs, mid-epoch ρ requests (`
 exchange, from the last ρ the daemon gave, else ``default_rho``. So an unreachable or hung daemon
 costs the step loop at most one exchange per back-off period, not one per step: with the defaults
 (1 s doubling to 60 s) at most 6 step-loop exchanges in the first minute of an outage, then at
-most one a minute, each costing at most the timeout. The trainer's rarer events (run start, each epoch's first ρ request or start, each epoch
-end, run end) always attempt their exchange, at most one each while the daemon is unreachable
-and each bounded by the timeout, so epochs are still reported as soon as the daemon is back.
+most one a minute, each costing at most the timeout. The trainer's rarer events (run start, each
+epoch's first ρ request or start, each epoch end, run end) always attempt their exchange, at most
+one each while the daemon is unreachable and each bounded by the timeout, so epochs are still
+reported as soon as the daemon is back.
 
 The first failure of an outage is logged once as a warning; when the daemon answers again (at
 the first attempt after the back-off, or at the next epoch event) the same job id is registered

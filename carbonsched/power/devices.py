@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from carbonsched.power.nvml import bus_id_key, load_nvml, nvml_error_text, text
+from carbonsched.power.nvml import bus_id_key, gpu_name, load_nvml, nvml_error_text, text
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,6 @@ def resolve_job_devices(devices: Sequence[str] | None, nvml_devices: Sequence[An
     return names
 
 
-def gpu_name(index: int) -> str:
-    """The daemon's name for the GPU with this NVML index (as in energy readings)."""
-    return f"gpu:{index}"
-
-
 def _match_job_entry(
     entry: Any, gpus: list[_Gpu], in_pci_order: list[_Gpu], mig_parent: Callable[[str], _Gpu | None]
 ) -> _Gpu | None:
@@ -135,7 +130,7 @@ class _MigLookup:
             return None
         return _mig_parent(self._nvml, mig_uuid, self._gpus)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()

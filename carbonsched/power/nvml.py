@@ -66,6 +66,11 @@ def bus_id_key(bus_id: str) -> tuple[int, ...] | str:
         return bus_id.lower()
 
 
+def gpu_name(index: int) -> str:
+    """The daemon's name for the GPU with this NVML index (energy readings, job devices)."""
+    return f"gpu:{index}"
+
+
 @dataclass
 class GpuDevice:
     """One NVML device and its open measurement window."""
@@ -84,7 +89,7 @@ class GpuDevice:
 
     @property
     def device(self) -> str:
-        return f"gpu:{self.index}"
+        return gpu_name(self.index)
 
     def describe(self) -> dict:
         info = {

@@ -64,7 +64,8 @@ def build_provider(
 
 def _cached(spec: ProviderSpec, inner: IntensityProvider, cache: ReadingCache, clock: Clock) -> CachedProvider:
     """Wrap ``inner`` with the cache and the cool-down, timed by the spec's cooldown_s/max_cooldown_s/max_age_s."""
-    cooldown_s = spec.number("cooldown_s", DEFAULT_ERROR_COOLDOWN_S) or DEFAULT_ERROR_COOLDOWN_S
+    cooldown_s = spec.number("cooldown_s", DEFAULT_ERROR_COOLDOWN_S)
+    assert cooldown_s is not None  # a default was given
     # Without an explicit ceiling, a first cool-down longer than the default ceiling is the ceiling.
     max_cooldown_s = spec.number("max_cooldown_s", max(cooldown_s, DEFAULT_MAX_ERROR_COOLDOWN_S))
     return CachedProvider(
@@ -72,7 +73,7 @@ def _cached(spec: ProviderSpec, inner: IntensityProvider, cache: ReadingCache, c
         cache=cache,
         clock=clock,
         error_cooldown_s=cooldown_s,
-        max_error_cooldown_s=max_cooldown_s or DEFAULT_MAX_ERROR_COOLDOWN_S,
+        max_error_cooldown_s=max_cooldown_s,
         max_age_s=spec.number("max_age_s", None),
     )
 
