@@ -15,7 +15,6 @@ the overhead and ablation sections reuse.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -23,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from bench.common import RESULTS, fmt_pm, machine_line, single_thread, table, write_section
+from bench.common import RESULTS, fmt_pm, machine_line, run_section, single_thread, table, write_section
 
 RUNS_JSON = RESULTS / "accuracy_runs.json"
 
@@ -302,6 +301,4 @@ def main(quick: bool = False, log=print) -> list[str]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)

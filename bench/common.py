@@ -103,3 +103,12 @@ def write_section(name: str, lines: list[str]) -> Path:
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def run_section(main: Callable[[bool], list[str]]) -> None:
+    """``python -m bench.<section> [--quick]``: run one section and print its text."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, one seed, short training (smoke test)")
+    print("\n".join(main(ap.parse_args().quick)))

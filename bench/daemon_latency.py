@@ -9,7 +9,6 @@ the heaviest load.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import shutil
@@ -21,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import machine_line, percentile, table, write_section
+from bench.common import machine_line, percentile, run_section, table, write_section
 
 CLIENT_COUNTS = (1, 10, 50)
 
@@ -169,6 +168,4 @@ def main(quick: bool = False) -> list[str]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)

@@ -9,12 +9,11 @@ additive chain model (``prof.additive_cost``) overestimates the exact cost on th
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
-from bench.common import counted_step_flops, pct, set_trainable_mask, single_thread, table, write_section
+from bench.common import counted_step_flops, pct, run_section, set_trainable_mask, single_thread, table, write_section
 
 ARCHS = ("opt", "bloom", "gpt2", "llama", "qwen2", "t5")
 SIZE = dict(vocab_size=1000, hidden=128, layers=4, heads=4, max_len=128)
@@ -130,6 +129,4 @@ def main(quick: bool = False) -> list[str]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)

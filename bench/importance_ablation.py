@@ -9,11 +9,10 @@ selection to explain how many parameters Eq. 6 ends up training.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-from bench.common import fmt_pm, single_thread, table, write_section
+from bench.common import fmt_pm, run_section, single_thread, table, write_section
 
 METRICS = ("dw_grad", "dw", "grad")
 LABEL = {"dw_grad": "Δw·∂L/∂w (Eq. 6)", "dw": r"\|Δw\| only", "grad": r"\|∂L/∂w\| only"}  # \| keeps table cells whole
@@ -208,6 +207,4 @@ def main(quick: bool = False, log=print) -> list[str]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)

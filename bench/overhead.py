@@ -6,12 +6,11 @@ bench/results/accuracy_runs.json): fields ``importance_s``, ``dp_s`` and ``wall_
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
-from bench.common import pct, table, write_section
+from bench.common import pct, run_section, table, write_section
 
 
 def main(quick: bool = False, log=print) -> list[str]:
@@ -67,6 +66,4 @@ def main(quick: bool = False, log=print) -> list[str]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)

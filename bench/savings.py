@@ -10,7 +10,6 @@ variants interleaved in every repeat and reported as the median ratio.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -20,6 +19,7 @@ from bench.common import (
     RESULTS,
     counted_step_flops,
     machine_line,
+    run_section,
     set_trainable_mask,
     single_thread,
     table,
@@ -172,6 +172,4 @@ def _plot(data: dict, path) -> None:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print("\n".join(main(ap.parse_args().quick)))
+    run_section(main)
