@@ -159,17 +159,10 @@ def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> 
     """Every job's epoch windows overlapping [start_s, end_s); an epoch still in progress of a
     running job lasts until ``now_s``."""
     windows = []
-    for job in store.jobs():
-        for epoch in store.epochs(job["job_id"]):
-            begin = epoch["started_at"]
-            finish = epoch["ended_at"]
-            if finish is None:
-                if job["status"] != "running":
-                    continue
-                finish = now_s
-            if begin is None or begin >= end_s or finish <= start_s:
-                continue
-            windows.append(_window(job, begin, finish))
+    for row in store.epoch_windows(start_s, end_s):
+        finish = now_s if row["epoch_ended_at"] is None else row["epoch_ended_at"]
+        if finish > start_s:
+            windows.append(_window(row, row["epoch_started_at"], finish))
     return windows
 
 

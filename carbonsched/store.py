@@ -111,6 +111,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE epochs ADD COLUMN ram_j REAL;
     ALTER TABLE epochs ADD COLUMN gpu_attribution TEXT;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX epochs_started_at ON epochs (started_at);
     """,
 ]
 
@@ -454,6 +455,20 @@ class Store:
         for row in rows:
             row["extra"] = json.loads(row["extra"] or "{}")
         return rows
+
+    def epoch_windows(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+        """Epochs that may overlap [start, end): started before ``end`` and ended after ``start``,
+        or not ended yet while their job runs. Each row is the job's columns with the epoch's
+        ``epoch``, ``epoch_started_at`` and ``epoch_ended_at``."""
+        rows = self._rows(
+            "SELECT jobs.*, epochs.epoch AS epoch, epochs.started_at AS epoch_started_at, "
+            "epochs.ended_at AS epoch_ended_at "
+            "FROM epochs JOIN jobs USING (job_id) WHERE epochs.started_at IS NOT NULL AND epochs.started_at < ? "
+            "AND (epochs.ended_at > ? OR (epochs.ended_at IS NULL AND jobs.status = 'running')) "
+            "ORDER BY epochs.started_at, job_id",
+            (to_unix_s(end), to_unix_s(start)),
+        )
+        return [_decode_job(row) for row in rows]
 
     # -- windows for reports ---------------------------------------------------------------
 
