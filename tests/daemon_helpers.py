@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -127,3 +128,33 @@ class DaemonProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def configured_daemon(workdir: Path, config_text: str) -> Iterator[DaemonProcess]:
+    """A ready daemon run with ``--config workdir/carbonsched.toml`` holding ``config_text``
+    (``proc.config`` is that file), stopped on leaving."""
+    config = workdir / "carbonsched.toml"
+    config.write_text(config_text)
+    proc = DaemonProcess(workdir, "--config", str(config)).wait_ready()
+    proc.config = config
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def write_policy(directory: Path, rho: float = 0.7) -> Path:
+    """A constant policy: the tiny test model's cheapest feasible ρ is about 0.51."""
+    path = directory / "policy.toml"
+    path.write_text(f'kind = "constant"\nname = "test-constant"\nrho = {rho}\nrho_min = 0.34\n')
+    return path
+
+
+def store_integrity(db: Path) -> str:
+    """SQLite's ``PRAGMA integrity_check`` of a daemon's store: "ok" when it is sound."""
+    conn = sqlite3.connect(str(db))
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from test_hf_callback_ddp import ACCELERATE_FLAGS, ROOT, launch
+from proc_helpers import ACCELERATE_FLAGS, ROOT, launch
 
 TRAIN_ARGS = [
     "train", "--tiny", "opt", "--limit", "16", "--epochs", "2", "--batch-size", "4", "--max-input-length", "64",

@@ -183,39 +183,33 @@ def test_default_state_dir_order():
 
 
 def test_a_daemon_refusing_connections_is_unavailable_busy_and_rho_falls_back():
-    from daemon_helpers import DaemonProcess, LineConn, short_dir, wait_until
+    from daemon_helpers import LineConn, configured_daemon, short_dir, wait_until
 
-    with short_dir() as d:
-        config = d / "carbonsched.toml"
-        config.write_text("max_connections = 1\n")
-        daemon = DaemonProcess(d, "--config", str(config)).wait_ready()
-        try:
-            holders: list = []
+    with short_dir() as d, configured_daemon(d, "max_connections = 1\n") as daemon:
+        holders: list = []
 
-            def take_the_only_slot() -> bool:  # once wait_ready's own connection has been let go
-                conn = LineConn(daemon.socket)
-                if conn.ask(op="ping")["ok"]:
-                    holders.append(conn)
-                    return True
-                conn.close()
+        def take_the_only_slot() -> bool:  # once wait_ready's own connection has been let go
+            conn = LineConn(daemon.socket)
+            if conn.ask(op="ping")["ok"]:
+                holders.append(conn)
+                return True
+            conn.close()
+            return False
+
+        assert wait_until(take_the_only_slot, 10)
+        (holder,) = holders
+        client = DaemonClient(daemon.socket, timeout_s=2.0, default_rho=0.9)
+        for _ in range(20):  # sometimes refused before the request is even read: same outcome
+            with pytest.raises(DaemonUnavailable, match="busy: too many connections"):
+                client.call("ping")
+        answer = client.rho()
+        assert answer.rho == 0.9 and answer.source != "daemon"
+        holder.close()
+
+        def answered() -> bool:
+            try:
+                return client.call("ping")["ok"]
+            except DaemonUnavailable:
                 return False
 
-            assert wait_until(take_the_only_slot, 10)
-            (holder,) = holders
-            client = DaemonClient(daemon.socket, timeout_s=2.0, default_rho=0.9)
-            for _ in range(20):  # sometimes refused before the request is even read: same outcome
-                with pytest.raises(DaemonUnavailable, match="busy: too many connections"):
-                    client.call("ping")
-            answer = client.rho()
-            assert answer.rho == 0.9 and answer.source != "daemon"
-            holder.close()
-
-            def answered() -> bool:
-                try:
-                    return client.call("ping")["ok"]
-                except DaemonUnavailable:
-                    return False
-
-            assert wait_until(answered, 5)  # the slot is free again
-        finally:
-            daemon.stop()
+        assert wait_until(answered, 5)  # the slot is free again

@@ -13,7 +13,7 @@ import pytest
 
 from carbonsched.store import Store
 
-from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, configured_daemon, short_dir, wait_until
 
 GOOD_POLICY = 'kind = "constant"\nname = "pinned"\nrho = 0.6\nrho_min = 0.34\n'
 OTHER_POLICY = 'kind = "constant"\nname = "repinned"\nrho = 0.8\nrho_min = 0.34\n'
@@ -25,14 +25,9 @@ def daemon():
     with short_dir() as d:
         policy = d / "policy.toml"
         policy.write_text(GOOD_POLICY)
-        config = d / "carbonsched.toml"
-        config.write_text(f'policy = "{policy}"\nretention_days = 7\n')
-        proc = DaemonProcess(d, "--config", str(config)).wait_ready()
-        proc.policy_file = policy
-        try:
+        with configured_daemon(d, f'policy = "{policy}"\nretention_days = 7\n') as proc:
+            proc.policy_file = policy
             yield proc
-        finally:
-            proc.stop()
 
 
 def cli(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:

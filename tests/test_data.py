@@ -16,12 +16,6 @@ from gt_core.data import (
     make_loader,
 )
 from gt_core.embedded_task import embedded_task
-from gt_core.tokenizer import build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 def _write_jsonl(path, records):

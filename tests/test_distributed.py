@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +15,8 @@ from gt_core.data import IGNORE_INDEX, make_loader
 from gt_core.distributed import (
     GreenTrainer, RankBatches, dist_env, is_distributed_launch, loss_items, trainer_class,
 )
+from proc_helpers import BIN, ROOT, free_port, launch_env
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 # 2-process vs 1-process: same examples per global step and token-weighted loss, so only float
 # summation order differs (measured: 7e-9 after epoch 1, 1.4e-7 after epoch 2).
 WEIGHT_TOL = 1e-5
@@ -67,27 +63,15 @@ def test_env_detection_and_single_process_default(monkeypatch):
     assert trainer_class() is GreenTrainer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def _torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
+    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *args]
 
 
 def test_two_processes_match_one_process(tmp_path):
     worker = str(ROOT / "tests" / "ddp_worker.py")
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, worker, str(one)], check=True, env=_env(), capture_output=True, timeout=120)
-    run = subprocess.run(_torchrun(worker, str(two)), env=_env(), capture_output=True, text=True, timeout=180)
+    subprocess.run([sys.executable, worker, str(one)], check=True, env=launch_env(), capture_output=True, timeout=120)
+    run = subprocess.run(_torchrun(worker, str(two)), env=launch_env(), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     selected = []
     for epoch in (0, 1):
@@ -118,7 +102,7 @@ def test_cli_under_torchrun(tmp_path):
         "--max-input-length", "64", "--max-target-length", "16", "--rho", "0.6", "--importance-batches", "2",
         "--no-progress", "--output-dir", str(out),
     )
-    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    run = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("done: 1 epochs") == 1  # rank 0 only
     assert run.stdout.count("epoch 1: train loss") == 1
@@ -140,5 +124,5 @@ def test_batch_must_split_evenly(tmp_path):
         "except ValueError as exc:\n"
         "    print('rejected:', exc)\n"
     )
-    run = subprocess.run(_torchrun(str(worker)), env=_env(), capture_output=True, text=True, timeout=120)
+    run = subprocess.run(_torchrun(str(worker)), env=launch_env(), capture_output=True, text=True, timeout=120)
     assert run.stdout.count("rejected: batch size 3 (global) must be a multiple of the 2 processes") == 2, run.stderr[-2000:]

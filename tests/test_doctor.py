@@ -1,6 +1,5 @@
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typer.testing import CliRunner
 from carbonsched.cli import app
 from carbonsched.doctor import check_cpu_ram, check_gpu, exit_code
 from fake_pynvml import FakeGpu, make_fake_nvml
+from power_helpers import read_files_as_unprivileged_user
 
 TOKEN = "em-secret-token-7f3a9c"
 
@@ -72,15 +72,7 @@ def test_rapl_permission_problem_comes_with_chmod_fix(tmp_path, monkeypatch):
     (domain / "name").write_text("package-0\n")
     (domain / "energy_uj").write_text("123\n")
     os.chmod(domain / "energy_uj", 0)
-    if os.geteuid() == 0:
-        real_read_text = Path.read_text
-
-        def read_text_as_user(self, *args, **kwargs):
-            if stat.S_IMODE(self.stat().st_mode) & 0o444 == 0:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real_read_text(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "read_text", read_text_as_user)
+    read_files_as_unprivileged_user(monkeypatch)
     (cpu,) = [c for c in check_cpu_ram(tmp_path) if c.name == "cpu_energy"]
     assert cpu.status == "warn"
     assert "RAPL files not readable (permission)" in cpu.message

@@ -13,14 +13,13 @@ from typer.testing import CliRunner
 
 from carbonsched.cli import app as carbonsched_app
 from carbonsched.store import J_PER_KWH, Store
-from daemon_helpers import DaemonProcess, short_dir
+from daemon_helpers import DaemonProcess, short_dir, write_policy
 from gt_core.callbacks import TrainerCallback
 from gt_core.embedded_task import embedded_task
 from gt_core.rho_daemon import DaemonRhoSource
 from gt_core.tiny import tiny_model
 from gt_core.tokenizer import build_tokenizer
 from gt_core.trainer import GreenTrainer, TrainConfig
-from test_rho_daemon import write_policy
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
 

@@ -13,14 +13,8 @@ from gt_core.data import SummarizationDataset, make_loader
 from gt_core.embedded_task import embedded_task
 from gt_core.evaluate import evaluate_model, exact_match, generate_predictions, rouge_scores, validation_loss
 from gt_core.tiny import tiny_model
-from gt_core.tokenizer import build_tokenizer
 
 TRAIN_STEPS = 150
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

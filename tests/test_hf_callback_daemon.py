@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from carbonsched.cli import app as carbonsched_app
 from carbonsched.store import Store
-from daemon_helpers import DaemonProcess, short_dir
+from daemon_helpers import DaemonProcess, short_dir, write_policy
 from gt_core.data import SummarizationDataset, collate_batch
 from gt_core.embedded_task import embedded_task
 from gt_core.hf_callback import GreenTrainerCallback, _epoch_losses
 from gt_core.rho_daemon import DaemonRhoSource
 from gt_core.tiny import tiny_model
 from gt_core.tokenizer import load_tokenizer
-from test_rho_daemon import write_policy
+from proc_helpers import free_port
 
 N_TRAIN, BATCH, ACCUMULATION = 20, 4, 2
 MICRO_BATCHES = 5  # 20 rows / 4 per micro-batch, per epoch
@@ -156,9 +156,7 @@ def _reporting_rank(rank: int, port: int, out: str) -> None:
 def test_under_a_process_group_local_rank_0_of_each_node_reports_with_rank_0s_job_id(tmp_path):
     import torch.multiprocessing as mp
 
-    from test_distributed import _free_port
-
-    mp.start_processes(_reporting_rank, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_reporting_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     got = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1)]
     for nodes, reporting in (("1", [True, False]), ("2", [True, True])):
         assert [g[nodes]["job_id"] for g in got] == ["rank-0"] * 2

@@ -7,34 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_distributed import _env, _free_port
+from proc_helpers import ROOT, launch
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 WORKER = ROOT / "tests" / "hf_ddp_worker.py"
 SCHEDULE = [0.5, 0.8]  # as in the worker
-# The launcher flags docs/SCALING.md gives for 2 processes (gloo on a CPU-only machine).
-ACCELERATE_FLAGS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
-
-
-def launch(launcher: str, target: list[str], out: Path, **extra_env: str) -> subprocess.CompletedProcess:
-    """2 processes of ``target`` (a script and its arguments, or ``-m module ...``) with cwd and
-    HF_HOME under ``out``: no user accelerate config is read."""
-    out.mkdir(parents=True, exist_ok=True)
-    env = {**_env(), "HF_HOME": str(out / "hf_home"), **extra_env}
-    env.pop("MASTER_ADDR", None)
-    port = str(_free_port())
-    if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
-    else:
-        cmd = [str(BIN / "accelerate"), "launch", *ACCELERATE_FLAGS.split(), "--main_process_port", port]
-    return subprocess.run([*cmd, *target], env=env, capture_output=True, text=True, timeout=120, cwd=out)
 
 
 def _run(out: Path, mode: str, launcher: str = "torchrun") -> subprocess.CompletedProcess:

@@ -1,16 +1,10 @@
 """Prometheus metrics of a real daemon, fetched over HTTP."""
 
 import re
-import socket
 import urllib.request
 
 from daemon_helpers import DaemonProcess, short_dir, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from proc_helpers import free_port
 
 
 def _scrape(port: int) -> str:
@@ -34,7 +28,7 @@ def _value(text: str, pattern: str) -> float | None:
 
 
 def test_metrics_endpoint_serves_intensity_rho_energy_and_jobs():
-    port = _free_port()
+    port = free_port()
     with short_dir() as d:
         daemon = DaemonProcess(d, "--metrics-port", str(port)).wait_ready()
         try:

@@ -11,11 +11,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import socket
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +26,9 @@ from carbonsched.report import (
 )
 from carbonsched.store import J_PER_KWH, MIGRATIONS, Store
 from daemon_helpers import DaemonProcess, short_dir
+from proc_helpers import BIN, free_port, launch_env
 
 T0 = 1_750_000_000.0
-BIN = Path(sys.executable).parent
 
 
 def _node_store(state_dir: Path, node: str, *, rank: int, energy_j: list[float], carbon_g: list[float],
@@ -167,12 +165,6 @@ def test_report_cli_includes_nodes_and_names_bad_inputs(two_nodes, tmp_path):
 # -- the real thing: two daemons, a 2-node torchrun job -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_node_torchrun_job_is_recorded_per_node_and_reported_as_one(tmp_path):
     with short_dir() as work:
@@ -185,9 +177,8 @@ def test_two_node_torchrun_job_is_recorded_per_node_and_reported_as_one(tmp_path
         try:
             for d in daemons:
                 d.wait_ready()
-            port = _free_port()
-            env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")}
-            env["OMP_NUM_THREADS"] = "1"
+            port = free_port()
+            env = launch_env()
             out = tmp_path / "run"
             procs = []
             for node_rank, d in enumerate(daemons):

@@ -1,22 +1,10 @@
 import os
-import stat
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from carbonsched.power import CpuRamMeter, scan_rapl
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from power_helpers import FakeClock, read_files_as_unprivileged_user
 
 
 def add_domain(root: Path, dirname: str, name: str, energy_uJ: int, max_range_uJ: int = 262_143_328_850) -> Path:
@@ -45,10 +33,16 @@ def powercap(tmp_path):
     return root, domains
 
 
-def test_rapl_packages_and_dram_from_sysfs(powercap):
-    root, d = powercap
+@pytest.fixture
+def rapl_meter(powercap):
+    """A CPU/RAM meter on the fake powercap tree, its clock and the tree's domains."""
+    root, domains = powercap
     clock = FakeClock()
-    meter = CpuRamMeter(clock, powercap_root=root)
+    return CpuRamMeter(clock, powercap_root=root), clock, domains
+
+
+def test_rapl_packages_and_dram_from_sysfs(rapl_meter):
+    meter, clock, d = rapl_meter
     assert meter.status()["cpu"] == {"available": True, "source": "rapl", "domains": ["package-0", "package-1"]}
     assert meter.status()["ram"]["source"] == "rapl"
     assert meter.poll() == []
@@ -66,10 +60,8 @@ def test_rapl_packages_and_dram_from_sysfs(powercap):
     assert readings["ram"].energy_j == pytest.approx(4.0)
 
 
-def test_rapl_wraparound_uses_max_energy_range(powercap):
-    root, d = powercap
-    clock = FakeClock()
-    meter = CpuRamMeter(clock, powercap_root=root)
+def test_rapl_wraparound_uses_max_energy_range(rapl_meter):
+    meter, clock, d = rapl_meter
     meter.poll()
     set_energy(d["pkg1"], 500_000)  # wrapped: 3.0 J → 4.0 J (range) → 0.5 J
     clock.advance(1)
@@ -77,10 +69,8 @@ def test_rapl_wraparound_uses_max_energy_range(powercap):
     assert readings["cpu"].energy_j == pytest.approx(1.5)
 
 
-def test_sample_between_polls_catches_each_wrap(powercap):
-    root, d = powercap
-    clock = FakeClock()
-    meter = CpuRamMeter(clock, powercap_root=root)
+def test_sample_between_polls_catches_each_wrap(rapl_meter):
+    meter, clock, d = rapl_meter
     meter.poll()
     set_energy(d["pkg1"], 1_000_000)  # first wrap: +2.0 J
     meter.sample()
@@ -96,16 +86,7 @@ def test_unreadable_rapl_says_permission(powercap, monkeypatch):
     root, d = powercap
     for domain in (d["pkg0"], d["pkg1"]):
         os.chmod(domain / "energy_uj", 0)
-    if os.geteuid() == 0:
-        # root ignores file modes; make reads behave as for the unprivileged service user
-        real_read_text = Path.read_text
-
-        def read_text_as_user(self, *args, **kwargs):
-            if stat.S_IMODE(self.stat().st_mode) & 0o444 == 0:
-                raise PermissionError(13, "Permission denied", str(self))
-            return real_read_text(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "read_text", read_text_as_user)
+    read_files_as_unprivileged_user(monkeypatch)
     scan = scan_rapl(root)
     assert scan.permission_denied
     assert scan.problem == f"RAPL files not readable (permission): {d['pkg0'] / 'energy_uj'}"

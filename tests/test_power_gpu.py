@@ -1,21 +1,10 @@
 import sys
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from carbonsched.power import GpuMeter, NodeEnergyMeter
 from fake_pynvml import NVML_ERROR_DRIVER_NOT_LOADED, FakeGpu, FakeProcess, make_fake_nvml
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from power_helpers import FakeClock
 
 
 @pytest.fixture

@@ -2,14 +2,7 @@ from datetime import datetime, timedelta, timezone
 
 from carbonsched.power import NodeEnergyMeter
 from fake_pynvml import FakeGpu, FakeProcess, make_fake_nvml
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
+from power_helpers import FakeClock
 
 
 def test_node_meter_reads_every_device_over_one_window(tmp_path):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from daemon_helpers import DaemonProcess, LineConn, short_dir, wait_until
+from daemon_helpers import LineConn, configured_daemon, short_dir, wait_until
 
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 MAX_CONNECTIONS = 64
@@ -28,13 +28,8 @@ CONCURRENT = 200
 @pytest.fixture(scope="module")
 def daemon():
     with short_dir() as d:
-        config = d / "carbonsched.toml"
-        config.write_text(f"max_connections = {MAX_CONNECTIONS}\nread_timeout_s = {READ_TIMEOUT_S}\n")
-        proc = DaemonProcess(d, "--config", str(config)).wait_ready()
-        try:
+        with configured_daemon(d, f"max_connections = {MAX_CONNECTIONS}\nread_timeout_s = {READ_TIMEOUT_S}\n") as proc:
             yield proc
-        finally:
-            proc.stop()
 
 
 def _ping_latency_s(path) -> float:

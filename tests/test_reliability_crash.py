@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import DaemonProcess, LineConn, short_dir
+from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 ROUNDS = int(os.environ.get("CARBONSCHED_CRASH_ROUNDS", 10))
@@ -58,14 +58,6 @@ class Writer(threading.Thread):
             return  # the daemon was killed
 
 
-def _integrity(db: Path) -> str:
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-
-
 def test_kill_9_under_write_load_loses_no_acknowledged_row():
     _crash_rounds(ROUNDS, seed=5150)
 
@@ -95,7 +87,7 @@ def _crash_rounds(rounds: int, seed: int) -> None:
             for w in writers:
                 w.join(10)
                 assert not w.is_alive()
-            assert _integrity(db) == "ok", f"round {round_no}: store corrupt after kill -9"
+            assert store_integrity(db) == "ok", f"round {round_no}: store corrupt after kill -9"
             all_acked.extend(writers)
             requests += sum(w.requests for w in writers)
 

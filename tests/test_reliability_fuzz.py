@@ -26,7 +26,7 @@ import pytest
 
 from carbonsched.protocol import ERROR_CODES, OPS, ProtocolError, decode_request
 
-from daemon_helpers import DaemonProcess, LineConn, short_dir
+from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 FUZZ_MESSAGES = int(os.environ.get("CARBONSCHED_FUZZ_MESSAGES", 10_000))
@@ -192,14 +192,6 @@ def _snapshot(db: Path) -> tuple[list[tuple], list[tuple]]:
     return jobs, epochs
 
 
-def integrity(db: Path) -> str:
-    conn = sqlite3.connect(str(db))
-    try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        conn.close()
-
-
 def _pipeline(path: Path, lines: list[bytes], tail: bytes = b"") -> list[dict[str, Any]]:
     """Send ``lines`` (and an unterminated ``tail``) on one connection while reading the replies;
     return one reply per non-blank line, then close."""
@@ -280,7 +272,7 @@ def _fuzz(daemon, count: int, seed: int) -> None:
     assert "internal" not in codes, codes
     assert daemon.proc.poll() is None, daemon.log()
     assert LineConn(daemon.socket).ask(op="ping")["ok"]
-    assert integrity(daemon.db) == "ok"
+    assert store_integrity(daemon.db) == "ok"
     assert _snapshot(daemon.db) == before, "rows written before the fuzz changed"
     log = daemon.log()
     assert "Traceback" not in log and "connection handler failed" not in log, log[-4000:]

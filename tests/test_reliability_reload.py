@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from daemon_helpers import DaemonProcess, short_dir, wait_until
+from daemon_helpers import configured_daemon, short_dir, wait_until
 
 POLICY = 'kind = "constant"\nname = "steady"\nrho = 0.55\nrho_min = 0.3\n'
 OTHER_POLICY = 'kind = "constant"\nname = "steadier"\nrho = 0.65\nrho_min = 0.3\n'
@@ -25,14 +25,8 @@ def daemon():
     with short_dir() as d:
         (d / "policy.toml").write_text(POLICY)
         (d / "other.toml").write_text(OTHER_POLICY)
-        config = d / "carbonsched.toml"
-        config.write_text('policy = "policy.toml"\nretention_days = 7\n')
-        proc = DaemonProcess(d, "--config", str(config)).wait_ready()
-        proc.config = config
-        try:
+        with configured_daemon(d, 'policy = "policy.toml"\nretention_days = 7\n') as proc:
             yield proc
-        finally:
-            proc.stop()
 
 
 BROKEN_CONFIGS = {

@@ -5,31 +5,12 @@ import time
 
 import pytest
 
-from daemon_helpers import DaemonProcess, short_dir
+from daemon_helpers import DaemonProcess, short_dir, write_policy
 from gt_core.callbacks import TrainerCallback
-from gt_core.embedded_task import embedded_task
 from gt_core.rho_daemon import DaemonRhoSource, devices_from_env
 from gt_core.tiny import tiny_model
-from gt_core.tokenizer import build_tokenizer
 from gt_core.trainer import GreenTrainer, TrainConfig
 from carbonsched.store import Store
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def task():
-    return embedded_task(n_train=16, n_val=4)
-
-
-def write_policy(directory, rho=0.7):
-    """A constant policy: the tiny test model's cheapest feasible ρ is about 0.51."""
-    path = directory / "policy.toml"
-    path.write_text(f'kind = "constant"\nname = "test-constant"\nrho = {rho}\nrho_min = 0.34\n')
-    return path
 
 
 def make_trainer(tmp_path, tokenizer, task, source, epochs=2, callbacks=()):

@@ -18,7 +18,6 @@ from gt_core.callbacks import TrainerCallback
 from gt_core.embedded_task import embedded_task
 from gt_core.rho_daemon import DaemonRhoSource
 from gt_core.tiny import tiny_model
-from gt_core.tokenizer import build_tokenizer
 from gt_core.trainer import GreenTrainer, TrainConfig
 
 STEPS = 30
@@ -75,11 +74,6 @@ class GatedDaemon:
     def ops(self, *, released: bool | None = None) -> list[str]:
         with self._lock:
             return [op for op, _, r in self.received if released is None or r == released]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")

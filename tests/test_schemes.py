@@ -46,18 +46,24 @@ def _step_flops(model: torch.nn.Module, batch: dict) -> tuple[float, float]:
     return forward, backward
 
 
+def _target_len(arch: str) -> int | None:
+    return TARGET_LEN if arch == "t5" else None
+
+
 def _profile(model: torch.nn.Module, arch: str) -> TensorProfile:
-    target_len = TARGET_LEN if arch == "t5" else None
-    return profile_model(model, batch_size=BATCH, seq_len=SOURCE_LEN, target_len=target_len, count="matmul")
+    return profile_model(model, batch_size=BATCH, seq_len=SOURCE_LEN, target_len=_target_len(arch), count="matmul")
+
+
+def _base_batch_profile(arch: str) -> tuple[torch.nn.Module, dict, TensorProfile]:
+    """A tiny 2-layer base model of ``arch``, a batch for it and its matmul profile."""
+    base = tiny_model(arch, hidden=64, layers=2)
+    return base, _batch(arch), _profile(base, arch)
 
 
 @pytest.mark.parametrize("arch", ["opt", "gpt2", "t5"])
 def test_lora_flops_match_a_flop_counter(arch):
-    base = tiny_model(arch, hidden=64, layers=2)
-    batch = _batch(arch)
-    prof = _profile(base, arch)
-    target_len = TARGET_LEN if arch == "t5" else None
-    predicted = lora_flops(prof, base, r=8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
+    base, batch, prof = _base_batch_profile(arch)
+    predicted = lora_flops(prof, base, r=8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=_target_len(arch))
     model = apply_lora(base, r=8, dropout=0.0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -69,11 +75,8 @@ def test_lora_flops_match_a_flop_counter(arch):
 
 @pytest.mark.parametrize("arch", ["opt", "gpt2", "t5"])
 def test_prefix_flops_match_a_flop_counter(arch):
-    base = tiny_model(arch, hidden=64, layers=2)
-    batch = _batch(arch)
-    prof = _profile(base, arch)
-    target_len = TARGET_LEN if arch == "t5" else None
-    predicted = prefix_flops(prof, base, 8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=target_len)
+    base, batch, prof = _base_batch_profile(arch)
+    predicted = prefix_flops(prof, base, 8, batch_size=BATCH, source_len=SOURCE_LEN, target_len=_target_len(arch))
     model = apply_prefix(base, num_virtual_tokens=8)
     forward, backward = _step_flops(model, batch)
     assert predicted.forward == pytest.approx(forward, rel=0.10)
@@ -153,13 +156,6 @@ def test_top2_cost_of_the_mask_is_what_the_backward_really_does(arch, expected):
         # The tied head trains the input embedding too: dy runs through every layer down to the
         # embedding, far more than the head's own matmuls (the untied Llama pays only those).
         assert backward > 0.5 * (prof.t_full - prof.t_fp)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from gt_core.tokenizer import build_tokenizer
-
-    return build_tokenizer()
 
 
 @pytest.mark.parametrize("arch, expected", [("opt", OPT_TOP2), ("llama", LLAMA_TOP2)])

@@ -5,11 +5,6 @@ from gt_core.embedded_task import embedded_task
 from gt_core.tokenizer import build_tokenizer, load_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
 def test_special_tokens_have_fixed_ids(tokenizer):
     assert tokenizer.convert_tokens_to_ids(["<pad>", "<s>", "</s>", "<unk>"]) == [0, 1, 2, 3]
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)

@@ -6,26 +6,14 @@ import torch
 from typer.testing import CliRunner
 
 from gt_core.cli import app
-from gt_core.embedded_task import embedded_task
 from gt_core.rho import CallableRho
 from gt_core.tiny import tiny_model
-from gt_core.tokenizer import build_tokenizer
 from gt_core.trainer import GreenTrainer, TrainConfig
 
 FIELDS = {
     "epoch", "rho_asked", "rho_effective", "tensors_selected", "param_share_selected", "flops_forward",
     "flops_backward", "flops_full", "wall_s", "importance_s", "dp_s", "train_loss", "val_loss",
 }
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def task():
-    return embedded_task(n_train=16, n_val=4)
 
 
 def _trainer(tmp_path, tokenizer, task, rho_source=None, **overrides) -> GreenTrainer:
