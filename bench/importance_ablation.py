@@ -32,6 +32,7 @@ def diagnose_last_selection(task, lr: float, seed: int, rho: float = 0.5) -> dic
     import numpy as np
     import torch
 
+    from gt_core.callbacks import TrainerCallback
     from gt_core.importance import compute_importance, parameters_by_name
     from gt_core.selector import dy_prefix, select_tensors
     from gt_core.tiny import tiny_model
@@ -50,26 +51,26 @@ def diagnose_last_selection(task, lr: float, seed: int, rho: float = 0.5) -> dic
             g["lr"], g["weight_decay"] = group["lr"], weight_decay
         return opt
 
-    class Probe(GreenTrainer):
-        def _choose(self, importance: np.ndarray, rho_now: float) -> np.ndarray:
-            mask = super()._choose(importance, rho_now)
-            prof = self.profile
-            batches = self.importance_batches(self.state.global_step)
+    class Probe(TrainerCallback):
+        """Takes apart each selection right after it is made, before the step that follows."""
+
+        def on_selection(self, trainer, selection) -> None:
+            prof, importance, mask, rho_now = trainer.profile, selection.importance, selection.mask, selection.rho
+            batches = trainer.importance_batches(trainer.state.global_step)
 
             def score(opt):
-                return compute_importance(self.model, prof.names, batches, opt, metric="dw_grad", profile=prof,
+                return compute_importance(trainer.model, prof.names, batches, opt, metric="dw_grad", profile=prof,
                                           rho=rho_now)
 
-            params = parameters_by_name(self.model, prof.names)
-            fresh = score(other_optimizer(self, self.optimizer.param_groups[0]["weight_decay"], keep_state=False))
+            params = parameters_by_name(trainer.model, prof.names)
+            fresh = score(other_optimizer(trainer, trainer.optimizer.param_groups[0]["weight_decay"], keep_state=False))
             seen.update(
                 importance=importance.copy(), mask=mask.copy(), profile=prof, rho=rho_now,
-                stateful=np.array([bool(self.optimizer.state.get(p)) for p in params]),
+                stateful=np.array([bool(trainer.optimizer.state.get(p)) for p in params]),
                 fresh=fresh, fresh_mask=np.asarray(select_tensors(prof, fresh, rho_now, resolution=s.resolution).mask),
-                no_wd=score(other_optimizer(self, 0.0, keep_state=True)),
+                no_wd=score(other_optimizer(trainer, 0.0, keep_state=True)),
                 fine_mask=np.asarray(select_tensors(prof, importance, rho_now, resolution=100 * s.resolution).mask),
             )
-            return mask
 
     model = tiny_model("opt", vocab_size=len(task.tokenizer), hidden=s.hidden, layers=s.layers, heads=s.heads,
                        max_len=256, seed=0)
@@ -81,7 +82,7 @@ def diagnose_last_selection(task, lr: float, seed: int, rho: float = 0.5) -> dic
             max_target_length=32, importance_batches=s.importance_batches, importance_metric="dw_grad",
             resolution=s.resolution, seed=seed, output_dir=tmp, progress=False, save_final=False,
         )
-        Probe(model, task.tokenizer, task.train, task.dev, cfg).train()
+        GreenTrainer(model, task.tokenizer, task.train, task.dev, cfg, callbacks=[Probe()]).train()
 
     prof, imp, mask = seen["profile"], seen["importance"], seen["mask"]
     counts = prof.param_counts.astype(float)

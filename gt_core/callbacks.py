@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, Sequence
 
 if TYPE_CHECKING:
+    from gt_core.green_selector import GreenSelection
     from gt_core.rho import RhoReading
-    from gt_core.trainer import EpochRecord, GreenTrainer
+    from gt_core.training_types import EpochRecord, TrainerView
 
 TrainStatus = Literal["completed", "failed", "interrupted"]
 
@@ -20,16 +21,19 @@ TrainStatus = Literal["completed", "failed", "interrupted"]
 class TrainerCallback:
     """Override any subset; every method is a no-op by default. Exceptions propagate."""
 
-    def on_train_start(self, trainer: "GreenTrainer") -> None:
+    def on_train_start(self, trainer: "TrainerView") -> None:
         """Before the first epoch this process runs (after a resume, the first remaining one)."""
 
-    def on_epoch_start(self, trainer: "GreenTrainer", epoch: int, reading: "RhoReading | None") -> None:
+    def on_epoch_start(self, trainer: "TrainerView", epoch: int, reading: "RhoReading | None") -> None:
         """After the epoch's first selection, before its first optimizer step. ``reading`` is
         the ρ answer that selection used; None for fixed-mask schemes and for an epoch resumed
         mid-way without a new selection."""
 
-    def on_epoch_end(self, trainer: "GreenTrainer", record: "EpochRecord") -> None:
+    def on_selection(self, trainer: "TrainerView", selection: "GreenSelection") -> None:
+        """After each green selection set ``requires_grad`` (epoch start, and every re-selection)."""
+
+    def on_epoch_end(self, trainer: "TrainerView", record: "EpochRecord") -> None:
         """After the epoch's record was written to metrics.jsonl."""
 
-    def on_train_end(self, trainer: "GreenTrainer", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
+    def on_train_end(self, trainer: "TrainerView", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
         """Once per :meth:`GreenTrainer.train` call: completed, interrupted (signal) or failed (exception)."""

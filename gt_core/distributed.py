@@ -27,7 +27,6 @@ ranks stop after the same step. Timings of the distributed part of each selectio
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -43,17 +42,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from gt_core.callbacks import TrainerCallback
 from gt_core.data import IGNORE_INDEX, collate_batch
-from gt_core.importance import (
-    METRICS,
-    _Restore,
-    normalise,
-    parameters_by_name,
-    score_tensors,
-    unreachable_tensors,
-)
-from gt_core.rho import RhoReading
-from gt_core.trainer import GreenTrainer, TrainConfig, _encoder_decoder
+from gt_core.green_selector import GreenSelection, ImportanceBatches, SelectionHooks
+from gt_core.rho_daemon import is_daemon_reporter
+from gt_core.trainer import GreenTrainer, TrainConfig
 
 
 # ----------------------------------------------------------------------------- process group
@@ -150,62 +143,6 @@ def loss_items(batch: Mapping[str, torch.Tensor], encoder_decoder: bool) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-# ----------------------------------------------------------------------------- importance
-
-
-def distributed_importance(
-    model: torch.nn.Module,
-    names: Sequence[str],
-    local_batches: Sequence[tuple[Mapping[str, torch.Tensor], float]],
-    n_batches: int,
-    optimizer: torch.optim.Optimizer,
-    *,
-    metric: str = "dw_grad",
-    profile: Any = None,
-    rho: float | None = None,
-    timings: dict[str, float] | None = None,
-) -> np.ndarray:
-    """:func:`gt_core.importance.compute_importance` with gradients summed over all ranks.
-
-    ``local_batches`` are this rank's (batch, weight) pieces; the weighted gradients, all-reduced
-    and divided by ``n_batches``, must equal the mean gradient over the global importance batches
-    (weight = this piece's loss tokens / its global batch's loss tokens). Side-effect free like
-    the single-process version; every rank returns the same array.
-    """
-    if metric not in METRICS:
-        raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
-    params = parameters_by_name(model, names)
-    excluded = unreachable_tensors(profile, rho) if profile is not None and rho is not None else np.zeros(len(names), bool)
-    importance = np.full(len(names), -np.inf)
-    live = [i for i in range(len(names)) if not excluded[i]]
-    if not live:
-        return importance
-    live_params = [params[i] for i in live]
-    with _Restore(model), torch.no_grad():
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in live_params:
-            p.requires_grad_(True)
-        sums = [torch.zeros_like(p, dtype=torch.float32) for p in live_params]
-        with torch.enable_grad():
-            for batch, weight in local_batches:
-                loss = model(**batch).loss * weight
-                grads = torch.autograd.grad(loss, live_params, allow_unused=True)
-                for total, g in zip(sums, grads):
-                    if g is not None:
-                        total.add_(g.float())
-        flat = torch.cat([s.reshape(-1) for s in sums]) / max(1, n_batches)
-        start = time.perf_counter()
-        dist.all_reduce(flat)
-        if timings is not None:
-            timings["allreduce_s"] = time.perf_counter() - start
-        grads = torch.split(flat, [p.numel() for p in live_params])
-        grads = [g.view_as(p) for g, p in zip(grads, live_params)]
-        score_tensors(importance, live, live_params, grads, names, optimizer, metric)
-    return normalise(importance)
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -222,10 +159,6 @@ class _NullLog:
         pass
 
 
-def _is_daemon_source(callback: Any) -> bool:
-    return hasattr(callback, "job_id") and hasattr(callback, "client") and hasattr(callback, "_register")
-
-
 def share_daemon_job(callbacks: Sequence[Any]) -> list[Any]:
     """Set up daemon ρ sources (:class:`~gt_core.rho_daemon.DaemonRhoSource`) among
     ``callbacks`` for a multi-process job; returns the callbacks this process keeps.
@@ -234,7 +167,7 @@ def share_daemon_job(callbacks: Sequence[Any]) -> list[Any]:
     rank and the node's process ids in ``job.start`` (the daemon gives the job the GPU energy
     NVML lists for any of them); ρ itself is only ever asked on rank 0. A collective: every rank
     calls it with the same kinds of callbacks."""
-    daemons = [cb for cb in callbacks if _is_daemon_source(cb)]
+    daemons = [cb for cb in callbacks if is_daemon_reporter(cb)]
     if not daemons:
         return list(callbacks)
     ids = broadcast_object([cb.job_id for cb in daemons])
@@ -243,7 +176,7 @@ def share_daemon_job(callbacks: Sequence[Any]) -> list[Any]:
         cb.job_id = job_id
         cb.job_fields.update(job_identity(), pids=pids)
     if dist_env().local_rank != 0:
-        return [cb for cb in callbacks if not _is_daemon_source(cb)]
+        return [cb for cb in callbacks if not is_daemon_reporter(cb)]
     return list(callbacks)
 
 
@@ -283,7 +216,8 @@ class DistributedGreenTrainer(GreenTrainer):
     """:class:`GreenTrainer` in one process of a data-parallel group (see the module text).
 
     Needs an initialised process group (:func:`init_distributed`). ``config.batch_size`` is the
-    global batch and must be a multiple of the world size.
+    global batch and must be a multiple of the world size. Selection is the single-process
+    pipeline with hooks: gradients all-reduced, ρ and the mask broadcast from rank 0.
     """
 
     def __init__(
@@ -307,32 +241,46 @@ class DistributedGreenTrainer(GreenTrainer):
         self.per_rank_batch = config.batch_size // self.world_size
         if self.rank != 0:
             config = replace(config, progress=False, save_final=False)
-        self.encoder_decoder = _encoder_decoder(model)
-        super().__init__(model, tokenizer, train_examples, val_examples, config, rho_source, callbacks)
         backend = dist.get_backend()
         self.device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
-        self.model.to(self.device)
-        if self.rank != 0:
-            self.metrics = _NullLog()
-        self._setup_daemon_callbacks()
         self.ddp: DistributedDataParallel | None = None
         self._ddp_mask: np.ndarray | None = None
         self._ddp_builds = 0
         self._pending_signal: int | None = None
         self.overhead: list[dict[str, Any]] = []
         self._timing: dict[str, float] = {}
+        hooks = SelectionHooks(reduce=self._all_reduce, broadcast=self._broadcast, leader=self.rank == 0)
+        super().__init__(
+            model, tokenizer, train_examples, val_examples, config, rho_source,
+            [*callbacks, _SelectionOverheadLog()], selection_hooks=hooks,
+        )
+        self.model.to(self.device)
+        if self.rank != 0:
+            self.metrics = _NullLog()
+        self.callbacks = share_daemon_job(self.callbacks)
         if self.fixed is not None:
             self._wrap(None)
         dist.barrier()
 
-    # ------------------------------------------------------------------ setup
+    # ------------------------------------------------------------------ selection hooks
 
-    def _setup_daemon_callbacks(self) -> None:
-        self.callbacks = share_daemon_job(self.callbacks)
+    def _all_reduce(self, flat: torch.Tensor) -> None:
+        start = time.perf_counter()
+        dist.all_reduce(flat)
+        self._timing["allreduce_s"] = time.perf_counter() - start
+
+    def _broadcast(self, obj: Any) -> Any:
+        start = time.perf_counter()
+        result = broadcast_object(obj)
+        # ρ is broadcast before importance, the mask after its all-reduce.
+        key = "broadcast_mask_s" if "allreduce_s" in self._timing else "broadcast_rho_s"
+        self._timing[key] = time.perf_counter() - start
+        return result
 
     def _wrap(self, mask: np.ndarray | None) -> None:
         """(Re)build the DDP wrapper over the parameters that require grad now."""
         if self.ddp is not None and mask is not None and self._ddp_mask is not None and np.array_equal(mask, self._ddp_mask):
+            self._timing["rebuilt"] = False
             return
         start = time.perf_counter()
         self.ddp = None  # the old reducer drops its autograd hooks when collected
@@ -346,6 +294,10 @@ class DistributedGreenTrainer(GreenTrainer):
         self._ddp_builds += 1
         self._ddp_mask = None if mask is None else mask.copy()
         self._timing["rebuild_s"] = time.perf_counter() - start
+        self._timing["rebuilt"] = True
+
+    def trainable_changed(self, mask: np.ndarray) -> None:
+        self._wrap(mask)
 
     # ------------------------------------------------------------------ data
 
@@ -355,75 +307,28 @@ class DistributedGreenTrainer(GreenTrainer):
         generator.manual_seed(self.config.seed + epoch)
         return RankBatches(self.train_set, self.config.batch_size, generator, self.rank, self.world_size, self.pad_id)
 
-    def _local_importance_batches(self) -> tuple[list[tuple[dict[str, torch.Tensor], float]], int]:
+    def importance_input(self, global_step: int) -> ImportanceBatches:
         """This rank's rows of the global importance batches, each weighted by its share of its
-        batch's loss tokens; and the number of global batches."""
-        pieces = []
-        batches = self.importance_batches(self.state.global_step)
+        batch's loss tokens; divided by the number of global batches."""
+        pieces, weights = [], []
+        batches = self.importance_batches(global_step)
         for batch in batches:
             total = loss_items(batch, self.encoder_decoder)
             rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
             if rows.numel() == 0 or total == 0:
                 continue
             piece = {key: value[rows].to(self.device) for key, value in batch.items()}
-            pieces.append((piece, loss_items(piece, self.encoder_decoder) / total))
-        return pieces, len(batches)
-
-    # ------------------------------------------------------------------ selection
-
-    def _ask_rho(self, epoch: int) -> RhoReading:
-        reading = super()._ask_rho(epoch) if self.rank == 0 else None
-        start = time.perf_counter()
-        reading = broadcast_object(reading)
-        self._timing["broadcast_rho_s"] = time.perf_counter() - start
-        return reading
-
-    def _importance(self, rho: float) -> np.ndarray:
-        cfg, prof = self.config, self.profile
-        pieces, n_batches = self._local_importance_batches()
-        return distributed_importance(
-            self.model, prof.names, pieces, n_batches, self.optimizer, metric=cfg.importance_metric, profile=prof, rho=rho, timings=self._timing,
-        )
-
-    def _choose(self, importance: np.ndarray, rho: float) -> np.ndarray:
-        start = time.perf_counter()
-        mask = super()._choose(importance, rho) if self.rank == 0 else None
-        self._timing["dp_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        mask = np.asarray(broadcast_object(mask), dtype=bool)
-        self._timing["broadcast_mask_s"] = time.perf_counter() - start
-        return mask
-
-    def _select(self, epoch: int, reading: RhoReading, tally: Any) -> None:
-        start = time.perf_counter()
-        super()._select(epoch, reading, tally)
-        total = time.perf_counter() - start
-        entry = {
-            "epoch": epoch, "global_step": self.state.global_step, "rank": self.rank, "world_size": self.world_size,
-            "selection_s": total, "rebuilt": self._timing.pop("rebuilt", False), **self._timing,
-        }
-        self._timing = {}
-        self.overhead.append(entry)
-        if self.rank == 0:
-            path = Path(self.output_dir) / "distributed.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
-
-    def _apply(self, mask: np.ndarray, rho: float | None) -> None:
-        super()._apply(mask, rho)
-        builds = self._ddp_builds
-        self._timing.pop("rebuild_s", None)
-        self._wrap(mask)
-        self._timing["rebuilt"] = self._ddp_builds != builds
+            pieces.append(piece)
+            weights.append(loss_items(piece, self.encoder_decoder) / total)
+        return ImportanceBatches(pieces, weights, len(batches))
 
     # ------------------------------------------------------------------ steps
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Promoted to _stop_signal only when all ranks have heard of it (end of _train_step).
+    def request_stop(self, signum: int) -> None:
+        # Promoted to stop_signal only when all ranks have heard of it (end of train_step).
         self._pending_signal = signum
 
-    def _train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
+    def train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
         ddp = self.ddp
         ddp.train()
         local = [loss_items(b, self.encoder_decoder) for b in group]
@@ -444,9 +349,9 @@ class DistributedGreenTrainer(GreenTrainer):
             loss_total += float(loss.detach()) / self.world_size
         stats = torch.tensor([loss_total, 0.0 if self._pending_signal is None else 1.0], dtype=torch.float64)
         dist.all_reduce(stats)
-        self._apply_update()
-        if stats[1] > 0 and self._stop_signal is None:  # some rank was signalled: all stop after this step
-            self._stop_signal = self._pending_signal or signal.SIGTERM
+        self.apply_update()
+        if stats[1] > 0 and self.stop_signal is None:  # some rank was signalled: all stop after this step
+            self.stop_signal = self._pending_signal or signal.SIGTERM
         return float(stats[0])
 
     # ------------------------------------------------------------------ output
@@ -456,19 +361,31 @@ class DistributedGreenTrainer(GreenTrainer):
             return super().checkpoint()
         return self.output_dir / "checkpoint"
 
-    def _train_epoch(self, epoch: int) -> bool:
-        if self.rank == 0:
-            return super()._train_epoch(epoch)
-        with contextlib.redirect_stdout(io.StringIO()):  # the epoch summary line is rank 0's
-            return super()._train_epoch(epoch)
-
     def train(self) -> list:
         records = super().train()
         dist.barrier()  # rank 0 has written the final model when any rank returns
         return records
 
+    def record_overhead(self, selection: GreenSelection) -> None:
+        """Keep the distributed timings of ``selection``; rank 0 appends them to distributed.jsonl."""
+        timing, self._timing = self._timing, {}
+        entry = {
+            "epoch": selection.epoch, "global_step": selection.global_step, "rank": self.rank,
+            "world_size": self.world_size, "selection_s": selection.importance_s + selection.dp_s,
+            "rebuilt": timing.pop("rebuilt", False), "dp_s": selection.dp_s, **timing,
+        }
+        self.overhead.append(entry)
+        if self.rank == 0:
+            path = Path(self.output_dir) / "distributed.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
 
-if __name__ == "__main__":  # torchrun --nproc_per_node 2 -m gt_core.distributed train ...
-    from gt_core.cli import main
 
-    main()
+class _SelectionOverheadLog(TrainerCallback):
+    """Hands each selection to :meth:`DistributedGreenTrainer.record_overhead`."""
+
+    def on_selection(self, trainer: Any, selection: GreenSelection) -> None:
+        trainer.record_overhead(selection)
+
+

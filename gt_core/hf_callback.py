@@ -79,18 +79,16 @@ import math
 import time
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
-from gt_core import schemes
-from gt_core.distributed import _is_daemon_source, broadcast_object, share_daemon_job
-from gt_core.importance import compute_importance
+from gt_core.distributed import broadcast_object, share_daemon_job
+from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
 from gt_core.profiler import TensorProfile, profile_model
-from gt_core.rho import ConstantRho, RhoReading, RhoSource
-from gt_core.selector import select_tensors
+from gt_core.rho import ConstantRho, RhoSource
+from gt_core.rho_daemon import is_daemon_reporter
 
 
 class GreenTrainerCallback(TrainerCallback):
@@ -119,7 +117,9 @@ class GreenTrainerCallback(TrainerCallback):
         self.seed = int(seed)
         self.trainer: Any = None
         self.profile: TensorProfile | None = None
+        self.selector: GreenSelector | None = None
         self.min_rho: float | None = None
+        self._user_trainable: dict[str, bool] = {}  # requires_grad before training, restored at its end
         self.history: list[dict[str, Any]] = []
         self.reporter: Any = None  # the ρ source, when it reports to a daemon from this process
         self._ended: Any = None  # the reporter that sent job.end "completed" in the current train() call
@@ -187,13 +187,6 @@ class GreenTrainerCallback(TrainerCallback):
             batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
         return batches
 
-    def _fallback(self, importance: np.ndarray, rho: float) -> np.ndarray:
-        costs = self.profile.single_tensor_costs()
-        candidates = np.where((costs <= rho * self.profile.t_full) & np.isfinite(importance), importance, -np.inf)
-        mask = np.zeros(len(self.profile), dtype=bool)
-        mask[int(np.argmax(candidates)) if np.isfinite(candidates).any() else int(np.argmin(costs))] = True
-        return mask
-
     def _ddp_settings(self, args: Any, model: Any) -> tuple[bool, bool] | None:
         """``(find_unused_parameters, static_graph)`` of the Trainer's DDP wrapper: read from it when
         attached, else derived from ``args`` as the Trainer does; None when the Trainer does not use DDP."""
@@ -225,7 +218,7 @@ class GreenTrainerCallback(TrainerCallback):
         """The ρ source when this process reports the job to a daemon, else None. Under a process
         group every rank must call this (rank 0's job id is broadcast)."""
         source = self.rho_source
-        if not (_is_daemon_source(source) and all(callable(getattr(source, m, None)) for m in _REPORTING)):
+        if not is_daemon_reporter(source):
             return None
         if _world_size() > 1 and not share_daemon_job([source]):
             return None  # not local rank 0: another process reports for this node
@@ -270,7 +263,11 @@ class GreenTrainerCallback(TrainerCallback):
         if _world_size() > 1:
             self._check_ddp(args, model)
         self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
-        self.min_rho = self.profile.min_feasible_rho()
+        self.selector = GreenSelector(
+            self.profile, self.rho_source, importance_metric=self.importance_metric, resolution=self.resolution
+        )
+        self.min_rho = self.selector.min_rho
+        self._user_trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         self._epoch, self._pending, self._waiting = None, None, set()
         self.reporter = self._setup_reporting()
         if self.reporter is not None:
@@ -278,53 +275,38 @@ class GreenTrainerCallback(TrainerCallback):
         return control
 
     def _choose(self, epoch: int, state: Any, args: Any, model: Any, optimizer: Any,
-                train_dataloader: Any) -> tuple[RhoReading, np.ndarray, float, float]:
-        """This epoch's ρ reading, mask, importance seconds and DP seconds."""
-        prof = self.profile
-        reading = self.rho_source.rho_for(epoch, state.global_step)
-        if reading.rho < self.min_rho:
-            reading = RhoReading(self.min_rho, reading.source, {**reading.detail, "clamped_from": reading.rho})
-        start = time.perf_counter()
+                train_dataloader: Any) -> GreenSelection:
+        """This epoch's selection (on rank 0 under a process group)."""
+        selector = self.selector
+        reading = selector.ask(epoch, state.global_step)
         batches = self._batches(train_dataloader, args.per_device_train_batch_size, state.global_step, args.device)
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        importance = compute_importance(
-            model, prof.names, batches, inner, metric=self.importance_metric, profile=prof, rho=reading.rho
-        )
-        importance_s = time.perf_counter() - start
-        start = time.perf_counter()
-        mask = np.asarray(select_tensors(prof, importance, reading.rho, resolution=self.resolution).mask, dtype=bool)
-        if not mask.any():
-            mask = self._fallback(importance, reading.rho)
-        return reading, mask, importance_s, time.perf_counter() - start
+        return selector.choose(model, optimizer, ImportanceBatches(batches), reading, epoch=epoch, global_step=state.global_step)
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        train_dataloader: Any = None, **kwargs: Any):
         self._flush(state)  # the previous epoch, if its report still waited for a log/evaluation
         started = time.perf_counter()
-        prof = self.profile
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
-        reading, mask, importance_s, dp_s = _on_rank0(
-            lambda: self._choose(epoch, state, args, model, optimizer, train_dataloader)
-        )
-        selected = [n for n, m in zip(prof.names, mask) if m]
-        schemes.set_trainable(model, selected)
-        flops = schemes.mask_flops(prof, mask)
+        selection = _on_rank0(lambda: self._choose(epoch, state, args, model, optimizer, train_dataloader))
+        self.selector.apply(model, selection)
         values = {
-            "gt_rho": reading.rho,
-            "gt_rho_effective": flops.total / prof.t_full,
-            "gt_tensors_selected": float(len(selected)),
-            "gt_flops_per_step": flops.total,
-            "gt_flops_full_per_step": prof.t_full,
-            "gt_importance_s": importance_s,
-            "gt_dp_s": dp_s,
+            "gt_rho": selection.rho,
+            "gt_rho_effective": selection.rho_effective,
+            "gt_tensors_selected": float(len(selection.names)),
+            "gt_flops_per_step": selection.flops.total,
+            "gt_flops_full_per_step": self.profile.t_full,
+            "gt_importance_s": selection.importance_s,
+            "gt_dp_s": selection.dp_s,
         }
-        entry = {"epoch": epoch, "global_step": state.global_step, "source": reading.source, "selected": selected, **values}
+        entry = {"epoch": epoch, "global_step": state.global_step, "source": selection.rho_source,
+                 "selected": list(selection.names), "fallback": selection.fallback,
+                 "rho_clamped_from": selection.clamped_from, **values}
         self.history.append(entry)
-        self._epoch = {"entry": entry, "flops": flops, "started": started, "step_start": state.global_step,
+        self._epoch = {"entry": entry, "flops": selection.flops, "started": started, "step_start": state.global_step,
                        "log_start": len(state.log_history), "micro_batches": 0, "steps": 0,
-                       "param_share": float(prof.param_counts[mask].sum() / prof.param_counts.sum())}
+                       "param_share": selection.param_share}
         if self.reporter is not None:  # rank 0's source opened the epoch when asked for ρ; other nodes' here
-            self.reporter.open_epoch(epoch, reading.rho, min(1.0, values["gt_rho_effective"]))
+            self.reporter.open_epoch(epoch, selection.rho, min(1.0, values["gt_rho_effective"]))
         self._log(state, values)
         return control
 
@@ -372,16 +354,17 @@ class GreenTrainerCallback(TrainerCallback):
                 self._flush(state)
         return control
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any):
         self._flush(state)
+        if model is not None and self._user_trainable:  # leave the model as the user gave it
+            for name, p in model.named_parameters():
+                if name in self._user_trainable:
+                    p.requires_grad_(self._user_trainable[name])
         reporter, self.reporter = self.reporter, None  # job.end once per train() call
         if reporter is not None:
             reporter.end_job("completed")
             self._ended = reporter  # train() may still raise after this (a pruned trial)
         return control
-
-
-_REPORTING = ("start_job", "open_epoch", "report_epoch", "end_job")
 
 
 def _epoch_losses(entries: list[dict[str, Any]], step_start: int) -> tuple[float | None, float | None]:

@@ -12,7 +12,7 @@ same afterwards (gradients come from ``torch.autograd.grad``, never ``.backward(
 from __future__ import annotations
 
 import random
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,12 +23,15 @@ Metric = Literal["dw_grad", "dw", "grad"]
 METRICS: tuple[str, ...] = ("dw_grad", "dw", "grad")
 
 
-def adam_update(param: torch.Tensor, grad: torch.Tensor, state: Mapping, group: Mapping) -> torch.Tensor:
+def adam_update(
+    param: torch.Tensor, grad: torch.Tensor, state: Mapping, group: Mapping, decoupled: bool | None = None
+) -> torch.Tensor:
     """The change ``w_new - w`` one ``torch.optim.Adam``/``AdamW`` step would apply to ``param``.
 
     Mirrors the single-tensor implementation: moments updated with ``grad``, bias-corrected with the
     step count the step would reach, the group's current lr, and weight decay either decoupled
-    (AdamW: ``w ← w·(1 - lr·wd)``) or added to the gradient (Adam).
+    (AdamW: ``w ← w·(1 - lr·wd)``) or added to the gradient (Adam). ``decoupled`` defaults to the
+    group's ``decoupled_weight_decay`` key (absent, i.e. False, in torch versions that lack it).
     """
     if group.get("maximize", False):
         grad = -grad
@@ -36,7 +39,8 @@ def adam_update(param: torch.Tensor, grad: torch.Tensor, state: Mapping, group: 
     lr = float(group["lr"])
     eps = float(group["eps"])
     weight_decay = float(group["weight_decay"])
-    decoupled = bool(group.get("decoupled_weight_decay", False))
+    if decoupled is None:
+        decoupled = bool(group.get("decoupled_weight_decay", False))
     p = param.detach().float()
     g = grad.detach().float()
     if weight_decay and not decoupled:
@@ -124,22 +128,29 @@ class _Restore:
         random.setstate(self.python_rng)
 
 
-def average_gradients(
-    model: torch.nn.Module, params: Sequence[torch.nn.Parameter], batches: Iterable[Mapping[str, torch.Tensor]]
-) -> list[torch.Tensor]:
-    """Mean of ∂loss/∂p over ``batches`` (``model(**batch).loss``), without touching ``p.grad``."""
+def summed_gradients(
+    model: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    loss_weights: Sequence[float] | None = None,
+) -> tuple[list[torch.Tensor], int]:
+    """Σ_b weight_b·∂loss_b/∂p over ``batches`` (fp32), without touching ``p.grad``; and the batch count.
+
+    ``loss_weights`` defaults to 1 per batch. Batches are moved to the device of the first
+    parameter, so importance runs where the model lives."""
+    device = params[0].device if params else torch.device("cpu")
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     count = 0
-    for batch in batches:
-        loss = model(**batch).loss
+    for k, batch in enumerate(batches):
+        weight = 1.0 if loss_weights is None else float(loss_weights[k])
+        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+        loss = model(**batch).loss * weight
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         for total, g in zip(sums, grads):
             if g is not None:
                 total.add_(g.float())
         count += 1
-    if count == 0:
-        raise ValueError("importance needs at least one batch")
-    return [s / count for s in sums]
+    return sums, count
 
 
 def compute_importance(
@@ -151,16 +162,28 @@ def compute_importance(
     metric: Metric = "dw_grad",
     profile: TensorProfile | None = None,
     rho: float | None = None,
+    loss_weights: Sequence[float] | None = None,
+    batch_count: int | None = None,
+    reduce: Callable[[torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """Importance of each tensor in ``names`` (profile order), scaled by the largest magnitude.
 
     ``metric``: ``"dw_grad"`` is Eq. 6, ``-Σ Δw·g``; ``"dw"`` is ``Σ|Δw|``; ``"grad"`` is ``Σ|g|``.
     With ``profile`` and ``rho``, tensors that can never fit the budget (Eq. 8) are frozen for the
     backward (so it stops early and uses less memory) and get ``-inf``.
-    ``optimizer`` must be Adam or AdamW holding every named parameter.
+    ``optimizer`` must be Adam or AdamW holding every named parameter (any optimizer for ``"grad"``).
+
+    The gradient is the mean over batches: Σ weight·grad / ``batch_count`` (default: the number
+    of batches). Several processes pass their own share of the batches, each weighted by its
+    share of the loss, the global ``batch_count``, and ``reduce`` (an in-place sum over
+    processes, e.g. ``dist.all_reduce``), so every process returns the same array.
+    Non-finite gradients (fp16 overflow) give non-finite scores for their tensors; the caller
+    decides what to do with them (:class:`gt_core.green_selector.GreenSelector` skips them).
     """
     if metric not in METRICS:
         raise ValueError(f"unknown importance metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric != "grad":
+        check_adam(optimizer)
     params = parameters_by_name(model, names)
     excluded = np.zeros(len(names), dtype=bool)
     if profile is not None and rho is not None:
@@ -172,16 +195,44 @@ def compute_importance(
     live = [i for i in range(len(names)) if not excluded[i]]
     if not live:
         return importance
+    live_params = [params[i] for i in live]
     with _Restore(model), torch.no_grad():
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        for i in live:
-            params[i].requires_grad_(True)
+        for p in live_params:
+            p.requires_grad_(True)
         with torch.enable_grad():
-            grads = average_gradients(model, [params[i] for i in live], batches)
-        score_tensors(importance, live, [params[i] for i in live], grads, names, optimizer, metric)
+            sums, seen = summed_gradients(model, live_params, batches, loss_weights)
+        count = seen if batch_count is None else int(batch_count)
+        if count <= 0:
+            raise ValueError("importance needs at least one batch")
+        if reduce is not None:
+            flat = torch.cat([s.reshape(-1) for s in sums])
+            reduce(flat)
+            sums = [g.view_as(s) for g, s in zip(torch.split(flat, [s.numel() for s in sums]), sums)]
+        grads = [s / count for s in sums]
+        score_tensors(importance, live, live_params, grads, names, optimizer, metric)
     return normalise(importance)
+
+
+def check_adam(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError unless ``optimizer`` is (or wraps, as accelerate does) torch's Adam or AdamW:
+    Eq. 6 needs the update the optimizer would make, which is modelled for those two only."""
+    inner = unwrap_optimizer(optimizer)
+    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        raise ValueError(
+            f"importance metric needs torch.optim.Adam or AdamW, got {type(inner).__name__}; "
+            "use importance_metric='grad' or an Adam/AdamW optimizer"
+        )
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a wrapper (accelerate's AcceleratedOptimizer keeps it as ``.optimizer``)."""
+    # AcceleratedOptimizer is itself an Optimizer subclass: unwrap by the attribute, not the type.
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 def score_tensors(
@@ -194,14 +245,19 @@ def score_tensors(
     metric: Metric,
 ) -> None:
     """Write each tensor's unscaled score (``metric``) into ``importance[indices]``."""
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    inner = unwrap_optimizer(optimizer)
+    # AdamW by type: torch versions before the group key existed decay it decoupled all the same.
+    decoupled_type = isinstance(inner, torch.optim.AdamW)
+    group_of = {id(p): group for group in inner.param_groups for p in group["params"]}
     for i, p, g in zip(indices, params, grads):
         if id(p) not in group_of:
             raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
         if metric == "grad":
             value = g.abs().sum()
         else:
-            delta = adam_update(p, g, optimizer.state.get(p, {}), group_of[id(p)])
+            group = group_of[id(p)]
+            decoupled = decoupled_type or bool(group.get("decoupled_weight_decay", False))
+            delta = adam_update(p, g, inner.state.get(p, {}), group, decoupled=decoupled)
             value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
         importance[i] = float(value)
 

@@ -40,7 +40,7 @@ from gt_core.rho import RhoReading, check_rho
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from gt_core.trainer import EpochRecord, GreenTrainer
+    from gt_core.training_types import EpochRecord, TrainerView
 
 log = logging.getLogger("gt_core.rho_daemon")
 
@@ -56,6 +56,19 @@ def devices_from_env(env: dict[str, str] | None = None) -> list[str]:
     if value is None:
         return []
     return [e.strip() for e in value.split(",") if e.strip()]
+
+
+_REPORTING_METHODS = ("start_job", "open_epoch", "report_epoch", "end_job")
+
+
+def is_daemon_reporter(obj: Any) -> bool:
+    """True for a ρ source or callback that reports a job to a daemon: a :class:`DaemonRhoSource`
+    or anything with its ``job_id``, ``job_fields`` and ``start_job``/``open_epoch``/
+    ``report_epoch``/``end_job`` methods."""
+    return (
+        hasattr(obj, "job_id") and isinstance(getattr(obj, "job_fields", None), dict)
+        and all(callable(getattr(obj, name, None)) for name in _REPORTING_METHODS)
+    )
 
 
 def _clamp_fraction(value: float | None) -> float | None:
@@ -269,18 +282,15 @@ class DaemonRhoSource(TrainerCallback):
 
     # -- TrainerCallback -----------------------------------------------------------------------
 
-    def on_train_start(self, trainer: "GreenTrainer") -> None:
+    def on_train_start(self, trainer: "TrainerView") -> None:
         self.start_job()
 
-    def on_epoch_start(self, trainer: "GreenTrainer", epoch: int, reading: RhoReading | None) -> None:
-        current = getattr(trainer, "_current", None)
-        rho_effective = None
-        if current is not None:
-            rho_effective = _clamp_fraction(current.flops.total / trainer.profile.t_full)
+    def on_epoch_start(self, trainer: "TrainerView", epoch: int, reading: RhoReading | None) -> None:
+        rho_effective = _clamp_fraction(trainer.rho_effective)
         rho_asked = reading.rho if reading is not None else (rho_effective or 1.0)
         self.open_epoch(epoch, rho_asked, rho_effective)
 
-    def on_epoch_end(self, trainer: "GreenTrainer", record: "EpochRecord") -> None:
+    def on_epoch_end(self, trainer: "TrainerView", record: "EpochRecord") -> None:
         self.report_epoch(
             record.epoch, rho_asked=record.rho_asked, rho_effective=record.rho_effective,
             flops_forward=record.flops_forward, flops_backward=record.flops_backward, flops_full=record.flops_full,
@@ -288,7 +298,7 @@ class DaemonRhoSource(TrainerCallback):
             **{name: getattr(record, name) for name in _EXTRA_FIELDS},
         )
 
-    def on_train_end(self, trainer: "GreenTrainer", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
+    def on_train_end(self, trainer: "TrainerView", records: "Sequence[EpochRecord]", status: TrainStatus) -> None:
         self.end_job(status)
 
     def __repr__(self) -> str:

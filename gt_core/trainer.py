@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +22,14 @@ from gt_core import schemes
 from gt_core.callbacks import TrainerCallback, TrainStatus
 from gt_core.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from gt_core.data import Example, SummarizationDataset, collate_batch, make_loader
-from gt_core.importance import compute_importance
+from gt_core.green_selector import (
+    GreenSelection, GreenSelector, ImportanceBatches, SelectionHooks, selection_from_names,
+)
 from gt_core.metrics_log import MetricsLog
+from gt_core.model_traits import is_encoder_decoder, pad_token_id
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoReading, RhoSource, check_rho
-from gt_core.selector import InfeasibleBudgetError, select_tensors
+from gt_core.training_types import EpochRecord, TrainedTensors
 
 _IMPORTANCE_SEED_OFFSET = 0x5EED
 
@@ -84,38 +87,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 
-@dataclass
-class EpochRecord:
-    """One epoch's log line. FLOPs are totals over the epoch's optimizer steps at the profiled shape."""
-
-    epoch: int
-    scheme: str
-    rho_asked: float | None
-    rho_effective: float
-    tensors_selected: int
-    param_share_selected: float
-    flops_forward: float
-    flops_backward: float
-    flops_full: float
-    wall_s: float
-    importance_s: float
-    dp_s: float
-    train_loss: float
-    val_loss: float | None
-    steps: int
-    selections: int
-    rho_source: str | None = None
-
-
 class TrainingInterrupted(Exception):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
-
-
-@dataclass
-class _Selected:
-    mask: np.ndarray
-    flops: schemes.StepFLOPs
-    rho: float | None
 
 
 @dataclass
@@ -130,17 +103,8 @@ class _EpochTally:
     selections: int = 0
     rho_asked: float | None = None
     rho_source: str | None = None
-
-
-def _encoder_decoder(model: torch.nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
-    return int(pad)
+    rho_clamped_from: float | None = None
+    fallback: str | None = None
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> Any:
@@ -159,6 +123,11 @@ class GreenTrainer:
 
     Construction validates everything (data, scheme, ρ feasibility) and touches no file; ``train``
     writes ``output_dir/metrics.jsonl``, ``output_dir/checkpoint`` and ``output_dir/final``.
+
+    Selection (green scheme) is :class:`~gt_core.green_selector.GreenSelector`'s; a multi-process
+    subclass passes ``selection_hooks`` and may override the documented extension points
+    :meth:`epoch_loader`, :meth:`importance_input`, :meth:`train_step`, :meth:`trainable_changed`,
+    :meth:`request_stop` and :meth:`checkpoint`.
     """
 
     def __init__(
@@ -170,6 +139,7 @@ class GreenTrainer:
         config: TrainConfig,
         rho_source: RhoSource | None = None,
         callbacks: Sequence[TrainerCallback] = (),
+        selection_hooks: SelectionHooks | None = None,
     ) -> None:
         if not train_examples:
             raise ValueError("no training examples")
@@ -177,14 +147,15 @@ class GreenTrainer:
         self.tokenizer = tokenizer
         self.output_dir = Path(config.output_dir)
         self.rho_source: RhoSource = rho_source or ConstantRho(config.rho)
+        self.is_main_process = selection_hooks is None or selection_hooks.leader
         # A ρ source that is also a callback (the daemon source) hears about epochs first.
         self.callbacks: list[TrainerCallback] = list(callbacks)
         if isinstance(rho_source, TrainerCallback) and rho_source not in self.callbacks:
             self.callbacks.insert(0, rho_source)
-        encoder_decoder = _encoder_decoder(model)
-        self.pad_id = _pad_id(tokenizer)
+        self.encoder_decoder = is_encoder_decoder(model)
+        self.pad_id = pad_token_id(tokenizer)
         dataset_args = dict(
-            encoder_decoder=encoder_decoder,
+            encoder_decoder=self.encoder_decoder,
             max_input_length=config.max_input_length,
             max_target_length=config.max_target_length,
         )
@@ -193,14 +164,18 @@ class GreenTrainer:
 
         # Profile at the longest training sequence: every scheme is priced at the same shape.
         source_len = max(len(f["input_ids"]) for f in self.train_set.features)
-        target_len = max(len(f["labels"]) for f in self.train_set.features) if encoder_decoder else None
+        target_len = max(len(f["labels"]) for f in self.train_set.features) if self.encoder_decoder else None
         self.shape = {"batch_size": config.batch_size, "source_len": source_len, "target_len": target_len}
         self.profile: TensorProfile = profile_model(
             model, batch_size=config.batch_size, seq_len=source_len, target_len=target_len
         )
-        self.min_rho = self.profile.min_feasible_rho() if config.scheme == "green" else None
+        self.selector: GreenSelector | None = None
         if config.scheme == "green":
-            self._check_rho_source()
+            self.selector = GreenSelector(
+                self.profile, self.rho_source, importance_metric=config.importance_metric,
+                resolution=config.resolution, hooks=selection_hooks,
+            )
+            self.selector.check_rho_values(_known_rho_values(self.rho_source))
         self.total_params = int(self.profile.param_counts.sum())
         self.model, self.fixed = self._prepare_scheme(model)
 
@@ -214,23 +189,23 @@ class GreenTrainer:
         self.state = TrainerState()
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
         self.interrupted = False
-        self._stop_signal: int | None = None
-        self._current: _Selected | None = None
+        self.stop_signal: int | None = None
+        self.trained: TrainedTensors | None = None  # what trains now
+        self.selection: GreenSelection | None = None  # the last green selection
+
+    @property
+    def min_rho(self) -> float | None:
+        """Smallest ρ that pays for one tensor (green scheme; None for fixed-mask schemes)."""
+        return None if self.selector is None else self.selector.min_rho
+
+    @property
+    def rho_effective(self) -> float | None:
+        """FLOPs of one step of what trains now over full fine-tuning's (None before the first)."""
+        return None if self.trained is None else self.trained.flops.total / self.profile.t_full
 
     # ------------------------------------------------------------------ setup
 
-    def _check_rho_source(self) -> None:
-        """Fail before training when a ρ known in advance is out of reach for this model."""
-        values: list[float] = []
-        if isinstance(self.rho_source, ConstantRho):
-            values = [self.rho_source.rho]
-        elif hasattr(self.rho_source, "values"):
-            values = list(getattr(self.rho_source, "values"))
-        for rho in values:
-            if rho < self.min_rho:
-                raise InfeasibleBudgetError(rho, self.min_rho)
-
-    def _prepare_scheme(self, model: torch.nn.Module) -> tuple[torch.nn.Module, _Selected | None]:
+    def _prepare_scheme(self, model: torch.nn.Module) -> tuple[torch.nn.Module, TrainedTensors | None]:
         """Wrap or mask the model for the scheme; return it with the fixed mask/FLOPs (None for green)."""
         cfg, prof, shape = self.config, self.profile, self.shape
         if cfg.scheme == "green":
@@ -238,20 +213,21 @@ class GreenTrainer:
         if cfg.scheme == "full":
             mask = np.ones(len(prof), dtype=bool)
             schemes.set_trainable(model, prof.names)
-            return model, _Selected(mask, schemes.full_flops(prof), None)
+            return model, TrainedTensors(mask, schemes.full_flops(prof), None)
         if cfg.scheme == "topk":
             mask = schemes.topk_mask(prof, cfg.topk, model)
             schemes.set_trainable(model, [n for n, m in zip(prof.names, mask) if m])
-            return model, _Selected(mask, schemes.mask_flops(prof, mask), None)
+            return model, TrainedTensors(mask, schemes.mask_flops(prof, mask), None)
+        none = np.zeros(len(prof), dtype=bool)
         if cfg.scheme == "lora":
             flops = schemes.lora_flops(prof, model, cfg.lora_r, **shape)
-            return schemes.apply_lora(model, r=cfg.lora_r), _Selected(np.zeros(len(prof), dtype=bool), flops, None)
+            return schemes.apply_lora(model, r=cfg.lora_r), TrainedTensors(none, flops, None)
         flops = schemes.prefix_flops(prof, model, cfg.prefix_tokens, **shape)
-        return schemes.apply_prefix(model, cfg.prefix_tokens), _Selected(np.zeros(len(prof), dtype=bool), flops, None)
+        return schemes.apply_prefix(model, cfg.prefix_tokens), TrainedTensors(none, flops, None)
 
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ data (extension points)
 
-    def epoch_loader(self, epoch: int) -> torch.utils.data.DataLoader:
+    def epoch_loader(self, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
         """Training batches of ``epoch``: the order depends only on (seed, epoch), so resume can skip."""
         return make_loader(
             self.train_set, self.config.batch_size, shuffle=True, seed=self.config.seed + epoch, pad_token_id=self.pad_id
@@ -266,94 +242,64 @@ class GreenTrainer:
         chunks = [order[i : i + size] for i in range(0, min(len(order), cfg.importance_batches * size), size)]
         return [collate_batch([self.train_set[i] for i in chunk], self.pad_id) for chunk in chunks]
 
-    # ------------------------------------------------------------------ selection
+    def importance_input(self, global_step: int) -> ImportanceBatches:
+        """What this process scores importance on (a data-parallel subclass gives its share)."""
+        return ImportanceBatches(self.importance_batches(global_step))
 
-    def _ask_rho(self, epoch: int) -> RhoReading:
-        reading = self.rho_source.rho_for(epoch, self.state.global_step)
-        if self.min_rho is not None and reading.rho < self.min_rho:
-            # A runtime source asked for less than one step can cost: pay the cheapest step instead.
-            # The margin keeps ρ·T_full from rounding below the cheapest step's FLOPs.
-            floor = min(1.0, self.min_rho * (1 + 1e-9))
-            reading = RhoReading(floor, reading.source, {**reading.detail, "clamped_from": reading.rho})
-        return reading
+    # ------------------------------------------------------------------ selection
 
     def _select(self, epoch: int, reading: RhoReading, tally: _EpochTally) -> None:
         """Importance → DP → requires_grad for the selected tensors (the green scheme)."""
-        prof = self.profile
         self.optimizer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        importance = self._importance(reading.rho)
-        tally.importance_s += time.perf_counter() - start
-        start = time.perf_counter()
-        mask = self._choose(importance, reading.rho)
-        tally.dp_s += time.perf_counter() - start
-        self._apply(mask, reading.rho)
-        tally.selections += 1
-        tally.rho_asked, tally.rho_source = reading.rho, reading.source
-        self.state.selections.append({
-            "epoch": epoch,
-            "global_step": self.state.global_step,
-            "rho": reading.rho,
-            "source": reading.source,
-            "rho_effective": self._current.flops.total / prof.t_full,
-            "selected": [n for n, m in zip(prof.names, mask) if m],
-        })
-
-    def _importance(self, rho: float) -> np.ndarray:
-        """Importance of every profiled tensor now (a hook: the distributed trainer all-reduces)."""
-        cfg, prof = self.config, self.profile
-        return compute_importance(
-            self.model, prof.names, self.importance_batches(self.state.global_step), self.optimizer,
-            metric=cfg.importance_metric, profile=prof, rho=rho,
+        selection = self.selector.choose(
+            self.model, self.optimizer, self.importance_input(self.state.global_step), reading,
+            epoch=epoch, global_step=self.state.global_step,
         )
+        self.selector.apply(self.model, selection)
+        self.selection = selection
+        self.trained = TrainedTensors(selection.mask, selection.flops, selection.rho)
+        self.trainable_changed(selection.mask)
+        tally.importance_s += selection.importance_s
+        tally.dp_s += selection.dp_s
+        tally.selections += 1
+        tally.rho_asked, tally.rho_source = selection.rho, selection.rho_source
+        tally.rho_clamped_from = selection.clamped_from
+        tally.fallback = selection.fallback or tally.fallback
+        self.state.selections.append(selection.summary())
+        self._notify("on_selection", selection)
 
-    def _choose(self, importance: np.ndarray, rho: float) -> np.ndarray:
-        """The DP's mask for ``importance`` under ``rho`` (a hook: the distributed trainer broadcasts rank 0's)."""
-        selection = select_tensors(self.profile, importance, rho, resolution=self.config.resolution)
-        mask = np.asarray(selection.mask, dtype=bool)
-        if not mask.any():
-            mask = self._fallback_mask(importance, rho)
-        return mask
-
-    def _fallback_mask(self, importance: np.ndarray, rho: float) -> np.ndarray:
-        """No tensor has positive importance: train the most important one that fits alone."""
-        costs = self.profile.single_tensor_costs()
-        fits = costs <= rho * self.profile.t_full
-        candidates = np.where(fits & np.isfinite(importance), importance, -np.inf)
-        mask = np.zeros(len(self.profile), dtype=bool)
-        mask[int(np.argmax(candidates)) if np.isfinite(candidates).any() else int(np.argmin(costs))] = True
-        return mask
-
-    def _apply(self, mask: np.ndarray, rho: float | None) -> None:
-        schemes.set_trainable(self.model, [n for n, m in zip(self.profile.names, mask) if m])
-        self._current = _Selected(mask, schemes.mask_flops(self.profile, mask), rho)
+    def trainable_changed(self, mask: np.ndarray) -> None:
+        """Called after a selection set ``requires_grad`` (a data-parallel subclass rebuilds its wrapper)."""
 
     def _restore_selection(self) -> None:
         last = self.state.selections[-1]
-        chosen = set(last["selected"])
-        self._apply(np.array([n in chosen for n in self.profile.names]), last["rho"])
+        mask, flops = selection_from_names(self.profile, last["selected"])
+        schemes.set_trainable(self.model, last["selected"])
+        self.trained = TrainedTensors(mask, flops, last["rho"])
+        self.trainable_changed(mask)
 
-    def _needs_selection(self, epoch: int, step_in_epoch: int, tally: _EpochTally) -> RhoReading | None:
+    def _needs_selection(self, epoch: int, step_in_epoch: int) -> RhoReading | None:
         mode = self.config.reselect
         if step_in_epoch == 0 and mode in ("epoch", "on_change"):
-            return self._ask_rho(epoch)
+            return self.selector.ask(epoch, self.state.global_step)
         if mode == "on_change":
-            reading = self._ask_rho(epoch)
-            return reading if reading.rho != self._current.rho else None
+            reading = self.selector.ask(epoch, self.state.global_step)
+            return reading if reading.rho != self.trained.rho else None
         if isinstance(mode, int) and self.state.global_step % mode == 0:
-            return self._ask_rho(epoch)
+            return self.selector.ask(epoch, self.state.global_step)
         return None
 
     # ------------------------------------------------------------------ signals
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current step with a checkpoint (the SIGTERM/SIGINT handler calls this)."""
+        self.stop_signal = signum
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                previous[sig] = signal.signal(sig, self._on_signal)
+                previous[sig] = signal.signal(sig, lambda signum, frame: self.request_stop(signum))
             except ValueError:  # not the main thread: leave signals to the caller
                 pass
         return previous
@@ -386,17 +332,18 @@ class GreenTrainer:
         if group and index >= done:
             yield group
 
-    def _train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
+    def train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
+        """Forward and backward of each micro-batch of ``group``, then one optimizer step; the mean loss."""
         self.model.train()
         loss_total = 0.0
         for batch in group:
             loss = self.model(**batch).loss / len(group)
             loss.backward()
             loss_total += float(loss.detach())
-        self._apply_update()
+        self.apply_update()
         return loss_total
 
-    def _apply_update(self) -> None:
+    def apply_update(self) -> None:
         """Clip the accumulated gradients, take one optimizer and scheduler step, clear gradients."""
         trainable = [p for p in self.params if p.grad is not None]
         if self.config.max_grad_norm and trainable:
@@ -415,12 +362,14 @@ class GreenTrainer:
         return validation_loss(self.model, loader)
 
     def _record(self, epoch: int, tally: _EpochTally, wall_s: float) -> EpochRecord:
-        prof, current = self.profile, self._current
+        prof, trained = self.profile, self.trained
         steps = max(tally.steps, 1)
         flops_full = prof.t_full * tally.micro_batches
+        selected = None
         if self.fixed is None:
-            share = float(prof.param_counts[current.mask].sum() / prof.param_counts.sum())
-            tensors = int(current.mask.sum())
+            share = float(prof.param_counts[trained.mask].sum() / prof.param_counts.sum())
+            tensors = int(trained.mask.sum())
+            selected = [n for n, m in zip(prof.names, trained.mask) if m]
         else:
             trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             share = float(trainable / self.total_params)
@@ -443,6 +392,9 @@ class GreenTrainer:
             steps=tally.steps,
             selections=tally.selections,
             rho_source=tally.rho_source,
+            selected=selected,
+            rho_clamped_from=tally.rho_clamped_from,
+            fallback=tally.fallback,
         )
 
     def train(self) -> list[EpochRecord]:
@@ -454,7 +406,7 @@ class GreenTrainer:
         cfg = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.fixed is not None:
-            self._current = self.fixed
+            self.trained = self.fixed
         previous_handlers = self._install_signal_handlers()
         self._notify("on_train_start")
         try:
@@ -490,52 +442,60 @@ class GreenTrainer:
         started = time.perf_counter() - self.state.extra.get("wall_s", 0.0)
         bar = tqdm(
             total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress, leave=False, dynamic_ncols=True,
+            disable=not (cfg.progress and self.is_main_process), leave=False, dynamic_ncols=True,
         )
         try:
             for group in self._batches(epoch):
                 reading = None
                 if self.fixed is None:
-                    reading = self._needs_selection(epoch, self.state.step_in_epoch, tally)
+                    reading = self._needs_selection(epoch, self.state.step_in_epoch)
                     if reading is not None:
                         self._select(epoch, reading, tally)
                 if not announced:
                     self._notify("on_epoch_start", epoch, reading)
                     announced = True
-                loss = self._train_step(group)
+                loss = self.train_step(group)
                 tally.loss_sum += loss
                 tally.steps += 1
                 tally.micro_batches += len(group)  # the profile prices one micro-batch
-                tally.flops_forward += self._current.flops.forward * len(group)
-                tally.flops_backward += self._current.flops.backward * len(group)
+                tally.flops_forward += self.trained.flops.forward * len(group)
+                tally.flops_backward += self.trained.flops.backward * len(group)
                 self.state.step_in_epoch += 1
                 self.state.global_step += 1
                 bar.update(1)
                 if self.state.global_step % max(1, cfg.log_every) == 0 or self.state.step_in_epoch == 1:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if self._stop_signal is not None or (
+                if self.stop_signal is not None or (
                     cfg.checkpoint_every and self.state.global_step % cfg.checkpoint_every == 0
                 ):
                     self.state.extra = {"tally": asdict(tally), "wall_s": time.perf_counter() - started}
                     self.checkpoint()
-                    if self._stop_signal is not None:
+                    if self.stop_signal is not None:
                         return False
         finally:
             bar.close()
         record = self._record(epoch, tally, time.perf_counter() - started)
         self.metrics.write(asdict(record))
         self._notify("on_epoch_end", record)
-        if cfg.print_epoch_summary:
-            tqdm.write(_format_record(record))
+        if cfg.print_epoch_summary and self.is_main_process:
+            tqdm.write(format_epoch_record(record))
         self.state.records.append(asdict(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0
         self.state.extra = {}
         self.checkpoint()
-        return self._stop_signal is None
+        return self.stop_signal is None
 
 
-def _format_record(r: EpochRecord) -> str:
+def _known_rho_values(source: RhoSource) -> list[float]:
+    """The ρ values a source will answer, when known before training (constant and schedule)."""
+    if isinstance(source, ConstantRho):
+        return [source.rho]
+    return list(getattr(source, "values", []) or [])
+
+
+def format_epoch_record(r: EpochRecord) -> str:
+    """The console line of one epoch."""
     rho = "-" if r.rho_asked is None else f"{r.rho_asked:.2f}"
     val = "-" if r.val_loss is None else f"{r.val_loss:.4f}"
     return (

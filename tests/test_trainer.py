@@ -80,7 +80,7 @@ def test_flops_count_every_micro_batch_under_gradient_accumulation(tmp_path, tok
     trainer = _trainer(tmp_path, tokenizer, task, rho=0.7, grad_accumulation=3, epochs=1)
     (record,) = trainer.train()
     assert record.steps == 2
-    step = trainer.profile.cost(trainer._current.mask)
+    step = trainer.profile.cost(trainer.trained.mask)
     assert record.flops_full == pytest.approx(4 * trainer.profile.t_full)
     assert record.flops_forward + record.flops_backward == pytest.approx(4 * step)
 

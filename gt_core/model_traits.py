@@ -1,0 +1,20 @@
+"""Small facts about a model or tokenizer that several modules need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    """True for sequence-to-sequence models (T5, BART): the loss is on the decoder's labels."""
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the pad token, else end-of-sequence."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
+    return int(pad)
