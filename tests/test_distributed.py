@@ -95,6 +95,18 @@ def test_two_processes_match_one_process(tmp_path):
     assert len((two / "run" / "distributed.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_rho_below_the_floor_is_clamped_alike_on_every_rank(tmp_path):
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    run = subprocess.run(_torchrun(worker, str(tmp_path), "below-floor"), env=launch_env(), capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    infos = [json.loads((tmp_path / f"epoch_r{r}_e0.json").read_text()) for r in (0, 1)]
+    assert infos[0]["selected"] == infos[1]["selected"] and infos[0]["selected"]
+    for info in infos:
+        assert info["record"]["rho_clamped_from"] == pytest.approx(1e-4)
+        assert info["record"]["rho_asked"] == info["rho_floor"]
+        assert info["step_flops"] <= info["rho_floor"] * info["t_full"]
+
+
 def test_cli_under_torchrun(tmp_path):
     out = tmp_path / "run"
     cmd = _torchrun(

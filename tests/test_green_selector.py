@@ -136,3 +136,26 @@ def test_trainer_clamps_a_runtime_rho_below_the_floor_to_a_feasible_selection(tm
     assert records[0].rho_clamped_from == 0.001
     assert trainer.profile.cost(trainer.trained.mask) <= records[0].rho_asked * trainer.profile.t_full
     assert records[0].selected and len(records[0].selected) == records[0].tensors_selected
+
+
+def test_hf_callback_clamps_a_runtime_rho_below_the_floor(tmp_path, tokenizer, task):
+    from transformers import Trainer, TrainingArguments
+
+    from gt_core.data import SummarizationDataset, collate_batch
+    from gt_core.hf_callback import GreenTrainerCallback
+
+    train, _ = task
+    model = tiny_model("opt", vocab_size=len(tokenizer), hidden=16, layers=2, heads=2, max_len=128, seed=0)
+    data = SummarizationDataset(train[:8], tokenizer, encoder_decoder=False, max_input_length=96, max_target_length=16)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3,
+        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
+    )
+    green = GreenTrainerCallback(CallableRho(lambda e, s: 0.001), importance_batches=1)
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      data_collator=lambda feats: collate_batch(feats, tokenizer.pad_token_id))
+    green.attach(trainer)
+    trainer.train()
+    entry = green.history[0]
+    assert entry["gt_rho"] == green.selector.rho_floor and entry["rho_clamped_from"] == 0.001
+    assert entry["selected"] and entry["gt_flops_per_step"] <= entry["gt_rho"] * green.profile.t_full
