@@ -34,6 +34,7 @@ class TrainerState:
     selections: list[dict[str, Any]] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # frozen-state mode, precision, loss-scaler state
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,12 +42,15 @@ def rng_state() -> dict[str, Any]:
     loads with ``torch.load(weights_only=True)``: resuming never unpickles arbitrary objects."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # one per visible device: dropout on the GPU
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -55,6 +59,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in cuda])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,8 +85,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: TrainerState,
+    rank_rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``output_dir/checkpoint`` atomically and return its path."""
+    """Write ``output_dir/checkpoint`` atomically and return its path. ``rank_rng_states``: every
+    process's RNG states (index = rank) for a multi-process run, written as ``rng_rank{r}.pt``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / CHECKPOINT_DIR
@@ -89,6 +98,8 @@ def save_checkpoint(
         _save_tensor_file(optimizer.state_dict(), tmp / "optimizer.pt")
         _save_tensor_file(scheduler.state_dict(), tmp / "scheduler.pt")
         _save_tensor_file(rng_state(), tmp / "rng.pt")
+        for rank, states in enumerate(rank_rng_states or []):
+            _save_tensor_file(states, tmp / f"rng_rank{rank}.pt")
         with (tmp / "state.json").open("w", encoding="utf-8") as handle:
             json.dump(state.__dict__, handle)
             handle.flush()
@@ -118,20 +129,25 @@ def find_checkpoint(path: str | Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
 ) -> TrainerState:
-    """Restore model, optimizer, scheduler and RNG states from a checkpoint; return the position."""
+    """Restore model, optimizer, scheduler and RNG states from a checkpoint; return the position.
+    ``rank``: under several processes each restores its own RNG states (``rng_rank{rank}.pt``)."""
     found = find_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path}")
-    model.load_state_dict(torch.load(found / "model.pt", weights_only=True))
-    optimizer.load_state_dict(torch.load(found / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(found / "scheduler.pt", weights_only=True))
+    # Loaded onto the CPU first: under DDP every rank would otherwise load onto the device that
+    # saved it (cuda:0). load_state_dict copies into the parameters wherever they are, and the
+    # optimizer casts its state to each parameter's device.
+    model.load_state_dict(torch.load(found / "model.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(torch.load(found / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(found / "scheduler.pt", map_location="cpu", weights_only=True))
+    rng_file = found / (f"rng_rank{rank}.pt" if (found / f"rng_rank{rank}.pt").is_file() else "rng.pt")
     try:
-        rng = torch.load(found / "rng.pt", weights_only=True)
+        rng = torch.load(rng_file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(
-            f"{found / 'rng.pt'} holds objects other than tensors and numbers (a checkpoint from an older "
+            f"{rng_file} holds objects other than tensors and numbers (a checkpoint from an older "
             "version, or not ours); it is not loaded"
         ) from None
     set_rng_state(rng)

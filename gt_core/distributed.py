@@ -43,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from gt_core.callbacks import TrainerCallback
+from gt_core.checkpoint import rng_state
 from gt_core.data import IGNORE_INDEX, collate_batch
 from gt_core.green_selector import GreenSelection, ImportanceBatches, SelectionHooks
 from gt_core.rho_daemon import is_daemon_reporter
@@ -239,10 +240,11 @@ class DistributedGreenTrainer(GreenTrainer):
                 f"batch size {config.batch_size} (global) must be a multiple of the {self.world_size} processes"
             )
         self.per_rank_batch = config.batch_size // self.world_size
+        backend = dist.get_backend()
+        device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+        config = replace(config, device=str(device))
         if self.rank != 0:
             config = replace(config, progress=False, save_final=False)
-        backend = dist.get_backend()
-        self.device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
         self.ddp: DistributedDataParallel | None = None
         self._ddp_mask: np.ndarray | None = None
         self._ddp_builds = 0
@@ -254,7 +256,6 @@ class DistributedGreenTrainer(GreenTrainer):
             model, tokenizer, train_examples, val_examples, config, rho_source,
             [*callbacks, _SelectionOverheadLog()], selection_hooks=hooks,
         )
-        self.model.to(self.device)
         if self.rank != 0:
             self.metrics = _NullLog()
         self.callbacks = share_daemon_job(self.callbacks)
@@ -339,13 +340,14 @@ class DistributedGreenTrainer(GreenTrainer):
             batch = {key: value.to(self.device) for key, value in batch.items()}
             sync = contextlib.nullcontext() if k == len(group) - 1 else ddp.no_sync()
             with sync:
-                out = ddp(**batch)
-                if local[k]:
-                    # DDP averages over ranks: scale this rank's mean so the average is the global mean.
-                    loss = out.loss * (local[k] * self.world_size / float(counts[k]) / len(group))
-                else:
-                    loss = out.logits.sum() * 0.0
-                loss.backward()
+                with self.precision.autocast():
+                    out = ddp(**batch)
+                    if local[k]:
+                        # DDP averages over ranks: scale this rank's mean so the average is the global mean.
+                        loss = out.loss * (local[k] * self.world_size / float(counts[k]) / len(group))
+                    else:
+                        loss = out.logits.sum() * 0.0
+                self.precision.backward(loss)
             loss_total += float(loss.detach()) / self.world_size
         stats = torch.tensor([loss_total, 0.0 if self._pending_signal is None else 1.0], dtype=torch.float64)
         dist.all_reduce(stats)
@@ -356,9 +358,12 @@ class DistributedGreenTrainer(GreenTrainer):
 
     # ------------------------------------------------------------------ output
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self, rank_rng_states: list[dict[str, Any]] | None = None) -> Path:
+        """Rank 0 writes it, with every rank's RNG states (a collective: all ranks call it)."""
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
         if self.rank == 0:
-            return super().checkpoint()
+            return super().checkpoint(states)
         return self.output_dir / "checkpoint"
 
     def train(self) -> list:

@@ -60,9 +60,11 @@ def generate_predictions(
     was_training = model.training
     model.eval()
     predictions: list[str] = []
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             for batch in prompt_batches(prompts, batch_size, pad_id):
+                batch = {key: value.to(device) for key, value in batch.items()}
                 output = model.generate(
                     **batch,
                     num_beams=num_beams,

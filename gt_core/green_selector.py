@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -171,15 +171,17 @@ class GreenSelector:
         *,
         epoch: int,
         global_step: int,
+        autocast: Callable[[], ContextManager[Any]] | None = None,
     ) -> GreenSelection:
         """Importance on ``batches``, the DP under ``reading.rho``, the fallback; nothing changes on
-        ``model`` (call :meth:`apply`). Under a ``reduce`` hook every process must call it."""
+        ``model`` (call :meth:`apply`). Under a ``reduce`` hook every process must call it.
+        ``autocast``: the training step's mixed-precision context, so importance sees its numbers."""
         prof = self.profile
         started = time.perf_counter()
         importance = compute_importance(
             model, prof.names, batches.batches, optimizer, metric=self.importance_metric, profile=prof,
             rho=reading.rho, loss_weights=batches.loss_weights, batch_count=batches.batch_count,
-            reduce=self.hooks.reduce,
+            reduce=self.hooks.reduce, autocast=autocast,
         )
         importance_s = time.perf_counter() - started
         started = time.perf_counter()

@@ -75,6 +75,7 @@ Several processes (``torchrun``/``accelerate launch`` running a script that call
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -84,11 +85,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
+from gt_core.device import enable_activation_checkpointing
 from gt_core.distributed import broadcast_object, share_daemon_job
 from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
+from gt_core.guards import check_model_supported, check_training_args_supported
+from gt_core.precision import precision_from_training_args
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoSource
 from gt_core.rho_daemon import is_daemon_reporter
+
+
+log = logging.getLogger("gt_core.hf_callback")
 
 
 class GreenTrainerCallback(TrainerCallback):
@@ -260,8 +267,11 @@ class GreenTrainerCallback(TrainerCallback):
         target_len = self.target_len
         if target_len is None and getattr(model.config, "is_encoder_decoder", False) and dataset is not None:
             target_len = self._longest(dataset, "labels")
+        check_training_args_supported(args)
+        check_model_supported(model)
         if _world_size() > 1:
             self._check_ddp(args, model)
+        self._use_non_reentrant_checkpointing(args, model)
         self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
         self.selector = GreenSelector(
             self.profile, self.rho_source, importance_metric=self.importance_metric, resolution=self.resolution
@@ -274,13 +284,30 @@ class GreenTrainerCallback(TrainerCallback):
             self.reporter.start_job()
         return control
 
+    @staticmethod
+    def _use_non_reentrant_checkpointing(args: Any, model: Any) -> None:
+        """Reentrant activation checkpointing gives no gradient to tensors inside a checkpointed
+        block unless an input requires grad, which transformers forces by making the embedding
+        output require grad: every backward then runs down to the embeddings, FLOPs the selection
+        never priced. Switch to the non-reentrant form without that hook: exactly the gradients
+        of the selected tensors are computed."""
+        if not getattr(model, "is_gradient_checkpointing", False):
+            return
+        kwargs = dict(getattr(args, "gradient_checkpointing_kwargs", None) or {})
+        kwargs.pop("use_reentrant", None)
+        enable_activation_checkpointing(model, **kwargs)
+        log.info("GreenTrainerCallback: activation checkpointing set to use_reentrant=False without input gradients")
+
     def _choose(self, epoch: int, state: Any, args: Any, model: Any, optimizer: Any,
                 train_dataloader: Any) -> GreenSelection:
         """This epoch's selection (on rank 0 under a process group)."""
         selector = self.selector
         reading = selector.ask(epoch, state.global_step)
         batches = self._batches(train_dataloader, args.per_device_train_batch_size, state.global_step, args.device)
-        return selector.choose(model, optimizer, ImportanceBatches(batches), reading, epoch=epoch, global_step=state.global_step)
+        return selector.choose(
+            model, optimizer, ImportanceBatches(batches), reading, epoch=epoch, global_step=state.global_step,
+            autocast=precision_from_training_args(args),  # the Trainer's own mixed precision
+        )
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        train_dataloader: Any = None, **kwargs: Any):

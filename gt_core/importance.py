@@ -11,8 +11,9 @@ same afterwards (gradients come from ``torch.autograd.grad``, never ``.backward(
 
 from __future__ import annotations
 
+import contextlib
 import random
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +115,7 @@ class _Restore:
         self.training = {m: m.training for m in self.model.modules()}
         self.requires_grad = {p: p.requires_grad for p in self.model.parameters()}
         self.torch_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.numpy_rng = np.random.get_state()
         self.python_rng = random.getstate()
         return self
@@ -124,6 +126,8 @@ class _Restore:
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
         torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
         np.random.set_state(self.numpy_rng)
         random.setstate(self.python_rng)
 
@@ -133,18 +137,21 @@ def summed_gradients(
     params: Sequence[torch.nn.Parameter],
     batches: Iterable[Mapping[str, torch.Tensor]],
     loss_weights: Sequence[float] | None = None,
+    autocast: Callable[[], ContextManager[Any]] | None = None,
 ) -> tuple[list[torch.Tensor], int]:
     """Σ_b weight_b·∂loss_b/∂p over ``batches`` (fp32), without touching ``p.grad``; and the batch count.
 
     ``loss_weights`` defaults to 1 per batch. Batches are moved to the device of the first
-    parameter, so importance runs where the model lives."""
+    parameter, so importance runs where the model lives; the forward runs under ``autocast()``
+    when given (the training step's mixed precision), the sums stay float32."""
     device = params[0].device if params else torch.device("cpu")
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     count = 0
     for k, batch in enumerate(batches):
         weight = 1.0 if loss_weights is None else float(loss_weights[k])
         batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-        loss = model(**batch).loss * weight
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            loss = model(**batch).loss * weight
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         for total, g in zip(sums, grads):
             if g is not None:
@@ -165,6 +172,7 @@ def compute_importance(
     loss_weights: Sequence[float] | None = None,
     batch_count: int | None = None,
     reduce: Callable[[torch.Tensor], None] | None = None,
+    autocast: Callable[[], ContextManager[Any]] | None = None,
 ) -> np.ndarray:
     """Importance of each tensor in ``names`` (profile order), scaled by the largest magnitude.
 
@@ -203,7 +211,7 @@ def compute_importance(
         for p in live_params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            sums, seen = summed_gradients(model, live_params, batches, loss_weights)
+            sums, seen = summed_gradients(model, live_params, batches, loss_weights, autocast)
         count = seen if batch_count is None else int(batch_count)
         if count <= 0:
             raise ValueError("importance needs at least one batch")

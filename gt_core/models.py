@@ -29,6 +29,8 @@ def load_model(
     attn_implementation: str | None = None,
     vocab_size: int | None = None,
     tie_word_embeddings: bool | None = None,
+    torch_dtype: torch.dtype | None = None,
+    device_map: str | dict | None = None,
 ) -> torch.nn.Module:
     """Return ``model`` (hub name or local directory) or a tiny random model of family ``tiny``.
 
@@ -36,15 +38,18 @@ def load_model(
     others as causal LMs. With ``HF_HUB_OFFLINE=1`` only local files are used. ``vocab_size``
     sets a tiny model's vocabulary, or resizes a pretrained model's token embeddings.
     ``tie_word_embeddings`` overrides a tiny model's family default (ignored for checkpoints).
+    ``torch_dtype`` loads the weights in that dtype (no float32 copy first); ``device_map``
+    (e.g. ``"auto"``, needs accelerate) spreads a model that fits no single device over several.
     """
     if (model is None) == (tiny is None):
         raise ModelLoadError("give exactly one of a model name/path or a tiny architecture")
     if vocab_size is not None and vocab_size < 1:
         raise ModelLoadError(f"vocab_size must be positive, got {vocab_size}")
     if tiny is not None:
-        return _load_tiny(tiny, attn_implementation, vocab_size, tie_word_embeddings)
+        built = _load_tiny(tiny, attn_implementation, vocab_size, tie_word_embeddings)
+        return built.to(torch_dtype) if torch_dtype is not None else built
     assert model is not None
-    return _load_pretrained(model, attn_implementation, vocab_size)
+    return _load_pretrained(model, attn_implementation, vocab_size, torch_dtype, device_map)
 
 
 def _load_tiny(
@@ -65,7 +70,10 @@ def _load_tiny(
         raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
 
 
-def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+def _load_pretrained(
+    name: str, attn_implementation: str | None, vocab_size: int | None,
+    torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None,
+) -> torch.nn.Module:
     import transformers as tf
 
     local_only = _offline()
@@ -81,6 +89,10 @@ def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int
     kwargs: dict = {"config": config, "local_files_only": local_only}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         loaded = auto.from_pretrained(name, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

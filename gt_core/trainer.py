@@ -22,11 +22,16 @@ from gt_core import schemes
 from gt_core.callbacks import TrainerCallback, TrainStatus
 from gt_core.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from gt_core.data import Example, SummarizationDataset, collate_batch, make_loader
+from gt_core.device import enable_activation_checkpointing, resolve_device, spread_over_devices, to_device
+from gt_core.frozen_state import FrozenStateManager, check_frozen_state
 from gt_core.green_selector import (
     GreenSelection, GreenSelector, ImportanceBatches, SelectionHooks, selection_from_names,
 )
+from gt_core.guards import check_model_supported
+from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
+from gt_core.precision import Precision, check_precision
 from gt_core.profiler import TensorProfile, profile_model
 from gt_core.rho import ConstantRho, RhoReading, RhoSource, check_rho
 from gt_core.training_types import EpochRecord, TrainedTensors
@@ -42,6 +47,14 @@ class TrainConfig:
     steps), or ``"on_change"`` (each epoch start and whenever the ρ source's answer changes; ρ is
     then asked before every step). ``checkpoint_every``: also checkpoint every that many optimizer
     steps (0: only at epoch ends and on SIGTERM/SIGINT).
+
+    ``device``: ``auto`` (where a model placed off the CPU already lives, else CUDA when
+    available, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``. ``precision``: ``fp32``,
+    ``bf16-mixed``, ``fp16-mixed`` or ``bf16`` (:mod:`gt_core.precision`). ``frozen_state``:
+    ``keep``, ``offload`` or ``drop`` (:mod:`gt_core.frozen_state`). ``gradient_checkpointing``:
+    recompute activations in backward (non-reentrant, so frozen inputs do not cut gradients).
+    ``scheduler``: ``linear``, ``cosine`` or ``constant`` after ``warmup_steps`` (or
+    ``warmup_ratio`` of all steps, when > 0).
     """
 
     scheme: str = "green"
@@ -69,9 +82,25 @@ class TrainConfig:
     checkpoint_every: int = 0
     progress: bool = True
     save_final: bool = True
+    device: str = "auto"
+    precision: str = "fp32"
+    frozen_state: str = "keep"
+    gradient_checkpointing: bool = False
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         schemes.check_scheme(self.scheme)
+        check_precision(self.precision)
+        check_frozen_state(self.frozen_state)
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if not 0.0 <= float(self.warmup_ratio) < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if int(self.warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if float(self.weight_decay) < 0 or float(self.max_grad_norm) < 0:
+            raise ValueError("weight_decay and max_grad_norm must be >= 0")
         self.rho = check_rho(self.rho)
         if isinstance(self.reselect, str) and self.reselect not in ("epoch", "on_change"):
             try:
@@ -105,6 +134,29 @@ class _EpochTally:
     rho_source: str | None = None
     rho_clamped_from: float | None = None
     fallback: str | None = None
+    skipped_steps: int = 0
+
+
+SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant")
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base lr over ``warmup_steps``, then ``linear`` decay to 0 at
+    ``total_steps``, ``cosine`` decay to 0, or ``constant``."""
+    if kind == "linear":
+        return linear_schedule(optimizer, total_steps, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> Any:
@@ -152,6 +204,10 @@ class GreenTrainer:
         self.callbacks: list[TrainerCallback] = list(callbacks)
         if isinstance(rho_source, TrainerCallback) and rho_source not in self.callbacks:
             self.callbacks.insert(0, rho_source)
+        if config.scheme in ("green", "topk", "full"):
+            check_model_supported(model)
+        self.device = resolve_device(config.device, model)
+        self.precision = Precision(config.precision, self.device)
         self.encoder_decoder = is_encoder_decoder(model)
         self.pad_id = pad_token_id(tokenizer)
         dataset_args = dict(
@@ -177,6 +233,7 @@ class GreenTrainer:
             )
             self.selector.check_rho_values(_known_rho_values(self.rho_source))
         self.total_params = int(self.profile.param_counts.sum())
+        self._place(model)
         self.model, self.fixed = self._prepare_scheme(model)
 
         steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
@@ -185,11 +242,15 @@ class GreenTrainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad or config.scheme in ("green", "topk", "full")]
         self.params = list(dict.fromkeys(trainable))  # unique, in registration order
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = linear_schedule(self.optimizer, self.total_steps, config.warmup_steps)
+        warmup = config.warmup_steps or math.ceil(config.warmup_ratio * self.total_steps)
+        self.scheduler = lr_schedule(self.optimizer, config.scheduler, self.total_steps, warmup)
+        self.frozen_state = FrozenStateManager(self.optimizer, config.frozen_state)
+        self.peak_memory = PeakMemory(self.device)
         self.state = TrainerState()
         self.metrics = MetricsLog(self.output_dir / "metrics.jsonl")
         self.interrupted = False
         self.stop_signal: int | None = None
+        self.skipped_steps = 0  # optimizer steps the fp16 scaler skipped, this epoch
         self.trained: TrainedTensors | None = None  # what trains now
         self.selection: GreenSelection | None = None  # the last green selection
 
@@ -204,6 +265,19 @@ class GreenTrainer:
         return None if self.trained is None else self.trained.flops.total / self.profile.t_full
 
     # ------------------------------------------------------------------ setup
+
+    def _place(self, model: torch.nn.Module) -> None:
+        """Weights to the precision's dtype and the device (a model spread over devices by
+        ``device_map`` stays where it is); activation checkpointing when asked."""
+        dtype = self.precision.weight_dtype
+        if dtype is not None:
+            model.to(dtype)
+        if spread_over_devices(model):
+            self.device = next(model.parameters()).device
+        else:
+            model.to(self.device)
+        if self.config.gradient_checkpointing:
+            enable_activation_checkpointing(model)
 
     def _prepare_scheme(self, model: torch.nn.Module) -> tuple[torch.nn.Module, TrainedTensors | None]:
         """Wrap or mask the model for the scheme; return it with the fixed mask/FLOPs (None for green)."""
@@ -253,9 +327,10 @@ class GreenTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         selection = self.selector.choose(
             self.model, self.optimizer, self.importance_input(self.state.global_step), reading,
-            epoch=epoch, global_step=self.state.global_step,
+            epoch=epoch, global_step=self.state.global_step, autocast=self.precision.autocast_factory(),
         )
         self.selector.apply(self.model, selection)
+        self.frozen_state.update(p for p in self.params if p.requires_grad)
         self.selection = selection
         self.trained = TrainedTensors(selection.mask, selection.flops, selection.rho)
         self.trainable_changed(selection.mask)
@@ -275,6 +350,7 @@ class GreenTrainer:
         last = self.state.selections[-1]
         mask, flops = selection_from_names(self.profile, last["selected"])
         schemes.set_trainable(self.model, last["selected"])
+        self.frozen_state.update(p for p in self.params if p.requires_grad)
         self.trained = TrainedTensors(mask, flops, last["rho"])
         self.trainable_changed(mask)
 
@@ -304,8 +380,12 @@ class GreenTrainer:
                 pass
         return previous
 
-    def checkpoint(self) -> Path:
-        return save_checkpoint(self.output_dir, self.model, self.optimizer, self.scheduler, self.state)
+    def checkpoint(self, rank_rng_states: list[dict[str, Any]] | None = None) -> Path:
+        """Write the checkpoint (``rank_rng_states``: every process's RNG states, multi-process runs)."""
+        self.state.settings = {
+            "frozen_state": self.config.frozen_state, "precision": self.config.precision, **self.precision.state_dict(),
+        }
+        return save_checkpoint(self.output_dir, self.model, self.optimizer, self.scheduler, self.state, rank_rng_states)
 
     # ------------------------------------------------------------------ training
 
@@ -313,7 +393,9 @@ class GreenTrainer:
         """Continue from a checkpoint (an output dir or its ``checkpoint`` dir)."""
         if find_checkpoint(path) is None:
             raise FileNotFoundError(f"no checkpoint in {path}")
-        self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        self.frozen_state.restore_all()
+        self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=getattr(self, "rank", 0))
+        self.precision.load_state_dict(self.state.settings)
         if self.fixed is None and self.state.selections:
             self._restore_selection()
         self.metrics.keep_epochs_before(self.state.epoch)
@@ -337,21 +419,27 @@ class GreenTrainer:
         self.model.train()
         loss_total = 0.0
         for batch in group:
-            loss = self.model(**batch).loss / len(group)
-            loss.backward()
+            with self.precision.autocast():
+                loss = self.model(**to_device(batch, self.device)).loss / len(group)
+            self.precision.backward(loss)
             loss_total += float(loss.detach())
         self.apply_update()
         return loss_total
 
-    def apply_update(self) -> None:
-        """Clip the accumulated gradients, take one optimizer and scheduler step, clear gradients."""
+    def apply_update(self) -> bool:
+        """Clip the accumulated gradients, take one optimizer and scheduler step, clear gradients.
+        False when the fp16 gradient scaler skipped the step (inf/NaN gradients)."""
+        self.precision.unscale(self.optimizer)
         trainable = [p for p in self.params if p.grad is not None]
         if self.config.max_grad_norm and trainable:
             torch.nn.utils.clip_grad_norm_(trainable, self.config.max_grad_norm)
         # Frozen tensors have grad None: AdamW skips them entirely (no decay, no moment update).
-        self.optimizer.step()
+        stepped = self.precision.step(self.optimizer)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not stepped:
+            self.skipped_steps += 1
+        return stepped
 
     def _validation_loss(self) -> float | None:
         if self.val_set is None:
@@ -359,10 +447,12 @@ class GreenTrainer:
         from gt_core.evaluate import validation_loss
 
         loader = make_loader(self.val_set, self.config.batch_size, shuffle=False, seed=0, pad_token_id=self.pad_id)
-        return validation_loss(self.model, loader)
+        with self.precision.autocast():
+            return validation_loss(self.model, loader)
 
     def _record(self, epoch: int, tally: _EpochTally, wall_s: float) -> EpochRecord:
         prof, trained = self.profile, self.trained
+        peak_bytes, peak_kind = self.peak_memory.read()  # before validation, which is not training
         steps = max(tally.steps, 1)
         flops_full = prof.t_full * tally.micro_batches
         selected = None
@@ -395,6 +485,9 @@ class GreenTrainer:
             selected=selected,
             rho_clamped_from=tally.rho_clamped_from,
             fallback=tally.fallback,
+            skipped_steps=tally.skipped_steps,
+            peak_memory_bytes=peak_bytes,
+            peak_memory_kind=peak_kind,
         )
 
     def train(self) -> list[EpochRecord]:
@@ -440,6 +533,7 @@ class GreenTrainer:
         announced = False
         tally = _EpochTally(**self.state.extra.get("tally", {}))
         started = time.perf_counter() - self.state.extra.get("wall_s", 0.0)
+        self.peak_memory.reset()
         bar = tqdm(
             total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not (cfg.progress and self.is_main_process), leave=False, dynamic_ncols=True,
@@ -454,7 +548,9 @@ class GreenTrainer:
                 if not announced:
                     self._notify("on_epoch_start", epoch, reading)
                     announced = True
+                self.skipped_steps = 0
                 loss = self.train_step(group)
+                tally.skipped_steps += self.skipped_steps
                 tally.loss_sum += loss
                 tally.steps += 1
                 tally.micro_batches += len(group)  # the profile prices one micro-batch

@@ -17,7 +17,10 @@ class EpochRecord:
 
     ``selected``: names of the tensors trained in the epoch's last selection (green scheme);
     ``rho_clamped_from``: the ρ the source asked when it was below the feasible floor;
-    ``fallback``: why the DP's answer was replaced (nothing had positive importance)."""
+    ``fallback``: why the DP's answer was replaced (nothing had positive importance);
+    ``skipped_steps``: optimizer steps the fp16 gradient scaler skipped (inf/NaN gradients);
+    ``peak_memory_bytes``: the epoch's training peak, measured as ``peak_memory_kind`` says
+    (:mod:`gt_core.memory`)."""
 
     epoch: int
     scheme: str
@@ -39,6 +42,9 @@ class EpochRecord:
     selected: list[str] | None = None
     rho_clamped_from: float | None = None
     fallback: str | None = None
+    skipped_steps: int = 0
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""Set-ups GreenTrainer's selection cannot run under, refused before the first step with one line.
+
+Selection looks tensors up by name, prices each one from its shape and toggles its
+``requires_grad``. Sharded parameters (FSDP's flat parameters, DeepSpeed ZeRO-3's empty
+placeholders) break the first two; a PEFT-wrapped model would have its frozen base weights
+unfrozen by the third.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class UnsupportedSetupError(ValueError):
+    """The model or launcher set-up cannot run GreenTrainer's selection."""
+
+
+def check_model_supported(model: torch.nn.Module) -> None:
+    """Raise :class:`UnsupportedSetupError` for FSDP, ZeRO-3 or PEFT-wrapped models."""
+    kind = type(model).__name__
+    if kind == "FullyShardedDataParallel" or any(
+        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()
+    ):
+        raise UnsupportedSetupError(
+            "GreenTrainer does not support FSDP (flat parameters hide the tensors it selects): "
+            "use data parallelism (torchrun/accelerate with DDP) and --gradient-checkpointing or bf16 to fit memory"
+        )
+    for name, p in model.named_parameters():
+        if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
+            raise UnsupportedSetupError(
+                f"GreenTrainer does not support DeepSpeed ZeRO stage 3 (parameter {name} is partitioned): "
+                "use ZeRO stage 1 or 2, or DDP"
+            )
+        if _is_dtensor(p):
+            raise UnsupportedSetupError(
+                f"GreenTrainer does not support sharded parameters (FSDP2/tensor parallel; {name} is a DTensor): use DDP"
+            )
+    if _is_peft_model(model):
+        raise UnsupportedSetupError(
+            "GreenTrainer selects among a model's own tensors and would unfreeze a PeftModel's base weights: "
+            "pass the base model, or use --scheme lora/prefix for adapters"
+        )
+
+
+def check_training_args_supported(args: Any) -> None:
+    """Raise for ``transformers.TrainingArguments`` that shard parameters (FSDP, DeepSpeed ZeRO-3)."""
+    if getattr(args, "fsdp", None):
+        raise UnsupportedSetupError(
+            "GreenTrainerCallback does not support TrainingArguments(fsdp=...): flat parameters hide the "
+            "tensors it selects; use DDP"
+        )
+    deepspeed = getattr(args, "deepspeed", None)
+    if deepspeed and _zero_stage(deepspeed) == 3:
+        raise UnsupportedSetupError(
+            "GreenTrainerCallback does not support DeepSpeed ZeRO stage 3 (partitioned parameters): use stage 1 or 2"
+        )
+
+
+def _zero_stage(deepspeed: Any) -> int | None:
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        import json
+        from pathlib import Path
+
+        try:
+            config = json.loads(Path(deepspeed).read_text())
+        except (OSError, ValueError):
+            return None
+    if isinstance(config, dict):
+        stage = config.get("zero_optimization", {}).get("stage")
+        return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
+    return None
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed support
+        return False
+    return isinstance(p, DTensor) or isinstance(getattr(p, "data", None), DTensor)
+
+
+def _is_peft_model(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
