@@ -168,6 +168,7 @@ def test_pythonpath_and_home_directories_are_carried_into_the_unit(tree):
         (["--config", "/nonexistent/carbonsched.toml"], "--config /nonexistent/carbonsched.toml: cannot read"),
         (["--policy", "POLICY_WITH_UNKNOWN_KIND"], "--policy "),
         (["--config", "CONFIG_WITH_UNKNOWN_KEY"], "colour: unknown key"),
+        (["--config", "CONFIG_WITH_MISSING_POLICY"], "policy /etc/carbonsched/site-policy.toml does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tree, tmp_path, args, message):
@@ -175,7 +176,10 @@ def test_bad_input_is_one_line_and_exit_2(tree, tmp_path, args, message):
     bad_policy.write_text('kind = "no-such-kind"\nname = "x"\n')
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text('colour = "green"\n')
-    args = [{"POLICY_WITH_UNKNOWN_KIND": str(bad_policy), "CONFIG_WITH_UNKNOWN_KEY": str(bad_config)}.get(a, a) for a in args]
+    missing_policy = tmp_path / "missing-policy.toml"
+    missing_policy.write_text('policy = "site-policy.toml"\n')  # relative: resolved in /etc/carbonsched/
+    files = {"POLICY_WITH_UNKNOWN_KIND": bad_policy, "CONFIG_WITH_UNKNOWN_KEY": bad_config, "CONFIG_WITH_MISSING_POLICY": missing_policy}
+    args = [str(files[a]) if a in files else a for a in args]
     before = snapshot(tree)
     result = run_service(tree, "install", *args)
     assert result.returncode == 2

@@ -40,7 +40,7 @@ def install(
     root: Path = RootOption,
 ) -> None:
     """Create the user and group, /etc/carbonsched/ (config, policy), the unit; enable and start it."""
-    host = Host(root)
+    host = Host(root.resolve())
     try:
         plan = plan_install(host, InstallOptions(user=user, config_file=config_file, policy_file=policy_file))
         if not dry_run and plan.steps:
@@ -64,7 +64,7 @@ def uninstall(
     root: Path = RootOption,
 ) -> None:
     """Stop, disable and remove the unit; keep config, state and user unless --purge."""
-    host = Host(root)
+    host = Host(root.resolve())
     try:
         plan = plan_uninstall(host, user or installed_user(host) or DEFAULT_USER, purge=purge)
         if not dry_run and plan.steps:
@@ -80,7 +80,7 @@ def uninstall(
 def status(root: Path = RootOption) -> None:
     """What is installed and whether it runs; exit 0 when running, 3 when not."""
     try:
-        report = service_report(Host(root))
+        report = service_report(Host(root.resolve()))
     except ServiceError as exc:
         raise _fail(exc) from None
     typer.echo("\n".join(report.lines))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from carbonsched.config import ConfigError, load_config
+from carbonsched.config import ConfigError, DaemonConfig, load_config, parse_config
 from carbonsched.service.host import Host, environment_paths_under_home, executable_in_this_environment
 from carbonsched.service.plan import MakeDirectory, Plan, RemovePath, RunCommand, ServiceError, WriteFile, run_command
 from carbonsched.service.unit import (
@@ -68,12 +69,18 @@ def _read_source(path: Path, what: str) -> str:
         raise ServiceError(f"--{what} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}", 2) from None
 
 
-def validated_config_text(path: Path) -> str:
+def validated_config_text(path: Path, host: Host) -> str:
+    """The text of a config to install; it must load, and a policy it names (resolved from its
+    installed place, /etc/carbonsched/) must be the installed policy or exist on the host."""
     text = _read_source(path, "config")
     try:
         load_config(path)
-    except ConfigError as exc:
+        installed = parse_config(tomllib.loads(text), CONFIG_FILE, DaemonConfig())
+    except (ConfigError, tomllib.TOMLDecodeError) as exc:
         raise ServiceError(f"--config {exc}", 2) from None
+    policy = installed.policy
+    if policy is not None and policy != POLICY_FILE and not host.path(policy).is_file():
+        raise ServiceError(f"--config {path}: policy {policy} does not exist (installed at {CONFIG_FILE})", 2)
     return text
 
 
@@ -147,7 +154,7 @@ def _file_step(plan: Plan, host: Host, path: Path, content: str, *, replace: boo
 def plan_install(host: Host, options: InstallOptions) -> Plan:
     """Everything an install would change on ``host``, reading only."""
     user = check_user_name(options.user)
-    config_text = validated_config_text(options.config_file) if options.config_file else default_config_text()
+    config_text = validated_config_text(options.config_file, host) if options.config_file else default_config_text()
     policy_text = validated_policy_text(options.policy_file) if options.policy_file else default_policy_text()
     unit_text = render_unit(unit_parameters(host, user))
 
