@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from carbonsched.service.host import Host
 from carbonsched.service.install import (
     DEFAULT_USER, InstallOptions, installed_user, plan_install, plan_uninstall, require_privileges,
 )
-from carbonsched.service.plan import ServiceError
+from carbonsched.service.plan import Plan, ServiceError
 from carbonsched.service.status import service_report
 from carbonsched.service.unit import UNIT_NAME
 
@@ -31,6 +32,18 @@ def _fail(exc: ServiceError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+def _carry_out(host: Host, make_plan: Callable[[], Plan], dry_run: bool) -> Plan:
+    """Plan, check privileges when something is to change, then run (or only print) the steps."""
+    try:
+        plan = make_plan()
+        if not dry_run and plan.steps:
+            require_privileges(host)
+        plan.run(host, typer.echo, dry_run=dry_run)
+    except ServiceError as exc:
+        raise _fail(exc) from None
+    return plan
+
+
 @service_app.command("install")
 def install(
     user: str = typer.Option(DEFAULT_USER, "--user", help="System user and group the daemon runs as."),
@@ -41,13 +54,8 @@ def install(
 ) -> None:
     """Create the user and group, /etc/carbonsched/ (config, policy), the unit; enable and start it."""
     host = Host(root.resolve())
-    try:
-        plan = plan_install(host, InstallOptions(user=user, config_file=config_file, policy_file=policy_file))
-        if not dry_run and plan.steps:
-            require_privileges(host)
-        plan.run(host, typer.echo, dry_run=dry_run)
-    except ServiceError as exc:
-        raise _fail(exc) from None
+    options = InstallOptions(user=user, config_file=config_file, policy_file=policy_file)
+    plan = _carry_out(host, lambda: plan_install(host, options), dry_run)
     if not plan.steps:
         typer.echo(f"nothing to change: {UNIT_NAME} is installed as wanted")
     elif dry_run:
@@ -65,13 +73,7 @@ def uninstall(
 ) -> None:
     """Stop, disable and remove the unit; keep config, state and user unless --purge."""
     host = Host(root.resolve())
-    try:
-        plan = plan_uninstall(host, user or installed_user(host) or DEFAULT_USER, purge=purge)
-        if not dry_run and plan.steps:
-            require_privileges(host)
-        plan.run(host, typer.echo, dry_run=dry_run)
-    except ServiceError as exc:
-        raise _fail(exc) from None
+    plan = _carry_out(host, lambda: plan_uninstall(host, user or installed_user(host) or DEFAULT_USER, purge=purge), dry_run)
     if not plan.steps:
         typer.echo(f"nothing to remove: {UNIT_NAME} is not installed")
 

@@ -12,7 +12,7 @@ import grp
 import os
 import pwd
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 GPU_GROUP_NAMES = ("video", "render")
@@ -36,35 +36,40 @@ class Host:
         """``absolute`` (a path on the target system) as seen from here."""
         return self.root / Path(absolute).relative_to("/")
 
-    def _entries(self, database: str) -> Iterable[list[str]]:
+    def _lookup(self, database: str, key_column: int, key: str, value_column: int) -> str | None:
+        """A field of the first ``etc/<database>`` entry whose ``key_column`` equals ``key``."""
         file = self.path(f"/etc/{database}")
         if not file.is_file():
-            return []
-        return [line.split(":") for line in file.read_text().splitlines() if line and not line.startswith("#")]
+            return None
+        for line in file.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and not line.startswith("#") and fields[key_column] == key:
+                return fields[value_column]
+        return None
+
+    def _id_of(self, database: str, name: str, live_lookup: Callable[[str], int]) -> int | None:
+        """The uid/gid of ``name`` in ``etc/<database>``, or through NSS on the live machine."""
+        if not self.is_live:
+            found = self._lookup(database, 0, name, 2)
+            return None if found is None else int(found)
+        try:
+            return live_lookup(name)
+        except KeyError:
+            return None
 
     def group_gid(self, name: str) -> int | None:
-        if self.is_live:
-            try:
-                return grp.getgrnam(name).gr_gid
-            except KeyError:
-                return None
-        return next((int(e[2]) for e in self._entries("group") if len(e) > 2 and e[0] == name), None)
+        return self._id_of("group", name, lambda n: grp.getgrnam(n).gr_gid)
 
     def group_name(self, gid: int) -> str | None:
-        if self.is_live:
-            try:
-                return grp.getgrgid(gid).gr_name
-            except KeyError:
-                return None
-        return next((e[0] for e in self._entries("group") if len(e) > 2 and e[2] == str(gid)), None)
+        if not self.is_live:
+            return self._lookup("group", 2, str(gid), 0)
+        try:
+            return grp.getgrgid(gid).gr_name
+        except KeyError:
+            return None
 
     def user_uid(self, name: str) -> int | None:
-        if self.is_live:
-            try:
-                return pwd.getpwnam(name).pw_uid
-            except KeyError:
-                return None
-        return next((int(e[2]) for e in self._entries("passwd") if len(e) > 2 and e[0] == name), None)
+        return self._id_of("passwd", name, lambda n: pwd.getpwnam(n).pw_uid)
 
     def gpu_device_groups(self) -> list[str]:
         """Named groups (not root) owning the GPU device nodes present on the machine."""
