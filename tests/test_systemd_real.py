@@ -47,6 +47,10 @@ def _skip_reason() -> str | None:
             return f"{tool} missing (apt-get install -y systemd-container)"
     if not CARBONSCHED.exists():
         return f"{CARBONSCHED} missing (pip install -e .)"
+    # The container sees only the root file system (a non-recursive bind of /).
+    for needed in (WORKTREE, Path(sys.prefix), Path(sys.base_prefix)):
+        if os.stat(needed).st_dev != os.stat("/").st_dev:
+            return f"{needed} is on another file system than /, invisible in the container"
     return None
 
 
@@ -259,3 +263,17 @@ def test_stop_ends_the_daemon_cleanly(machine):
     assert "stopped" in machine.journal()
     status = machine.run(str(CARBONSCHED), "service", "status", check=False)
     assert status.returncode == 3
+
+
+def test_uninstall_keeps_the_store_and_purge_removes_everything(machine):
+    kept = machine.run(str(CARBONSCHED), "service", "uninstall", timeout_s=SERVICE_DEADLINE_S)
+    assert "--purge removes them" in kept.stdout
+    assert machine.run("test", "-e", f"/etc/systemd/system/{UNIT}", check=False).returncode == 1
+    assert machine.run("test", "-s", "/var/lib/carbonsched/carbonsched.sqlite3", check=False).returncode == 0
+    assert machine.show("LoadState")["LoadState"] == "not-found"
+
+    machine.run(str(CARBONSCHED), "service", "uninstall", "--purge", timeout_s=SERVICE_DEADLINE_S)
+    for gone in ("/var/lib/carbonsched", "/etc/carbonsched"):
+        assert machine.run("test", "-e", gone, check=False).returncode == 1, gone
+    assert machine.run("getent", "passwd", "carbonsched", check=False).returncode == 2
+    assert machine.run("getent", "group", "carbonsched", check=False).returncode == 2
