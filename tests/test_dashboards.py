@@ -94,8 +94,8 @@ def exported_names() -> set[str]:
     return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def test_there_is_a_dashboard():
-    assert [p.name for p in DASHBOARDS] == ["carbonsched.json"]
+def test_the_node_dashboard_is_there():
+    assert "carbonsched.json" in [p.name for p in DASHBOARDS]
 
 
 def test_metric_name_extraction_finds_selectors_and_skips_the_rest():
