@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -65,18 +66,31 @@ def _load_tiny(
         raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
 
 
-def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+def load_config(model: str) -> Any:
+    """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
+
+    Reads only ``config.json``: a directory holding just that file is enough (no weights, no
+    tokenizer). With ``HF_HUB_OFFLINE=1`` only local files are used.
+    """
     import transformers as tf
 
-    local_only = _offline()
+    name = model
     if os.path.isabs(name) or name.startswith((".", "~")):
         if not os.path.isdir(os.path.expanduser(name)):
             raise ModelLoadError(f"model {name!r} not found: no such directory")
         name = os.path.expanduser(name)
     try:
-        config = tf.AutoConfig.from_pretrained(name, local_files_only=local_only)
+        return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"model {name!r} not found: {_one_line(exc)}") from exc
+        raise ModelLoadError(f"model {model!r} not found: {_one_line(exc)}") from exc
+
+
+def _load_pretrained(name: str, attn_implementation: str | None, vocab_size: int | None) -> torch.nn.Module:
+    import transformers as tf
+
+    local_only = _offline()
+    config = load_config(name)
+    name = os.path.expanduser(name)
     auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
     kwargs: dict = {"config": config, "local_files_only": local_only}
     if attn_implementation is not None:

@@ -48,7 +48,7 @@ def balanced_assignment(n_tokens: int, top_k: int, n_experts: int) -> list[tuple
         raise ValueError(f"top-k routing needs 1 <= k <= E, got k={top_k}, E={n_experts}")
     out = []
     for e in range(n_experts):
-        pairs = torch.arange(e, n_tokens * top_k, n_experts)
+        pairs = torch.arange(e, max(e, n_tokens * top_k), n_experts)
         out.append((pairs // top_k, pairs % top_k))
     return out
 

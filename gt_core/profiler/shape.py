@@ -49,7 +49,8 @@ def model_from_config(config: Any, dtype: torch.dtype | None = None) -> torch.nn
     """The language model of ``config`` on the meta device (seq2seq LM if encoder-decoder, else causal LM).
 
     ``config`` is a ``transformers.PretrainedConfig``; it is copied, not changed. No parameter
-    memory is allocated, so billion-parameter configs build in well under a second.
+    memory is allocated, so billion-parameter configs build in well under a second. The model is in
+    training mode (dropout on), as it is during a training step.
     """
     import transformers as tf
 
@@ -58,7 +59,8 @@ def model_from_config(config: Any, dtype: torch.dtype | None = None) -> torch.nn
     auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
     kwargs = {} if dtype is None else {"dtype": dtype}
     with torch.device("meta"):
-        return auto.from_config(copy.deepcopy(config), **kwargs)
+        model = auto.from_config(copy.deepcopy(config), **kwargs)
+    return model.train()
 
 
 def _float_dtype(model: torch.nn.Module) -> torch.dtype | None:
