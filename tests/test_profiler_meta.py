@@ -79,6 +79,14 @@ def test_bf16_model() -> None:
     assert_same_profile(profile_model(model, BATCH, SEQ), profile_model_shape(model, BATCH, SEQ))
 
 
+def test_model_built_on_the_meta_device_is_priced_as_on_cpu() -> None:
+    with torch.device("meta"):
+        meta_model = tiny_model("llama", attn_implementation="sdpa")
+    assert meta_twin(meta_model) is meta_model
+    live = profile_model(tiny_model("llama", attn_implementation="sdpa"), BATCH, SEQ)
+    assert_same_profile(live, profile_model_shape(meta_model, BATCH, SEQ))
+
+
 def test_twin_leaves_the_live_model_alone() -> None:
     model = tiny_model("llama")
     for p in model.model.layers[0].parameters():

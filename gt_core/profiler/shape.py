@@ -68,7 +68,9 @@ def _float_dtype(model: torch.nn.Module) -> torch.dtype | None:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    """Where the model computes; CPU for a model that is itself on the meta device."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def _structure_difference(live: torch.nn.Module, twin: torch.nn.Module) -> str | None:
