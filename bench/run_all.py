@@ -33,6 +33,7 @@ SECTIONS = {
     "ablation": "importance_ablation",
     "overhead": "overhead",
     "daemon": "daemon_latency",
+    "large": "large_models",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -76,6 +77,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import daemon_latency
 
         daemon_latency.main(quick)
+    elif name == "large":
+        from bench import large_models
+
+        large_models.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 

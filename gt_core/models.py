@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -70,6 +71,25 @@ def _load_tiny(
         raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
 
 
+def load_config(model: str) -> Any:
+    """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
+
+    Reads only ``config.json``: a directory holding just that file is enough (no weights, no
+    tokenizer). With ``HF_HUB_OFFLINE=1`` only local files are used.
+    """
+    import transformers as tf
+
+    name = model
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        if not os.path.isdir(os.path.expanduser(name)):
+            raise ModelLoadError(f"model {name!r} not found: no such directory")
+        name = os.path.expanduser(name)
+    try:
+        return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"model {model!r} not found: {_one_line(exc)}") from exc
+
+
 def _load_pretrained(
     name: str, attn_implementation: str | None, vocab_size: int | None,
     torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None,
@@ -77,14 +97,8 @@ def _load_pretrained(
     import transformers as tf
 
     local_only = _offline()
-    if os.path.isabs(name) or name.startswith((".", "~")):
-        if not os.path.isdir(os.path.expanduser(name)):
-            raise ModelLoadError(f"model {name!r} not found: no such directory")
-        name = os.path.expanduser(name)
-    try:
-        config = tf.AutoConfig.from_pretrained(name, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"model {name!r} not found: {_one_line(exc)}") from exc
+    config = load_config(name)
+    name = os.path.expanduser(name)
     auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
     kwargs: dict = {"config": config, "local_files_only": local_only}
     if attn_implementation is not None:

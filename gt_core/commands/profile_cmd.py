@@ -91,14 +91,17 @@ def register(app: typer.Typer) -> None:
     @app.command("profile", cls=_OneLineErrors)
     def profile(
         tiny: Optional[str] = typer.Option(None, "--tiny", help="Tiny random model family (opt, bloom, gpt2, llama, qwen2, mistral, t5)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path."),
+        model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path (reads only its config.json)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Sequences per batch."),
         seq_len: int = typer.Option(64, "--seq-len", help="Tokens per sequence (encoder length for T5)."),
         target_len: Optional[int] = typer.Option(None, "--target-len", help="Decoder length of encoder-decoder models."),
         count: str = typer.Option("all", "--count", help="'all' FLOPs or only 'matmul' FLOPs."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """Per-tensor FLOPs of one training step (tensors in forward execution order)."""
+        """Per-tensor FLOPs of one training step (tensors in forward execution order).
+
+        Profiled on the meta device: no weights are loaded and no arithmetic is done.
+        """
         if (tiny is None) == (model is None):
             _fail("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
         if count not in _COUNTS:
@@ -106,12 +109,12 @@ def register(app: typer.Typer) -> None:
         if batch_size < 1 or seq_len < 1 or (target_len is not None and target_len < 1):
             _fail("--batch-size, --seq-len and --target-len must be positive")
 
-        from gt_core.models import ModelLoadError, load_model
-        from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model
+        from gt_core.models import ModelLoadError, load_config, load_model
+        from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model_shape
 
         try:
-            net = load_model(model=model, tiny=tiny)
-            prof = profile_model(net, batch_size=batch_size, seq_len=seq_len, target_len=target_len, count=count)
+            shape_source = load_config(model) if model is not None else load_model(tiny=tiny)
+            prof = profile_model_shape(shape_source, batch_size, seq_len, target_len=target_len, count=count)
         except (ModelLoadError, UnsupportedModuleError, UnsupportedOpError, ValueError) as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return

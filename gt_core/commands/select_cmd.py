@@ -14,29 +14,16 @@ class _UsageError(Exception):
     """Bad command-line input, reported as one line on stderr with exit code 2."""
 
 
-def _load_model(model: Optional[str], tiny: Optional[str]) -> Any:
+def _shape_source(model: Optional[str], tiny: Optional[str]) -> Any:
+    """The config of ``--model`` (only its config.json is read) or the tiny model of ``--tiny``."""
     if (model is None) == (tiny is None):
         raise _UsageError("give exactly one of --model or --tiny")
-    try:
-        from gt_core.models import load_model
-    except ImportError:
-        load_model = None
-    try:
-        if load_model is not None:
-            return load_model(model=model, tiny=tiny)
-        # gt_core.models not available: build the tiny model or load with transformers directly.
-        if tiny is not None:
-            from gt_core.tiny import tiny_model
+    from gt_core.models import ModelLoadError, load_config, load_model
 
-            return tiny_model(tiny)
-        import transformers as tf
-
-        config = tf.AutoConfig.from_pretrained(model)
-        auto = tf.AutoModelForSeq2SeqLM if config.is_encoder_decoder else tf.AutoModelForCausalLM
-        return auto.from_pretrained(model)
-    except (OSError, ValueError) as error:
-        what = f"--tiny {tiny}" if tiny else f"model {model!r}"
-        raise _UsageError(f"cannot load {what}: {str(error).splitlines()[0]}") from None
+    try:
+        return load_config(model) if model is not None else load_model(tiny=tiny)
+    except ModelLoadError as error:
+        raise _UsageError(str(error)) from None
 
 
 def _read_importance(path: Path, names: list[str]) -> tuple[list[float], int]:
@@ -74,7 +61,7 @@ def select(
         None, "--importance", help="JSON file {tensor name: importance}; default: every tensor equally important."
     ),
     tiny: Optional[str] = typer.Option(None, "--tiny", help="Tiny random-init model family (opt, llama, t5, ...)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path."),
+    model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path (reads only its config.json)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Batch size the FLOPs are profiled at."),
     seq_len: int = typer.Option(64, "--seq-len", min=1, help="Tokens per sequence (encoder side for T5)."),
     target_len: Optional[int] = typer.Option(None, "--target-len", min=1, help="Decoder length (T5 only)."),
@@ -85,13 +72,13 @@ def select(
     try:
         if not 0.0 < rho <= 1.0:
             raise _UsageError(f"--rho must be in (0, 1], got {rho:g}")
-        loaded = _load_model(model, tiny)
+        source = _shape_source(model, tiny)
 
-        from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model
+        from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model_shape
         from gt_core.selector import select_tensors
 
         try:
-            prof = profile_model(loaded, batch_size=batch_size, seq_len=seq_len, target_len=target_len)
+            prof = profile_model_shape(source, batch_size, seq_len, target_len=target_len)
         except (UnsupportedModuleError, UnsupportedOpError, ValueError) as error:
             raise _UsageError(f"cannot profile the model: {str(error).splitlines()[0]}") from None
         if importance is None:

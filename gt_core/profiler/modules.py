@@ -6,6 +6,8 @@ import importlib
 
 import torch
 
+from gt_core.profiler.moe import is_routed_experts
+
 # Resolved lazily so that a transformers version without one of them still works.
 _BUILTIN = (
     ("torch.nn", "Linear"),
@@ -17,6 +19,8 @@ _BUILTIN = (
     ("transformers.models.qwen2.modeling_qwen2", "Qwen2RMSNorm"),
     ("transformers.models.mistral.modeling_mistral", "MistralRMSNorm"),
     ("transformers.models.t5.modeling_t5", "T5LayerNorm"),
+    ("transformers.models.mixtral.modeling_mixtral", "MixtralRMSNorm"),
+    ("transformers.models.mixtral.modeling_mixtral", "MixtralTopKRouter"),
 )
 _registered: list[type] = []
 
@@ -54,7 +58,7 @@ def check_modules(model: torch.nn.Module) -> None:
     allowed = supported_module_types()
     for path, module in model.named_modules():
         owns = next(module.parameters(recurse=False), None) is not None
-        if owns and not isinstance(module, allowed):
+        if owns and not isinstance(module, allowed) and not is_routed_experts(module):
             where = path or "<root>"
             raise UnsupportedModuleError(
                 f"{where}: {type(module).__name__} is not supported (it owns parameters; "

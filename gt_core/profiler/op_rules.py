@@ -182,6 +182,13 @@ def _dropout_rule(args: tuple, inputs: list[torch.Tensor], outs: list[torch.Tens
     return OpCost(fwd_el=2 * n, bwd_el={pos: n for pos in _positions(inputs, args[0])})
 
 
+def _index_add_rule(args: tuple, inputs: list[torch.Tensor], outs: list[torch.Tensor]) -> OpCost:
+    # self.index_add_(dim, index, source): one add per source element; source's gradient is a gather.
+    source = args[3]
+    n = float(_numel(source))
+    return OpCost(fwd_el=n, bwd_el={pos: n for pos in _positions(inputs, source)})
+
+
 _RULES: dict[Any, Rule] = {
     aten.mm: _matmul_rule(0, 1, fc.mm_flop),
     aten.addmm: _matmul_rule(1, 2, fc.mm_flop, extra_idx=0),
@@ -202,13 +209,15 @@ _RULES: dict[Any, Rule] = {
     aten.nll_loss2d_forward: _nll_rule,
     aten.native_dropout: _dropout_rule,
     aten.expand: _expand_rule,
+    aten.index_add: _index_add_rule,
+    aten.index_add_: _index_add_rule,
 }
 if hasattr(aten, "_fused_rms_norm"):
     _RULES[aten._fused_rms_norm] = _rms_norm_rule
 
 _REDUCTIONS = (
     "sum", "mean", "amax", "amin", "max", "min", "var", "std", "var_mean", "std_mean", "norm",
-    "linalg_vector_norm", "logsumexp", "prod", "cumsum", "cumprod", "argmax", "argmin", "any", "all",
+    "linalg_vector_norm", "logsumexp", "prod", "cumsum", "cumprod", "argmax", "argmin", "any", "all", "topk",
 )
 for _name in _REDUCTIONS:
     if hasattr(aten, _name):

@@ -10,6 +10,7 @@ import torch
 
 from gt_core.profiler.graph import compile_recording
 from gt_core.profiler.modules import check_modules
+from gt_core.profiler.moe import balanced_routing
 from gt_core.profiler.record import ModulePathTracker, OpRecorder
 from gt_core.profiler.tensor_profile import TensorProfile
 
@@ -74,6 +75,30 @@ def _all_trainable(params: list[torch.nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextmanager
+def _one_sequence_per_row() -> Iterator[None]:
+    """Tell transformers' mask builder that the profiling batch packs no sequences together.
+
+    Without an attention mask or cache it inspects position ids to detect packing, a check that
+    reads tensor values and so cannot run on the meta device. ``make_batch`` rows are one sequence
+    each, so the answer is known: no packing.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if original is None:
+        yield
+        return
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
 def _rng_devices(params: list[torch.nn.Parameter]) -> list[int]:
     return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
 
@@ -93,6 +118,7 @@ def profile_model(
     matmul/attention FLOPs (what ``torch.utils.flop_counter.FlopCounterMode`` counts); ``"all"``
     adds elementwise work. ``target_len`` is the decoder length of encoder-decoder models (default
     ``seq_len``). Parameters the forward never reads are left out (listed in ``meta["unused"]``).
+    Mixture-of-experts layers are priced under balanced top-k routing (see ``gt_core.profiler.moe``).
 
     A model built on the meta device (``with torch.device("meta"): from_config(...)``) profiles the
     same without weights or arithmetic, which makes billion-parameter shapes take well under a second.
@@ -109,7 +135,7 @@ def profile_model(
     tracker = ModulePathTracker(model)
     recorder = OpRecorder(params, tracker.stack)
     with torch.random.fork_rng(devices=_rng_devices(params)), _all_trainable(params), torch.enable_grad():
-        with tracker, recorder:
+        with tracker, balanced_routing(model) as n_routed, _one_sequence_per_row(), recorder:
             output = model(**batch)
         loss = _loss_of(output)
     recorder.wrap_custom_function(loss)
@@ -137,5 +163,6 @@ def profile_model(
             "n_ops": len(recording.ops),
             "n_cost_groups": len(compiled.group_flops),
             "unused": [name for i, (name, _) in enumerate(named) if i not in used],
+            "routed_expert_modules": n_routed,
         },
     )
