@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "TensorProfile": "gt_core.profiler",
     "profile_model": "gt_core.profiler",
+    "profile_model_shape": "gt_core.profiler",
     "UnsupportedModuleError": "gt_core.profiler",
     "UnsupportedOpError": "gt_core.profiler",
     "load_model": "gt_core.models",

@@ -19,7 +19,8 @@ How it stays out of the Trainer's way:
   Trainer's training data set with the data loader's own collator but a generator of its own: the
   Trainer's data loader, its sampler state and every RNG stay untouched, as do weights, grads and
   optimizer state.
-- The profile (:func:`gt_core.profiler.profile_model`) is computed once, at ``on_train_begin``,
+- The profile (:func:`gt_core.profiler.profile_model_shape`: a weightless twin of the model on
+  the meta device) is computed once, at ``on_train_begin``,
   with the per-device batch size and the longest ``input_ids`` of the data set (or ``seq_len``).
 - ρ, ρ_effective, the number of tensors selected and the FLOPs per step go through the Trainer's
   logging: ``trainer.log`` when attached (reaches ``state.log_history`` and every reporter), else
@@ -90,7 +91,7 @@ from gt_core.distributed import broadcast_object, share_daemon_job
 from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
 from gt_core.guards import check_model_supported, check_training_args_supported
 from gt_core.precision import precision_from_training_args
-from gt_core.profiler import TensorProfile, profile_model
+from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoSource
 from gt_core.rho_daemon import is_daemon_reporter
 
@@ -272,7 +273,7 @@ class GreenTrainerCallback(TrainerCallback):
         if _world_size() > 1:
             self._check_ddp(args, model)
         self._use_non_reentrant_checkpointing(args, model)
-        self.profile = profile_model(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
+        self.profile = profile_model_shape(model, batch_size=args.per_device_train_batch_size, seq_len=seq_len, target_len=target_len)
         self.selector = GreenSelector(
             self.profile, self.rho_source, importance_metric=self.importance_metric, resolution=self.resolution
         )

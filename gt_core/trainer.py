@@ -32,7 +32,7 @@ from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
 from gt_core.precision import Precision, check_precision
-from gt_core.profiler import TensorProfile, profile_model
+from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoReading, RhoSource, check_rho
 from gt_core.training_types import EpochRecord, TrainedTensors
 
@@ -222,7 +222,9 @@ class GreenTrainer:
         source_len = max(len(f["input_ids"]) for f in self.train_set.features)
         target_len = max(len(f["labels"]) for f in self.train_set.features) if self.encoder_decoder else None
         self.shape = {"batch_size": config.batch_size, "source_len": source_len, "target_len": target_len}
-        self.profile: TensorProfile = profile_model(
+        self._place(model)
+        # On the meta device, from the model's config: no weights touched, no activations kept.
+        self.profile: TensorProfile = profile_model_shape(
             model, batch_size=config.batch_size, seq_len=source_len, target_len=target_len
         )
         self.selector: GreenSelector | None = None
@@ -233,7 +235,6 @@ class GreenTrainer:
             )
             self.selector.check_rho_values(_known_rho_values(self.rho_source))
         self.total_params = int(self.profile.param_counts.sum())
-        self._place(model)
         self.model, self.fixed = self._prepare_scheme(model)
 
         steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
