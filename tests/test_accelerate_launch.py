@@ -16,7 +16,7 @@ TRAIN_ARGS = [
     "train", "--tiny", "opt", "--limit", "16", "--epochs", "2", "--batch-size", "4", "--max-input-length", "64",
     "--max-target-length", "16", "--importance-batches", "2", "--no-progress",
 ]
-# Each rank's final weights, records and selections next to the run; otherwise `python -m gt_core.distributed`.
+# Each rank's final weights, records and selections next to the run; otherwise `python -m gt_core`.
 RANK_DUMP = '''\
 import json, os
 from dataclasses import asdict
@@ -55,12 +55,12 @@ def _documented_command() -> str:
 
 def test_docs_give_the_tested_command():
     command = _documented_command()
-    assert f"accelerate launch {ACCELERATE_FLAGS} -m gt_core.distributed train" in command, command
+    assert f"accelerate launch {ACCELERATE_FLAGS} -m gt_core train" in command, command
 
 
 def test_documented_command_starts_two_processes(tmp_path):
     out = tmp_path / "run"
-    run = launch("accelerate", ["-m", "gt_core.distributed", *TRAIN_ARGS, "--rho", "0.6", "--output-dir", str(out)], tmp_path)
+    run = launch("accelerate", ["-m", "gt_core", *TRAIN_ARGS, "--rho", "0.6", "--output-dir", str(out)], tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.count("done: 2 epochs") == 1  # rank 0 only
     assert (out / "final").is_dir() and (out / "checkpoint").is_dir()

@@ -98,7 +98,7 @@ def test_two_processes_match_one_process(tmp_path):
 def test_cli_under_torchrun(tmp_path):
     out = tmp_path / "run"
     cmd = _torchrun(
-        "-m", "gt_core.distributed", "train", "--tiny", "opt", "--limit", "16", "--epochs", "1", "--batch-size", "4",
+        "-m", "gt_core", "train", "--tiny", "opt", "--limit", "16", "--epochs", "1", "--batch-size", "4",
         "--max-input-length", "64", "--max-target-length", "16", "--rho", "0.6", "--importance-batches", "2",
         "--no-progress", "--output-dir", str(out),
     )
