@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/greentrainer demo
+	$(PY) -m carbon_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" $(PYTEST_ARGS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from carbonsched.typer_app import run_app
+from cli_support.typer_app import run_app
 from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd, report_cmd, service_cmds
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ def _root() -> None:
 def main() -> None:
     """Console entry point: command-line usage errors become one ``error: ...`` line, exit code 2."""
     run_app(app)
+
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
-"""``python -m gt_core`` runs the ``greentrainer`` CLI (``torchrun -m gt_core train ...``)."""
+"""`python -m gt_core ...` and `torchrun --nproc_per_node N -m gt_core train ...`: the `greentrainer` command."""
 
 from gt_core.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

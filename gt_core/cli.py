@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from carbonsched.typer_app import run_app
-from gt_core.commands import profile_cmd, select_cmd, train_cmd, evaluate_cmd, demo_cmd
+from cli_support.typer_app import run_app
+from gt_core.commands import evaluate_cmd, profile_cmd, select_cmd, train_cmd
 
 app = typer.Typer(
     name="greentrainer",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd, demo_cmd):
+for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd):
     _module.register(app)
 
 
@@ -27,6 +27,7 @@ def _root() -> None:
 def main() -> None:
     """Console entry point: command-line usage errors become one ``error: ...`` line, exit code 2."""
     run_app(app)
+
 
 if __name__ == "__main__":
     main()

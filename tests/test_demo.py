@@ -1,16 +1,14 @@
-"""`greentrainer demo --quick` as a subprocess: rows, report, plot, and no daemon left behind."""
+"""`python -m carbon_demo --quick` as a subprocess: rows, report, plot, and no daemon left behind."""
 
 import os
 import re
 import subprocess
 import sys
 
-GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
-
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [GREENTRAINER_BIN, "demo", *args], capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "carbon_demo", *args], capture_output=True, text=True, timeout=240,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
@@ -40,6 +38,7 @@ def test_demo_quick_prints_epoch_rows_report_and_plot_and_stops_the_daemon(tmp_p
     assert "total: 2 epochs" in text and "modelled" in text
     plot = out / "demo.png"
     assert f"plot: {plot}" in text and plot.read_bytes()[:4] == b"\x89PNG"
+    assert "total: 2 epochs" in (out / "report.txt").read_text()
     assert (out / "daemon-state" / "carbonsched.sqlite3").is_file()
     assert not _alive(pid) and not os.path.exists(socket_dir)
 

@@ -1,11 +1,12 @@
-"""Running a typer app as a console entry point, shared by the `carbonsched` and `greentrainer`
-commands."""
+"""Running a typer app as a console entry point with one-line usage errors."""
 
 from __future__ import annotations
 
 from typing import NoReturn
 
 import typer
+
+EXIT_USAGE = 2
 
 
 def run_app(app: typer.Typer) -> NoReturn:
@@ -18,5 +19,5 @@ def run_app(app: typer.Typer) -> NoReturn:
         message = exc.format_message()
         if message:  # empty for "no arguments given", where the help text was already printed
             typer.echo(f"error: {message}", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
     raise SystemExit(code or 0)
