@@ -65,7 +65,23 @@ def _load_data(
     return train, val
 
 
-def _load_model_and_tokenizer(tiny: str | None, model_name: str | None) -> tuple[Any, Any]:
+def _weight_dtype(precision: str) -> Any:
+    """bf16 weights are loaded as bf16 (no float32 copy first); every other precision keeps fp32 weights."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
+    """What a tracker records as the run's parameters."""
+    keep = ("tiny", "model", "data", "scheme", "rho", "epochs", "batch_size", "lr", "seed", "device", "frozen_state",
+            "grad_accumulation", "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "importance_metric")
+    return {**{k: opts[k] for k in keep if opts.get(k) is not None}, "precision": precision}
+
+
+def _load_model_and_tokenizer(
+    tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
+) -> tuple[Any, Any]:
     from gt_core.models import ModelLoadError, load_model
     from gt_core.tokenizer import load_tokenizer
 
@@ -76,7 +92,7 @@ def _load_model_and_tokenizer(tiny: str | None, model_name: str | None) -> tuple
             # is untied: in a random-init model the tied embedding is most of what there is to
             # learn, and tied it sits at the input end where no budget below 1 can reach it.
             return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
-        return load_model(model_name), tokenizer
+        return load_model(model_name, torch_dtype=torch_dtype, device_map=device_map), tokenizer
     except ModelLoadError as exc:
         raise _BadInput(str(exc)) from None
     except (OSError, ValueError) as exc:
@@ -93,6 +109,7 @@ def _check_output_dir(output_dir: Path, resume: Path | None) -> None:
 
 
 def train(
+    ctx: typer.Context,
     tiny: Optional[str] = typer.Option(None, "--tiny", help="Build a tiny random model of this family (opt, bloom, gpt2, llama, qwen2, mistral, t5)."),
     model: Optional[str] = typer.Option(None, "--model", help="Pretrained model name or local path."),
     data: Optional[str] = typer.Option(None, "--data", help="Training data: .jsonl/.json/.csv file or a data set name (default: the embedded task)."),
@@ -117,17 +134,39 @@ def train(
     topk: int = typer.Option(2, "--topk", min=1, help="Scheme topk: train the N layers nearest the output, a layer being one module's own tensors (a LayerNorm's weight and bias count once). The LM head is the last layer; if it is tied to the input embedding, that shared matrix trains and the backward runs through the whole model (priced so). Default 2 = FT-Top2: LM head + final norm."),
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Also checkpoint every N steps."),
-    output_dir: Path = typer.Option(..., "--output-dir", help="Where metrics, checkpoints and the final model go."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where metrics, checkpoints and the final model go (required here or in --config)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16 (default: what accelerate launch --mixed_precision asked, else fp32)."),
+    frozen_state: str = typer.Option("keep", "--frozen-state", help="Optimizer state of tensors not selected: keep | offload (to CPU memory) | drop (fresh when selected again)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory, ~1 more forward of FLOPs, not counted as training FLOPs)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="Spread a --model that fits no single device (e.g. auto; needs accelerate)."),
+    grad_accumulation: int = typer.Option(1, "--grad-accumulation", min=1, help="Micro-batches per optimizer step."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", min=0.0, help="Clip gradients to this norm (0: no clipping)."),
+    scheduler: str = typer.Option("linear", "--scheduler", help="linear | cosine | constant (after the warmup)."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", min=0),
+    warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", min=0.0, max=0.999, help="Warmup as a share of all steps (used when --warmup-steps is 0)."),
+    report_to: list[str] = typer.Option([], "--report-to", help="tensorboard | wandb | mlflow | none (repeatable; offline modes work without network)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Options from a .toml or .yaml file; flags given on the command line override it."),
 ) -> None:
     """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
+    opts = {k: v for k, v in locals().items() if k != "ctx"}
     try:
-        trainer = _build_trainer(**locals())
+        if config is not None:
+            from gt_core.commands.config_file import ConfigFileError, apply_config_file
+
+            try:
+                opts = apply_config_file(ctx, config, opts)
+            except ConfigFileError as exc:
+                raise _BadInput(str(exc)) from None
+        trainer = _build_trainer(**opts)
     except _BadInput as exc:
         _fail(str(exc))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
+    output_dir, rho_from = Path(opts["output_dir"]), opts["rho_from"]
     records = trainer.train()
     if getattr(trainer, "rank", 0) != 0:  # under torchrun only rank 0 reports
         return
@@ -151,8 +190,18 @@ def _build_trainer(**opts: Any) -> Any:
     from gt_core.rho import ConstantRho, ScheduleRho, check_rho
     from gt_core.schemes import check_scheme
 
+    if opts["output_dir"] is None:
+        raise _BadInput("give --output-dir DIR (or output-dir in --config)")
     if (opts["tiny"] is None) == (opts["model"] is None):
         raise _BadInput("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
+    if opts["device_map"] is not None and opts["model"] is None:
+        raise _BadInput("--device-map applies to a pretrained --model only")
+    from gt_core.precision import precision_from_launcher
+
+    precision = opts["precision"] or precision_from_launcher() or "fp32"
+    from gt_core.reporting import check_reporters
+
+    reporters = check_reporters(opts["report_to"])
     if opts["tiny"] is not None:
         from gt_core.tiny import TINY_ARCHS
 
@@ -199,8 +248,6 @@ def _build_trainer(**opts: Any) -> Any:
     train_examples, val_examples = _load_data(
         opts["data"], opts["val_data"], opts["source_field"], opts["target_field"], opts["limit"], opts["seed"]
     )
-    model, tokenizer = _load_model_and_tokenizer(opts["tiny"], opts["model"])
-
     from gt_core.trainer import TrainConfig
 
     config = TrainConfig(
@@ -209,11 +256,23 @@ def _build_trainer(**opts: Any) -> Any:
         importance_batches=opts["importance_batches"], importance_metric=opts["importance_metric"],
         reselect=reselect, topk=opts["topk"], lora_r=opts["lora_r"], seed=opts["seed"],
         output_dir=output_dir, checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
+        device=opts["device"], precision=precision, frozen_state=opts["frozen_state"],
+        gradient_checkpointing=opts["gradient_checkpointing"], grad_accumulation=opts["grad_accumulation"],
+        weight_decay=opts["weight_decay"], max_grad_norm=opts["max_grad_norm"], scheduler=opts["scheduler"],
+        warmup_steps=opts["warmup_steps"], warmup_ratio=opts["warmup_ratio"],
+    )
+    from gt_core.device import resolve_device
+
+    resolve_device(config.device)  # a device this machine lacks: one line before any loading
+    model, tokenizer = _load_model_and_tokenizer(
+        opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
     )
     from gt_core.distributed import trainer_class
+    from gt_core.reporting import TrackerCallback
 
+    callbacks = [TrackerCallback(reporters, output_dir, _run_config(opts, precision))] if reporters else []
     # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel variant.
-    trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source)
+    trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks)
     if resume is not None:
         trainer.resume(resume)
     if opts["rho_from"] is not None and getattr(trainer, "rank", 0) == 0:
