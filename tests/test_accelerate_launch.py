@@ -43,7 +43,7 @@ def _train_and_dump(self):
 DistributedGreenTrainer.train = _train_and_dump
 main()
 '''
-TIMINGS = {"wall_s", "importance_s", "dp_s"}
+TIMINGS = {"wall_s", "importance_s", "dp_s", "peak_memory_bytes"}  # measured per process
 
 
 def _documented_command() -> str:
