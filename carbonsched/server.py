@@ -159,6 +159,11 @@ class UnixSocketServer:
             pass
 
     @property
+    def accepting(self) -> bool:
+        """Whether the thread accepting connections runs."""
+        return self._accept_thread is not None and self._accept_thread.is_alive()
+
+    @property
     def active_connections(self) -> int:
         with self._conns_lock:
             return len(self._conns)

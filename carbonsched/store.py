@@ -10,7 +10,6 @@ All instants are stored as UTC unix seconds (REAL) and returned as such.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from carbonsched.types import Decision, EnergyReading, IntensityReading
+from carbonsched.types import Decision, EnergyReading, IntensityReading, finite_or_none
 
 J_PER_KWH = 3.6e6
 
@@ -132,13 +131,6 @@ def to_unix_s(value: datetime | float | int | None) -> float | None:
     return float(value)
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 class Store:
     """``read_only``: open another node's store (a copy, or a shared state directory) for
     reports without creating, migrating or writing anything; an older schema reads as far as
@@ -246,7 +238,7 @@ class Store:
                 r.device,
                 float(r.energy_j),
                 r.source,
-                _finite_or_none(r.power_w),
+                finite_or_none(r.power_w),
                 json.dumps([int(p) for p in r.pids]),
             )
             for r in readings
@@ -284,8 +276,8 @@ class Store:
                 float(decision.rho),
                 decision.policy,
                 decision.reason,
-                _finite_or_none(intensity_g_per_kwh),
-                _finite_or_none(gpu_power_w),
+                finite_or_none(intensity_g_per_kwh),
+                finite_or_none(gpu_power_w),
                 int(override),
             ),
         )
