@@ -188,6 +188,33 @@ def _target_share(
     return pieces
 
 
+def _target_power(
+    sample: dict[str, Any], target: JobWindow, others: Sequence[JobWindow]
+) -> list[tuple[float, float, float]]:
+    """Pieces (start, end, W) of one energy sample's power that belong to ``target``'s job."""
+    span_s = sample["end"] - sample["start"]
+    if span_s <= 0:
+        return []
+    power_w = sample["energy_j"] / span_s
+    eligible = [w for w in others if w.eligible(sample["device"], sample["pids"])]
+    return [(a, b, power_w * fraction) for a, b, fraction in _target_share(sample["start"], sample["end"], target, eligible)]
+
+
+def sample_job_energy_j(samples: Iterable[dict[str, Any]], windows: Sequence[JobWindow]) -> dict[str, float]:
+    """Each job's energy (J) in ``samples`` (rows shaped like ``Store.energy_samples``), split
+    between the epoch ``windows`` as :func:`epoch_energy` splits it."""
+    shares: dict[str, float] = {}
+    for sample in samples:
+        for target in windows:
+            if not target.eligible(sample["device"], sample["pids"]):
+                continue
+            others = [w for w in windows if w.job_id != target.job_id]
+            energy_j = sum(power_w * (b - a) for a, b, power_w in _target_power(sample, target, others))
+            if energy_j:
+                shares[target.job_id] = shares.get(target.job_id, 0.0) + energy_j
+    return shares
+
+
 def epoch_energy(
     store: Store, job: dict[str, Any], start_s: float, end_s: float, *, now_s: float | None = None
 ) -> EpochEnergy:
@@ -204,16 +231,10 @@ def epoch_energy(
         device, pids = row["device"], row["pids"]
         if not target.eligible(device, pids):
             continue
-        span_s = row["end"] - row["start"]
-        if span_s <= 0:
-            continue
-        eligible = [w for w in others if w.eligible(device, pids)]
-        power_w = row["energy_j"] / span_s
         energy_j = 0.0
-        for a, b, fraction in _target_share(row["start"], row["end"], target, eligible):
-            piece_j = power_w * (b - a) * fraction
-            energy_j += piece_j
-            carbon_g += power_w * fraction * curve.integral(a, b) / J_PER_KWH
+        for a, b, power_w in _target_power(row, target, others):
+            energy_j += power_w * (b - a)
+            carbon_g += power_w * curve.integral(a, b) / J_PER_KWH
         if energy_j == 0.0:
             continue
         kind = "gpu" if device.startswith("gpu") else device if device in by_kind else "cpu"

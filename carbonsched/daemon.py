@@ -81,6 +81,8 @@ class Daemon:
         self._store_factory = store_factory
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._stopped = False
         self.started_at = utcnow()
         self._started_monotonic = time.monotonic()
         self.state = RuntimeState(Settings(config=config, policy=None, provider=None))
@@ -193,6 +195,11 @@ class Daemon:
         self.stop()
 
     def stop(self) -> None:
+        """Stop serving, let requests being handled and periodic work finish, then close the
+        meter and the store. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         log.info("stopping")
         self.notifier.stopping(status="shutting down")
         if self.server is not None:
@@ -210,7 +217,13 @@ class Daemon:
     # -- reload --------------------------------------------------------------------------------
 
     def reload(self) -> dict[str, Any]:
-        """Re-read the config file and policy; on any error keep what runs and report it."""
+        """Re-read the config file and policy; on any error keep what runs and report it.
+        SIGHUP and the `reload` op may ask at once: one reload at a time, so the later one reads
+        the files after the earlier one's result is in force and its own result is what stays."""
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> dict[str, Any]:
         self.notifier.reloading()
         running = self.state.settings
         try:

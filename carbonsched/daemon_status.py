@@ -20,6 +20,10 @@ def _safe(what: Callable[[], Any]) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def _job_rho(record: DecisionRecord | None) -> float | None:
+    return record.decision.rho if record is not None else None
+
+
 def build_status(
     state: RuntimeState, store: Store, *, meter: Any, meter_error: str | None, started_at: datetime,
     uptime_s: float, connections: int,
@@ -70,7 +74,7 @@ def build_status(
         "meter": meter_status,
         "jobs_running": [
             {"job_id": j["job_id"], "model": j["model"], "scheme": j["scheme"], "pid": j["pid"], "uid": j["uid"],
-             "started_at": iso_utc(j["started_at"])}
+             "started_at": iso_utc(j["started_at"]), "rho": _job_rho(view.job_decisions.get(j["job_id"]))}
             for j in store.jobs(status="running")
         ],
         "connections": connections,

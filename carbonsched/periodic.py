@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from copy import deepcopy
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from carbonsched.accounting import epoch_energy, job_pids
+from carbonsched.accounting import epoch_energy, job_pids, job_windows, sample_job_energy_j
 from carbonsched.processes import process_alive
 from carbonsched.runtime_state import DecisionRecord, RuntimeState, start_of_utc_day
 from carbonsched.store import Store
-from carbonsched.types import IntensityReading, ProviderError, finite_or_none, iso_utc, utcnow
+from carbonsched.types import EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow
 
 log = logging.getLogger("carbonsched.daemon")
 
@@ -29,6 +30,8 @@ class PeriodicWork:
         self.meter = meter
         self._meter_lock = threading.Lock()
         self._decide_lock = threading.Lock()
+        self._job_policies: dict[str, Any] = {}  # job_id -> its copy of the policy; under _decide_lock
+        self._policy_copied: Any = None  # the policy those copies were made from
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -90,7 +93,18 @@ class PeriodicWork:
             readings = self.meter.poll()
             gpu_power_w = self.meter.gpu_power_w()
         self.store.add_energy(readings)
-        self.state.add_energy(readings, gpu_power_w, self._running_job_devices)
+        self.state.add_energy(readings, gpu_power_w, self._job_energy_j(readings))
+
+    def _job_energy_j(self, readings: list[EnergyReading]) -> dict[str, float]:
+        """Each job's share (J) of ``readings``, by the epoch windows open while they were taken."""
+        if not readings:
+            return {}
+        samples = [
+            {"start": r.start.timestamp(), "end": r.end.timestamp(), "device": r.device, "energy_j": r.energy_j, "pids": r.pids}
+            for r in readings
+        ]
+        start_s, end_s = min(s["start"] for s in samples), max(s["end"] for s in samples)
+        return sample_job_energy_j(samples, job_windows(self.store, start_s, end_s, now_s=end_s))
 
     def sample_power_now(self) -> None:
         """Meter up to this instant (the energy so far belongs to an epoch about to end)."""
@@ -107,45 +121,77 @@ class PeriodicWork:
                 except Exception as exc:
                     log.warning("closing the energy meter: %s", exc)
 
-    def _running_job_devices(self) -> dict[str, set[str]]:
-        return {job["job_id"]: set(job["devices"]) for job in self.store.jobs(status="running")}
-
     def start_carbon_counters(self) -> None:
-        """Today's carbon and each running job's so far, from the store (after a restart)."""
+        """Today's carbon and each running job's so far, from the store (after a restart): a
+        job's is its ended epochs' carbon plus its open epochs' up to now."""
         now = utcnow()
         _energy_j, today_g = self.store.energy_and_carbon(start_of_utc_day(now), now)
         jobs_g = {}
         for job in self.store.jobs(status="running"):
-            _energy_j, carbon_g = self.store.energy_and_carbon(job["started_at"], now, devices=job["devices"] or None)
-            jobs_g[job["job_id"]] = carbon_g or 0.0
+            carbon_g = 0.0
+            for epoch in self.store.epochs(job["job_id"]):
+                if epoch["ended_at"] is not None:
+                    carbon_g += epoch["carbon_g"] or 0.0
+                elif epoch["started_at"] is not None:
+                    carbon_g += epoch_energy(self.store, job, epoch["started_at"], now.timestamp()).carbon_g or 0.0
+            jobs_g[job["job_id"]] = carbon_g
         self.state.start_carbon_counters(now, today_g or 0.0, jobs_g)
 
     # -- decide --------------------------------------------------------------------------------
 
     def decide(self) -> DecisionRecord:
-        """Ask the policy for ρ now and record it. Policies keep hysteresis state, so only this
-        method calls decide(); the socket answers from its result."""
+        """Ask the policy for ρ now, for the node and for each running job (from its own carbon
+        so far), and record the node's. Policies keep hysteresis state, so only this method
+        calls decide(), on one copy of the policy per job; the socket answers from the results."""
         with self._decide_lock:
             now = utcnow()
-            signals, policy, reading = self.state.policy_inputs(
-                now, lambda: [j["job_id"] for j in self.store.jobs(status="running")]
-            )
-            decision = policy.decide(signals)
-            rho = finite_or_none(decision.rho)
-            if rho is None or not 0.0 < rho <= 1.0:
-                raise ValueError(f"policy {getattr(policy, 'name', '?')} returned rho={decision.rho!r}")
-            record = DecisionRecord(
-                decision=decision,
-                decided_at=now,
-                valid_until=now + timedelta(seconds=self.state.settings.config.intervals.decide_s),
-                reading=reading,
-                gpu_power_w=signals.gpu_power_w,
-            )
-            previous = self.state.set_decision(record)
-            self.store.add_decision(now, decision, intensity_g_per_kwh=signals.intensity_g_per_kwh, gpu_power_w=signals.gpu_power_w)
-            if previous is None or previous.decision.rho != decision.rho:
-                log.info("rho %.3f (%s: %s)", decision.rho, decision.policy, decision.reason)
-            return record
+            running = [job["job_id"] for job in self.store.jobs(status="running")]
+            inputs = self.state.policy_inputs(now, running)
+            job_policies = self._job_policies_for(inputs.policy, running)
+            node = self._decision_record(inputs.policy, inputs.node, inputs.reading)
+            jobs = {}
+            for job_id, policy in job_policies.items():
+                try:
+                    jobs[job_id] = self._decision_record(policy, inputs.jobs[job_id], inputs.reading)
+                except Exception as exc:  # the job gets the node's ρ
+                    self.state.record_error("decide", f"job {job_id}: {type(exc).__name__}: {exc}")
+            previous = self.state.set_decisions(node, jobs)
+            signals = inputs.node
+            self.store.add_decision(now, node.decision, intensity_g_per_kwh=signals.intensity_g_per_kwh, gpu_power_w=signals.gpu_power_w)
+            if previous is None or previous.decision.rho != node.decision.rho:
+                log.info("rho %.3f (%s: %s)", node.decision.rho, node.decision.policy, node.decision.reason)
+            return node
+
+    def _job_policies_for(self, policy: Any, running: list[str]) -> dict[str, Any]:
+        """One policy per running job, each a copy of the node's (with its hysteresis and
+        dwell history) when the job is first seen or the policy was reloaded."""
+        if policy is not self._policy_copied:
+            self._job_policies, self._policy_copied = {}, policy
+        kept = {}
+        for job_id in running:
+            copy = self._job_policies.get(job_id)
+            if copy is None:
+                try:
+                    copy = deepcopy(policy)
+                except Exception as exc:
+                    self.state.record_error("decide", f"policy cannot be copied for job {job_id}: {type(exc).__name__}: {exc}")
+                    continue
+            kept[job_id] = copy
+        self._job_policies = kept
+        return kept
+
+    def _decision_record(self, policy: Any, signals: Signals, reading: IntensityReading | None) -> DecisionRecord:
+        decision = policy.decide(signals)
+        rho = finite_or_none(decision.rho)
+        if rho is None or not 0.0 < rho <= 1.0:
+            raise ValueError(f"policy {getattr(policy, 'name', '?')} returned rho={decision.rho!r}")
+        return DecisionRecord(
+            decision=decision,
+            decided_at=signals.now,
+            valid_until=signals.now + timedelta(seconds=self.state.settings.config.intervals.decide_s),
+            reading=reading,
+            gpu_power_w=signals.gpu_power_w,
+        )
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ decision and override, recent errors and the live energy and carbon counters.
 
 The scheduler's threads and the socket handlers share one instance; every field is read and
 written behind :attr:`RuntimeState.lock`, and every method returns copies or frozen values.
+Nothing here reads or writes the store: callers do that before or after, never while the lock
+is held, so a slow disk never delays a ρ answer.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -85,6 +87,16 @@ def start_of_utc_day(now: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
+class PolicyInputs:
+    """A policy's inputs at one instant: for the node and for each running job."""
+
+    policy: Any
+    reading: IntensityReading | None
+    node: Signals
+    jobs: dict[str, Signals]
+
+
+@dataclass(frozen=True)
 class StateView:
     """A consistent copy of the state for status replies and metrics."""
 
@@ -92,6 +104,7 @@ class StateView:
     reading_error: str | None
     gpu_power_w: float | None
     decision: DecisionRecord | None
+    job_decisions: dict[str, DecisionRecord]
     override: Override | None  # None also when it has expired
     errors: list[dict[str, Any]]
     carbon_today_g: float
@@ -110,6 +123,7 @@ class RuntimeState:
         self._last_poll_at: datetime | None = None
         self._gpu_power_w: float | None = None
         self._decision: DecisionRecord | None = None
+        self._job_decisions: dict[str, DecisionRecord] = {}
         self._override: Override | None = None
         self._errors: deque[dict[str, Any]] = deque(maxlen=MAX_RECENT_ERRORS)
         self._reload_error: str | None = None
@@ -174,11 +188,11 @@ class RuntimeState:
             self._job_carbon_g.update(job_carbon_g)
 
     def add_energy(
-        self, readings: Iterable[EnergyReading], gpu_power_w: float | None,
-        running_job_devices: Callable[[], Mapping[str, set[str]]],
+        self, readings: Iterable[EnergyReading], gpu_power_w: float | None, job_energy_j: Mapping[str, float]
     ) -> None:
         """Count a power sample: energy totals per device and source, and its carbon (at the
-        latest intensity) for today and for each running job using the device."""
+        latest intensity) for today and for each job, from the job's share ``job_energy_j``
+        (J, split as :func:`carbonsched.accounting.sample_job_energy_j` splits it)."""
         readings = list(readings)
         with self.lock:
             self._gpu_power_w = finite_or_none(gpu_power_w)
@@ -189,13 +203,9 @@ class RuntimeState:
             self._roll_carbon_day(utcnow())
             if intensity is None:
                 return
-            running = running_job_devices()
-            for r in readings:
-                carbon_g = r.energy_j / J_PER_KWH * intensity
-                self._carbon_today_g += carbon_g
-                for job_id, devices in running.items():
-                    if not devices or r.device in devices:
-                        self._job_carbon_g[job_id] = self._job_carbon_g.get(job_id, 0.0) + carbon_g
+            self._carbon_today_g += sum(r.energy_j for r in readings) / J_PER_KWH * intensity
+            for job_id, energy_j in job_energy_j.items():
+                self._job_carbon_g[job_id] = self._job_carbon_g.get(job_id, 0.0) + energy_j / J_PER_KWH * intensity
 
     def job_started(self, job_id: str) -> None:
         with self.lock:
@@ -204,6 +214,7 @@ class RuntimeState:
     def job_ended(self, job_id: str) -> float | None:
         """Stop counting the job's carbon; returns what it used while counted (gCO2e)."""
         with self.lock:
+            self._job_decisions.pop(job_id, None)
             return self._job_carbon_g.pop(job_id, None)
 
     def _roll_carbon_day(self, now: datetime) -> None:
@@ -213,37 +224,38 @@ class RuntimeState:
 
     # -- decisions -----------------------------------------------------------------------------
 
-    def policy_inputs(
-        self, now: datetime, running_job_ids: Callable[[], list[str]]
-    ) -> tuple[Signals, Any, IntensityReading | None]:
-        """The signals a policy decides from now, the policy in force and the reading the
-        signals come from. The job's carbon is given when exactly one job runs."""
+    def policy_inputs(self, now: datetime, running_job_ids: Iterable[str]) -> PolicyInputs:
+        """What the policy decides from now: the node's signals (no job) and each running job's
+        (its own carbon so far)."""
         with self.lock:
-            reading, gpu_power_w, policy = self._reading, self._gpu_power_w, self._settings.policy
-            running = running_job_ids()
-            job_id = running[0] if len(running) == 1 else None
+            reading, gpu_power_w = self._reading, self._gpu_power_w
             self._roll_carbon_day(now)
-            signals = Signals(
+            node = Signals(
                 now=now,
                 intensity_g_per_kwh=reading.intensity_g_per_kwh if reading else None,
                 signal=reading.signal if reading else None,
                 forecast=reading.forecast if reading else (),
                 gpu_power_w=gpu_power_w,
                 carbon_used_today_g=self._carbon_today_g,
-                carbon_used_job_g=self._job_carbon_g.get(job_id) if job_id else None,
-                job_id=job_id,
             )
-        return signals, policy, reading
+            jobs = {
+                job_id: replace(node, job_id=job_id, carbon_used_job_g=self._job_carbon_g.get(job_id))
+                for job_id in running_job_ids
+            }
+            return PolicyInputs(policy=self._settings.policy, reading=reading, node=node, jobs=jobs)
 
-    def set_decision(self, record: DecisionRecord) -> DecisionRecord | None:
-        """Keep a new decision; returns the one it replaces."""
+    def set_decisions(self, node: DecisionRecord, jobs: Mapping[str, DecisionRecord]) -> DecisionRecord | None:
+        """Keep the node's new decision and the running jobs' own; returns the node's previous."""
         with self.lock:
-            previous, self._decision = self._decision, record
+            previous, self._decision = self._decision, node
+            self._job_decisions = dict(jobs)
         return previous
 
-    def decision_and_override(self) -> tuple[DecisionRecord | None, Override | None]:
+    def decision_and_override(self, job_id: str | None = None) -> tuple[DecisionRecord | None, Override | None]:
+        """The decision for ``job_id`` (the node's until the job has its own) and the override."""
         with self.lock:
-            return self._decision, self._override
+            record = self._job_decisions.get(job_id, self._decision) if job_id is not None else self._decision
+            return record, self._override
 
     def set_override(self, rho: float | None, ttl_s: float | None, uid: int, now: datetime) -> Override | None:
         """Set (``rho``) or clear (None) the override; returns the one now in force."""
@@ -267,6 +279,7 @@ class RuntimeState:
                 reading_error=self._reading_error,
                 gpu_power_w=self._gpu_power_w,
                 decision=self._decision,
+                job_decisions=dict(self._job_decisions),
                 override=override,
                 errors=list(self._errors),
                 carbon_today_g=self._carbon_today_g,

@@ -60,7 +60,7 @@ def op_ping(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Req
 
 def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
     now = utcnow()
-    record, override = ctx.state.decision_and_override()
+    record, override = ctx.state.decision_and_override(fields.get("job_id"))
     if record is None:
         try:
             record = ctx.work.decide()
