@@ -16,6 +16,7 @@ from typing import Any
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
 from carbonsched.periodic import PeriodicWork
+from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
 from carbonsched.protocol import ProtocolError, Request
 from carbonsched.runtime_state import RuntimeState
@@ -99,18 +100,24 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     now = utcnow()
     # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
     gpus = getattr(getattr(ctx.work.meter, "gpu", None), "devices", None) or []
-    # The kernel's view of the sender's pid equals the one it sent: same pid namespace, so
-    # check_jobs may look the job's processes up.
+    # The kernel's view of the sender's pid equals the one it sent: check_jobs may look the
+    # job's processes up.
     pids_local = peer.pid == fields["pid"]
+    # Pids of a container's own namespace: NVML's host pids never match, so per-device GPU energy.
+    pids_foreign = not sent_pids_are_ours(peer.pid, fields["pid"])
     created = ctx.store.start_job(
         job_id, model=fields["model"], scheme=fields["scheme"], pid=fields["pid"], uid=peer.uid,
         devices=resolve_job_devices(fields.get("devices", ()), gpus), started_at=now,
-        pids=fields.get("pids", ()), pids_local=pids_local,
+        pids=fields.get("pids", ()), pids_local=pids_local, pids_foreign=pids_foreign,
         **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
     )
+    if pids_foreign:
+        log.info("job %s: pid %d is of another pid namespace (host pid %d); its GPU energy is attributed per device",
+                 job_id, fields["pid"], peer.pid)
     if not created:
         job_for(ctx, job_id, peer)
-        ctx.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local)
+        ctx.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local,
+                             pids_foreign=pids_foreign)
         log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)

@@ -112,6 +112,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX epochs_started_at ON epochs (started_at);
     """,
+    # A job whose pids belong to another pid namespace (a container): NVML's host pids never
+    # match them, so its GPU energy is attributed per device.
+    """
+    ALTER TABLE jobs ADD COLUMN pids_foreign INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -315,32 +320,37 @@ class Store:
         world_size: int | None = None,
         pids: Sequence[int] = (),
         pids_local: bool = False,
+        pids_foreign: bool = False,
     ) -> bool:
         """Record a new running job; False if ``job_id`` already exists (nothing is changed).
         ``hostname``/``rank``/``local_rank``/``world_size``: the process that registered a
         multi-process job on this node; ``pids``: all of the job's processes on this node (GPU
         energy NVML lists for any of them belongs to the job). ``pids_local``: those ids are this
-        process's view of them (same pid namespace), so the daemon may check they still exist."""
+        process's view of them (same pid namespace), so the daemon may check they still exist.
+        ``pids_foreign``: those ids are another pid namespace's (a container's), so NVML's
+        process lists cannot name the job and its GPU energy is attributed per device."""
         cur = self._write(
             "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status, "
-            "hostname, rank, local_rank, world_size, pids, pids_local) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            "hostname, rank, local_rank, world_size, pids, pids_local, pids_foreign) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
             (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at),
-             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids]), int(pids_local)),
+             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids]), int(pids_local),
+             int(pids_foreign)),
         )
         return cur.rowcount == 1
 
     def resume_job(
-        self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None, pids_local: bool | None = None
+        self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None, pids_local: bool | None = None,
+        pids_foreign: bool | None = None,
     ) -> bool:
         """Mark an existing job running again (a trainer restarted with the same job id); a new
         ``pid``/``pids`` replace the old ones, so per-pid GPU attribution follows the restarted
         processes."""
         cur = self._write(
             "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid), pids = coalesce(?, pids), "
-            "pids_local = coalesce(?, pids_local) WHERE job_id = ?",
+            "pids_local = coalesce(?, pids_local), pids_foreign = coalesce(?, pids_foreign) WHERE job_id = ?",
             (pid, None if pids is None else json.dumps([int(p) for p in pids]),
-             None if pids_local is None else int(pids_local), job_id),
+             None if pids_local is None else int(pids_local), None if pids_foreign is None else int(pids_foreign), job_id),
         )
         return cur.rowcount == 1
 
