@@ -54,6 +54,10 @@ def load_policy_from(config: DaemonConfig) -> Any:
     return load_policy(config.policy or default_policy_path())
 
 
+def open_store(config: DaemonConfig) -> Store:
+    return Store(store_path(config.state_dir))
+
+
 def build_meter() -> Any:
     from carbonsched.power import NodeEnergyMeter
 
@@ -70,7 +74,7 @@ class Daemon:
         provider_factory: Callable[[DaemonConfig], Any] = build_provider_from,
         policy_loader: Callable[[DaemonConfig], Any] = load_policy_from,
         meter_factory: Callable[[], Any] | None = build_meter,
-        store_factory: Callable[[DaemonConfig], Store] = lambda config: Store(store_path(config.state_dir)),
+        store_factory: Callable[[DaemonConfig], Store] = open_store,
     ):
         self._cli_overrides = dict(cli_overrides or {})
         self.notifier = notifier or Notifier()
