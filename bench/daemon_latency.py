@@ -23,6 +23,10 @@ from pathlib import Path
 from bench.common import machine_line, percentile, run_section, table, write_section
 
 CLIENT_COUNTS = (1, 10, 50)
+SLOW_DISK_FSYNC_MS = 20.0
+SLOW_DISK_CLIENTS = (1, 4)
+BASELINE_ENV = "CARBONSCHED_BENCH_BASELINE"  # a git revision to run side by side in the slow-disk rows
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _client(socket_path: str, start_evt, stop_at_holder, ready_q, out_q) -> None:
@@ -56,12 +60,17 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _start_daemon(workdir: Path) -> tuple[subprocess.Popen, Path]:
+def _start_daemon(workdir: Path, args: list[str] | None = None, pythonpath: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """`carbonsched run` (or ``args`` with the socket path appended first) as a subprocess;
+    returns once it answers `rho`."""
     sock = workdir / "cs.sock"
-    exe = Path(sys.executable).parent / "carbonsched"
-    args = [str(exe), "run", "--socket", str(sock), "--state-dir", str(workdir / "state"),
-            "--provider", "trace?speedup=600"]
+    if args is None:
+        exe = Path(sys.executable).parent / "carbonsched"
+        args = [str(exe), "run", "--socket", str(sock), "--state-dir", str(workdir / "state"),
+                "--provider", "trace?speedup=600"]
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "JOURNAL_STREAM")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     log = (workdir / "daemon.log").open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     from carbonsched.client import DaemonClient, DaemonUnavailable
@@ -78,6 +87,16 @@ def _start_daemon(workdir: Path) -> tuple[subprocess.Popen, Path]:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("daemon did not answer within 30 s")
+
+
+def _stop_daemon(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _load(ctx, sock: Path, n: int, seconds: float, pid: int, sample_rss: bool) -> dict:
@@ -113,6 +132,7 @@ def _load(ctx, sock: Path, n: int, seconds: float, pid: int, sample_rss: bool) -
         "clients": n, "requests": len(lat), "errors": sum(r[1] for r in results), "seconds": elapsed,
         "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "max_ms": max(lat) * 1e3,
         "throughput": len(lat) / elapsed, "rss_max_kib": max(rss_samples) if rss_samples else None,
+        "over_5ms": sum(1 for x in lat if x > 0.005),
     }
 
 
@@ -132,13 +152,7 @@ def main(quick: bool = False) -> list[str]:
         after_rss = _rss_kib(proc.pid)
         alive = proc.poll() is None
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop_daemon(proc)
         shutil.rmtree(workdir, ignore_errors=True)
     rows = [
         [r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['max_ms']:.1f}",
@@ -161,10 +175,95 @@ def main(quick: bool = False) -> list[str]:
         f"Daemon RSS (VmRSS): idle {idle_rss / 1024:.1f} MiB before the load, {after_rss / 1024:.1f} MiB one second "
         f"after it; daemon still running after the load: {'yes' if alive else 'NO'}.",
         "",
+        *_slow_disk_section(ctx, seconds),
+        "",
         f"_Section time: {time.perf_counter() - started:.0f} s._",
     ]
     write_section("daemon_latency", lines)
     return lines
+
+
+
+# -- slow disk ---------------------------------------------------------------------------------
+
+
+def _report_epochs(sock: Path, stop: threading.Event, counts: list[int]) -> None:
+    """A trainer reporting epochs back to back: every op writes to the (slow) store."""
+    from carbonsched.client import DaemonClient
+
+    with DaemonClient(sock, timeout_s=30.0) as client:
+        job_id = client.call("job.start", model="bench", scheme="green", pid=os.getpid())["job_id"]
+        epoch = 0
+        while not stop.is_set():
+            client.call("epoch.start", job_id=job_id, epoch=epoch, rho_asked=0.5)
+            client.call("epoch.end", job_id=job_id, epoch=epoch, rho_asked=0.5, rho_effective=0.5)
+            epoch += 1
+        counts.append(epoch)
+
+
+def _slow_disk_run(ctx, code_root: Path, seconds: float) -> list[dict]:
+    workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
+    proc = None
+    stop, epochs = threading.Event(), []
+    reporter = None
+    try:
+        args = [sys.executable, str(ROOT / "bench" / "slow_disk_daemon.py"), str(workdir / "cs.sock"),
+                str(workdir / "state"), str(SLOW_DISK_FSYNC_MS)]
+        proc, sock = _start_daemon(workdir, args, pythonpath=code_root)
+        reporter = threading.Thread(target=_report_epochs, args=(sock, stop, epochs), daemon=True)
+        reporter.start()
+        time.sleep(0.5)
+        results = [_load(ctx, sock, n, seconds, proc.pid, False) for n in SLOW_DISK_CLIENTS]
+    finally:
+        stop.set()
+        if reporter is not None:
+            reporter.join(timeout=30)
+        _stop_daemon(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+    for r in results:
+        r["epochs_reported"] = epochs[0] if epochs else None
+    return results
+
+
+def _export(revision: str) -> Path:
+    """The tree of ``revision`` in a temporary directory."""
+    out = Path(tempfile.mkdtemp(prefix="csb-base-", dir="/tmp"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def _slow_disk_section(ctx, seconds: float) -> list[str]:
+    trees: list[tuple[str, Path]] = [("this tree (no store call under the state lock)", ROOT)]
+    baseline = os.environ.get(BASELINE_ENV)
+    exported = None
+    if baseline:
+        exported = _export(baseline)
+        trees.insert(0, (f"`{baseline}` (store read under the state lock)", exported))
+    rows = []
+    try:
+        for label, root in trees:
+            for r in _slow_disk_run(ctx, root, seconds):
+                rows.append([label, r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                             f"{r['max_ms']:.1f}", r["over_5ms"], r["epochs_reported"]])
+    finally:
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
+    return [
+        "### Slow disk",
+        "",
+        f"The same `rho` load against `bench/slow_disk_daemon.py`: the daemon over a store double whose every "
+        f"commit takes {SLOW_DISK_FSYNC_MS:g} ms (an fsync on a slow disk; calls are serialised on the one "
+        "connection as in SQLite), with the periodic work at short intervals (sample power every 0.05 s, decide "
+        "every 0.1 s, poll every 0.2 s) and one trainer thread reporting `epoch.start`/`epoch.end` back to back "
+        f"for the whole run. Percentiles are over requests: a client held up by the disk makes one slow "
+        "request while the others make thousands of fast ones, so waits on the disk show in the max and the count "
+        f"of requests over 5 ms. {'Rows per code tree, run one after the other; ' if baseline else ''}"
+        f"set `{BASELINE_ENV}=REV` to add a row for an older revision.",
+        "",
+        *table(["code", "clients", "requests", "errors", "p50 ms", "p99 ms", "max ms", "requests > 5 ms", "epochs reported"],
+               rows, align="lrrrrrrrr"),
+    ]
 
 
 if __name__ == "__main__":

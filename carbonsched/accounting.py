@@ -5,7 +5,9 @@ Who gets which joule (the node's samples are per device, not per job):
 - GPU (``gpu:N``): where NVML listed the compute processes of a sample, the sample belongs to
   the jobs whose pid is listed ("per-pid"); where it listed none (or cannot), the whole device
   belongs to the jobs that run on it: their ``devices``, or every GPU when a job named none
-  ("whole-device"). GPU energy of processes that are not registered jobs is nobody's.
+  ("whole-device"). GPU energy of processes that are not registered jobs is nobody's. A job
+  that registered from another pid namespace (a container) sent pids NVML never lists, so its
+  GPUs are attributed per device whatever NVML lists (provenance says so).
 - CPU and RAM: the meter's node-wide figures (RAPL or CodeCarbon's estimates), shared by every
   job with an epoch in progress.
 
@@ -34,6 +36,7 @@ from typing import Any, Iterable, Literal, Sequence
 from carbonsched.store import J_PER_KWH, Store
 
 INTENSITY_LOOKBACK_S = 2 * 86400.0
+FOREIGN_PIDS_ATTRIBUTION = "whole-device (pids of another pid namespace)"
 SavingsLabel = Literal["modelled", "measured"]
 
 
@@ -46,11 +49,12 @@ class JobWindow:
     gpu_devices: frozenset[str]  # empty: every GPU of the node
     start_s: float
     end_s: float
+    pids_foreign: bool = False  # pids of another pid namespace: NVML's lists cannot name the job
 
     def eligible(self, device: str, pids: Sequence[int]) -> bool:
         if not device.startswith("gpu"):
             return True
-        if pids:
+        if pids and not self.pids_foreign:
             return not self.pids.isdisjoint(pids)
         return not self.gpu_devices or device in self.gpu_devices
 
@@ -66,7 +70,7 @@ class EpochEnergy:
     ram_j: float
     carbon_g: float | None
     mean_intensity_g_per_kwh: float | None
-    gpu_attribution: str  # "per-pid", "whole-device", "mixed" or "no GPU samples"
+    gpu_attribution: str  # "per-pid", "whole-device", FOREIGN_PIDS_ATTRIBUTION, "mixed" or "no GPU samples"
     sources: dict[str, str]  # device -> energy source (nvml_counter, rapl, tdp_estimate, ...)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +156,7 @@ def job_pids(job: dict[str, Any]) -> frozenset[int]:
 
 def _window(job: dict[str, Any], start_s: float, end_s: float) -> JobWindow:
     gpus = frozenset(d for d in job.get("devices") or () if d.startswith("gpu"))
-    return JobWindow(job["job_id"], job_pids(job), gpus, start_s, end_s)
+    return JobWindow(job["job_id"], job_pids(job), gpus, start_s, end_s, pids_foreign=bool(job.get("pids_foreign")))
 
 
 def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> list[JobWindow]:
@@ -188,6 +192,33 @@ def _target_share(
     return pieces
 
 
+def _target_power(
+    sample: dict[str, Any], target: JobWindow, others: Sequence[JobWindow]
+) -> list[tuple[float, float, float]]:
+    """Pieces (start, end, W) of one energy sample's power that belong to ``target``'s job."""
+    span_s = sample["end"] - sample["start"]
+    if span_s <= 0:
+        return []
+    power_w = sample["energy_j"] / span_s
+    eligible = [w for w in others if w.eligible(sample["device"], sample["pids"])]
+    return [(a, b, power_w * fraction) for a, b, fraction in _target_share(sample["start"], sample["end"], target, eligible)]
+
+
+def sample_job_energy_j(samples: Iterable[dict[str, Any]], windows: Sequence[JobWindow]) -> dict[str, float]:
+    """Each job's energy (J) in ``samples`` (rows shaped like ``Store.energy_samples``), split
+    between the epoch ``windows`` as :func:`epoch_energy` splits it."""
+    shares: dict[str, float] = {}
+    for sample in samples:
+        for target in windows:
+            if not target.eligible(sample["device"], sample["pids"]):
+                continue
+            others = [w for w in windows if w.job_id != target.job_id]
+            energy_j = sum(power_w * (b - a) for a, b, power_w in _target_power(sample, target, others))
+            if energy_j:
+                shares[target.job_id] = shares.get(target.job_id, 0.0) + energy_j
+    return shares
+
+
 def epoch_energy(
     store: Store, job: dict[str, Any], start_s: float, end_s: float, *, now_s: float | None = None
 ) -> EpochEnergy:
@@ -204,23 +235,17 @@ def epoch_energy(
         device, pids = row["device"], row["pids"]
         if not target.eligible(device, pids):
             continue
-        span_s = row["end"] - row["start"]
-        if span_s <= 0:
-            continue
-        eligible = [w for w in others if w.eligible(device, pids)]
-        power_w = row["energy_j"] / span_s
         energy_j = 0.0
-        for a, b, fraction in _target_share(row["start"], row["end"], target, eligible):
-            piece_j = power_w * (b - a) * fraction
-            energy_j += piece_j
-            carbon_g += power_w * fraction * curve.integral(a, b) / J_PER_KWH
+        for a, b, power_w in _target_power(row, target, others):
+            energy_j += power_w * (b - a)
+            carbon_g += power_w * curve.integral(a, b) / J_PER_KWH
         if energy_j == 0.0:
             continue
         kind = "gpu" if device.startswith("gpu") else device if device in by_kind else "cpu"
         by_kind[kind] += energy_j
         sources[device] = row["source"]
         if kind == "gpu":
-            gpu_modes.add("per-pid" if pids else "whole-device")
+            gpu_modes.add(FOREIGN_PIDS_ATTRIBUTION if target.pids_foreign else "per-pid" if pids else "whole-device")
     attribution = "no GPU samples" if not gpu_modes else gpu_modes.pop() if len(gpu_modes) == 1 else "mixed"
     return EpochEnergy(
         energy_j=sum(by_kind.values()),

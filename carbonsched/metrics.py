@@ -1,16 +1,15 @@
 """Prometheus metrics of a running daemon: intensity, ρ, GPU power, energy counters, jobs.
 
-The collector reads the daemon's current state at scrape time (nothing is pushed); the HTTP
+The collector reads the daemon's runtime state at scrape time (nothing is pushed); the HTTP
 server is prometheus_client's, bound to 127.0.0.1 unless the config says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-if TYPE_CHECKING:
-    from carbonsched.daemon import Daemon
+from carbonsched.runtime_state import RuntimeState
 
 log = logging.getLogger("carbonsched.metrics")
 
@@ -18,13 +17,13 @@ log = logging.getLogger("carbonsched.metrics")
 class DaemonCollector:
     """Gauges for the daemon's latest values; a counter of energy (J) per device and source."""
 
-    def __init__(self, daemon: "Daemon"):
-        self.daemon = daemon
+    def __init__(self, state: RuntimeState):
+        self.state = state
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        snapshot = self.daemon.metrics_snapshot()
+        snapshot = self.state.metrics_snapshot()
         gauges = [
             ("carbonsched_rho", "Current FLOPs budget ρ decided by the policy (0-1]", snapshot["rho"]),
             ("carbonsched_override_active", "1 while an admin override of ρ is active", float(snapshot["override"])),
@@ -44,20 +43,20 @@ class DaemonCollector:
         yield energy
 
 
-def start_metrics_server(daemon: "Daemon", addr: str, port: int) -> Any | None:
+def start_metrics_server(state: RuntimeState, addr: str, port: int) -> Any | None:
     """Serve /metrics on addr:port; returns the server (``shutdown()`` stops it) or None after
     recording why it could not start (the daemon keeps running without metrics)."""
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError as exc:
-        daemon.record_error("metrics", f"prometheus_client missing: {exc}")
+        state.record_error("metrics", f"prometheus_client missing: {exc}")
         return None
     registry = CollectorRegistry()
-    registry.register(DaemonCollector(daemon))
+    registry.register(DaemonCollector(state))
     try:
         server, _thread = start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:
-        daemon.record_error("metrics", f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}")
+        state.record_error("metrics", f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}")
         return None
     log.info("metrics on http://%s:%d/metrics", addr, port)
     return server

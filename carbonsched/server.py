@@ -98,6 +98,7 @@ class UnixSocketServer:
         self._stop = threading.Event()
         self._accept_thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self._handlers: set[threading.Thread] = set()
         self._conns_lock = threading.Lock()
         self.connections_refused = 0
 
@@ -137,8 +138,10 @@ class UnixSocketServer:
             raise ServerError(f"cannot listen on {self.path}: {exc.strerror or exc}") from exc
         self._listener = listener
 
-    def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop accepting, close every connection, remove the socket file if it is still ours."""
+    def stop(self, timeout_s: float = 2.0, drain_timeout_s: float = 10.0) -> None:
+        """Stop accepting, let every request being handled finish and its reply go out (up to
+        ``drain_timeout_s``), close every connection and remove the socket file if it is still
+        ours. Once this returns no handler runs, so what they use may be closed."""
         self._stop.set()
         if self._accept_thread is not None:
             self._accept_thread.join(timeout_s)
@@ -147,16 +150,28 @@ class UnixSocketServer:
             self._listener = None
         with self._conns_lock:
             conns = list(self._conns)
+            handlers = list(self._handlers)
         for conn in conns:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_RD)  # ends waiting reads; a reply being written still goes out
             except OSError:
                 pass
+        deadline = time.monotonic() + drain_timeout_s
+        for thread in handlers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        still_running = sum(t.is_alive() for t in handlers)
+        if still_running:
+            log.warning("%d connection handler(s) still running after %g s", still_running, drain_timeout_s)
         try:
             if self._inode is not None and self.path.stat().st_ino == self._inode:
                 self.path.unlink()
         except FileNotFoundError:
             pass
+
+    @property
+    def accepting(self) -> bool:
+        """Whether the thread accepting connections runs."""
+        return self._accept_thread is not None and self._accept_thread.is_alive()
 
     @property
     def active_connections(self) -> int:
@@ -199,7 +214,10 @@ class UnixSocketServer:
                 pass
             conn.close()
             return
-        threading.Thread(target=self._serve, args=(conn,), name="carbonsched-conn", daemon=True).start()
+        thread = threading.Thread(target=self._serve, args=(conn,), name="carbonsched-conn", daemon=True)
+        with self._conns_lock:
+            self._handlers.add(thread)
+        thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -235,6 +253,7 @@ class UnixSocketServer:
         finally:
             with self._conns_lock:
                 self._conns.discard(conn)
+                self._handlers.discard(threading.current_thread())
             conn.close()
 
     def _reply(self, line: bytes, peer: PeerCred) -> dict[str, Any]:

@@ -10,7 +10,6 @@ All instants are stored as UTC unix seconds (REAL) and returned as such.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from carbonsched.types import Decision, EnergyReading, IntensityReading
+from carbonsched.types import Decision, EnergyReading, IntensityReading, finite_or_none
 
 J_PER_KWH = 3.6e6
 
@@ -113,6 +112,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX epochs_started_at ON epochs (started_at);
     """,
+    # A job whose pids belong to another pid namespace (a container): NVML's host pids never
+    # match them, so its GPU energy is attributed per device.
+    """
+    ALTER TABLE jobs ADD COLUMN pids_foreign INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -130,13 +134,6 @@ def to_unix_s(value: datetime | float | int | None) -> float | None:
             value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     return float(value)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class Store:
@@ -246,7 +243,7 @@ class Store:
                 r.device,
                 float(r.energy_j),
                 r.source,
-                _finite_or_none(r.power_w),
+                finite_or_none(r.power_w),
                 json.dumps([int(p) for p in r.pids]),
             )
             for r in readings
@@ -284,8 +281,8 @@ class Store:
                 float(decision.rho),
                 decision.policy,
                 decision.reason,
-                _finite_or_none(intensity_g_per_kwh),
-                _finite_or_none(gpu_power_w),
+                finite_or_none(intensity_g_per_kwh),
+                finite_or_none(gpu_power_w),
                 int(override),
             ),
         )
@@ -323,32 +320,37 @@ class Store:
         world_size: int | None = None,
         pids: Sequence[int] = (),
         pids_local: bool = False,
+        pids_foreign: bool = False,
     ) -> bool:
         """Record a new running job; False if ``job_id`` already exists (nothing is changed).
         ``hostname``/``rank``/``local_rank``/``world_size``: the process that registered a
         multi-process job on this node; ``pids``: all of the job's processes on this node (GPU
         energy NVML lists for any of them belongs to the job). ``pids_local``: those ids are this
-        process's view of them (same pid namespace), so the daemon may check they still exist."""
+        process's view of them (same pid namespace), so the daemon may check they still exist.
+        ``pids_foreign``: those ids are another pid namespace's (a container's), so NVML's
+        process lists cannot name the job and its GPU energy is attributed per device."""
         cur = self._write(
             "INSERT OR IGNORE INTO jobs (job_id, model, scheme, pid, uid, devices, started_at, status, "
-            "hostname, rank, local_rank, world_size, pids, pids_local) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+            "hostname, rank, local_rank, world_size, pids, pids_local, pids_foreign) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
             (job_id, model, scheme, pid, uid, json.dumps(list(devices)), to_unix_s(started_at),
-             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids]), int(pids_local)),
+             hostname, rank, local_rank, world_size, json.dumps([int(p) for p in pids]), int(pids_local),
+             int(pids_foreign)),
         )
         return cur.rowcount == 1
 
     def resume_job(
-        self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None, pids_local: bool | None = None
+        self, job_id: str, *, pid: int | None = None, pids: Sequence[int] | None = None, pids_local: bool | None = None,
+        pids_foreign: bool | None = None,
     ) -> bool:
         """Mark an existing job running again (a trainer restarted with the same job id); a new
         ``pid``/``pids`` replace the old ones, so per-pid GPU attribution follows the restarted
         processes."""
         cur = self._write(
             "UPDATE jobs SET status = 'running', ended_at = NULL, pid = coalesce(?, pid), pids = coalesce(?, pids), "
-            "pids_local = coalesce(?, pids_local) WHERE job_id = ?",
+            "pids_local = coalesce(?, pids_local), pids_foreign = coalesce(?, pids_foreign) WHERE job_id = ?",
             (pid, None if pids is None else json.dumps([int(p) for p in pids]),
-             None if pids_local is None else int(pids_local), job_id),
+             None if pids_local is None else int(pids_local), None if pids_foreign is None else int(pids_foreign), job_id),
         )
         return cur.rowcount == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
@@ -91,3 +92,21 @@ class Decision:
     rho: float
     reason: str
     policy: str
+
+
+def iso_utc(value: datetime | float | None) -> str | None:
+    """ISO 8601 in UTC for a datetime or unix seconds; None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a finite float, or None when it is missing, not a number, NaN or infinite."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

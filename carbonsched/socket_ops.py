@@ -1,0 +1,219 @@
+"""What each socket op does: one function per op of :mod:`carbonsched.protocol`.
+
+The server has already checked the request's shape and, for admin ops, the caller's uid; here a
+job's owner is checked and the answer is built from the runtime state and the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from carbonsched import PROTOCOL_VERSION, __version__
+from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
+from carbonsched.periodic import PeriodicWork
+from carbonsched.pid_namespace import sent_pids_are_ours
+from carbonsched.power.devices import resolve_job_devices
+from carbonsched.protocol import ProtocolError, Request
+from carbonsched.runtime_state import RuntimeState
+from carbonsched.server import PeerCred
+from carbonsched.store import Store
+from carbonsched.types import Decision, iso_utc, utcnow
+
+log = logging.getLogger("carbonsched.daemon")
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What the ops act on; ``reload`` and ``status`` are the daemon's."""
+
+    state: RuntimeState
+    store: Store
+    work: PeriodicWork
+    reload: Callable[[], dict[str, Any]]
+    status: Callable[[], dict[str, Any]]
+
+
+Op = Callable[[OpContext, dict[str, Any], PeerCred, Request], dict[str, Any]]
+
+
+def handle(ctx: OpContext, request: Request, peer: PeerCred) -> dict[str, Any]:
+    return OPS[request.op](ctx, request.fields, peer, request)
+
+
+def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> dict[str, Any]:
+    """The stored job, if the peer may act on it (its owner, root or the daemon's own user)."""
+    job = ctx.store.job(job_id)
+    if job is None:
+        raise ProtocolError("bad_request", f"unknown job_id {job_id!r}")
+    if job["uid"] is not None and peer.uid not in (job["uid"], 0, os.getuid()):
+        raise ProtocolError("forbidden", f"job {job_id!r} belongs to uid {job['uid']}")
+    return job
+
+
+def op_ping(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    return {"pong": True, "version": __version__, "protocol": PROTOCOL_VERSION}
+
+
+def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    now = utcnow()
+    record, override = ctx.state.decision_and_override(fields.get("job_id"))
+    if record is None:
+        try:
+            record = ctx.work.decide()
+        except Exception as exc:
+            ctx.state.record_error("decide", f"{type(exc).__name__}: {exc}")
+            raise ProtocolError("unavailable", f"no ρ decision available: {exc}") from exc
+    reading = record.reading
+    answer: dict[str, Any] = {
+        "rho": record.decision.rho,
+        "intensity_g_per_kwh": reading.intensity_g_per_kwh if reading else None,
+        "signal": reading.signal if reading else None,
+        "provider": reading.provider if reading else getattr(ctx.state.settings.provider, "name", None),
+        "age_s": round(reading.age_s(now), 3) if reading else None,
+        "policy": record.decision.policy,
+        "reason": record.decision.reason,
+        "decided_at": iso_utc(record.decided_at),
+        "valid_until": iso_utc(record.valid_until),
+        "override": False,
+    }
+    if override is not None and override.active(now):
+        answer.update(
+            rho=override.rho,
+            policy="override",
+            reason=f"override by uid {override.uid} (policy would say {record.decision.rho:.3f})",
+            override=True,
+        )
+        if override.expires_at is not None:
+            answer["valid_until"] = iso_utc(min(override.expires_at, record.valid_until))
+    if "job_id" in fields:
+        answer["job_id"] = fields["job_id"]
+    return answer
+
+
+def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
+    now = utcnow()
+    # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
+    gpus = getattr(getattr(ctx.work.meter, "gpu", None), "devices", None) or []
+    # The kernel's view of the sender's pid equals the one it sent: check_jobs may look the
+    # job's processes up.
+    pids_local = peer.pid == fields["pid"]
+    # Pids of a container's own namespace: NVML's host pids never match, so per-device GPU energy.
+    pids_foreign = not sent_pids_are_ours(peer.pid, fields["pid"])
+    created = ctx.store.start_job(
+        job_id, model=fields["model"], scheme=fields["scheme"], pid=fields["pid"], uid=peer.uid,
+        devices=resolve_job_devices(fields.get("devices", ()), gpus), started_at=now,
+        pids=fields.get("pids", ()), pids_local=pids_local, pids_foreign=pids_foreign,
+        **{k: fields.get(k) for k in ("hostname", "rank", "local_rank", "world_size")},
+    )
+    if pids_foreign:
+        log.info("job %s: pid %d is of another pid namespace (host pid %d); its GPU energy is attributed per device",
+                 job_id, fields["pid"], peer.pid)
+    if not created:
+        job_for(ctx, job_id, peer)
+        ctx.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local,
+                             pids_foreign=pids_foreign)
+        log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
+    else:
+        log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
+    ctx.state.job_started(job_id)
+    return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
+
+
+def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    job_for(ctx, fields["job_id"], peer)
+    now = utcnow()
+    ctx.store.start_epoch(
+        fields["job_id"], fields["epoch"], rho_asked=fields["rho_asked"],
+        rho_effective=fields.get("rho_effective"), started_at=now,
+    )
+    return {"job_id": fields["job_id"], "epoch": fields["epoch"], "started_at": iso_utc(now)}
+
+
+def op_epoch_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    job = job_for(ctx, fields["job_id"], peer)
+    ctx.work.sample_power_now()
+    now = utcnow()
+    job_id, epoch = fields["job_id"], fields["epoch"]
+    started_at = next((e["started_at"] for e in ctx.store.epochs(job_id) if e["epoch"] == epoch), None)
+    if started_at is None and fields.get("wall_s") is not None:
+        started_at = now.timestamp() - fields["wall_s"]
+    accounting = savings = None
+    if started_at is not None:
+        accounting = epoch_energy(ctx.store, job, started_at, now.timestamp())
+    metrics = {k: v for k, v in fields.items() if k not in ("job_id", "epoch")}
+    if accounting is not None:
+        savings = epoch_savings(
+            {**metrics, "energy_j": accounting.energy_j, "carbon_g": accounting.carbon_g},
+            j_per_flop=measured_j_per_flop(ctx.store, job["model"]),
+            mean_intensity_g_per_kwh=accounting.mean_intensity_g_per_kwh,
+        )
+    columns = accounting.epoch_columns() if accounting is not None else {}
+    ctx.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **columns, **metrics)
+    return {
+        "job_id": job_id, "epoch": epoch, "ended_at": iso_utc(now),
+        "energy_j": columns.get("energy_j"), "carbon_g": columns.get("carbon_g"),
+        "mean_intensity_g_per_kwh": accounting.mean_intensity_g_per_kwh if accounting else None,
+        "accounting": accounting.to_dict() if accounting else None,
+        "savings": savings.to_dict() if savings else None,
+    }
+
+
+def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    job = job_for(ctx, fields["job_id"], peer)
+    ctx.work.close_open_epochs(job, f"job.end {fields['status']}")
+    now = utcnow()
+    ctx.store.end_job(fields["job_id"], fields["status"], now)
+    carbon_g = ctx.state.job_ended(fields["job_id"])
+    log.info("job %s ended: %s", fields["job_id"], fields["status"])
+    return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
+
+
+def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    jobs = ctx.store.jobs(status=fields.get("status"))
+    if "limit" in fields:
+        jobs = jobs[-fields["limit"]:]
+    for job in jobs:
+        job["started_at"], job["ended_at"] = iso_utc(job["started_at"]), iso_utc(job["ended_at"])
+    return {"jobs": jobs}
+
+
+def op_override(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    now = utcnow()
+    rho, ttl_s = fields["rho"], fields.get("ttl_s")
+    override = ctx.state.set_override(rho, ttl_s, peer.uid, now)
+    if override is not None:
+        reason = f"override by uid {peer.uid}" + (f" for {ttl_s:g} s" if ttl_s else " until cleared")
+        ctx.store.add_decision(now, Decision(rho=rho, reason=reason, policy="override"),
+                               intensity_g_per_kwh=None, gpu_power_w=None, override=True)
+        log.info("%s: rho %.3f", reason, rho)
+    else:
+        log.info("override cleared by uid %d", peer.uid)
+    return {"override": override.to_dict() if override is not None else None}
+
+
+def op_reload(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    return ctx.reload()
+
+
+def op_status(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    return ctx.status()
+
+
+OPS: dict[str, Op] = {
+    "ping": op_ping,
+    "rho": op_rho,
+    "job.start": op_job_start,
+    "epoch.start": op_epoch_start,
+    "epoch.end": op_epoch_end,
+    "job.end": op_job_end,
+    "jobs": op_jobs,
+    "override": op_override,
+    "reload": op_reload,
+    "status": op_status,
+}
