@@ -100,6 +100,8 @@ HEADER = "timestamp,intensity_g_per_kwh\n"
         (HEADER + "2025-01-01T00:00:00Z,1,extra\n", 2, None, "expected 2 fields, got 3"),
         (HEADER + "2025-01-01T00:00:00Z,1\n", None, None, "a trace needs at least 2 rows, got 1"),
     ],
+    ids=["header", "not-iso", "no-offset", "not-a-number", "negative", "nan-after-comments", "not-increasing",
+         "extra-field", "one-row"],
 )
 def test_bad_rows_name_file_line_and_field(tmp_path, body, line, field, detail):
     path = _write(tmp_path, body)
