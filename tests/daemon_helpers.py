@@ -55,6 +55,20 @@ class LineConn:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
+    def unanswered_and_open(self) -> bool:
+        """The server has neither answered nor closed this connection (checked without waiting)."""
+        timeout_s = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # returns at once: a reply or EOF is waiting
+        except BlockingIOError:
+            return self._buf == b""
+        except ConnectionResetError:
+            return False
+        finally:
+            self.sock.settimeout(timeout_s)
+        return False
+
     def closed_by_server(self) -> bool:
         try:
             return self.sock.recv(1) == b""

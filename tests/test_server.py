@@ -89,21 +89,6 @@ def test_too_large_line_gets_an_error_then_the_connection_closes(sock_dir):
         srv.stop()
 
 
-def _open_and_unanswered(conn: LineConn) -> bool:
-    """The server has neither answered nor closed ``conn`` (checked without waiting)."""
-    timeout_s = conn.sock.gettimeout()
-    conn.sock.setblocking(False)
-    try:
-        conn.sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except ConnectionResetError:
-        return False
-    finally:
-        conn.sock.settimeout(timeout_s)
-    return False
-
-
 def test_a_stalled_half_line_client_neither_blocks_others_nor_keeps_its_slot(sock_dir):
     # A read timeout far above any scheduling delay: the other client is answered while the
     # stalled one still holds its slot, which a server reading one connection at a time cannot do.
@@ -114,7 +99,7 @@ def test_a_stalled_half_line_client_neither_blocks_others_nor_keeps_its_slot(soc
         stalled.send(b'{"op": "pi')
         other = LineConn(srv.path)
         assert other.ask(op="ping")["ok"] is True
-        assert _open_and_unanswered(stalled)
+        assert stalled.unanswered_and_open()
         other.close()
         assert stalled.closed_by_server()  # after read_timeout_s
         assert wait_until(lambda: srv.active_connections == 0, 10)
@@ -152,7 +137,7 @@ def test_a_request_in_progress_does_not_delay_other_connections(server):
     try:
         assert HELD_ENTERED.wait(10)
         assert LineConn(server.path).ask(op="ping")["ok"]  # while the held request is still in its handler
-        assert _open_and_unanswered(held)
+        assert held.unanswered_and_open()
     finally:
         HELD_RELEASE.set()
     assert held.reply()["ok"]
