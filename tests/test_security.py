@@ -143,9 +143,9 @@ def test_api_key_never_appears_in_logs_status_errors_or_cli_output():
         env = {"ELECTRICITYMAPS_TOKEN": FAKE_KEY}
         daemon = DaemonProcess(d, "--provider", spec, env=env).wait_ready()
         try:
-            assert wait_until(lambda: server.count("/v3/carbon-intensity/latest") >= 1, 5)
+            assert wait_until(lambda: server.count("/v3/carbon-intensity/latest") >= 1, 15)
             conn = daemon.conn()
-            assert wait_until(lambda: "401" in json.dumps(conn.ask(op="status")["provider"]), 5)
+            assert wait_until(lambda: "401" in json.dumps(conn.ask(op="status")["provider"]), 15)
             status = conn.ask(op="status")
             outputs = {"status": json.dumps(status), "rho": json.dumps(conn.ask(op="rho"))}
             bad = conn.ask(op="job.start", model=FAKE_KEY[:3], scheme="s", pid="x")  # an error reply
