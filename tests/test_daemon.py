@@ -13,7 +13,7 @@ import pytest
 
 from carbonsched.store import Store
 
-from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, configured_daemon, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, configured_daemon, short_dir, wait_until
 
 GOOD_POLICY = 'kind = "constant"\nname = "pinned"\nrho = 0.6\nrho_min = 0.34\n'
 OTHER_POLICY = 'kind = "constant"\nname = "repinned"\nrho = 0.8\nrho_min = 0.34\n'

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
@@ -23,7 +22,7 @@ import textwrap
 
 import pytest
 
-from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, short_dir, wait_until
 from provider_server import FakeProviderServer, Reply
 
 NOBODY = 65534
