@@ -55,6 +55,20 @@ class LineConn:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
+    def unanswered_and_open(self) -> bool:
+        """The server has neither answered nor closed this connection (checked without waiting)."""
+        timeout_s = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # returns at once: a reply or EOF is waiting
+        except BlockingIOError:
+            return self._buf == b""
+        except ConnectionResetError:
+            return False
+        finally:
+            self.sock.settimeout(timeout_s)
+        return False
+
     def closed_by_server(self) -> bool:
         try:
             return self.sock.recv(1) == b""
@@ -63,6 +77,45 @@ class LineConn:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# What a client sees when a daemon is not listening yet, or refuses a connection because it is at
+# its limit (it may still be counting a connection that was just closed): no socket file, ECONNREFUSED
+# or EAGAIN from connect, a broken pipe (closed before our request), a reset (closed with our request
+# unread), a bare EOF, or no answer within the timeout. Polling treats each as "not yet".
+NOT_ADMITTED_ERRORS = (FileNotFoundError, ConnectionError, BlockingIOError, TimeoutError)
+
+
+def admitted_conn(path: Path, timeout_s: float = 5.0) -> LineConn | None:
+    """A new connection the daemon admitted (it answered a ping), or None if it was refused."""
+    try:
+        conn = LineConn(path, timeout_s)
+    except NOT_ADMITTED_ERRORS:
+        return None
+    try:
+        if conn.ask(op="ping").get("ok") is True:
+            return conn
+    except NOT_ADMITTED_ERRORS:
+        pass
+    conn.close()
+    return None
+
+
+def ask_new_conn(path: Path, timeout_s: float = 5.0, **request: Any) -> dict[str, Any] | None:
+    """``request`` on a new connection: the reply, or None if the daemon refused the connection."""
+    try:
+        conn = LineConn(path, timeout_s)
+    except NOT_ADMITTED_ERRORS:
+        return None
+    try:
+        reply = conn.ask(**request)
+    except NOT_ADMITTED_ERRORS:
+        return None
+    finally:
+        conn.close()
+    if not reply.get("ok") and reply.get("error", {}).get("code") == "unavailable":
+        return None
+    return reply
 
 
 def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
@@ -96,14 +149,11 @@ class DaemonProcess:
         def answers() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                conn = LineConn(self.socket, timeout_s=1.0)
-            except OSError:
+            conn = admitted_conn(self.socket, timeout_s=2.0)
+            if conn is None:
                 return False
-            try:
-                return conn.ask(op="ping").get("ok") is True
-            finally:
-                conn.close()
+            conn.close()
+            return True
 
         assert wait_until(answers, timeout_s), f"daemon not ready:\n{self.log()}"
         return self

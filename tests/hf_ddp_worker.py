@@ -9,6 +9,12 @@ callback's history and the Trainer's log history.
 MODE: ``ok`` (``ddp_find_unused_parameters=True``, the documented setting), ``no_find_unused``
 (``False``), ``static_graph`` (``ddp_static_graph=True``) or ``rho_fails`` (the ρ source raises
 at the second epoch; only rank 0 asks it).
+
+MODE ``unattached`` instead runs one Trainer after another in the same process group, each with
+the callback passed as ``Trainer(callbacks=[...])`` (not attached, so it cannot look at the
+Trainer's wrapper) and ``ddp_find_unused_parameters`` left to the Trainer's own rule: for each it
+saves the ``find_unused_parameters`` of the DDP wrapper the Trainer built, the callback's error (if
+any) and, when training ran, the selected tensors and those whose weights moved.
 """
 
 from __future__ import annotations
@@ -64,20 +70,63 @@ class Snapshots(TrainerCallback):
         self.end = _weights(model)
 
 
+# (name, Trainer arguments): the Trainer's DDP gets find_unused_parameters=False from activation
+# checkpointing or an explicit False, and True when nothing is said.
+UNATTACHED_CASES = (
+    ("activation_checkpointing", {"activation_checkpointing": True}),
+    ("explicit_false", {"ddp_find_unused_parameters": False}),
+    ("unset", {}),
+)
+
+
+def _training_arguments(out: Path, epochs: int, **ddp_args) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=epochs, per_device_train_batch_size=4,
+        learning_rate=3e-3, weight_decay=0.1, report_to="none", use_cpu=True, logging_steps=1,
+        save_strategy="no", disable_tqdm=True, seed=0, remove_unused_columns=False, **ddp_args,
+    )
+
+
+def unattached(out: Path, rank: int) -> None:
+    tok = load_tokenizer(None, tiny=True)
+    train, _ = embedded_task(n_train=16, n_val=1, seed=2)
+    data = SummarizationDataset(train, tok, encoder_decoder=False, max_input_length=96, max_target_length=16)
+    results = {}
+    for name, ddp_args in UNATTACHED_CASES:
+        model = tiny_model("llama", vocab_size=len(tok), hidden=32, layers=2, heads=4)
+        initial = _weights(model)
+        green = GreenTrainerCallback(ScheduleRho([0.5]), importance_batches=2)
+        trainer = Trainer(
+            model=model, args=_training_arguments(out, 1, **ddp_args), train_dataset=data,
+            data_collator=lambda feats: collate_batch(feats, tok.pad_token_id), callbacks=[green],
+        )
+        result = {"error": None}
+        try:
+            trainer.train()
+        except ValueError as exc:
+            result["error"] = str(exc)
+        else:
+            result["selected"] = sorted(green.history[0]["selected"])
+            result["moved"] = sorted(n for n, p in model.named_parameters() if not torch.equal(p.detach(), initial[n]))
+        wrapped = trainer.model_wrapped
+        result["wrapper"] = type(wrapped).__name__
+        result["find_unused_parameters"] = getattr(wrapped, "find_unused_parameters", None)
+        results[name] = result
+    (out / f"unattached_r{rank}.json").write_text(json.dumps(results))
+
+
 def main(out: Path, mode: str) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
+    if mode == "unattached":
+        unattached(out, rank)
+        return
     tok = load_tokenizer(None, tiny=True)
     model = tiny_model("llama", vocab_size=len(tok), hidden=32, layers=2, heads=4)
     initial = _weights(model)
     train, _ = embedded_task(n_train=16, n_val=1, seed=2)
     data = SummarizationDataset(train, tok, encoder_decoder=False, max_input_length=96, max_target_length=16)
-    args = TrainingArguments(
-        output_dir=str(out / "trainer"), num_train_epochs=len(SCHEDULE), per_device_train_batch_size=4,
-        learning_rate=3e-3, weight_decay=0.1, report_to="none", use_cpu=True, logging_steps=1,
-        save_strategy="no", disable_tqdm=True, seed=0, remove_unused_columns=False,
-        **DDP_ARGS[mode],
-    )
+    args = _training_arguments(out, len(SCHEDULE), **DDP_ARGS[mode])
     trainer = Trainer(
         model=model, args=args, train_dataset=data, data_collator=lambda feats: collate_batch(feats, tok.pad_token_id)
     )

@@ -15,7 +15,7 @@ from carbonsched.paths import default_socket_path, default_state_dir
 from carbonsched.protocol import ProtocolError
 from carbonsched.server import UnixSocketServer
 
-from daemon_helpers import short_dir
+from daemon_helpers import short_dir, wait_until
 
 
 class FakeDaemon:
@@ -94,14 +94,15 @@ def test_round_trip_and_error_replies(sock_dir):
 
 
 def test_without_a_daemon_rho_is_the_default_and_helpers_return_none(sock_dir):
-    client = DaemonClient(sock_dir / "absent.sock", timeout_s=0.5, default_rho=0.8)
+    timeout_s = 5.0
+    client = DaemonClient(sock_dir / "absent.sock", timeout_s=timeout_s, default_rho=0.8)
     started = time.monotonic()
     answer = client.rho()
     assert answer.rho == 0.8 and answer.source == "default" and "not found" in answer.detail["reason"]
     assert client.rho(default=0.3).rho == 0.3
     assert client.job_start("m", "s") is None
     assert client.epoch_end("j", 0, 0.5, 0.5) is None
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < timeout_s  # a missing socket fails at once, never after a timeout
     with pytest.raises(DaemonUnavailable):
         client.request("ping")
 
@@ -110,13 +111,15 @@ def test_a_daemon_that_never_answers_costs_at_most_the_timeout(sock_dir):
     path = sock_dir / "silent.sock"
     silent = SilentServer(path)
     try:
-        client = DaemonClient(path, timeout_s=0.3)
-        for _ in range(3):
+        timeout_s = 1.0
+        client = DaemonClient(path, timeout_s=timeout_s)
+        for _ in range(2):
             started = time.monotonic()
             answer = client.rho(default=0.7)
             elapsed = time.monotonic() - started
             assert answer.source == "default" and answer.rho == 0.7 and answer.detail["reason"].endswith("timed out")
-            assert 0.25 <= elapsed < 0.6
+            # One timeout, not two (connect and read) nor a retry; the margin absorbs a loaded machine.
+            assert 0.9 * timeout_s <= elapsed < 2 * timeout_s
     finally:
         silent.close()
 
@@ -145,7 +148,7 @@ def test_client_reconnects_after_the_server_drops_an_idle_connection(sock_dir):
     try:
         client = DaemonClient(path, timeout_s=1.0)
         assert client.rho().source == "daemon"
-        time.sleep(0.5)  # server closes the idle connection
+        assert wait_until(lambda: fake.server.active_connections == 0, 10)  # the server dropped the idle connection
         assert client.rho().source == "daemon"
         fake.rho = 0.9
         assert client.rho().rho == 0.9
@@ -183,21 +186,17 @@ def test_default_state_dir_order():
 
 
 def test_a_daemon_refusing_connections_is_unavailable_busy_and_rho_falls_back():
-    from daemon_helpers import LineConn, configured_daemon, short_dir, wait_until
+    from daemon_helpers import admitted_conn, configured_daemon
 
     with short_dir() as d, configured_daemon(d, "max_connections = 1\n") as daemon:
         holders: list = []
 
-        def take_the_only_slot() -> bool:  # once wait_ready's own connection has been let go
-            conn = LineConn(daemon.socket)
-            try:
-                if conn.ask(op="ping")["ok"]:
-                    holders.append(conn)
-                    return True
-            except OSError:  # refused and closed before the request went out
-                pass
-            conn.close()
-            return False
+        def take_the_only_slot() -> bool:
+            # Refused until the daemon has let go of wait_ready's own connection.
+            conn = admitted_conn(daemon.socket)
+            if conn is not None:
+                holders.append(conn)
+            return conn is not None
 
         assert wait_until(take_the_only_slot, 10)
         (holder,) = holders
@@ -215,4 +214,4 @@ def test_a_daemon_refusing_connections_is_unavailable_busy_and_rho_falls_back():
             except DaemonUnavailable:
                 return False
 
-        assert wait_until(answered, 5)  # the slot is free again
+        assert wait_until(answered, 15)  # the slot is free again

@@ -93,17 +93,3 @@ def test_unattached_callback_logs_into_log_history(tmp_path):
     trainer.train()
     logged = [e for e in trainer.state.log_history if "gt_rho" in e]
     assert [e["gt_rho"] for e in logged] == SCHEDULE and logged[1]["step"] == 4
-
-
-def test_ddp_settings_follow_the_trainers_rule_when_not_attached(tmp_path):
-    model = tiny_model("llama", vocab_size=64, hidden=16, layers=1, heads=2)
-    green = GreenTrainerCallback()
-
-    def settings(**kwargs):
-        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kwargs)
-        return green._ddp_settings(args, model)
-
-    assert settings() == (True, False)  # unset: the Trainer looks for unused parameters
-    assert settings(ddp_find_unused_parameters=True, ddp_static_graph=True) == (True, True)
-    assert settings(ddp_find_unused_parameters=False) == (False, False)
-    assert settings(activation_checkpointing=True) == (False, False)  # unset + checkpointing: the Trainer says False

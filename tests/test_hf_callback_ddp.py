@@ -86,3 +86,21 @@ def test_rho_source_failing_on_rank_0_stops_every_rank(tmp_path):
     run = _run(tmp_path, "rho_fails")
     _failed_on_both_ranks(run, "rho source unreachable")
     assert "tensor selection failed on rank 0 (ConnectionError: rho source unreachable)" in run.stderr
+
+
+def test_unattached_callback_follows_the_ddp_wrapper_the_trainer_built(tmp_path):
+    """Passed as ``Trainer(callbacks=[...])`` the callback cannot see the wrapper, yet it must refuse
+    exactly when the Trainer's DDP was built with find_unused_parameters=False, and train otherwise."""
+    run = _run(tmp_path, "unattached")
+    assert run.returncode == 0, run.stderr[-4000:]
+    for rank in (0, 1):
+        cases = json.loads((tmp_path / f"unattached_r{rank}.json").read_text())
+        assert {case["wrapper"] for case in cases.values()} == {"DistributedDataParallel"}
+        for name in ("activation_checkpointing", "explicit_false"):
+            assert cases[name]["find_unused_parameters"] is False, name
+            assert cases[name]["error"].startswith(
+                "GreenTrainerCallback with 2 processes needs TrainingArguments(ddp_find_unused_parameters=True)"
+            ), cases[name]["error"]
+        unset = cases["unset"]
+        assert unset["find_unused_parameters"] is True and unset["error"] is None
+        assert unset["selected"] and unset["moved"] == unset["selected"]

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 from carbonsched.processes import process_alive
 from carbonsched.store import Store
@@ -20,14 +19,23 @@ TRAINER = textwrap.dedent(
     s = socket.socket(socket.AF_UNIX)
     s.connect(sys.argv[1])
     f = s.makefile("rw")
-    for msg in ({"op": "job.start", "job_id": "crashes", "model": "m", "scheme": "green", "pid": os.getpid()},
-                {"op": "epoch.start", "job_id": "crashes", "epoch": 0, "rho_asked": 0.5}):
+    job_id = sys.argv[2]
+    for msg in ({"op": "job.start", "job_id": job_id, "model": "m", "scheme": "green", "pid": os.getpid()},
+                {"op": "epoch.start", "job_id": job_id, "epoch": 0, "rho_asked": 0.5}):
         f.write(json.dumps(msg) + "\\n"); f.flush()
         assert json.loads(f.readline())["ok"]
     print("registered", flush=True)
-    time.sleep(600)
+    if sys.argv[3] == "stay":
+        time.sleep(600)
     """
 )
+
+
+def _register(socket_path, job_id: str, stay: bool) -> subprocess.Popen:
+    """A process that starts ``job_id`` and an epoch under its own pid, then stays or exits."""
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAINER, str(socket_path), job_id, "stay" if stay else "exit"], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_process_alive_sees_running_exited_and_zombie_processes():
@@ -44,7 +52,7 @@ def test_process_alive_sees_running_exited_and_zombie_processes():
 def test_a_killed_job_is_marked_failed_and_its_open_epoch_closed_with_its_energy():
     with short_dir() as d:
         daemon = DaemonProcess(d, "--check-jobs-s", "0.2").wait_ready()
-        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(daemon.socket)], stdout=subprocess.PIPE, text=True)
+        trainer = _register(daemon.socket, "crashes", stay=True)
         try:
             assert trainer.stdout.readline().strip() == "registered"
             conn = daemon.conn()
@@ -53,7 +61,12 @@ def test_a_killed_job_is_marked_failed_and_its_open_epoch_closed_with_its_energy
             assert conn.ask(op="job.start", job_id="alive", model="m", scheme="green", pid=os.getpid())["ok"]
             assert conn.ask(op="job.start", job_id="elsewhere", model="m", scheme="green", pid=1)["ok"]
             status = lambda job_id: {j["job_id"]: j["status"] for j in conn.ask(op="jobs")["jobs"]}[job_id]  # noqa: E731
-            time.sleep(0.6)  # a few check rounds with the trainer alive
+            # A job whose process is already gone: once it is marked failed, a check round has seen
+            # the trainer alive.
+            canary = _register(daemon.socket, "canary", stay=False)
+            assert canary.stdout.readline().strip() == "registered"
+            canary.wait(10)
+            assert wait_until(lambda: status("canary") == "failed", 15), daemon.log()
             assert status("crashes") == "running"
             trainer.send_signal(signal.SIGKILL)
             trainer.wait()

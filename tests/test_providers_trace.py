@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from carbonsched.providers import ProviderSpecError, build_provider
-from carbonsched.providers.trace import TraceProvider, bundled_trace_path, load_trace
+from carbonsched.providers import build_provider
+from carbonsched.providers.trace import TraceFormatError, TraceProvider, bundled_trace_path, load_trace
 from provider_server import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,27 +80,39 @@ def test_forecast_covers_the_next_24_trace_hours_across_the_loop(tmp_path):
     assert all(b.timestamp > a.timestamp for a, b in zip(reading.forecast, reading.forecast[1:]))
 
 
+HEADER = "timestamp,intensity_g_per_kwh\n"
+
+
 @pytest.mark.parametrize(
-    "body, expected",
+    "body, line, field, detail",
     [
-        ("time,value\n2025-01-01T00:00:00Z,1\n", "t.csv:1: header"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,1\nyesterday,2\n", "t.csv:3: field timestamp"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00,1\n2025-01-01T01:00:00Z,2\n", "t.csv:2: field timestamp"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,lots\n2025-01-01T01:00:00Z,2\n",
-         "t.csv:2: field intensity_g_per_kwh"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,-4\n2025-01-01T01:00:00Z,2\n", "impossible value"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,nan\n2025-01-01T01:00:00Z,2\n", "impossible value"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T01:00:00Z,1\n2025-01-01T00:00:00Z,2\n", "t.csv:3: field timestamp"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,1,extra\n", "t.csv:2: expected 2 fields"),
-        ("timestamp,intensity_g_per_kwh\n2025-01-01T00:00:00Z,1\n", "at least 2 rows"),
+        ("time,value\n2025-01-01T00:00:00Z,1\n", 1, None,
+         "header must be timestamp,intensity_g_per_kwh, got 'time,value'"),
+        (HEADER + "2025-01-01T00:00:00Z,1\nyesterday,2\n", 3, "timestamp", "'yesterday' is not ISO 8601"),
+        (HEADER + "2025-01-01T00:00:00,1\n2025-01-01T01:00:00Z,2\n", 2, "timestamp",
+         "'2025-01-01T00:00:00' has no UTC offset (add Z)"),
+        (HEADER + "2025-01-01T00:00:00Z,lots\n2025-01-01T01:00:00Z,2\n", 2, "intensity_g_per_kwh", "'lots' is not a number"),
+        (HEADER + "2025-01-01T00:00:00Z,1\n2025-01-01T01:00:00Z,-4\n", 3, "intensity_g_per_kwh", "impossible value '-4'"),
+        (HEADER + "# a comment\n\n2025-01-01T00:00:00Z,nan\n2025-01-01T01:00:00Z,2\n", 4, "intensity_g_per_kwh",
+         "impossible value 'nan'"),
+        (HEADER + "2025-01-01T01:00:00Z,1\n2025-01-01T00:00:00Z,2\n", 3, "timestamp",
+         "'2025-01-01T00:00:00Z' is not after the previous row"),
+        (HEADER + "2025-01-01T00:00:00Z,1,extra\n", 2, None, "expected 2 fields, got 3"),
+        (HEADER + "2025-01-01T00:00:00Z,1\n", None, None, "a trace needs at least 2 rows, got 1"),
     ],
+    ids=["header", "not-iso", "no-offset", "not-a-number", "negative", "nan-after-comments", "not-increasing",
+         "extra-field", "one-row"],
 )
-def test_bad_rows_name_file_line_and_field(tmp_path, body, expected):
+def test_bad_rows_name_file_line_and_field(tmp_path, body, line, field, detail):
     path = _write(tmp_path, body)
-    with pytest.raises(ProviderSpecError) as info:
+    with pytest.raises(TraceFormatError) as info:
         build_provider(f"trace:{path}", env={})
-    assert expected in str(info.value)
-    assert isinstance(info.value, ValueError)
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    what = f"field {field}: {detail}" if field is not None else detail
+    message = str(info.value)
+    assert type(info.value) is TraceFormatError
+    assert message.startswith(f"{where}: {what}"), message
+    assert "\n" not in message
 
 
 def test_speedup_from_spec_reaches_the_provider():

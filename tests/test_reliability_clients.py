@@ -1,7 +1,8 @@
 """Slow and many clients against a real `carbonsched run` subprocess.
 
-- A client that sends half a line and stalls does not delay anyone else (others' latency is
-  measured during the stall), and its slot is freed after ``read_timeout_s``.
+- A client that sends half a line and stalls does not delay anyone else (others are answered
+  while it still holds its slot; their latency is printed), and its slot is freed after
+  ``read_timeout_s``.
 - 200 simultaneous connections with ``max_connections = 64``: every one is either served or
   refused with an ``unavailable`` error line, nothing hangs, and the daemon serves afterwards.
 """
@@ -17,7 +18,7 @@ import time
 
 import pytest
 
-from daemon_helpers import LineConn, configured_daemon, short_dir, wait_until
+from daemon_helpers import LineConn, ask_new_conn, configured_daemon, short_dir, wait_until
 
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 MAX_CONNECTIONS = 64
@@ -49,20 +50,25 @@ def test_a_stalled_half_line_does_not_delay_others_and_is_dropped(daemon):
         conn = LineConn(daemon.socket)
         conn.send(b'{"op": "status", "id": 1')  # no newline, then silence
         stallers.append(conn)
-    started = time.monotonic()
     during = []
-    while time.monotonic() - started < READ_TIMEOUT_S * 0.8:
+    for _ in range(20):
         during.append(_ping_latency_s(daemon.socket))
+        # Answered while every stalled client still holds its slot: nobody waited for them.
+        assert all(conn.unanswered_and_open() for conn in stallers), f"stallers dropped after {len(during)} requests"
     print(f"\nlatency without stall: median {statistics.median(baseline) * 1000:.1f} ms, max {max(baseline) * 1000:.1f} ms; "
           f"during 5 stalled half lines: {len(during)} requests, median {statistics.median(during) * 1000:.1f} ms, "
           f"max {max(during) * 1000:.1f} ms")
-    assert len(during) >= 10
-    assert max(during) < 0.5, during
     for conn in stallers:  # the server gives up on them after read_timeout_s
         conn.sock.settimeout(READ_TIMEOUT_S + 3)
         assert conn.closed_by_server()
         conn.close()
-    assert wait_until(lambda: LineConn(daemon.socket).ask(op="status")["connections"] <= 1, 3)
+    assert wait_until(lambda: _connections_besides_this_one(daemon) == 0, 10)
+
+
+def _connections_besides_this_one(daemon) -> int | None:
+    """Connections the daemon holds apart from the one asking; None while it refuses new ones."""
+    reply = ask_new_conn(daemon.socket, op="status")
+    return None if reply is None else reply["connections"] - 1
 
 
 def _one_client(path, barrier: threading.Barrier, release: threading.Event, results: list, index: int) -> None:
@@ -135,7 +141,7 @@ def _bursts(daemon, rounds: int) -> None:
         assert served + refused == CONCURRENT
         assert 1 <= served <= MAX_CONNECTIONS
         assert daemon.proc.poll() is None
-        assert wait_until(lambda: LineConn(daemon.socket).ask(op="status")["connections"] <= 1, 5)
+        assert wait_until(lambda: _connections_besides_this_one(daemon) == 0, 10)
     # every refused client can come back once there is room
     assert all(LineConn(daemon.socket).ask(op="ping")["ok"] for _ in range(10))
 

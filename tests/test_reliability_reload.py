@@ -46,25 +46,25 @@ def test_sighup_with_a_broken_config_keeps_the_running_one(daemon, case):
     daemon.config.write_text(text)
     os.chmod(daemon.config, 0o666 if case == "world_writable" else 0o644)
     daemon.signal(signal.SIGHUP)
-    assert wait_until(lambda: fragment in (conn.ask(op="status")["reload_error"] or ""), 5), conn.ask(op="status")["reload_error"]
+    assert wait_until(lambda: fragment in (conn.ask(op="status")["reload_error"] or ""), 15), conn.ask(op="status")["reload_error"]
     status = conn.ask(op="status")
     assert "keeping the running configuration" in status["reload_error"]
     assert status["policy"]["name"] == "steady" and status["config"]["retention_days"] == 7
     assert status["errors"][-1]["where"] == "reload"
     assert conn.ask(op="rho")["rho"] == 0.55
     assert daemon.proc.poll() is None
-    assert wait_until(lambda: fragment in daemon.log(), 3)
+    assert wait_until(lambda: fragment in daemon.log(), 15)
     assert "reload failed" in daemon.log()
 
     # fixed: the next SIGHUP applies it and clears the error; then back to the original
     os.chmod(daemon.config, 0o644)
     daemon.config.write_text('policy = "other.toml"\nretention_days = 7\n')
     daemon.signal(signal.SIGHUP)
-    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.65, 5)
+    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.65, 15)
     assert conn.ask(op="status")["reload_error"] is None
     daemon.config.write_text('policy = "policy.toml"\nretention_days = 7\n')
     daemon.signal(signal.SIGHUP)
-    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.55, 5)
+    assert wait_until(lambda: conn.ask(op="rho")["rho"] == 0.55, 15)
 
 
 def test_a_deleted_config_file_on_sighup_is_reported(daemon):
@@ -73,7 +73,7 @@ def test_a_deleted_config_file_on_sighup_is_reported(daemon):
     daemon.config.unlink()
     try:
         daemon.signal(signal.SIGHUP)
-        assert wait_until(lambda: "no such file" in (conn.ask(op="status")["reload_error"] or ""), 5)
+        assert wait_until(lambda: "no such file" in (conn.ask(op="status")["reload_error"] or ""), 15)
         assert conn.ask(op="rho")["rho"] == 0.55
     finally:
         daemon.config.write_text(saved)

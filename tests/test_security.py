@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
@@ -23,7 +22,7 @@ import textwrap
 
 import pytest
 
-from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, short_dir, wait_until
 from provider_server import FakeProviderServer, Reply
 
 NOBODY = 65534
@@ -143,9 +142,9 @@ def test_api_key_never_appears_in_logs_status_errors_or_cli_output():
         env = {"ELECTRICITYMAPS_TOKEN": FAKE_KEY}
         daemon = DaemonProcess(d, "--provider", spec, env=env).wait_ready()
         try:
-            assert wait_until(lambda: server.count("/v3/carbon-intensity/latest") >= 1, 5)
+            assert wait_until(lambda: server.count("/v3/carbon-intensity/latest") >= 1, 15)
             conn = daemon.conn()
-            assert wait_until(lambda: "401" in json.dumps(conn.ask(op="status")["provider"]), 5)
+            assert wait_until(lambda: "401" in json.dumps(conn.ask(op="status")["provider"]), 15)
             status = conn.ask(op="status")
             outputs = {"status": json.dumps(status), "rho": json.dumps(conn.ask(op="rho"))}
             bad = conn.ask(op="job.start", model=FAKE_KEY[:3], scheme="s", pid="x")  # an error reply

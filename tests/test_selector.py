@@ -11,7 +11,6 @@ import pytest
 from gt_core.profiler import TensorProfile
 from gt_core.selector import (
     InfeasibleBudgetError,
-    Selection,
     dy_prefix,
     quantise,
     select_tensors,
@@ -182,16 +181,79 @@ def test_negative_and_minus_inf_importance_never_selected() -> None:
     assert sel.flops == prof.t_fp
 
 
-def test_selection_fields_are_consistent() -> None:
-    prof, imp = _random_profile(100, seed=9)
-    sel = select_tensors(prof, imp, 0.6, resolution=500)
-    assert isinstance(sel, Selection)
-    assert sel.mask.dtype == np.bool_ and sel.mask.shape == (100,)
-    assert sel.names == [prof.names[i] for i in np.flatnonzero(sel.mask)]
-    assert sel.objective == pytest.approx(imp[sel.mask].sum())
-    assert sel.rho == 0.6
-    assert sel.rho_effective == pytest.approx(sel.flops / prof.t_full)
-    assert sel.additive_flops == pytest.approx(prof.additive_cost(sel.mask))
+def _all_masks(n: int) -> np.ndarray:
+    return ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+
+
+def _step_flops(t_dw: np.ndarray, t_dy: np.ndarray, t_fp: float, mask: np.ndarray) -> float:
+    """One step's FLOPs written out from the problem statement: forward, the weight gradients of the
+    selected tensors, and the activation gradients of every tensor from the output down to the
+    selected tensor nearest the input."""
+    selected = np.flatnonzero(mask)
+    if selected.size == 0:
+        return float(t_fp)
+    nearest_input = int(selected[0])
+    return float(t_fp) + sum(float(t_dw[i]) for i in selected) + sum(float(t_dy[i]) for i in range(nearest_input, len(t_dy)))
+
+
+def test_float_costs_are_optimal_up_to_the_quantisation_unit_against_every_mask() -> None:
+    """On real-valued costs the selection is feasible and at least as good as the best mask that
+    fits a budget one quantisation unit per tensor smaller, never better than the true optimum."""
+    rng = np.random.default_rng(17)
+    for _ in range(120):
+        n = int(rng.integers(1, 11))
+        t_dw, t_dy = rng.uniform(0.0, 5e9, n), rng.uniform(0.0, 5e9, n)
+        t_fp = float(rng.uniform(0.0, 2e10))
+        imp = np.round(rng.normal(0.4, 1.0, n), 3)
+        imp[rng.random(n) < 0.1] = -np.inf
+        prof = _profile(t_dw, t_dy, t_fp)
+        masks = _all_masks(n)
+        costs = np.array([_step_flops(t_dw, t_dy, t_fp, m) for m in masks])
+        values = np.array([imp[m & (imp > 0)].sum() for m in masks])
+        t_full = costs[-1]  # the all-ones mask
+        cheapest = costs[masks.sum(axis=1) == 1].min()
+        rho = float(rng.uniform(cheapest / t_full, 1.0))
+        resolution = int(rng.choice([20, 200, 1000]))
+        sel = select_tensors(prof, imp, rho, resolution=resolution)
+
+        budget = rho * t_full
+        unit = (budget - t_fp) / resolution
+        best = values[costs <= budget].max()
+        guaranteed = values[costs <= budget - (n + 1) * unit].max(initial=0.0)
+        own_cost = _step_flops(t_dw, t_dy, t_fp, sel.mask)
+        assert own_cost <= budget * (1 + 1e-12), (n, rho, resolution)
+        assert guaranteed - 1e-9 <= sel.objective <= best + 1e-9, (n, rho, resolution, sel.objective, guaranteed, best)
+        assert sel.objective == pytest.approx(sum(imp[i] for i in np.flatnonzero(sel.mask)), abs=1e-9)
+        assert not sel.mask[imp <= 0].any()
+        assert sel.names == [f"t{i}" for i in range(n) if sel.mask[i]]
+        assert sel.flops == pytest.approx(own_cost, rel=1e-12)
+        assert sel.rho == rho and sel.rho_effective == pytest.approx(own_cost / t_full, rel=1e-12)
+        assert sel.rho_effective <= rho * (1 + 1e-12)
+
+
+def test_objective_never_falls_as_rho_grows_and_matches_every_mask_search() -> None:
+    """Integer costs, one quantisation unit per FLOP: exact at every budget, so monotone in ρ."""
+    rng = np.random.default_rng(29)
+    for _ in range(12):
+        n = int(rng.integers(2, 10))
+        t_dw, t_dy = rng.integers(0, 9, n), rng.integers(0, 9, n)
+        t_fp = int(rng.integers(0, 20))
+        imp = np.round(rng.uniform(-0.3, 1.0, n), 2)
+        prof = _profile(t_dw, t_dy, t_fp)
+        masks = _all_masks(n)
+        costs = np.array([_step_flops(t_dw, t_dy, t_fp, m) for m in masks])
+        values = np.array([imp[m & (imp > 0)].sum() for m in masks])
+        t_full = costs[-1]
+        previous = -np.inf
+        for back_budget in range(int(costs[masks.sum(axis=1) == 1].min()) - t_fp, int(t_full) - t_fp + 1):
+            rho = _rho_for_budget(t_fp, back_budget, t_full)
+            if rho <= 0:
+                continue
+            sel = select_tensors(prof, imp, rho, resolution=max(back_budget, 1))
+            assert _step_flops(t_dw, t_dy, t_fp, sel.mask) <= rho * t_full
+            assert sel.objective == pytest.approx(values[costs <= rho * t_full].max(), abs=1e-9)
+            assert sel.objective >= previous - 1e-9, (n, back_budget)
+            previous = sel.objective
 
 
 def test_infeasible_rho_reports_minimum() -> None:

@@ -5,7 +5,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from gt_core.callbacks import TrainerCallback
 from gt_core.cli import app
+from gt_core.data import SummarizationDataset
+from gt_core.profiler import profile_model
 from gt_core.rho import CallableRho
 from gt_core.tiny import tiny_model
 from gt_core.trainer import GreenTrainer, TrainConfig
@@ -16,14 +19,14 @@ FIELDS = {
 }
 
 
-def _trainer(tmp_path, tokenizer, task, rho_source=None, **overrides) -> GreenTrainer:
+def _trainer(tmp_path, tokenizer, task, rho_source=None, callbacks=(), **overrides) -> GreenTrainer:
     options = dict(
         epochs=2, lr=1e-3, batch_size=4, importance_batches=1, max_input_length=32, max_target_length=12,
         output_dir=tmp_path / "run", progress=False,
     )
     options.update(overrides)
     model = tiny_model("opt", vocab_size=len(tokenizer), hidden=32, layers=1)
-    return GreenTrainer(model, tokenizer, task[0], task[1], TrainConfig(**options), rho_source=rho_source)
+    return GreenTrainer(model, tokenizer, task[0], task[1], TrainConfig(**options), rho_source=rho_source, callbacks=callbacks)
 
 
 def test_frozen_tensors_stay_untouched_and_keep_their_optimizer_state(tmp_path, tokenizer, task):
@@ -59,30 +62,72 @@ def test_frozen_tensors_stay_untouched_and_keep_their_optimizer_state(tmp_path, 
     assert records[1].rho_effective <= records[1].rho_asked + 1e-9
 
 
-def test_metrics_log_budget_and_final_model(tmp_path, tokenizer, task):
-    trainer = _trainer(tmp_path, tokenizer, task, rho=0.7)
+class _TrainingObserver(TrainerCallback):
+    """Per epoch: the weights at its start and end, and which tensors required grad at each
+    training forward (a hook on the model, armed between epoch start and end, counting only
+    forwards in train mode with grad enabled)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict] = []
+        self._current: dict | None = None
+
+    def on_train_start(self, trainer) -> None:
+        trainer.model.register_forward_pre_hook(self._on_forward)
+
+    def _on_forward(self, module, args) -> None:
+        if self._current is not None and module.training and torch.is_grad_enabled():
+            self._current["trainable"].append(frozenset(n for n, p in module.named_parameters() if p.requires_grad))
+
+    def on_epoch_start(self, trainer, epoch, reading) -> None:
+        self._current = {"trainable": [], "start": _weights(trainer.model)}
+
+    def on_epoch_end(self, trainer, record) -> None:
+        self._current["end"] = _weights(trainer.model)
+        self.epochs.append(self._current)
+        self._current = None
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_logged_flops_price_the_trained_tensors_at_the_data_shape_for_every_micro_batch(tmp_path, tokenizer, task):
+    """16 examples in batches of 4 are 4 micro-batches per epoch; accumulating 3 gives optimizer
+    steps of 3 and 1. The logged FLOPs must be those forwards, each priced by a profile of a
+    separately built identical model at the longest tokenised example, training exactly the
+    tensors that required grad during the epoch."""
+    observer = _TrainingObserver()
+    trainer = _trainer(tmp_path, tokenizer, task, rho=0.7, grad_accumulation=3, callbacks=[observer])
     records = trainer.train()
+
+    data = SummarizationDataset(task[0], tokenizer, encoder_decoder=False, max_input_length=32, max_target_length=12)
+    longest = max(len(feature["input_ids"]) for feature in data.features)
+    reference = profile_model(tiny_model("opt", vocab_size=len(tokenizer), hidden=32, layers=1), batch_size=4, seq_len=longest)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [0, 1]
-    for line, record in zip(lines, records):
+    assert [r.epoch for r in records] == [line["epoch"] for line in lines] == [0, 1]
+
+    for seen, record, line, selection in zip(observer.epochs, records, lines, trainer.state.selections):
+        assert len(seen["trainable"]) == 4 and record.steps == 2
+        (trainable,) = set(seen["trainable"])  # one mask for the whole epoch
+        assert trainable == set(selection["selected"]) and 0 < len(trainable) < len(reference)
+        for name, before in seen["start"].items():
+            assert torch.equal(before, seen["end"][name]) == (name not in trainable), name
+
+        mask = np.array([name in trainable for name in reference.names])
+        assert record.flops_forward == pytest.approx(4 * reference.t_fp, rel=1e-9)
+        assert record.flops_backward == pytest.approx(4 * reference.backward(mask), rel=1e-9)
+        assert record.flops_full == pytest.approx(4 * reference.t_full, rel=1e-9)
+        assert record.rho_asked == 0.7 and record.rho_effective <= 0.7
+        assert record.rho_effective == pytest.approx(reference.cost(mask) / reference.t_full, rel=1e-9)
+        share = reference.param_counts[mask].sum() / reference.param_counts.sum()
+        assert record.param_share_selected == pytest.approx(share) and record.tensors_selected == len(trainable)
+
         assert FIELDS <= line.keys()
-        assert line["rho_asked"] == 0.7
-        assert line["flops_forward"] + line["flops_backward"] <= 0.7 * line["flops_full"] * (1 + 1e-9)
-        assert line["flops_full"] == pytest.approx(4 * trainer.profile.t_full)
-        assert 0 < line["param_share_selected"] < 1 and np.isfinite(line["val_loss"])
-        assert line["train_loss"] == pytest.approx(record.train_loss)
+        for field in ("rho_asked", "rho_effective", "flops_forward", "flops_backward", "flops_full", "train_loss"):
+            assert line[field] == pytest.approx(getattr(record, field)), field
+        assert np.isfinite(line["val_loss"]) and np.isfinite(line["train_loss"])
     final = tmp_path / "run" / "final"
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
-
-
-def test_flops_count_every_micro_batch_under_gradient_accumulation(tmp_path, tokenizer, task):
-    # 16 examples, batch 4: 4 micro-batches per epoch; accumulating 3 gives optimizer steps of 3 and 1.
-    trainer = _trainer(tmp_path, tokenizer, task, rho=0.7, grad_accumulation=3, epochs=1)
-    (record,) = trainer.train()
-    assert record.steps == 2
-    step = trainer.profile.cost(trainer.trained.mask)
-    assert record.flops_full == pytest.approx(4 * trainer.profile.t_full)
-    assert record.flops_forward + record.flops_backward == pytest.approx(4 * step)
 
 
 @pytest.mark.parametrize("reselect, expected", [("epoch", [0, 4]), (3, [0, 3, 6]), ("on_change", [0, 4, 5])])
