@@ -33,6 +33,7 @@ SECTIONS = {
     "ablation": "importance_ablation",
     "overhead": "overhead",
     "daemon": "daemon_latency",
+    "scheduling": "scheduling",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -76,6 +77,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import daemon_latency
 
         daemon_latency.main(quick)
+    elif name == "scheduling":
+        from bench import scheduling
+
+        scheduling.main(quick)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 
