@@ -59,6 +59,23 @@ def test_noise_is_seeded_and_costs_the_planner_against_the_oracle():
     assert runs[0].regret_mean > 0 and min(runs[0].regret_mean, runs[2].regret_mean) >= 0
 
 
+def test_budget_mode_backtest_keeps_the_oracle_within_the_budget():
+    budget_g = 150.0
+    job = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.4, carbon_budget_g=budget_g)
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=300)
+    result = run_backtest(_bundled_series(), job, cost, every_s=12 * 3600, noise=0.1, seed=4,
+                          make_steps_rho=_constant_rho(1.0))
+    spent = 0
+    for oracle, full in zip(result.outcomes["oracle"], result.outcomes["now-full"]):
+        assert oracle.carbon_g <= budget_g * (1 + 1e-9)
+        if full.carbon_g <= budget_g:  # ρ 1 throughout fits: the most work is ρ 1
+            assert oracle.mean_rho == pytest.approx(1.0)
+        else:  # otherwise the whole budget buys the highest ρ it can
+            assert oracle.carbon_g == pytest.approx(budget_g) and 0.4 < oracle.mean_rho < 1
+            spent += 1
+    assert 0 < spent < result.submissions
+
+
 def test_forecast_noise_leaves_the_measured_slot_alone():
     import random
 

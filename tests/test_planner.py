@@ -7,6 +7,7 @@ import random
 import pytest
 
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon, plan_within_budget
+from carbonsched.planning.model import remaining_job
 from carbonsched.planning.planner import energy_intensity_s, fastest_mix
 
 linprog = pytest.importorskip("scipy.optimize").linprog
@@ -187,3 +188,17 @@ def test_gapped_slots_are_refused():
     with pytest.raises(PlanningInputError, match="slot 1 starts"):
         plan_min_carbon(Job(epochs=1, deadline_s=10, rho_min=0.5), CostModel(epoch_s_at_full=1, running_power_w=1),
                         [Slot(0, 5, 1), Slot(6, 10, 1)])
+
+
+def test_replanning_carries_the_mean_rho_floor_over_the_work_done():
+    job = Job(epochs=10, deadline_s=10 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
+    behind = remaining_job(job, epochs_done=4, rho_sum_done=4 * 0.4, elapsed_s=3600)
+    assert (behind.epochs, behind.deadline_s, behind.mean_rho) == (6, 9 * 3600, pytest.approx(0.9))
+    ahead = remaining_job(job, epochs_done=5, rho_sum_done=5.0, elapsed_s=0)
+    assert ahead.mean_rho == 0.4  # (7 - 5) / 5 = 0.4
+    assert remaining_job(job, epochs_done=8, rho_sum_done=3.2, elapsed_s=0).mean_rho == 1.0
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=300)
+    plan = plan_min_carbon(behind, cost, _slots([200, 100, 300] * 6))
+    assert plan.work_full_epochs + 4 * 0.4 == pytest.approx(0.7 * 10)
+    with pytest.raises(PlanningInputError, match="no work left"):
+        remaining_job(job, epochs_done=10, rho_sum_done=7, elapsed_s=0)

@@ -76,6 +76,24 @@ class Job:
         return self.rho_min if self.mean_rho is None else max(self.rho_min, self.mean_rho)
 
 
+def remaining_job(job: Job, *, epochs_done: float, rho_sum_done: float, elapsed_s: float) -> Job:
+    """The job left after ``epochs_done`` epochs whose ρ summed to ``rho_sum_done``, ``elapsed_s`` later.
+
+    This is what a re-plan at a decision interval starts from: the mean-ρ floor is carried over so
+    that the whole job still meets it (raised when past epochs ran below it, lowered when above,
+    kept within [rho_min, 1]; a floor that can no longer be met becomes 1, the best still possible).
+    The deadline moves ``elapsed_s`` closer; a budget shrinks only through the caller.
+    """
+    left = job.epochs - epochs_done
+    if left <= 0:
+        raise PlanningInputError(f"no work left: {epochs_done:g} of {job.epochs:g} epochs done")
+    mean_rho = job.mean_rho
+    if mean_rho is not None:
+        mean_rho = min(1.0, max(job.rho_min, (mean_rho * job.epochs - rho_sum_done) / left))
+    return Job(epochs=left, deadline_s=job.deadline_s - elapsed_s, rho_min=job.rho_min, mean_rho=mean_rho,
+               may_pause=job.may_pause, carbon_budget_g=job.carbon_budget_g)
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Epoch time per ρ and power, defaults until the job's own records say otherwise.

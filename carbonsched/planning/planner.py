@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, carbon_g, check_slots, interpolate
+from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, carbon_g, check_slots
 
 RELATIVE_TOLERANCE = 1e-9
 
@@ -364,5 +364,5 @@ def _levels_at(hull: list[tuple[float, float]], rho_of: dict[tuple[float, float]
 
 __all__ = [
     "Level", "Plan", "QualityCurve", "Segment", "affordable_running_s", "clip_slots", "energy_intensity_s",
-    "expected_carbon_g", "fastest_mix", "interpolate", "plan_min_carbon", "plan_within_budget",
+    "expected_carbon_g", "fastest_mix", "plan_min_carbon", "plan_within_budget",
 ]
