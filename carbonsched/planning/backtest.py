@@ -18,6 +18,7 @@ Planner regret: (planner − oracle) / oracle per submission.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass
@@ -37,13 +38,15 @@ class Series:
     end_s: float
 
     def slots(self, start_s: float, end_s: float) -> list[Slot]:
-        """Slots over ``[start_s, end_s)``, with times relative to ``start_s``."""
+        """Slots over ``[start_s, end_s)`` (within the series), with times relative to ``start_s``."""
         slots: list[Slot] = []
-        bounds = list(self.offsets_s[1:]) + [self.end_s]
-        for begin, finish, value in zip(self.offsets_s, bounds, self.values_g_per_kwh):
-            low, high = max(begin, start_s), min(finish, end_s)
+        index = max(0, bisect.bisect_right(self.offsets_s, start_s) - 1)
+        while index < len(self.offsets_s) and self.offsets_s[index] < end_s:
+            finish = self.offsets_s[index + 1] if index + 1 < len(self.offsets_s) else self.end_s
+            low, high = max(self.offsets_s[index], start_s), min(finish, end_s)
             if high > low:
-                slots.append(Slot(low - start_s, high - start_s, value))
+                slots.append(Slot(low - start_s, high - start_s, self.values_g_per_kwh[index]))
+            index += 1
         return slots
 
 
@@ -125,9 +128,11 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
         span_h = (series.end_s - series.offsets_s[0]) / 3600
         raise PlanningInputError(f"the trace covers {span_h:g} h, less than the {job.deadline_s / 3600:g} h deadline: "
                                  "no submission fits")
+    # Long enough for every strategy, including a run from submission at the slowest ρ past the deadline.
+    longest_s = max(job.deadline_s, job.epochs * max(cost.epoch_s(rho) for rho in (job.rho_min, job.rho_floor, 1.0)))
     outcomes: dict[str, list[Outcome]] = {name: [] for name in strategies.STRATEGIES}
     for index, start_s in enumerate(starts):
-        truth = series.slots(start_s, series.end_s)
+        truth = series.slots(start_s, start_s + 2 * longest_s)
         window = [s for s in truth if s.start_s < job.deadline_s]
         window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in window]
         forecast = noisy_forecast(window, noise, random.Random(seed * 1_000_003 + index))

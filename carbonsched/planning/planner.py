@@ -26,6 +26,7 @@ the deadline and the fresh forecast; :meth:`Plan.rho_at` is the answer for "now"
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -240,20 +241,39 @@ def expected_carbon_g(segments: Sequence[Segment], slots: Sequence[Slot], cost: 
     """Running carbon over ``segments`` plus idle carbon while paused before the finish, priced by ``slots``."""
     if not segments:
         return 0.0
-    running = sum(energy_intensity_s(slots, s.start_s, s.end_s) for s in segments)
-    paused = energy_intensity_s(slots, 0.0, segments[-1].end_s) - running
+    integral = IntensityIntegral(slots)
+    running = sum(integral.between(s.start_s, s.end_s) for s in segments)
+    paused = integral.between(0.0, segments[-1].end_s) - running
     return carbon_g(cost.running_power_w, 1.0, running) + carbon_g(cost.idle_power_w, 1.0, paused)
+
+
+class IntensityIntegral:
+    """∫ intensity dt over any interval of contiguous ``slots`` (gCO2e/kWh·s); beyond the last slot its value holds."""
+
+    def __init__(self, slots: Sequence[Slot]) -> None:
+        self.starts = [slot.start_s for slot in slots]
+        self.values = [slot.intensity_g_per_kwh for slot in slots]
+        self.cumulative = [0.0]
+        for slot in slots:
+            self.cumulative.append(self.cumulative[-1] + slot.intensity_g_per_kwh * slot.length_s)
+        self.end_s = slots[-1].end_s if slots else 0.0
+
+    def until(self, at_s: float) -> float:
+        """∫ from the first slot's start to ``at_s``."""
+        if at_s >= self.end_s:
+            return self.cumulative[-1] + (at_s - self.end_s) * self.values[-1]
+        index = bisect.bisect_right(self.starts, at_s) - 1
+        if index < 0:
+            return 0.0
+        return self.cumulative[index] + (at_s - self.starts[index]) * self.values[index]
+
+    def between(self, start_s: float, end_s: float) -> float:
+        return self.until(end_s) - self.until(start_s) if end_s > start_s else 0.0
 
 
 def energy_intensity_s(slots: Sequence[Slot], start_s: float, end_s: float) -> float:
     """∫ intensity dt over ``[start_s, end_s)`` in gCO2e/kWh·s; beyond the last slot its value holds."""
-    total = 0.0
-    for index, slot in enumerate(slots):
-        slot_end = slot.end_s if index < len(slots) - 1 else math.inf
-        low, high = max(start_s, slot.start_s), min(end_s, slot_end)
-        if high > low:
-            total += (high - low) * slot.intensity_g_per_kwh
-    return total
+    return IntensityIntegral(slots).between(start_s, end_s)
 
 
 # ---- the two modes -------------------------------------------------------------------------------
