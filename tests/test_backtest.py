@@ -200,3 +200,17 @@ def test_plan_command_bad_deadline_is_one_line_exit_2():
     assert result.exit_code == 2
     assert result.stderr.strip() == ("error: --deadline 'tomorrow' is not hours (24, 24h), minutes (90m) "
                                      "or an ISO time")
+
+
+def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):
+    path = _trace_file(tmp_path, [400, 380, 120, 100, 90, 300, 420, 410] * 4)
+    # 0.8 takes longer than the chord from 0.6 to 1.0 allows: mean ρ 0.7 is fastest as a 0.6/1.0 mix.
+    measured = [arg for point in ("0.4:16", "0.6:18", "0.8:26", "1:30") for arg in ("--measured-epoch", point)]
+    result = runner.invoke(app, ["plan", "--provider", f"trace:{path}", "--epochs", "4", "--deadline", "8h",
+                                 "--mean-rho", "0.7", "--may-pause", *measured, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert {s["rho"] for s in plan["segments"]} == {0.6, 1.0}
+    assert plan["mean_rho"] == pytest.approx(0.7)
+    assert plan["running_s"] == pytest.approx((3 * 18 + 1 * 30) * 60)  # 3 epochs at 0.6, 1 at 1.0
+    assert plan["job"]["measured_epoch_s"][0] == [0.4, 960.0]

@@ -28,6 +28,8 @@ MayPause = typer.Option(False, "--may-pause", help="The job may pause between st
 BudgetG = typer.Option(None, "--budget-g", help="Carbon budget, gCO2e, for a job that may not pause: most ρ within it.")
 PowerW = typer.Option(DEFAULT_RUNNING_POWER_W, "--power-w", help="Power while running, W.")
 IdlePowerW = typer.Option(0.0, "--idle-power-w", help="Power while paused, W (0: the job releases its GPU).")
+MeasuredEpochs = typer.Option([], "--measured-epoch", help="Measured epoch time as RHO:MINUTES (repeat; at least "
+                                                           "two). Default: epoch-minutes x ρ.")
 Format = typer.Option("table", "--format", help="table | json")
 PlotFile = typer.Option(None, "--plot", help="Also write a PNG plot to this file.")
 
@@ -37,15 +39,28 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def parse_measured_epoch(text: str) -> tuple[float, float]:
+    """``RHO:MINUTES`` → (ρ, seconds); ValueError naming the option otherwise."""
+    rho_text, _, minutes_text = text.partition(":")
+    try:
+        rho, minutes = float(rho_text), float(minutes_text)
+    except ValueError:
+        raise ValueError(f"--measured-epoch {text!r} is not RHO:MINUTES (e.g. 0.5:16)") from None
+    return rho, minutes * 60
+
+
 def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
-                  may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float) -> tuple[Job, CostModel]:
+                  may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float,
+                  measured: list[str]) -> tuple[Job, CostModel]:
     if budget_g is not None and may_pause:
         _fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
     try:
+        points = tuple(parse_measured_epoch(text) for text in measured)
         job = Job(epochs=epochs, deadline_s=deadline_s, rho_min=rho_min, mean_rho=mean_rho, may_pause=may_pause,
                   carbon_budget_g=budget_g)
-        cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w)
-    except PlanningInputError as exc:
+        cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w,
+                         epoch_time_points=points)
+    except ValueError as exc:  # PlanningInputError included
         _fail(str(exc))
     return job, cost
 
@@ -71,7 +86,8 @@ def _job_line(job: Job, cost: CostModel) -> str:
 
 
 def _job_json(job: Job, cost: CostModel) -> dict:
-    return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full, "deadline_s": job.deadline_s,
+    return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full,
+            "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points], "deadline_s": job.deadline_s,
             "rho_min": job.rho_min, "mean_rho": job.rho_floor, "may_pause": job.may_pause,
             "carbon_budget_g": job.carbon_budget_g, "running_power_w": cost.running_power_w,
             "idle_power_w": cost.idle_power_w}
@@ -129,6 +145,7 @@ def plan(
     budget_g: Optional[float] = BudgetG,
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
+    measured_epoch: list[str] = MeasuredEpochs,
     provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Daemon TOML config (default: $CARBONSCHED_CONFIG)."),
     fmt: str = Format,
@@ -146,7 +163,7 @@ def plan(
     except ValueError as exc:
         _fail(str(exc))
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
-                              idle_power_w)
+                              idle_power_w, measured_epoch)
     spec = _provider_spec(provider, config_file)
     try:
         reading = build_provider(spec).current()
@@ -238,6 +255,7 @@ def backtest(
     seed: int = typer.Option(0, "--seed", help="Seed of the forecast noise."),
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
+    measured_epoch: list[str] = MeasuredEpochs,
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy for the reactive 'steps' strategy "
                                                                       "(default: the daemon's built-in one)."),
     fmt: str = Format,
@@ -253,7 +271,7 @@ def backtest(
     if not (math.isfinite(every_hours) and every_hours > 0):
         _fail(f"--every-hours must be positive, got {every_hours!r}")
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
-                              power_w, idle_power_w)
+                              power_w, idle_power_w, measured_epoch)
     try:
         loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
     except TraceFormatError as exc:
