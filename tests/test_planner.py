@@ -202,3 +202,19 @@ def test_replanning_carries_the_mean_rho_floor_over_the_work_done():
     assert plan.work_full_epochs + 4 * 0.4 == pytest.approx(0.7 * 10)
     with pytest.raises(PlanningInputError, match="no work left"):
         remaining_job(job, epochs_done=10, rho_sum_done=7, elapsed_s=0)
+
+
+def test_slots_from_a_forecast_start_now_and_stop_at_the_horizon():
+    from datetime import datetime, timedelta, timezone
+
+    from carbonsched.planning.forecast import slots_from_forecast
+    from carbonsched.types import ForecastPoint
+
+    now = datetime(2025, 1, 1, 10, 10, tzinfo=timezone.utc)
+    points = [ForecastPoint(datetime(2025, 1, 1, 10, 0, tzinfo=timezone.utc) + timedelta(minutes=30 * i), 100.0 + i)
+              for i in range(6)]
+    slots = slots_from_forecast(now, 99.0, points, horizon_s=5000)
+    assert [(s.start_s, s.end_s, s.intensity_g_per_kwh) for s in slots] == [
+        (0, 1200, 99.0), (1200, 3000, 101.0), (3000, 4800, 102.0), (4800, 5000, 103.0)]
+    assert [(s.start_s, s.end_s) for s in slots_from_forecast(now, 99.0, points, horizon_s=1e6)][-1] == (8400, 10200)
+    assert slots_from_forecast(now, 99.0, (), horizon_s=7200) == [Slot(0.0, 7200, 99.0)]
