@@ -214,3 +214,20 @@ def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):
     assert plan["mean_rho"] == pytest.approx(0.7)
     assert plan["running_s"] == pytest.approx((3 * 18 + 1 * 30) * 60)  # 3 epochs at 0.6, 1 at 1.0
     assert plan["job"]["measured_epoch_s"][0] == [0.4, 960.0]
+
+
+def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):
+    path = _trace_file(tmp_path, [300, 50] * 20)
+    config = tmp_path / "carbonsched.toml"
+    config.write_text(f'provider = "trace:{path}"\n')
+    monkeypatch.setenv("CARBONSCHED_CONFIG", str(config))
+    result = runner.invoke(app, ["plan", "--epochs", "1", "--epoch-minutes", "60", "--deadline", "4h", "--may-pause",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["provider"] == f"trace:{path}"
+    assert {s["intensity_g_per_kwh"] for s in plan["segments"]} == {50}
+
+    config.write_text("provider = 7\n")
+    bad = runner.invoke(app, ["plan", "--config", str(config)])
+    assert bad.exit_code == 2 and bad.stderr.strip() == f"error: {config}: provider: must be a non-empty string"

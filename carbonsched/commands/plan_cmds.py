@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,13 +11,13 @@ from typing import NoReturn, Optional
 
 import typer
 
+from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("table", "json")
 DEFAULT_RUNNING_POWER_W = 300.0
-COMPARED = ("now-full", "now-constant", "shift")
 
 Epochs = typer.Option(12.0, "--epochs", help="Epochs of work left (may be fractional).")
 EpochMinutes = typer.Option(30.0, "--epoch-minutes", help="Minutes one epoch takes at ρ 1.")
@@ -116,9 +115,8 @@ def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
 
     if provider:
         return provider
-    config_path = config_file or (Path(os.environ["CARBONSCHED_CONFIG"]) if os.environ.get("CARBONSCHED_CONFIG") else None)
     try:
-        config = load_config(config_path) if config_path is not None else DaemonConfig()
+        config = load_config(config_file) if config_file is not None else DaemonConfig()
     except ConfigError as exc:
         _fail(str(exc))
     return config.provider or DEFAULT_PROVIDER_SPEC
@@ -147,7 +145,8 @@ def plan(
     idle_power_w: float = IdlePowerW,
     measured_epoch: list[str] = MeasuredEpochs,
     provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Daemon TOML config (default: $CARBONSCHED_CONFIG)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV,
+                                               help="Daemon TOML config (its provider is used)."),
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
 ) -> None:
