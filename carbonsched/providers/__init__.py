@@ -19,7 +19,8 @@ Kinds:
 ``trace``, ``trace:/path/file.csv``
     Replays a CSV trace (default: the bundled synthetic week) from the moment the provider is
     built, looping at the end. ``?speedup=600`` plays 600 trace seconds per wall second
-    (default 1). No network.
+    (default 1). Column names of common exports are recognised; ``?time_column=`` and
+    ``?intensity_column=`` name them otherwise. No network.
 ``static:FRA``
     CodeCarbon's bundled yearly average for an ISO 3166-1 alpha-3 country. No network.
     List codes: ``python -m carbonsched.providers.static``.

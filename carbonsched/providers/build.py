@@ -87,7 +87,9 @@ def _build_one(
     rng: random.Random | None,
 ) -> IntensityProvider:
     if spec.kind == "trace":
-        return TraceProvider(spec.zone, speedup=spec.number("speedup", 1.0) or 1.0, clock=clock)
+        return TraceProvider(spec.zone, speedup=spec.number("speedup", 1.0) or 1.0, clock=clock,
+                             time_column=spec.params.get("time_column"),
+                             intensity_column=spec.params.get("intensity_column"))
     if spec.kind == "static":
         return StaticProvider(spec.zone or "", clock=clock)
     want_forecast = spec.flag("forecast", True)

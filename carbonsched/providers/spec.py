@@ -18,7 +18,7 @@ from carbonsched.providers.base import ProviderSpecError
 CACHE_KEYS = frozenset({"cooldown_s", "max_cooldown_s", "max_age_s"})
 HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"}) | CACHE_KEYS
 KEYS_BY_KIND: dict[str, frozenset[str]] = {
-    "trace": frozenset({"speedup"}),
+    "trace": frozenset({"speedup", "time_column", "intensity_column"}),
     "static": frozenset(),
     "electricitymaps": HTTP_KEYS | {"lat", "lon", "emission_factor_type", "disable_estimations"},
     "watttime": HTTP_KEYS,

@@ -1,9 +1,21 @@
-"""Replay of a carbon-intensity trace from a CSV file, for demos and tests without network.
+"""Replay of a carbon-intensity trace from a CSV file, for demos, backtests and tests without network.
 
-File format: a header ``timestamp,intensity_g_per_kwh``, then one row per sample with an ISO 8601
-UTC timestamp and a value in gCO2e/kWh, timestamps strictly increasing. Lines starting with ``#``
-and blank lines are ignored. Each sample holds until the next one (step function); the last one
-holds for the same length as the one before it.
+File format: a header row, then one row per sample: a timestamp and a value in gCO2e/kWh, timestamps
+strictly increasing. Lines starting with ``#`` and blank lines are ignored. The columns are found by
+name (case and surrounding spaces ignored), so exports can be used as they are:
+
+- time: ``timestamp``, ``time``, ``datetime``, ``Datetime (UTC)``, ``date``, ``datetime_utc``,
+  ``point_time``, ``from``, ``period_start``;
+- intensity: ``intensity_g_per_kwh``, ``carbon_intensity``, ``carbon intensity``, ``intensity``,
+  ``moer``, else the one column whose name contains "intensity". An Electricity Maps export has a
+  direct and a life-cycle column: the one whose name says "direct" is used.
+
+``time_column=`` / ``intensity_column=`` (spec options, or arguments of :func:`load_trace`) name
+them explicitly. Timestamps are ISO 8601; without a UTC offset they are UTC (a file that mixes the
+two is refused). A row with an empty intensity is a missing sample. Any regular step works (5, 15,
+30, 60 min...): the step is the most common spacing (the shorter on a tie), and every longer spacing is reported as a gap
+(``Trace.gaps``), during which the previous value holds. Each sample holds until the next one (step
+function); the last one holds for one step.
 
 Replay: the wall time since the provider was created, multiplied by ``speedup``, is the offset
 into the trace, which loops at its end. The reading's ``timestamp`` and ``interval_s`` are in wall
@@ -14,6 +26,7 @@ timestamp. The forecast is the next 24 h of trace time, mapped to wall time.
 from __future__ import annotations
 
 import bisect
+import collections
 import csv
 import math
 from dataclasses import dataclass
@@ -31,11 +44,22 @@ from carbonsched.providers.base import (
 from carbonsched.types import ForecastPoint, IntensityReading
 
 HEADER = ("timestamp", "intensity_g_per_kwh")
+TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "datetime (utc)", "date", "datetime_utc", "point_time", "from",
+                     "period_start")
+INTENSITY_COLUMN_NAMES = ("intensity_g_per_kwh", "carbon_intensity", "carbon intensity", "intensity", "moer")
 FORECAST_HORIZON_S = 24 * 3600.0
 
 
 class TraceFormatError(ProviderSpecError):
     """A trace file row is unusable; the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class TraceGap:
+    """Samples missing from ``start`` (UTC) for ``missing_s`` seconds; the previous value holds."""
+
+    start: datetime
+    missing_s: float
 
 
 @dataclass(frozen=True)
@@ -45,67 +69,125 @@ class Trace:
     values_g_per_kwh: tuple[float, ...]
     offsets_s: tuple[float, ...]  # seconds from the first timestamp
     duration_s: float
+    step_s: float = 0.0  # the regular spacing of the samples
+    gaps: tuple[TraceGap, ...] = ()
+    time_column: str = HEADER[0]
+    intensity_column: str = HEADER[1]
+
+    def gap_summary(self) -> str:
+        """One line: how many gaps and the longest, or "no gaps"."""
+        if not self.gaps:
+            return "no gaps"
+        longest = max(self.gaps, key=lambda gap: gap.missing_s)
+        return (f"{len(self.gaps)} gap{'s' if len(self.gaps) > 1 else ''} in the samples, longest "
+                f"{longest.missing_s / 3600:g} h from {longest.start.isoformat()}")
 
 
 def bundled_trace_path() -> Path:
     return Path(str(resources.files("carbonsched").joinpath("data/synthetic_trace.csv")))
 
 
-def load_trace(path: str | Path) -> Trace:
+def _normalise(name: str) -> str:
+    return " ".join(name.replace("\ufeff", "").strip().lower().split())
+
+
+def _pick_column(path: Path, line: int, header: list[str], wanted: str | None, known: tuple[str, ...],
+                 what: str, option: str) -> int:
+    names = [_normalise(cell) for cell in header]
+    if wanted is not None:
+        if _normalise(wanted) not in names:
+            raise TraceFormatError(f"{path}:{line}: header: no column {wanted!r} for the {what} "
+                                   f"(columns: {', '.join(repr(c.strip()) for c in header)})")
+        return names.index(_normalise(wanted))
+    for name in known:
+        if name in names:
+            return names.index(name)
+    if what == "intensity":
+        candidates = [i for i, name in enumerate(names) if "intensity" in name]
+        direct = [i for i in candidates if "direct" in names[i]]
+        if len(candidates) == 1 or len(direct) == 1:
+            return (direct or candidates)[0]
+    raise TraceFormatError(f"{path}:{line}: header: no {what} column among "
+                           f"{', '.join(repr(c.strip()) for c in header)} (name one with ?{option}=)")
+
+
+def load_trace(path: str | Path, *, time_column: str | None = None, intensity_column: str | None = None) -> Trace:
     """Parse and validate a trace CSV; raise TraceFormatError naming file, line and field."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceFormatError(f"trace: cannot read {path}: {exc.strerror or exc}") from None
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"trace: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     rows = [
         (number, line)
         for number, line in enumerate(text.splitlines(), start=1)
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not rows:
-        raise TraceFormatError(f"{path}: empty trace (expected header {','.join(HEADER)})")
-    header_line, header = rows[0]
-    if tuple(cell.strip() for cell in header.split(",")) != HEADER:
-        raise TraceFormatError(f"{path}:{header_line}: header must be {','.join(HEADER)}, got {header.strip()!r}")
+        raise TraceFormatError(f"{path}: empty trace (expected a header such as {','.join(HEADER)})")
+    header_line, header_text = rows[0]
+    header = next(csv.reader([header_text]))
+    time_index = _pick_column(path, header_line, header, time_column, TIME_COLUMN_NAMES, "time", "time_column")
+    value_index = _pick_column(path, header_line, header, intensity_column, INTENSITY_COLUMN_NAMES, "intensity",
+                               "intensity_column")
+    time_name, value_name = header[time_index].strip(), header[value_index].strip()
     timestamps: list[datetime] = []
     values: list[float] = []
+    naive_lines: list[int] = []
+    aware_seen = False
     for number, line in rows[1:]:
         cells = next(csv.reader([line]))
-        if len(cells) != 2:
-            raise TraceFormatError(f"{path}:{number}: expected 2 fields, got {len(cells)}")
-        timestamps.append(_parse_timestamp(path, number, cells[0]))
-        values.append(_parse_value(path, number, cells[1]))
+        if len(cells) != len(header):
+            raise TraceFormatError(f"{path}:{number}: expected {len(header)} fields, got {len(cells)}")
+        if not cells[value_index].strip():
+            continue  # a missing sample: shows up as a gap
+        stamp, naive = _parse_timestamp(path, number, time_name, cells[time_index])
+        if naive:
+            naive_lines.append(number)
+        else:
+            aware_seen = True
+        if naive_lines and aware_seen:
+            raise TraceFormatError(f"{path}:{naive_lines[0]}: field {time_name}: has no UTC offset while other rows "
+                                   "have one (write all timestamps with an offset, or none)")
+        timestamps.append(stamp)
+        values.append(_parse_value(path, number, value_name, cells[value_index]))
         if len(timestamps) > 1 and timestamps[-1] <= timestamps[-2]:
-            raise TraceFormatError(f"{path}:{number}: field timestamp: {cells[0].strip()!r} is not after the previous row")
+            raise TraceFormatError(f"{path}:{number}: field {time_name}: {cells[time_index].strip()!r} is not after "
+                                   "the previous row")
     if len(timestamps) < 2:
         raise TraceFormatError(f"{path}: a trace needs at least 2 rows, got {len(timestamps)}")
     start = timestamps[0]
     offsets = tuple((ts - start).total_seconds() for ts in timestamps)
-    duration_s = offsets[-1] + (offsets[-1] - offsets[-2])
-    return Trace(str(path), tuple(timestamps), tuple(values), offsets, duration_s)
+    spacings = [b - a for a, b in zip(offsets, offsets[1:])]
+    counts = collections.Counter(spacings)
+    step_s = min(counts, key=lambda spacing: (-counts[spacing], spacing))  # most common; the shorter on a tie
+    gaps = tuple(TraceGap(timestamps[i] + timedelta(seconds=step_s), spacing - step_s)
+                 for i, spacing in enumerate(spacings) if spacing > step_s * (1 + 1e-9))
+    return Trace(str(path), tuple(timestamps), tuple(values), offsets, offsets[-1] + step_s, step_s, gaps,
+                 time_name, value_name)
 
 
-def _parse_timestamp(path: Path, line: int, text: str) -> datetime:
+def _parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
+    """The timestamp as aware UTC, and whether the text had no offset (then it is taken as UTC)."""
     cleaned = text.strip()
     try:
-        parsed = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith("Z") else cleaned)
+        parsed = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith(("Z", "z")) else cleaned)
     except ValueError:
-        raise TraceFormatError(f"{path}:{line}: field timestamp: {cleaned!r} is not ISO 8601") from None
+        raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not ISO 8601") from None
     if parsed.tzinfo is None:
-        raise TraceFormatError(f"{path}:{line}: field timestamp: {cleaned!r} has no UTC offset (add Z)")
-    return parsed.astimezone(timezone.utc)
+        return parsed.replace(tzinfo=timezone.utc), True
+    return parsed.astimezone(timezone.utc), False
 
 
-def _parse_value(path: Path, line: int, text: str) -> float:
+def _parse_value(path: Path, line: int, column: str, text: str) -> float:
     cleaned = text.strip()
     try:
         value = float(cleaned)
     except ValueError:
-        raise TraceFormatError(f"{path}:{line}: field intensity_g_per_kwh: {cleaned!r} is not a number") from None
+        raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not a number") from None
     if not math.isfinite(value) or value < 0 or value > MAX_PLAUSIBLE_G_PER_KWH:
         raise TraceFormatError(
-            f"{path}:{line}: field intensity_g_per_kwh: impossible value {cleaned!r} "
+            f"{path}:{line}: field {column}: impossible value {cleaned!r} "
             f"(expected 0..{MAX_PLAUSIBLE_G_PER_KWH:g} gCO2e/kWh)"
         )
     return value
@@ -115,10 +197,12 @@ class TraceProvider(IntensityProvider):
     kind = "trace"
     local = True
 
-    def __init__(self, path: str | Path | None = None, *, speedup: float = 1.0, clock: Clock = default_clock) -> None:
+    def __init__(self, path: str | Path | None = None, *, speedup: float = 1.0, clock: Clock = default_clock,
+                 time_column: str | None = None, intensity_column: str | None = None) -> None:
         if not (math.isfinite(speedup) and speedup > 0):
             raise ProviderSpecError(f"trace: speedup must be a positive number, got {speedup!r}")
-        self.trace = load_trace(path if path is not None else bundled_trace_path())
+        self.trace = load_trace(path if path is not None else bundled_trace_path(), time_column=time_column,
+                                intensity_column=intensity_column)
         self.name = f"trace:{path}" if path is not None else "trace"
         self.zone = None
         self.speedup = speedup
@@ -180,5 +264,7 @@ class TraceProvider(IntensityProvider):
             "speedup": self.speedup,
             "samples": len(self.trace.values_g_per_kwh),
             "trace_duration_s": self.trace.duration_s,
+            "step_s": self.trace.step_s,
+            "gaps": self.trace.gap_summary(),
             "calls": self.calls,
         }

@@ -1,0 +1,211 @@
+"""Benchmark: carbon-aware scheduling strategies replayed over two traces, with forecast noise.
+
+The job: 12 epochs of 30 min at ρ 1, deadline 24 h after submission, ρ in [0.4, 1], mean ρ at least
+0.7, may pause, 300 W running and 0 W paused; submitted every 2 h across each trace. Strategies and
+metrics are those of ``carbonsched backtest`` (:mod:`carbonsched.planning.backtest`); the reactive
+``steps`` strategy uses the daemon's built-in policy.
+
+Traces:
+
+- ``bundled``: ``carbonsched/data/synthetic_trace.csv``, one week at 30 min.
+- ``realistic``: four weeks at 15 min made by :func:`realistic_trace` (seed 20250203): a base of
+  300 gCO2e/kWh; a daily shape with an evening peak (+70 at 19:00, cosine) and a midday solar dip
+  (−60, Gaussian, 3 h wide); weekends 40 lower; "weather" as an hourly AR(1) process (φ 0.97, so
+  fronts last about a day and a half; stationary standard deviation 60) interpolated to 15 min; and
+  8 gCO2e/kWh of independent noise per sample; clipped to 40..700. It is written next to the results
+  as ``scheduling_realistic_trace.csv`` so that ``carbonsched backtest --trace`` can replay it.
+
+Forecast noise 0, 5 % and 10 % (seeded; several seeds averaged for the noisy rows).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from bench.common import RESULTS, run_section, table, write_section
+from carbonsched.planning import CostModel, Job
+from carbonsched.planning.backtest import BacktestResult, Series, run_backtest
+from carbonsched.planning.strategies import STRATEGIES
+from carbonsched.policies import PolicySource, default_policy_path, policy_from_source
+from carbonsched.providers.trace import bundled_trace_path, load_trace
+from carbonsched.types import Signals
+
+JOB = Job(epochs=12, deadline_s=24 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
+COST = CostModel(epoch_s_at_full=30 * 60, running_power_w=300.0, idle_power_w=0.0)
+EVERY_S = 2 * 3600
+NOISES = (0.0, 0.05, 0.10)
+REALISTIC_SEED = 20250203
+REALISTIC_START = datetime(2025, 2, 3, tzinfo=timezone.utc)  # a Monday
+
+
+def realistic_trace(weeks: int = 4, step_min: int = 15, seed: int = REALISTIC_SEED) -> list[tuple[datetime, float]]:
+    """Diurnal + weekly + weather-like intensity samples (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    hours = weeks * 7 * 24
+    phi, sd = 0.97, 60.0
+    weather = np.empty(hours + 1)
+    weather[0] = rng.normal(0, sd)
+    for h in range(1, hours + 1):
+        weather[h] = phi * weather[h - 1] + rng.normal(0, sd * math.sqrt(1 - phi * phi))
+    samples = []
+    for i in range(hours * 60 // step_min):
+        at = REALISTIC_START + timedelta(minutes=step_min * i)
+        hour = at.hour + at.minute / 60
+        daily = 70 * math.cos(2 * math.pi * (hour - 19) / 24) - 60 * math.exp(-((hour - 13) / 3) ** 2)
+        weekly = -40.0 if at.weekday() >= 5 else 0.0
+        position = i * step_min / 60
+        low = int(position)
+        front = weather[low] + (weather[low + 1] - weather[low]) * (position - low)
+        value = 300 + daily + weekly + front + rng.normal(0, 8)
+        samples.append((at, float(min(700.0, max(40.0, value)))))
+    return samples
+
+
+def _write_trace(samples: list[tuple[datetime, float]]) -> None:
+    lines = ["# SYNTHETIC: bench/scheduling.py realistic_trace(), diurnal + weekly + weather-like noise",
+             "timestamp,intensity_g_per_kwh"]
+    lines += [f"{at.strftime('%Y-%m-%dT%H:%M:%SZ')},{value:.1f}" for at, value in samples]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scheduling_realistic_trace.csv").write_text("\n".join(lines) + "\n")
+
+
+def _steps_rho(trace_start: datetime):
+    source = PolicySource.from_path(default_policy_path())
+
+    def make(offset_s: float):
+        policy = policy_from_source(source)
+        return lambda intensity, at_s: policy.decide(
+            Signals(now=trace_start + timedelta(seconds=offset_s + at_s), intensity_g_per_kwh=intensity)).rho
+
+    return make
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return f"{100 * x:.{digits}f}%"
+
+
+def _average(results: list[BacktestResult], name: str, field: str) -> float:
+    return sum(getattr(r.summaries[name], field) for r in results) / len(results)
+
+
+def main(quick: bool = False) -> list[str]:
+    started = time.perf_counter()
+    seeds = (0,) if quick else (0, 1, 2)
+    bundled = load_trace(bundled_trace_path())
+    samples = realistic_trace(weeks=2 if quick else 4)
+    _write_trace(samples)
+    realistic = load_trace(RESULTS / "scheduling_realistic_trace.csv")
+    traces = {"bundled": bundled, "realistic": realistic}
+
+    runs: dict[tuple[str, float], list[BacktestResult]] = {}
+    for trace_name, trace in traces.items():
+        series = Series(trace.offsets_s, trace.values_g_per_kwh, trace.duration_s)
+        for noise in NOISES:
+            runs[trace_name, noise] = [
+                run_backtest(series, JOB, COST, every_s=EVERY_S, noise=noise, seed=seed,
+                             make_steps_rho=_steps_rho(trace.timestamps[0]))
+                for seed in (seeds if noise > 0 else (0,))
+            ]
+
+    lines = ["## 9. Scheduling: planner vs time shifting, constant ρ, reactive steps and the oracle",
+             "",
+             f"From `bench/scheduling.py`. Job: {JOB.epochs:g} epochs x {COST.epoch_s_at_full / 60:g} min at ρ 1, "
+             f"deadline {JOB.deadline_s / 3600:g} h, ρ in [{JOB.rho_min:g}, 1], mean ρ >= {JOB.rho_floor:g}, may pause, "
+             f"{COST.running_power_w:g} W running, {COST.idle_power_w:g} W paused; submitted every "
+             f"{EVERY_S / 3600:g} h. Traces: the bundled synthetic week (30 min) and a generated "
+             f"{'two' if quick else 'four'}-week trace at 15 min (diurnal + weekly + weather-like AR(1) noise, "
+             f"seed {REALISTIC_SEED}; see the module docstring; written to "
+             "`bench/results/scheduling_realistic_trace.csv`). Forecast noise: every future slot x (1 + noise x N(0,1)), "
+             f"seeds {', '.join(map(str, seeds))} averaged for noise > 0. Carbon is relative to `now-full` per "
+             "submission (mean, and 10th–90th percentile for the first seed).",
+             ""]
+    for trace_name, trace in traces.items():
+        first = runs[trace_name, 0.0][0]
+        lines += [f"### {trace_name} trace ({len(trace.values_g_per_kwh)} samples, step {trace.step_s / 60:g} min, "
+                  f"{first.submissions} submissions)", ""]
+        header = ["strategy"] + [f"carbon, noise {int(n * 100)}%" for n in NOISES] + ["p10–p90 (noise 10%)",
+                                                                                     "deadline met", "mean ρ", "floor met"]
+        rows = []
+        for name in STRATEGIES:
+            noisy = runs[trace_name, NOISES[-1]][0].summaries[name]
+            rows.append([name] + [_pct(_average(runs[trace_name, n], name, "carbon_vs_now_full_mean")) for n in NOISES]
+                        + [f"{_pct(noisy.carbon_vs_now_full_p10)}–{_pct(noisy.carbon_vs_now_full_p90)}",
+                           _pct(min(r.summaries[name].deadline_met_share for n in NOISES for r in runs[trace_name, n])),
+                           f"{noisy.mean_rho:.3f}",
+                           _pct(min(r.summaries[name].rho_floor_met_share for n in NOISES for r in runs[trace_name, n]))])
+        lines += table(header, rows, "l" + "r" * (len(header) - 1)) + [""]
+        regret_rows = []
+        for noise in NOISES:
+            results = runs[trace_name, noise]
+            regret_rows.append([f"{int(noise * 100)}%", _pct(sum(r.regret_total for r in results) / len(results), 3),
+                                _pct(sum(r.regret_mean for r in results) / len(results), 3),
+                                _pct(max(r.regret_max for r in results), 3)])
+        lines += table(["forecast noise", "planner regret (Σ planner / Σ oracle − 1)", "mean per submission",
+                        "worst submission"], regret_rows) + [""]
+
+    lines += ["### Goals", ""]
+    goal_rows = []
+    for trace_name in traces:
+        perfect = runs[trace_name, 0.0][0]
+        noisy = runs[trace_name, 0.10]
+        noisy_regret = sum(r.regret_total for r in noisy) / len(noisy)
+        deadline = min(r.summaries["planner"].deadline_met_share for n in NOISES for r in runs[trace_name, n])
+        beats = all(_average(runs[trace_name, n], "planner", "carbon_vs_now_full_mean")
+                    < min(_average(runs[trace_name, n], other, "carbon_vs_now_full_mean")
+                          for other in ("shift", "now-constant")) for n in NOISES)
+        goal_rows += [
+            [trace_name, "perfect forecast: planner = oracle to 0.1%", _pct(perfect.regret_total, 4),
+             "met" if abs(perfect.regret_total) <= 0.001 else "NOT met"],
+            [trace_name, "10% noise: planner within 5% of oracle (total)", _pct(noisy_regret, 2),
+             "met" if noisy_regret <= 0.05 else "NOT met"],
+            [trace_name, "10% noise: worst single submission", _pct(max(r.regret_max for r in noisy), 2),
+             "(reported)"],
+            [trace_name, "planner meets the deadline in 100% of submissions", _pct(deadline),
+             "met" if deadline == 1 else "NOT met"],
+            [trace_name, "planner below shift and now-constant at every noise level", "yes" if beats else "no",
+             "met" if beats else "NOT met"],
+        ]
+    lines += table(["trace", "goal", "measured", ""], goal_rows, "llrl") + [""]
+    lines += ["With a perfect forecast the planner and the oracle get identical inputs, so the first goal holds by "
+              "construction; the planner's optimality itself is checked against an LP solver and exhaustive search in "
+              "`tests/test_planner.py`. The oracle is optimal on the truth, so regret is never negative.", "",
+              "Why the planner wins here: with running power independent of ρ, carbon depends only on how long "
+              "the job runs and where those seconds fall. `shift` runs at ρ 1 (1/0.7 as long as needed); "
+              "`now-constant` runs at the floor but at submission time. The planner does both: the floor's running "
+              "time, in the cleanest slots. `steps` often ends below the mean-ρ floor (see 'floor met'): it is "
+              "reactive and does not track the job's mean.", ""]
+    _plot(runs, traces)
+    lines += ["![carbon vs strategy](results/scheduling.png)", "",
+              f"Section time: {time.perf_counter() - started:.0f} s."]
+    write_section("scheduling", lines)
+    return lines
+
+
+def _plot(runs: dict[tuple[str, float], list[BacktestResult]], traces: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(traces), figsize=(12, 4.5), sharey=True, constrained_layout=True)
+    width = 0.8 / len(NOISES)
+    for ax, trace_name in zip(axes, traces):
+        for k, noise in enumerate(NOISES):
+            values = [100 * _average(runs[trace_name, noise], name, "carbon_vs_now_full_mean") for name in STRATEGIES]
+            ax.bar([i + (k - 1) * width for i in range(len(STRATEGIES))], values, width,
+                   label=f"forecast noise {int(noise * 100)}%")
+        ax.set_xticks(range(len(STRATEGIES)), STRATEGIES, rotation=20)
+        ax.set_title(f"{trace_name} trace")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("carbon, % of now-full (mean over submissions)")
+    axes[-1].legend(fontsize="small")
+    fig.savefig(RESULTS / "scheduling.png", dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run_section(main)

@@ -1,0 +1,313 @@
+"""`carbonsched plan` (a job's plan against the live forecast) and `carbonsched backtest` (strategies over a trace)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+from carbonsched.commands.daemon_cmds import CONFIG_ENV
+from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
+from carbonsched.planning import strategies
+
+EXIT_BAD_INPUT = 2
+FORMATS = ("table", "json")
+DEFAULT_RUNNING_POWER_W = 300.0
+
+Epochs = typer.Option(12.0, "--epochs", help="Epochs of work left (may be fractional).")
+EpochMinutes = typer.Option(30.0, "--epoch-minutes", help="Minutes one epoch takes at ρ 1.")
+MeanRho = typer.Option(None, "--mean-rho", help="Floor on the mean ρ over the job (quality guard; default rho-min).")
+RhoMin = typer.Option(0.4, "--rho-min", help="Lowest ρ any epoch may get.")
+MayPause = typer.Option(False, "--may-pause", help="The job may pause between steps and resume later.")
+BudgetG = typer.Option(None, "--budget-g", help="Carbon budget, gCO2e, for a job that may not pause: most ρ within it.")
+PowerW = typer.Option(DEFAULT_RUNNING_POWER_W, "--power-w", help="Power while running, W.")
+IdlePowerW = typer.Option(0.0, "--idle-power-w", help="Power while paused, W (0: the job releases its GPU).")
+MeasuredEpochs = typer.Option([], "--measured-epoch", help="Measured epoch time as RHO:MINUTES (repeat; at least "
+                                                           "two). Default: epoch-minutes x ρ.")
+Format = typer.Option("table", "--format", help="table | json")
+PlotFile = typer.Option(None, "--plot", help="Also write a PNG plot to this file.")
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_measured_epoch(text: str) -> tuple[float, float]:
+    """``RHO:MINUTES`` → (ρ, seconds); ValueError naming the option otherwise."""
+    rho_text, _, minutes_text = text.partition(":")
+    try:
+        rho, minutes = float(rho_text), float(minutes_text)
+    except ValueError:
+        raise ValueError(f"--measured-epoch {text!r} is not RHO:MINUTES (e.g. 0.5:16)") from None
+    return rho, minutes * 60
+
+
+def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
+                  may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float,
+                  measured: list[str]) -> tuple[Job, CostModel]:
+    if budget_g is not None and may_pause:
+        _fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
+    try:
+        points = tuple(parse_measured_epoch(text) for text in measured)
+        job = Job(epochs=epochs, deadline_s=deadline_s, rho_min=rho_min, mean_rho=mean_rho, may_pause=may_pause,
+                  carbon_budget_g=budget_g)
+        cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w,
+                         epoch_time_points=points)
+    except ValueError as exc:  # PlanningInputError included
+        _fail(str(exc))
+    return job, cost
+
+
+def _check_choices(fmt: str, plot: Optional[Path]) -> None:
+    from carbonsched.report import ReportPathError, check_output_file
+
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if plot is not None:
+        try:
+            check_output_file(plot, "--plot")
+        except ReportPathError as exc:
+            _fail(str(exc))
+
+
+def _job_line(job: Job, cost: CostModel) -> str:
+    pause = "may pause" if job.may_pause else "no pausing"
+    budget = f", budget {job.carbon_budget_g:g} gCO2e" if job.carbon_budget_g is not None else ""
+    return (f"job: {job.epochs:g} epochs x {cost.epoch_s_at_full / 60:g} min at ρ 1, deadline {job.deadline_s / 3600:g} h, "
+            f"ρ in [{job.rho_min:g}, 1], mean ρ >= {job.rho_floor:g}, {pause}{budget}; "
+            f"{cost.running_power_w:g} W running, {cost.idle_power_w:g} W paused")
+
+
+def _job_json(job: Job, cost: CostModel) -> dict:
+    return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full,
+            "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points], "deadline_s": job.deadline_s,
+            "rho_min": job.rho_min, "mean_rho": job.rho_floor, "may_pause": job.may_pause,
+            "carbon_budget_g": job.carbon_budget_g, "running_power_w": cost.running_power_w,
+            "idle_power_w": cost.idle_power_w}
+
+
+# ---- plan ----------------------------------------------------------------------------------------
+
+
+def parse_deadline(text: str, now: datetime) -> float:
+    """Seconds from ``now``: ``24``/``24h`` hours, ``90m`` minutes, or an ISO time (no offset: UTC)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([hm]?)\s*", text)
+    if match:
+        return float(match.group(1)) * (60 if match.group(2) == "m" else 3600)
+    cleaned = text.strip()
+    try:
+        at = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith("Z") else cleaned)
+    except ValueError:
+        raise ValueError(f"--deadline {text!r} is not hours (24, 24h), minutes (90m) or an ISO time") from None
+    at = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
+    return (at - now).total_seconds()
+
+
+def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+    from carbonsched.config import ConfigError, DaemonConfig, load_config
+    from carbonsched.providers import DEFAULT_PROVIDER_SPEC
+
+    if provider:
+        return provider
+    try:
+        config = load_config(config_file) if config_file is not None else DaemonConfig()
+    except ConfigError as exc:
+        _fail(str(exc))
+    return config.provider or DEFAULT_PROVIDER_SPEC
+
+
+def _slot_rows(plan: Plan, slots: list[Slot], now: datetime) -> list[str]:
+    rows = [f"{'slot (UTC)':<17} {'gCO2e/kWh':>9} {'run min':>8}  ρ"]
+    for slot in slots:
+        pieces = [s for s in plan.segments if slot.start_s <= s.start_s < slot.end_s]
+        run_min = sum(s.length_s for s in pieces) / 60
+        rho = "/".join(f"{s.rho:.2f}" for s in pieces) if pieces else "pause"
+        start = (now + timedelta(seconds=slot.start_s)).strftime("%Y-%m-%d %H:%M")
+        rows.append(f"{start:<17} {slot.intensity_g_per_kwh:>9.1f} {run_min:>8.1f}  {rho}")
+    return rows
+
+
+def plan(
+    epochs: float = Epochs,
+    epoch_minutes: float = EpochMinutes,
+    deadline: str = typer.Option("24h", "--deadline", help="Hours (24, 24h), minutes (90m) or an ISO time (UTC)."),
+    mean_rho: Optional[float] = MeanRho,
+    rho_min: float = RhoMin,
+    may_pause: bool = MayPause,
+    budget_g: Optional[float] = BudgetG,
+    power_w: float = PowerW,
+    idle_power_w: float = IdlePowerW,
+    measured_epoch: list[str] = MeasuredEpochs,
+    provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV,
+                                               help="Daemon TOML config (its provider is used)."),
+    fmt: str = Format,
+    plot: Optional[Path] = PlotFile,
+) -> None:
+    """The plan for a job you describe against the provider's forecast: when to run, at which ρ, and the gCO2e."""
+    from carbonsched.planning.forecast import slots_from_forecast
+    from carbonsched.providers import ProviderSpecError, build_provider
+    from carbonsched.types import ProviderError, utcnow
+
+    _check_choices(fmt, plot)
+    now = utcnow()
+    try:
+        deadline_s = parse_deadline(deadline, now)
+    except ValueError as exc:
+        _fail(str(exc))
+    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
+                              idle_power_w, measured_epoch)
+    spec = _provider_spec(provider, config_file)
+    try:
+        reading = build_provider(spec).current()
+    except ProviderSpecError as exc:
+        _fail(str(exc))
+    except ProviderError as exc:
+        _fail(f"no carbon intensity: {exc}", 1)
+    slots = slots_from_forecast(now, reading.intensity_g_per_kwh, reading.forecast, job.deadline_s)
+    notes = []
+    if not reading.forecast:
+        notes.append(f"{reading.provider} gives no forecast: the current value is assumed to hold to the deadline")
+    elif slots[-1].end_s < job.deadline_s:
+        notes.append(f"the forecast covers {slots[-1].end_s / 3600:.1f} h of the {job.deadline_s / 3600:g} h "
+                     "to the deadline: planned within the forecast")
+    result = strategies.planned(job, cost, slots)
+    if result.note:
+        notes.append(result.note)
+    compared = {"now-full": strategies.now_full(job, cost, slots), "now-constant": strategies.now_constant(job, cost, slots),
+                "shift": strategies.shift(job, cost, slots), "planner": result}
+    carbon_g = {name: p.expected_carbon_g for name, p in compared.items()}
+    finish = now + timedelta(seconds=result.finish_s)
+    if fmt == "json":
+        typer.echo(json.dumps({
+            "provider": reading.provider, "now": now.isoformat(), "job": _job_json(job, cost),
+            "feasible": result.feasible, "notes": notes, "finish": finish.isoformat(), "mean_rho": result.mean_rho,
+            "running_s": result.running_s, "paused_s": result.paused_s,
+            "segments": [{"start": (now + timedelta(seconds=s.start_s)).isoformat(),
+                          "end": (now + timedelta(seconds=s.end_s)).isoformat(), "rho": s.rho,
+                          "intensity_g_per_kwh": s.intensity_g_per_kwh} for s in result.segments],
+            "expected_carbon_g": carbon_g,
+        }, ensure_ascii=False, indent=2))
+    else:
+        lines = [f"provider {reading.provider}, now {now.strftime('%Y-%m-%d %H:%M')} UTC", _job_line(job, cost), ""]
+        lines += _slot_rows(result, slots, now) + [""]
+        lines.append(f"finish {finish.strftime('%Y-%m-%d %H:%M')} UTC, mean ρ {result.mean_rho:.3f}, running "
+                     f"{result.running_s / 3600:.2f} h, paused {result.paused_s / 3600:.2f} h")
+        base = carbon_g["now-full"]
+        for name, grams in carbon_g.items():
+            share = f" ({grams / base:.1%} of now-full)" if base > 0 else ""
+            lines.append(f"expected {name:<13} {grams:10.2f} gCO2e{share}")
+        lines += [f"note: {n}" for n in notes]
+        typer.echo("\n".join(lines))
+    if plot is not None:
+        from carbonsched.plan_plot import plot_plan
+
+        plot_plan(result, slots, now, carbon_g, plot)
+        typer.echo(f"plot written to {plot}", err=fmt == "json")
+
+
+# ---- backtest ------------------------------------------------------------------------------------
+
+
+def _steps_factory(policy_file: Optional[Path], trace_start: datetime):
+    from carbonsched.policies import PolicyFileError, PolicySource, default_policy_path, policy_from_source
+    from carbonsched.types import Signals
+
+    path = policy_file or default_policy_path()
+    try:
+        source = PolicySource.from_path(path)
+        policy_from_source(source)
+    except PolicyFileError as exc:
+        _fail(str(exc).replace("\n", "; "))
+
+    def make(offset_s: float):
+        policy = policy_from_source(source)  # fresh hysteresis and dwell state per submission
+
+        def rho_for(intensity_g_per_kwh: float, at_s: float) -> float:
+            at = trace_start + timedelta(seconds=offset_s + at_s)
+            return policy.decide(Signals(now=at, intensity_g_per_kwh=intensity_g_per_kwh, signal="average")).rho
+
+        return rho_for
+
+    return make
+
+
+def backtest(
+    trace: Path = typer.Option(..., "--trace", help="Intensity trace CSV (column names as in common exports)."),
+    time_column: Optional[str] = typer.Option(None, "--time-column", help="Name of the time column."),
+    intensity_column: Optional[str] = typer.Option(None, "--intensity-column", help="Name of the intensity column."),
+    epochs: float = Epochs,
+    epoch_minutes: float = EpochMinutes,
+    deadline_hours: float = typer.Option(24.0, "--deadline-hours", help="Hours from submission to the deadline."),
+    mean_rho: Optional[float] = MeanRho,
+    rho_min: float = RhoMin,
+    may_pause: bool = MayPause,
+    budget_g: Optional[float] = BudgetG,
+    noise: float = typer.Option(0.0, "--noise", help="Relative forecast error (0.1: 10 %), seeded."),
+    every_hours: float = typer.Option(2.0, "--every-hours", help="Submit the job every this many hours of the trace."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the forecast noise."),
+    power_w: float = PowerW,
+    idle_power_w: float = IdlePowerW,
+    measured_epoch: list[str] = MeasuredEpochs,
+    policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy for the reactive 'steps' strategy "
+                                                                      "(default: the daemon's built-in one)."),
+    fmt: str = Format,
+    plot: Optional[Path] = PlotFile,
+) -> None:
+    """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner, oracle."""
+    from carbonsched.planning.backtest import Series, run_backtest
+    from carbonsched.providers.trace import TraceFormatError, load_trace
+
+    _check_choices(fmt, plot)
+    if not (math.isfinite(noise) and noise >= 0):
+        _fail(f"--noise must be a non-negative fraction, got {noise!r}")
+    if not (math.isfinite(every_hours) and every_hours > 0):
+        _fail(f"--every-hours must be positive, got {every_hours!r}")
+    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
+                              power_w, idle_power_w, measured_epoch)
+    try:
+        loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
+    except TraceFormatError as exc:
+        _fail(str(exc))
+    series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s)
+    try:
+        result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
+                              make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]))
+    except PlanningInputError as exc:
+        _fail(f"{trace}: {exc}")
+    trace_info = {"path": str(trace), "samples": len(loaded.values_g_per_kwh), "step_s": loaded.step_s,
+                  "start": loaded.timestamps[0].isoformat(), "duration_s": loaded.duration_s,
+                  "time_column": loaded.time_column, "intensity_column": loaded.intensity_column,
+                  "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
+    if fmt == "json":
+        typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
+                               "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
+    else:
+        lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
+                 f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
+                 _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})", "",
+                 f"{'strategy':<13} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
+                 f"{'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
+        for name, s in result.summaries.items():
+            lines.append(f"{name:<13} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
+                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} {s.mean_rho:>7.3f} "
+                         f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
+        lines += ["", f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
+                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}"]
+        typer.echo("\n".join(lines))
+    if plot is not None:
+        from carbonsched.plan_plot import plot_backtest
+
+        plot_backtest(result.summaries, f"{trace.name}: noise {noise:.0%}, {result.submissions} submissions", plot)
+        typer.echo(f"plot written to {plot}", err=fmt == "json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+    app.command("backtest")(backtest)

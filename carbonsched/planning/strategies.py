@@ -1,0 +1,78 @@
+"""What a job does under each strategy the planner is compared with. Pure functions, no I/O.
+
+Every strategy answers with a :class:`~carbonsched.planning.planner.Plan` priced by the slots it
+was given (a forecast, or the truth for the oracle):
+
+``now-full``      ρ 1 from now without a break (carbon-agnostic full fine-tuning).
+``now-constant``  ρ = the job's mean-ρ floor from now without a break.
+``shift``         ρ 1, paused outside the cleanest slots before the deadline ("Let's Wait Awhile").
+``steps``         the reactive policy: each epoch asks a ρ function of the intensity at its start.
+``planner``       :func:`~carbonsched.planning.planner.plan_min_carbon` (or the budget mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+from carbonsched.planning.model import CostModel, Job, Slot
+from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g, plan_min_carbon, plan_within_budget
+
+STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", "oracle")
+
+RhoForIntensity = Callable[[float, float], float]
+"""(intensity gCO2e/kWh, seconds since submission) → ρ; may keep state (hysteresis, dwell)."""
+
+
+def now_full(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
+    return plan_min_carbon(dataclasses.replace(job, rho_min=1.0, mean_rho=1.0, may_pause=False), cost, slots)
+
+
+def now_constant(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
+    floor = job.rho_floor
+    return plan_min_carbon(dataclasses.replace(job, rho_min=floor, mean_rho=floor, may_pause=False), cost, slots)
+
+
+def shift(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
+    return plan_min_carbon(dataclasses.replace(job, rho_min=1.0, mean_rho=1.0, may_pause=True), cost, slots)
+
+
+def planned(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
+    if job.carbon_budget_g is not None and not job.may_pause:
+        return plan_within_budget(job, cost, slots)
+    return plan_min_carbon(job, cost, slots)
+
+
+def reactive(job: Job, cost: CostModel, slots: Sequence[Slot], rho_for: RhoForIntensity) -> Plan:
+    """Epoch after epoch from now; each takes the ρ ``rho_for`` gives at its start, clamped to the job's bounds."""
+    at_s, remaining = 0.0, job.epochs
+    segments: list[Segment] = []
+    epochs_by_rho: dict[float, float] = {}
+    while remaining > 1e-12:
+        intensity = intensity_at(slots, at_s)
+        rho = min(1.0, max(job.rho_min, rho_for(intensity, at_s)))
+        share = min(1.0, remaining)
+        length_s = cost.epoch_s(rho) * share
+        segments.append(Segment(at_s, at_s + length_s, rho, intensity))
+        epochs_by_rho[rho] = epochs_by_rho.get(rho, 0.0) + share
+        at_s += length_s
+        remaining -= share
+    levels = tuple(Level(rho, epochs) for rho, epochs in epochs_by_rho.items())
+    feasible = at_s <= job.deadline_s * (1 + 1e-9)
+    return Plan(job, tuple(segments), levels, expected_carbon_g(segments, slots, cost), feasible)
+
+
+def intensity_at(slots: Sequence[Slot], at_s: float) -> float:
+    """The slot value at ``at_s``; the last slot's value beyond the end."""
+    for slot in slots:
+        if slot.start_s <= at_s < slot.end_s:
+            return slot.intensity_g_per_kwh
+    return slots[-1].intensity_g_per_kwh if at_s >= slots[-1].end_s else slots[0].intensity_g_per_kwh
+
+
+def met_deadline(plan: Plan) -> bool:
+    return plan.finish_s <= plan.job.deadline_s * (1 + 1e-9) + 1e-6
+
+
+def met_floor(plan: Plan) -> bool:
+    return plan.mean_rho >= plan.job.rho_floor - 1e-9

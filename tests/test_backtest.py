@@ -1,0 +1,233 @@
+"""Backtests: strategies replayed over traces, through the pure functions and the real command."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from carbonsched.cli import app
+from carbonsched.planning import CostModel, Job, Slot
+from carbonsched.planning.backtest import Series, noisy_forecast, run_backtest
+from carbonsched.providers.trace import bundled_trace_path, load_trace
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+STRATEGY_FIELDS = {"carbon_g_mean", "carbon_vs_now_full_mean", "carbon_vs_now_full_p10", "carbon_vs_now_full_p90",
+                   "deadline_met_share", "rho_floor_met_share", "mean_rho"}
+
+
+def _bundled_series() -> Series:
+    trace = load_trace(bundled_trace_path())
+    return Series(trace.offsets_s, trace.values_g_per_kwh, trace.duration_s)
+
+
+def _constant_rho(rho):
+    return lambda offset_s: (lambda intensity, at_s: rho)
+
+
+JOB = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
+COST = CostModel(epoch_s_at_full=3600, running_power_w=250, idle_power_w=20)
+
+
+def test_with_a_perfect_forecast_the_planner_is_the_oracle_and_beats_every_rule_that_keeps_the_floor():
+    result = run_backtest(_bundled_series(), JOB, COST, every_s=6 * 3600, noise=0.0, seed=0,
+                          make_steps_rho=_constant_rho(0.7))
+    assert result.submissions == 27  # offsets 0, 6, ..., 156 h: the 12 h deadline still inside the week
+    assert result.outcomes["planner"] == result.outcomes["oracle"]
+    assert result.regret_max == 0
+    for name in ("now-full", "now-constant", "shift", "steps"):
+        for best, other in zip(result.outcomes["oracle"], result.outcomes[name]):
+            assert best.carbon_g <= other.carbon_g * (1 + 1e-9), name
+    assert all(s.deadline_met_share == 1 for s in result.summaries.values())
+    assert result.summaries["oracle"].carbon_vs_now_full_mean < result.summaries["shift"].carbon_vs_now_full_mean
+
+
+def test_noise_is_seeded_and_costs_the_planner_against_the_oracle():
+    series = _bundled_series()
+    runs = [run_backtest(series, JOB, COST, every_s=6 * 3600, noise=0.2, seed=seed, make_steps_rho=_constant_rho(0.7))
+            for seed in (1, 1, 2)]
+    assert runs[0].outcomes == runs[1].outcomes
+    assert runs[0].outcomes["planner"] != runs[2].outcomes["planner"]
+    assert runs[0].outcomes["oracle"] == runs[2].outcomes["oracle"]
+    assert runs[0].regret_mean > 0 and min(runs[0].regret_mean, runs[2].regret_mean) >= 0
+
+
+def test_budget_mode_backtest_keeps_the_oracle_within_the_budget():
+    budget_g = 150.0
+    job = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.4, carbon_budget_g=budget_g)
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=300)
+    result = run_backtest(_bundled_series(), job, cost, every_s=12 * 3600, noise=0.1, seed=4,
+                          make_steps_rho=_constant_rho(1.0))
+    spent = 0
+    for oracle, full in zip(result.outcomes["oracle"], result.outcomes["now-full"]):
+        assert oracle.carbon_g <= budget_g * (1 + 1e-9)
+        if full.carbon_g <= budget_g:  # ρ 1 throughout fits: the most work is ρ 1
+            assert oracle.mean_rho == pytest.approx(1.0)
+        else:  # otherwise the whole budget buys the highest ρ it can
+            assert oracle.carbon_g == pytest.approx(budget_g) and 0.4 < oracle.mean_rho < 1
+            spent += 1
+    assert 0 < spent < result.submissions
+
+
+def test_forecast_noise_leaves_the_measured_slot_alone():
+    import random
+
+    truth = [Slot(i * 10.0, (i + 1) * 10.0, 100.0) for i in range(50)]
+    forecast = noisy_forecast(truth, 0.1, random.Random(3))
+    assert forecast[0] == truth[0]
+    errors = [f.intensity_g_per_kwh / 100 - 1 for f in forecast[1:]]
+    assert 0.05 < math.sqrt(sum(e * e for e in errors) / len(errors)) < 0.15
+
+
+def _foreign_trace(tmp_path: Path) -> Path:
+    """An Electricity Maps style export: naive UTC times, hourly, one missing hour, two intensity columns."""
+    start = datetime(2025, 3, 3)
+    lines = ["Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct),"
+             "Carbon Intensity gCO₂eq/kWh (Life cycle),Data Estimated"]
+    for hour in range(72):
+        if hour == 30:
+            continue
+        direct = 250 + 150 * math.cos(2 * math.pi * (hour - 14) / 24)
+        lines.append(f"{(start + timedelta(hours=hour)).isoformat(sep=' ')},Germany,Germany,DE,{direct:.1f},"
+                     f"{direct + 60:.1f},false")
+    path = tmp_path / "DE_2025_hourly.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_backtest_command_on_a_foreign_column_layout(tmp_path):
+    trace_path, plot_path = _foreign_trace(tmp_path), tmp_path / "carbon.png"
+    args = ["--trace", str(trace_path), "--epochs", "4", "--epoch-minutes", "60", "--deadline-hours", "12",
+            "--mean-rho", "0.7", "--rho-min", "0.4", "--may-pause", "--noise", "0.1", "--every-hours", "6"]
+    done = subprocess.run([sys.executable, "-m", "carbonsched.cli", "backtest", *args, "--format", "json",
+                           "--plot", str(plot_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["trace"]["intensity_column"] == "Carbon Intensity gCO₂eq/kWh (direct)"
+    assert report["trace"]["step_s"] == 3600
+    assert report["trace"]["gaps"] == [{"start": "2025-03-04T06:00:00+00:00", "missing_s": 3600.0}]
+    assert report["trace"]["start"] == "2025-03-03T00:00:00+00:00"
+    assert set(report["strategies"]) == {"now-full", "now-constant", "shift", "steps", "planner", "oracle"}
+    assert all(set(fields) == STRATEGY_FIELDS for fields in report["strategies"].values())
+    assert set(report["planner_regret_vs_oracle"]) == {"mean", "p90", "max", "total"}
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The command's numbers are the library's on the same trace (hourly steps; the gap holds hour 29).
+    trace = load_trace(trace_path)
+    expected = run_backtest(Series(trace.offsets_s, trace.values_g_per_kwh, trace.duration_s),
+                            Job(epochs=4, deadline_s=12 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True),
+                            CostModel(epoch_s_at_full=3600, running_power_w=300), every_s=6 * 3600, noise=0.1, seed=0,
+                            make_steps_rho=_constant_rho(1.0))
+    assert report["submissions"] == expected.submissions == 11
+    for name in ("now-full", "now-constant", "shift", "planner", "oracle"):
+        assert report["strategies"][name]["carbon_g_mean"] == pytest.approx(expected.summaries[name].carbon_g_mean)
+
+    table = subprocess.run([sys.executable, "-m", "carbonsched.cli", "backtest", *args], capture_output=True,
+                           text=True, timeout=120, cwd=REPO)
+    assert table.returncode == 0, table.stderr
+    assert "1 gap in the samples, longest 1 h from 2025-03-04T06:00:00+00:00" in table.stdout
+    assert "planner regret vs oracle: mean" in table.stdout
+
+
+def _trace_file(tmp_path: Path, values) -> Path:
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    path = tmp_path / "flat.csv"
+    path.write_text("time,intensity\n" + "".join(f"{(start + timedelta(hours=i)).isoformat()},{v}\n"
+                                                 for i, v in enumerate(values)))
+    return path
+
+
+@pytest.mark.parametrize("intensity, rho", [(150, 1.0), (250, 0.7), (350, 0.5)])
+def test_steps_strategy_follows_the_built_in_steps_policy(tmp_path, intensity, rho):
+    path = _trace_file(tmp_path, [intensity] * 30)
+    result = runner.invoke(app, ["backtest", "--trace", str(path), "--epochs", "2", "--epoch-minutes", "60",
+                                 "--deadline-hours", "6", "--rho-min", "0.4", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["strategies"]["steps"]["mean_rho"] == pytest.approx(rho)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--trace", "{missing}"], "trace: cannot read"),
+    (["--trace", "{trace}", "--intensity-column", "co2"], "no column 'co2' for the intensity"),
+    (["--trace", "{trace}", "--deadline-hours", "100"], "less than the 100 h deadline"),
+    (["--trace", "{trace}", "--format", "xml"], "--format must be one of table, json"),
+    (["--trace", "{trace}", "--mean-rho", "0.2"], "mean_rho must be in [rho_min=0.4, 1]"),
+    (["--trace", "{trace}", "--noise", "-1"], "--noise must be a non-negative fraction"),
+    (["--trace", "{trace}", "--epochs", "0"], "epochs must be a positive number"),
+    (["--trace", "{trace}", "--budget-g", "5", "--may-pause"], "--budget-g is for jobs that may not pause"),
+    (["--trace", "{trace}", "--plot", "{missing_dir}/x.png"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, message):
+    names = {"missing": str(tmp_path / "nope.csv"), "trace": str(_trace_file(tmp_path, [100] * 30)),
+             "missing_dir": str(tmp_path / "nodir")}
+    result = runner.invoke(app, ["backtest", *[arg.format(**names) for arg in extra]])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_plan_command_against_a_trace_provider(tmp_path):
+    values = [400, 380, 120, 100, 90, 300, 420, 410] * 4
+    path = _trace_file(tmp_path, values)
+    result = runner.invoke(app, ["plan", "--provider", f"trace:{path}", "--epochs", "3", "--epoch-minutes", "60",
+                                 "--deadline", "8h", "--mean-rho", "0.6", "--may-pause", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["feasible"] and plan["mean_rho"] == pytest.approx(0.6)
+    assert plan["running_s"] == pytest.approx(3 * 0.6 * 3600)
+    carbon = plan["expected_carbon_g"]
+    assert carbon["planner"] < carbon["shift"] < carbon["now-full"]
+    assert carbon["planner"] < carbon["now-constant"]
+    # 1.8 h of running goes into the 90 and 100 gCO2e/kWh hours (the current hour holds 400).
+    assert {s["intensity_g_per_kwh"] for s in plan["segments"]} == {90, 100}
+
+    table = runner.invoke(app, ["plan", "--provider", f"trace:{path}", "--deadline", "8h", "--epochs", "3",
+                                "--epoch-minutes", "60", "--plot", str(tmp_path / "plan.png")])
+    assert table.exit_code == 0, table.output
+    assert "expected planner" in table.stdout and (tmp_path / "plan.png").stat().st_size > 0
+
+
+def test_plan_command_bad_deadline_is_one_line_exit_2():
+    result = runner.invoke(app, ["plan", "--provider", "trace", "--deadline", "tomorrow"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: --deadline 'tomorrow' is not hours (24, 24h), minutes (90m) "
+                                     "or an ISO time")
+
+
+def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):
+    path = _trace_file(tmp_path, [400, 380, 120, 100, 90, 300, 420, 410] * 4)
+    # 0.8 takes longer than the chord from 0.6 to 1.0 allows: mean ρ 0.7 is fastest as a 0.6/1.0 mix.
+    measured = [arg for point in ("0.4:16", "0.6:18", "0.8:26", "1:30") for arg in ("--measured-epoch", point)]
+    result = runner.invoke(app, ["plan", "--provider", f"trace:{path}", "--epochs", "4", "--deadline", "8h",
+                                 "--mean-rho", "0.7", "--may-pause", *measured, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert {s["rho"] for s in plan["segments"]} == {0.6, 1.0}
+    assert plan["mean_rho"] == pytest.approx(0.7)
+    assert plan["running_s"] == pytest.approx((3 * 18 + 1 * 30) * 60)  # 3 epochs at 0.6, 1 at 1.0
+    assert plan["job"]["measured_epoch_s"][0] == [0.4, 960.0]
+
+
+def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):
+    path = _trace_file(tmp_path, [300, 50] * 20)
+    config = tmp_path / "carbonsched.toml"
+    config.write_text(f'provider = "trace:{path}"\n')
+    monkeypatch.setenv("CARBONSCHED_CONFIG", str(config))
+    result = runner.invoke(app, ["plan", "--epochs", "1", "--epoch-minutes", "60", "--deadline", "4h", "--may-pause",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["provider"] == f"trace:{path}"
+    assert {s["intensity_g_per_kwh"] for s in plan["segments"]} == {50}
+
+    config.write_text("provider = 7\n")
+    bad = runner.invoke(app, ["plan", "--config", str(config)])
+    assert bad.exit_code == 2 and bad.stderr.strip() == f"error: {config}: provider: must be a non-empty string"
