@@ -53,7 +53,7 @@ METRICS = (
     MetricSpec("carbonsched_job_rho_asked", "gauge", "ratio (0, 1]", JOB_LABELS,
                "ρ the job's latest epoch was selected under"),
     MetricSpec("carbonsched_job_rho_effective", "gauge", "ratio (0, 1]", JOB_LABELS,
-               "FLOPs share the job's latest epoch achieved (trained / full backward FLOPs)"),
+               "FLOPs share the job's latest epoch achieved (its training-step FLOPs / full fine-tuning's)"),
     MetricSpec("carbonsched_job_energy_joules_total", "counter", "J", JOB_LABELS,
                "the job's share of the node's measured energy since it started"),
     MetricSpec("carbonsched_job_carbon_grams_total", "counter", "gCO2e", JOB_LABELS, "carbon of that energy"),

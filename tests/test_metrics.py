@@ -4,6 +4,7 @@ series, and avoided carbon equal to what `carbonsched report` says the epoch sav
 import os
 import re
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -99,3 +100,10 @@ def test_every_documented_metric_is_what_the_endpoint_declares():
     for spec in METRICS:
         assert re.fullmatch(r"carbonsched_[a-z_]+", spec.name)
         assert spec.name.endswith("_total") == (spec.kind == "counter")
+
+
+def test_the_readme_table_lists_every_metric_with_type_unit_and_labels():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = [line.strip("|").split("|") for line in readme.splitlines() if line.startswith("| `carbonsched_")]
+    table = [(name.strip().strip("`"), kind.strip(), unit.strip(), labels.strip()) for name, kind, unit, labels, _what in rows]
+    assert table == [(m.name, m.kind, m.unit, ", ".join(m.labels) or "—") for m in METRICS]
