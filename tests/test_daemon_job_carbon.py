@@ -54,7 +54,7 @@ def test_two_concurrent_jobs_each_get_their_own_carbon_share_and_budget_rho():
 
 def test_a_restarted_daemon_restores_each_running_jobs_counters_from_the_store():
     with inprocess_daemon() as running:
-        daemon, (gpu0, _gpu1) = running.daemon, running.gpus
+        daemon, gpu0 = running.daemon, running.gpus[0]
         conn = LineConn(daemon.config.socket)
         _start(conn, "j", ["0"])
         daemon.work.sample_power()

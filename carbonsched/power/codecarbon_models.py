@@ -22,7 +22,6 @@ import platform
 import re
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 CPU_TABLE = "data/hardware/cpu_power.csv"
