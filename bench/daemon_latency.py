@@ -25,7 +25,8 @@ from bench.common import machine_line, percentile, run_section, table, write_sec
 CLIENT_COUNTS = (1, 10, 50)
 SLOW_DISK_FSYNC_MS = 20.0
 SLOW_DISK_CLIENTS = (1, 4)
-BASELINE_ENV = "CARBONSCHED_BENCH_BASELINE"  # a git revision to run side by side in the slow-disk rows
+BASELINE_ENV = "CARBONSCHED_BENCH_BASELINE"  # a git revision to run side by side in the idle-RSS and slow-disk rows
+IDLE_SETTLE_S = 2.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -138,6 +139,22 @@ def _load(ctx, sock: Path, n: int, seconds: float, pid: int, sample_rss: bool) -
 
 def main(quick: bool = False) -> list[str]:
     started = time.perf_counter()
+    baseline = os.environ.get(BASELINE_ENV)
+    exported = _export(baseline) if baseline else None
+    try:
+        trees = [("this tree", ROOT)]
+        if baseline:
+            trees.insert(0, (f"`{baseline}`", exported))
+        lines = _sections(trees, quick)
+    finally:
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
+    lines += ["", f"_Section time: {time.perf_counter() - started:.0f} s._"]
+    write_section("daemon_latency", lines)
+    return lines
+
+
+def _sections(trees: list[tuple[str, Path]], quick: bool) -> list[str]:
     seconds = 1.0 if quick else 4.0
     ctx = mp.get_context("spawn")
     workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
@@ -175,12 +192,40 @@ def main(quick: bool = False) -> list[str]:
         f"Daemon RSS (VmRSS): idle {idle_rss / 1024:.1f} MiB before the load, {after_rss / 1024:.1f} MiB one second "
         f"after it; daemon still running after the load: {'yes' if alive else 'NO'}.",
         "",
-        *_slow_disk_section(ctx, seconds),
+        *_idle_rss_section(trees),
         "",
-        f"_Section time: {time.perf_counter() - started:.0f} s._",
+        *_slow_disk_section(ctx, seconds, trees),
     ]
-    write_section("daemon_latency", lines)
     return lines
+
+
+# -- idle memory -------------------------------------------------------------------------------
+
+
+def _idle_rss_kib(code_root: Path) -> int:
+    """VmRSS of `carbonsched run` from ``code_root``, IDLE_SETTLE_S after it first answers."""
+    workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
+    proc = None
+    try:
+        proc, _sock = _start_daemon(workdir, pythonpath=code_root)
+        time.sleep(IDLE_SETTLE_S)
+        return _rss_kib(proc.pid)
+    finally:
+        _stop_daemon(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _idle_rss_section(trees: list[tuple[str, Path]]) -> list[str]:
+    rows = [[label, f"{_idle_rss_kib(root) / 1024:.1f}"] for label, root in trees]
+    return [
+        "### Idle memory",
+        "",
+        f"VmRSS of an idle `carbonsched run` (trace provider, no GPU, no RAPL here, so the CPU and RAM power come "
+        f"from CodeCarbon's models), {IDLE_SETTLE_S:g} s after it first answers. "
+        f"Set `{BASELINE_ENV}=REV` to add a row for an older revision.",
+        "",
+        *table(["code", "idle RSS MiB"], rows, align="lr"),
+    ]
 
 
 
@@ -233,22 +278,13 @@ def _export(revision: str) -> Path:
     return out
 
 
-def _slow_disk_section(ctx, seconds: float) -> list[str]:
-    trees: list[tuple[str, Path]] = [("this tree (no store call under the state lock)", ROOT)]
-    baseline = os.environ.get(BASELINE_ENV)
-    exported = None
-    if baseline:
-        exported = _export(baseline)
-        trees.insert(0, (f"`{baseline}` (store read under the state lock)", exported))
+def _slow_disk_section(ctx, seconds: float, trees: list[tuple[str, Path]]) -> list[str]:
+    baseline = len(trees) > 1
     rows = []
-    try:
-        for label, root in trees:
-            for r in _slow_disk_run(ctx, root, seconds):
-                rows.append([label, r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                             f"{r['max_ms']:.1f}", r["over_5ms"], r["epochs_reported"]])
-    finally:
-        if exported is not None:
-            shutil.rmtree(exported, ignore_errors=True)
+    for label, root in trees:
+        for r in _slow_disk_run(ctx, root, seconds):
+            rows.append([label, r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['max_ms']:.1f}", r["over_5ms"], r["epochs_reported"]])
     return [
         "### Slow disk",
         "",

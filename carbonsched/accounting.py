@@ -322,6 +322,26 @@ def measured_savings(
     return Savings("measured", full_j, full_g, full_j - energy_j, saved_g)
 
 
+def recorded_epoch_intensity_g_per_kwh(store: Store, epoch: dict[str, Any]) -> float | None:
+    """The intensity (gCO2e/kWh) a recorded epoch's energy was priced at: energy-weighted
+    (carbon / energy) when both are recorded, else the time-weighted mean over its window."""
+    start, end = epoch["started_at"], epoch["ended_at"]
+    energy_j, carbon_g = epoch["energy_j"], epoch["carbon_g"]
+    if energy_j and carbon_g is not None:
+        return carbon_g / (energy_j / J_PER_KWH)
+    if start is not None and end is not None:
+        return IntensityCurve.from_store(store, start, end).mean(start, end)
+    return None
+
+
+def recorded_epoch_savings(store: Store, epoch: dict[str, Any], *, j_per_flop: float | None) -> Savings | None:
+    """Savings against full fine-tuning of an epoch as the store has it (a row of
+    ``Store.epochs``), priced at :func:`recorded_epoch_intensity_g_per_kwh`. The one definition
+    the report, the epoch.end reply and the avoided-carbon metrics share."""
+    intensity = recorded_epoch_intensity_g_per_kwh(store, epoch)
+    return epoch_savings(epoch, j_per_flop=j_per_flop, mean_intensity_g_per_kwh=intensity)
+
+
 def epoch_savings(
     epoch: dict[str, Any], *, j_per_flop: float | None, mean_intensity_g_per_kwh: float | None
 ) -> Savings | None:

@@ -271,7 +271,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         record, _override = self.state.decision_and_override()
-        return status_line(self.state.settings, record)
+        return status_line(self.state.settings, record, self.state.reload_status())
 
 
 def run_daemon(config: DaemonConfig, cli_overrides: dict[str, Any] | None = None) -> None:

@@ -84,6 +84,9 @@ def build_status(
     }
 
 
-def status_line(settings: Settings, record: DecisionRecord | None) -> str:
+def status_line(settings: Settings, record: DecisionRecord | None, reload_error: str | None = None) -> str:
+    """systemd's StatusText: ρ, policy and provider, and the last reload's error until a reload
+    succeeds (``reload_error`` already says the running configuration is kept)."""
     rho = f"rho {record.decision.rho:.3f}" if record else "no decision yet"
-    return f"{rho}; policy {getattr(settings.policy, 'name', '?')}; provider {getattr(settings.provider, 'name', '?')}"
+    line = f"{rho}; policy {getattr(settings.policy, 'name', '?')}; provider {getattr(settings.provider, 'name', '?')}"
+    return f"{line}; {reload_error}" if reload_error else line

@@ -1,46 +1,117 @@
-"""Prometheus metrics of a running daemon: intensity, ρ, GPU power, energy counters, jobs.
+"""Prometheus metrics of a running daemon: intensity, ρ, GPU power, energy, carbon and avoided
+carbon, for the node and for each running job.
 
 The collector reads the daemon's runtime state at scrape time (nothing is pushed); the HTTP
-server is prometheus_client's, bound to 127.0.0.1 unless the config says otherwise.
+server is prometheus_client's, bound to 127.0.0.1 unless the config says otherwise. Names follow
+Prometheus' base units (seconds, joules, grams; counters end in ``_total``) and Kepler's energy
+names (``..._joules_total``). Per-job series carry ``job_id``, ``model`` and ``scheme`` and exist
+for running jobs only, so their number stays bounded; the node's counters keep what ended jobs
+added. :data:`METRICS` is the table the README documents.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from carbonsched.runtime_state import RuntimeState
+from carbonsched.types import utcnow
 
 log = logging.getLogger("carbonsched.metrics")
 
+JOB_LABELS = ("job_id", "model", "scheme")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str  # as exposed (counters with their _total suffix)
+    kind: str  # "gauge" or "counter"
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+METRICS = (
+    MetricSpec("carbonsched_rho", "gauge", "ratio (0, 1]", (), "FLOPs budget ρ the policy decided for the node"),
+    MetricSpec("carbonsched_override_active", "gauge", "0 or 1", (), "1 while an admin override of ρ is in force"),
+    MetricSpec("carbonsched_grid_intensity_grams_per_kwh", "gauge", "gCO2e/kWh", ("provider", "signal", "zone"),
+               "latest grid carbon intensity; signal is average or marginal"),
+    MetricSpec("carbonsched_grid_intensity_age_seconds", "gauge", "s", ("provider",),
+               "age of that intensity value (now minus the time it is for)"),
+    MetricSpec("carbonsched_gpu_power_watts", "gauge", "W", (), "latest total GPU power of the node"),
+    MetricSpec("carbonsched_energy_joules_total", "counter", "J", ("device", "source"),
+               "energy measured since the daemon started, per device (gpu:N, cpu, ram) and source"),
+    MetricSpec("carbonsched_carbon_grams_total", "counter", "gCO2e", (),
+               "carbon of that energy at the intensity in force when it was measured"),
+    MetricSpec("carbonsched_carbon_today_grams", "gauge", "gCO2e", (), "the same since 00:00 UTC"),
+    MetricSpec("carbonsched_carbon_avoided_grams_total", "counter", "gCO2e", ("basis",),
+               "carbon avoided against full fine-tuning by the epochs ended since the daemon started; "
+               "basis modelled or measured, as in `carbonsched report`"),
+    MetricSpec("carbonsched_jobs_running", "gauge", "jobs", (), "training jobs registered and not ended"),
+    MetricSpec("carbonsched_job_rho", "gauge", "ratio (0, 1]", JOB_LABELS, "ρ the policy decided for the job"),
+    MetricSpec("carbonsched_job_rho_asked", "gauge", "ratio (0, 1]", JOB_LABELS,
+               "ρ the job's latest epoch was selected under"),
+    MetricSpec("carbonsched_job_rho_effective", "gauge", "ratio (0, 1]", JOB_LABELS,
+               "FLOPs share the job's latest epoch achieved (its training-step FLOPs / full fine-tuning's)"),
+    MetricSpec("carbonsched_job_energy_joules_total", "counter", "J", JOB_LABELS,
+               "the job's share of the node's measured energy since it started"),
+    MetricSpec("carbonsched_job_carbon_grams_total", "counter", "gCO2e", JOB_LABELS, "carbon of that energy"),
+    MetricSpec("carbonsched_job_carbon_avoided_grams_total", "counter", "gCO2e", JOB_LABELS,
+               "carbon the job's ended epochs avoided against full fine-tuning"),
+)
+SPECS = {spec.name: spec for spec in METRICS}
+
+
+def _family(name: str) -> Any:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    spec = SPECS[name]
+    if spec.kind == "counter":  # prometheus_client adds the _total suffix itself
+        return CounterMetricFamily(name.removesuffix("_total"), spec.help, labels=list(spec.labels))
+    return GaugeMetricFamily(name, spec.help, labels=list(spec.labels))
+
 
 class DaemonCollector:
-    """Gauges for the daemon's latest values; a counter of energy (J) per device and source."""
+    """Every metric of :data:`METRICS` from one consistent view of the runtime state."""
 
     def __init__(self, state: RuntimeState):
         self.state = state
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        now = utcnow()
+        view = self.state.view(now)
+        families = {spec.name: _family(spec.name) for spec in METRICS}
 
-        snapshot = self.state.metrics_snapshot()
-        gauges = [
-            ("carbonsched_rho", "Current FLOPs budget ρ decided by the policy (0-1]", snapshot["rho"]),
-            ("carbonsched_override_active", "1 while an admin override of ρ is active", float(snapshot["override"])),
-            ("carbonsched_intensity_g_per_kwh", "Latest grid carbon intensity, gCO2e/kWh", snapshot["intensity_g_per_kwh"]),
-            ("carbonsched_gpu_power_w", "Latest total GPU power, W", snapshot["gpu_power_w"]),
-            ("carbonsched_carbon_today_g", "Carbon of measured energy since 00:00 UTC, gCO2e", snapshot["carbon_today_g"]),
-            ("carbonsched_jobs_running", "Training jobs registered and not ended", float(snapshot["jobs_running"])),
-        ]
-        for name, doc, value in gauges:
+        def add(name: str, value: float | None, labels: tuple[str, ...] = ()) -> None:
             if value is not None:
-                yield GaugeMetricFamily(name, doc, value=value)
-        energy = CounterMetricFamily(
-            "carbonsched_energy_joules", "Energy measured since the daemon started, J", labels=["device", "source"]
-        )
-        for (device, source), joules in sorted(snapshot["energy_j"].items()):
-            energy.add_metric([device, source], joules)
-        yield energy
+                families[name].add_metric(list(labels), value)
+
+        add("carbonsched_rho", view.decision.decision.rho if view.decision else None)
+        add("carbonsched_override_active", float(view.override is not None))
+        reading = view.reading
+        if reading is not None:
+            add("carbonsched_grid_intensity_grams_per_kwh", reading.intensity_g_per_kwh,
+                  (reading.provider or "", reading.signal or "", reading.zone or ""))
+            add("carbonsched_grid_intensity_age_seconds", reading.age_s(now), (reading.provider or "",))
+        add("carbonsched_gpu_power_watts", view.gpu_power_w)
+        for (device, source), joules in sorted(view.energy_totals_j.items()):
+            add("carbonsched_energy_joules_total", joules, (device, source))
+        add("carbonsched_carbon_grams_total", view.carbon_total_g)
+        add("carbonsched_carbon_today_grams", view.carbon_today_g)
+        for basis in ("modelled", "measured"):
+            add("carbonsched_carbon_avoided_grams_total", view.carbon_avoided_g.get(basis, 0.0), (basis,))
+        add("carbonsched_jobs_running", float(view.jobs_counted))
+        for job_id, job in sorted(view.jobs.items()):
+            labels = (job_id, job.model, job.scheme)
+            record = view.job_decisions.get(job_id)
+            add("carbonsched_job_rho", record.decision.rho if record else None, labels)
+            add("carbonsched_job_rho_asked", job.rho_asked, labels)
+            add("carbonsched_job_rho_effective", job.rho_effective, labels)
+            add("carbonsched_job_energy_joules_total", job.energy_j, labels)
+            add("carbonsched_job_carbon_grams_total", job.carbon_g, labels)
+            add("carbonsched_job_carbon_avoided_grams_total", job.carbon_avoided_g, labels)
+        yield from families.values()
 
 
 def start_metrics_server(state: RuntimeState, addr: str, port: int) -> Any | None:

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from carbonsched.accounting import epoch_energy, job_pids, job_windows, sample_job_energy_j
+from carbonsched.accounting import (
+    epoch_energy, job_pids, job_windows, measured_j_per_flop, recorded_epoch_savings, sample_job_energy_j,
+)
 from carbonsched.processes import process_alive
-from carbonsched.runtime_state import DecisionRecord, RuntimeState, start_of_utc_day
+from carbonsched.runtime_state import DecisionRecord, JobCounters, RuntimeState, start_of_utc_day
 from carbonsched.store import Store
 from carbonsched.types import EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow
 
@@ -122,20 +124,28 @@ class PeriodicWork:
                     log.warning("closing the energy meter: %s", exc)
 
     def start_carbon_counters(self) -> None:
-        """Today's carbon and each running job's so far, from the store (after a restart): a
-        job's is its ended epochs' carbon plus its open epochs' up to now."""
+        """Today's carbon and each running job's counters so far, from the store (after a
+        restart): a job's energy and carbon are its ended epochs' plus its open epochs' up to
+        now, its avoided carbon its ended epochs' savings, its ρ its latest epoch's."""
         now = utcnow()
         _energy_j, today_g = self.store.energy_and_carbon(start_of_utc_day(now), now)
-        jobs_g = {}
+        jobs = {}
         for job in self.store.jobs(status="running"):
-            carbon_g = 0.0
+            counters = JobCounters(model=job["model"], scheme=job["scheme"])
+            j_per_flop = measured_j_per_flop(self.store, job["model"])
             for epoch in self.store.epochs(job["job_id"]):
                 if epoch["ended_at"] is not None:
-                    carbon_g += epoch["carbon_g"] or 0.0
+                    counters.energy_j += epoch["energy_j"] or 0.0
+                    counters.carbon_g += epoch["carbon_g"] or 0.0
+                    savings = recorded_epoch_savings(self.store, epoch, j_per_flop=j_per_flop)
+                    counters.carbon_avoided_g += (savings.saved_g or 0.0) if savings is not None else 0.0
                 elif epoch["started_at"] is not None:
-                    carbon_g += epoch_energy(self.store, job, epoch["started_at"], now.timestamp()).carbon_g or 0.0
-            jobs_g[job["job_id"]] = carbon_g
-        self.state.start_carbon_counters(now, today_g or 0.0, jobs_g)
+                    energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+                    counters.energy_j += energy.energy_j
+                    counters.carbon_g += energy.carbon_g or 0.0
+                counters.rho_asked, counters.rho_effective = epoch["rho_asked"], epoch["rho_effective"]
+            jobs[job["job_id"]] = counters
+        self.state.start_carbon_counters(now, today_g or 0.0, jobs)
 
     # -- decide --------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from carbonsched.accounting import IntensityCurve, epoch_savings, measured_j_per_flop
+from carbonsched.accounting import measured_j_per_flop, recorded_epoch_intensity_g_per_kwh, recorded_epoch_savings
 from carbonsched.store import J_PER_KWH, Store, to_unix_s
 
 FORMATS = ("table", "json", "csv")
@@ -129,14 +129,9 @@ class JobReport:
 def _epoch_row(store: Store, job_id: str, e: dict[str, Any], j_per_flop: float | None) -> EpochRow:
     start, end = e["started_at"], e["ended_at"]
     duration_s = end - start if start is not None and end is not None else e["wall_s"]
-    energy_j, carbon_g = e["energy_j"], e["carbon_g"]
-    if energy_j and carbon_g is not None:
-        intensity = carbon_g / (energy_j / J_PER_KWH)  # energy-weighted: what the energy was priced at
-    elif start is not None and end is not None:
-        intensity = IntensityCurve.from_store(store, start, end).mean(start, end)
-    else:
-        intensity = None
-    savings = epoch_savings(e, j_per_flop=j_per_flop, mean_intensity_g_per_kwh=intensity)
+    carbon_g = e["carbon_g"]
+    intensity = recorded_epoch_intensity_g_per_kwh(store, e)
+    savings = recorded_epoch_savings(store, e, j_per_flop=j_per_flop)
     used = None
     if e["flops_forward"] is not None or e["flops_backward"] is not None:
         used = (e["flops_forward"] or 0.0) + (e["flops_backward"] or 0.0)

@@ -82,6 +82,21 @@ class DecisionRecord:
     gpu_power_w: float | None
 
 
+@dataclass
+class JobCounters:
+    """A running job's live values: its labels, the ρ of its latest epoch and its counters since
+    it started (energy J and carbon gCO2e as the live split attributes them; avoided carbon,
+    gCO2e, as :func:`carbonsched.accounting.recorded_epoch_savings` defines it, per ended epoch)."""
+
+    model: str
+    scheme: str
+    energy_j: float = 0.0
+    carbon_g: float = 0.0
+    carbon_avoided_g: float = 0.0
+    rho_asked: float | None = None
+    rho_effective: float | None = None
+
+
 def start_of_utc_day(now: datetime) -> datetime:
     return now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -110,6 +125,9 @@ class StateView:
     carbon_today_g: float
     jobs_counted: int
     energy_totals_j: dict[tuple[str, str], float]
+    carbon_total_g: float
+    carbon_avoided_g: dict[str, float]  # savings label ("modelled", "measured") -> gCO2e
+    jobs: dict[str, JobCounters]
     reload_error: str | None
     last_reload_at: datetime | None
 
@@ -130,7 +148,9 @@ class RuntimeState:
         self._last_reload_at: datetime | None = None
         self._carbon_day: datetime | None = None
         self._carbon_today_g = 0.0
-        self._job_carbon_g: dict[str, float] = {}
+        self._carbon_total_g = 0.0
+        self._carbon_avoided_g: dict[str, float] = {}
+        self._jobs: dict[str, JobCounters] = {}
         self._energy_totals_j: dict[tuple[str, str], float] = {}
 
     # -- settings ------------------------------------------------------------------------------
@@ -152,11 +172,18 @@ class RuntimeState:
             self._settings = settings
             self._reload_error = None
             self._last_reload_at = utcnow()
+            # A good reload answers the failed ones before it; other errors stay as they were.
+            self._errors = deque((e for e in self._errors if e["where"] != "reload"), maxlen=MAX_RECENT_ERRORS)
         return intervals_changed
 
     def reload_failed(self, message: str) -> None:
         with self.lock:
             self._reload_error = message
+
+    def reload_status(self) -> str | None:
+        """The last reload's error while it is the latest word on reloading, else None."""
+        with self.lock:
+            return self._reload_error
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -181,17 +208,18 @@ class RuntimeState:
 
     # -- energy and carbon ---------------------------------------------------------------------
 
-    def start_carbon_counters(self, now: datetime, today_g: float, job_carbon_g: Mapping[str, float]) -> None:
+    def start_carbon_counters(self, now: datetime, today_g: float, jobs: Mapping[str, JobCounters]) -> None:
+        """Today's carbon and the running jobs' counters as the store has them (after a restart)."""
         with self.lock:
             self._carbon_day = start_of_utc_day(now)
             self._carbon_today_g = today_g
-            self._job_carbon_g.update(job_carbon_g)
+            self._jobs.update(jobs)
 
     def add_energy(
         self, readings: Iterable[EnergyReading], gpu_power_w: float | None, job_energy_j: Mapping[str, float]
     ) -> None:
         """Count a power sample: energy totals per device and source, and its carbon (at the
-        latest intensity) for today and for each job, from the job's share ``job_energy_j``
+        latest intensity) for the node and for each job, from the job's share ``job_energy_j``
         (J, split as :func:`carbonsched.accounting.sample_job_energy_j` splits it)."""
         readings = list(readings)
         with self.lock:
@@ -199,23 +227,55 @@ class RuntimeState:
             for r in readings:
                 key = (r.device, r.source)
                 self._energy_totals_j[key] = self._energy_totals_j.get(key, 0.0) + r.energy_j
+            for job_id, energy_j in job_energy_j.items():
+                if job_id in self._jobs:
+                    self._jobs[job_id].energy_j += energy_j
             intensity = self._reading.intensity_g_per_kwh if self._reading is not None else None
             self._roll_carbon_day(utcnow())
             if intensity is None:
                 return
-            self._carbon_today_g += sum(r.energy_j for r in readings) / J_PER_KWH * intensity
+            carbon_g = sum(r.energy_j for r in readings) / J_PER_KWH * intensity
+            self._carbon_today_g += carbon_g
+            self._carbon_total_g += carbon_g
             for job_id, energy_j in job_energy_j.items():
-                self._job_carbon_g[job_id] = self._job_carbon_g.get(job_id, 0.0) + energy_j / J_PER_KWH * intensity
+                if job_id in self._jobs:
+                    self._jobs[job_id].carbon_g += energy_j / J_PER_KWH * intensity
 
-    def job_started(self, job_id: str) -> None:
+    def job_started(self, job_id: str, model: str, scheme: str) -> None:
+        """Count the job from now (a resumed job keeps what it counted)."""
         with self.lock:
-            self._job_carbon_g.setdefault(job_id, 0.0)
+            self._jobs.setdefault(job_id, JobCounters(model=model, scheme=scheme))
+
+    def epoch_started(self, job_id: str, rho_asked: float, rho_effective: float | None) -> None:
+        with self.lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.rho_asked, job.rho_effective = rho_asked, rho_effective
+
+    def epoch_ended(
+        self, job_id: str, rho_effective: float | None, carbon_avoided_g: float | None, savings_label: str | None
+    ) -> None:
+        """The epoch's achieved ρ and the carbon it avoided against full fine-tuning (gCO2e)."""
+        with self.lock:
+            job = self._jobs.get(job_id)
+            if job is not None and rho_effective is not None:
+                job.rho_effective = rho_effective
+            if carbon_avoided_g is None or savings_label is None:
+                return
+            if job is not None:
+                job.carbon_avoided_g += carbon_avoided_g
+            self._carbon_avoided_g[savings_label] = self._carbon_avoided_g.get(savings_label, 0.0) + carbon_avoided_g
 
     def job_ended(self, job_id: str) -> float | None:
-        """Stop counting the job's carbon; returns what it used while counted (gCO2e)."""
+        """Stop counting the job; returns the carbon it used while counted (gCO2e)."""
         with self.lock:
             self._job_decisions.pop(job_id, None)
-            return self._job_carbon_g.pop(job_id, None)
+            job = self._jobs.pop(job_id, None)
+            return job.carbon_g if job is not None else None
+
+    def _job_carbon_g(self, job_id: str) -> float | None:
+        job = self._jobs.get(job_id)
+        return job.carbon_g if job is not None else None
 
     def _roll_carbon_day(self, now: datetime) -> None:
         day = start_of_utc_day(now)
@@ -239,7 +299,7 @@ class RuntimeState:
                 carbon_used_today_g=self._carbon_today_g,
             )
             jobs = {
-                job_id: replace(node, job_id=job_id, carbon_used_job_g=self._job_carbon_g.get(job_id))
+                job_id: replace(node, job_id=job_id, carbon_used_job_g=self._job_carbon_g(job_id))
                 for job_id in running_job_ids
             }
             return PolicyInputs(policy=self._settings.policy, reading=reading, node=node, jobs=jobs)
@@ -283,22 +343,11 @@ class RuntimeState:
                 override=override,
                 errors=list(self._errors),
                 carbon_today_g=self._carbon_today_g,
-                jobs_counted=len(self._job_carbon_g),
+                jobs_counted=len(self._jobs),
                 energy_totals_j=dict(self._energy_totals_j),
+                carbon_total_g=self._carbon_total_g,
+                carbon_avoided_g=dict(self._carbon_avoided_g),
+                jobs={job_id: replace(job) for job_id, job in self._jobs.items()},
                 reload_error=self._reload_error,
                 last_reload_at=self._last_reload_at,
             )
-
-    def metrics_snapshot(self) -> dict[str, Any]:
-        """Current values for the Prometheus collector (see carbonsched.metrics)."""
-        view = self.view(utcnow())
-        record, reading = view.decision, view.reading
-        return {
-            "rho": record.decision.rho if record else None,
-            "override": view.override is not None,
-            "intensity_g_per_kwh": reading.intensity_g_per_kwh if reading else None,
-            "gpu_power_w": view.gpu_power_w,
-            "carbon_today_g": view.carbon_today_g,
-            "jobs_running": view.jobs_counted,
-            "energy_j": view.energy_totals_j,
-        }

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carbonsched import PROTOCOL_VERSION, __version__
-from carbonsched.accounting import epoch_energy, epoch_savings, measured_j_per_flop
+from carbonsched.accounting import epoch_energy, measured_j_per_flop, recorded_epoch_savings
 from carbonsched.periodic import PeriodicWork
 from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
@@ -121,7 +121,7 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
         log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
-    ctx.state.job_started(job_id)
+    ctx.state.job_started(job_id, fields["model"], fields["scheme"])
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
@@ -132,6 +132,7 @@ def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, reque
         fields["job_id"], fields["epoch"], rho_asked=fields["rho_asked"],
         rho_effective=fields.get("rho_effective"), started_at=now,
     )
+    ctx.state.epoch_started(fields["job_id"], fields["rho_asked"], fields.get("rho_effective"))
     return {"job_id": fields["job_id"], "epoch": fields["epoch"], "started_at": iso_utc(now)}
 
 
@@ -143,18 +144,18 @@ def op_epoch_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     started_at = next((e["started_at"] for e in ctx.store.epochs(job_id) if e["epoch"] == epoch), None)
     if started_at is None and fields.get("wall_s") is not None:
         started_at = now.timestamp() - fields["wall_s"]
-    accounting = savings = None
+    accounting = None
     if started_at is not None:
         accounting = epoch_energy(ctx.store, job, started_at, now.timestamp())
     metrics = {k: v for k, v in fields.items() if k not in ("job_id", "epoch")}
-    if accounting is not None:
-        savings = epoch_savings(
-            {**metrics, "energy_j": accounting.energy_j, "carbon_g": accounting.carbon_g},
-            j_per_flop=measured_j_per_flop(ctx.store, job["model"]),
-            mean_intensity_g_per_kwh=accounting.mean_intensity_g_per_kwh,
-        )
     columns = accounting.epoch_columns() if accounting is not None else {}
     ctx.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **columns, **metrics)
+    savings = None
+    if accounting is not None:
+        recorded = next(e for e in ctx.store.epochs(job_id) if e["epoch"] == epoch)
+        savings = recorded_epoch_savings(ctx.store, recorded, j_per_flop=measured_j_per_flop(ctx.store, job["model"]))
+    ctx.state.epoch_ended(job_id, fields["rho_effective"], savings.saved_g if savings else None,
+                          savings.label if savings else None)
     return {
         "job_id": job_id, "epoch": epoch, "ended_at": iso_utc(now),
         "energy_j": columns.get("energy_j"), "carbon_g": columns.get("carbon_g"),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 
 import pytest
 
-from daemon_helpers import configured_daemon, short_dir, wait_until
+from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, configured_daemon, short_dir, wait_until
 
 POLICY = 'kind = "constant"\nname = "steady"\nrho = 0.55\nrho_min = 0.3\n'
 OTHER_POLICY = 'kind = "constant"\nname = "steadier"\nrho = 0.65\nrho_min = 0.3\n'
@@ -78,3 +80,51 @@ def test_a_deleted_config_file_on_sighup_is_reported(daemon):
     finally:
         daemon.config.write_text(saved)
     assert conn.ask(op="reload")["reloaded"] is True
+
+
+def _statuses(notify: socket.socket) -> list[str]:
+    """The STATUS= texts of the sd_notify datagrams waiting on ``notify``."""
+    texts = []
+    while True:
+        try:
+            data = notify.recv(4096).decode()
+        except BlockingIOError:
+            return texts
+        texts += [line.split("=", 1)[1] for line in data.splitlines() if line.startswith("STATUS=")]
+
+
+def test_systemd_status_text_and_status_tell_of_a_failed_reload_until_one_succeeds():
+    with short_dir() as d, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(d / "notify"))
+        notify.setblocking(False)
+        (d / "policy.toml").write_text(POLICY)
+        (d / "other.toml").write_text(OTHER_POLICY)
+        config = d / "carbonsched.toml"
+        config.write_text('policy = "policy.toml"\n')
+        daemon = DaemonProcess(d, "--config", str(config), env={"NOTIFY_SOCKET": str(d / "notify")}).wait_ready()
+        try:
+            conn = daemon.conn()
+            seen: list[str] = []
+
+            def status_text(predicate) -> bool:
+                seen.extend(_statuses(notify))
+                return bool(seen) and predicate(seen[-1])
+
+            assert wait_until(lambda: status_text(lambda text: "policy steady" in text), 10), seen
+            config.write_text('policy = "policy.toml"\nretention_dayz = 7\n')
+            daemon.signal(signal.SIGHUP)
+            assert wait_until(lambda: status_text(lambda text: "reload failed" in text), 10), seen
+            assert "retention_dayz" in seen[-1] and "policy steady" in seen[-1]
+
+            config.write_text('policy = "other.toml"\n')
+            daemon.signal(signal.SIGHUP)
+            assert wait_until(lambda: status_text(lambda text: "policy steadier" in text), 10), seen
+            assert "reload" not in seen[-1]
+            status = conn.ask(op="status")
+            assert status["reload_error"] is None
+            assert [e for e in status["errors"] if e["where"] == "reload"] == []
+            shown = subprocess.run([str(CARBONSCHED_BIN), "status", "--socket", str(daemon.socket)],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "reload failed" not in shown and "policy     steadier" in shown
+        finally:
+            assert daemon.stop() == 0

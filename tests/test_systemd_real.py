@@ -231,10 +231,14 @@ def test_reload_applies_a_good_config_and_keeps_serving_after_a_broken_one(machi
     assert machine.show("ActiveState")["ActiveState"] == "active"
     text = machine.run(str(CARBONSCHED), "status").stdout
     assert "reload     reload failed, keeping the running configuration" in text
+    status_text = machine.show("StatusText")["StatusText"]
+    assert "reload failed" in status_text and "colour: unknown key" in status_text
 
     machine.write("/etc/carbonsched/carbonsched.toml", good_config)
     machine.run("systemctl", "reload", UNIT)
     assert wait_until(lambda: daemon_status(machine).get("reload_error") is None, SERVICE_DEADLINE_S, interval_s=0.5)
+    assert wait_until(lambda: "reload failed" not in machine.show("StatusText")["StatusText"], SERVICE_DEADLINE_S, interval_s=0.5)
+    assert "reload failed" not in machine.run(str(CARBONSCHED), "status").stdout
 
 
 def test_watchdog_restarts_a_stalled_daemon_and_the_store_survives(machine):

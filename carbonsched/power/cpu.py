@@ -1,4 +1,5 @@
-"""CPU and RAM energy: RAPL counters where readable, else CodeCarbon's TDP / RAM power models.
+"""CPU and RAM energy: RAPL counters where readable, else CodeCarbon's TDP / RAM power models
+(as :mod:`carbonsched.power.codecarbon_models` states them, without loading CodeCarbon itself).
 
 RAPL is read straight from the powercap sysfs tree (``intel-rapl:N`` package domains and their
 ``dram`` sub-domains; AMD Zen CPUs appear under the same name). Since Linux 5.10 ``energy_uj`` is
@@ -8,16 +9,15 @@ spells out the assumptions behind it.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from carbonsched.power.codecarbon_models import CpuLoadPowerModel, cpu_assumptions, ram_assumptions
 from carbonsched.power.nvml import Clock
 from carbonsched.types import EnergyReading, utcnow
 
@@ -133,75 +133,6 @@ class RaplCounter:
         return energy_uJ
 
 
-# -- CodeCarbon estimates --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_codecarbon() -> Iterator[None]:
-    """CodeCarbon warns about unknown CPUs on every lookup; status() reports that instead."""
-    cc_logger = logging.getLogger("codecarbon")
-    previous = cc_logger.level
-    cc_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        cc_logger.setLevel(previous)
-
-
-@functools.lru_cache(maxsize=1)
-def codecarbon_cpu_assumptions() -> dict:
-    """CodeCarbon's TDP lookup for this machine's CPU (slow: it runs cpuinfo, so cached)."""
-    import codecarbon
-    from codecarbon.core.cpu import DEFAULT_POWER_PER_CORE, TDP
-    from codecarbon.core.util import count_cpus, count_physical_cpus
-    from codecarbon.external.hardware import POWER_CONSTANT
-
-    with _quiet_codecarbon():
-        tdp = TDP()
-        sockets = count_physical_cpus()
-        threads = count_cpus()
-    if tdp.tdp is None:
-        tdp_w, basis = float(POWER_CONSTANT), f"CPU model unknown to CodeCarbon: generic {POWER_CONSTANT} W"
-    elif tdp.tdp == threads * DEFAULT_POWER_PER_CORE:
-        tdp_w = float(tdp.tdp) * sockets
-        basis = (
-            f"CPU model not in CodeCarbon's table: {DEFAULT_POWER_PER_CORE} W per thread "
-            f"x {threads} threads x {sockets} socket(s)"
-        )
-    else:
-        tdp_w, basis = float(tdp.tdp) * sockets, f"CodeCarbon CPU table: {tdp.tdp} W x {sockets} socket(s)"
-    return {
-        "estimator": f"codecarbon {codecarbon.__version__}, cpu_load mode",
-        "cpu_model": tdp.model,
-        "tdp_w": tdp_w,
-        "tdp_basis": basis,
-        "power_model": "machine-wide, follows total CPU load: 10% of TDP when idle up to TDP at full load",
-    }
-
-
-def _codecarbon_cpu(tdp_w: float, cpu_model: str) -> Any:
-    from codecarbon.external.hardware import CPU, MODE_CPU_LOAD
-
-    with _quiet_codecarbon():
-        return CPU.from_utils(".", MODE_CPU_LOAD, cpu_model, tdp_w, tracking_mode="machine")
-
-
-def _codecarbon_ram() -> tuple[float, dict]:
-    import codecarbon
-    from codecarbon.external.ram import RAM
-
-    with _quiet_codecarbon():
-        ram = RAM(tracking_mode="machine")
-        power_W = ram.total_power().W
-        memory_GB = ram.machine_memory_GB
-    return power_W, {
-        "estimator": f"codecarbon {codecarbon.__version__} RAM power model",
-        "memory_gb": round(memory_GB, 1),
-        "power_w": round(power_W, 2),
-        "power_model": "constant per machine, from total memory size (estimated DIMM count)",
-    }
-
-
 # -- the meter -------------------------------------------------------------------------------------
 
 
@@ -222,7 +153,7 @@ class CpuRamMeter:
         self._ram_status: dict
         self._cpu_rapl = RaplCounter(self.rapl.packages) if self.rapl.problem is None else None
         self._ram_rapl = RaplCounter(self.rapl.dram) if self.rapl.dram else None
-        self._cc_cpu: Any = None
+        self._cpu_model: CpuLoadPowerModel | None = None
         self._ram_W: float | None = None
 
         if self._cpu_rapl is not None:
@@ -230,8 +161,8 @@ class CpuRamMeter:
         else:
             self._cpu_status = {"available": True, "source": "tdp_estimate", "rapl": self.rapl.problem}
             try:
-                assumptions = codecarbon_cpu_assumptions()
-                self._cc_cpu = _codecarbon_cpu(assumptions["tdp_w"], assumptions["cpu_model"])
+                assumptions = cpu_assumptions()
+                self._cpu_model = CpuLoadPowerModel(assumptions["tdp_w"])
                 self._cpu_status["assumptions"] = assumptions
             except Exception as exc:  # CodeCarbon missing or failing on odd hardware
                 log.warning("CPU energy estimate unavailable: %s", exc)
@@ -244,8 +175,8 @@ class CpuRamMeter:
             self._ram_status = {"available": True, "source": "rapl", "domains": [str(d.path.name) for d in self.rapl.dram]}
         else:
             try:
-                self._ram_W, ram_assumptions = _codecarbon_ram()
-                self._ram_status = {"available": True, "source": "codecarbon", "assumptions": ram_assumptions}
+                self._ram_W, ram_basis = ram_assumptions()
+                self._ram_status = {"available": True, "source": "codecarbon", "assumptions": ram_basis}
             except Exception as exc:
                 log.warning("RAM energy estimate unavailable: %s", exc)
                 self._ram_status = {"available": False, "reason": f"CodeCarbon RAM model failed: {exc}"}
@@ -259,8 +190,8 @@ class CpuRamMeter:
             if self._window_start is None:
                 return
             self._read_counters(lambda counter: counter.update())
-            if self._cc_cpu is not None:
-                self._cc_cpu.monitor_power()
+            if self._cpu_model is not None:
+                self._cpu_model.sample()
 
     def poll(self, now: datetime | None = None) -> list[EnergyReading]:
         """Close the window at ``now`` and return CPU and RAM energy; the first call returns []."""
@@ -276,9 +207,8 @@ class CpuRamMeter:
                 energy_J = self._take_J(self._cpu_rapl)
                 if energy_J is not None:
                     readings.append(self._reading("cpu", energy_J, start, now, "rapl"))
-            elif self._cc_cpu is not None:
-                with _quiet_codecarbon():
-                    power_W = self._cc_cpu.total_power().W
+            elif self._cpu_model is not None:
+                power_W = self._cpu_model.mean_power_w()
                 readings.append(self._reading("cpu", power_W * duration_s, start, now, "tdp_estimate"))
             if self._ram_rapl is not None:
                 energy_J = self._take_J(self._ram_rapl)
@@ -304,9 +234,8 @@ class CpuRamMeter:
 
     def _open_counters(self) -> None:
         self._read_counters(lambda counter: counter.reset())
-        if self._cc_cpu is not None:
-            with _quiet_codecarbon():
-                self._cc_cpu.start()
+        if self._cpu_model is not None:
+            self._cpu_model.start()
 
     def _read_counters(self, action: Any) -> None:
         for counter in (self._cpu_rapl, self._ram_rapl):
