@@ -87,10 +87,10 @@ HEADER = "timestamp,intensity_g_per_kwh\n"
     "body, line, field, detail",
     [
         ("time,value\n2025-01-01T00:00:00Z,1\n", 1, None,
-         "header must be timestamp,intensity_g_per_kwh, got 'time,value'"),
+         "header: no intensity column among 'time', 'value' (name one with ?intensity_column=)"),
         (HEADER + "2025-01-01T00:00:00Z,1\nyesterday,2\n", 3, "timestamp", "'yesterday' is not ISO 8601"),
         (HEADER + "2025-01-01T00:00:00,1\n2025-01-01T01:00:00Z,2\n", 2, "timestamp",
-         "'2025-01-01T00:00:00' has no UTC offset (add Z)"),
+         "has no UTC offset while other rows have one (write all timestamps with an offset, or none)"),
         (HEADER + "2025-01-01T00:00:00Z,lots\n2025-01-01T01:00:00Z,2\n", 2, "intensity_g_per_kwh", "'lots' is not a number"),
         (HEADER + "2025-01-01T00:00:00Z,1\n2025-01-01T01:00:00Z,-4\n", 3, "intensity_g_per_kwh", "impossible value '-4'"),
         (HEADER + "# a comment\n\n2025-01-01T00:00:00Z,nan\n2025-01-01T01:00:00Z,2\n", 4, "intensity_g_per_kwh",
