@@ -187,6 +187,17 @@ class DaemonRhoSource(TrainerCallback):
         self.registered = reply is not None
         return self.registered
 
+    def probe(self) -> str | None:
+        """Ask the daemon for a ``ping`` without registering the job: None when it answers, else
+        why not (one line)."""
+        try:
+            self.client.call("ping")
+        except DaemonUnavailable as exc:
+            return str(exc).splitlines()[0] if str(exc) else "no answer"
+        except DaemonRequestError as exc:
+            return f"{exc.code}: {exc.message}"
+        return None
+
     # -- RhoSource -----------------------------------------------------------------------------
 
     def backing_off(self) -> float:

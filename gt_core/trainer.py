@@ -516,10 +516,22 @@ class GreenTrainer:
                 signal.signal(sig, handler)
         self._notify_end("interrupted" if self.interrupted else "completed")
         if not self.interrupted and cfg.save_final:
-            final = self.output_dir / "final"
+            self._save_final(self.output_dir / "final")
+        return [EpochRecord(**r) for r in self.state.records]
+
+    def _save_final(self, final: Path) -> None:
+        """The trained model and its tokenizer in ``final`` (no progress bar under ``progress=False``)."""
+        from transformers.utils import logging as hf_logging
+
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        if not self.config.progress:
+            hf_logging.disable_progress_bar()
+        try:
             self.model.save_pretrained(final)
             self.tokenizer.save_pretrained(final)
-        return [EpochRecord(**r) for r in self.state.records]
+        finally:
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
 
     def _notify(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -600,4 +612,5 @@ def format_epoch_record(r: EpochRecord) -> str:
         f"tensors {r.tensors_selected} ({100 * r.param_share_selected:.1f}% params)  "
         f"{(r.flops_forward + r.flops_backward) / 1e12:.4f} TFLOPs  {r.wall_s:.1f} s "
         f"(importance {r.importance_s:.2f} s, DP {r.dp_s:.2f} s)"
+        + ("  [daemon unreachable: fallback rho]" if r.rho_source == "daemon-fallback" else "")
     )

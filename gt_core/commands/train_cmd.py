@@ -99,6 +99,34 @@ def _load_model_and_tokenizer(
         raise _BadInput(f"cannot load {model_name or tiny!r}: {str(exc).splitlines()[0]}") from None
 
 
+def _check_daemon_answers(rho_source: Any, fallback_rho: float, *, optional: bool) -> None:
+    """A daemon that does not answer at job start is a usage error, or with ``optional`` a warning."""
+    reason = rho_source.probe()
+    if reason is None:
+        return
+    where = f"carbonsched daemon not reachable at {rho_source.socket_path} ({reason})"
+    if not optional:
+        raise _BadInput(
+            f"{where}; start it (carbonsched run), fix --rho-from daemon:SOCKET, "
+            f"or add --daemon-optional to train on --rho {fallback_rho:g}"
+        )
+    typer.echo(
+        f"warning: {where}; training on the fallback rho {fallback_rho:.2f} (--daemon-optional), "
+        "asking the daemon again every epoch",
+        err=True,
+    )
+
+
+def _daemon_job_summary(rho_source: Any, epochs_run: int) -> str:
+    """The done line's claim about the daemon's record: only what the daemon acknowledged."""
+    recorded = len(rho_source.epoch_reports)
+    if recorded == 0:
+        return f"; not recorded by carbonsched (no epoch of job {rho_source.job_id} reached the daemon)"
+    if recorded < epochs_run:
+        return f"; carbonsched job {rho_source.job_id} ({recorded} of {epochs_run} epochs recorded)"
+    return f"; carbonsched job {rho_source.job_id}"
+
+
 def _check_output_dir(output_dir: Path, resume: Path | None) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise _BadInput(f"--output-dir {output_dir} exists and is not a directory")
@@ -118,9 +146,10 @@ def train(
     val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation data (default: last tenth of --data)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most this many training examples."),
     scheme: str = typer.Option("green", "--scheme", help="green | full | topk | lora | prefix"),
-    rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5)."),
+    rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5); with --rho-from, the ρ used while the daemon does not answer."),
     rho_schedule: Optional[Path] = typer.Option(None, "--rho-schedule", help="Per-epoch ρ: JSON list or one value per line."),
-    rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it (--rho is the fallback)."),
+    rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it. A daemon that does not answer at start is an error unless --daemon-optional."),
+    daemon_optional: bool = typer.Option(False, "--daemon-optional", help="With --rho-from: if the daemon does not answer at start, warn and train on --rho (shown on every epoch line) instead of failing."),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Job id in the daemon's store (with --rho-from; default: random, or the resumed run's id)."),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
@@ -167,7 +196,9 @@ def train(
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
     output_dir, rho_from = Path(opts["output_dir"]), opts["rho_from"]
+    epochs_before = trainer.state.epoch
     records = trainer.train()
+    epochs_this_run = trainer.state.epoch - epochs_before
     if getattr(trainer, "rank", 0) != 0:  # under torchrun only rank 0 reports
         return
     if trainer.interrupted:
@@ -182,7 +213,7 @@ def train(
         f"FLOPs {sum(r.flops_forward + r.flops_backward for r in records):.3e} "
         f"({sum(r.flops_forward + r.flops_backward for r in records) / max(sum(r.flops_full for r in records), 1):.3f} of full); "
         f"model in {output_dir / 'final'}"
-        + (f"; carbonsched job {trainer.rho_source.job_id}" if rho_from is not None else "")
+        + (_daemon_job_summary(trainer.rho_source, epochs_this_run) if rho_from is not None else "")
     )
 
 
@@ -218,11 +249,14 @@ def _build_trainer(**opts: Any) -> Any:
             raise _BadInput(f"--rho-from must be 'daemon' or 'daemon:SOCKET', got {opts['rho_from']!r}")
         from gt_core.rho_daemon import DaemonRhoSource
 
-        rho = check_rho(1.0 if opts["rho"] is None else opts["rho"], what="--rho")
+        rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = DaemonRhoSource(
             socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
             job_id=_job_id(opts["job_id"], opts["resume"]),
         )
+        _check_daemon_answers(rho_source, rho, optional=opts["daemon_optional"])
+    elif opts["daemon_optional"]:
+        raise _BadInput("--daemon-optional needs --rho-from daemon")
     elif opts["job_id"] is not None:
         raise _BadInput("--job-id needs --rho-from daemon")
     elif opts["rho_schedule"] is not None:

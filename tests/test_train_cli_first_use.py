@@ -1,0 +1,45 @@
+"""`greentrainer train` as a new user meets it: an unreachable daemon, resuming with no other
+arguments, bad model directories. Every mistake is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from gt_core.cli import app
+
+BASE = ["train", "--tiny", "opt", "--limit", "8", "--epochs", "2", "--batch-size", "4",
+        "--max-input-length", "48", "--max-target-length", "12", "--importance-batches", "1", "--no-progress"]
+
+
+def _run(args):
+    return CliRunner().invoke(app, args)
+
+
+def test_unreachable_daemon_is_a_one_line_error_naming_the_socket(tmp_path):
+    socket = tmp_path / "wrong.sock"
+    result = _run([*BASE, "--rho-from", f"daemon:{socket}", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: carbonsched daemon not reachable at"), result.output
+    assert str(socket) in lines[0] and "--daemon-optional" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_daemon_optional_trains_on_the_documented_fallback_and_claims_no_job(tmp_path):
+    out = tmp_path / "run"
+    result = _run([*BASE, "--rho-from", f"daemon:{tmp_path / 'wrong.sock'}", "--daemon-optional", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: carbonsched daemon not reachable" in result.output and "fallback rho 0.50" in result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rho_asked"] for r in records] == [0.5, 0.5]  # --help's default, not full fine-tuning
+    epoch_lines = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all("fallback rho" in line for line in epoch_lines), result.output
+    done = next(line for line in result.output.splitlines() if line.startswith("done:"))
+    assert "carbonsched job" not in done and "not recorded by carbonsched" in done
+
+
+def test_daemon_optional_without_rho_from_is_refused(tmp_path):
+    result = _run([*BASE, "--daemon-optional", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--daemon-optional needs --rho-from daemon" in result.output
