@@ -254,6 +254,7 @@ class GreenTrainer:
         self.skipped_steps = 0  # optimizer steps the fp16 scaler skipped, this epoch
         self.trained: TrainedTensors | None = None  # what trains now
         self.selection: GreenSelection | None = None  # the last green selection
+        self.resume_note: str | None = None  # set by resume when the lr schedule was recomputed
 
     @property
     def min_rho(self) -> float | None:
@@ -396,10 +397,30 @@ class GreenTrainer:
             raise FileNotFoundError(f"no checkpoint in {path}")
         self.frozen_state.restore_all()
         self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=getattr(self, "rank", 0))
+        self.resume_note = self._reapply_schedule()
         self.precision.load_state_dict(self.state.settings)
         if self.fixed is None and self.state.selections:
             self._restore_selection()
         self.metrics.keep_epochs_before(self.state.epoch)
+
+    def _reapply_schedule(self) -> str | None:
+        """Set each group's lr from this run's schedule at the restored step.
+
+        The checkpoint holds the lr of the run that wrote it; a run extended with more epochs
+        ended its schedule at lr 0, so the schedule is recomputed over the new total. Returns a
+        one-line note when the lr changed that way, else None (a plain resume keeps its lr)."""
+        step = self.scheduler.last_epoch
+        restored = [group["lr"] for group in self.optimizer.param_groups]
+        current = [base * factor(step) for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, current):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(current)
+        if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) for a, b in zip(restored, current)):
+            return None
+        return (
+            f"{self.config.scheduler} lr schedule recomputed over {self.total_steps} steps ({self.config.epochs} epochs): "
+            f"lr at step {step} is {current[0]:.3g} (the checkpoint had {restored[0]:.3g})"
+        )
 
     def _batches(self, epoch: int) -> Iterator[list[dict[str, torch.Tensor]]]:
         """Optimizer-step groups of micro-batches, skipping those done before a resume."""

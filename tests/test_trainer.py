@@ -193,3 +193,29 @@ def test_runtime_rho_at_or_below_the_minimum_trains_the_cheapest_step(tmp_path):
         assert r.tensors_selected >= 1
         assert r.rho_effective <= trainer.min_rho * (1 + 1e-6)
     assert np.isfinite(records[-1].train_loss)
+
+
+def test_extending_a_finished_run_recomputes_the_lr_schedule_instead_of_training_at_lr_zero(tmp_path, tokenizer, task):
+    first = _trainer(tmp_path, tokenizer, task, epochs=1, save_final=False, rho=0.8)
+    first.train()
+    assert first.optimizer.param_groups[0]["lr"] == 0.0  # a finished linear schedule ends at 0
+    extended = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    extended.resume(tmp_path / "run")
+    steps = extended.steps_per_epoch
+    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * steps / (2 * steps))
+    assert "recomputed over" in extended.resume_note
+    before = {n: p.detach().clone() for n, p in extended.model.named_parameters()}
+    records = extended.train()
+    assert records[1].param_share_selected > 0.05
+    assert records[1].fallback is None  # importance was not all zero
+    assert any(not torch.equal(before[n], p) for n, p in extended.model.named_parameters())
+
+
+def test_a_plain_resume_keeps_the_checkpoint_lr(tmp_path, tokenizer, task):
+    first = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    first.config.epochs = 1  # stop after one epoch of a two-epoch schedule
+    first.train()
+    lr_saved = first.optimizer.param_groups[0]["lr"]
+    resumed = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    resumed.resume(tmp_path / "run")
+    assert resumed.optimizer.param_groups[0]["lr"] == lr_saved and resumed.resume_note is None

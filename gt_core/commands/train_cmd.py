@@ -309,6 +309,8 @@ def _build_trainer(**opts: Any) -> Any:
     trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks)
     if resume is not None:
         trainer.resume(resume)
+        if trainer.resume_note is not None and getattr(trainer, "rank", 0) == 0:
+            typer.echo(f"note: {trainer.resume_note}", err=True)
     if opts["rho_from"] is not None and getattr(trainer, "rank", 0) == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
