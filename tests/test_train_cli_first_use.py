@@ -43,3 +43,34 @@ def test_daemon_optional_trains_on_the_documented_fallback_and_claims_no_job(tmp
 def test_daemon_optional_without_rho_from_is_refused(tmp_path):
     result = _run([*BASE, "--daemon-optional", "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--daemon-optional needs --rho-from daemon" in result.output
+
+
+def test_resume_alone_reuses_the_saved_arguments_and_flags_given_again_override_them(tmp_path):
+    out = tmp_path / "run"
+    first = _run([*BASE, "--epochs", "1", "--rho", "0.8", "--output-dir", str(out)])
+    assert first.exit_code == 0, first.output
+    saved = json.loads((out / "run-args.json").read_text())
+    assert saved["tiny"] == "opt" and saved["epochs"] == 1 and saved["rho"] == 0.8
+
+    again = _run(["train", "--resume", str(out), "--epochs", "2"])
+    assert again.exit_code == 0, again.output
+    assert "note: --epochs 2 overrides the run's 1" in again.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1] and records[1]["rho_asked"] == 0.8  # --rho came back too
+    assert json.loads((out / "run-args.json").read_text())["epochs"] == 2
+
+    finished = _run(["train", "--resume", str(out)])
+    assert finished.exit_code == 0 and "overrides" not in finished.output, finished.output
+
+
+def test_resume_with_another_model_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    assert _run([*BASE, "--epochs", "1", "--output-dir", str(out)]).exit_code == 0
+    other = _run(["train", "--resume", str(out), "--tiny", "llama"])
+    assert other.exit_code == 2
+    assert other.output.count("\n") == 1 and "was trained with --tiny opt" in other.output, other.output
+
+    (out / "run-args.json").unlink()  # a run without saved arguments: the checkpoint itself does not fit
+    mismatched = _run([*BASE, "--tiny", "llama", "--epochs", "2", "--resume", str(out)])
+    assert mismatched.exit_code == 2
+    assert mismatched.output.count("\n") == 1 and "does not fit this model" in mismatched.output, mismatched.output

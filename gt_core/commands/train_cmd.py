@@ -164,7 +164,7 @@ def train(
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Also checkpoint every N steps."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where metrics, checkpoints and the final model go (required here or in --config)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint with the run's saved options (run-args.json); options given again override them. --output-dir defaults to DIR."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16 (default: what accelerate launch --mixed_precision asked, else fp32)."),
@@ -190,6 +190,8 @@ def train(
                 opts = apply_config_file(ctx, config, opts)
             except ConfigFileError as exc:
                 raise _BadInput(str(exc)) from None
+        if opts["resume"] is not None:
+            opts = _resumed_options(ctx, opts)
         trainer = _build_trainer(**opts)
     except _BadInput as exc:
         _fail(str(exc))
@@ -217,6 +219,37 @@ def train(
     )
 
 
+def _explicit_options(ctx: typer.Context, opts: dict[str, Any]) -> set[str]:
+    """Options given on the command line, in the environment or in the --config file."""
+    given = {name for name in opts if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    if opts["config"] is not None:
+        from gt_core.commands.config_file import read_config_file
+
+        given |= set(read_config_file(opts["config"]))
+    return given
+
+
+def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """The resumed run's saved options under the ones given again (each override announced)."""
+    from gt_core.commands.run_args import RunArgsError, load_run_args, merge_resumed_args
+
+    resume = Path(opts["resume"])
+    if not resume.is_dir():
+        raise _BadInput(f"--resume {resume}: no such directory")
+    if opts["output_dir"] is None:
+        opts = {**opts, "output_dir": resume}
+    try:
+        saved = load_run_args(resume)
+        if saved is None:
+            return opts
+        merged, notes = merge_resumed_args(ctx, saved, opts, _explicit_options(ctx, opts))
+    except RunArgsError as exc:
+        raise _BadInput(str(exc)) from None
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    return merged
+
+
 def _build_trainer(**opts: Any) -> Any:
     from gt_core.rho import ConstantRho, ScheduleRho, check_rho
     from gt_core.schemes import check_scheme
@@ -224,7 +257,10 @@ def _build_trainer(**opts: Any) -> Any:
     if opts["output_dir"] is None:
         raise _BadInput("give --output-dir DIR (or output-dir in --config)")
     if (opts["tiny"] is None) == (opts["model"] is None):
-        raise _BadInput("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
+        from gt_core.commands.run_args import RUN_ARGS_FILE
+
+        unsaved = f" ({opts['resume']} has no {RUN_ARGS_FILE} to take it from)" if opts["resume"] is not None else ""
+        raise _BadInput(f"give exactly one of --tiny ARCH or --model NAME_OR_PATH{unsaved}")
     if opts["device_map"] is not None and opts["model"] is None:
         raise _BadInput("--device-map applies to a pretrained --model only")
     from gt_core.precision import precision_from_launcher
@@ -308,12 +344,22 @@ def _build_trainer(**opts: Any) -> Any:
     # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel variant.
     trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks)
     if resume is not None:
-        trainer.resume(resume)
+        try:
+            trainer.resume(resume)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise _BadInput(
+                f"the checkpoint in {resume} does not fit this model ({type(model).__name__}): "
+                f"{str(exc).strip().splitlines()[0]}; resume with the run's own model"
+            ) from None
         if trainer.resume_note is not None and getattr(trainer, "rank", 0) == 0:
             typer.echo(f"note: {trainer.resume_note}", err=True)
-    if opts["rho_from"] is not None and getattr(trainer, "rank", 0) == 0:
+    if getattr(trainer, "rank", 0) == 0:
+        from gt_core.commands.run_args import save_run_args
+
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
+        save_run_args(output_dir, opts)
+        if opts["rho_from"] is not None:
+            (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
     return trainer
 
 
