@@ -71,6 +71,44 @@ def _load_tiny(
         raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else with a slash is a path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") >= 2 or name.endswith("/")
+
+
+def local_model_dir(model: str) -> str | None:
+    """The local model directory ``model`` names, checked; None for a hub name.
+
+    Raises :class:`ModelLoadError` (one line) when ``model`` is a path but no directory, or a
+    directory without ``config.json``."""
+    expanded = os.path.expanduser(model)
+    if not os.path.isdir(expanded):
+        if os.path.exists(expanded):
+            raise ModelLoadError(f"model {model!r}: not a directory")
+        if _looks_like_path(model):
+            raise ModelLoadError(f"model {model!r}: no such directory")
+        return None
+    if not os.path.isfile(os.path.join(expanded, "config.json")):
+        raise ModelLoadError(f"model {model!r}: not a model directory (no config.json)")
+    return expanded
+
+
+def load_model_and_tokenizer(
+    model: str, *, torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """A pretrained model and its tokenizer, checked in the order a user can fix them: the
+    directory (or hub name), then the tokenizer, then the weights. Every failure is one
+    :class:`ModelLoadError` line."""
+    from gt_core.tokenizer import TokenizerLoadError, load_tokenizer
+
+    load_config(model)
+    try:
+        tokenizer = load_tokenizer(os.path.expanduser(model), tiny=False)
+    except TokenizerLoadError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
+
+
 def load_config(model: str) -> Any:
     """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
 
@@ -79,11 +117,7 @@ def load_config(model: str) -> Any:
     """
     import transformers as tf
 
-    name = model
-    if os.path.isabs(name) or name.startswith((".", "~")):
-        if not os.path.isdir(os.path.expanduser(name)):
-            raise ModelLoadError(f"model {name!r} not found: no such directory")
-        name = os.path.expanduser(name)
+    name = local_model_dir(model) or model
     try:
         return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
     except (OSError, ValueError, KeyError) as exc:

@@ -169,8 +169,8 @@ def test_cli_evaluates_a_checkpoint_on_a_file(checkpoint, task, tmp_path):
     (["--tiny", "opt", "--data", "{tmp}/val.jsonl", "--source-field", "text"], "missing field 'text'"),
     (["--tiny", "opt", "--data", "{tmp}/empty.jsonl"], "no examples"),
     (["--tiny", "gpt5"], "unknown tiny architecture"),
-    (["--checkpoint", "{tmp}/nothing"], "does not exist"),
-    (["--model", "{tmp}"], "not found"),
+    (["--checkpoint", "{tmp}/nothing"], "no such directory"),
+    (["--model", "{tmp}"], "not a model directory (no config.json)"),
     ([], "exactly one of"),
     (["--tiny", "opt", "--metric", "bleu"], "unknown metric"),
 ])

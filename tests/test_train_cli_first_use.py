@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from gt_core.cli import app
@@ -74,3 +76,44 @@ def test_resume_with_another_model_is_one_line(tmp_path):
     mismatched = _run([*BASE, "--tiny", "llama", "--epochs", "2", "--resume", str(out)])
     assert mismatched.exit_code == 2
     assert mismatched.output.count("\n") == 1 and "does not fit this model" in mismatched.output, mismatched.output
+
+
+def _config_only_dir(tmp_path):
+    """A directory with a model's config.json and nothing else (no tokenizer, no weights)."""
+    from gt_core.tiny import tiny_model
+
+    path = tmp_path / "config-only"
+    tiny_model("opt").config.save_pretrained(path)
+    return path
+
+
+MODEL_COMMANDS = {
+    "train": lambda tmp_path: ["train", "--limit", "8", "--output-dir", str(tmp_path / "run"), "--no-progress"],
+    "evaluate": lambda tmp_path: ["evaluate", "--limit", "2"],
+    "select": lambda tmp_path: ["select", "--rho", "0.5"],
+    "profile": lambda tmp_path: ["profile"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+@pytest.mark.parametrize("make_dir, expected", [
+    (lambda tmp_path: tmp_path / "missing" / "model", "': no such directory"),
+    (lambda tmp_path: tmp_path, "': not a model directory (no config.json)"),
+])
+def test_every_command_checks_the_model_directory_first(tmp_path, command, make_dir, expected):
+    model_dir = make_dir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    result = _run([*MODEL_COMMANDS[command](tmp_path), "--model", str(model_dir)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == f"error: model '{model_dir}{expected}", result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_model_directory_without_a_tokenizer_says_so(tmp_path, command):
+    model_dir = _config_only_dir(tmp_path)
+    result = _run([*MODEL_COMMANDS[command](tmp_path), "--model", str(model_dir)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: no tokenizer in {model_dir} (none of tokenizer.json"), result.output

@@ -14,24 +14,20 @@ class _UsageError(Exception):
 
 
 def _load(model: Optional[str], checkpoint: Optional[Path], tiny: Optional[str]) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model
+    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
     from gt_core.tokenizer import load_tokenizer
 
     chosen = [name for name, value in (("--model", model), ("--checkpoint", checkpoint), ("--tiny", tiny)) if value]
     if len(chosen) != 1:
         raise _UsageError("give exactly one of --model, --checkpoint or --tiny")
     if checkpoint is not None and not checkpoint.is_dir():
-        raise _UsageError(f"checkpoint directory {str(checkpoint)!r} does not exist")
-    name_or_path = None if tiny else str(checkpoint or model)
+        raise _UsageError(f"checkpoint {str(checkpoint)!r}: no such directory")
     try:
-        loaded = load_model(model=name_or_path, tiny=tiny)
+        if tiny is not None:
+            return load_model(tiny=tiny), load_tokenizer(None, tiny=True)
+        return load_model_and_tokenizer(str(checkpoint or model))
     except ModelLoadError as error:
         raise _UsageError(str(error)) from None
-    try:
-        tokenizer = load_tokenizer(name_or_path, tiny=tiny is not None)
-    except (OSError, ValueError) as error:
-        raise _UsageError(f"cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}") from None
-    return loaded, tokenizer
 
 
 def _examples(data: Optional[str], source_field: str, target_field: str, split: str, limit: Optional[int]) -> list:
