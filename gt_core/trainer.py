@@ -8,6 +8,7 @@ epochs. Baseline schemes (full, top-k, LoRA, prefix) run through the same loop w
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -522,6 +523,10 @@ class GreenTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.fixed is not None:
             self.trained = self.fixed
+        if self.state.global_step == 0 and not self.state.records:
+            # A fresh run: dropout and every other random draw follow --seed, not whatever the
+            # process did before (a resumed run gets its RNG states from the checkpoint instead).
+            seed_all_rngs(cfg.seed)
         previous_handlers = self._install_signal_handlers()
         self._notify("on_train_start")
         try:
@@ -615,6 +620,13 @@ class GreenTrainer:
         self.state.extra = {}
         self.checkpoint()
         return self.stop_signal is None
+
+
+def seed_all_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device's too) from ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _known_rho_values(source: RhoSource) -> list[float]:

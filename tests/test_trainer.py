@@ -219,3 +219,19 @@ def test_a_plain_resume_keeps_the_checkpoint_lr(tmp_path, tokenizer, task):
     resumed = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
     resumed.resume(tmp_path / "run")
     assert resumed.optimizer.param_groups[0]["lr"] == lr_saved and resumed.resume_note is None
+
+
+def test_same_seed_same_numbers_with_dropout_whatever_ran_before(tmp_path, tokenizer, task):
+    def run(seed: int, noise_before: int) -> list[float]:
+        model = tiny_model("gpt2", vocab_size=len(tokenizer), hidden=32, layers=1)  # GPT-2 keeps dropout 0.1
+        assert model.config.resid_pdrop > 0
+        torch.manual_seed(noise_before)  # the process's RNG state before training differs between runs
+        config = TrainConfig(
+            epochs=1, lr=1e-3, batch_size=4, importance_batches=1, max_input_length=32, max_target_length=12,
+            output_dir=tmp_path / f"run-{seed}-{noise_before}", progress=False, save_final=False, rho=0.8, seed=seed,
+        )
+        records = GreenTrainer(model, tokenizer, task[0], task[1], config).train()
+        return [records[0].train_loss, records[0].val_loss]
+
+    assert run(0, noise_before=1) == run(0, noise_before=2)
+    assert run(0, noise_before=1) != run(3, noise_before=1)
