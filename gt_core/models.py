@@ -88,9 +88,21 @@ def local_model_dir(model: str) -> str | None:
         if _looks_like_path(model):
             raise ModelLoadError(f"model {model!r}: no such directory")
         return None
+    if adapter_base_dir(expanded) is not None:
+        return expanded
     if not os.path.isfile(os.path.join(expanded, "config.json")):
         raise ModelLoadError(f"model {model!r}: not a model directory (no config.json)")
     return expanded
+
+
+def adapter_base_dir(directory: str) -> str | None:
+    """The base model directory of a saved prefix-tuning run (adapter in ``directory``, base in
+    ``directory/base-model``, see :func:`gt_core.schemes.save_adapted_model`); None otherwise."""
+    from gt_core.schemes import BASE_MODEL_DIR
+
+    base = os.path.join(directory, BASE_MODEL_DIR)
+    has_adapter = os.path.isfile(os.path.join(directory, "adapter_config.json"))
+    return base if has_adapter and os.path.isfile(os.path.join(base, "config.json")) else None
 
 
 def load_model_and_tokenizer(
@@ -118,6 +130,7 @@ def load_config(model: str) -> Any:
     import transformers as tf
 
     name = local_model_dir(model) or model
+    name = adapter_base_dir(name) or name
     try:
         return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
     except (OSError, ValueError, KeyError) as exc:
@@ -133,6 +146,7 @@ def _load_pretrained(
     local_only = _offline()
     config = load_config(name)
     name = os.path.expanduser(name)
+    adapter_dir, name = (name, base) if (base := adapter_base_dir(name)) is not None else (None, name)
     auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
     kwargs: dict = {"config": config, "local_files_only": local_only}
     if attn_implementation is not None:
@@ -147,4 +161,11 @@ def _load_pretrained(
         raise ModelLoadError(f"model {name!r} could not be loaded: {_one_line(exc)}") from exc
     if vocab_size is not None:
         loaded.resize_token_embeddings(vocab_size)
+    if adapter_dir is not None:
+        import peft
+
+        try:
+            loaded = peft.PeftModel.from_pretrained(loaded, adapter_dir)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"adapter in {adapter_dir!r} could not be loaded: {_one_line(exc)}") from exc
     return loaded

@@ -553,7 +553,10 @@ class GreenTrainer:
         if not self.config.progress:
             hf_logging.disable_progress_bar()
         try:
-            self.model.save_pretrained(final)
+            if schemes.is_adapted(self.model):
+                schemes.save_adapted_model(self.model, final)
+            else:
+                self.model.save_pretrained(final)
             self.tokenizer.save_pretrained(final)
         finally:
             if bars_were_on:
