@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli_support.typer_app import run_app
-from gt_core.commands import evaluate_cmd, profile_cmd, select_cmd, train_cmd
+from gt_core.commands import evaluate_cmd, profile_cmd, select_cmd, show_cmd, train_cmd
 
 app = typer.Typer(
     name="greentrainer",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd):
+for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd, show_cmd):
     _module.register(app)
 
 

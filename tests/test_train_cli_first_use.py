@@ -117,3 +117,33 @@ def test_a_model_directory_without_a_tokenizer_says_so(tmp_path, command):
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: no tokenizer in {model_dir} (none of tokenizer.json"), result.output
+
+
+def test_banner_and_show_tell_what_was_trained(tmp_path):
+    out = tmp_path / "run"
+    result = _run([*BASE, "--rho", "0.8", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    banner = result.output.splitlines()[0]
+    assert banner.startswith("train: tiny opt (") and "M parameters) on cpu, fp32" in banner, banner
+    assert "8 training / 1 validation examples; scheme green, rho 0.8; 2 epochs" in banner, banner
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    shown = _run(["show", str(out)])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == f"run {out}: tiny opt, scheme green, 2 epochs planned"
+    for record in records:
+        head = f"epoch {record['epoch'] + 1}: green, rho 0.80 -> {record['rho_effective']:.3f}, {record['tensors_selected']} tensors"
+        at = next(i for i, line in enumerate(lines) if line.startswith(head))
+        assert lines[at + 1 : at + 1 + len(record["selected"])] == [f"  {name}" for name in record["selected"]]
+
+    missing = _run(["show", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and missing.output.count("\n") == 1 and "no such directory" in missing.output
+
+
+def test_select_prints_the_parameter_share_of_each_selected_tensor():
+    result = _run(["select", "--tiny", "opt", "--rho", "0.6"])
+    assert result.exit_code == 0, result.output
+    head, *names = result.output.splitlines()
+    assert "% of parameters" in head
+    assert all(line.endswith("% of parameters)") for line in names if line.startswith("  "))

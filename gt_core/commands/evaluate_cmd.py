@@ -61,6 +61,10 @@ def evaluate(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     metric: str = typer.Option("rouge", "--metric", help="rouge or exact_match."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    save_predictions: Optional[Path] = typer.Option(
+        None, "--save-predictions", help="Write each example's source, reference and generated prediction to this .jsonl file."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on stderr while generating."),
 ) -> None:
     """Generate summaries with beam search and report ROUGE (or exact match) and validation loss."""
     from gt_core.evaluate import METRICS
@@ -68,17 +72,23 @@ def evaluate(
     try:
         if metric not in METRICS:
             raise _UsageError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if save_predictions is not None and not save_predictions.parent.is_dir():
+            raise _UsageError(f"--save-predictions {save_predictions}: directory {save_predictions.parent} does not exist")
         examples = _examples(data, source_field, target_field, split, limit)
         loaded_model, tokenizer = _load(model, checkpoint, tiny)
     except _UsageError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
 
-    from gt_core.evaluate import evaluate_model
+    from gt_core.evaluate import evaluate_model, save_predictions as write_predictions
 
     result = evaluate_model(
         loaded_model, tokenizer, examples, metric=metric, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        include_predictions=save_predictions is not None, progress=progress,
     )
+    if save_predictions is not None:
+        written = write_predictions(save_predictions, examples, result.pop("predictions"))
+        typer.echo(f"{written} predictions written to {save_predictions}", err=True)
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
         return

@@ -199,6 +199,8 @@ def train(
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
     output_dir, rho_from = Path(opts["output_dir"]), opts["rho_from"]
+    if getattr(trainer, "rank", 0) == 0:
+        typer.echo(_banner(trainer, opts))
     epochs_before = trainer.state.epoch
     records = trainer.train()
     epochs_this_run = trainer.state.epoch - epochs_before
@@ -217,6 +219,27 @@ def train(
         f"({sum(r.flops_forward + r.flops_backward for r in records) / max(sum(r.flops_full for r in records), 1):.3f} of full); "
         f"model in {output_dir / 'final'}"
         + (_daemon_job_summary(trainer.rho_source, epochs_this_run) if rho_from is not None else "")
+    )
+
+
+def _rho_source_text(trainer: Any, opts: dict[str, Any]) -> str:
+    source = trainer.rho_source
+    if opts["rho_from"] is not None:
+        return f"rho from the daemon at {source.socket_path} (fallback {source.default_rho:.2f})"
+    if opts["rho_schedule"] is not None:
+        return f"rho schedule {opts['rho_schedule']} ({', '.join(f'{v:g}' for v in source.values)})"
+    return f"rho {trainer.config.rho:g}"
+
+
+def _banner(trainer: Any, opts: dict[str, Any]) -> str:
+    """The start-up line: what trains, where, on what, under which budget."""
+    model = opts["model"] or f"tiny {opts['tiny']}"
+    validation = len(trainer.val_set) if trainer.val_set is not None else 0
+    resumed = f", resuming at epoch {trainer.state.epoch + 1}" if opts["resume"] is not None else ""
+    return (
+        f"train: {model} ({trainer.total_params / 1e6:.2f} M parameters) on {trainer.device}, {trainer.config.precision}; "
+        f"{len(trainer.train_set)} training / {validation} validation examples; scheme {trainer.config.scheme}, "
+        f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs{resumed}"
     )
 
 
