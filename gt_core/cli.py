@@ -13,6 +13,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: rich's boxed tables cut long option names ("--max-input-len…") at 80 columns.
+    rich_markup_mode=None,
 )
 
 for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd, show_cmd):

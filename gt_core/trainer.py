@@ -577,7 +577,7 @@ class GreenTrainer:
         started = time.perf_counter() - self.state.extra.get("wall_s", 0.0)
         self.peak_memory.reset()
         bar = tqdm(
-            total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch} ({epoch + 1} of {cfg.epochs})",
             disable=not (cfg.progress and self.is_main_process), leave=False, dynamic_ncols=True,
         )
         try:
@@ -644,7 +644,7 @@ def format_epoch_record(r: EpochRecord) -> str:
     rho = "-" if r.rho_asked is None else f"{r.rho_asked:.2f}"
     val = "-" if r.val_loss is None else f"{r.val_loss:.4f}"
     return (
-        f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}  val loss {val}  rho {rho} -> {r.rho_effective:.3f}  "
+        f"epoch {r.epoch}: train loss {r.train_loss:.4f}  val loss {val}  rho {rho} -> {r.rho_effective:.3f}  "
         f"tensors {r.tensors_selected} ({100 * r.param_share_selected:.1f}% params)  "
         f"{(r.flops_forward + r.flops_backward) / 1e12:.4f} TFLOPs  {r.wall_s:.1f} s "
         f"(importance {r.importance_s:.2f} s, DP {r.dp_s:.2f} s)"

@@ -125,7 +125,7 @@ def test_banner_and_show_tell_what_was_trained(tmp_path):
     assert result.exit_code == 0, result.output
     banner = result.output.splitlines()[0]
     assert banner.startswith("train: tiny opt (") and "M parameters) on cpu, fp32" in banner, banner
-    assert "8 training / 1 validation examples; scheme green, rho 0.8; 2 epochs" in banner, banner
+    assert "8 training / 1 validation examples; scheme green, rho 0.8; 2 epochs (numbered from 0)" in banner, banner
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     shown = _run(["show", str(out)])
@@ -133,7 +133,7 @@ def test_banner_and_show_tell_what_was_trained(tmp_path):
     lines = shown.output.splitlines()
     assert lines[0] == f"run {out}: tiny opt, scheme green, 2 epochs planned"
     for record in records:
-        head = f"epoch {record['epoch'] + 1}: green, rho 0.80 -> {record['rho_effective']:.3f}, {record['tensors_selected']} tensors"
+        head = f"epoch {record['epoch']}: green, rho 0.80 -> {record['rho_effective']:.3f}, {record['tensors_selected']} tensors"
         at = next(i for i, line in enumerate(lines) if line.startswith(head))
         assert lines[at + 1 : at + 1 + len(record["selected"])] == [f"  {name}" for name in record["selected"]]
 
@@ -147,3 +147,24 @@ def test_select_prints_the_parameter_share_of_each_selected_tensor():
     head, *names = result.output.splitlines()
     assert "% of parameters" in head
     assert all(line.endswith("% of parameters)") for line in names if line.startswith("  "))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "select", "profile", "show"])
+def test_help_shows_every_option_name_in_full_at_80_columns(command):
+    import typer.main
+
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    params = typer.main.get_command(app).commands[command].params
+    names = [name for p in params for name in (*p.opts, *p.secondary_opts) if name.startswith("--")]
+    assert names and all(name in result.output for name in names), [n for n in names if n not in result.output]
+    assert "…" not in result.output
+
+
+def test_console_and_metrics_number_epochs_alike(tmp_path):
+    out = tmp_path / "run"
+    result = _run([*BASE, "--rho", "0.8", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    numbers = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    console = [line.split(":")[0] for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert console == [f"epoch {n}" for n in numbers] == ["epoch 0", "epoch 1"]

@@ -34,7 +34,7 @@ def read_epoch_records(run_dir: Path) -> list[dict[str, Any]]:
 def _epoch_lines(record: dict[str, Any], with_names: bool) -> list[str]:
     rho = record.get("rho_asked")
     head = (
-        f"epoch {record['epoch'] + 1}: {record.get('scheme', '?')}, rho {'-' if rho is None else f'{rho:.2f}'}"
+        f"epoch {record['epoch']}: {record.get('scheme', '?')}, rho {'-' if rho is None else f'{rho:.2f}'}"
         f" -> {record.get('rho_effective', float('nan')):.3f}, {record.get('tensors_selected', 0)} tensors"
         f" ({100 * record.get('param_share_selected', 0.0):.1f}% of parameters)"
     )

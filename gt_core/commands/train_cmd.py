@@ -235,11 +235,11 @@ def _banner(trainer: Any, opts: dict[str, Any]) -> str:
     """The start-up line: what trains, where, on what, under which budget."""
     model = opts["model"] or f"tiny {opts['tiny']}"
     validation = len(trainer.val_set) if trainer.val_set is not None else 0
-    resumed = f", resuming at epoch {trainer.state.epoch + 1}" if opts["resume"] is not None else ""
+    resumed = f", resuming at epoch {trainer.state.epoch}" if opts["resume"] is not None else ""
     return (
         f"train: {model} ({trainer.total_params / 1e6:.2f} M parameters) on {trainer.device}, {trainer.config.precision}; "
         f"{len(trainer.train_set)} training / {validation} validation examples; scheme {trainer.config.scheme}, "
-        f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs{resumed}"
+        f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs (numbered from 0){resumed}"
     )
 
 
