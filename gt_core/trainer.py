@@ -616,7 +616,9 @@ class GreenTrainer:
         self.metrics.write(asdict(record))
         self._notify("on_epoch_end", record)
         if cfg.print_epoch_summary and self.is_main_process:
-            tqdm.write(format_epoch_record(record))
+            line = format_epoch_record(record)
+            describe = getattr(self.rho_source, "describe_epoch", None)  # e.g. the daemon's energy and carbon
+            tqdm.write(f"{line}  {describe(epoch)}" if callable(describe) else line)
         self.state.records.append(asdict(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0

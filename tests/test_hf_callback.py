@@ -107,3 +107,12 @@ def test_ddp_settings_follow_the_trainers_rule_when_not_attached(tmp_path):
     assert settings(ddp_find_unused_parameters=True, ddp_static_graph=True) == (True, True)
     assert settings(ddp_find_unused_parameters=False) == (False, False)
     assert settings(activation_checkpointing=True) == (False, False)  # unset + checkpointing: the Trainer says False
+
+
+def test_train_end_gives_the_model_back_with_the_users_requires_grad_flags(tmp_path):
+    trainer, green, snaps, model = _setup(tmp_path, attach=False)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(before.values())
+    trainer.train()
+    assert any(len(trainable) < len(before) for _, trainable in snaps.starts)  # the callback did freeze tensors
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before

@@ -168,3 +168,14 @@ def test_console_and_metrics_number_epochs_alike(tmp_path):
     numbers = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     console = [line.split(":")[0] for line in result.output.splitlines() if line.startswith("epoch ")]
     assert console == [f"epoch {n}" for n in numbers] == ["epoch 0", "epoch 1"]
+
+
+def test_a_rho_schedule_shorter_than_the_run_says_which_epochs_reuse_its_last_value(tmp_path):
+    schedule = tmp_path / "rho.txt"
+    schedule.write_text("0.9\n")
+    result = _run([*BASE, "--epochs", "3", "--rho-schedule", str(schedule), "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: --rho-schedule {schedule} has 1 value for 3 epochs: epochs 1-2 reuse its last value 0.9" in result.output
+    schedule.write_text("0.9\n0.8\n0.8\n")
+    exact = _run([*BASE, "--epochs", "3", "--rho-schedule", str(schedule), "--output-dir", str(tmp_path / "run2")])
+    assert exact.exit_code == 0 and "warning" not in exact.output, exact.output

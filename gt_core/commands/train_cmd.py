@@ -322,6 +322,14 @@ def _build_trainer(**opts: Any) -> Any:
     elif opts["rho_schedule"] is not None:
         rho_source = ScheduleRho.from_file(opts["rho_schedule"])
         rho = rho_source.values[0]
+        count, epochs = len(rho_source.values), opts["epochs"]
+        if count < epochs:
+            later = f"epoch {count}" if count == epochs - 1 else f"epochs {count}-{epochs - 1}"
+            typer.echo(
+                f"warning: --rho-schedule {opts['rho_schedule']} has {count} value{'s' if count > 1 else ''} for "
+                f"{epochs} epochs: {later} reuse its last value {rho_source.values[-1]:g}",
+                err=True,
+            )
     else:
         rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = ConstantRho(rho)
