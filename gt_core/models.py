@@ -129,12 +129,13 @@ def load_config(model: str) -> Any:
     """
     import transformers as tf
 
-    name = local_model_dir(model) or model
-    name = adapter_base_dir(name) or name
+    local = local_model_dir(model)
+    name = (adapter_base_dir(local) or local) if local is not None else model
     try:
         return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"model {model!r} not found: {_one_line(exc)}") from exc
+        where = "" if local is not None else "no such directory, and on the Hugging Face hub: "
+        raise ModelLoadError(f"model {model!r} not found: {where}{_one_line(exc)}") from exc
 
 
 def _load_pretrained(

@@ -651,4 +651,5 @@ def format_epoch_record(r: EpochRecord) -> str:
         f"{(r.flops_forward + r.flops_backward) / 1e12:.4f} TFLOPs  {r.wall_s:.1f} s "
         f"(importance {r.importance_s:.2f} s, DP {r.dp_s:.2f} s)"
         + ("  [daemon unreachable: fallback rho]" if r.rho_source == "daemon-fallback" else "")
+        + (f"  [selection fallback: {r.fallback}]" if r.fallback else "")
     )

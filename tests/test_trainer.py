@@ -235,3 +235,19 @@ def test_same_seed_same_numbers_with_dropout_whatever_ran_before(tmp_path, token
 
     assert run(0, noise_before=1) == run(0, noise_before=2)
     assert run(0, noise_before=1) != run(3, noise_before=1)
+
+
+def test_epoch_line_reports_a_selection_fallback_and_a_daemon_fallback():
+    from gt_core.trainer import format_epoch_record
+    from gt_core.training_types import EpochRecord
+
+    record = EpochRecord(
+        epoch=0, scheme="green", rho_asked=0.5, rho_effective=0.49, tensors_selected=1, param_share_selected=0.0,
+        flops_forward=1.0, flops_backward=1.0, flops_full=4.0, wall_s=1.0, importance_s=0.1, dp_s=0.0,
+        train_loss=1.0, val_loss=None, steps=1, selections=1, rho_source="daemon-fallback",
+        fallback="no tensor had positive finite importance",
+    )
+    line = format_epoch_record(record)
+    assert line.startswith("epoch 0: ")
+    assert "[daemon unreachable: fallback rho]" in line
+    assert "[selection fallback: no tensor had positive finite importance]" in line
