@@ -277,19 +277,20 @@ def reports_from_json(text: str, source: str) -> list[JobReport]:
         jobs = data["jobs"]
         reports = []
         for job in jobs:
+            job = _unix_times(job)
             nodes = []
             for node in job["nodes"]:
-                fields = {**_known(NodeReport, node), "source": source}
-                fields["epochs"] = [EpochRow(**_known(EpochRow, e)) for e in node["epochs"]]
+                fields = {**_known(NodeReport, _unix_times(node)), "source": source}
+                fields["epochs"] = [EpochRow(**_known(EpochRow, _unix_times(e))) for e in node["epochs"]]
                 nodes.append(NodeReport(**fields))
-            epochs = [EpochRow(**_known(EpochRow, e)) for e in job["epochs"]]
+            epochs = [EpochRow(**_known(EpochRow, _unix_times(e))) for e in job["epochs"]]
             reports.append(JobReport(
                 job["job_id"], job["model"], job["scheme"], job["status"], job["started_at"], job["ended_at"],
                 epochs=epochs, nodes=nodes,
             ))
     except json.JSONDecodeError as exc:
         raise ReportMergeError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ReportMergeError(
             f"{source}: not a carbonsched JSON report (from `carbonsched report --format json`): missing or bad field {exc}"
         ) from None
@@ -414,24 +415,58 @@ TOTAL_FIELDS = ("duration_s", "flops", "flops_full", "energy_kwh", "carbon_g", "
 NODE_TOTAL_FIELDS = ("duration_s", "energy_kwh", "carbon_g", "saved_kwh", "saved_g")
 
 
+def iso_utc(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC (``2026-01-02T03:04:05.678901Z``); None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _with_iso_times(row: dict[str, Any]) -> dict[str, Any]:
+    """``*_at`` fields as ISO 8601 UTC, each followed by ``*_at_s`` with the Unix seconds."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key.endswith("_at") and (value is None or isinstance(value, (int, float))):
+            out[key], out[f"{key}_s"] = iso_utc(value), value
+        else:
+            out[key] = value
+    return out
+
+
+def _unix_times(row: dict[str, Any]) -> dict[str, Any]:
+    """Back from :func:`_with_iso_times` (reports written before it carry Unix seconds in ``*_at``)."""
+    out = {k: v for k, v in row.items() if not (k.endswith("_at_s") and k[:-2] in row)}
+    for key in [k for k in out if k.endswith("_at")]:
+        if f"{key}_s" in row:
+            out[key] = row[f"{key}_s"]
+        elif isinstance(out[key], str):
+            out[key] = datetime.fromisoformat(out[key].replace("Z", "+00:00")).timestamp()
+    return out
+
+
 def to_json(reports: Sequence[JobReport]) -> str:
     """Jobs with merged epochs and totals, and under ``nodes`` each node's own epochs and totals
-    (so several nodes' JSON reports can be merged again by :func:`reports_from_json`)."""
+    (so several nodes' JSON reports can be merged again by :func:`reports_from_json`).
+    Timestamps are ISO 8601 UTC (``started_at``), with the Unix seconds beside them (``started_at_s``)."""
     out = []
     for r in reports:
         job = {k: v for k, v in asdict(r).items() if k not in ("epochs", "nodes")}
         totals = {name: r.total(name) for name in TOTAL_FIELDS}
         nodes = [
-            {**{k: v for k, v in asdict(n).items() if k not in ("epochs", "source")},
+            {**_with_iso_times({k: v for k, v in asdict(n).items() if k not in ("epochs", "source")}),
              "totals": {name: n.total(name) for name in NODE_TOTAL_FIELDS},
-             "epochs": [asdict(e) for e in n.epochs]}
+             "epochs": [_with_iso_times(asdict(e)) for e in n.epochs]}
             for n in r.nodes
         ]
-        out.append({**job, "totals": totals, "epochs": [asdict(e) for e in r.epochs], "nodes": nodes})
+        out.append({**_with_iso_times(job), "totals": totals, "epochs": [_with_iso_times(asdict(e)) for e in r.epochs],
+                    "nodes": nodes})
     return json.dumps({"jobs": out}, indent=2)
 
 
-CSV_FIELDS = ("model", "scheme", "nodes", *EpochRow.__dataclass_fields__)
+CSV_FIELDS = tuple(
+    field for name in ("model", "scheme", "nodes", *EpochRow.__dataclass_fields__)
+    for field in ((name, f"{name}_s") if name.endswith("_at") else (name,))
+)
 
 
 def to_csv(reports: Sequence[JobReport]) -> str:
@@ -442,7 +477,7 @@ def to_csv(reports: Sequence[JobReport]) -> str:
     for r in reports:
         nodes = ";".join(n.node for n in r.nodes)
         for e in r.epochs:
-            writer.writerow({"model": r.model, "scheme": r.scheme, "nodes": nodes, **asdict(e)})
+            writer.writerow({"model": r.model, "scheme": r.scheme, "nodes": nodes, **_with_iso_times(asdict(e))})
     return buffer.getvalue()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli_support.typer_app import run_app
-from gt_core.commands import evaluate_cmd, profile_cmd, select_cmd, train_cmd
+from gt_core.commands import evaluate_cmd, profile_cmd, select_cmd, show_cmd, train_cmd
 
 app = typer.Typer(
     name="greentrainer",
@@ -13,9 +13,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: rich's boxed tables cut long option names ("--max-input-len…") at 80 columns.
+    rich_markup_mode=None,
 )
 
-for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd):
+for _module in (profile_cmd, select_cmd, train_cmd, evaluate_cmd, show_cmd):
     _module.register(app)
 
 

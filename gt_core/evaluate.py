@@ -51,9 +51,13 @@ def generate_predictions(
     max_new_tokens: int = 64,
     batch_size: int = 8,
     max_input_length: int = 512,
+    progress: bool = False,
 ) -> list[str]:
     """Summaries by beam search, one per example, in order. Decoder-only prompts are left-padded
-    and only the newly generated tokens are decoded."""
+    and only the newly generated tokens are decoded. ``progress`` shows a bar of examples done
+    on stderr."""
+    from tqdm.auto import tqdm
+
     budget = _prompt_budget(model, max_input_length, max_new_tokens, encoder_decoder)
     prompts = PromptDataset(examples, tokenizer, encoder_decoder=encoder_decoder, max_input_length=budget)
     pad_id = _pad_id(tokenizer)
@@ -61,6 +65,7 @@ def generate_predictions(
     model.eval()
     predictions: list[str] = []
     device = next(model.parameters()).device
+    bar = tqdm(total=len(examples), desc="generating", unit="example", disable=not progress, leave=False, dynamic_ncols=True)
     try:
         with torch.no_grad():
             for batch in prompt_batches(prompts, batch_size, pad_id):
@@ -76,7 +81,9 @@ def generate_predictions(
                 new_tokens = output if encoder_decoder else output[:, batch["input_ids"].shape[1]:]
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 predictions.extend(text.strip() for text in texts)
+                bar.update(len(texts))
     finally:
+        bar.close()
         model.train(was_training)
     return predictions
 
@@ -155,11 +162,12 @@ def evaluate_model(
     max_input_length: int = 512,
     max_target_length: int = 64,
     include_predictions: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score generated summaries with ``metric`` and add ``val_loss`` and ``n_examples``.
 
     ``encoder_decoder`` defaults to the model config. With ``include_predictions`` the result
-    also holds the generated texts under ``predictions``.
+    also holds the generated texts under ``predictions``. ``progress``: a bar while generating.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -169,7 +177,7 @@ def evaluate_model(
         encoder_decoder = is_encoder_decoder(model)
     predictions = generate_predictions(
         model, tokenizer, examples, encoder_decoder=encoder_decoder, num_beams=num_beams,
-        max_new_tokens=max_new_tokens, batch_size=batch_size, max_input_length=max_input_length,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, max_input_length=max_input_length, progress=progress,
     )
     references = [example.target for example in examples]
     result: dict[str, Any] = (
@@ -186,3 +194,15 @@ def evaluate_model(
     if include_predictions:
         result["predictions"] = predictions
     return result
+
+
+def save_predictions(path: Any, examples: Sequence[Example], predictions: Sequence[str]) -> int:
+    """Write one JSON line per example: ``source``, ``reference`` and ``prediction``; returns the count."""
+    import json
+
+    _check_pairs(predictions, [example.target for example in examples])
+    with open(path, "w", encoding="utf-8") as out:
+        for example, prediction in zip(examples, predictions):
+            row = {"source": example.source, "reference": example.target, "prediction": prediction}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(predictions)

@@ -71,6 +71,56 @@ def _load_tiny(
         raise ModelLoadError(f"cannot build tiny {arch!r}: {_one_line(exc)}") from exc
 
 
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else with a slash is a path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") >= 2 or name.endswith("/")
+
+
+def local_model_dir(model: str) -> str | None:
+    """The local model directory ``model`` names, checked; None for a hub name.
+
+    Raises :class:`ModelLoadError` (one line) when ``model`` is a path but no directory, or a
+    directory without ``config.json``."""
+    expanded = os.path.expanduser(model)
+    if not os.path.isdir(expanded):
+        if os.path.exists(expanded):
+            raise ModelLoadError(f"model {model!r}: not a directory")
+        if _looks_like_path(model):
+            raise ModelLoadError(f"model {model!r}: no such directory")
+        return None
+    if adapter_base_dir(expanded) is not None:
+        return expanded
+    if not os.path.isfile(os.path.join(expanded, "config.json")):
+        raise ModelLoadError(f"model {model!r}: not a model directory (no config.json)")
+    return expanded
+
+
+def adapter_base_dir(directory: str) -> str | None:
+    """The base model directory of a saved prefix-tuning run (adapter in ``directory``, base in
+    ``directory/base-model``, see :func:`gt_core.schemes.save_adapted_model`); None otherwise."""
+    from gt_core.schemes import BASE_MODEL_DIR
+
+    base = os.path.join(directory, BASE_MODEL_DIR)
+    has_adapter = os.path.isfile(os.path.join(directory, "adapter_config.json"))
+    return base if has_adapter and os.path.isfile(os.path.join(base, "config.json")) else None
+
+
+def load_model_and_tokenizer(
+    model: str, *, torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """A pretrained model and its tokenizer, checked in the order a user can fix them: the
+    directory (or hub name), then the tokenizer, then the weights. Every failure is one
+    :class:`ModelLoadError` line."""
+    from gt_core.tokenizer import TokenizerLoadError, load_tokenizer
+
+    load_config(model)
+    try:
+        tokenizer = load_tokenizer(os.path.expanduser(model), tiny=False)
+    except TokenizerLoadError as exc:
+        raise ModelLoadError(str(exc)) from None
+    return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
+
+
 def load_config(model: str) -> Any:
     """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
 
@@ -79,15 +129,13 @@ def load_config(model: str) -> Any:
     """
     import transformers as tf
 
-    name = model
-    if os.path.isabs(name) or name.startswith((".", "~")):
-        if not os.path.isdir(os.path.expanduser(name)):
-            raise ModelLoadError(f"model {name!r} not found: no such directory")
-        name = os.path.expanduser(name)
+    local = local_model_dir(model)
+    name = (adapter_base_dir(local) or local) if local is not None else model
     try:
         return tf.AutoConfig.from_pretrained(name, local_files_only=_offline())
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"model {model!r} not found: {_one_line(exc)}") from exc
+        where = "" if local is not None else "no such directory, and on the Hugging Face hub: "
+        raise ModelLoadError(f"model {model!r} not found: {where}{_one_line(exc)}") from exc
 
 
 def _load_pretrained(
@@ -99,6 +147,7 @@ def _load_pretrained(
     local_only = _offline()
     config = load_config(name)
     name = os.path.expanduser(name)
+    adapter_dir, name = (name, base) if (base := adapter_base_dir(name)) is not None else (None, name)
     auto = tf.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else tf.AutoModelForCausalLM
     kwargs: dict = {"config": config, "local_files_only": local_only}
     if attn_implementation is not None:
@@ -113,4 +162,11 @@ def _load_pretrained(
         raise ModelLoadError(f"model {name!r} could not be loaded: {_one_line(exc)}") from exc
     if vocab_size is not None:
         loaded.resize_token_embeddings(vocab_size)
+    if adapter_dir is not None:
+        import peft
+
+        try:
+            loaded = peft.PeftModel.from_pretrained(loaded, adapter_dir)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"adapter in {adapter_dir!r} could not be loaded: {_one_line(exc)}") from exc
     return loaded

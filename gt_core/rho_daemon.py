@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gt_core.rho_daemon")
 
+J_PER_KWH = 3.6e6
+
 # Per-epoch values sent as extra fields of epoch.end (the daemon keeps them with the epoch).
 _EXTRA_FIELDS = ("tensors_selected", "param_share_selected", "steps", "selections", "importance_s", "dp_s", "rho_source")
 
@@ -187,6 +189,17 @@ class DaemonRhoSource(TrainerCallback):
         self.registered = reply is not None
         return self.registered
 
+    def probe(self) -> str | None:
+        """Ask the daemon for a ``ping`` without registering the job: None when it answers, else
+        why not (one line)."""
+        try:
+            self.client.call("ping")
+        except DaemonUnavailable as exc:
+            return str(exc).splitlines()[0] if str(exc) else "no answer"
+        except DaemonRequestError as exc:
+            return f"{exc.code}: {exc.message}"
+        return None
+
     # -- RhoSource -----------------------------------------------------------------------------
 
     def backing_off(self) -> float:
@@ -273,6 +286,20 @@ class DaemonRhoSource(TrainerCallback):
         if reply is not None:
             self.epoch_reports[epoch] = reply
         return reply
+
+    def describe_epoch(self, epoch: int) -> str:
+        """What the daemon recorded for ``epoch``, for the console line: mean grid intensity
+        (gCO2e/kWh), energy (kWh) and carbon (gCO2e), or that it recorded nothing."""
+        reply = self.epoch_reports.get(epoch)
+        if reply is None:
+            return "[not recorded by carbonsched]"
+        intensity = _finite(reply.get("mean_intensity_g_per_kwh"))
+        energy_j, carbon_g = _finite(reply.get("energy_j")), _finite(reply.get("carbon_g"))
+        return (
+            f"grid {'-' if intensity is None else f'{intensity:.0f}'} gCO2e/kWh, "
+            f"{'-' if energy_j is None else f'{energy_j / J_PER_KWH:.3g}'} kWh, "
+            f"{'-' if carbon_g is None else f'{carbon_g:.3g}'} gCO2e"
+        )
 
     def end_job(self, status: TrainStatus) -> None:
         """``job.end`` with ``status``; closes the connection (a later exchange opens a new one)."""

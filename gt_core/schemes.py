@@ -292,3 +292,44 @@ def set_trainable(model: torch.nn.Module, names: Iterable[str]) -> None:
         p.requires_grad_(False)
     for name in wanted:
         by_name[name].requires_grad_(True)
+
+
+# ----------------------------------------------------------------------------- saving adapted models
+
+BASE_MODEL_DIR = "base-model"  # under a prefix run's final/: the frozen base the adapter attaches to
+
+
+def is_adapted(model: torch.nn.Module) -> bool:
+    """True for a model wrapped by peft (the lora and prefix schemes)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def save_adapted_model(model: Any, directory: Any) -> str:
+    """Save a peft-wrapped model so that it loads as a whole; returns what was saved.
+
+    LoRA: the merged weights, a plain model directory (``save_pretrained`` layout); the model is
+    unmerged again afterwards, so training state is unchanged. Prefix tuning cannot be merged:
+    the adapter goes into ``directory`` and the frozen base model into ``directory/base-model``,
+    which :func:`gt_core.models.load_model` joins again.
+    """
+    from pathlib import Path
+
+    import peft
+
+    directory = Path(directory)
+    base = model.get_base_model()
+    if model.peft_config[model.active_adapter].peft_type == peft.PeftType.LORA:
+        model.merge_adapter()
+        try:
+            merged = {
+                key.replace(".base_layer.", "."): tensor
+                for key, tensor in base.state_dict().items()
+                if ".lora_" not in key
+            }
+            base.save_pretrained(directory, state_dict=merged)
+        finally:
+            model.unmerge_adapter()
+        return "merged LoRA weights"
+    model.save_pretrained(directory)
+    base.save_pretrained(directory / BASE_MODEL_DIR)
+    return f"prefix adapter + base model in {BASE_MODEL_DIR}/"

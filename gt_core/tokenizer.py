@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Iterable
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+# A local directory holding none of these has no tokenizer AutoTokenizer could load.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+class TokenizerLoadError(ValueError):
+    """A pretrained tokenizer could not be loaded; the message is one line."""
+
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3, matching the tiny model configs
@@ -66,7 +78,13 @@ def load_tokenizer(name_or_path: str | None, *, tiny: bool) -> PreTrainedTokeniz
         return build_tokenizer()
     if name_or_path is None:
         raise ValueError("a model name or path is needed to load a pretrained tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if os.path.isdir(name_or_path) and not any(os.path.isfile(os.path.join(name_or_path, f)) for f in TOKENIZER_FILES):
+        raise TokenizerLoadError(f"no tokenizer in {name_or_path} (none of {', '.join(TOKENIZER_FILES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise TokenizerLoadError(f"cannot load the tokenizer of {name_or_path}: {lines[0] if lines else type(exc).__name__}") from None
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         # GPT-2-style tokenizers ship without a pad token; padding positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token

@@ -8,6 +8,7 @@ epochs. Baseline schemes (full, top-k, LoRA, prefix) run through the same loop w
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -254,6 +255,7 @@ class GreenTrainer:
         self.skipped_steps = 0  # optimizer steps the fp16 scaler skipped, this epoch
         self.trained: TrainedTensors | None = None  # what trains now
         self.selection: GreenSelection | None = None  # the last green selection
+        self.resume_note: str | None = None  # set by resume when the lr schedule was recomputed
 
     @property
     def min_rho(self) -> float | None:
@@ -396,10 +398,30 @@ class GreenTrainer:
             raise FileNotFoundError(f"no checkpoint in {path}")
         self.frozen_state.restore_all()
         self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=getattr(self, "rank", 0))
+        self.resume_note = self._reapply_schedule()
         self.precision.load_state_dict(self.state.settings)
         if self.fixed is None and self.state.selections:
             self._restore_selection()
         self.metrics.keep_epochs_before(self.state.epoch)
+
+    def _reapply_schedule(self) -> str | None:
+        """Set each group's lr from this run's schedule at the restored step.
+
+        The checkpoint holds the lr of the run that wrote it; a run extended with more epochs
+        ended its schedule at lr 0, so the schedule is recomputed over the new total. Returns a
+        one-line note when the lr changed that way, else None (a plain resume keeps its lr)."""
+        step = self.scheduler.last_epoch
+        restored = [group["lr"] for group in self.optimizer.param_groups]
+        current = [base * factor(step) for base, factor in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, current):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(current)
+        if all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15) for a, b in zip(restored, current)):
+            return None
+        return (
+            f"{self.config.scheduler} lr schedule recomputed over {self.total_steps} steps ({self.config.epochs} epochs): "
+            f"lr at step {step} is {current[0]:.3g} (the checkpoint had {restored[0]:.3g})"
+        )
 
     def _batches(self, epoch: int) -> Iterator[list[dict[str, torch.Tensor]]]:
         """Optimizer-step groups of micro-batches, skipping those done before a resume."""
@@ -501,6 +523,10 @@ class GreenTrainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.fixed is not None:
             self.trained = self.fixed
+        if self.state.global_step == 0 and not self.state.records:
+            # A fresh run: dropout and every other random draw follow --seed, not whatever the
+            # process did before (a resumed run gets its RNG states from the checkpoint instead).
+            seed_all_rngs(cfg.seed)
         previous_handlers = self._install_signal_handlers()
         self._notify("on_train_start")
         try:
@@ -516,10 +542,25 @@ class GreenTrainer:
                 signal.signal(sig, handler)
         self._notify_end("interrupted" if self.interrupted else "completed")
         if not self.interrupted and cfg.save_final:
-            final = self.output_dir / "final"
-            self.model.save_pretrained(final)
-            self.tokenizer.save_pretrained(final)
+            self._save_final(self.output_dir / "final")
         return [EpochRecord(**r) for r in self.state.records]
+
+    def _save_final(self, final: Path) -> None:
+        """The trained model and its tokenizer in ``final`` (no progress bar under ``progress=False``)."""
+        from transformers.utils import logging as hf_logging
+
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        if not self.config.progress:
+            hf_logging.disable_progress_bar()
+        try:
+            if schemes.is_adapted(self.model):
+                schemes.save_adapted_model(self.model, final)
+            else:
+                self.model.save_pretrained(final)
+            self.tokenizer.save_pretrained(final)
+        finally:
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
 
     def _notify(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -536,7 +577,7 @@ class GreenTrainer:
         started = time.perf_counter() - self.state.extra.get("wall_s", 0.0)
         self.peak_memory.reset()
         bar = tqdm(
-            total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            total=self.steps_per_epoch, initial=self.state.step_in_epoch, desc=f"epoch {epoch} ({epoch + 1} of {cfg.epochs})",
             disable=not (cfg.progress and self.is_main_process), leave=False, dynamic_ncols=True,
         )
         try:
@@ -575,13 +616,22 @@ class GreenTrainer:
         self.metrics.write(asdict(record))
         self._notify("on_epoch_end", record)
         if cfg.print_epoch_summary and self.is_main_process:
-            tqdm.write(format_epoch_record(record))
+            line = format_epoch_record(record)
+            describe = getattr(self.rho_source, "describe_epoch", None)  # e.g. the daemon's energy and carbon
+            tqdm.write(f"{line}  {describe(epoch)}" if callable(describe) else line)
         self.state.records.append(asdict(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0
         self.state.extra = {}
         self.checkpoint()
         return self.stop_signal is None
+
+
+def seed_all_rngs(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every CUDA device's too) from ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _known_rho_values(source: RhoSource) -> list[float]:
@@ -596,8 +646,10 @@ def format_epoch_record(r: EpochRecord) -> str:
     rho = "-" if r.rho_asked is None else f"{r.rho_asked:.2f}"
     val = "-" if r.val_loss is None else f"{r.val_loss:.4f}"
     return (
-        f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}  val loss {val}  rho {rho} -> {r.rho_effective:.3f}  "
+        f"epoch {r.epoch}: train loss {r.train_loss:.4f}  val loss {val}  rho {rho} -> {r.rho_effective:.3f}  "
         f"tensors {r.tensors_selected} ({100 * r.param_share_selected:.1f}% params)  "
         f"{(r.flops_forward + r.flops_backward) / 1e12:.4f} TFLOPs  {r.wall_s:.1f} s "
         f"(importance {r.importance_s:.2f} s, DP {r.dp_s:.2f} s)"
+        + ("  [daemon unreachable: fallback rho]" if r.rho_source == "daemon-fallback" else "")
+        + (f"  [selection fallback: {r.fallback}]" if r.fallback else "")
     )

@@ -117,7 +117,7 @@ def test_cli_under_torchrun(tmp_path):
     run = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("done: 1 epochs") == 1  # rank 0 only
-    assert run.stdout.count("epoch 1: train loss") == 1
+    assert run.stdout.count("epoch 0: train loss") == 1
     assert (out / "final").is_dir() and (out / "checkpoint").is_dir()
     assert json.loads((out / "distributed.jsonl").read_text().splitlines()[0])["world_size"] == 2
 

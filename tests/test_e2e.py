@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,9 @@ def test_train_cli_reports_epochs_to_the_daemon_and_report_reads_them(tmp_path):
             )
             assert run.returncode == 0, run.stderr
             assert "unavailable" not in run.stderr
+            epoch_lines = [line for line in run.stdout.splitlines() if line.startswith("epoch ")]
+            assert len(epoch_lines) == 2, run.stdout
+            assert all(re.search(r"grid \d+ gCO2e/kWh, [0-9.e+-]+ kWh, [0-9.e+-]+ gCO2e$", line) for line in epoch_lines), run.stdout
         finally:
             assert daemon.stop() == 0
         state_dir = daemon.state_dir

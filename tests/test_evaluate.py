@@ -169,8 +169,8 @@ def test_cli_evaluates_a_checkpoint_on_a_file(checkpoint, task, tmp_path):
     (["--tiny", "opt", "--data", "{tmp}/val.jsonl", "--source-field", "text"], "missing field 'text'"),
     (["--tiny", "opt", "--data", "{tmp}/empty.jsonl"], "no examples"),
     (["--tiny", "gpt5"], "unknown tiny architecture"),
-    (["--checkpoint", "{tmp}/nothing"], "does not exist"),
-    (["--model", "{tmp}"], "not found"),
+    (["--checkpoint", "{tmp}/nothing"], "no such directory"),
+    (["--model", "{tmp}"], "not a model directory (no config.json)"),
     ([], "exactly one of"),
     (["--tiny", "opt", "--metric", "bleu"], "unknown metric"),
 ])
@@ -195,3 +195,14 @@ def test_cli_runs_as_a_real_command():
     assert completed.returncode == 0, completed.stderr
     scores = json.loads(completed.stdout)
     assert scores["n_examples"] == 4 and "val_loss" in scores
+
+
+def test_cli_saves_predictions_and_shows_progress(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    result = CliRunner().invoke(app, ["evaluate", "--tiny", "opt", "--limit", "3", "--num-beams", "1",
+                                      "--max-new-tokens", "4", "--json", "--save-predictions", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 3 and all(set(row) == {"source", "reference", "prediction"} for row in rows)
+    assert "generating" in result.stderr and "3 predictions written to" in result.stderr
+    assert json.loads(result.stdout)["n_examples"] == 3

@@ -93,3 +93,12 @@ def test_unattached_callback_logs_into_log_history(tmp_path):
     trainer.train()
     logged = [e for e in trainer.state.log_history if "gt_rho" in e]
     assert [e["gt_rho"] for e in logged] == SCHEDULE and logged[1]["step"] == 4
+
+
+def test_train_end_gives_the_model_back_with_the_users_requires_grad_flags(tmp_path):
+    trainer, green, snaps, model = _setup(tmp_path, attach=False)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert all(before.values())
+    trainer.train()
+    assert any(len(trainable) < len(before) for _, trainable in snaps.starts)  # the callback did freeze tensors
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before

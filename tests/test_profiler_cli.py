@@ -60,7 +60,7 @@ def test_json_output_matches_profile() -> None:
         (["profile", "--tiny", "opt", "--batch-size", "many"], "Invalid value for '--batch-size'"),
         (["profile", "--tiny", "resnet"], "unknown tiny architecture 'resnet'"),
         (["profile", "--tiny", "opt", "--target-len", "4"], "target_len only applies"),
-        (["profile", "--model", "/nonexistent/model-dir"], "model '/nonexistent/model-dir' not found"),
+        (["profile", "--model", "/nonexistent/model-dir"], "model '/nonexistent/model-dir': no such directory"),
     ],
 )
 def test_bad_arguments_give_one_error_line_and_exit_2(args: list[str], message: str) -> None:

@@ -128,3 +128,24 @@ def test_systemd_status_text_and_status_tell_of_a_failed_reload_until_one_succee
             assert "reload failed" not in shown and "policy     steadier" in shown
         finally:
             assert daemon.stop() == 0
+
+
+def test_status_stops_showing_a_reload_failure_once_a_reload_succeeds(daemon):
+    from typer.testing import CliRunner
+
+    from carbonsched.cli import app
+
+    def status_text() -> str:
+        result = CliRunner().invoke(app, ["status", "--socket", str(daemon.socket)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    conn = daemon.conn()
+    daemon.config.write_text('policy = "no-such-policy.toml"\n')
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: conn.ask(op="status")["reload_error"] is not None, 15)
+    assert "reload failed" in status_text()
+    daemon.config.write_text('policy = "policy.toml"\nretention_days = 7\n')
+    daemon.signal(signal.SIGHUP)
+    assert wait_until(lambda: conn.ask(op="status")["reload_error"] is None, 15)
+    assert "reload failed" not in status_text()

@@ -170,3 +170,75 @@ def test_report_cli_formats_filters_and_refuses_bad_paths(tmp_path):
     assert missing.exit_code == 1 and "no store at" in missing.output
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "missing").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def _write_two_job_store(path):
+    _write_store(path)
+    with Store(path) as store:
+        _job(store, "j2", pid=11, scheme="full")
+        store.start_epoch("j2", 0, rho_asked=1.0, rho_effective=1.0, started_at=T0 + 20)
+        store.end_epoch("j2", 0, ended_at=T0 + 30, flops_forward=1e9, flops_backward=2e9, flops_full=3e9,
+                        energy_j=900.0, carbon_g=1.0, wall_s=10.0)
+
+
+def test_plot_format_follows_the_extension_or_is_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    _write_store(state / "carbonsched.sqlite3")
+    base = ["report", "--state-dir", str(state)]
+    magic = {"p.png": b"\x89PNG", "p.jpg": b"\xff\xd8\xff", "p.svg": b"<?xml", "p.pdf": b"%PDF"}
+    for name, start in magic.items():
+        result = CliRunner().invoke(app, [*base, "--plot", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes().startswith(start), name
+    refused = CliRunner().invoke(app, [*base, "--plot", str(tmp_path / "p.gif")])
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1 and "unknown image type '.gif'" in refused.output
+    assert not (tmp_path / "p.gif").exists()
+
+
+def test_multi_job_plot_gives_each_job_its_colour_and_one_legend_outside_the_bars(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from carbonsched.plot import draw_report
+
+    _write_two_job_store(tmp_path / "s.sqlite3")
+    with Store(tmp_path / "s.sqlite3") as store:
+        reports = build_report(store)
+    fig = draw_report(reports, [(T0 - 10, 250.0)])
+    try:
+        _, ax_rho, ax_flops = fig.axes
+        used = {c.get_label(): to_hex(c.patches[0].get_facecolor(), keep_alpha=False)
+                for c in ax_flops.containers if c.get_label().endswith(" used")}
+        assert len(used) == 2 and len(set(used.values())) == 2  # one colour per job
+        for ax in (ax_rho, ax_flops):
+            labels = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert len(labels) == len(set(labels))  # every entry once
+            fig.canvas.draw()
+            legend_box = ax.get_legend().get_window_extent()
+            assert legend_box.x0 >= ax.get_window_extent().x1  # beside the axes, over no bar
+        assert [t.get_text() for t in ax_flops.get_legend().get_texts()].count("full fine-tuning") == 1
+    finally:
+        plt.close(fig)
+
+
+def test_json_and_csv_timestamps_are_iso_8601_utc_with_unix_seconds_beside(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    _write_store(state / "carbonsched.sqlite3")
+    base = ["report", "--state-dir", str(state)]
+    (job,) = json.loads(CliRunner().invoke(app, [*base, "--format", "json"]).output)["jobs"]
+    assert job["started_at"] == "2025-06-15T15:06:40Z" and job["started_at_s"] == T0
+    assert job["epochs"][0]["started_at"] == "2025-06-15T15:06:40Z" and job["epochs"][0]["started_at_s"] == T0
+    import csv
+    import io
+
+    (row,) = csv.DictReader(io.StringIO(CliRunner().invoke(app, [*base, "--format", "csv"]).output))
+    assert row["started_at"] == "2025-06-15T15:06:40Z" and float(row["started_at_s"]) == T0
+
+    saved = tmp_path / "node.json"
+    saved.write_text(CliRunner().invoke(app, [*base, "--format", "json"]).output)
+    from carbonsched.report import reports_from_json
+
+    (back,) = reports_from_json(saved.read_text(), str(saved))
+    assert back.started_at == T0 and back.epochs[0].started_at == T0  # --include reads its own output back

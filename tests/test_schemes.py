@@ -180,3 +180,30 @@ def test_top2_scheme_trains_exactly_the_head_and_final_norm(tmp_path, tokenizer,
     assert record.flops_backward == pytest.approx(record.steps * prof.backward(mask), rel=1e-12)
     assert record.flops_forward + record.flops_backward == pytest.approx(record.steps * prof.cost(mask), rel=1e-12)
     assert record.param_share_selected == pytest.approx(prof.param_counts[mask].sum() / prof.param_counts.sum())
+
+
+@pytest.mark.parametrize("scheme, layout", [("lora", "config.json"), ("prefix", "adapter_config.json")])
+def test_lora_and_prefix_runs_save_a_final_model_that_loads_and_evaluates(tmp_path, tokenizer, task, scheme, layout):
+    from typer.testing import CliRunner
+
+    from gt_core.cli import app
+    from gt_core.models import load_model
+    from gt_core.trainer import GreenTrainer, TrainConfig
+
+    model = tiny_model("opt", vocab_size=len(tokenizer), hidden=32, layers=1)
+    config = TrainConfig(scheme=scheme, epochs=1, lr=1e-2, batch_size=4, importance_batches=1, max_input_length=32,
+                         max_target_length=12, output_dir=tmp_path / "run", progress=False)
+    trainer = GreenTrainer(model, tokenizer, task[0], task[1], config)
+    trainer.train()
+    final = tmp_path / "run" / "final"
+    assert (final / layout).is_file()  # lora: merged plain weights; prefix: adapter + base-model/
+    loaded = load_model(str(final)).eval()
+    trainer.model.eval()
+    ids = torch.tensor([tokenizer("a short text to summarise").input_ids])
+    with torch.no_grad():
+        want = trainer.model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(final), "--limit", "2", "--num-beams", "1", "--json"])
+    assert result.exit_code == 0, result.output

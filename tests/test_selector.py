@@ -330,7 +330,7 @@ def test_cli_importance_file_steers_selection(opt_profile: TensorProfile, tmp_pa
     result = _run("--rho", "0.9", "--tiny", "opt", "--importance", str(path))
     assert result.exit_code == 0, result.output
     assert f"selected 1 of {len(opt_profile)} tensors" in result.stdout
-    assert f"  {wanted}\n" in result.stdout
+    assert f"\n  {wanted}  (" in result.stdout
     assert "effective rho:" in result.stdout
 
 

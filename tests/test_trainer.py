@@ -238,3 +238,61 @@ def test_runtime_rho_at_or_below_the_minimum_trains_the_cheapest_step(tmp_path):
         assert r.tensors_selected >= 1
         assert r.rho_effective <= trainer.min_rho * (1 + 1e-6)
     assert np.isfinite(records[-1].train_loss)
+
+
+def test_extending_a_finished_run_recomputes_the_lr_schedule_instead_of_training_at_lr_zero(tmp_path, tokenizer, task):
+    first = _trainer(tmp_path, tokenizer, task, epochs=1, save_final=False, rho=0.8)
+    first.train()
+    assert first.optimizer.param_groups[0]["lr"] == 0.0  # a finished linear schedule ends at 0
+    extended = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    extended.resume(tmp_path / "run")
+    steps = extended.steps_per_epoch
+    assert extended.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * steps / (2 * steps))
+    assert "recomputed over" in extended.resume_note
+    before = {n: p.detach().clone() for n, p in extended.model.named_parameters()}
+    records = extended.train()
+    assert records[1].param_share_selected > 0.05
+    assert records[1].fallback is None  # importance was not all zero
+    assert any(not torch.equal(before[n], p) for n, p in extended.model.named_parameters())
+
+
+def test_a_plain_resume_keeps_the_checkpoint_lr(tmp_path, tokenizer, task):
+    first = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    first.config.epochs = 1  # stop after one epoch of a two-epoch schedule
+    first.train()
+    lr_saved = first.optimizer.param_groups[0]["lr"]
+    resumed = _trainer(tmp_path, tokenizer, task, epochs=2, save_final=False, rho=0.8)
+    resumed.resume(tmp_path / "run")
+    assert resumed.optimizer.param_groups[0]["lr"] == lr_saved and resumed.resume_note is None
+
+
+def test_same_seed_same_numbers_with_dropout_whatever_ran_before(tmp_path, tokenizer, task):
+    def run(seed: int, noise_before: int) -> list[float]:
+        model = tiny_model("gpt2", vocab_size=len(tokenizer), hidden=32, layers=1)  # GPT-2 keeps dropout 0.1
+        assert model.config.resid_pdrop > 0
+        torch.manual_seed(noise_before)  # the process's RNG state before training differs between runs
+        config = TrainConfig(
+            epochs=1, lr=1e-3, batch_size=4, importance_batches=1, max_input_length=32, max_target_length=12,
+            output_dir=tmp_path / f"run-{seed}-{noise_before}", progress=False, save_final=False, rho=0.8, seed=seed,
+        )
+        records = GreenTrainer(model, tokenizer, task[0], task[1], config).train()
+        return [records[0].train_loss, records[0].val_loss]
+
+    assert run(0, noise_before=1) == run(0, noise_before=2)
+    assert run(0, noise_before=1) != run(3, noise_before=1)
+
+
+def test_epoch_line_reports_a_selection_fallback_and_a_daemon_fallback():
+    from gt_core.trainer import format_epoch_record
+    from gt_core.training_types import EpochRecord
+
+    record = EpochRecord(
+        epoch=0, scheme="green", rho_asked=0.5, rho_effective=0.49, tensors_selected=1, param_share_selected=0.0,
+        flops_forward=1.0, flops_backward=1.0, flops_full=4.0, wall_s=1.0, importance_s=0.1, dp_s=0.0,
+        train_loss=1.0, val_loss=None, steps=1, selections=1, rho_source="daemon-fallback",
+        fallback="no tensor had positive finite importance",
+    )
+    line = format_epoch_record(record)
+    assert line.startswith("epoch 0: ")
+    assert "[daemon unreachable: fallback rho]" in line
+    assert "[selection fallback: no tensor had positive finite importance]" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -51,6 +52,23 @@ def _print_json(reply: dict[str, Any]) -> None:
 
 def _num(value: Any, fmt: str = "{:.1f}", unit: str = "") -> str:
     return "unknown" if value is None else fmt.format(value) + unit
+
+
+def _current_errors(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The status reply's recent errors without reload failures a later successful reload fixed."""
+    reloaded_at = status.get("last_reload_at")
+    fixed = status.get("reload_error") is None and reloaded_at is not None
+    return [
+        e for e in status.get("errors") or []
+        if not (fixed and e.get("where") == "reload" and _parse_iso(e.get("at")) <= _parse_iso(reloaded_at))
+    ]
+
+
+def _parse_iso(text: Any) -> datetime:
+    try:
+        return datetime.fromisoformat(str(text))
+    except ValueError:
+        return datetime.max.replace(tzinfo=timezone.utc)
 
 
 def register(app: typer.Typer) -> None:
@@ -105,7 +123,7 @@ def register(app: typer.Typer) -> None:
         lines.append(f"jobs       {len(jobs)} running" + "".join(f"\n           {j['job_id']} {j['model']} ({j['scheme']}, pid {j['pid']})" for j in jobs))
         if r.get("reload_error"):
             lines.append(f"reload     {r['reload_error']}")
-        for e in (r.get("errors") or [])[-5:]:
+        for e in _current_errors(r)[-5:]:
             lines.append(f"error      {e['at']} {e['where']}: {e['message']}")
         typer.echo("\n".join(lines))
 

@@ -32,7 +32,7 @@ def report(
     since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO date/time (UTC)."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG plot (intensity, ρ, FLOPs per epoch) to this file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot (intensity, ρ, FLOPs per epoch) to this file; .png, .jpg, .svg or .pdf by its extension."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="The daemon's state directory (default: as the daemon)."),
     include: list[Path] = typer.Option(
         [], "--include",
@@ -56,6 +56,9 @@ def report(
             check_output_file(output, "--output")
         if plot is not None:
             check_output_file(plot, "--plot")
+            from carbonsched.plot import plot_format
+
+            plot_format(plot)
     except (ValueError, ReportPathError) as exc:
         _fail(str(exc))
     directory = state_dir or default_state_dir()

@@ -14,24 +14,20 @@ class _UsageError(Exception):
 
 
 def _load(model: Optional[str], checkpoint: Optional[Path], tiny: Optional[str]) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model
+    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
     from gt_core.tokenizer import load_tokenizer
 
     chosen = [name for name, value in (("--model", model), ("--checkpoint", checkpoint), ("--tiny", tiny)) if value]
     if len(chosen) != 1:
         raise _UsageError("give exactly one of --model, --checkpoint or --tiny")
     if checkpoint is not None and not checkpoint.is_dir():
-        raise _UsageError(f"checkpoint directory {str(checkpoint)!r} does not exist")
-    name_or_path = None if tiny else str(checkpoint or model)
+        raise _UsageError(f"checkpoint {str(checkpoint)!r}: no such directory")
     try:
-        loaded = load_model(model=name_or_path, tiny=tiny)
+        if tiny is not None:
+            return load_model(tiny=tiny), load_tokenizer(None, tiny=True)
+        return load_model_and_tokenizer(str(checkpoint or model))
     except ModelLoadError as error:
         raise _UsageError(str(error)) from None
-    try:
-        tokenizer = load_tokenizer(name_or_path, tiny=tiny is not None)
-    except (OSError, ValueError) as error:
-        raise _UsageError(f"cannot load tokenizer {name_or_path!r}: {str(error).splitlines()[0]}") from None
-    return loaded, tokenizer
 
 
 def _examples(data: Optional[str], source_field: str, target_field: str, split: str, limit: Optional[int]) -> list:
@@ -65,6 +61,10 @@ def evaluate(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     metric: str = typer.Option("rouge", "--metric", help="rouge or exact_match."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    save_predictions: Optional[Path] = typer.Option(
+        None, "--save-predictions", help="Write each example's source, reference and generated prediction to this .jsonl file."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="A progress bar on stderr while generating."),
 ) -> None:
     """Generate summaries with beam search and report ROUGE (or exact match) and validation loss."""
     from gt_core.evaluate import METRICS
@@ -72,17 +72,23 @@ def evaluate(
     try:
         if metric not in METRICS:
             raise _UsageError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if save_predictions is not None and not save_predictions.parent.is_dir():
+            raise _UsageError(f"--save-predictions {save_predictions}: directory {save_predictions.parent} does not exist")
         examples = _examples(data, source_field, target_field, split, limit)
         loaded_model, tokenizer = _load(model, checkpoint, tiny)
     except _UsageError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
 
-    from gt_core.evaluate import evaluate_model
+    from gt_core.evaluate import evaluate_model, save_predictions as write_predictions
 
     result = evaluate_model(
         loaded_model, tokenizer, examples, metric=metric, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        include_predictions=save_predictions is not None, progress=progress,
     )
+    if save_predictions is not None:
+        written = write_predictions(save_predictions, examples, result.pop("predictions"))
+        typer.echo(f"{written} predictions written to {save_predictions}", err=True)
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
         return

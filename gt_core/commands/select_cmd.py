@@ -93,6 +93,9 @@ def select(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
 
+    counts = dict(zip(prof.names, prof.param_counts.tolist()))
+    total = max(sum(counts.values()), 1)
+    chosen = sum(counts[name] for name in sel.names)
     if as_json:
         typer.echo(json.dumps({
             "rho": sel.rho,
@@ -104,11 +107,15 @@ def select(
             "objective": sel.objective,
             "n_tensors": len(prof),
             "selected": sel.names,
+            "param_share_selected": chosen / total,
         }, indent=2))
         return
-    typer.echo(f"selected {len(sel.names)} of {len(prof)} tensors (importance sum {sel.objective:.6g}):")
+    typer.echo(
+        f"selected {len(sel.names)} of {len(prof)} tensors, {100 * chosen / total:.1f}% of parameters "
+        f"(importance sum {sel.objective:.6g}):"
+    )
     for name in sel.names:
-        typer.echo(f"  {name}")
+        typer.echo(f"  {name}  ({100 * counts[name] / total:.2f}% of parameters)")
     if unlisted:
         typer.echo(f"{unlisted} tensors not in the importance file were never selected")
     typer.echo(

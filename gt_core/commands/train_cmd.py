@@ -82,21 +82,50 @@ def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
 def _load_model_and_tokenizer(
     tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
 ) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model
+    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
     from gt_core.tokenizer import load_tokenizer
 
     try:
-        tokenizer = load_tokenizer(model_name, tiny=tiny is not None)
         if tiny is not None:
+            tokenizer = load_tokenizer(None, tiny=True)
             # The local tokenizer decides the vocabulary; the tiny model is sized to it. Its LM head
             # is untied: in a random-init model the tied embedding is most of what there is to
             # learn, and tied it sits at the input end where no budget below 1 can reach it.
             return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
-        return load_model(model_name, torch_dtype=torch_dtype, device_map=device_map), tokenizer
+        assert model_name is not None
+        return load_model_and_tokenizer(model_name, torch_dtype=torch_dtype, device_map=device_map)
     except ModelLoadError as exc:
         raise _BadInput(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise _BadInput(f"cannot load {model_name or tiny!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_daemon_answers(rho_source: Any, fallback_rho: float, *, optional: bool) -> None:
+    """A daemon that does not answer at job start is a usage error, or with ``optional`` a warning."""
+    reason = rho_source.probe()
+    if reason is None:
+        return
+    where = f"carbonsched daemon not reachable at {rho_source.socket_path} ({reason})"
+    if not optional:
+        raise _BadInput(
+            f"{where}; start it (carbonsched run), fix --rho-from daemon:SOCKET, "
+            f"or add --daemon-optional to train on --rho {fallback_rho:g}"
+        )
+    typer.echo(
+        f"warning: {where}; training on the fallback rho {fallback_rho:.2f} (--daemon-optional), "
+        "asking the daemon again every epoch",
+        err=True,
+    )
+
+
+def _daemon_job_summary(rho_source: Any, epochs_run: int) -> str:
+    """The done line's claim about the daemon's record: only what the daemon acknowledged."""
+    recorded = len(rho_source.epoch_reports)
+    if recorded == 0:
+        return f"; not recorded by carbonsched (no epoch of job {rho_source.job_id} reached the daemon)"
+    if recorded < epochs_run:
+        return f"; carbonsched job {rho_source.job_id} ({recorded} of {epochs_run} epochs recorded)"
+    return f"; carbonsched job {rho_source.job_id}"
 
 
 def _check_output_dir(output_dir: Path, resume: Path | None) -> None:
@@ -118,9 +147,10 @@ def train(
     val_data: Optional[str] = typer.Option(None, "--val-data", help="Validation data (default: last tenth of --data)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most this many training examples."),
     scheme: str = typer.Option("green", "--scheme", help="green | full | topk | lora | prefix"),
-    rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5)."),
+    rho: Optional[float] = typer.Option(None, "--rho", help="FLOPs budget as a share of full fine-tuning, in (0, 1] (default 0.5); with --rho-from, the ρ used while the daemon does not answer."),
     rho_schedule: Optional[Path] = typer.Option(None, "--rho-schedule", help="Per-epoch ρ: JSON list or one value per line."),
-    rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it (--rho is the fallback)."),
+    rho_from: Optional[str] = typer.Option(None, "--rho-from", help="daemon[:SOCKET]: ask the carbonsched daemon for ρ each epoch and report energy to it. A daemon that does not answer at start is an error unless --daemon-optional."),
+    daemon_optional: bool = typer.Option(False, "--daemon-optional", help="With --rho-from: if the daemon does not answer at start, warn and train on --rho (shown on every epoch line) instead of failing."),
     job_id: Optional[str] = typer.Option(None, "--job-id", help="Job id in the daemon's store (with --rho-from; default: random, or the resumed run's id)."),
     epochs: int = typer.Option(5, "--epochs", min=1),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
@@ -135,7 +165,7 @@ def train(
     lora_r: int = typer.Option(8, "--lora-r", min=1),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, help="Also checkpoint every N steps."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where metrics, checkpoints and the final model go (required here or in --config)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from this run directory's checkpoint with the run's saved options (run-args.json); options given again override them. --output-dir defaults to DIR."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available) | cpu | cuda | cuda:N | mps."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16 (default: what accelerate launch --mixed_precision asked, else fp32)."),
@@ -161,13 +191,19 @@ def train(
                 opts = apply_config_file(ctx, config, opts)
             except ConfigFileError as exc:
                 raise _BadInput(str(exc)) from None
+        if opts["resume"] is not None:
+            opts = _resumed_options(ctx, opts)
         trainer = _build_trainer(**opts)
     except _BadInput as exc:
         _fail(str(exc))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
     output_dir, rho_from = Path(opts["output_dir"]), opts["rho_from"]
+    if getattr(trainer, "rank", 0) == 0:
+        typer.echo(_banner(trainer, opts))
+    epochs_before = trainer.state.epoch
     records = trainer.train()
+    epochs_this_run = trainer.state.epoch - epochs_before
     if getattr(trainer, "rank", 0) != 0:  # under torchrun only rank 0 reports
         return
     if trainer.interrupted:
@@ -182,8 +218,60 @@ def train(
         f"FLOPs {sum(r.flops_forward + r.flops_backward for r in records):.3e} "
         f"({sum(r.flops_forward + r.flops_backward for r in records) / max(sum(r.flops_full for r in records), 1):.3f} of full); "
         f"model in {output_dir / 'final'}"
-        + (f"; carbonsched job {trainer.rho_source.job_id}" if rho_from is not None else "")
+        + (_daemon_job_summary(trainer.rho_source, epochs_this_run) if rho_from is not None else "")
     )
+
+
+def _rho_source_text(trainer: Any, opts: dict[str, Any]) -> str:
+    source = trainer.rho_source
+    if opts["rho_from"] is not None:
+        return f"rho from the daemon at {source.socket_path} (fallback {source.default_rho:.2f})"
+    if opts["rho_schedule"] is not None:
+        return f"rho schedule {opts['rho_schedule']} ({', '.join(f'{v:g}' for v in source.values)})"
+    return f"rho {trainer.config.rho:g}"
+
+
+def _banner(trainer: Any, opts: dict[str, Any]) -> str:
+    """The start-up line: what trains, where, on what, under which budget."""
+    model = opts["model"] or f"tiny {opts['tiny']}"
+    validation = len(trainer.val_set) if trainer.val_set is not None else 0
+    resumed = f", resuming at epoch {trainer.state.epoch}" if opts["resume"] is not None else ""
+    return (
+        f"train: {model} ({trainer.total_params / 1e6:.2f} M parameters) on {trainer.device}, {trainer.config.precision}; "
+        f"{len(trainer.train_set)} training / {validation} validation examples; scheme {trainer.config.scheme}, "
+        f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs (numbered from 0){resumed}"
+    )
+
+
+def _explicit_options(ctx: typer.Context, opts: dict[str, Any]) -> set[str]:
+    """Options given on the command line, in the environment or in the --config file."""
+    given = {name for name in opts if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    if opts["config"] is not None:
+        from gt_core.commands.config_file import read_config_file
+
+        given |= set(read_config_file(opts["config"]))
+    return given
+
+
+def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """The resumed run's saved options under the ones given again (each override announced)."""
+    from gt_core.commands.run_args import RunArgsError, load_run_args, merge_resumed_args
+
+    resume = Path(opts["resume"])
+    if not resume.is_dir():
+        raise _BadInput(f"--resume {resume}: no such directory")
+    if opts["output_dir"] is None:
+        opts = {**opts, "output_dir": resume}
+    try:
+        saved = load_run_args(resume)
+        if saved is None:
+            return opts
+        merged, notes = merge_resumed_args(ctx, saved, opts, _explicit_options(ctx, opts))
+    except RunArgsError as exc:
+        raise _BadInput(str(exc)) from None
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    return merged
 
 
 def _build_trainer(**opts: Any) -> Any:
@@ -193,7 +281,10 @@ def _build_trainer(**opts: Any) -> Any:
     if opts["output_dir"] is None:
         raise _BadInput("give --output-dir DIR (or output-dir in --config)")
     if (opts["tiny"] is None) == (opts["model"] is None):
-        raise _BadInput("give exactly one of --tiny ARCH or --model NAME_OR_PATH")
+        from gt_core.commands.run_args import RUN_ARGS_FILE
+
+        unsaved = f" ({opts['resume']} has no {RUN_ARGS_FILE} to take it from)" if opts["resume"] is not None else ""
+        raise _BadInput(f"give exactly one of --tiny ARCH or --model NAME_OR_PATH{unsaved}")
     if opts["device_map"] is not None and opts["model"] is None:
         raise _BadInput("--device-map applies to a pretrained --model only")
     from gt_core.precision import precision_from_launcher
@@ -218,16 +309,27 @@ def _build_trainer(**opts: Any) -> Any:
             raise _BadInput(f"--rho-from must be 'daemon' or 'daemon:SOCKET', got {opts['rho_from']!r}")
         from gt_core.rho_daemon import DaemonRhoSource
 
-        rho = check_rho(1.0 if opts["rho"] is None else opts["rho"], what="--rho")
+        rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = DaemonRhoSource(
             socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
             job_id=_job_id(opts["job_id"], opts["resume"]),
         )
+        _check_daemon_answers(rho_source, rho, optional=opts["daemon_optional"])
+    elif opts["daemon_optional"]:
+        raise _BadInput("--daemon-optional needs --rho-from daemon")
     elif opts["job_id"] is not None:
         raise _BadInput("--job-id needs --rho-from daemon")
     elif opts["rho_schedule"] is not None:
         rho_source = ScheduleRho.from_file(opts["rho_schedule"])
         rho = rho_source.values[0]
+        count, epochs = len(rho_source.values), opts["epochs"]
+        if count < epochs:
+            later = f"epoch {count}" if count == epochs - 1 else f"epochs {count}-{epochs - 1}"
+            typer.echo(
+                f"warning: --rho-schedule {opts['rho_schedule']} has {count} value{'s' if count > 1 else ''} for "
+                f"{epochs} epochs: {later} reuse its last value {rho_source.values[-1]:g}",
+                err=True,
+            )
     else:
         rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = ConstantRho(rho)
@@ -274,10 +376,22 @@ def _build_trainer(**opts: Any) -> Any:
     # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel variant.
     trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks)
     if resume is not None:
-        trainer.resume(resume)
-    if opts["rho_from"] is not None and getattr(trainer, "rank", 0) == 0:
+        try:
+            trainer.resume(resume)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise _BadInput(
+                f"the checkpoint in {resume} does not fit this model ({type(model).__name__}): "
+                f"{str(exc).strip().splitlines()[0]}; resume with the run's own model"
+            ) from None
+        if trainer.resume_note is not None and getattr(trainer, "rank", 0) == 0:
+            typer.echo(f"note: {trainer.resume_note}", err=True)
+    if getattr(trainer, "rank", 0) == 0:
+        from gt_core.commands.run_args import save_run_args
+
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
+        save_run_args(output_dir, opts)
+        if opts["rho_from"] is not None:
+            (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
     return trainer
 
 
