@@ -172,16 +172,18 @@ class GreenSelector:
         epoch: int,
         global_step: int,
         autocast: Callable[[], ContextManager[Any]] | None = None,
+        eligible: np.ndarray | None = None,
     ) -> GreenSelection:
         """Importance on ``batches``, the DP under ``reading.rho``, the fallback; nothing changes on
         ``model`` (call :meth:`apply`). Under a ``reduce`` hook every process must call it.
-        ``autocast``: the training step's mixed-precision context, so importance sees its numbers."""
+        ``autocast``: the training step's mixed-precision context, so importance sees its numbers.
+        ``eligible``: a mask of the tensors that may be selected (default: all)."""
         prof = self.profile
         started = time.perf_counter()
         importance = compute_importance(
             model, prof.names, batches.batches, optimizer, metric=self.importance_metric, profile=prof,
             rho=reading.rho, loss_weights=batches.loss_weights, batch_count=batches.batch_count,
-            reduce=self.hooks.reduce, autocast=autocast,
+            reduce=self.hooks.reduce, autocast=autocast, eligible=eligible,
         )
         importance_s = time.perf_counter() - started
         started = time.perf_counter()

@@ -81,6 +81,7 @@ import math
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -90,6 +91,7 @@ from gt_core.device import enable_activation_checkpointing
 from gt_core.distributed import broadcast_object, share_daemon_job
 from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
 from gt_core.guards import check_model_supported, check_training_args_supported
+from gt_core.importance import unwrap_optimizer
 from gt_core.precision import precision_from_training_args
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoSource
@@ -305,9 +307,13 @@ class GreenTrainerCallback(TrainerCallback):
         selector = self.selector
         reading = selector.ask(epoch, state.global_step)
         batches = self._batches(train_dataloader, args.per_device_train_batch_size, state.global_step, args.device)
+        held = {id(p) for group in unwrap_optimizer(optimizer).param_groups for p in group["params"]}
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        # Tensors the user froze before train() are not in the Trainer's optimizer: never selected.
+        eligible = np.array([id(by_name[name]) in held for name in self.profile.names])
         return selector.choose(
             model, optimizer, ImportanceBatches(batches), reading, epoch=epoch, global_step=state.global_step,
-            autocast=precision_from_training_args(args),  # the Trainer's own mixed precision
+            autocast=precision_from_training_args(args), eligible=eligible,  # the Trainer's own mixed precision
         )
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,

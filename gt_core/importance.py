@@ -173,6 +173,7 @@ def compute_importance(
     batch_count: int | None = None,
     reduce: Callable[[torch.Tensor], None] | None = None,
     autocast: Callable[[], ContextManager[Any]] | None = None,
+    eligible: np.ndarray | None = None,
 ) -> np.ndarray:
     """Importance of each tensor in ``names`` (profile order), scaled by the largest magnitude.
 
@@ -185,6 +186,7 @@ def compute_importance(
     of batches). Several processes pass their own share of the batches, each weighted by its
     share of the loss, the global ``batch_count``, and ``reduce`` (an in-place sum over
     processes, e.g. ``dist.all_reduce``), so every process returns the same array.
+    ``eligible`` (a mask over ``names``): the others are not scored and get ``-inf``.
     Non-finite gradients (fp16 overflow) give non-finite scores for their tensors; the caller
     decides what to do with them (:class:`gt_core.green_selector.GreenSelector` skips them).
     """
@@ -198,6 +200,8 @@ def compute_importance(
         if list(profile.names) != list(names):
             raise ValueError("profile and names disagree")
         excluded = unreachable_tensors(profile, rho)
+    if eligible is not None:  # e.g. tensors the user froze, which the optimizer does not hold
+        excluded = excluded | ~np.asarray(eligible, dtype=bool)
 
     importance = np.full(len(names), -np.inf)
     live = [i for i in range(len(names)) if not excluded[i]]
