@@ -217,7 +217,9 @@ def run_one(plan: CheckPlan, scheme: str, rho: float | None, mode: str, daemon: 
     label = "full FT" if scheme == "full" else f"green ρ={rho:g} {mode}"
     source = DaemonRhoSource(daemon.socket, model_name=f"gpu-check-{plan.shape}", scheme=scheme, default_rho=1.0)
     torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(SHAPES[plan.shape](len(tokenizer)))
+    # On the device before the trainer sees it: the trainer profiles the model it is given with one
+    # live forward, which would otherwise run on the CPU at the training shape.
+    model = tf.AutoModelForCausalLM.from_config(SHAPES[plan.shape](len(tokenizer))).to(device)
     result = RunResult(label, scheme, rho, mode, source.job_id, 0)
 
     class StepTimedTrainer(GreenTrainer):
