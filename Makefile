@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch; a GPU user installs their CUDA build of torch first (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test soak bench venv clean
+.PHONY: demo test soak bench gpu-check venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# On a CUDA machine: a real-shape model trained briefly per rho and frozen-state mode, with the
+# carbonsched daemon metering it; writes a markdown report (its path is printed). Skips without CUDA.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

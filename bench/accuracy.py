@@ -130,9 +130,13 @@ def _build_task(quick: bool) -> Task:
     return Task(sizes, tokenizer, train, dev, test, copy.deepcopy(model.state_dict()), info)
 
 
-def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad") -> dict:
-    """Fine-tune a copy of the base with scheme ``key``; evaluate on dev (loss) and test (ROUGE, loss)."""
+def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad", frozen_state: str = "keep",
+            rho_schedule: tuple[float, ...] | None = None) -> dict:
+    """Fine-tune a copy of the base with scheme ``key``; evaluate on dev (loss) and test (ROUGE, loss).
+    ``rho_schedule``: one ρ per epoch instead of the scheme's constant ρ (green scheme)."""
     import torch
+
+    from gt_core.rho import ScheduleRho
 
     from gt_core.evaluate import evaluate_model
     from gt_core.metrics_log import MetricsLog
@@ -150,9 +154,10 @@ def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad")
             scheme=scheme, rho=rho if rho is not None else 0.5, lr=lr, batch_size=s.batch_size, epochs=s.epochs,
             max_input_length=200, max_target_length=32, importance_batches=s.importance_batches,
             importance_metric=metric, resolution=s.resolution, seed=seed, output_dir=tmp, progress=False,
-            save_final=False,
+            save_final=False, frozen_state=frozen_state,
         )
-        trainer = GreenTrainer(model, task.tokenizer, task.train, task.dev, cfg)
+        source = ScheduleRho(rho_schedule) if rho_schedule else None
+        trainer = GreenTrainer(model, task.tokenizer, task.train, task.dev, cfg, rho_source=source)
         records = trainer.train()
         epochs = MetricsLog(f"{tmp}/metrics.jsonl").read()
         start = time.perf_counter()
@@ -163,7 +168,7 @@ def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad")
     flops = sum(r.flops_forward + r.flops_backward for r in records)
     full = sum(r.flops_full for r in records)
     return {
-        "key": key, "scheme": scheme, "rho": rho, "lr": lr, "seed": seed, "metric": metric,
+        "key": key, "scheme": scheme, "rho": rho, "lr": lr, "seed": seed, "metric": metric, "frozen_state": frozen_state,
         "dev_loss": records[-1].val_loss, "test_loss": result["val_loss"], "rougeL": result["rougeL"],
         "rouge1": result["rouge1"], "rouge2": result["rouge2"], "flops": flops, "flops_full": full,
         "wall_s": sum(r.wall_s for r in records), "importance_s": sum(r.importance_s for r in records),

@@ -35,6 +35,7 @@ SECTIONS = {
     "daemon": "daemon_latency",
     "large": "large_models",
     "scheduling": "scheduling",
+    "memory": "memory",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -86,6 +87,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import scheduling
 
         scheduling.main(quick)
+    elif name == "memory":
+        from bench import memory
+
+        memory.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 
