@@ -34,6 +34,7 @@ SECTIONS = {
     "overhead": "overhead",
     "daemon": "daemon_latency",
     "large": "large_models",
+    "frontier": "frontier",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -81,6 +82,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import large_models
 
         large_models.main(quick, log=_log)
+    elif name == "frontier":
+        from bench import frontier
+
+        frontier.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 
