@@ -338,11 +338,12 @@ def plot_selection(panels: list[tuple[str, Any, int]], layers: int, path) -> Non
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
     image = None
-    for ax, (title, grid, samples) in zip(axes.flat, panels):
+    for index, (ax, (title, grid, samples)) in enumerate(zip(axes.flat, panels)):
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(f"{title} (n={samples})", fontsize=8)
         ax.set_xticks(range(layers + 1), [str(i) for i in range(layers)] + ["G"], fontsize=6)
-        ax.set_yticks(range(len(KINDS)), [k.split(".")[-1].replace("_layer_norm", "_ln") for k in KINDS], fontsize=6)
+        kinds = [k.split(".")[-1].replace("_layer_norm", "_ln") for k in KINDS] if index % cols == 0 else []
+        ax.set_yticks(range(len(KINDS)) if kinds else [], kinds, fontsize=6)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle("share of epochs × seeds each tensor is selected; columns: layer 0-7 and G, whose rows 1-4 are "
@@ -436,7 +437,7 @@ def main(quick: bool = False, log=print) -> list[str]:
         for key in green_keys:
             runs = all_points[task.name][key]["runs"]
             grid, samples = selection_counts(runs, s.proxy.layers)
-            panels.append((f"{task.name[:5]} {SCHEMES[key].label}", grid, samples))
+            panels.append((f"{task.name[:5]}. {SCHEMES[key].label}", grid, samples))
     plot_selection(panels, s.proxy.layers, RESULTS / PLOTS["selection"])
     results["selection"] = {title: grid.tolist() for title, grid, _ in panels}
     RESULTS.mkdir(parents=True, exist_ok=True)
