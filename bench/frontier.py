@@ -67,6 +67,7 @@ class Scheme:
     rho: float | None = None
     lora_r: int = 8
     frozen_state: str = "keep"
+    overrides: tuple[tuple[str, Any], ...] = ()  # further TrainConfig fields, e.g. (("reselect", 8),)
 
 
 GREEN_RHOS = (0.4, 0.5, 0.6, 0.7, 0.8)
@@ -146,7 +147,7 @@ def train_one(proxy: Proxy, task: Task, s: Sizes, scheme: Scheme, lr: float, see
             scheme=scheme.trainer_scheme, rho=scheme.rho or 0.5, lr=lr, batch_size=s.batch_size, epochs=s.epochs,
             max_input_length=200, max_target_length=40, importance_batches=s.importance_batches,
             resolution=s.resolution, lora_r=scheme.lora_r, frozen_state=scheme.frozen_state, seed=seed,
-            output_dir=tmp, progress=False, save_final=False, print_epoch_summary=False,
+            output_dir=tmp, progress=False, save_final=False, print_epoch_summary=False, **dict(scheme.overrides),
         )
         trainer = GreenTrainer(model, proxy.tokenizer, task.train, task.dev, cfg)
         records = trainer.train()
@@ -156,7 +157,8 @@ def train_one(proxy: Proxy, task: Task, s: Sizes, scheme: Scheme, lr: float, see
     record = {
         "task": task.name, "tied": proxy.recipe.tied, "key": scheme.key, "lr": lr, "seed": seed,
         "dev_loss": records[-1].val_loss, "flops": flops, "flops_full": flops_full, "flops_share": flops / flops_full,
-        "wall_s": sum(r.wall_s for r in records), "param_share": records[-1].param_share_selected,
+        "wall_s": sum(r.wall_s for r in records), "importance_s": sum(r.importance_s for r in records),
+        "selections": sum(r.selections for r in records), "param_share": records[-1].param_share_selected,
         "param_share_mean": sum(r.param_share_selected for r in records) / len(records),
         "selected": [e.get("selected") for e in epochs],
     }

@@ -35,6 +35,7 @@ SECTIONS = {
     "daemon": "daemon_latency",
     "large": "large_models",
     "frontier": "frontier",
+    "frontier_why": "frontier_why",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -86,6 +87,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import frontier
 
         frontier.main(quick, log=_log)
+    elif name == "frontier_why":
+        from bench import frontier_why
+
+        frontier_why.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 
