@@ -418,48 +418,60 @@ def main(quick: bool = False, log=print) -> list[str]:
     s = Sizes.for_mode(quick)
     proxy = load_or_pretrain(s.proxy, log)
     tasks = build_tasks(s)
-    results: dict[str, Any] = {"sizes": asdict(s), "quick": quick, "proxy": proxy.info, "tasks": {}}
-    all_points = {}
+    results: dict[str, Any] = {"sizes": asdict(s), "quick": quick, "proxy": proxy.info, "tasks": {},
+                               "machine": machine_line()}
     for task in tasks:
         t0 = time.perf_counter()
         best, runs, sweeps = run_task(proxy, task, s, tuple(SCHEMES), None, log)
         results["tasks"][task.name] = {"best_lr": best, "runs": runs, "sweep": sweeps,
                                        "section_s": time.perf_counter() - t0}
-        all_points[task.name] = summarise(runs, tuple(SCHEMES))
-        plot_frontier(task, all_points[task.name], RESULTS / PLOTS[task.name])
-    untied_info, untied_runs = None, []
     if s.untied:
         untied = load_or_pretrain(s.proxy.with_tied(False), log)
-        untied_info = untied.info
         _, untied_runs, _ = run_task(untied, tasks[0], s, UNTIED_KEYS, results["tasks"][tasks[0].name]["best_lr"], log)
         results["untied"] = {"proxy": untied.info, "runs": untied_runs}
-    green_keys = [f"green-{r}" for r in GREEN_RHOS] + ["green-drop-0.5"]
-    panels = []
-    for task in tasks:
-        for key in green_keys:
-            runs = all_points[task.name][key]["runs"]
-            grid, samples = selection_counts(runs, s.proxy.layers)
-            panels.append((f"{task.name[:5]}. {SCHEMES[key].label}", grid, samples))
-    plot_selection(panels, s.proxy.layers, RESULTS / PLOTS["selection"])
-    results["selection"] = {title: grid.tolist() for title, grid, _ in panels}
+    results["section_s"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     RUNS_JSON.write_text(json.dumps(results, indent=1))
-    lines = report(s, proxy, tasks, results, all_points, untied_info, untied_runs, quick)
-    lines += ["", f"_Section time: {time.perf_counter() - started:.0f} s "
-                  f"(proxy pre-training {'cached' if proxy.info.get('cached') else 'included'})._"]
+    return render(results)
+
+
+def sizes_from(data: dict) -> Sizes:
+    return Sizes(**{**data, "seeds": tuple(data["seeds"]), "proxy": ProxyRecipe(**data["proxy"])})
+
+
+def render(results: dict) -> list[str]:
+    """Plots and bench/results/frontier.md from the runs (``python -m bench.frontier --render`` redoes
+    them from frontier_runs.json without training)."""
+    s = sizes_from(results["sizes"])
+    tasks = build_tasks(s)
+    all_points = {t.name: summarise(results["tasks"][t.name]["runs"], tuple(SCHEMES)) for t in tasks}
+    for task in tasks:
+        plot_frontier(task, all_points[task.name], RESULTS / PLOTS[task.name])
+    panels = []
+    for task in tasks:
+        for key in [f"green-{r}" for r in GREEN_RHOS] + ["green-drop-0.5"]:
+            grid, samples = selection_counts(all_points[task.name][key]["runs"], s.proxy.layers)
+            panels.append((f"{task.name[:5]}. {SCHEMES[key].label}", grid, samples))
+    plot_selection(panels, s.proxy.layers, RESULTS / PLOTS["selection"])
+    lines = report(s, results, tasks, all_points)
+    cached = results["proxy"].get("cached")
+    if "section_s" in results:
+        lines += ["", f"_Section time: {results['section_s']:.0f} s "
+                      f"(proxy pre-training {'cached' if cached else 'included'})._"]
     write_section("frontier", lines)
     return lines
 
 
-def report(s: Sizes, proxy: Proxy, tasks: list[Task], results: dict, all_points: dict, untied_info: dict | None,
-           untied_runs: list[dict], quick: bool) -> list[str]:
-    r, info = s.proxy, proxy.info
+def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list[str]:
+    r, info, quick = s.proxy, results["proxy"], results["quick"]
+    untied_info = results.get("untied", {}).get("proxy")
+    untied_runs = results.get("untied", {}).get("runs", [])
     lines = [
         "## 9. Accuracy–FLOPs frontier on a proportioned, pre-trained proxy",
         "",
         *(["**Quick mode (smoke test): one seed, no learning-rate sweep, one epoch; the numbers below are "
            "not evidence.**", ""] if quick else []),
-        f"{machine_line()}",
+        results.get("machine") or machine_line(),
         "",
         f"Proxy: OPT from `tiny_model`, hidden {r.hidden}, {r.layers} layers, {r.heads} heads, FFN {4 * r.hidden}, "
         f"vocab {info['vocab']} (the local BPE trained on the pre-training corpus only), "
@@ -493,9 +505,16 @@ def report(s: Sizes, proxy: Proxy, tasks: list[Task], results: dict, all_points:
         lines += _task_lines(task, t["best_lr"], all_points[task.name], t["sweep"], s)
     if untied_info is not None:
         untied_points = summarise(untied_runs, UNTIED_KEYS)
+        tied_points = all_points[tasks[0].name]
+
+        def versus_full(points: dict, key: str) -> str:
+            full = points["full"]["score"]
+            return f"{100 * (points[key]['score'] - full) / full:+.1f}%" if full else "-"
+
         rows = [[SCHEMES[k].label, fmt_pm([x["score"] for x in p["runs"]], 2),
                  fmt_pm([x["flops_share"] for x in p["runs"]], 3),
-                 f"{100 * sum(x['param_share_mean'] for x in p['runs']) / len(p['runs']):.1f}%"]
+                 f"{100 * sum(x['param_share_mean'] for x in p['runs']) / len(p['runs']):.1f}%",
+                 versus_full(untied_points, k), versus_full(tied_points, k)]
                 for k, p in untied_points.items()]
         lines += [
             "### Untied LM head (summarisation)", "",
@@ -503,7 +522,8 @@ def report(s: Sizes, proxy: Proxy, tasks: list[Task], results: dict, all_points:
             f"{100 * untied_info['head_share']:.1f}% of {untied_info['params'] / 1e6:.2f} M parameters; embedding "
             f"{100 * untied_info['embedding_share']:.1f}%), pre-trained by the same recipe (held-out LM loss "
             f"{untied_info['val_loss']:.3f}), fine-tuned at the tied model's learning rates.", "",
-            *table(["scheme", "ROUGE-L", "FLOPs / full", "params trained (mean over epochs)"], rows), "",
+            *table(["scheme", "ROUGE-L", "FLOPs / full", "params trained (mean over epochs)", "vs full (untied)",
+                    "vs full (tied, above)"], rows), "",
         ]
     lines += [
         "### What GreenTrainer selects", "",
@@ -511,9 +531,36 @@ def report(s: Sizes, proxy: Proxy, tasks: list[Task], results: dict, all_points:
         "(columns; in column G the first four rows are the token embedding, the position embedding, the "
         "final norm and an untied head), for each ρ and both tasks.", "",
         f"![selection]({PLOTS['selection']})", "",
+        *table(["task", "scheme", "epochs with the token embedding selected", "params trained (mean)",
+                "FLOPs / full"], _embedding_rows(tasks, all_points)), "",
+        f"With {s.epochs} epochs GreenTrainer selects {s.epochs} times per run. `frozen_state=\"drop\"` "
+        "can only differ from `keep` when a tensor is deselected and later selected again, which needs a "
+        "third selection; "
+        + ("so here the drop rows repeat the keep rows exactly (same seeds, same numbers), and section 9b "
+           "re-selects more often to compare them." if s.epochs <= 2 else "section 9b also re-selects more often."),
+        "",
     ]
     return lines
 
 
+def _embedding_rows(tasks: list[Task], all_points: dict) -> list[list[str]]:
+    """How often each GreenTrainer run's selection included the (tied) token embedding."""
+    rows = []
+    for task in tasks:
+        for key in [f"green-{r}" for r in GREEN_RHOS] + ["green-drop-0.5"]:
+            runs = all_points[task.name][key]["runs"]
+            epochs = [names for run in runs for names in run["selected"] if names is not None]
+            hits = sum(any(n.endswith("embed_tokens.weight") for n in names) for names in epochs)
+            rows.append([task.name, SCHEMES[key].label, f"{hits}/{len(epochs)}",
+                         f"{100 * sum(r['param_share_mean'] for r in runs) / len(runs):.1f}%",
+                         f"{all_points[task.name][key]['share']:.3f}"])
+    return rows
+
+
 if __name__ == "__main__":
-    run_section(main)
+    import sys
+
+    if sys.argv[1:] == ["--render"]:
+        print("\n".join(render(json.loads(RUNS_JSON.read_text()))))
+    else:
+        run_section(main)
