@@ -1,10 +1,14 @@
-"""Benchmark 9b: re-selection frequency and fresh optimizer state, at ρ = 0.5 on the frontier's proxy.
+"""Benchmark 9b: two follow-ups to the frontier, on its proxy and summarisation task.
 
-With the frontier's two epochs, GreenTrainer selects twice per run, and ``frozen_state="drop"``
-cannot differ from ``keep``: a tensor deselected at the second selection is never trained again,
-so its state is not read either way. This section re-selects every ``RESELECT_STEPS`` optimizer
-steps (several selections per epoch), with the moments of deselected tensors kept and dropped,
-on the summarisation task at the learning rate the frontier chose for GreenTrainer ρ = 0.5.
+1. Own learning rate at ρ = 0.7. In the frontier, GreenTrainer at ρ ≠ 0.5 borrows ρ = 0.5's
+   learning rate, while at ρ = 0.7 it trains several times as many parameters; this section sweeps
+   ρ = 0.7's own learning rate by the frontier's rule (seed 0, dev loss, worse on both sides) and
+   reruns its seeds.
+2. Fresh optimizer state. With the frontier's two epochs GreenTrainer selects twice per run, and
+   ``frozen_state="drop"`` cannot differ from ``keep`` (a tensor deselected at the second selection
+   is never trained again). Here it re-selects every ``RESELECT_STEPS`` optimizer steps with the
+   moments of deselected tensors kept and dropped, at ρ = 0.5's learning rate.
+
 It reads the frontier's runs (bench/results/frontier_runs.json), so it runs after ``frontier``.
 """
 
@@ -14,7 +18,7 @@ import json
 import time
 
 from bench.common import RESULTS, fmt_pm, machine_line, mean_std, run_section, single_thread, table, write_section
-from bench.frontier import RUNS_JSON, SCHEMES, Scheme, Sizes, build_tasks, score, train_one
+from bench.frontier import RUNS_JSON, SCHEMES, Scheme, Sizes, bracketed_sweep, build_tasks, score, train_one
 from bench.proxy import load_or_pretrain
 
 RESELECT_STEPS = 8
@@ -24,7 +28,8 @@ VARIANTS = (
     Scheme("green-drop-0.5-k", f"GT ρ=0.5 drop, re-select every {RESELECT_STEPS} steps", "green", (), rho=0.5,
            frozen_state="drop", overrides=(("reselect", RESELECT_STEPS),)),
 )
-BASELINES = ("green-0.5", "green-drop-0.5", "full", "lora-8")
+OWN_LR = Scheme("green-0.7-own-lr", "GT ρ=0.7, own lr", "green", SCHEMES["green-0.7"].lr_grid, rho=0.7)
+BASELINES = ("full", "lora-8", "green-0.5", "green-drop-0.5", "green-0.7")
 
 
 def _selections(run: dict, epochs: int) -> str:
@@ -45,13 +50,27 @@ def main(quick: bool = False, log=print) -> list[str]:
     task = build_tasks(s)[0]
     lr = frontier["tasks"][task.name]["best_lr"]["green-0.5"]
     runs = []
+    kept = {}
+
+    def dev_loss(candidate: float) -> float:
+        kept[candidate] = train_one(proxy, task, s, OWN_LR, candidate, seed=0)
+        log(f"  {OWN_LR.key} sweep lr={candidate:g}: dev loss {kept[candidate].record['dev_loss']:.4f}")
+        return kept[candidate].record["dev_loss"]
+
+    own_lr = bracketed_sweep(OWN_LR.lr_grid, dev_loss, s.sweep)
+    sweep = [{"lr": k, "dev_loss": v.record["dev_loss"]} for k, v in sorted(kept.items())]
+    for seed in s.seeds:
+        trained = kept[own_lr] if seed == 0 else train_one(proxy, task, s, OWN_LR, own_lr, seed)
+        runs.append(score(trained, proxy, task))
+        log(f"  {OWN_LR.key} seed {seed}: ROUGE-L {runs[-1]['score']:.2f}")
     for scheme in VARIANTS:
         for seed in s.seeds:
             run = score(train_one(proxy, task, s, scheme, lr, seed), proxy, task)
             log(f"  {scheme.key} seed {seed}: ROUGE-L {run['score']:.2f}, FLOPs share {run['flops_share']:.3f}")
             runs.append(run)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "frontier_why.json").write_text(json.dumps({"quick": quick, "lr": lr, "runs": runs}, indent=1))
+    (RESULTS / "frontier_why.json").write_text(json.dumps(
+        {"quick": quick, "lr": lr, "own_lr": own_lr, "own_lr_sweep": sweep, "runs": runs}, indent=1))
 
     def row(label: str, rs: list[dict]) -> list[str]:
         return [label, fmt_pm([r["score"] for r in rs], 2), fmt_pm([r["test_loss"] for r in rs], 3),
@@ -62,22 +81,28 @@ def main(quick: bool = False, log=print) -> list[str]:
 
     base = [r for r in frontier["tasks"][task.name]["runs"] if r["key"] in BASELINES]
     rows = [row(SCHEMES[k].label + " (frontier)", [r for r in base if r["key"] == k]) for k in BASELINES]
-    rows += [row(v.label, [r for r in runs if r["key"] == v.key]) for v in VARIANTS]
+    rows += [row(v.label, [r for r in runs if r["key"] == v.key]) for v in (OWN_LR, *VARIANTS)]
+    borrowed = mean_std([r["score"] for r in base if r["key"] == "green-0.7"])[0]
+    own = mean_std([r["score"] for r in runs if r["key"] == OWN_LR.key])[0]
     keep = mean_std([r["score"] for r in runs if r["key"] == VARIANTS[0].key])[0]
     drop = mean_std([r["score"] for r in runs if r["key"] == VARIANTS[1].key])[0]
     epoch_wise = mean_std([r["score"] for r in base if r["key"] == "green-0.5"])[0]
     lines = [
-        "### 9b. Re-selection frequency and fresh optimizer state (summarisation, ρ = 0.5)",
+        "### 9b. Follow-ups: ρ = 0.7 with its own learning rate; re-selection frequency and fresh optimizer state",
         "",
         *(["**Quick mode (smoke test): not evidence.**", ""] if quick else []),
-        f"{machine_line()} Same proxy, data, epochs and seeds as section 9 (the frontier rows below are "
-        f"its runs); learning rate {lr:g} (the frontier's choice for GreenTrainer ρ = 0.5). Re-selecting "
-        f"every {RESELECT_STEPS} optimizer steps instead of at each epoch start; importance is scored "
-        "on the same number of batches at every selection.",
+        f"{machine_line()} Same proxy, data, epochs and seeds as section 9 (the rows marked frontier are "
+        f"its runs). (1) GreenTrainer ρ = 0.7 with its own learning rate, swept by section 9's rule: "
+        + ", ".join(f"{x['lr']:g}{'*' if x['lr'] == own_lr else ''} ({x['dev_loss']:.3f})" for x in sweep)
+        + f" (lr (dev loss), * chosen), against the borrowed {lr:g}. (2) Re-selecting every "
+        f"{RESELECT_STEPS} optimizer steps instead of at each epoch start, at learning rate {lr:g}; "
+        "importance is scored on the same number of batches at every selection.",
         "",
         *table(["scheme", "ROUGE-L", "test loss", "FLOPs / full", "params trained (mean over epochs)",
                 "selections", "importance s"], rows),
         "",
+        f"ρ = 0.7 with its own learning rate vs the borrowed one: ROUGE-L {own:.2f} vs {borrowed:.2f} "
+        f"({own - borrowed:+.2f}). "
         f"Re-selecting every {RESELECT_STEPS} steps vs every epoch (both keep the moments): ROUGE-L "
         f"{keep:.2f} vs {epoch_wise:.2f} ({keep - epoch_wise:+.2f}); dropping the moments of deselected "
         f"tensors at that frequency vs keeping them: {drop:.2f} vs {keep:.2f} ({drop - keep:+.2f}). FLOPs "
