@@ -6,7 +6,8 @@ a copy of it with the GreenTrainer loop on two generated tasks of different kind
 
 * summarisation: the embedded task (``gt_core.embedded_task``), scored by ROUGE-L;
 * classification phrased as generation: the same kind of reports with a question appended, the
-  answer is the event's kind and size ("trade large"), scored by exact-match accuracy.
+  answer is the event's kind and size ("trade large"), scored by accuracy: the generation's first
+  two words must be the label (what follows them is ignored).
 
 Schemes: full, FT-Top2, LoRA r 4/8/16, prefix, GreenTrainer at ρ 0.4–0.8, and GreenTrainer at
 ρ 0.5 with the optimizer state of deselected tensors dropped (``frozen_state="drop"``). Learning
@@ -94,7 +95,7 @@ QUESTION = " Question: what kind of event was recorded, and was it small or larg
 @dataclass
 class Task:
     name: str
-    metric: str  # "rouge" (ROUGE-L) or "exact_match" (accuracy), as gt_core.evaluate names them
+    metric: str  # "rouge" (ROUGE-L) or "label" (accuracy of the answer's first words)
     train: list
     dev: list
     test: list
@@ -123,7 +124,7 @@ def build_tasks(s: Sizes) -> list[Task]:
     classify = [classification_example(e) for e in c_train + c_held]
     c_train, c_dev, c_test = classify[: s.n_train], classify[s.n_train: s.n_train + s.n_dev], classify[s.n_train + s.n_dev:]
     return [Task("summarisation", "rouge", train, dev, test, max_new_tokens=40),
-            Task("classification", "exact_match", c_train, c_dev, c_test, max_new_tokens=6)]
+            Task("classification", "label", c_train, c_dev, c_test, max_new_tokens=6)]
 
 
 @dataclass
@@ -169,13 +170,23 @@ def score(trained: Trained, proxy: Proxy, task: Task) -> dict:
     """Add the test-split score (ROUGE-L or accuracy, greedy decoding) and test loss to the record."""
     from gt_core.evaluate import evaluate_model
 
-    result = evaluate_model(trained.model, proxy.tokenizer, task.test, metric=task.metric, num_beams=1,
+    result = evaluate_model(trained.model, proxy.tokenizer, task.test, metric="rouge", num_beams=1,
                             max_new_tokens=task.max_new_tokens, batch_size=16, max_input_length=200,
-                            max_target_length=40)
+                            max_target_length=40, include_predictions=True)
     record = dict(trained.record)
-    record["score"] = result["rougeL"] if task.metric == "rouge" else result["exact_match"]
+    references = [example.target for example in task.test]
+    record["score"] = (result["rougeL"] if task.metric == "rouge"
+                       else label_accuracy(result["predictions"], references))
     record["test_loss"] = result["val_loss"]
+    record["sample_predictions"] = result["predictions"][:3]
     return record
+
+
+def label_accuracy(predictions: list[str], labels: list[str]) -> float:
+    """Percentage of predictions whose first words are the label's words (case-insensitive): the
+    answer is read off the start of the generation, whatever the model writes after it."""
+    hits = sum(p.lower().split()[: len(l.split())] == l.lower().split() for p, l in zip(predictions, labels))
+    return 100.0 * hits / len(labels)
 
 
 def bracketed_sweep(grid: tuple[float, ...], dev_loss: Callable[[float], float], full: bool) -> float:
@@ -412,7 +423,8 @@ def _comparison(task: Task, points: dict[str, dict]) -> list[str]:
     return out
 
 
-def main(quick: bool = False, log=print) -> list[str]:
+def main(quick: bool = False, log=print, only_task: str | None = None) -> list[str]:
+    """Run the section; ``only_task`` reruns one task (full mode) and merges it into the saved runs."""
     single_thread()
     started = time.perf_counter()
     s = Sizes.for_mode(quick)
@@ -421,15 +433,22 @@ def main(quick: bool = False, log=print) -> list[str]:
     results: dict[str, Any] = {"sizes": asdict(s), "quick": quick, "proxy": proxy.info, "tasks": {},
                                "machine": machine_line()}
     for task in tasks:
+        if only_task is not None and task.name != only_task:
+            continue
         t0 = time.perf_counter()
         best, runs, sweeps = run_task(proxy, task, s, tuple(SCHEMES), None, log)
         results["tasks"][task.name] = {"best_lr": best, "runs": runs, "sweep": sweeps,
                                        "section_s": time.perf_counter() - t0}
-    if s.untied:
+    if s.untied and only_task in (None, tasks[0].name):
         untied = load_or_pretrain(s.proxy.with_tied(False), log)
         _, untied_runs, _ = run_task(untied, tasks[0], s, UNTIED_KEYS, results["tasks"][tasks[0].name]["best_lr"], log)
         results["untied"] = {"proxy": untied.info, "runs": untied_runs}
     results["section_s"] = time.perf_counter() - started
+    if only_task is not None:
+        saved = json.loads(RUNS_JSON.read_text())
+        saved["tasks"][only_task] = results["tasks"][only_task]
+        saved.setdefault("reruns", []).append({"task": only_task, "section_s": results["section_s"]})
+        results = {**saved, **({"untied": results["untied"]} if "untied" in results else {})}
     RESULTS.mkdir(parents=True, exist_ok=True)
     RUNS_JSON.write_text(json.dumps(results, indent=1))
     return render(results)
@@ -562,5 +581,7 @@ if __name__ == "__main__":
 
     if sys.argv[1:] == ["--render"]:
         print("\n".join(render(json.loads(RUNS_JSON.read_text()))))
+    elif sys.argv[1:2] == ["--task"]:
+        print("\n".join(main(only_task=sys.argv[2])))
     else:
         run_section(main)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from bench.frontier import (
-    GREEN_RHOS, LR_FROM, SCHEMES, SWEPT, bracketed_sweep, classification_example, interpolate, pareto,
+    GREEN_RHOS, LR_FROM, SCHEMES, SWEPT, bracketed_sweep, classification_example, interpolate, label_accuracy, pareto,
     selection_counts,
 )
 from bench.proxy import ProxyRecipe, recipe_hash, stdlib_docstrings
@@ -103,3 +103,9 @@ def test_docstring_corpus_is_bounded_and_deterministic():
     assert first == stdlib_docstrings(20_000)
     assert 20_000 <= sum(map(len, first)) < 20_000 + max(map(len, first))
     assert all("\n" not in text for text in first)
+
+
+def test_label_accuracy_reads_the_first_words_only():
+    predictions = ["Trade large trade large", "trade", "audit small", "small audit"]
+    labels = ["trade large", "trade large", "audit small", "audit small"]
+    assert label_accuracy(predictions, labels) == 50.0
