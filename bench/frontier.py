@@ -124,7 +124,7 @@ def build_tasks(s: Sizes) -> list[Task]:
     classify = [classification_example(e) for e in c_train + c_held]
     c_train, c_dev, c_test = classify[: s.n_train], classify[s.n_train: s.n_train + s.n_dev], classify[s.n_train + s.n_dev:]
     return [Task("summarisation", "rouge", train, dev, test, max_new_tokens=40),
-            Task("classification", "label", c_train, c_dev, c_test, max_new_tokens=6)]
+            Task("classification", "label", c_train, c_dev, c_test, max_new_tokens=16)]
 
 
 @dataclass
