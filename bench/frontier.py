@@ -477,6 +477,9 @@ def render(results: dict) -> list[str]:
     if "section_s" in results:
         lines += ["", f"_Section time: {results['section_s']:.0f} s "
                       f"(proxy pre-training {'cached' if cached else 'included'})._"]
+    for rerun in results.get("reruns", []):
+        lines += ["", f"_The {rerun['task']} task was rerun on its own after a fix to its scoring "
+                      f"({rerun['section_s']:.0f} s); its rows above are from that rerun._"]
     write_section("frontier", lines)
     return lines
 
