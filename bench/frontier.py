@@ -533,10 +533,21 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
             full = points["full"]["score"]
             return f"{100 * (points[key]['score'] - full) / full:+.1f}%" if full else "-"
 
+        def loss(points: dict, key: str) -> float:
+            return mean_std([x["test_loss"] for x in points[key]["runs"]])[0]
+
+        def head_epochs(runs: list[dict]) -> str:
+            epochs = [names for run in runs for names in run["selected"] if names is not None]
+            if not epochs:
+                return "-"
+            return f"{sum(any(n.startswith('lm_head.') for n in names) for names in epochs)}/{len(epochs)}"
+
         rows = [[SCHEMES[k].label, fmt_pm([x["score"] for x in p["runs"]], 2),
-                 fmt_pm([x["flops_share"] for x in p["runs"]], 3),
+                 fmt_pm([x["test_loss"] for x in p["runs"]], 3), fmt_pm([x["flops_share"] for x in p["runs"]], 3),
                  f"{100 * sum(x['param_share_mean'] for x in p['runs']) / len(p['runs']):.1f}%",
-                 versus_full(untied_points, k), versus_full(tied_points, k)]
+                 head_epochs(p["runs"]), versus_full(untied_points, k), versus_full(tied_points, k),
+                 f"{loss(untied_points, k) - loss(untied_points, 'full'):+.3f}",
+                 f"{loss(tied_points, k) - loss(tied_points, 'full'):+.3f}"]
                 for k, p in untied_points.items()]
         lines += [
             "### Untied LM head (summarisation)", "",
@@ -544,8 +555,9 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
             f"{100 * untied_info['head_share']:.1f}% of {untied_info['params'] / 1e6:.2f} M parameters; embedding "
             f"{100 * untied_info['embedding_share']:.1f}%), pre-trained by the same recipe (held-out LM loss "
             f"{untied_info['val_loss']:.3f}), fine-tuned at the tied model's learning rates.", "",
-            *table(["scheme", "ROUGE-L", "FLOPs / full", "params trained (mean over epochs)", "vs full (untied)",
-                    "vs full (tied, above)"], rows), "",
+            *table(["scheme", "ROUGE-L", "test loss", "FLOPs / full", "params trained (mean over epochs)",
+                    "epochs with the head selected", "ROUGE-L vs full (untied)", "ROUGE-L vs full (tied, above)",
+                    "test loss − full's (untied)", "test loss − full's (tied, above)"], rows), "",
         ]
     lines += [
         "### What GreenTrainer selects", "",
@@ -554,7 +566,7 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         "final norm and an untied head), for each ρ and both tasks.", "",
         f"![selection]({PLOTS['selection']})", "",
         *table(["task", "scheme", "epochs with the token embedding selected", "params trained (mean)",
-                "FLOPs / full"], _embedding_rows(tasks, all_points)), "",
+                "FLOPs / full", "test loss"], _embedding_rows(tasks, all_points)), "",
         f"With {s.epochs} epochs GreenTrainer selects {s.epochs} times per run. `frozen_state=\"drop\"` "
         "can only differ from `keep` when a tensor is deselected and later selected again, which needs a "
         "third selection; "
@@ -575,7 +587,7 @@ def _embedding_rows(tasks: list[Task], all_points: dict) -> list[list[str]]:
             hits = sum(any(n.endswith("embed_tokens.weight") for n in names) for names in epochs)
             rows.append([task.name, SCHEMES[key].label, f"{hits}/{len(epochs)}",
                          f"{100 * sum(r['param_share_mean'] for r in runs) / len(runs):.1f}%",
-                         f"{all_points[task.name][key]['share']:.3f}"])
+                         f"{all_points[task.name][key]['share']:.3f}", fmt_pm([r["test_loss"] for r in runs], 3)])
     return rows
 
 
