@@ -248,14 +248,18 @@ def summarise(runs: list[dict], keys: tuple[str, ...]) -> dict[str, dict]:
         if rs:
             score_m, score_s = mean_std([r["score"] for r in rs])
             share_m, share_s = mean_std([r["flops_share"] for r in rs])
-            out[key] = {"score": score_m, "score_std": score_s, "share": share_m, "share_std": share_s, "runs": rs}
+            loss_m, loss_s = mean_std([r["test_loss"] for r in rs])
+            out[key] = {"score": score_m, "score_std": score_s, "share": share_m, "share_std": share_s,
+                        "loss": loss_m, "loss_std": loss_s, "runs": rs}
     return out
 
 
-def pareto(points: dict[str, dict]) -> list[str]:
-    """Keys not dominated (another point with no more FLOPs and a higher score), by FLOPs share."""
+def pareto(points: dict[str, dict], value: str = "score", higher_is_better: bool = True) -> list[str]:
+    """Keys not dominated (another point with no more FLOPs and a better ``value``), by FLOPs share."""
+    sign = 1.0 if higher_is_better else -1.0
     keep = [k for k, p in points.items()
-            if not any(q["share"] <= p["share"] and q["score"] > p["score"] for j, q in points.items() if j != k)]
+            if not any(q["share"] <= p["share"] and sign * q[value] > sign * p[value]
+                       for j, q in points.items() if j != k)]
     return sorted(keep, key=lambda k: points[k]["share"])
 
 
@@ -323,19 +327,22 @@ def plot_frontier(task: Task, points: dict[str, dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    for key, p in points.items():
-        ax.errorbar(p["share"], p["score"], xerr=p["share_std"], yerr=p["score_std"], fmt="o", color=_color(key),
-                    capsize=3, ms=5)
-        ax.annotate(SCHEMES[key].label, (p["share"], p["score"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    front = pareto(points)
-    ax.plot([points[k]["share"] for k in front], [points[k]["score"] for k in front], "--", color="grey",
-            lw=1, label="Pareto frontier")
-    ax.set_xlabel("training FLOPs / full fine-tuning's")
-    ax.set_ylabel(f"test {task.metric_label} (mean ± std over seeds)")
-    ax.set_title(f"{task.name}: proportioned pre-trained OPT proxy")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    panels = ((axes[0], "score", True, f"test {task.metric_label}"), (axes[1], "loss", False, "test loss (lower is better)"))
+    for ax, value, higher, ylabel in panels:
+        for key, p in points.items():
+            ax.errorbar(p["share"], p[value], xerr=p["share_std"], yerr=p[f"{value}_std"], fmt="o",
+                        color=_color(key), capsize=3, ms=5)
+            ax.annotate(SCHEMES[key].label, (p["share"], p[value]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        front = pareto(points, value, higher)
+        ax.plot([points[k]["share"] for k in front], [points[k][value] for k in front], "--", color="grey",
+                lw=1, label="Pareto frontier")
+        ax.set_xlabel("training FLOPs / full fine-tuning's")
+        ax.set_ylabel(f"{ylabel} (mean ± std over seeds)")
+        ax.legend(loc="lower right" if higher else "upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{task.name}: proportioned pre-trained OPT proxy")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
