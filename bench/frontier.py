@@ -529,6 +529,7 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         "changed afterwards; only the compute budget decided the sizes.",
         "",
     ]
+    lines += _reading(tasks, all_points, results, s)
     for task in tasks:
         t = results["tasks"][task.name]
         lines += _task_lines(task, t["best_lr"], all_points[task.name], t["sweep"], s)
@@ -582,6 +583,49 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         "",
     ]
     return lines
+
+
+def trains_embedding(point: dict) -> bool:
+    """Whether a scheme's runs trained the token embedding in some epoch (full and FT-Top2 always do:
+    FT-Top2's top layer is the tied LM head; LoRA and prefix never do)."""
+    key = point["runs"][0]["key"]
+    if key in ("full", "top2"):
+        return True
+    return any(names and any(n.endswith("embed_tokens.weight") for n in names)
+               for run in point["runs"] for names in run["selected"])
+
+
+def _reading(tasks: list[Task], all_points: dict, results: dict, s: Sizes) -> list[str]:
+    """What the numbers say, computed from them: test loss with and without the embedding trained,
+    and GreenTrainer against full fine-tuning on the untied proxy."""
+    lines = ["**Reading.** "]
+    parts = []
+    for task in tasks:
+        points = all_points[task.name]
+        with_embedding = [p["loss"] for p in points.values() if trains_embedding(p)]
+        without = [p["loss"] for p in points.values() if not trains_embedding(p)]
+        parts.append(f"{task.name}: schemes that train the tied token embedding reach test losses "
+                     f"{min(with_embedding):.2f}–{max(with_embedding):.2f}, those that do not "
+                     f"{min(without):.2f}–{max(without):.2f}")
+    chose = sorted({SCHEMES[k].label for t in tasks for k, p in all_points[t.name].items()
+                    if k.startswith("green") and trains_embedding(p)})
+    text = ("; ".join(parts) + ". GreenTrainer selected the tied embedding "
+            + (f"only in {', '.join(chose)}" if chose else "in no run")
+            + " (its weight gradient needs the activation gradient through the whole model, so the DP "
+              "can afford it only at a high ρ).")
+    untied = results.get("untied")
+    if untied:
+        points = summarise(untied["runs"], UNTIED_KEYS)
+        if {"full", "green-0.5"} <= points.keys():
+            text += (f" With an untied head, GreenTrainer ρ = 0.5 reaches test loss {points['green-0.5']['loss']:.3f} "
+                     f"against full fine-tuning's {points['full']['loss']:.3f} (tied: "
+                     f"{all_points[tasks[0].name]['green-0.5']['loss']:.3f} against "
+                     f"{all_points[tasks[0].name]['full']['loss']:.3f}).")
+    steps = s.n_train // s.batch_size * s.epochs
+    text += (f" Every scheme trains for {steps} optimizer steps, so all are under-trained; greedy-decoded "
+             "scores are noisy at this level (see the std columns) and the test losses are the steadier measure.")
+    lines[0] += text
+    return lines + [""]
 
 
 def _embedding_rows(tasks: list[Task], all_points: dict) -> list[list[str]]:
