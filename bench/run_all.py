@@ -36,6 +36,8 @@ SECTIONS = {
     "large": "large_models",
     "scheduling": "scheduling",
     "memory": "memory",
+    "frontier": "frontier",
+    "frontier_why": "frontier_why",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
@@ -91,6 +93,14 @@ def run_section(name: str, quick: bool) -> None:
         from bench import memory
 
         memory.main(quick, log=_log)
+    elif name == "frontier":
+        from bench import frontier
+
+        frontier.main(quick, log=_log)
+    elif name == "frontier_why":
+        from bench import frontier_why
+
+        frontier_why.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 

@@ -1,0 +1,199 @@
+"""The frontier benchmark's proxy LLM: a small OPT with a real LLM's parameter proportions,
+pre-trained as a plain language model on English prose that is not the fine-tuning task.
+
+Corpus: the docstrings of the Python standard library's own source files (read with ``ast``,
+nothing imported), in sorted file order, up to ``corpus_chars`` characters. It ships with every
+Python, needs no download, and is technical English with a distribution unlike the generated
+reports of the fine-tuning tasks. The tokenizer (the project's local BPE) is trained on that
+corpus only, so the tasks' invented words are split into sub-words as a real LLM's tokenizer
+would split unseen names.
+
+The pre-trained weights and tokenizer are cached under ``bench/.cache/proxy-<hash>/``; the hash
+covers the recipe, the corpus text and the torch/transformers versions, so a changed recipe or
+corpus rebuilds and an unchanged one is loaded in a second.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import sysconfig
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT
+
+CACHE = ROOT / "bench" / ".cache"
+
+
+@dataclass(frozen=True)
+class ProxyRecipe:
+    """Shape and pre-training of the proxy (token counts are after tokenisation)."""
+
+    hidden: int = 64
+    layers: int = 8
+    heads: int = 4
+    vocab_size: int = 512
+    max_len: int = 256
+    tied: bool = True
+    corpus_chars: int = 600_000
+    block_tokens: int = 128
+    batch_size: int = 16
+    steps: int = 300
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    seed: int = 0
+
+    def with_tied(self, tied: bool) -> "ProxyRecipe":
+        return ProxyRecipe(**{**asdict(self), "tied": tied})
+
+
+@dataclass
+class Proxy:
+    recipe: ProxyRecipe
+    tokenizer: Any
+    state: dict
+    info: dict
+
+    def build(self) -> Any:
+        """A fresh model holding the pre-trained weights."""
+        model = proxy_model(self.recipe, len(self.tokenizer))
+        model.load_state_dict(self.state)
+        return model
+
+
+def stdlib_docstrings(max_chars: int) -> list[str]:
+    """Module, class and function docstrings of the standard library's .py files (tests and
+    third-party packages skipped), in sorted path order, until ``max_chars`` characters."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts: list[str] = []
+    total = 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).parts
+        if any(part in ("test", "tests", "site-packages", "idlelib", "lib2to3") for part in rel):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc or len(doc) < 40:
+                continue
+            text = " ".join(doc.split())
+            texts.append(text)
+            total += len(text)
+            if total >= max_chars:
+                return texts
+    return texts
+
+
+def proxy_model(recipe: ProxyRecipe, vocab_size: int) -> Any:
+    from gt_core.tiny import tiny_model
+
+    return tiny_model("opt", vocab_size=vocab_size, hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads,
+                      max_len=recipe.max_len, seed=recipe.seed, tie_word_embeddings=recipe.tied)
+
+
+def parameter_shares(model: Any) -> dict[str, float]:
+    """Parameter counts (unique tensors) and the token embedding's / LM head's share of all."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    out = {"params": total, "embedding_share": embed.numel() / total}
+    out["head_share"] = 0.0 if head is embed else head.numel() / total
+    return out
+
+
+def recipe_hash(recipe: ProxyRecipe, corpus: list[str]) -> str:
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    digest.update("\n".join(corpus).encode())
+    digest.update(f"{torch.__version__} {transformers.__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _blocks(tokenizer: Any, corpus: list[str], block_tokens: int) -> Any:
+    import torch
+
+    ids: list[int] = []
+    for text in corpus:
+        ids += tokenizer(text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+    n = len(ids) // block_tokens
+    return torch.tensor(ids[: n * block_tokens]).view(n, block_tokens)
+
+
+def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
+    import torch
+
+    from gt_core.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
+    blocks = _blocks(tokenizer, corpus, recipe.block_tokens)
+    n_val = max(1, len(blocks) // 20)
+    train, val = blocks[:-n_val], blocks[-n_val:]
+    model = proxy_model(recipe, len(tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+
+    def factor(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    started = time.perf_counter()
+    model.train()
+    for step in range(recipe.steps):
+        batch = train[torch.randint(len(train), (recipe.batch_size,), generator=generator)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0:
+            log(f"  proxy pre-training step {step}/{recipe.steps}: loss {loss.item():.3f}")
+    model.eval()
+    with torch.no_grad():
+        val_loss = float(sum(model(input_ids=b, labels=b).loss for b in val.split(recipe.batch_size))
+                         / math.ceil(len(val) / recipe.batch_size))
+    info = {
+        "pretrain_s": time.perf_counter() - started, "val_loss": val_loss, "corpus_chars": sum(map(len, corpus)),
+        "corpus_texts": len(corpus), "corpus_tokens": int(blocks.numel()),
+        "tokens_seen": recipe.steps * recipe.batch_size * recipe.block_tokens, "vocab": len(tokenizer),
+        **parameter_shares(model),
+    }
+    return Proxy(recipe, tokenizer, {k: v.clone() for k, v in model.state_dict().items()}, info)
+
+
+def load_or_pretrain(recipe: ProxyRecipe, log=print) -> Proxy:
+    """The pre-trained proxy from the cache, pre-training (and caching) it when missing."""
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = stdlib_docstrings(recipe.corpus_chars)
+    where = CACHE / f"proxy-{recipe_hash(recipe, corpus)}"
+    if (where / "weights.pt").exists():
+        info = json.loads((where / "info.json").read_text())
+        info["cached"] = True
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(where / "tokenizer")
+        return Proxy(recipe, tokenizer, torch.load(where / "weights.pt", map_location="cpu"), info)
+    log(f"  pre-training the proxy ({'tied' if recipe.tied else 'untied'}) into {where.relative_to(ROOT)}")
+    proxy = _pretrain(recipe, corpus, log)
+    where.mkdir(parents=True, exist_ok=True)
+    proxy.tokenizer.save_pretrained(where / "tokenizer")
+    (where / "info.json").write_text(json.dumps({**proxy.info, "recipe": asdict(recipe)}, indent=1))
+    torch.save(proxy.state, where / "weights.tmp")
+    (where / "weights.tmp").rename(where / "weights.pt")
+    proxy.info["cached"] = False
+    return proxy
