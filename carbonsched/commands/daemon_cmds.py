@@ -10,6 +10,7 @@ import typer
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 from carbonsched.config import ConfigError, DaemonConfig, load_config
+from carbonsched.types import iso_utc
 
 CONFIG_ENV = "CARBONSCHED_CONFIG"
 
@@ -51,6 +52,24 @@ def _print_json(reply: dict[str, Any]) -> None:
 
 def _num(value: Any, fmt: str = "{:.1f}", unit: str = "") -> str:
     return "unknown" if value is None else fmt.format(value) + unit
+
+
+def job_plan_line(job: dict[str, Any]) -> str:
+    """A deadline job's plan and pauses in one line (from the ``jobs`` reply)."""
+    parts = []
+    if job.get("deadline"):
+        parts.append(f"deadline {job['deadline']}")
+    plan = job.get("plan")
+    if plan:
+        if plan["pause_until_s"] is not None:
+            parts.append(f"paused until {iso_utc(plan['pause_until_s'])}, then ρ {plan['rho']:.2f}")
+        else:
+            parts.append(f"ρ {plan['rho']:.2f}" + (" (deadline guard)" if plan["guard"] else ""))
+            if plan["next_pause_at_s"] is not None:
+                parts.append(f"next pause {iso_utc(plan['next_pause_at_s'])} → {iso_utc(plan['next_resume_at_s'])}")
+        parts.append(f"{plan['work_left_epochs']:.2f} epochs left, slack {plan['slack_s']:.0f} s")
+    parts.append(f"paused {job.get('paused_s') or 0:.0f} s in all")
+    return "; ".join(parts)
 
 
 def register(app: typer.Typer) -> None:
@@ -171,8 +190,11 @@ def register(app: typer.Typer) -> None:
             typer.echo("no jobs")
         for j in r["jobs"]:
             rank = f" rank {j['rank']}/{j['world_size']}" if j.get("world_size") and j.get("rank") is not None else ""
-            typer.echo(f"{j['job_id']}  {j['status']:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
+            status = "paused" if j.get("paused") and j["status"] == "running" else j["status"]
+            typer.echo(f"{j['job_id']}  {status:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
                        f"{j['started_at']} → {j['ended_at'] or '…'}")
+            if j.get("deadline") or j.get("paused_s"):
+                typer.echo("    " + job_plan_line(j))
 
     @app.command()
     def override(
