@@ -247,8 +247,9 @@ class DaemonRhoSource(TrainerCallback):
 
     @property
     def supports_pause(self) -> bool:
-        """True for a job declared pausable: the trainer then checks for a pause between steps."""
-        return self.may_pause
+        """True for a job declared pausable, in its rank 0 process (the one that asks ρ): the
+        trainer then checks for a pause between steps. Other ranks wait at their next collective."""
+        return self.may_pause and self.job_fields.get("rank", 0) == 0
 
     def check_pause(self, *, paused: bool, force: bool = False) -> RhoReading | None:
         """Ask the daemon for ρ and whether to pause, telling it whether the job is paused now.

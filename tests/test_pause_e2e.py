@@ -84,6 +84,10 @@ def test_daemon_pauses_a_training_job_until_the_clean_hours_and_it_finishes_ever
         assert err.count("paused before step") == len(pauses)
         lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert [line["epoch"] for line in lines] == [0, 1]
+        report = CliRunner().invoke(carbonsched_app, ["report", "--state-dir", str(daemon.state_dir), "--format", "json"])
+        assert report.exit_code == 0, report.output
+        (reported,) = json.loads(report.output)["jobs"]
+        assert reported["paused_s"] == sum(p["ended_at"] - p["started_at"] for p in pauses)
 
 
 def test_a_paused_trainer_resumes_on_its_own_when_the_daemon_dies(tmp_path):
