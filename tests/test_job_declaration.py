@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from datetime import datetime, timezone
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from carbonsched.client import DaemonClient, pause_until_from
+from carbonsched.metrics import DaemonCollector
 from carbonsched.protocol import ProtocolError, decode_request, encode_request
 from carbonsched.store import MIGRATIONS, Store
 from daemon_helpers import LineConn
@@ -114,3 +118,27 @@ def test_bad_deadline_options_are_one_line_usage_errors(tmp_path, flags, expecte
                                                    "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert expected in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_a_planned_job_exports_its_plan_as_metrics_and_lists_it_in_jobs():
+    with inprocess_daemon() as running:
+        conn = LineConn(running.daemon.config.socket)
+        try:
+            assert conn.ask(op="job.start", model="m", scheme="green", pid=os.getpid(), job_id="d",
+                            deadline=time.time() + 7200, epochs=4, epoch_seconds=900, rho_min=0.5, may_pause=True)["ok"]
+            (job,) = conn.ask(op="jobs")["jobs"]
+            answer = conn.ask(op="rho", job_id="d")
+        finally:
+            conn.close()
+        plan = job["plan"]
+        assert plan is not None and answer["policy"] == "planner" and answer["rho"] == plan["rho"]
+        assert answer["pause_until"] == plan["pause_until_s"] and plan["work_left_epochs"] == 4
+        registry = CollectorRegistry()
+        registry.register(DaemonCollector(running.daemon.state))
+        samples = {(s.name, s.labels.get("job_id")): s.value
+                   for family in text_string_to_metric_families(generate_latest(registry).decode())
+                   for s in family.samples}
+    assert samples[("carbonsched_job_planned_rho", "d")] == plan["rho"]
+    assert samples[("carbonsched_job_paused", "d")] == float(plan["pause_until_s"] is not None)
+    assert samples[("carbonsched_job_work_remaining_epochs", "d")] == 4.0
+    assert 0 < samples[("carbonsched_job_deadline_slack_seconds", "d")] < 7200 - 4 * 900 * 0.5 + 1
