@@ -21,6 +21,11 @@ The first failure of an outage is logged once as a warning; when the daemon answ
 the first attempt after the back-off, or at the next epoch event) the same job id is registered
 again (the daemon marks it running) and reporting resumes. An epoch whose start was missed is
 still recorded at its end (the daemon derives its start from the wall time).
+
+A job with a deadline sends its job model with ``job.start`` (``deadline_s``, ``epochs``,
+``epoch_seconds``, ``rho_min``, ``mean_rho``, ``may_pause``); the daemon then plans it, and its ρ
+answers may carry a pause (:attr:`~gt_core.rho.RhoReading.pause_until_s`). :meth:`DaemonRhoSource.check_pause`
+is the cheap, rate-limited question :mod:`gt_core.pausing` asks between steps.
 """
 
 from __future__ import annotations
