@@ -221,6 +221,10 @@ class JobPlanner:
                           current_g_per_kwh: float | None, forecast: Sequence[ForecastPoint],
                           interval_s: float) -> dict[str, JobPlanDecision]:
         """A decision for each of ``jobs`` (stored rows) that declared a deadline and can be planned."""
+        with self._lock:  # only running jobs can still report a pause
+            running = {job["job_id"] for job in jobs}
+            self._paused &= running
+            self._seen &= running
         if current_g_per_kwh is None or not math.isfinite(current_g_per_kwh):
             return {}
         decisions = {}
@@ -252,11 +256,6 @@ class JobPlanner:
             store.start_pause(job_id, now, planned_until_s)
         else:
             store.end_pause(job_id, now)
-
-    def forget(self, job_id: str) -> None:
-        with self._lock:
-            self._paused.discard(job_id)
-            self._seen.discard(job_id)
 
 
 def paused_seconds(pauses: Sequence[Mapping[str, Any]], now_s: float) -> float:
