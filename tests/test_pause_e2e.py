@@ -2,13 +2,16 @@
 dirty for its first 23 hours and clean for the next 25, sped up so that a day passes in about a
 minute; a pausable job with a deadline waits for the clean hours at a step boundary, the daemon
 records the pause, and training finishes with every epoch. A daemon killed while the trainer is
-paused: the trainer resumes on its own after its bounded wait."""
+paused: the trainer resumes on its own after its bounded wait. A daemon that says run (an admin
+override): the paused job resumes at once."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from typer.testing import CliRunner
@@ -16,6 +19,8 @@ from typer.testing import CliRunner
 from carbonsched.cli import app as carbonsched_app
 from carbonsched.store import Store
 from daemon_helpers import DaemonProcess, ask_new_conn, short_dir, wait_until
+from gt_core.pausing import wait_while_paused
+from gt_core.rho_daemon import DaemonRhoSource
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
 DIRTY_HOURS, CLEAN_HOURS = 23, 25
@@ -114,3 +119,37 @@ def test_a_paused_trainer_resumes_on_its_own_when_the_daemon_dies(tmp_path):
         assert "no answer from the daemon for 2 s while paused" in err
         lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert [line["epoch"] for line in lines] == [0, 1]
+
+
+def test_a_paused_job_resumes_as_soon_as_the_daemon_says_run(caplog):
+    with short_dir() as d:
+        daemon = DaemonProcess(d, "--provider", f"trace:{write_trace(d)}?speedup=1000").wait_ready()
+        try:
+            def has_reading() -> bool:
+                return (ask_new_conn(daemon.socket, op="rho") or {}).get("intensity_g_per_kwh") is not None
+
+            assert wait_until(has_reading, 30, 0.1)  # so that the job is planned as it registers
+            source = DaemonRhoSource(daemon.socket, model_name="m", scheme="green", deadline_s=time.time() + 900,
+                                     epochs=2, epoch_seconds=2, rho_min=0.5, may_pause=True, pause_poll_s=0.2)
+            assert source.start_job()
+            result = {}
+            waiter = threading.Thread(target=lambda: result.update(reading=wait_while_paused(source, 0, 0)))
+            with caplog.at_level(logging.WARNING, logger="gt_core.pausing"):
+                waiter.start()
+                assert wait_until(lambda: paused_job(daemon) is not None, 30, 0.1), daemon.log()
+                pause_until_s = paused_job(daemon)["plan"]["pause_until_s"]
+                assert pause_until_s > time.time() + 30
+                conn = daemon.conn()
+                assert conn.ask(op="override", rho=0.8)["ok"]  # an admin's ρ runs the job now
+                conn.close()
+                waiter.join(30)
+                assert not waiter.is_alive()
+            assert result["reading"].pause_until_s is None and result["reading"].rho == 0.8
+            assert time.time() < pause_until_s  # resumed on the daemon's word, not at the planned end
+            assert "after" in caplog.text and "paused: told to run" in caplog.text
+            source.end_job("completed")
+        finally:
+            assert daemon.stop() == 0
+        with Store(daemon.state_dir / "carbonsched.sqlite3") as store:
+            (pause,) = store.pauses(source.job_id)
+        assert pause["ended_at"] is not None and pause["ended_at"] < pause_until_s
