@@ -9,6 +9,7 @@ source, :mod:`gt_core.rho_daemon`) backs off after a failure.
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import os
 import socket
@@ -45,6 +46,14 @@ class RhoAnswer:
     rho: float
     source: RhoSourceName
     detail: dict[str, Any] = field(default_factory=dict)
+    pause_until_s: float | None = None  # unix s: the daemon's plan pauses the job until then
+
+
+def pause_until_from(value: Any) -> float | None:
+    """A reply's ``pause_until`` as unix seconds; anything but a finite number means no pause."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 class DaemonClient:
@@ -151,10 +160,14 @@ class DaemonClient:
 
     # -- ρ -----------------------------------------------------------------------------------
 
-    def rho(self, job_id: str | None = None, default: float | None = None) -> RhoAnswer:
+    def rho(self, job_id: str | None = None, default: float | None = None, *, paused: bool | None = None) -> RhoAnswer:
         """ρ from the daemon; else the last ρ it gave this client; else ``default`` (or the
-        client's ``default_rho``). ``detail`` says why a fallback was used."""
-        fields = {"job_id": job_id} if job_id is not None else {}
+        client's ``default_rho``). ``detail`` says why a fallback was used. ``paused``: tell the
+        daemon whether the job is waiting out a pause (it records the pause interval); the
+        answer's ``pause_until_s`` is set only by a daemon answer that pauses the job."""
+        fields: dict[str, Any] = {"job_id": job_id} if job_id is not None else {}
+        if paused is not None:
+            fields["paused"] = paused
         try:
             reply = self.call("rho", **fields)
             rho = float(reply["rho"])
@@ -173,7 +186,7 @@ class DaemonClient:
             return RhoAnswer(float(fallback), "default", {"reason": reason})
         self._last_rho, self._last_rho_at = rho, time.monotonic()
         detail = {k: v for k, v in reply.items() if k not in ("ok", "v", "id", "rho")}
-        return RhoAnswer(rho, "daemon", detail)
+        return RhoAnswer(rho, "daemon", detail, pause_until_from(reply.get("pause_until")))
 
     # -- job and epoch reports (never raise) -------------------------------------------------
 

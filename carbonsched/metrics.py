@@ -59,6 +59,13 @@ METRICS = (
     MetricSpec("carbonsched_job_carbon_grams_total", "counter", "gCO2e", JOB_LABELS, "carbon of that energy"),
     MetricSpec("carbonsched_job_carbon_avoided_grams_total", "counter", "gCO2e", JOB_LABELS,
                "carbon the job's ended epochs avoided against full fine-tuning"),
+    MetricSpec("carbonsched_job_planned_rho", "gauge", "ratio (0, 1]", JOB_LABELS,
+               "deadline jobs: ρ the plan runs the job at now (or resumes it at after a pause)"),
+    MetricSpec("carbonsched_job_paused", "gauge", "0 or 1", JOB_LABELS, "deadline jobs: 1 while the plan pauses the job"),
+    MetricSpec("carbonsched_job_deadline_slack_seconds", "gauge", "s", JOB_LABELS,
+               "deadline jobs: time to the deadline minus the running time the remaining work needs"),
+    MetricSpec("carbonsched_job_work_remaining_epochs", "gauge", "epochs", JOB_LABELS,
+               "deadline jobs: epochs still to train (the open one counted by its share done)"),
 )
 SPECS = {spec.name: spec for spec in METRICS}
 
@@ -111,6 +118,12 @@ class DaemonCollector:
             add("carbonsched_job_energy_joules_total", job.energy_j, labels)
             add("carbonsched_job_carbon_grams_total", job.carbon_g, labels)
             add("carbonsched_job_carbon_avoided_grams_total", job.carbon_avoided_g, labels)
+            plan = record.plan if record else None
+            if plan is not None:
+                add("carbonsched_job_planned_rho", plan.rho, labels)
+                add("carbonsched_job_paused", float(plan.pause_until_s is not None), labels)
+                add("carbonsched_job_deadline_slack_seconds", plan.slack_s, labels)
+                add("carbonsched_job_work_remaining_epochs", plan.work_left_epochs, labels)
         yield from families.values()
 
 

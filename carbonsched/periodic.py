@@ -15,10 +15,13 @@ from typing import Any
 from carbonsched.accounting import (
     epoch_energy, job_pids, job_windows, measured_j_per_flop, recorded_epoch_savings, sample_job_energy_j,
 )
+from carbonsched.job_planning import JobPlanner
 from carbonsched.processes import process_alive
-from carbonsched.runtime_state import DecisionRecord, JobCounters, RuntimeState, start_of_utc_day
+from carbonsched.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
 from carbonsched.store import Store
-from carbonsched.types import EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow
+from carbonsched.types import (
+    Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow,
+)
 
 log = logging.getLogger("carbonsched.daemon")
 
@@ -34,6 +37,7 @@ class PeriodicWork:
         self._decide_lock = threading.Lock()
         self._job_policies: dict[str, Any] = {}  # job_id -> its copy of the policy; under _decide_lock
         self._policy_copied: Any = None  # the policy those copies were made from
+        self.job_planner = JobPlanner()  # deadline jobs: plans, and the pauses their trainers report
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -155,7 +159,8 @@ class PeriodicWork:
         calls decide(), on one copy of the policy per job; the socket answers from the results."""
         with self._decide_lock:
             now = utcnow()
-            running = [job["job_id"] for job in self.store.jobs(status="running")]
+            running_jobs = self.store.jobs(status="running")
+            running = [job["job_id"] for job in running_jobs]
             inputs = self.state.policy_inputs(now, running)
             job_policies = self._job_policies_for(inputs.policy, running)
             node = self._decision_record(inputs.policy, inputs.node, inputs.reading)
@@ -165,12 +170,32 @@ class PeriodicWork:
                     jobs[job_id] = self._decision_record(policy, inputs.jobs[job_id], inputs.reading)
                 except Exception as exc:  # the job gets the node's ρ
                     self.state.record_error("decide", f"job {job_id}: {type(exc).__name__}: {exc}")
+            jobs.update(self._planned_records(running_jobs, inputs))
             previous = self.state.set_decisions(node, jobs)
             signals = inputs.node
             self.store.add_decision(now, node.decision, intensity_g_per_kwh=signals.intensity_g_per_kwh, gpu_power_w=signals.gpu_power_w)
             if previous is None or previous.decision.rho != node.decision.rho:
                 log.info("rho %.3f (%s: %s)", node.decision.rho, node.decision.policy, node.decision.reason)
             return node
+
+    def _planned_records(self, running_jobs: list[dict[str, Any]], inputs: PolicyInputs) -> dict[str, DecisionRecord]:
+        """Deadline jobs get their plan's ρ or pause instead of the policy's ρ."""
+        signals = inputs.node
+        interval_s = self.state.settings.config.intervals.decide_s
+        try:
+            plans = self.job_planner.plan_running_jobs(
+                self.store, running_jobs, signals.now, signals.intensity_g_per_kwh, signals.forecast, interval_s)
+        except Exception as exc:  # the jobs keep their policy's ρ
+            self.state.record_error("plan", f"{type(exc).__name__}: {exc}")
+            return {}
+        return {
+            job_id: DecisionRecord(
+                decision=Decision(rho=plan.rho, reason=plan.reason, policy="planner"), decided_at=signals.now,
+                valid_until=signals.now + timedelta(seconds=interval_s), reading=inputs.reading,
+                gpu_power_w=signals.gpu_power_w, plan=plan,
+            )
+            for job_id, plan in plans.items()
+        }
 
     def _job_policies_for(self, policy: Any, running: list[str]) -> dict[str, Any]:
         """One policy per running job, each a copy of the node's (with its hysteresis and

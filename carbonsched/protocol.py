@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from carbonsched import PROTOCOL_VERSION
@@ -116,6 +117,30 @@ def _nullable(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return nullable
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def instant_unix_s(text: str) -> float:
+    """An instant written as ISO 8601 (an offset or Z; none means UTC) or unix seconds, as unix
+    seconds; ValueError naming both forms otherwise."""
+    try:
+        return _positive(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time (e.g. 2026-03-01T18:00Z) or unix seconds") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _instant(value: Any) -> float:
+    return instant_unix_s(value) if isinstance(value, str) else _positive(value)
+
+
 def _string_list(value: Any) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_DEVICES:
         raise ValueError(f"must be a list of at most {MAX_DEVICES} strings")
@@ -146,7 +171,9 @@ REQUIRED, OPTIONAL = True, False
 # op -> {field: (required, checker)}
 OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
     "ping": {},
-    "rho": {"job_id": (OPTIONAL, _string), "model": (OPTIONAL, _string), "phase": (OPTIONAL, _string)},
+    # paused: the job asks while it waits out a pause (the daemon records the pause interval).
+    "rho": {"job_id": (OPTIONAL, _string), "model": (OPTIONAL, _string), "phase": (OPTIONAL, _string),
+            "paused": (OPTIONAL, _boolean)},
     "job.start": {
         "model": (REQUIRED, _string),
         "scheme": (REQUIRED, _string),
@@ -159,6 +186,13 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "local_rank": (OPTIONAL, _integer(0)),
         "world_size": (OPTIONAL, _integer(1)),
         "pids": (OPTIONAL, _pid_list),  # every process of the job on this node (local ranks)
+        # The job model the daemon plans a deadline job by (see carbonsched.job_planning).
+        "deadline": (OPTIONAL, _instant),
+        "epochs": (OPTIONAL, _positive),
+        "epoch_seconds": (OPTIONAL, _positive),  # estimated wall seconds of one epoch at ρ 1
+        "rho_min": (OPTIONAL, _fraction),
+        "mean_rho": (OPTIONAL, _fraction),
+        "may_pause": (OPTIONAL, _boolean),
     },
     "epoch.start": {
         "job_id": (REQUIRED, _string),

@@ -19,12 +19,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from carbonsched.accounting import measured_j_per_flop, recorded_epoch_intensity_g_per_kwh, recorded_epoch_savings
+from carbonsched.job_planning import paused_seconds
 from carbonsched.store import J_PER_KWH, Store, to_unix_s
 
 FORMATS = ("table", "json", "csv")
@@ -117,6 +119,7 @@ class JobReport:
     ended_at: float | None
     epochs: list[EpochRow] = field(default_factory=list)
     nodes: list[NodeReport] = field(default_factory=list)
+    paused_s: float = 0.0  # paused by its deadline plan (an epoch's duration includes its paused time)
 
     def total(self, name: str) -> float | None:
         return _total(self.epochs, name)
@@ -174,9 +177,10 @@ def build_report(
             local_rank=job.get("local_rank"), world_size=job.get("world_size"), status=job["status"],
             started_at=job["started_at"], ended_at=job["ended_at"], source=source or str(store.path), epochs=epochs,
         )
+        paused_until_s = job["ended_at"] if job["ended_at"] is not None else time.time()
         reports.append(JobReport(
             job["job_id"], model, job["scheme"], job["status"], job["started_at"], job["ended_at"],
-            epochs=list(epochs), nodes=[node],
+            epochs=list(epochs), nodes=[node], paused_s=paused_seconds(store.pauses(job["job_id"]), paused_until_s),
         ))
     return reports
 
@@ -265,7 +269,7 @@ def merge_reports(reports: Sequence[JobReport]) -> list[JobReport]:
         merged.append(JobReport(
             job_id, parts[0].model, parts[0].scheme, _merged_status([n.status for n in nodes]),
             min(n.started_at for n in nodes), None if None in ends else max(e for e in ends if e is not None),
-            epochs=epochs, nodes=nodes,
+            epochs=epochs, nodes=nodes, paused_s=max(part.paused_s for part in parts),
         ))
     return sorted(merged, key=lambda r: (r.started_at, r.job_id))
 
@@ -286,7 +290,7 @@ def reports_from_json(text: str, source: str) -> list[JobReport]:
             epochs = [EpochRow(**_known(EpochRow, _unix_times(e))) for e in job["epochs"]]
             reports.append(JobReport(
                 job["job_id"], job["model"], job["scheme"], job["status"], job["started_at"], job["ended_at"],
-                epochs=epochs, nodes=nodes,
+                epochs=epochs, nodes=nodes, paused_s=job.get("paused_s", 0.0),
             ))
     except json.JSONDecodeError as exc:
         raise ReportMergeError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
@@ -383,6 +387,7 @@ def format_table(reports: Sequence[JobReport]) -> str:
             f"total: {len(r.epochs)} epochs, {_f(r.total('duration_s'), '.1f')} s, FLOPs {_f(flops, '.3e')}{share}, "
             f"{_f(r.total('energy_kwh'), '.3e')} kWh, {_f(r.total('carbon_g'), '.4f')} gCO2e, "
             f"saved {_f(r.total('saved_kwh'), '.3e')} kWh / {_f(r.total('saved_g'), '.4f')} gCO2e ({r.saved_labels})"
+            + (f", paused {r.paused_s:.1f} s" if r.paused_s else "")
         )
         if len(r.nodes) > 1:
             lines.extend(_node_lines(r))

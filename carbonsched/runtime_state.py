@@ -80,6 +80,7 @@ class DecisionRecord:
     valid_until: datetime
     reading: IntensityReading | None
     gpu_power_w: float | None
+    plan: Any = None  # a deadline job's carbonsched.job_planning.JobPlanDecision, else None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.accounting import epoch_energy, measured_j_per_flop, recorded_epoch_savings
+from carbonsched.job_planning import paused_seconds
 from carbonsched.periodic import PeriodicWork
 from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
@@ -90,12 +91,19 @@ def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Requ
         )
         if override.expires_at is not None:
             answer["valid_until"] = iso_utc(min(override.expires_at, record.valid_until))
+    # A deadline job's plan may say "pause until" (unix s); older clients ignore the field.
+    planned = record.plan is not None and not answer["override"]
+    answer["pause_until"] = record.plan.pause_until_s if planned else None
     if "job_id" in fields:
         answer["job_id"] = fields["job_id"]
+        if "paused" in fields:
+            job_for(ctx, fields["job_id"], peer)
+            ctx.work.job_planner.note_paused(ctx.store, fields["job_id"], fields["paused"], now, answer["pause_until"])
     return answer
 
 
 def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    check_declaration(fields)
     job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
     now = utcnow()
     # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
@@ -122,7 +130,33 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
     ctx.state.job_started(job_id, fields["model"], fields["scheme"])
+    if any(name in fields for name in DECLARATION_FIELDS):
+        declare_job(ctx, job_id, fields)
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
+
+
+DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause")
+
+
+def check_declaration(fields: dict[str, Any]) -> None:
+    """Fields of the job model that make no sense together."""
+    if ("deadline" in fields) != ("epochs" in fields):
+        raise ProtocolError("bad_request", "job.start: fields 'deadline' and 'epochs' go together")
+    if "mean_rho" in fields and "rho_min" in fields and fields["mean_rho"] < fields["rho_min"]:
+        raise ProtocolError("bad_request", "job.start: field 'mean_rho' must be at least 'rho_min'")
+
+
+def declare_job(ctx: OpContext, job_id: str, fields: dict[str, Any]) -> None:
+    """Keep the job model a deadline job declared (see carbonsched.job_planning)."""
+    ctx.store.declare_job(job_id, may_pause=fields.get("may_pause", False),
+                          **{name: fields.get(name) for name in DECLARATION_FIELDS if name != "may_pause"})
+    if "deadline" in fields:
+        log.info("job %s: deadline %s, %g epochs%s", job_id, iso_utc(fields["deadline"]), fields["epochs"],
+                 ", may pause" if fields.get("may_pause") else "")
+        try:  # plan it now: its first ρ request may come before the next decide interval
+            ctx.work.decide()
+        except Exception as exc:
+            ctx.state.record_error("decide", f"{type(exc).__name__}: {exc}")
 
 
 def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
@@ -179,8 +213,16 @@ def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Req
     jobs = ctx.store.jobs(status=fields.get("status"))
     if "limit" in fields:
         jobs = jobs[-fields["limit"]:]
+    now = utcnow()
+    decisions = ctx.state.view(now).job_decisions
     for job in jobs:
+        pauses = ctx.store.pauses(job["job_id"])
+        job["paused_s"] = round(paused_seconds(pauses, now.timestamp()), 3)
+        job["paused"] = bool(pauses) and pauses[-1]["ended_at"] is None
+        record = decisions.get(job["job_id"])
+        job["plan"] = record.plan.to_dict() if record is not None and record.plan is not None else None
         job["started_at"], job["ended_at"] = iso_utc(job["started_at"]), iso_utc(job["ended_at"])
+        job["deadline"] = iso_utc(job.get("deadline"))
     return {"jobs": jobs}
 
 

@@ -117,6 +117,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN pids_foreign INTEGER NOT NULL DEFAULT 0;
     """,
+    # Deadline jobs: what the job declared at job.start, and when it was paused (the trainer's
+    # word: from its first ρ request while paused to its first one after).
+    """
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    ALTER TABLE jobs ADD COLUMN epochs REAL;
+    ALTER TABLE jobs ADD COLUMN epoch_seconds REAL;
+    ALTER TABLE jobs ADD COLUMN rho_min REAL;
+    ALTER TABLE jobs ADD COLUMN mean_rho REAL;
+    ALTER TABLE jobs ADD COLUMN may_pause INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE pauses (
+        job_id TEXT NOT NULL REFERENCES jobs (job_id),
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        planned_until REAL,
+        PRIMARY KEY (job_id, started_at)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -371,11 +388,44 @@ class Store:
         return rows[0]["value"] if rows else None
 
     def end_job(self, job_id: str, status: str, ended_at: datetime | float) -> bool:
+        """Mark the job ended; a pause still open ends with it."""
+        self.end_pause(job_id, ended_at)
         cur = self._write(
             "UPDATE jobs SET status = ?, ended_at = ? WHERE job_id = ?",
             (status, to_unix_s(ended_at), job_id),
         )
         return cur.rowcount == 1
+
+    def declare_job(self, job_id: str, *, deadline: float | None, epochs: float | None, epoch_seconds: float | None,
+                    rho_min: float | None, mean_rho: float | None, may_pause: bool) -> None:
+        """Keep what the job declared at ``job.start``: deadline (unix s), epochs, epoch seconds
+        at ρ 1, ρ bounds and whether it may pause (a new job.start replaces them)."""
+        self._write(
+            "UPDATE jobs SET deadline = ?, epochs = ?, epoch_seconds = ?, rho_min = ?, mean_rho = ?, may_pause = ? "
+            "WHERE job_id = ?",
+            (deadline, epochs, epoch_seconds, rho_min, mean_rho, int(may_pause), job_id),
+        )
+
+    def start_pause(self, job_id: str, started_at: datetime | float, planned_until: float | None) -> bool:
+        """Open a pause of the job unless one is open; True when opened."""
+        with self._lock:
+            if self._rows("SELECT 1 FROM pauses WHERE job_id = ? AND ended_at IS NULL", (job_id,)):
+                return False
+            self._write("INSERT OR IGNORE INTO pauses (job_id, started_at, planned_until) VALUES (?, ?, ?)",
+                        (job_id, to_unix_s(started_at), planned_until))
+            return True
+
+    def end_pause(self, job_id: str, ended_at: datetime | float) -> bool:
+        """Close the job's open pause; True when one was open."""
+        cur = self._write("UPDATE pauses SET ended_at = ? WHERE job_id = ? AND ended_at IS NULL",
+                          (to_unix_s(ended_at), job_id))
+        return cur.rowcount > 0
+
+    def pauses(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's pauses, oldest first (``ended_at`` None: still paused). An older schema has none."""
+        if self.schema_version < 5:
+            return []
+        return self._rows("SELECT * FROM pauses WHERE job_id = ? ORDER BY started_at", (job_id,))
 
     def start_epoch(
         self,
@@ -540,4 +590,6 @@ class Store:
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
     row["devices"] = json.loads(row["devices"] or "[]")
     row["pids"] = json.loads(row.get("pids") or "[]")
+    if "may_pause" in row:
+        row["may_pause"] = bool(row["may_pause"])
     return row

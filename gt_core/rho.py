@@ -31,9 +31,14 @@ class RhoReading:
     rho: float
     source: str
     detail: dict[str, Any] = field(default_factory=dict)
+    # Unix seconds until which the source asks the trainer to pause (only a daemon's plan does;
+    # see gt_core.pausing); ``rho`` is then the budget to resume with.
+    pause_until_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rho", check_rho(self.rho))
+        if self.pause_until_s is not None and not math.isfinite(self.pause_until_s):
+            raise ValueError(f"pause_until_s must be finite unix seconds, got {self.pause_until_s!r}")
 
 
 @runtime_checkable

@@ -21,6 +21,11 @@ The first failure of an outage is logged once as a warning; when the daemon answ
 the first attempt after the back-off, or at the next epoch event) the same job id is registered
 again (the daemon marks it running) and reporting resumes. An epoch whose start was missed is
 still recorded at its end (the daemon derives its start from the wall time).
+
+A job with a deadline sends its job model with ``job.start`` (``deadline_s``, ``epochs``,
+``epoch_seconds``, ``rho_min``, ``mean_rho``, ``may_pause``); the daemon then plans it, and its ρ
+answers may carry a pause (:attr:`~gt_core.rho.RhoReading.pause_until_s`). :meth:`DaemonRhoSource.check_pause`
+is the cheap, rate-limited question :mod:`gt_core.pausing` asks between steps.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ J_PER_KWH = 3.6e6
 
 # Per-epoch values sent as extra fields of epoch.end (the daemon keeps them with the epoch).
 _EXTRA_FIELDS = ("tensors_selected", "param_share_selected", "steps", "selections", "importance_s", "dp_s", "rho_source")
+
+
+DEFAULT_PAUSE_POLL_S = 2.0
+DEFAULT_PAUSE_MAX_WAIT_S = 300.0
 
 
 def devices_from_env(env: dict[str, str] | None = None) -> list[str]:
@@ -107,8 +116,22 @@ class DaemonRhoSource(TrainerCallback):
         job_fields: Mapping[str, Any] | None = None,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
+        deadline_s: float | None = None,
+        epochs: float | None = None,
+        epoch_seconds: float | None = None,
+        rho_min: float | None = None,
+        mean_rho: float | None = None,
+        may_pause: bool = False,
+        pause_poll_s: float = DEFAULT_PAUSE_POLL_S,
+        pause_max_wait_s: float = DEFAULT_PAUSE_MAX_WAIT_S,
     ) -> None:
         self.default_rho = check_rho(default_rho, what="default rho")
+        if not (math.isfinite(pause_poll_s) and pause_poll_s > 0 and math.isfinite(pause_max_wait_s) and pause_max_wait_s >= 0):
+            raise ValueError(f"need pause_poll_s > 0 and pause_max_wait_s >= 0, got {pause_poll_s} and {pause_max_wait_s}")
+        self.may_pause = bool(may_pause)
+        self.pause_poll_s = float(pause_poll_s)
+        self.pause_max_wait_s = float(pause_max_wait_s)
+        self._pause_checked_at = -math.inf
         if not (math.isfinite(backoff_s) and backoff_s >= 0 and math.isfinite(max_backoff_s) and max_backoff_s >= backoff_s):
             raise ValueError(f"need 0 <= backoff_s <= max_backoff_s, got {backoff_s} and {max_backoff_s}")
         self.backoff_s = float(backoff_s)
@@ -120,6 +143,10 @@ class DaemonRhoSource(TrainerCallback):
         self.devices = list(devices_from_env() if devices is None else devices)
         # More job.start fields, e.g. hostname/rank/local_rank/world_size of a multi-process job.
         self.job_fields: dict[str, Any] = dict(job_fields or {})
+        # The job model a daemon plans a deadline job by (sent with job.start when given).
+        declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
+                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None}
+        self.job_fields.update({k: v for k, v in declared.items() if v is not None})
         self.registered = False
         self.reachable: bool | None = None  # None until the first exchange
         self.warnings = 0
@@ -221,7 +248,7 @@ class DaemonRhoSource(TrainerCallback):
             answer = self.client.rho(self.job_id, default=fallback)
             if answer.source == "daemon":
                 self._mark(True)
-                reading = RhoReading(answer.rho, "daemon", dict(answer.detail))
+                reading = RhoReading(answer.rho, "daemon", dict(answer.detail), answer.pause_until_s)
             else:
                 self.registered = False
                 self._mark(False, str(answer.detail.get("reason", "no answer")))
@@ -233,6 +260,33 @@ class DaemonRhoSource(TrainerCallback):
             self._epoch_rho[epoch] = reading.rho
             self._call_if_registered("epoch.start", job_id=self.job_id, epoch=epoch, rho_asked=reading.rho)
         return reading
+
+    # -- pausing (gt_core.pausing waits; this only asks) ---------------------------------------
+
+    @property
+    def supports_pause(self) -> bool:
+        """True for a job declared pausable, in its rank 0 process (the one that asks ρ): the
+        trainer then checks for a pause between steps. Other ranks wait at their next collective."""
+        return self.may_pause and self.job_fields.get("rank", 0) == 0
+
+    def check_pause(self, *, paused: bool, force: bool = False) -> RhoReading | None:
+        """Ask the daemon for ρ and whether to pause, telling it whether the job is paused now.
+        Without ``force`` at most once per ``pause_poll_s`` and never while backing off (then
+        None, as for no answer); the reading's ``pause_until_s`` is the plan's pause."""
+        now = time.monotonic()
+        if not force and (now - self._pause_checked_at < self.pause_poll_s or self.backing_off() > 0):
+            return None
+        self._pause_checked_at = now
+        if not self._register():
+            return None
+        answer = self.client.rho(self.job_id, default=self.default_rho, paused=paused)
+        if answer.source != "daemon":
+            self.registered = False
+            self._mark(False, str(answer.detail.get("reason", "no answer")))
+            return None
+        self._mark(True)
+        self.last_reading = RhoReading(answer.rho, "daemon", dict(answer.detail), answer.pause_until_s)
+        return self.last_reading
 
     def _call_if_registered(self, op: str, **fields: Any) -> dict[str, Any] | None:
         return self._call(op, **fields) if self.registered else None

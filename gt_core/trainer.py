@@ -31,6 +31,7 @@ from gt_core.green_selector import (
 from gt_core.guards import check_model_supported
 from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
+from gt_core.pausing import wait_while_paused
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
 from gt_core.precision import Precision, check_precision
 from gt_core.profiler import TensorProfile, profile_model_shape
@@ -582,6 +583,7 @@ class GreenTrainer:
         )
         try:
             for group in self._batches(epoch):
+                wait_while_paused(self.rho_source, epoch, self.state.global_step, should_stop=lambda: self.stop_signal is not None)
                 reading = None
                 if self.fixed is None:
                     reading = self._needs_selection(epoch, self.state.step_in_epoch)

@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def exported_names() -> set[str]:
         daemon.start()
         try:
             conn = LineConn(config.socket)
-            assert conn.ask(op="job.start", model="m", scheme="green", pid=os.getpid(), job_id="j")["ok"]
+            # A deadline job, so that the plan's series are exported too.
+            assert conn.ask(op="job.start", model="m", scheme="green", pid=os.getpid(), job_id="j",
+                            deadline=time.time() + 7200, epochs=2, epoch_seconds=600, may_pause=True)["ok"]
             assert conn.ask(op="epoch.start", job_id="j", epoch=0, rho_asked=0.6, rho_effective=0.58)["ok"]
             conn.close()
 
@@ -95,7 +98,7 @@ def exported_names() -> set[str]:
                     return False
                 return all(name in text for name in (
                     "carbonsched_rho ", "carbonsched_gpu_power_watts ", 'device="gpu:0"', "carbonsched_job_rho{",
-                    "carbonsched_grid_intensity_age_seconds{",
+                    "carbonsched_grid_intensity_age_seconds{", "carbonsched_job_planned_rho{",
                 ))
 
             assert wait_until(complete, 30, interval_s=0.2)

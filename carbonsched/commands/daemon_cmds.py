@@ -11,6 +11,7 @@ import typer
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 from carbonsched.config import ConfigError, DaemonConfig, load_config
+from carbonsched.types import iso_utc
 
 CONFIG_ENV = "CARBONSCHED_CONFIG"
 
@@ -69,6 +70,24 @@ def _parse_iso(text: Any) -> datetime:
         return datetime.fromisoformat(str(text))
     except ValueError:
         return datetime.max.replace(tzinfo=timezone.utc)
+
+
+def job_plan_line(job: dict[str, Any]) -> str:
+    """A deadline job's plan and pauses in one line (from the ``jobs`` reply)."""
+    parts = []
+    if job.get("deadline"):
+        parts.append(f"deadline {job['deadline']}")
+    plan = job.get("plan")
+    if plan:
+        if plan["pause_until_s"] is not None:
+            parts.append(f"paused until {iso_utc(plan['pause_until_s'])}, then ρ {plan['rho']:.2f}")
+        else:
+            parts.append(f"ρ {plan['rho']:.2f}" + (" (deadline guard)" if plan["guard"] else ""))
+            if plan["next_pause_at_s"] is not None:
+                parts.append(f"next pause {iso_utc(plan['next_pause_at_s'])} → {iso_utc(plan['next_resume_at_s'])}")
+        parts.append(f"{plan['work_left_epochs']:.2f} epochs left, slack {plan['slack_s']:.0f} s")
+    parts.append(f"paused {job.get('paused_s') or 0:.0f} s in all")
+    return "; ".join(parts)
 
 
 def register(app: typer.Typer) -> None:
@@ -189,8 +208,11 @@ def register(app: typer.Typer) -> None:
             typer.echo("no jobs")
         for j in r["jobs"]:
             rank = f" rank {j['rank']}/{j['world_size']}" if j.get("world_size") and j.get("rank") is not None else ""
-            typer.echo(f"{j['job_id']}  {j['status']:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
+            status = "paused" if j.get("paused") and j["status"] == "running" else j["status"]
+            typer.echo(f"{j['job_id']}  {status:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
                        f"{j['started_at']} → {j['ended_at'] or '…'}")
+            if j.get("deadline") or j.get("paused_s"):
+                typer.echo("    " + job_plan_line(j))
 
     @app.command()
     def override(

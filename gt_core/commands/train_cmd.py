@@ -180,6 +180,13 @@ def train(
     warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", min=0.0, max=0.999, help="Warmup as a share of all steps (used when --warmup-steps is 0)."),
     report_to: list[str] = typer.Option([], "--report-to", help="tensorboard | wandb | mlflow | none (repeatable; offline modes work without network)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Options from a .toml or .yaml file; flags given on the command line override it."),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="With --rho-from daemon: finish by this time (ISO 8601, UTC unless an offset is given, or unix seconds); the daemon plans ρ and pauses."),
+    may_pause: bool = typer.Option(False, "--may-pause", help="With --deadline: the daemon may pause the job between steps until a cleaner hour."),
+    mean_rho: Optional[float] = typer.Option(None, "--mean-rho", help="With --deadline: the mean ρ over the job must stay at least this (the quality floor)."),
+    rho_min: Optional[float] = typer.Option(None, "--rho-min", help="With --deadline: never plan ρ below this (default: --mean-rho, else 1: only shift in time)."),
+    epoch_seconds: Optional[float] = typer.Option(None, "--epoch-seconds", help="With --deadline: estimated seconds of one epoch at ρ 1, until the first epoch is measured."),
+    pause_poll_s: float = typer.Option(2.0, "--pause-poll-s", help="With --may-pause: ask the daemon about pausing at most this often (s)."),
+    pause_max_wait_s: float = typer.Option(300.0, "--pause-max-wait-s", help="With --may-pause: resume a pause on its own after the daemon has not answered for this long (s)."),
 ) -> None:
     """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
     opts = {k: v for k, v in locals().items() if k != "ctx"}
@@ -303,6 +310,8 @@ def _build_trainer(**opts: Any) -> Any:
         raise _BadInput("give --rho or --rho-schedule, not both")
     if opts["rho_from"] is not None and opts["rho_schedule"] is not None:
         raise _BadInput("give --rho-from or --rho-schedule, not both")
+    if opts["rho_from"] is None and opts["deadline"] is not None:
+        raise _BadInput("--deadline needs --rho-from daemon (the daemon plans the job)")
     if opts["rho_from"] is not None:
         kind, _, socket_path = opts["rho_from"].partition(":")
         if kind != "daemon":
@@ -312,7 +321,7 @@ def _build_trainer(**opts: Any) -> Any:
         rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = DaemonRhoSource(
             socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
-            job_id=_job_id(opts["job_id"], opts["resume"]),
+            job_id=_job_id(opts["job_id"], opts["resume"]), **_job_declaration(opts),
         )
         _check_daemon_answers(rho_source, rho, optional=opts["daemon_optional"])
     elif opts["daemon_optional"]:
@@ -393,6 +402,28 @@ def _build_trainer(**opts: Any) -> Any:
         if opts["rho_from"] is not None:
             (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
     return trainer
+
+
+def _job_declaration(opts: dict[str, Any]) -> dict[str, Any]:
+    """The deadline job model the daemon plans by (DaemonRhoSource keyword arguments)."""
+    from carbonsched.protocol import instant_unix_s
+
+    if opts["deadline"] is None:
+        if opts["may_pause"] or opts["mean_rho"] is not None or opts["rho_min"] is not None:
+            raise _BadInput("--may-pause, --mean-rho and --rho-min plan a job with a --deadline; give one")
+        return {}
+    try:
+        deadline_s = instant_unix_s(opts["deadline"])
+    except ValueError as exc:
+        raise _BadInput(f"--deadline {opts['deadline']!r} {exc}") from None
+    for name in ("mean_rho", "rho_min"):
+        if opts[name] is not None and not 0 < opts[name] <= 1:
+            raise _BadInput(f"--{name.replace('_', '-')} must be in (0, 1], got {opts[name]}")
+    if opts["epoch_seconds"] is not None and not opts["epoch_seconds"] > 0:
+        raise _BadInput(f"--epoch-seconds must be positive, got {opts['epoch_seconds']}")
+    return {"deadline_s": deadline_s, "epochs": opts["epochs"], "epoch_seconds": opts["epoch_seconds"],
+            "rho_min": opts["rho_min"], "mean_rho": opts["mean_rho"], "may_pause": opts["may_pause"],
+            "pause_poll_s": opts["pause_poll_s"], "pause_max_wait_s": opts["pause_max_wait_s"]}
 
 
 JOB_ID_FILE = "carbonsched-job-id"

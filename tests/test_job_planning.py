@@ -1,0 +1,130 @@
+"""The daemon's receding-horizon planning of deadline jobs: progress from records, slots beyond
+the forecast, pauses, and the deadline guard under a forecast that keeps promising a cleaner hour."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from carbonsched.job_planning import (
+    MARGIN_SHARE, JobDeclaration, JobProgress, plan_job, planning_slots, progress_from_records,
+)
+from carbonsched.planning import Slot
+from carbonsched.types import ForecastPoint
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+HOUR_S = 3600.0
+
+
+def hourly_forecast(now: datetime, values: list[float]) -> tuple[ForecastPoint, ...]:
+    """``values[i]`` for the hour starting i + 1 hours after ``now``."""
+    return tuple(ForecastPoint(now + timedelta(hours=i + 1), v) for i, v in enumerate(values))
+
+
+def declaration(**overrides) -> JobDeclaration:
+    fields = dict(deadline_s=T0.timestamp() + 10 * HOUR_S, epochs=4.0, epoch_seconds=HOUR_S, rho_min=0.5,
+                  mean_rho=None, may_pause=True)
+    return JobDeclaration(**{**fields, **overrides})
+
+
+def test_declaration_from_a_stored_job_row():
+    assert JobDeclaration.from_job({"deadline": None, "epochs": 3}) is None
+    assert JobDeclaration.from_job({"deadline": 5.0, "epochs": None}) is None
+    only_shift = JobDeclaration.from_job({"deadline": 5.0, "epochs": 3, "may_pause": 1})
+    assert only_shift.rho_min == 1.0 and only_shift.may_pause is True
+    floor_from_mean = JobDeclaration.from_job({"deadline": 5.0, "epochs": 3, "mean_rho": 0.7})
+    assert floor_from_mean.rho_min == 0.7 and floor_from_mean.mean_rho == 0.7
+
+
+def test_progress_learns_epoch_time_without_paused_seconds_and_counts_the_open_epoch():
+    decl = declaration(epoch_seconds=99.0)
+    epochs = [
+        {"epoch": 0, "started_at": 0.0, "ended_at": 1000.0, "rho_asked": 0.5, "rho_effective": 0.5},
+        {"epoch": 1, "started_at": 1000.0, "ended_at": None, "rho_asked": 0.5, "rho_effective": None},
+    ]
+    pauses = [(200.0, 500.0), (1100.0, 1150.0)]
+    progress = progress_from_records(decl, epochs, pauses, now_s=1400.0)
+    at_full = (1000.0 - 300.0) / 0.5
+    open_share = (400.0 - 50.0) / (at_full * 0.5)
+    assert progress.learned and progress.epoch_s_at_full == pytest.approx(at_full)
+    assert progress.epochs_done == pytest.approx(1 + open_share)
+    assert progress.rho_sum_done == pytest.approx(0.5 + 0.5 * open_share)
+    unmeasured = progress_from_records(decl, [], [], now_s=10.0)
+    assert unmeasured.epoch_s_at_full == 99.0 and not unmeasured.learned and unmeasured.epochs_done == 0
+
+
+def test_slots_beyond_the_forecast_repeat_its_last_value():
+    slots = planning_slots(T0, 300.0, hourly_forecast(T0, [200.0, 100.0]), horizon_s=6 * HOUR_S)
+    assert slots[0] == Slot(0.0, HOUR_S, 300.0)
+    assert slots[-1].end_s == 6 * HOUR_S and slots[-1].intensity_g_per_kwh == 100.0
+    assert [s.start_s for s in slots[1:]] == [HOUR_S, 2 * HOUR_S, 3 * HOUR_S]
+
+
+def test_a_pausable_job_waits_for_the_clean_hours_and_a_non_pausable_one_runs_now():
+    forecast = hourly_forecast(T0, [500.0, 500.0, 40.0, 40.0, 40.0, 500.0])
+    progress = JobProgress(0.0, 0.0, HOUR_S, learned=False)
+    paused = plan_job(declaration(epochs=2.0), progress, T0, 500.0, forecast, interval_s=60.0)
+    assert paused.pause_until_s == (T0 + timedelta(hours=3)).timestamp()
+    assert paused.rho == 0.5 and not paused.guard and paused.next_resume_at_s == paused.pause_until_s
+    running = plan_job(declaration(epochs=2.0, may_pause=False), progress, T0, 500.0, forecast, interval_s=60.0)
+    assert running.pause_until_s is None and running.rho == 0.5 and not running.guard
+    assert plan_job(declaration(epoch_seconds=None), JobProgress(0.0, 0.0, None, False), T0, 500.0, forecast,
+                    interval_s=60.0) is None
+
+
+def test_a_running_plan_names_its_next_pause_and_resume():
+    forecast = hourly_forecast(T0, [500.0, 40.0, 40.0, 500.0, 500.0, 500.0])
+    decision = plan_job(declaration(epochs=4.0, rho_min=1.0), JobProgress(0.0, 0.0, HOUR_S / 2, False), T0, 40.0,
+                        forecast, interval_s=60.0)
+    assert decision.pause_until_s is None and decision.rho == 1.0
+    assert decision.next_pause_at_s == (T0 + timedelta(hours=1)).timestamp()
+    assert decision.next_resume_at_s == (T0 + timedelta(hours=2)).timestamp()
+
+
+def simulate(decl: JobDeclaration, forecast_for, step_s: float = 300.0):
+    """Re-plan every ``step_s`` and run as told; returns (decisions, finish time s from T0 or None)."""
+    done, rho_sum, decisions = 0.0, 0.0, []
+    for index in range(int((decl.deadline_s - T0.timestamp()) / step_s) + 10):
+        now = T0 + timedelta(seconds=index * step_s)
+        current, forecast = forecast_for(now)
+        decision = plan_job(decl, JobProgress(done, rho_sum, decl.epoch_seconds, False), now, current, forecast,
+                            interval_s=step_s)
+        decisions.append(decision)
+        if decision.pause_until_s is None:
+            epochs = min(decl.epochs - done, step_s / (decl.epoch_seconds * decision.rho))
+            done, rho_sum = done + epochs, rho_sum + epochs * decision.rho
+            if done >= decl.epochs - 1e-9:
+                used_s = epochs * decl.epoch_seconds * decision.rho
+                return decisions, index * step_s + used_s, rho_sum / decl.epochs
+    return decisions, None, None
+
+
+def test_deadline_guard_meets_the_deadline_when_the_forecast_always_promises_a_cleaner_hour():
+    decl = declaration()
+
+    def pessimistic(now):  # dirty now, clean from the next hour on: at every re-plan
+        return 500.0, hourly_forecast(now, [50.0] * 24)
+
+    decisions, finish_s, mean_rho = simulate(decl, pessimistic)
+    assert decisions[0].pause_until_s is not None  # the plan alone would wait for the clean hour
+    assert finish_s is not None and finish_s <= decl.deadline_s - T0.timestamp()
+    guarded = [d for d in decisions if d.guard]
+    first_guard = decisions.index(guarded[0])
+    assert all(d.pause_until_s is not None for d in decisions[:first_guard])  # it paused until the guard
+    assert all(d.guard and d.pause_until_s is None for d in decisions[first_guard:])  # then ran to the end
+    # Re-planned every 5 min, the guard starts within one step of the time full ρ barely fits.
+    assert guarded[0].rho > 0.95 and mean_rho > 0.95
+    assert "deadline guard" in guarded[0].reason
+
+
+def test_guard_runs_at_the_highest_rho_that_still_fits_and_at_the_floor_when_none_does():
+    progress = JobProgress(0.0, 0.0, HOUR_S, False)
+    forecast = hourly_forecast(T0, [50.0] * 24)
+    tight = declaration(deadline_s=T0.timestamp() + 3 * HOUR_S)  # 4 epochs at ρ 1 need 4 h
+    decision = plan_job(tight, progress, T0, 500.0, forecast, interval_s=60.0)
+    assert decision.guard and decision.pause_until_s is None
+    assert decision.rho == pytest.approx((3 * HOUR_S - MARGIN_SHARE * 4 * HOUR_S) / (4 * HOUR_S))
+    hopeless = declaration(deadline_s=T0.timestamp() + HOUR_S)
+    decision = plan_job(hopeless, progress, T0, 500.0, forecast, interval_s=60.0)
+    assert decision.guard and decision.rho == 0.5 and "no longer fits" in decision.reason
+    passed = declaration(deadline_s=T0.timestamp() - 10.0)
+    assert plan_job(passed, progress, T0, 500.0, forecast, interval_s=60.0).rho == 0.5
