@@ -31,8 +31,8 @@ from gt_core.green_selector import (
 from gt_core.guards import check_model_supported
 from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
-from gt_core.pausing import wait_while_paused
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
+from gt_core.pausing import wait_while_paused
 from gt_core.precision import Precision, check_precision
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoReading, RhoSource, check_rho
@@ -137,6 +137,7 @@ class _EpochTally:
     rho_clamped_from: float | None = None
     fallback: str | None = None
     skipped_steps: int = 0
+    paused_s: float = 0.0
 
 
 SCHEDULERS: tuple[str, ...] = ("linear", "cosine", "constant")
@@ -510,6 +511,7 @@ class GreenTrainer:
             rho_clamped_from=tally.rho_clamped_from,
             fallback=tally.fallback,
             skipped_steps=tally.skipped_steps,
+            paused_s=tally.paused_s,
             peak_memory_bytes=peak_bytes,
             peak_memory_kind=peak_kind,
         )
@@ -583,7 +585,9 @@ class GreenTrainer:
         )
         try:
             for group in self._batches(epoch):
+                pause_started = time.perf_counter()
                 wait_while_paused(self.rho_source, epoch, self.state.global_step, should_stop=lambda: self.stop_signal is not None)
+                tally.paused_s += time.perf_counter() - pause_started  # not training time: left out of wall_s
                 reading = None
                 if self.fixed is None:
                     reading = self._needs_selection(epoch, self.state.step_in_epoch)
@@ -614,7 +618,7 @@ class GreenTrainer:
                         return False
         finally:
             bar.close()
-        record = self._record(epoch, tally, time.perf_counter() - started)
+        record = self._record(epoch, tally, time.perf_counter() - started - tally.paused_s)
         self.metrics.write(asdict(record))
         self._notify("on_epoch_end", record)
         if cfg.print_epoch_summary and self.is_main_process:

@@ -19,6 +19,7 @@ class EpochRecord:
     ``rho_clamped_from``: the ρ the source asked when it was below the feasible floor;
     ``fallback``: why the DP's answer was replaced (nothing had positive importance);
     ``skipped_steps``: optimizer steps the fp16 gradient scaler skipped (inf/NaN gradients);
+    ``paused_s``: seconds the carbon plan paused the epoch (not part of ``wall_s``);
     ``peak_memory_bytes``: the epoch's training peak, measured as ``peak_memory_kind`` says
     (:mod:`gt_core.memory`)."""
 
@@ -43,6 +44,7 @@ class EpochRecord:
     rho_clamped_from: float | None = None
     fallback: str | None = None
     skipped_steps: int = 0
+    paused_s: float = 0.0
     peak_memory_bytes: int | None = None
     peak_memory_kind: str | None = None
 
