@@ -55,9 +55,11 @@ def wait_while_paused(
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    on_resume: Callable[[float], None] | None = None,
 ) -> RhoReading | None:
     """Return when training may run its next step (see the module docstring); the source's
-    latest reading (None when it was not asked or did not answer)."""
+    latest reading (None when it was not asked or did not answer). ``on_resume`` hears the
+    seconds spent paused, when there was a pause."""
     if not source_supports_pause(source):
         return None
     reading = source.check_pause(paused=False)
@@ -95,7 +97,10 @@ def wait_while_paused(
             break
         until_s = answer.pause_until_s
     resumed = source.check_pause(paused=False, force=True)
-    log.warning("resuming at step %d (epoch %d) after %.1f s paused: %s", step, epoch, monotonic() - paused_at, why)
+    paused_s = monotonic() - paused_at
+    log.warning("resuming at step %d (epoch %d) after %.1f s paused: %s", step, epoch, paused_s, why)
+    if on_resume is not None:
+        on_resume(paused_s)
     return resumed or reading
 
 

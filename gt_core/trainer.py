@@ -585,9 +585,10 @@ class GreenTrainer:
         )
         try:
             for group in self._batches(epoch):
-                pause_started = time.perf_counter()
-                wait_while_paused(self.rho_source, epoch, self.state.global_step, should_stop=lambda: self.stop_signal is not None)
-                tally.paused_s += time.perf_counter() - pause_started  # not training time: left out of wall_s
+                wait_while_paused(
+                    self.rho_source, epoch, self.state.global_step, should_stop=lambda: self.stop_signal is not None,
+                    on_resume=lambda seconds: setattr(tally, "paused_s", tally.paused_s + seconds),  # left out of wall_s
+                )
                 reading = None
                 if self.fixed is None:
                     reading = self._needs_selection(epoch, self.state.step_in_epoch)
