@@ -47,10 +47,14 @@ def _skip_reason() -> str | None:
             return f"{tool} missing (apt-get install -y systemd-container)"
     if not CARBONSCHED.exists():
         return f"{CARBONSCHED} missing (pip install -e .)"
-    # The container sees only the root file system (a non-recursive bind of /).
+    # The container sees only the root file system (a non-recursive bind of /), and its systemd
+    # mounts a fresh /tmp (and the unit has PrivateTmp=yes): a checkout or venv there is invisible.
     for needed in (WORKTREE, Path(sys.prefix), Path(sys.base_prefix)):
         if os.stat(needed).st_dev != os.stat("/").st_dev:
             return f"{needed} is on another file system than /, invisible in the container"
+        for tmp in (Path("/tmp"), Path("/var/tmp")):
+            if needed.resolve().is_relative_to(tmp):
+                return f"{needed} lies under {tmp}, which the container and the service see empty"
     return None
 
 
