@@ -234,3 +234,13 @@ def test_install_on_a_machine_without_systemd_refuses_before_changing_anything()
     assert result.returncode == 1
     assert result.stderr.strip() == "error: systemd is not running on this machine (no /run/systemd/system); --dry-run shows the plan"
     assert not Path("/etc/systemd/system/carbonsched.service").exists()
+
+
+def test_an_environment_under_tmp_is_recognised_as_hidden_from_the_service():
+    """A live install from such an environment is refused: PrivateTmp=yes would hide it."""
+    from carbonsched.service.host import under_private_tmp
+
+    assert under_private_tmp(Path("/tmp/ci/main/.venv/bin/carbonsched")) == Path("/tmp")
+    assert under_private_tmp(Path("/var/tmp/env/bin/carbonsched")) == Path("/var/tmp")
+    assert under_private_tmp(Path("/opt/carbonsched/bin/carbonsched")) is None
+    assert under_private_tmp(Path("/tmpfiles/carbonsched")) is None

@@ -19,6 +19,8 @@ GPU_GROUP_NAMES = ("video", "render")
 GPU_DEVICE_GLOBS = ("dev/nvidia*", "dev/dri/*")
 # Trees hidden by the unit's ProtectHome=yes.
 HOME_TREES = (Path("/home"), Path("/root"), Path("/run/user"))
+# Trees the unit's PrivateTmp=yes replaces with empty ones.
+PRIVATE_TMP_TREES = (Path("/tmp"), Path("/var/tmp"))
 
 
 class Host:
@@ -115,3 +117,9 @@ def environment_paths_under_home(python_path: str | None) -> list[Path]:
     directories = {(p.parent if p.is_file() else p).resolve() for p in candidates}
     needed = sorted(d for d in directories if _under_home(d) and d not in HOME_TREES)
     return [d for d in needed if not any(other in d.parents for other in needed)]
+
+
+def under_private_tmp(path: Path) -> Path | None:
+    """The /tmp or /var/tmp tree ``path`` lies in (the service would see it empty), else None."""
+    resolved = Path(path).resolve()
+    return next((tmp for tmp in PRIVATE_TMP_TREES if resolved == tmp or tmp in resolved.parents), None)

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from carbonsched.config import ConfigError, DaemonConfig, load_config, parse_config
-from carbonsched.service.host import Host, environment_paths_under_home, executable_in_this_environment
+from carbonsched.service.host import Host, environment_paths_under_home, executable_in_this_environment, under_private_tmp
 from carbonsched.service.plan import MakeDirectory, Plan, RemovePath, RunCommand, ServiceError, WriteFile, run_command
 from carbonsched.service.unit import (
     CONFIG_DIR, CONFIG_FILE, POLICY_FILE, STATE_DIR, UNIT_FILE, UNIT_NAME, UnitParameters, render_unit,
@@ -99,6 +99,12 @@ def unit_parameters(host: Host, user: str) -> UnitParameters:
     executable = executable_in_this_environment() or (Path(found) if (found := shutil.which("carbonsched")) else None)
     if executable is None:
         raise ServiceError("no `carbonsched` executable next to this Python or on PATH: install the package first")
+    hidden = under_private_tmp(executable)
+    if host.is_live and hidden is not None:
+        raise ServiceError(
+            f"{executable} lies under {hidden}, which the service's PrivateTmp=yes hides: "
+            "install carbonsched into an environment outside /tmp and /var/tmp", 2,
+        )
     python_path = os.environ.get("PYTHONPATH") or None
     return UnitParameters(
         executable=executable,
