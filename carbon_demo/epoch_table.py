@@ -51,7 +51,7 @@ class EpochPrinter(TrainerCallback):
         self.rows.append(row)
         tensors = f"{row['tensors']}/{row['tensors_total']}"
         self.echo(
-            f"{record.epoch + 1:>5}  {format_optional(at_ask, '6.1f')}  {format_optional(intensity, '9.1f')}  "
+            f"{record.epoch:>5}  {format_optional(at_ask, '6.1f')}  {format_optional(intensity, '9.1f')}  "
             f"{format_optional(record.rho_asked, '4.2f')}  {tensors:>9}  {row['flops']:9.3e}  {record.rho_effective:7.3f}  "
             f"{record.wall_s:6.1f}  {record.train_loss:6.3f}  {format_optional(record.val_loss, '6.3f')}  "
             f"{format_optional(row['energy_kwh'], '9.3e')}  {format_optional(row['carbon_g'], '9.5f')}"
