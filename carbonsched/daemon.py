@@ -192,11 +192,13 @@ class Daemon:
     def run_forever(self) -> None:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads. Call from the main thread after start()."""
         self.install_signal_handlers()
-        while not self._stop.is_set():
-            if self._reload_requested.wait(0.25):
-                self._reload_requested.clear()
-                self.reload()
-        self.stop()
+        try:
+            while not self._stop.is_set():
+                if self._reload_requested.wait(0.25):
+                    self._reload_requested.clear()
+                    self.reload()
+        finally:  # never a process whose socket answers while nothing reloads or stops it
+            self.stop()
 
     def stop(self) -> None:
         """Stop serving, let requests being handled and periodic work finish, then close the
@@ -249,15 +251,21 @@ class Daemon:
                 log.warning("reload: %s changed; it takes effect on restart", name)
                 new_config = dataclasses.replace(new_config, **{name: getattr(running.config, name)})
         intervals_changed = self.state.apply_reload(Settings(config=new_config, policy=new_policy, provider=new_provider))
-        if self.store is not None:
-            self.store.set_meta("node_name", new_config.node_name)
-        if intervals_changed and self.scheduler is not None:
-            self._schedule_jobs()
         log.info("reloaded: provider %s, policy %s", getattr(new_provider, "name", "?"), getattr(new_policy, "name", "?"))
-        assert self.work is not None
-        self.work.decide()
+        reply: dict[str, Any] = {"reloaded": True, "policy": getattr(new_policy, "name", None)}
+        try:  # the new settings are in force; what follows must not take the reload path down
+            if self.store is not None:
+                self.store.set_meta("node_name", new_config.node_name)
+            if intervals_changed and self.scheduler is not None:
+                self._schedule_jobs()
+            assert self.work is not None
+            self.work.decide()
+        except Exception as exc:  # e.g. a policy raising, a busy disk: the next decide interval retries
+            message = f"reloaded, but deciding with the new settings failed: {type(exc).__name__}: {exc}"
+            self.state.record_error("reload", message)
+            reply["error"] = message
         self.notifier.ready(status=self._status_line())
-        return {"reloaded": True, "policy": getattr(new_policy, "name", None)}
+        return reply
 
     # -- serve ---------------------------------------------------------------------------------
 

@@ -157,3 +157,24 @@ def test_stop_lets_a_request_being_handled_finish_before_the_store_closes():
             (epoch,) = store.epochs("j")
     assert isinstance(replies[0], dict) and replies[0]["ok"], replies
     assert epoch["ended_at"] is not None
+
+
+def test_a_reload_whose_first_decision_fails_keeps_the_daemon_reloading(monkeypatch):
+    """The new settings are in force when deciding with them fails: the error is reported and the
+    next reload works (before, the exception left the SIGHUP loop, and a daemon whose socket still
+    answered never reloaded again)."""
+    with inprocess_daemon() as running:
+        daemon = running.daemon
+        real_decide = daemon.work.decide
+        failures = iter([RuntimeError("database is locked")])
+
+        def decide_failing_once():
+            for exc in failures:
+                raise exc
+            return real_decide()
+
+        monkeypatch.setattr(daemon.work, "decide", decide_failing_once)
+        reply = daemon.reload()
+        assert reply["reloaded"] is True and "database is locked" in reply["error"]
+        assert any("database is locked" in e["message"] for e in daemon.status()["errors"])
+        assert daemon.reload() == {"reloaded": True, "policy": "start"}
