@@ -17,20 +17,9 @@ from gt_core.data import (
     make_loader,
     prompt_batches,
 )
+from gt_core.model_traits import is_encoder_decoder, pad_token_id
 
 METRICS = ("rouge", "exact_match")
-
-
-def is_encoder_decoder(model: torch.nn.Module) -> bool:
-    return bool(getattr(model.config, "is_encoder_decoder", False))
-
-
-def _pad_id(tokenizer: Any) -> int:
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    if tokenizer.eos_token_id is not None:
-        return int(tokenizer.eos_token_id)
-    raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
 
 
 def _prompt_budget(model: torch.nn.Module, max_input_length: int, max_new_tokens: int, encoder_decoder: bool) -> int:
@@ -60,7 +49,7 @@ def generate_predictions(
 
     budget = _prompt_budget(model, max_input_length, max_new_tokens, encoder_decoder)
     prompts = PromptDataset(examples, tokenizer, encoder_decoder=encoder_decoder, max_input_length=budget)
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
     predictions: list[str] = []
@@ -188,7 +177,7 @@ def evaluate_model(
         examples, tokenizer, encoder_decoder=encoder_decoder,
         max_input_length=max_input_length, max_target_length=max_target_length,
     )
-    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, pad_token_id=_pad_id(tokenizer))
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, pad_token_id=pad_token_id(tokenizer))
     result["val_loss"] = validation_loss(model, loader)
     result["n_examples"] = len(examples)
     if include_predictions:
