@@ -92,6 +92,7 @@ from gt_core.distributed import broadcast_object, share_daemon_job
 from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
 from gt_core.guards import check_model_supported, check_training_args_supported
 from gt_core.importance import unwrap_optimizer
+from gt_core.model_traits import is_encoder_decoder
 from gt_core.precision import precision_from_training_args
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoSource
@@ -268,7 +269,7 @@ class GreenTrainerCallback(TrainerCallback):
         if seq_len is None:
             raise ValueError("GreenTrainerCallback: give seq_len (the training data has no sized input_ids)")
         target_len = self.target_len
-        if target_len is None and getattr(model.config, "is_encoder_decoder", False) and dataset is not None:
+        if target_len is None and is_encoder_decoder(model) and dataset is not None:
             target_len = self._longest(dataset, "labels")
         check_training_args_supported(args)
         check_model_supported(model)

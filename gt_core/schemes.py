@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from gt_core.model_traits import is_encoder_decoder
 from gt_core.profiler import TensorProfile
 
 SCHEMES: tuple[str, ...] = ("green", "full", "topk", "lora", "prefix")
@@ -154,7 +155,7 @@ def adapted_modules(
     """The projections LoRA adapts, in registration order, with their shapes and token counts."""
     targets = lora_target_names(model)
     target_len = source_len if target_len is None else target_len
-    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    encoder_decoder = is_encoder_decoder(model)
     out = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in targets and hasattr(module, "weight"):

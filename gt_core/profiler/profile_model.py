@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from gt_core.model_traits import is_encoder_decoder
 from gt_core.profiler.graph import compile_recording
 from gt_core.profiler.modules import check_modules
 from gt_core.profiler.moe import balanced_routing
@@ -27,10 +28,6 @@ def _vocab_size(model: torch.nn.Module) -> int:
     return int(vocab)
 
 
-def _is_encoder_decoder(model: torch.nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
-
-
 def make_batch(
     model: torch.nn.Module, batch_size: int, seq_len: int, target_len: int | None = None
 ) -> dict[str, torch.Tensor]:
@@ -41,7 +38,7 @@ def make_batch(
     gen = torch.Generator().manual_seed(_INPUT_SEED)
     vocab = _vocab_size(model)
     ids = torch.randint(0, vocab, (batch_size, seq_len), generator=gen).to(device)
-    if _is_encoder_decoder(model):
+    if is_encoder_decoder(model):
         tgt = torch.randint(0, vocab, (batch_size, target_len or seq_len), generator=gen).to(device)
         return {"input_ids": ids, "decoder_input_ids": tgt, "labels": tgt}
     if target_len is not None:
@@ -158,7 +155,7 @@ def profile_model(
         meta={
             "batch_size": batch_size,
             "seq_len": seq_len,
-            "target_len": (target_len or seq_len) if _is_encoder_decoder(model) else None,
+            "target_len": (target_len or seq_len) if is_encoder_decoder(model) else None,
             "model_class": type(model).__name__,
             "n_ops": len(recording.ops),
             "n_cost_groups": len(compiled.group_flops),
