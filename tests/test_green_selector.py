@@ -139,47 +139,27 @@ def test_trainer_clamps_a_runtime_rho_below_the_floor_to_a_feasible_selection(tm
 
 
 def test_hf_callback_clamps_a_runtime_rho_below_the_floor(tmp_path, tokenizer, task):
-    from transformers import Trainer, TrainingArguments
-
-    from gt_core.data import SummarizationDataset, collate_batch
     from gt_core.hf_callback import GreenTrainerCallback
+    from hf_trainer_helpers import green_hf_trainer
 
     train, _ = task
     model = tiny_model("opt", vocab_size=len(tokenizer), hidden=16, layers=2, heads=2, max_len=128, seed=0)
-    data = SummarizationDataset(train[:8], tokenizer, encoder_decoder=False, max_input_length=96, max_target_length=16)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3,
-        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
-    )
     green = GreenTrainerCallback(CallableRho(lambda e, s: 0.001), importance_batches=1)
-    trainer = Trainer(model=model, args=args, train_dataset=data,
-                      data_collator=lambda feats: collate_batch(feats, tokenizer.pad_token_id))
-    green.attach(trainer)
-    trainer.train()
+    green_hf_trainer(tmp_path, tokenizer, train, model, green).train()
     entry = green.history[0]
     assert entry["gt_rho"] == green.selector.rho_floor and entry["rho_clamped_from"] == 0.001
     assert entry["selected"] and entry["gt_flops_per_step"] <= entry["gt_rho"] * green.profile.t_full
 
 
 def test_hf_callback_never_selects_a_tensor_the_user_froze(tmp_path, tokenizer, task):
-    from transformers import Trainer, TrainingArguments
-
-    from gt_core.data import SummarizationDataset, collate_batch
     from gt_core.hf_callback import GreenTrainerCallback
+    from hf_trainer_helpers import green_hf_trainer
 
     train, _ = task
     model = tiny_model("llama", vocab_size=len(tokenizer), hidden=16, layers=2, heads=2, max_len=128, seed=0)
     frozen = "lm_head.weight"  # the tensor a 0.9 budget would certainly pick
     model.get_parameter(frozen).requires_grad_(False)
-    data = SummarizationDataset(train[:8], tokenizer, encoder_decoder=False, max_input_length=96, max_target_length=16)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3,
-        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
-    )
     green = GreenTrainerCallback(0.9, importance_batches=1)
-    trainer = Trainer(model=model, args=args, train_dataset=data,
-                      data_collator=lambda feats: collate_batch(feats, tokenizer.pad_token_id))
-    green.attach(trainer)
-    trainer.train()
+    green_hf_trainer(tmp_path, tokenizer, train, model, green).train()
     assert green.history[0]["selected"] and frozen not in green.history[0]["selected"]
     assert not model.get_parameter(frozen).requires_grad  # and still frozen afterwards

@@ -219,23 +219,16 @@ def test_checkpoint_tensors_saved_on_a_gpu_load_on_a_cpu_only_machine(tmp_path, 
 
 
 def test_hf_trainer_with_reentrant_checkpointing_still_trains_every_selected_tensor(tmp_path, tokenizer, task):
-    from transformers import Trainer, TrainingArguments
-
-    from gt_core.data import SummarizationDataset, collate_batch
     from gt_core.hf_callback import GreenTrainerCallback
+    from hf_trainer_helpers import green_hf_trainer
 
     train, _ = task
     model = tiny_model("llama", vocab_size=len(tokenizer), hidden=32, layers=2, heads=2, max_len=128, seed=0)
-    data = SummarizationDataset(train[:8], tokenizer, encoder_decoder=False, max_input_length=96, max_target_length=16)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=3e-3,
-        report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, remove_unused_columns=False,
-        gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}, bf16=True,
-    )
     green = GreenTrainerCallback(0.7, importance_batches=1)  # layers reachable, the embedding not
-    trainer = Trainer(model=model, args=args, train_dataset=data,
-                      data_collator=lambda feats: collate_batch(feats, tokenizer.pad_token_id))
-    green.attach(trainer)
+    trainer = green_hf_trainer(
+        tmp_path, tokenizer, train, model, green, learning_rate=3e-3, bf16=True,
+        gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True},
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     embedding_output_grad = []
     model.get_input_embeddings().register_forward_hook(  # training steps after the first selection
