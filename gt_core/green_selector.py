@@ -109,9 +109,11 @@ class GreenSelection:
         }
 
 
-def feasible_floor(profile: TensorProfile) -> float:
-    """Smallest float ρ in (0, 1] with ``ρ·T_full`` at or above the cheapest single-tensor step."""
-    cheapest = float(profile.single_tensor_costs().min())
+def feasible_floor(profile: TensorProfile, single_costs: np.ndarray | None = None) -> float:
+    """Smallest float ρ in (0, 1] with ``ρ·T_full`` at or above the cheapest single-tensor step
+    (``single_costs``: ``profile.single_tensor_costs()``, when the caller has them)."""
+    costs = profile.single_tensor_costs() if single_costs is None else single_costs
+    cheapest = float(costs.min())
     t_full = profile.t_full
     rho = cheapest / t_full
     while rho * t_full < cheapest and rho < 1.0:
@@ -136,8 +138,9 @@ class GreenSelector:
         self.importance_metric = importance_metric
         self.resolution = int(resolution)
         self.hooks = hooks or SelectionHooks()
-        self.rho_floor = feasible_floor(profile)
-        self.min_rho = profile.min_feasible_rho()
+        single_costs = profile.single_tensor_costs()  # one exact cost per tensor: priced once
+        self.min_rho = float(single_costs.min() / profile.t_full)  # = profile.min_feasible_rho()
+        self.rho_floor = feasible_floor(profile, single_costs)
 
     # ------------------------------------------------------------------ ρ
 
