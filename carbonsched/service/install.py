@@ -100,7 +100,7 @@ def unit_parameters(host: Host, user: str) -> UnitParameters:
     if executable is None:
         raise ServiceError("no `carbonsched` executable next to this Python or on PATH: install the package first")
     hidden = under_private_tmp(executable)
-    if host.is_live and hidden is not None:
+    if hidden is not None and service_manager_running(host):  # a unit that could be started here
         raise ServiceError(
             f"{executable} lies under {hidden}, which the service's PrivateTmp=yes hides: "
             "install carbonsched into an environment outside /tmp and /var/tmp", 2,
