@@ -176,7 +176,7 @@ class FakeProviderServer:
             (lambda p: p == "/login", self._wt_login),
             (lambda p: p in ("/v3/forecast", "/v3/historical", "/v3/signal-index"), self._wt_data),
             (lambda p: p == "/intensity", self._uk_national),
-            (lambda p: p.startswith("/intensity/") and p.endswith("/fw24h"), self._uk_national_forecast),
+            (lambda p: p.startswith("/intensity/") and p.endswith(("/fw24h", "/fw48h")), self._uk_national_forecast),
             (lambda p: p.startswith("/regional/intensity/"), self._uk_regional_forecast),
             (lambda p: p.startswith("/regional/"), self._uk_regional),
         ]
@@ -209,10 +209,11 @@ class FakeProviderServer:
         if not self._em_auth_ok(hit):
             return 401, {"error": "Invalid authentication token"}
         hour = _floor(self.now, 3600)
+        hours = int(hit.query.get("horizonHours", "24"))  # the API's default horizon is 24 h
         return 200, {
             "zone": hit.query.get("zone", "DE"),
             "forecast": [
-                {"carbonIntensity": 250 + 5 * i, "datetime": _iso_z(hour + timedelta(hours=i + 1))} for i in range(24)
+                {"carbonIntensity": 250 + 5 * i, "datetime": _iso_z(hour + timedelta(hours=i + 1))} for i in range(hours)
             ],
             "updatedAt": _iso_z(self.now),
         }
@@ -238,7 +239,7 @@ class FakeProviderServer:
             data = [{"point_time": start.isoformat(), "value": 42.0}]
             units = "percentile"
         else:
-            count = 288 if hit.path == "/v3/forecast" else 12
+            count = 12 * int(hit.query.get("horizon_hours", "24")) if hit.path == "/v3/forecast" else 12
             step = 1 if hit.path == "/v3/forecast" else -1
             value = self.wt_value_lbs_per_mwh
             data = [
@@ -268,9 +269,15 @@ class FakeProviderServer:
     def _uk_national(self, hit: Hit) -> tuple[int, Any]:
         return 200, {"data": [self._uk_slot(_floor(self.now, 1800), self.uk_forecast, self.uk_actual)]}
 
+    @staticmethod
+    def _uk_half_hours(hit: Hit) -> int:
+        """48 half-hours for a fw24h window, 96 for fw48h."""
+        return 96 if "/fw48h" in hit.path else 48
+
     def _uk_national_forecast(self, hit: Hit) -> tuple[int, Any]:
         start = _floor(self.now, 1800)
-        return 200, {"data": [self._uk_slot(start + timedelta(minutes=30 * i), 150 + i, None) for i in range(48)]}
+        return 200, {"data": [self._uk_slot(start + timedelta(minutes=30 * i), 150 + i, None)
+                              for i in range(self._uk_half_hours(hit))]}
 
     def _uk_region_header(self, hit: Hit) -> dict:
         tail = hit.path.rstrip("/").split("/")
@@ -284,7 +291,8 @@ class FakeProviderServer:
 
     def _uk_regional_forecast(self, hit: Hit) -> tuple[int, Any]:
         start = _floor(self.now, 1800)
-        slots = [self._uk_slot(start + timedelta(minutes=30 * i), 80 + i, None, regional=True) for i in range(48)]
+        slots = [self._uk_slot(start + timedelta(minutes=30 * i), 80 + i, None, regional=True)
+                 for i in range(self._uk_half_hours(hit))]
         return 200, {"data": {**self._uk_region_header(hit), "data": slots}}
 
 

@@ -97,8 +97,9 @@ def test_watttime_credentials_from_systemd_files(provider_server, fake_clock, tm
 def test_ukgrid_national_prefers_actual_then_falls_back_to_forecast(provider_server, fake_clock):
     reading = build(provider_server, fake_clock, "ukgrid").current()
     assert (reading.intensity_g_per_kwh, reading.estimated, reading.interval_s) == (149, False, 1800)
-    assert reading.detail["index"] == "moderate" and len(reading.forecast) == 48
-    assert provider_server.hits[-1].path == "/intensity/2026-10-18T02:00Z/fw24h"
+    assert reading.detail["index"] == "moderate" and len(reading.forecast) == 96  # 48 h by default
+    assert provider_server.hits[-1].path == "/intensity/2026-10-18T02:00Z/fw48h"
+    assert reading.forecast[-1].timestamp.isoformat() == "2026-10-20T01:30:00+00:00"
     provider_server.uk_actual = None
     reading = build(provider_server, fake_clock, "ukgrid?forecast=false").current()
     assert (reading.intensity_g_per_kwh, reading.estimated) == (156, True)
@@ -111,8 +112,59 @@ def test_ukgrid_national_prefers_actual_then_falls_back_to_forecast(provider_ser
 def test_ukgrid_regional_is_forecast_only(provider_server, fake_clock, spec, path, region):
     reading = build(provider_server, fake_clock, spec).current()
     assert (reading.intensity_g_per_kwh, reading.estimated, reading.detail["regionid"]) == (88, True, region)
-    assert [p.intensity_g_per_kwh for p in reading.forecast[:2]] == [80, 81]
+    assert [p.intensity_g_per_kwh for p in reading.forecast[:2]] == [80, 81] and len(reading.forecast) == 96
     assert provider_server.hits[0].path == path
+    where = path.removeprefix("/regional/")
+    assert provider_server.hits[1].path == f"/regional/intensity/2026-10-18T02:00Z/fw48h/{where}"
+
+
+@pytest.mark.parametrize("spec, path, half_hours", [
+    ("ukgrid?forecast_hours=24", "/intensity/2026-10-18T02:00Z/fw24h", 48),
+    ("ukgrid:region=13?forecast_hours=24", "/regional/intensity/2026-10-18T02:00Z/fw24h/regionid/13", 48),
+    ("ukgrid:postcode=RG10?forecast_hours=48", "/regional/intensity/2026-10-18T02:00Z/fw48h/postcode/RG10", 96),
+])
+def test_ukgrid_forecast_hours_picks_the_forward_window(provider_server, fake_clock, spec, path, half_hours):
+    provider = build(provider_server, fake_clock, spec)
+    assert len(provider.current().forecast) == half_hours
+    assert provider_server.hits[-1].path == path
+    described = provider.describe()
+    assert described["forecast_hours"] == half_hours // 2 and path.replace("2026-10-18T02:00Z", "{from}") in described["forecast_source"]
+
+
+def test_electricitymaps_forecast_hours_is_sent_as_horizon_hours(provider_server, fake_clock):
+    provider = build(provider_server, fake_clock, "electricitymaps:DE?forecast_hours=72")
+    reading = provider.current()
+    assert len(reading.forecast) == 72 and reading.forecast[-1].timestamp.isoformat() == "2026-10-21T02:00:00+00:00"
+    forecast_hit = next(h for h in provider_server.hits if h.path.endswith("/forecast"))
+    assert forecast_hit.query == {"zone": "DE", "horizonHours": "72"}
+    latest_hit = next(h for h in provider_server.hits if h.path.endswith("/latest"))
+    assert "horizonHours" not in latest_hit.query
+    assert (provider.describe()["forecast_hours"], provider.describe()["forecast_source"]) == (
+        72, "electricitymaps /v3/carbon-intensity/forecast")
+    provider_server.hits.clear()
+    build(provider_server, fake_clock, "electricitymaps:DE").current()  # no key: the API's default, not sent
+    assert next(h for h in provider_server.hits if h.path.endswith("/forecast")).query == {"zone": "DE"}
+
+
+def test_electricitymaps_horizon_beyond_the_plan_is_not_asked_again(provider_server, fake_clock):
+    from provider_server import Reply
+
+    provider_server.queue("/v3/carbon-intensity/forecast", Reply(403, {"error": "horizon not in your plan"}))
+    provider = build(provider_server, fake_clock, "electricitymaps:DE?forecast_hours=48")
+    reading = provider.current()
+    assert reading.intensity_g_per_kwh == 302 and reading.forecast == ()
+    fake_clock.advance(3600)
+    provider.current()
+    assert provider_server.count("/v3/carbon-intensity/forecast") == 1
+    assert provider.describe()["forecast_unavailable"] == "HTTP 403" and provider.describe()["forecast_source"] is None
+
+
+def test_watttime_forecast_hours_is_sent_as_horizon_hours(provider_server, fake_clock):
+    provider = build(provider_server, fake_clock, "watttime:CAISO_NORTH?forecast_hours=48")
+    reading = provider.current()
+    assert len(reading.forecast) == 12 * 48
+    assert provider_server.hits[-1].query == {"region": "CAISO_NORTH", "signal_type": "co2_moer", "horizon_hours": "48"}
+    assert provider.describe()["forecast_hours"] == 48
 
 
 def test_ukgrid_impossible_value(provider_server, fake_clock):

@@ -6,7 +6,8 @@ offset ``t0`` (every ``every_s`` while the deadline still lies inside the trace)
 - the *truth* is the trace from ``t0`` on, as slots at the trace's own step;
 - the *forecast* is the truth up to the deadline with seeded noise: every slot after the current one
   is multiplied by ``1 + noise · N(0, 1)`` (independent per slot, clipped at 0); the current slot is
-  measured, so it is exact. ``random.Random(seed · 1_000_003 + submission index)`` draws it;
+  measured, so it is exact. :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``
+  draws it (the trace provider's ``forecast_noise`` uses the same model);
 - ``shift`` and ``planner`` plan on the forecast, ``oracle`` on the truth, ``steps`` reacts to the
   truth epoch by epoch, ``now-full`` and ``now-constant`` just run; every plan is then executed
   unchanged and its carbon counted on the truth (running plus idle power while paused).
@@ -24,6 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from carbonsched.forecast_noise import perturbed, seeded_rng
 from carbonsched.planning import strategies
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.planner import Plan, expected_carbon_g
@@ -95,11 +97,8 @@ def noisy_forecast(truth: Sequence[Slot], noise: float, rng: random.Random) -> l
     """``truth`` with every slot after the first scaled by ``1 + noise · N(0, 1)``, clipped at 0."""
     if noise < 0 or not math.isfinite(noise):
         raise PlanningInputError(f"noise must be a non-negative fraction, got {noise!r}")
-    forecast = [truth[0]]
-    for slot in truth[1:]:
-        factor = 1.0 + noise * rng.gauss(0.0, 1.0) if noise > 0 else 1.0
-        forecast.append(Slot(slot.start_s, slot.end_s, max(0.0, slot.intensity_g_per_kwh * factor)))
-    return forecast
+    return [truth[0]] + [Slot(slot.start_s, slot.end_s, perturbed(slot.intensity_g_per_kwh, noise, rng))
+                         for slot in truth[1:]]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -135,7 +134,7 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
         truth = series.slots(start_s, start_s + 2 * longest_s)
         window = [s for s in truth if s.start_s < job.deadline_s]
         window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in window]
-        forecast = noisy_forecast(window, noise, random.Random(seed * 1_000_003 + index))
+        forecast = noisy_forecast(window, noise, seeded_rng(seed, index))
         plans: dict[str, Plan] = {
             "now-full": strategies.now_full(job, cost, truth),
             "now-constant": strategies.now_constant(job, cost, truth),

@@ -18,6 +18,7 @@ from carbonsched.providers.cache import (
     ReadingCache,
 )
 from carbonsched.providers.chain import FallbackChain
+from carbonsched.providers.forecast_file import ForecastFileProvider
 from carbonsched.providers.http import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_MAX_TRIES,
@@ -27,7 +28,7 @@ from carbonsched.providers.http import (
 from carbonsched.providers.secrets import credential_hint, read_credential
 from carbonsched.providers.spec import ProviderSpec, parse_specs
 from carbonsched.providers.static import StaticProvider
-from carbonsched.providers.trace import TraceProvider
+from carbonsched.providers.trace import DEFAULT_FORECAST_HOURS, TraceProvider
 
 ROOT_ENV = {
     "electricitymaps": ("CARBONSCHED_ELECTRICITYMAPS_URL", electricitymaps.DEFAULT_ROOT),
@@ -55,10 +56,12 @@ def build_provider(
     env = os.environ if env is None else env
     clock = clock or default_clock
     cache = cache if cache is not None else ReadingCache()
-    members = []
+    members: list[CachedProvider | ForecastFileProvider] = []
     for parsed in parse_specs(spec):
         inner = _build_one(parsed, env, clock, sleep, session_factory, rng)
-        members.append(_cached(parsed, inner, cache, clock))
+        member = _cached(parsed, inner, cache, clock)
+        forecast_file = parsed.params.get("forecast_file")
+        members.append(member if forecast_file is None else ForecastFileProvider(member, forecast_file, clock=clock))
     return FallbackChain(members)
 
 
@@ -89,14 +92,17 @@ def _build_one(
     if spec.kind == "trace":
         return TraceProvider(spec.zone, speedup=spec.number("speedup", 1.0) or 1.0, clock=clock,
                              time_column=spec.params.get("time_column"),
-                             intensity_column=spec.params.get("intensity_column"))
+                             intensity_column=spec.params.get("intensity_column"),
+                             forecast_hours=spec.number("forecast_hours", DEFAULT_FORECAST_HOURS) or DEFAULT_FORECAST_HOURS,
+                             forecast_noise=spec.number("forecast_noise", 0.0, positive=False) or 0.0,
+                             forecast_seed=int(spec.params.get("forecast_seed", "0")))
     if spec.kind == "static":
         return StaticProvider(spec.zone or "", clock=clock)
     want_forecast = spec.flag("forecast", True)
     if spec.kind == "ukgrid":
         http = _http(spec, "ukgrid", env, clock, sleep, session_factory, rng)
         key, _, value = (spec.zone or "").partition("=")
-        return _ukgrid(http, key, value, want_forecast, clock)
+        return _ukgrid(http, key, value, want_forecast, _whole_hours(spec) or ukgrid.DEFAULT_FORECAST_HOURS, clock)
     if spec.kind == "electricitymaps":
         token = read_credential(env, electricitymaps.TOKEN_ENV, electricitymaps.TOKEN_CREDENTIAL)
         if not token:
@@ -114,6 +120,7 @@ def _build_one(
             emission_factor_type=spec.params.get("emission_factor_type"),
             disable_estimations=spec.flag("disable_estimations", False),
             want_forecast=want_forecast,
+            forecast_hours=_whole_hours(spec),
             clock=clock,
         )
     if spec.kind == "watttime":
@@ -124,16 +131,21 @@ def _build_one(
             credential = watttime.USERNAME_CREDENTIAL if not username else watttime.PASSWORD_CREDENTIAL
             raise ProviderSpecError(f"{spec.text}: no WattTime credentials; " + credential_hint(missing, credential))
         http = _http(spec, "watttime", env, clock, sleep, session_factory, rng)
-        return watttime.WattTimeProvider(http, username, password, region=spec.zone or "", clock=clock)
+        return watttime.WattTimeProvider(http, username, password, region=spec.zone or "",
+                                         forecast_hours=_whole_hours(spec), clock=clock)
     raise ProviderSpecError(f"unknown provider kind {spec.kind!r}")  # parse_specs already refused it
 
 
-def _ukgrid(http: HttpClient, key: str, value: str, want_forecast: bool, clock: Clock) -> IntensityProvider:
-    if key == "region":
-        return ukgrid.UkGridProvider(http, region_id=int(value), want_forecast=want_forecast, clock=clock)
-    if key == "postcode":
-        return ukgrid.UkGridProvider(http, postcode=value, want_forecast=want_forecast, clock=clock)
-    return ukgrid.UkGridProvider(http, want_forecast=want_forecast, clock=clock)
+def _whole_hours(spec: ProviderSpec) -> int | None:
+    """The spec's ``forecast_hours`` as whole hours (parse_spec checked it against the API's values)."""
+    hours = spec.number("forecast_hours", None)
+    return None if hours is None else int(hours)
+
+
+def _ukgrid(http: HttpClient, key: str, value: str, want_forecast: bool, forecast_hours: int,
+            clock: Clock) -> IntensityProvider:
+    where: dict = {"region_id": int(value)} if key == "region" else {"postcode": value} if key == "postcode" else {}
+    return ukgrid.UkGridProvider(http, **where, want_forecast=want_forecast, forecast_hours=forecast_hours, clock=clock)
 
 
 def _http(

@@ -1,9 +1,11 @@
 """Electricity Maps API v3: average (grid-mix) carbon intensity for a zone, hourly.
 
 ``GET {root}/v3/carbon-intensity/latest?zone=DE`` (or ``lat=&lon=``) with the ``auth-token``
-header gives the current value; ``/v3/carbon-intensity/forecast`` gives the forecast. A forecast
-the account may not see (HTTP 401/403/404) is noted once and not asked for again; the current
-value is still returned.
+header gives the current value; ``/v3/carbon-intensity/forecast`` gives the forecast, over
+``horizonHours`` (6, 24, 48 or 72; spec key ``forecast_hours``; without it the parameter is not sent
+and the API's default of 24 h applies). A forecast the account may not see (HTTP 401/403/404, also
+for a horizon beyond the plan) is noted once and not asked for again; the current value is still
+returned.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ INTERVAL_S = 3600.0
 TOKEN_ENV = "ELECTRICITYMAPS_TOKEN"
 TOKEN_CREDENTIAL = "electricitymaps_token"
 _FORECAST_DENIED = (401, 403, 404)
+FORECAST_HOURS = (6, 24, 48, 72)  # the values horizonHours accepts
+API_DEFAULT_FORECAST_HOURS = 24
 
 
 class ElectricityMapsProvider(IntensityProvider):
@@ -38,10 +42,14 @@ class ElectricityMapsProvider(IntensityProvider):
         emission_factor_type: str | None = None,
         disable_estimations: bool = False,
         want_forecast: bool = True,
+        forecast_hours: int | None = None,
         clock: Clock = default_clock,
     ) -> None:
         if zone is None and (lat is None or lon is None):
             raise ValueError("electricitymaps needs a zone or both lat and lon")
+        if forecast_hours is not None and forecast_hours not in FORECAST_HOURS:
+            raise ValueError(f"electricitymaps forecast_hours must be one of {FORECAST_HOURS}, got {forecast_hours!r}")
+        self.forecast_hours = None if forecast_hours is None else int(forecast_hours)
         self.http = http
         self.http.add_secret(token)
         self._token = token
@@ -90,7 +98,8 @@ class ElectricityMapsProvider(IntensityProvider):
         if not self.want_forecast or self.forecast_unavailable:
             return ()
         try:
-            body = self._get("/v3/carbon-intensity/forecast", with_options=False)
+            horizon = {} if self.forecast_hours is None else {"horizonHours": str(self.forecast_hours)}
+            body = self._get("/v3/carbon-intensity/forecast", with_options=False, extra=horizon)
             points = body.get("forecast") if isinstance(body, dict) else None
             if not isinstance(points, list):
                 raise ProviderError(self.name, "reply to /forecast has no forecast list")
@@ -105,8 +114,8 @@ class ElectricityMapsProvider(IntensityProvider):
         except HttpStatusError as exc:
             if exc.status in _FORECAST_DENIED:
                 self.forecast_unavailable = f"HTTP {exc.status}"
-                log.warning("%s: forecast not available to this account (HTTP %d); not asking again",
-                            self.name, exc.status)
+                log.warning("%s: forecast (%d h) not available to this account (HTTP %d); not asking again",
+                            self.name, self.forecast_hours or API_DEFAULT_FORECAST_HOURS, exc.status)
                 return ()
             log.warning("%s: no forecast this time: %s", self.name, exc)
             return ()
@@ -114,8 +123,8 @@ class ElectricityMapsProvider(IntensityProvider):
             log.warning("%s: no forecast this time: %s", self.name, exc)
             return ()
 
-    def _get(self, path: str, *, with_options: bool = True) -> object:
-        params: Mapping[str, str] = {**self._location, **(self._options if with_options else {})}
+    def _get(self, path: str, *, with_options: bool = True, extra: Mapping[str, str] | None = None) -> object:
+        params: Mapping[str, str] = {**self._location, **(self._options if with_options else {}), **(extra or {})}
         return self.http.get_json(path, params=params, headers={"auth-token": self._token})
 
     def describe(self) -> dict:
@@ -124,5 +133,8 @@ class ElectricityMapsProvider(IntensityProvider):
             "signal": "average",
             "interval_s": INTERVAL_S,
             "forecast_unavailable": self.forecast_unavailable,
+            "forecast_source": "electricitymaps /v3/carbon-intensity/forecast"
+            if self.want_forecast and not self.forecast_unavailable else None,
+            "forecast_hours": (self.forecast_hours or API_DEFAULT_FORECAST_HOURS) if self.want_forecast else None,
             **self.http.describe(),
         }

@@ -13,16 +13,27 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from carbonsched.providers import electricitymaps, ukgrid, watttime
 from carbonsched.providers.base import ProviderSpecError
 
 CACHE_KEYS = frozenset({"cooldown_s", "max_cooldown_s", "max_age_s"})
+COMMON_KEYS = frozenset({"forecast_file"})
 HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"}) | CACHE_KEYS
 KEYS_BY_KIND: dict[str, frozenset[str]] = {
-    "trace": frozenset({"speedup", "time_column", "intensity_column"}),
-    "static": frozenset(),
-    "electricitymaps": HTTP_KEYS | {"lat", "lon", "emission_factor_type", "disable_estimations"},
-    "watttime": HTTP_KEYS,
-    "ukgrid": HTTP_KEYS,
+    "trace": COMMON_KEYS | {"speedup", "time_column", "intensity_column", "forecast_hours", "forecast_noise",
+                            "forecast_seed"},
+    "static": COMMON_KEYS,
+    "electricitymaps": COMMON_KEYS | HTTP_KEYS | {"lat", "lon", "emission_factor_type", "disable_estimations",
+                                                  "forecast_hours"},
+    "watttime": COMMON_KEYS | HTTP_KEYS | {"forecast_hours"},
+    "ukgrid": COMMON_KEYS | HTTP_KEYS | {"forecast_hours"},
+}
+# The forecast horizons (hours) each upstream API accepts; None: any positive number.
+FORECAST_HOURS_ALLOWED: dict[str, tuple[int, ...] | None] = {
+    "ukgrid": ukgrid.FORECAST_HOURS,
+    "electricitymaps": electricitymaps.FORECAST_HOURS,
+    "watttime": tuple(range(1, watttime.MAX_FORECAST_HOURS + 1)),
+    "trace": None,
 }
 KINDS = tuple(KEYS_BY_KIND)
 _UK_OUTWARD_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")
@@ -96,12 +107,37 @@ def _check_values(spec: ProviderSpec) -> None:
         spec.flag(key, False)
     for key in spec.params.keys() & _POSITIVE_NUMBER_KEYS:
         spec.number(key, None)
+    _check_forecast_keys(spec)
     first, longest = spec.number("cooldown_s", None), spec.number("max_cooldown_s", None)
     if first is not None and longest is not None and longest < first:
         raise ProviderSpecError(
             f"provider spec {spec.text!r}: max_cooldown_s={spec.params['max_cooldown_s']!r} "
             f"is less than cooldown_s={spec.params['cooldown_s']!r}"
         )
+
+
+def _check_forecast_keys(spec: ProviderSpec) -> None:
+    text, params = spec.text, spec.params
+    if "forecast_hours" in params:
+        hours = spec.number("forecast_hours", None)
+        allowed = FORECAST_HOURS_ALLOWED[spec.kind]
+        if allowed is not None and hours not in allowed:
+            listed = f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 6 else "|".join(map(str, allowed))
+            raise ProviderSpecError(f"provider spec {text!r}: forecast_hours={params['forecast_hours']!r} is not one of "
+                                    f"{listed} (what the {spec.kind} API accepts)")
+    if "forecast_noise" in params:
+        spec.number("forecast_noise", None, positive=False)
+        if float(params["forecast_noise"]) < 0:
+            raise ProviderSpecError(f"provider spec {text!r}: forecast_noise={params['forecast_noise']!r} is not a "
+                                    "non-negative fraction (0.1: 10 %)")
+    if "forecast_seed" in params:
+        try:
+            int(params["forecast_seed"])
+        except ValueError:
+            raise ProviderSpecError(f"provider spec {text!r}: forecast_seed={params['forecast_seed']!r} is not an "
+                                    "integer") from None
+    if "forecast_file" in params and not params["forecast_file"].strip():
+        raise ProviderSpecError(f"provider spec {text!r}: forecast_file is empty")
 
 
 def _parse_query(text: str, query: str) -> dict[str, str]:

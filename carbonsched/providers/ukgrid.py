@@ -1,10 +1,11 @@
 """UK National Grid Carbon Intensity API (Great Britain only, no key): average intensity per half hour.
 
 National: ``/intensity`` gives the current half hour; ``actual`` is used when the half hour has
-one, else ``forecast`` (and the reading is marked estimated). The next 24 h come from
-``/intensity/{from}/fw24h``. Regional (``/regional/regionid/{id}`` or ``/regional/postcode/{pc}``)
-values are forecasts only, so regional readings are always estimated; their forecast comes from
-``/regional/intensity/{from}/fw24h/regionid/{id}`` (or ``/postcode/{pc}``).
+one, else ``forecast`` (and the reading is marked estimated). The forecast comes from
+``/intensity/{from}/fw48h`` (the next 48 h, the default) or ``/fw24h`` (``forecast_hours=24``).
+Regional (``/regional/regionid/{id}`` or ``/regional/postcode/{pc}``) values are forecasts only, so
+regional readings are always estimated; their forecast comes from
+``/regional/intensity/{from}/fw48h/regionid/{id}`` (or ``fw24h``, or ``/postcode/{pc}``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ log = logging.getLogger("carbonsched.providers")
 DEFAULT_ROOT = "https://api.carbonintensity.org.uk"
 INTERVAL_S = 1800.0
 REGION_IDS = range(1, 18)
+FORECAST_HOURS = (24, 48)  # the API's forward windows: fw24h, fw48h
+DEFAULT_FORECAST_HOURS = 48
 
 
 class UkGridProvider(IntensityProvider):
@@ -33,10 +36,14 @@ class UkGridProvider(IntensityProvider):
         region_id: int | None = None,
         postcode: str | None = None,
         want_forecast: bool = True,
+        forecast_hours: int = DEFAULT_FORECAST_HOURS,
         clock: Clock = default_clock,
     ) -> None:
         if region_id is not None and postcode is not None:
             raise ValueError("ukgrid takes a region or a postcode, not both")
+        if forecast_hours not in FORECAST_HOURS:
+            raise ValueError(f"ukgrid forecast_hours must be one of {FORECAST_HOURS}, got {forecast_hours!r}")
+        self.forecast_hours = int(forecast_hours)
         self.http = http
         self.region_id = region_id
         self.postcode = postcode.upper() if postcode else None
@@ -103,14 +110,13 @@ class UkGridProvider(IntensityProvider):
     def _forecast(self, start: datetime) -> tuple[ForecastPoint, ...]:
         if not self.want_forecast:
             return ()
-        stamp = start.strftime("%Y-%m-%dT%H:%MZ")
+        path = self._forecast_path(start.strftime("%Y-%m-%dT%H:%MZ"))
         try:
             if self.zone is None:
-                body = self.http.get_json(f"/intensity/{stamp}/fw24h")
+                body = self.http.get_json(path)
                 slots = body.get("data") if isinstance(body, dict) else None
             else:
-                where = f"regionid/{self.region_id}" if self.region_id is not None else f"postcode/{self.postcode}"
-                region = _region_block(self.name, self.http.get_json(f"/regional/intensity/{stamp}/fw24h/{where}"))
+                region = _region_block(self.name, self.http.get_json(path))
                 slots = region.get("data")
             if not isinstance(slots, list):
                 raise ProviderError(self.name, "forecast reply has no list of half-hours")
@@ -123,8 +129,19 @@ class UkGridProvider(IntensityProvider):
             log.warning("%s: no forecast this time: %s", self.name, exc)
             return ()
 
+    def _forecast_path(self, stamp: str) -> str:
+        window = f"fw{self.forecast_hours}h"
+        if self.zone is None:
+            return f"/intensity/{stamp}/{window}"
+        where = f"regionid/{self.region_id}" if self.region_id is not None else f"postcode/{self.postcode}"
+        return f"/regional/intensity/{stamp}/{window}/{where}"
+
     def describe(self) -> dict:
-        return {**super().describe(), "signal": "average", "interval_s": INTERVAL_S, **self.http.describe()}
+        forecast = {
+            "forecast_source": f"ukgrid {self._forecast_path('{from}')}" if self.want_forecast else None,
+            "forecast_hours": self.forecast_hours if self.want_forecast else None,
+        }
+        return {**super().describe(), "signal": "average", "interval_s": INTERVAL_S, **forecast, **self.http.describe()}
 
 
 def _first(provider: str, body: object, what: str) -> dict:

@@ -2,7 +2,9 @@
 
 Log in at ``{root}/login`` with HTTP basic auth to get a bearer token (kept in memory, renewed
 after ``TOKEN_LIFETIME_S`` or once on HTTP 401); then ``/v3/forecast?region=..&signal_type=co2_moer``
-whose first point is the current 5-minute interval. Values arrive in lbs CO2/MWh and are
+whose first point is the current 5-minute interval (``horizon_hours=`` from the spec key
+``forecast_hours``, 1-72; without it the parameter is not sent and the API's default of 24 h
+applies). Values arrive in lbs CO2/MWh and are
 converted to gCO2e/kWh; unknown units are refused rather than guessed. The signal-index endpoint
 (a 0-100 percentile) is not an intensity and is not used as one.
 """
@@ -28,14 +30,20 @@ UNIT_TO_G_PER_KWH = {
     "g_co2_per_kwh": 1.0,
 }
 SIGNAL_TYPE = "co2_moer"
+MAX_FORECAST_HOURS = 72
+API_DEFAULT_FORECAST_HOURS = 24
 
 
 class WattTimeProvider(IntensityProvider):
     kind = "watttime"
 
     def __init__(
-        self, http: HttpClient, username: str, password: str, *, region: str, clock: Clock = default_clock
+        self, http: HttpClient, username: str, password: str, *, region: str, forecast_hours: int | None = None,
+        clock: Clock = default_clock,
     ) -> None:
+        if forecast_hours is not None and not (1 <= forecast_hours <= MAX_FORECAST_HOURS):
+            raise ValueError(f"watttime forecast_hours must be 1..{MAX_FORECAST_HOURS}, got {forecast_hours!r}")
+        self.forecast_hours = None if forecast_hours is None else int(forecast_hours)
         self.http = http
         self.http.add_secret(username)
         self.http.add_secret(password)
@@ -54,7 +62,10 @@ class WattTimeProvider(IntensityProvider):
         return f"WattTimeProvider({self.name!r})"
 
     def current(self) -> IntensityReading:
-        body = self._get_authorized("/v3/forecast", {"region": self.zone, "signal_type": SIGNAL_TYPE})
+        params = {"region": self.zone or "", "signal_type": SIGNAL_TYPE}
+        if self.forecast_hours is not None:
+            params["horizon_hours"] = str(self.forecast_hours)
+        body = self._get_authorized("/v3/forecast", params)
         if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not body["data"]:
             raise ProviderError(self.name, "reply to /v3/forecast has no data points")
         meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
@@ -136,5 +147,7 @@ class WattTimeProvider(IntensityProvider):
             "interval_s": INTERVAL_S,
             "logged_in": self._token is not None,
             "logins": self.logins,
+            "forecast_source": "watttime /v3/forecast",
+            "forecast_hours": self.forecast_hours or API_DEFAULT_FORECAST_HOURS,
             **self.http.describe(),
         }
