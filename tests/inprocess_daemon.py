@@ -61,13 +61,14 @@ def inprocess_daemon(
     *,
     gpus: list[FakeGpu] | None = None,
     store_factory: Callable[[DaemonConfig], Any] | None = None,
+    provider: str = "static:DEU",
     **daemon_kwargs: Any,
 ) -> Iterator[RunningDaemon]:
     """A started daemon with an intensity reading in force; stopped on exit."""
     with short_dir() as d:
         nvml = make_fake_nvml([FakeGpu(**vars(g)) for g in (gpus if gpus is not None else [GPU0, GPU1])])
         config = DaemonConfig(
-            socket=d / "run" / "cs.sock", state_dir=d / "state", provider="static:DEU",
+            socket=d / "run" / "cs.sock", state_dir=d / "state", provider=provider,
             policy=write_policy(d, "start", policy_body), intervals=QUIET,
         )
         rapl = _fake_rapl(d / "powercap")

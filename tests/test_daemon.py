@@ -90,6 +90,7 @@ def test_cli_commands_against_the_daemon(daemon):
     assert human.returncode == 0 and human.stdout.startswith("rho 0.600")
     status = cli("status", "--socket", sock)
     assert status.returncode == 0 and "policy     pinned" in status.stdout
+    assert "forecast   trace, 24 h" in status.stdout  # where the forecast comes from, and its horizon
     assert cli("jobs", "--socket", sock, "--json").returncode == 0
     assert cli("override", "0.5", "--socket", sock, "--ttl-s", "30").returncode == 0
     assert json.loads(cli("rho", "--socket", sock, "--json").stdout)["override"] is True

@@ -65,6 +65,17 @@ def _current_errors(status: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _forecast_line(provider: dict[str, Any]) -> str:
+    """Where the provider's forecast comes from and how far it reaches, from its describe()."""
+    source = provider.get("forecast_source")
+    if not source:
+        return "none (the current value is taken to hold)"
+    line = f"{source}, {_num(provider.get('forecast_hours'), '{:g}', ' h')}"
+    if provider.get("forecast_file_error"):
+        line += f" (forecast file: {provider['forecast_file_error']})"
+    return line
+
+
 def _parse_iso(text: Any) -> datetime:
     try:
         return datetime.fromisoformat(str(text))
@@ -129,6 +140,7 @@ def register(app: typer.Typer) -> None:
             f"provider   {(r.get('provider') or {}).get('name', '?')}: "
             f"{_num(intensity.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')}"
             + (f" ({intensity.get('signal')}, age {intensity.get('age_s', 0):.0f} s)" if intensity else ""),
+            f"forecast   {_forecast_line(r.get('provider') or {})}",
             f"policy     {policy.get('name')} ({policy.get('kind')}, {policy.get('file')}), rho_min {policy.get('rho_min')}",
             f"rho        {_num(decision.get('rho'), '{:.3f}')}: {decision.get('reason', 'no decision yet')}",
         ]

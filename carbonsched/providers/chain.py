@@ -1,6 +1,7 @@
 """Fallback chain: ask providers in order, answer with the first good reading.
 
-Each member is a :class:`CachedProvider`, so a member that just failed is in cool-down and is
+Each member is a :class:`CachedProvider` (possibly wrapped by a
+:class:`~carbonsched.providers.forecast_file.ForecastFileProvider`), so a member that just failed is in cool-down and is
 skipped cheaply (a dead primary is not hammered); once its cool-down ends the chain asks it
 first again, so it returns to the primary as soon as the primary recovers. The reading's
 ``provider`` names the member that answered. When every member fails, the most recent good
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from carbonsched.providers.base import IntensityProvider
 from carbonsched.providers.cache import CachedProvider
+from carbonsched.providers.forecast_file import ForecastFileProvider
 from carbonsched.types import IntensityReading, ProviderError
 
 log = logging.getLogger("carbonsched.providers")
@@ -24,7 +26,7 @@ log = logging.getLogger("carbonsched.providers")
 class FallbackChain(IntensityProvider):
     kind = "chain"
 
-    def __init__(self, members: Sequence[CachedProvider], *, serve_stale: bool = True) -> None:
+    def __init__(self, members: Sequence[CachedProvider | ForecastFileProvider], *, serve_stale: bool = True) -> None:
         if not members:
             raise ValueError("a fallback chain needs at least one provider")
         self.members = list(members)
@@ -84,6 +86,8 @@ class FallbackChain(IntensityProvider):
         }
         if len(members) == 1:
             return {**members[0], **chain_state}
+        # Where the forecast comes from: the member that answered last (the primary before any answer).
+        answering = next((m for m in members if m.get("name") == self.answered_by), members[0])
         return {
             "name": self.name,
             "kind": self.kind,
@@ -91,5 +95,7 @@ class FallbackChain(IntensityProvider):
             "calls": sum(m.get("calls", 0) for m in members),
             "last_error": self.last_error,
             **chain_state,
+            "forecast_source": answering.get("forecast_source"),
+            "forecast_hours": answering.get("forecast_hours"),
             "members": members,
         }

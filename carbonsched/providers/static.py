@@ -81,7 +81,7 @@ class StaticProvider(IntensityProvider):
 
     def describe(self) -> dict:
         return {**super().describe(), "signal": "average", "interval_s": None, "calls": 0,
-                "value_g_per_kwh": self.intensity_g_per_kwh, **self.detail}
+                "value_g_per_kwh": self.intensity_g_per_kwh, "forecast_source": None, "forecast_hours": None, **self.detail}
 
 
 def main() -> None:

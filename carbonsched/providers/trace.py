@@ -20,7 +20,14 @@ function); the last one holds for one step.
 Replay: the wall time since the provider was created, multiplied by ``speedup``, is the offset
 into the trace, which loops at its end. The reading's ``timestamp`` and ``interval_s`` are in wall
 time (so ages mean what they say at any speed-up); ``detail["trace_time"]`` is the sample's own
-timestamp. The forecast is the next 24 h of trace time, mapped to wall time.
+timestamp. The forecast is the samples after the current one that start within the next
+``forecast_hours`` (default 24) of trace time, mapped to wall time.
+
+Forecast noise (``forecast_noise=0.1&forecast_seed=7``): every forecast sample is the true one times
+``1 + noise · N(0, 1)``, clipped at 0 (:mod:`carbonsched.forecast_noise`, the backtest's model). The
+error of a sample is drawn from the seed and the sample's position in the replay (loops counted), so
+the same future sample has the same error at every ask and re-plans see a steady forecast, as with a
+real forecaster; it does not shrink as the sample approaches. The current value is the true one.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 
+from carbonsched.forecast_noise import perturbed, seeded_rng
 from carbonsched.providers.base import (
     MAX_PLAUSIBLE_G_PER_KWH,
     Clock,
@@ -47,7 +55,7 @@ HEADER = ("timestamp", "intensity_g_per_kwh")
 TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "datetime (utc)", "date", "datetime_utc", "point_time", "from",
                      "period_start")
 INTENSITY_COLUMN_NAMES = ("intensity_g_per_kwh", "carbon_intensity", "carbon intensity", "intensity", "moer")
-FORECAST_HORIZON_S = 24 * 3600.0
+DEFAULT_FORECAST_HOURS = 24.0
 
 
 class TraceFormatError(ProviderSpecError):
@@ -198,9 +206,18 @@ class TraceProvider(IntensityProvider):
     local = True
 
     def __init__(self, path: str | Path | None = None, *, speedup: float = 1.0, clock: Clock = default_clock,
-                 time_column: str | None = None, intensity_column: str | None = None) -> None:
+                 time_column: str | None = None, intensity_column: str | None = None,
+                 forecast_hours: float = DEFAULT_FORECAST_HOURS, forecast_noise: float = 0.0,
+                 forecast_seed: int = 0) -> None:
         if not (math.isfinite(speedup) and speedup > 0):
             raise ProviderSpecError(f"trace: speedup must be a positive number, got {speedup!r}")
+        if not (math.isfinite(forecast_hours) and forecast_hours > 0):
+            raise ProviderSpecError(f"trace: forecast_hours must be a positive number, got {forecast_hours!r}")
+        if not (math.isfinite(forecast_noise) and forecast_noise >= 0):
+            raise ProviderSpecError(f"trace: forecast_noise must be a non-negative fraction, got {forecast_noise!r}")
+        self.forecast_hours = forecast_hours
+        self.forecast_noise = forecast_noise
+        self.forecast_seed = forecast_seed
         self.trace = load_trace(path if path is not None else bundled_trace_path(), time_column=time_column,
                                 intensity_column=intensity_column)
         self.name = f"trace:{path}" if path is not None else "trace"
@@ -231,7 +248,7 @@ class TraceProvider(IntensityProvider):
             zone=None,
             interval_s=self._sample_length_s(index) / self.speedup,
             estimated=False,
-            forecast=self._forecast(index, wall_start),
+            forecast=self._forecast(int(loop) * len(trace.values_g_per_kwh) + index, wall_start),
             detail={"trace_time": trace.timestamps[index].isoformat(), "loop": int(loop), "speedup": self.speedup},
         )
 
@@ -240,17 +257,21 @@ class TraceProvider(IntensityProvider):
         end = offsets[index + 1] if index + 1 < len(offsets) else self.trace.duration_s
         return end - offsets[index]
 
-    def _forecast(self, index: int, wall_start: datetime) -> tuple[ForecastPoint, ...]:
-        """Samples after the current one whose start lies within the next 24 h of trace time."""
+    def _forecast(self, position: int, wall_start: datetime) -> tuple[ForecastPoint, ...]:
+        """Samples after the one at replay ``position`` (loops counted) whose start lies within the next
+        ``forecast_hours`` of trace time, with the seeded noise of each sample's position."""
         trace, count = self.trace, len(self.trace.values_g_per_kwh)
         points: list[ForecastPoint] = []
-        ahead_s = self._sample_length_s(index)
+        ahead_s = self._sample_length_s(position % count)
         step = 1
-        while ahead_s < FORECAST_HORIZON_S:  # ends: every sample has a positive length
-            following = (index + step) % count
+        while ahead_s < self.forecast_hours * 3600:  # ends: every sample has a positive length
+            following = (position + step) % count
+            value = trace.values_g_per_kwh[following]
+            if self.forecast_noise > 0:
+                value = perturbed(value, self.forecast_noise, seeded_rng(self.forecast_seed, position + step))
             points.append(ForecastPoint(
                 timestamp=wall_start + timedelta(seconds=ahead_s / self.speedup),
-                intensity_g_per_kwh=trace.values_g_per_kwh[following],
+                intensity_g_per_kwh=value,
             ))
             ahead_s += self._sample_length_s(following)
             step += 1
@@ -266,5 +287,8 @@ class TraceProvider(IntensityProvider):
             "trace_duration_s": self.trace.duration_s,
             "step_s": self.trace.step_s,
             "gaps": self.trace.gap_summary(),
+            "forecast_source": "trace" + (f" with noise {self.forecast_noise:g} (seed {self.forecast_seed})"
+                                          if self.forecast_noise > 0 else ""),
+            "forecast_hours": self.forecast_hours,
             "calls": self.calls,
         }
