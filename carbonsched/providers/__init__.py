@@ -20,20 +20,24 @@ Kinds:
     Replays a CSV trace (default: the bundled synthetic week) from the moment the provider is
     built, looping at the end. ``?speedup=600`` plays 600 trace seconds per wall second
     (default 1). Column names of common exports are recognised; ``?time_column=`` and
-    ``?intensity_column=`` name them otherwise. No network.
+    ``?intensity_column=`` name them otherwise. The forecast is the trace's next
+    ``forecast_hours=`` (default 24) trace hours; ``forecast_noise=0.1&forecast_seed=7`` multiplies
+    each forecast sample by ``1 + 0.1·N(0, 1)``, the same error for the same sample at every ask.
+    No network.
 ``static:FRA``
     CodeCarbon's bundled yearly average for an ISO 3166-1 alpha-3 country. No network.
     List codes: ``python -m carbonsched.providers.static``.
 ``electricitymaps:DE``, ``electricitymaps?lat=48.1&lon=11.6``
     Electricity Maps v3, average signal, hourly. Options ``emission_factor_type=lifecycle|direct``,
-    ``disable_estimations=true``. Token: ``ELECTRICITYMAPS_TOKEN`` or the systemd credential
+    ``disable_estimations=true``, ``forecast_hours=6|24|48|72`` (the forecast's ``horizonHours``). Token: ``ELECTRICITYMAPS_TOKEN`` or the systemd credential
     ``electricitymaps_token``.
 ``watttime:CAISO_NORTH``
-    WattTime v3 MOER, marginal signal, 5-minute. Credentials: ``WATTTIME_USERNAME`` /
+    WattTime v3 MOER, marginal signal, 5-minute; ``forecast_hours=1..72`` (``horizon_hours``). Credentials: ``WATTTIME_USERNAME`` /
     ``WATTTIME_PASSWORD`` or the systemd credentials ``watttime_username`` / ``watttime_password``.
 ``ukgrid``, ``ukgrid:region=13``, ``ukgrid:postcode=RG10``
     UK Carbon Intensity API (Great Britain), average signal, half-hourly; national, by region
-    id 1-17, or by outward postcode. No key.
+    id 1-17, or by outward postcode. Forecast ``forecast_hours=48`` (default, ``fw48h``) or ``24``.
+    No key.
 
 Options for every network provider: ``base_url=`` (API root; also ``CARBONSCHED_ELECTRICITYMAPS_URL``,
 ``CARBONSCHED_WATTTIME_URL``, ``CARBONSCHED_UKGRID_URL``), ``connect_timeout_s=`` (default 3),
@@ -43,6 +47,11 @@ each consecutive failure), ``max_cooldown_s=`` (ceiling of that doubling, defaul
 ``cooldown_s``), ``max_age_s=`` (seconds a fetched value is reused before upstream is asked again;
 default the data interval: 3600 Electricity Maps, 300 WattTime, 1800 UK grid). A Retry-After
 longer than the cool-down still wins. Example: ``electricitymaps:DE?cooldown_s=10&max_age_s=900``.
+Option for every provider: ``forecast_file=PATH``, a CSV forecast (trace columns, absolute
+timestamps, naive = UTC) that replaces the provider's forecast with its points after now, re-read
+when the file changes; a bad file is logged and the provider's own forecast is used
+(:mod:`carbonsched.providers.forecast_file`). ``describe()`` gives ``forecast_source`` and
+``forecast_hours``.
 A bad spec raises :class:`ProviderSpecError` with a one-line message naming the bad part.
 
 Behaviour: each provider is cached per (provider, zone) for its data interval or ``max_age_s``

@@ -4,6 +4,8 @@ The grammar and every key are documented in :mod:`carbonsched.providers`; this m
 splits and checks the text, so every error names the part that is wrong. Network providers also
 take the cache keys ``cooldown_s``, ``max_cooldown_s`` and ``max_age_s`` (positive seconds;
 ``max_cooldown_s`` not below ``cooldown_s``), applied by :func:`carbonsched.providers.build_provider`.
+Forecast keys are checked here too: ``forecast_hours`` against what each API accepts,
+``forecast_noise`` (a non-negative fraction), ``forecast_seed`` (an integer), ``forecast_file``.
 """
 
 from __future__ import annotations
