@@ -15,10 +15,11 @@ own forecast (or none) is used meanwhile. Nothing here raises on a bad file.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from carbonsched.providers.base import Clock, IntensityProvider, default_clock
@@ -65,8 +66,9 @@ class ForecastFile:
         """How far the file's forecast reaches beyond ``now``, in hours (its last point lasts one step)."""
         if self._trace is None:
             return None
-        end = self._trace.timestamps[-1] + timedelta(seconds=self._trace.step_s)
-        return max(0.0, (end - now).total_seconds() / 3600)
+        last = self._trace.timestamps[-1]
+        end_s = (last - now).total_seconds() + self._trace.step_s
+        return max(0.0, end_s / 3600)
 
     def _refresh(self) -> None:
         try:
@@ -84,6 +86,10 @@ class ForecastFile:
         except TraceFormatError as exc:
             self._trace = None
             self._fail(str(exc))
+            return
+        except (ValueError, OverflowError, csv.Error) as exc:  # e.g. a timestamp at the end of the calendar
+            self._trace = None
+            self._fail(f"{self.path}: unusable forecast file: {exc}")
             return
         self.loads += 1
         self.error, self._logged = None, None
