@@ -172,6 +172,14 @@ def test_a_forecast_file_missing_at_start_does_not_stop_the_provider(tmp_path):
     assert "cannot read the forecast file" in provider.describe()["forecast_file_error"]
 
 
+def test_a_forecast_file_at_the_end_of_the_calendar_is_described_without_error(tmp_path):
+    path = tmp_path / "fc.csv"
+    path.write_text("timestamp,intensity_g_per_kwh\n9999-12-31T22:00:00Z,100\n9999-12-31T23:00:00Z,90\n")
+    provider = build_provider(f"static:FRA?forecast_file={path}", env={}, clock=FakeClock())
+    assert [p.intensity_g_per_kwh for p in provider.current().forecast] == [100, 90]
+    assert provider.describe()["forecast_hours"] > 60_000_000  # to the end of 9999, in hours
+
+
 # --- spec checks ------------------------------------------------------------------------------------------------
 
 
