@@ -114,6 +114,14 @@ def test_forecast_file_replaces_the_forecast_after_now_and_keeps_the_current_val
     assert described["forecast_hours"] == pytest.approx((3 * 3600 + 3000) / 3600, abs=0.01)  # to the last point's end
 
 
+def test_a_chain_describes_the_forecast_of_the_member_that_answered(tmp_path):
+    path = _forecast_csv(tmp_path / "fc.csv", NOW.replace(minute=0) + timedelta(hours=1), [120, 110])
+    chain = build_provider(f"static:DEU?forecast_file={path},trace?forecast_hours=12", env={}, clock=FakeClock())
+    assert chain.describe()["forecast_source"] == f"file {path}"  # the primary, before any answer
+    chain.current()
+    assert (chain.describe()["forecast_source"], chain.describe()["members"][1]["forecast_hours"]) == (f"file {path}", 12)
+
+
 def test_forecast_file_rewritten_gives_the_new_forecast_on_a_cached_network_reading(provider_server, tmp_path):
     clock = FakeClock()
     path = _forecast_csv(tmp_path / "fc.csv", NOW.replace(minute=0) + timedelta(hours=1), [120, 110, 100],
