@@ -197,6 +197,7 @@ def test_a_forecast_file_at_the_end_of_the_calendar_is_described_without_error(t
     ("watttime:CAISO_NORTH?forecast_hours=100", ["forecast_hours='100'", "1..72"]),
     ("watttime:CAISO_NORTH?forecast_hours=2.5", ["forecast_hours='2.5'"]),
     ("trace?forecast_hours=0", ["forecast_hours='0'", "positive"]),
+    ("trace?forecast_hours=1000", ["forecast_hours='1000'", "more than 720"]),
     ("trace?forecast_noise=-0.1", ["forecast_noise='-0.1'", "non-negative"]),
     ("trace?forecast_noise=lots", ["forecast_noise='lots'"]),
     ("trace?forecast_seed=seven", ["forecast_seed='seven'", "integer"]),

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from carbonsched.providers import electricitymaps, ukgrid, watttime
+from carbonsched.providers import electricitymaps, trace, ukgrid, watttime
 from carbonsched.providers.base import ProviderSpecError
 
 CACHE_KEYS = frozenset({"cooldown_s", "max_cooldown_s", "max_age_s"})
@@ -123,6 +123,9 @@ def _check_forecast_keys(spec: ProviderSpec) -> None:
     if "forecast_hours" in params:
         hours = spec.number("forecast_hours", None)
         allowed = FORECAST_HOURS_ALLOWED[spec.kind]
+        if allowed is None and hours is not None and hours > trace.MAX_FORECAST_HOURS:
+            raise ProviderSpecError(f"provider spec {text!r}: forecast_hours={params['forecast_hours']!r} is more than "
+                                    f"{trace.MAX_FORECAST_HOURS:g}")
         if allowed is not None and hours not in allowed:
             listed = f"{allowed[0]}..{allowed[-1]}" if len(allowed) > 6 else "|".join(map(str, allowed))
             raise ProviderSpecError(f"provider spec {text!r}: forecast_hours={params['forecast_hours']!r} is not one of "

@@ -21,7 +21,7 @@ Replay: the wall time since the provider was created, multiplied by ``speedup``,
 into the trace, which loops at its end. The reading's ``timestamp`` and ``interval_s`` are in wall
 time (so ages mean what they say at any speed-up); ``detail["trace_time"]`` is the sample's own
 timestamp. The forecast is the samples after the current one that start within the next
-``forecast_hours`` (default 24) of trace time, mapped to wall time.
+``forecast_hours`` (default 24, at most 720) of trace time, mapped to wall time.
 
 Forecast noise (``forecast_noise=0.1&forecast_seed=7``): every forecast sample is the true one times
 ``1 + noise · N(0, 1)``, clipped at 0 (:mod:`carbonsched.forecast_noise`, the backtest's model). The
@@ -56,6 +56,7 @@ TIME_COLUMN_NAMES = ("timestamp", "time", "datetime", "datetime (utc)", "date", 
                      "period_start")
 INTENSITY_COLUMN_NAMES = ("intensity_g_per_kwh", "carbon_intensity", "carbon intensity", "intensity", "moer")
 DEFAULT_FORECAST_HOURS = 24.0
+MAX_FORECAST_HOURS = 720.0  # 30 days: far beyond any real forecast, and a bounded list per reading
 
 
 class TraceFormatError(ProviderSpecError):
@@ -211,8 +212,9 @@ class TraceProvider(IntensityProvider):
                  forecast_seed: int = 0) -> None:
         if not (math.isfinite(speedup) and speedup > 0):
             raise ProviderSpecError(f"trace: speedup must be a positive number, got {speedup!r}")
-        if not (math.isfinite(forecast_hours) and forecast_hours > 0):
-            raise ProviderSpecError(f"trace: forecast_hours must be a positive number, got {forecast_hours!r}")
+        if not (math.isfinite(forecast_hours) and 0 < forecast_hours <= MAX_FORECAST_HOURS):
+            raise ProviderSpecError(f"trace: forecast_hours must be a positive number up to {MAX_FORECAST_HOURS:g}, "
+                                    f"got {forecast_hours!r}")
         if not (math.isfinite(forecast_noise) and forecast_noise >= 0):
             raise ProviderSpecError(f"trace: forecast_noise must be a non-negative fraction, got {forecast_noise!r}")
         self.forecast_hours = forecast_hours
