@@ -93,6 +93,7 @@ from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatc
 from gt_core.guards import check_model_supported, check_training_args_supported
 from gt_core.importance import unwrap_optimizer
 from gt_core.model_traits import is_encoder_decoder
+from gt_core.pausing import wait_while_paused
 from gt_core.precision import precision_from_training_args
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho import ConstantRho, RhoSource
@@ -322,6 +323,9 @@ class GreenTrainerCallback(TrainerCallback):
         self._flush(state)  # the previous epoch, if its report still waited for a log/evaluation
         started = time.perf_counter()
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+        # Before the selection, as GreenTrainer pauses before its first step's selection: the
+        # epoch then runs at the ρ the daemon gives after the pause.
+        paused_s = self._wait_while_paused(epoch, state, control)
         selection = _on_rank0(lambda: self._choose(epoch, state, args, model, optimizer, train_dataloader))
         self.selector.apply(model, selection)
         values = {
@@ -339,11 +343,27 @@ class GreenTrainerCallback(TrainerCallback):
         self.history.append(entry)
         self._epoch = {"entry": entry, "flops": selection.flops, "started": started, "step_start": state.global_step,
                        "log_start": len(state.log_history), "micro_batches": 0, "steps": 0,
-                       "param_share": selection.param_share}
+                       "param_share": selection.param_share, "paused_s": paused_s}
         if self.reporter is not None:  # rank 0's source opened the epoch when asked for ρ; other nodes' here
             self.reporter.open_epoch(epoch, selection.rho, min(1.0, values["gt_rho_effective"]))
         self._log(state, values)
         return control
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any):
+        if self._epoch is not None:  # the step's batches are fetched and run after the pause
+            self._epoch["paused_s"] += self._wait_while_paused(self._epoch["entry"]["epoch"], state, control)
+        return control
+
+    def _wait_while_paused(self, epoch: int, state: Any, control: Any) -> float:
+        """Wait out a pause the ρ source asks for (:func:`gt_core.pausing.wait_while_paused`;
+        returns at once for a source that does not pause); the seconds paused, each pause logged
+        as ``gt_paused_s``."""
+        pauses: list[float] = []
+        wait_while_paused(self.rho_source, epoch, state.global_step,
+                          should_stop=lambda: bool(control.should_training_stop), on_resume=pauses.append)
+        for seconds in pauses:
+            self._log(state, {"gt_paused_s": seconds})
+        return sum(pauses)
 
     def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
         if self._epoch is not None:
@@ -365,7 +385,8 @@ class GreenTrainerCallback(TrainerCallback):
         entry.update(
             steps=current["steps"], micro_batches=passes, world_size=world,
             flops_forward=flops.forward * passes * world, flops_backward=flops.backward * passes * world,
-            flops_full=self.profile.t_full * passes * world, wall_s=time.perf_counter() - current["started"],
+            flops_full=self.profile.t_full * passes * world, paused_s=current["paused_s"],
+            wall_s=time.perf_counter() - current["started"] - current["paused_s"],
         )
         self._pending = current
         # The Trainer logs/evaluates for an epoch strategy right after on_epoch_end: wait for it.

@@ -1,10 +1,12 @@
 """Pausing training between steps when the ρ source's plan says so.
 
 A carbonsched daemon plans a job that declared a deadline and ``may_pause``; its ρ answer may
-then carry "pause until T" (:attr:`gt_core.rho.RhoReading.pause_until_s`). The trainer calls
-:func:`wait_while_paused` before every optimizer step. For a source that does not support pausing
-(every source but a :class:`~gt_core.rho_daemon.DaemonRhoSource` declared ``may_pause``) it
-returns at once and nothing changes.
+then carry "pause until T" (:attr:`gt_core.rho.RhoReading.pause_until_s`). The trainer
+(:class:`gt_core.trainer.GreenTrainer`) and the ``transformers.Trainer`` callback
+(:class:`gt_core.hf_callback.GreenTrainerCallback`) call :func:`wait_while_paused` before every
+optimizer step. For a source that does not support pausing (every source but a
+:class:`~gt_core.rho_daemon.DaemonRhoSource` declared ``may_pause``) it returns at once and
+nothing changes.
 
 For one that does, the source is asked at most once per ``pause_poll_s`` (a single socket
 exchange, skipped while the daemon is backing off), whatever ``reselect`` is: with
@@ -21,7 +23,8 @@ ends before), telling the daemon that it is paused (the daemon records the inter
 - when the pause's end has passed (a newer answer may move the end later);
 - when the source has not answered for ``pause_max_wait_s`` (the daemon is gone or hung): the job
   never waits on a daemon that is not there to say when to resume;
-- when the trainer is asked to stop (SIGTERM/SIGINT), so that it checkpoints promptly.
+- when ``should_stop`` says so: GreenTrainer's SIGTERM/SIGINT (it then checkpoints promptly), the
+  ``transformers.Trainer``'s ``control.should_training_stop``.
 """
 
 from __future__ import annotations

@@ -86,12 +86,15 @@ def test_trainer_reports_job_and_epochs_to_a_real_daemon(tmp_path):
             assert e["extra"]["micro_batches"] == MICRO_BATCHES and e["extra"]["steps"] == OPTIMIZER_STEPS
             assert e["extra"]["tensors_selected"] == gt["gt_tensors_selected"] and e["extra"]["rho_source"] == "daemon"
             assert 0 < e["wall_s"] and e["wall_s"] == pytest.approx(h["wall_s"])
+            assert h["paused_s"] == 0  # a job not declared may_pause is never paused
             # Losses from the Trainer's log history: the epoch's step losses and its evaluation
             # (logged after on_epoch_end: the report waited for it).
             steps = [x["loss"] for x in history if "loss" in x and gt["step"] < x["step"] <= gt["step"] + OPTIMIZER_STEPS]
             assert len(steps) == OPTIMIZER_STEPS
             assert e["train_loss"] == pytest.approx(sum(steps) / len(steps))
             assert e["val_loss"] == pytest.approx(eval_loss)
+
+        assert not any("gt_paused_s" in x for x in history)
 
         runner = CliRunner()
         shown = runner.invoke(carbonsched_app, ["report", "--state-dir", str(daemon.state_dir), "--job", source.job_id])

@@ -18,21 +18,12 @@ from typer.testing import CliRunner
 
 from carbonsched.cli import app as carbonsched_app
 from carbonsched.store import Store
-from daemon_helpers import DaemonProcess, ask_new_conn, short_dir, wait_until
+from daemon_helpers import DaemonProcess, short_dir, wait_until
 from gt_core.pausing import wait_while_paused
 from gt_core.rho_daemon import DaemonRhoSource
+from pause_helpers import paused_job, wait_for_reading, write_trace
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
-DIRTY_HOURS, CLEAN_HOURS = 23, 25
-
-
-def write_trace(directory):
-    path = directory / "trace.csv"
-    rows = [f"2026-01-01T{h % 24:02d}:00:00Z" if h < 24 else f"2026-01-02T{h - 24:02d}:00:00Z" for h in
-            range(DIRTY_HOURS + CLEAN_HOURS)]
-    values = [500] * DIRTY_HOURS + [40] * CLEAN_HOURS
-    path.write_text("timestamp,intensity_g_per_kwh\n" + "".join(f"{t},{v}\n" for t, v in zip(rows, values)))
-    return path
 
 
 def start_trainer(daemon, output_dir, *extra):
@@ -45,12 +36,6 @@ def start_trainer(daemon, output_dir, *extra):
          "--pause-poll-s", "0.2", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-
-
-def paused_job(daemon):
-    reply = ask_new_conn(daemon.socket, op="jobs")
-    jobs = reply["jobs"] if reply and reply.get("ok") else []
-    return next((j for j in jobs if j["paused"]), None)
 
 
 def test_daemon_pauses_a_training_job_until_the_clean_hours_and_it_finishes_every_epoch(tmp_path):
@@ -130,10 +115,7 @@ def test_a_paused_job_resumes_as_soon_as_the_daemon_says_run(caplog):
     with short_dir() as d:
         daemon = DaemonProcess(d, "--provider", f"trace:{write_trace(d)}?speedup=1000").wait_ready()
         try:
-            def has_reading() -> bool:
-                return (ask_new_conn(daemon.socket, op="rho") or {}).get("intensity_g_per_kwh") is not None
-
-            assert wait_until(has_reading, 30, 0.1)  # so that the job is planned as it registers
+            assert wait_for_reading(daemon)  # so that the job is planned as it registers
             source = DaemonRhoSource(daemon.socket, model_name="m", scheme="green", deadline_s=time.time() + 900,
                                      epochs=2, epoch_seconds=2, rho_min=0.5, may_pause=True, pause_poll_s=0.2)
             assert source.start_job()
