@@ -9,8 +9,11 @@ decide interval the daemon calls :func:`plan_job` with
   epoch time, at most 0.99). The epoch time at ρ 1 is learned from ended epochs (start to end,
   minus paused time, divided by the achieved ρ; the mean of the last three), else the declared
   ``epoch_seconds``; with neither the job is answered by the policy until its first epoch ends;
-- the latest reading and its forecast as planning slots (:func:`planning_slots`); **beyond the
-  forecast's end the last forecast value is assumed to hold up to the deadline**;
+- the latest reading and its forecast as planning slots (:func:`planning_slots`); beyond the
+  forecast's end, up to the deadline, each slot (at the forecast's step) gets the mean of the
+  stored readings at the same time of day over the previous (up to) seven days, the daemon's own
+  history read from the store before planning; a slot with no such readings gets the forecast's
+  last value;
 - a margin: the plan must finish ``MARGIN_SHARE`` of its running time (at least one decide
   interval) before the deadline, so that a forecast or epoch-time estimate that is a little off
   does not miss it.
@@ -38,7 +41,9 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon
-from carbonsched.planning.forecast import slots_from_forecast
+from carbonsched.planning.forecast import (
+    DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
+)
 from carbonsched.planning.model import remaining_job
 from carbonsched.planning.planner import fastest_mix
 from carbonsched.types import ForecastPoint
@@ -139,17 +144,22 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
 
 
 def planning_slots(now: datetime, current_g_per_kwh: float, forecast: Sequence[ForecastPoint],
-                   horizon_s: float) -> list[Slot]:
-    """Slots from now to ``horizon_s``: the forecast, then its last value repeated."""
-    slots = slots_from_forecast(now, current_g_per_kwh, forecast, horizon_s)
-    end_s = slots[-1].end_s
-    if end_s < horizon_s:
-        slots.append(Slot(end_s, horizon_s, slots[-1].intensity_g_per_kwh))
-    return slots
+                   horizon_s: float, history: ReadingHistory | None = None) -> list[Slot]:
+    """Slots from now to ``horizon_s``: the forecast, then the same time of day on the previous
+    days from ``history`` (:func:`~carbonsched.planning.forecast.fill_beyond_forecast`), else the
+    forecast's last value. With no forecast, the current reading holds for one step first."""
+    has_forecast = any(point.timestamp > now for point in forecast)
+    if has_forecast or history is None:
+        slots = slots_from_forecast(now, current_g_per_kwh, forecast, horizon_s)
+    else:
+        slots = [Slot(0.0, min(DEFAULT_STEP_S, horizon_s), current_g_per_kwh)]
+    step_s = slots[-1].length_s if has_forecast and len(slots) > 1 else DEFAULT_STEP_S
+    return fill_beyond_forecast(slots, horizon_s, now.timestamp(), history or ReadingHistory(()), step_s)
 
 
 def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, current_g_per_kwh: float,
-             forecast: Sequence[ForecastPoint], *, interval_s: float) -> JobPlanDecision | None:
+             forecast: Sequence[ForecastPoint], *, interval_s: float,
+             history: ReadingHistory | None = None) -> JobPlanDecision | None:
     """ρ or a pause for now (see the module docstring); None when the job cannot be planned
     (no epoch time known yet, or all declared epochs done): the policy answers it then."""
     epoch_s_at_full = progress.epoch_s_at_full
@@ -183,7 +193,7 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
         fits = "fits" if fitting >= job.rho_floor else "no longer fits even at the floor"
         return run_now(rho, f"deadline guard: {left:.2f} epochs at ρ 1 need {full_need_s:.0f} s, "
                             f"{max(time_left_s, 0.0):.0f} s left; running now at ρ {rho:.2f} ({fits})", True)
-    slots = planning_slots(now, current_g_per_kwh, forecast, time_left_s)
+    slots = planning_slots(now, current_g_per_kwh, forecast, time_left_s, history)
     plan = plan_min_carbon(Job(epochs=job.epochs, deadline_s=time_left_s - margin_s, rho_min=job.rho_min,
                                mean_rho=job.mean_rho, may_pause=job.may_pause), cost, slots)
     if not plan.feasible or not plan.segments:
@@ -229,13 +239,17 @@ class JobPlanner:
             return {}
         decisions = {}
         now_s = now.timestamp()
-        for job in jobs:
-            declaration = JobDeclaration.from_job(job)
-            if declaration is None:
-                continue
+        declared = [(job, JobDeclaration.from_job(job)) for job in jobs]
+        declared = [(job, declaration) for job, declaration in declared if declaration is not None]
+        if not declared:
+            return {}
+        history = ReadingHistory([(row["ts"], row["intensity_g_per_kwh"])
+                                  for row in store.intensity_samples(now_s - HISTORY_DAYS * DAY_S, now_s)])
+        for job, declaration in declared:
             pauses = pause_intervals(store.pauses(job["job_id"]), now_s)
             progress = progress_from_records(declaration, store.epochs(job["job_id"]), pauses, now_s)
-            decision = plan_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s)
+            decision = plan_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
+                                history=history)
             if decision is not None:
                 decisions[job["job_id"]] = decision
         return decisions
