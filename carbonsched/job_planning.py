@@ -40,15 +40,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon
+from carbonsched.planning import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.forecast import (
     DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
 )
 from carbonsched.planning.model import remaining_job
-from carbonsched.planning.planner import fastest_mix
+from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin
 from carbonsched.types import ForecastPoint
 
-MARGIN_SHARE = 0.1
 MAX_OPEN_EPOCH_SHARE = 0.99
 LEARNED_EPOCHS = 3
 # Running power cancels out of where the running time goes (a paused job is taken to draw nothing).
@@ -178,8 +177,6 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
     except PlanningInputError:
         return None
     cost = CostModel(epoch_s_at_full=epoch_s_at_full, running_power_w=UNIT_POWER_W)
-    need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in fastest_mix(job, cost))
-    margin_s = max(MARGIN_SHARE * need_s, interval_s)
 
     def run_now(rho: float, reason: str, guard: bool) -> JobPlanDecision:
         finish_s = now_s + left * cost.epoch_s(rho)
@@ -194,8 +191,7 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
         return run_now(rho, f"deadline guard: {left:.2f} epochs at ρ 1 need {full_need_s:.0f} s, "
                             f"{max(time_left_s, 0.0):.0f} s left; running now at ρ {rho:.2f} ({fits})", True)
     slots = planning_slots(now, current_g_per_kwh, forecast, time_left_s, history)
-    plan = plan_min_carbon(Job(epochs=job.epochs, deadline_s=time_left_s - margin_s, rho_min=job.rho_min,
-                               mean_rho=job.mean_rho, may_pause=job.may_pause), cost, slots)
+    plan = plan_with_margin(job, cost, slots, at_least_s=interval_s)
     if not plan.feasible or not plan.segments:
         return run_now(job.rho_floor, f"plan infeasible ({plan.note}); running now at ρ {job.rho_floor:.2f}", True)
     slack_s = time_left_s - plan.running_s

@@ -261,7 +261,7 @@ def backtest(
     plot: Optional[Path] = PlotFile,
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner, oracle."""
-    from carbonsched.planning.backtest import Series, run_backtest
+    from carbonsched.planning.backtest import SLOWER_SHARE, Series, run_backtest
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
     _check_choices(fmt, plot)
@@ -289,17 +289,24 @@ def backtest(
         typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
                                "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
     else:
+        slower_header = f"met if {SLOWER_SHARE:.0%} slower"
         lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
                  f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
                  _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})", "",
-                 f"{'strategy':<13} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
-                 f"{'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
+                 f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
+                 f"{slower_header:>16} {'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
         for name, s in result.summaries.items():
-            lines.append(f"{name:<13} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
-                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} {s.mean_rho:>7.3f} "
+            lines.append(f"{name:<17} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
+                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} "
+                         f"{s.deadline_met_if_slower_share:>16.0%} {s.mean_rho:>7.3f} "
                          f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
+        margin = result.to_json()["margin"]
         lines += ["", f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
-                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}"]
+                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}",
+                  f"the {margin['share']:.0%} margin costs {result.margin_carbon_cost:.2%} carbon; deadline met "
+                  f"{margin['deadline_met_share']:.0%} with it, {margin['deadline_met_share_without']:.0%} without; "
+                  f"with epochs {SLOWER_SHARE:.0%} slower than estimated {margin['deadline_met_if_slower_share']:.0%} "
+                  f"with it, {margin['deadline_met_if_slower_share_without']:.0%} without"]
         typer.echo("\n".join(lines))
     if plot is not None:
         from carbonsched.plan_plot import plot_backtest
