@@ -9,6 +9,10 @@ decide interval the daemon calls :func:`plan_job` with
   epoch time, at most 0.99). The epoch time at ρ 1 is learned from ended epochs (start to end,
   minus paused time, divided by the achieved ρ; the mean of the last three), else the declared
   ``epoch_seconds``; with neither the job is answered by the policy until its first epoch ends;
+  and its running power per ρ: each ended epoch's energy (J, as the daemon attributed it) over its
+  running seconds, the mean of the last three at each ρ (rounded to 0.01). Once epochs at two or
+  more ρ have been measured, the plan prices an epoch at ρ as P(ρ)·t(ρ)·intensity (see
+  :class:`~carbonsched.planning.model.CostModel`); before that power is taken to be the same at every ρ;
 - the latest reading and its forecast as planning slots (:func:`planning_slots`); beyond the
   forecast's end, up to the deadline, each slot (at the forecast's step) gets the mean of the
   stored readings at the same time of day over the previous (up to) seven days, the daemon's own
@@ -50,7 +54,8 @@ from carbonsched.types import ForecastPoint
 
 MAX_OPEN_EPOCH_SHARE = 0.99
 LEARNED_EPOCHS = 3
-# Running power cancels out of where the running time goes (a paused job is taken to draw nothing).
+POWER_RHO_DIGITS = 2  # epochs whose ρ agree to this many digits share one measured power point
+# Without measured power per ρ, running power cancels out of the plan (a paused job is taken to draw nothing).
 UNIT_POWER_W = 1.0
 
 
@@ -86,6 +91,7 @@ class JobProgress:
     rho_sum_done: float
     epoch_s_at_full: float | None
     learned: bool
+    power_points: tuple[tuple[float, float], ...] = ()  # (ρ, running W) measured at two or more ρ
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
                           pauses: Sequence[tuple[float, float]], now_s: float) -> JobProgress:
     """The job's progress from its stored epochs and pause intervals (see the module docstring)."""
     done, rho_sum, at_full = 0.0, 0.0, []
+    watts_by_rho: dict[float, list[float]] = {}
     open_epoch = None
     for epoch in epochs:
         rho = epoch.get("rho_effective") or epoch.get("rho_asked") or 1.0
@@ -132,6 +139,8 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
             seconds = running_seconds(epoch["started_at"], epoch["ended_at"], pauses)
             if seconds > 0:
                 at_full.append(seconds / rho)
+                if epoch.get("energy_j"):
+                    watts_by_rho.setdefault(round(min(1.0, rho), POWER_RHO_DIGITS), []).append(epoch["energy_j"] / seconds)
     learned = sum(at_full[-LEARNED_EPOCHS:]) / len(at_full[-LEARNED_EPOCHS:]) if at_full else None
     epoch_s_at_full = learned or declaration.epoch_seconds
     if open_epoch is not None and epoch_s_at_full:
@@ -139,7 +148,10 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
         share = running_seconds(open_epoch["started_at"], now_s, pauses) / (epoch_s_at_full * rho)
         share = min(MAX_OPEN_EPOCH_SHARE, share)
         done, rho_sum = done + share, rho_sum + share * rho
-    return JobProgress(done, rho_sum, epoch_s_at_full, learned is not None)
+    power_points = tuple((rho, sum(w[-LEARNED_EPOCHS:]) / len(w[-LEARNED_EPOCHS:]))
+                         for rho, w in sorted(watts_by_rho.items()))
+    return JobProgress(done, rho_sum, epoch_s_at_full, learned is not None,
+                       power_points if len(power_points) >= 2 else ())
 
 
 def planning_slots(now: datetime, current_g_per_kwh: float, forecast: Sequence[ForecastPoint],
@@ -176,7 +188,7 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
         )
     except PlanningInputError:
         return None
-    cost = CostModel(epoch_s_at_full=epoch_s_at_full, running_power_w=UNIT_POWER_W)
+    cost = CostModel(epoch_s_at_full=epoch_s_at_full, running_power_w=UNIT_POWER_W, power_points=progress.power_points)
 
     def run_now(rho: float, reason: str, guard: bool) -> JobPlanDecision:
         finish_s = now_s + left * cost.epoch_s(rho)

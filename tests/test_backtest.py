@@ -242,6 +242,21 @@ def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):
     assert plan["job"]["measured_epoch_s"][0] == [0.4, 960.0]
 
 
+def test_plan_command_with_measured_power_per_rho_prefers_the_rho_with_less_energy_per_epoch(tmp_path):
+    path = _trace_file(tmp_path, [400, 380, 120, 100, 90, 300, 420, 410] * 4)
+    args = ["plan", "--provider", f"trace:{path}", "--epochs", "2", "--epoch-minutes", "60", "--deadline", "16h",
+            "--rho-min", "0.5", "--may-pause", "--format", "json"]
+    constant = json.loads(runner.invoke(app, args).stdout)
+    assert {s["rho"] for s in constant["segments"]} == {0.5}  # same power at every ρ: the least running time
+    # ρ 0.5 draws 450 W for half the time of ρ 1 at 200 W: 225 vs 200 W·h per epoch.
+    result = runner.invoke(app, [*args, "--measured-power", "0.5:450", "--measured-power", "1:200"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert {s["rho"] for s in plan["segments"]} == {1.0} and plan["job"]["measured_power_w"] == [[0.5, 450.0], [1.0, 200.0]]
+    bad = runner.invoke(app, [*args, "--measured-power", "0.5:lots", "--measured-power", "1:200"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: --measured-power '0.5:lots' is not RHO:WATTS (e.g. 0.5:280)"
+
+
 def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):
     path = _trace_file(tmp_path, [300, 50] * 20)
     config = tmp_path / "carbonsched.toml"

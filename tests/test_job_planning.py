@@ -191,3 +191,24 @@ def test_without_history_the_last_forecast_value_holds(tmp_path):
     slots = planning_slots(T0, 350.0, forecast, 24 * HOUR_S, history)
     assert slots[-1] == Slot(3 * HOUR_S, 24 * HOUR_S, 300.0) and len(slots) == 4
     assert decision.pause_until_s == (T0 + timedelta(hours=2)).timestamp()  # the last forecast hour, 300
+
+
+def test_power_per_rho_is_learned_from_epoch_energy_and_changes_the_plan():
+    # Epochs at ρ 0.5 drew 450 W, at ρ 1 200 W: an epoch at ρ 1 takes less energy (200·t vs 450·t/2).
+    epochs = [
+        {"epoch": 0, "started_at": 0.0, "ended_at": 1800.0, "rho_asked": 0.5, "rho_effective": 0.5,
+         "energy_j": 450.0 * 1800},
+        {"epoch": 1, "started_at": 1800.0, "ended_at": 5400.0, "rho_asked": 1.0, "rho_effective": 1.0,
+         "energy_j": 200.0 * 3600},
+        {"epoch": 2, "started_at": 5400.0, "ended_at": None, "rho_asked": 1.0, "rho_effective": None},
+    ]
+    decl = declaration(epochs=6.0, epoch_seconds=HOUR_S, rho_min=0.5)
+    progress = progress_from_records(decl, epochs, [], now_s=5400.0)
+    assert progress.power_points == ((0.5, pytest.approx(450.0)), (1.0, pytest.approx(200.0)))
+    forecast = hourly_forecast(T0, [100.0] * 12)
+    learned = plan_job(decl, progress, T0, 100.0, forecast, interval_s=60.0)
+    assert learned.rho == 1.0 and learned.pause_until_s is None
+    unmeasured = JobProgress(progress.epochs_done, progress.rho_sum_done, progress.epoch_s_at_full, True)
+    assert plan_job(decl, unmeasured, T0, 100.0, forecast, interval_s=60.0).rho == 0.5  # least running time
+    one_rho = progress_from_records(decl, [dict(epochs[1], epoch=0, started_at=0.0, ended_at=3600.0)], [], now_s=4000.0)
+    assert one_rho.power_points == ()
