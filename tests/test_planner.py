@@ -47,6 +47,62 @@ def _lp_min_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
     return best
 
 
+def _lp_continuous_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
+    """Least carbon by LP for a job that may not pause: for each last slot k, every earlier slot runs throughout."""
+    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+    times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
+    best = math.inf
+    for last in range(len(window)):
+        used = window[: last + 1]
+        n = len(used)
+        c = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
+        row = lambda s: [1.0 if j // k == s else 0.0 for j in range(n * k)]  # noqa: E731
+        a_eq = [row(s) for s in range(last)] + [[1.0 / times[j % k] for j in range(n * k)]]
+        b_eq = [slot.length_s for slot in used[:last]] + [job.epochs]
+        a_ub = [row(last), [-(rhos[j % k] - job.rho_floor) / times[j % k] for j in range(n * k)]]
+        result = linprog(c, A_ub=a_ub, b_ub=[used[last].length_s, 0.0], A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
+                         method="highs")
+        if result.status == 0:
+            best = min(best, result.fun)
+    return best
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_a_job_that_may_not_pause_with_power_by_rho_gets_the_lp_optimum(nonlinear):
+    rng = random.Random(31 + nonlinear)
+    checked = 0
+    for _ in range(60):
+        slots = _slots([rng.uniform(20, 600) for _ in range(rng.randint(2, 9))])
+        job = _random_job(rng, slots, may_pause=False)
+        cost = _random_cost(rng, nonlinear, idle=False, power_by_rho=True)
+        plan = plan_min_carbon(job, cost, slots)
+        if _agrees_with_the_lp(plan, _lp_continuous_carbon(job, cost, slots, _lp_levels(job, cost)), cost):
+            checked += 1
+            assert plan.segments[0].start_s == 0 and plan.paused_s == pytest.approx(0, abs=1e-6)
+    assert checked >= 30
+
+
+def _random_job(rng: random.Random, slots, may_pause: bool) -> Job:
+    rho_min = rng.choice([0.3, 0.4, 0.5])
+    return Job(epochs=rng.uniform(0.5, 4), deadline_s=slots[-1].end_s * rng.uniform(0.6, 1.0), rho_min=rho_min,
+               mean_rho=rng.choice([None, rng.uniform(rho_min, 1.0)]), may_pause=may_pause)
+
+
+def _agrees_with_the_lp(plan, optimum: float, cost: CostModel) -> bool:
+    """The plan's carbon is the LP optimum, and it keeps the deadline, the ρ bounds and the floor and does
+    the epochs; False for an infeasible plan (then the LP must be infeasible too)."""
+    job = plan.job
+    if not plan.feasible:
+        assert optimum == math.inf
+        return False
+    assert plan.expected_carbon_g == pytest.approx(optimum, rel=1e-6, abs=1e-9)
+    assert plan.finish_s <= job.deadline_s + 1e-6
+    assert plan.mean_rho >= job.rho_floor - 1e-9
+    assert all(job.rho_min - 1e-12 <= s.rho <= 1 for s in plan.segments)
+    assert sum(s.length_s / cost.epoch_s(s.rho) for s in plan.segments) == pytest.approx(job.epochs, rel=1e-9)
+    return True
+
+
 def _continuous_carbon_g(slots, power_w, seconds):
     return power_w * energy_intensity_s(slots, 0.0, seconds) / J_PER_KWH
 
@@ -75,23 +131,11 @@ def test_pausing_plan_equals_the_lp_optimum_on_random_instances(nonlinear, idle,
     checked = 0
     for _ in range(60):
         slots = _slots([rng.choice([rng.uniform(20, 600), 150.0]) for _ in range(rng.randint(2, 9))])
-        rho_min = rng.choice([0.3, 0.4, 0.5])
-        job = Job(epochs=rng.uniform(0.5, 4), deadline_s=slots[-1].end_s * rng.uniform(0.6, 1.0), rho_min=rho_min,
-                  mean_rho=rng.choice([None, rng.uniform(rho_min, 1.0)]), may_pause=True)
+        job = _random_job(rng, slots, may_pause=True)
         cost = _random_cost(rng, nonlinear, idle, power_by_rho)
         assert cost.power_varies == power_by_rho
         plan = plan_min_carbon(job, cost, slots)
-        optimum = _lp_min_carbon(job, cost, slots, _lp_levels(job, cost))
-        if not plan.feasible:
-            assert optimum == math.inf
-            continue
-        checked += 1
-        assert plan.expected_carbon_g == pytest.approx(optimum, rel=1e-6, abs=1e-9)
-        assert plan.finish_s <= job.deadline_s + 1e-6
-        assert plan.mean_rho >= job.rho_floor - 1e-9
-        assert all(job.rho_min - 1e-12 <= s.rho <= 1 for s in plan.segments)
-        done = sum(s.length_s / cost.epoch_s(s.rho) for s in plan.segments)
-        assert done == pytest.approx(job.epochs, rel=1e-9)
+        checked += _agrees_with_the_lp(plan, _lp_min_carbon(job, cost, slots, _lp_levels(job, cost)), cost)
     assert checked >= 30
 
 

@@ -5,6 +5,11 @@ length ``L_s`` and intensity ``I_s``, where a level has epoch time ``t_r``, runn
 and ρ ``r``; minimise ``Σ x·P_r·I_s`` subject to ``Σ_r x[s, r] <= L_s`` (a slot holds its length),
 ``Σ x/t_r = E`` (the epochs) and ``Σ x·r/t_r >= F·E`` (the mean-ρ floor ``F``).
 
+A job that may not pause runs from the start without a break: for each slot ``k`` the run may end
+in, slots before ``k`` must be full (``Σ_r x[s, r] = L_s``) and slot ``k`` holds at most its length;
+the least of these LPs is the plan. Each is solved as below, with no "paused" point in the hull of
+a slot that must be full.
+
 The solution. Put a price ``μ >= 0`` on the floor: every second at level ``r`` in slot ``s`` then
 costs ``c = P_r·I_s − μ·r/t_r`` and does ``w = 1/t_r`` epochs. Within one slot, the cheapest way
 to do any amount of work is on the lower convex hull of the points ``(w, c)`` and the origin
@@ -52,8 +57,11 @@ class _Solution:
 
 
 def least_carbon_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, rho_floor: float,
-                      idle_power_w: float = 0.0) -> Fill | None:
-    """Running seconds per slot and ρ of the least-carbon plan; None when the work and floor do not fit."""
+                      idle_power_w: float = 0.0, *, may_pause: bool = True) -> Fill | None:
+    """Running seconds per slot and ρ of the least-carbon plan; None when the work and floor do not fit.
+    A job that may not pause runs from the first slot without a break (see the module docstring)."""
+    if not may_pause:
+        return _continuous_fill(slots, levels, epochs, rho_floor)
     finishes = range(len(slots)) if idle_power_w > 0 else [len(slots) - 1]
     best: tuple[float, Fill] | None = None
     idle_before_g = 0.0
@@ -71,10 +79,28 @@ def least_carbon_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs:
     return best[1] if best else None
 
 
+def _continuous_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, rho_floor: float) -> Fill | None:
+    """Without pausing: for each slot the run could end in, every earlier slot runs throughout."""
+    slowest_s, fastest_s = max(level.epoch_s for level in levels), min(level.epoch_s for level in levels)
+    best: _Solution | None = None
+    for last, slot in enumerate(slots):
+        if slot.end_s < epochs * fastest_s * (1 - 1e-12) or slot.start_s > epochs * slowest_s:
+            continue  # the run cannot end in this slot
+
+        def rate_g_per_s(index: int, level: RhoLevel) -> float:
+            return level.power_w * slots[index].intensity_g_per_kwh / JOULES_PER_KWH
+
+        solution = _solve(slots[: last + 1], levels, epochs, rho_floor * epochs, rate_g_per_s, full=last)
+        if solution is not None and (best is None or solution.cost_g < best.cost_g * (1 - 1e-12)):
+            best = solution
+    return best.fill if best else None
+
+
 def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, quality_needed: float,
-           rate_g_per_s) -> _Solution | None:
+           rate_g_per_s, full: int = 0) -> _Solution | None:
+    """The LP over ``slots`` (the first ``full`` of them run throughout) by bisection on the floor's price."""
     rates = [[rate_g_per_s(index, level) for level in levels] for index in range(len(slots))]
-    low = _greedy(slots, levels, rates, epochs, 0.0)
+    low = _greedy(slots, levels, rates, epochs, 0.0, full)
     if low is None:
         return None
     if low.quality >= quality_needed * (1 - 1e-12):
@@ -82,7 +108,7 @@ def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, qua
     scale = max(max(row) for row in rates) * max(level.epoch_s for level in levels) + 1e-12
     mu_low, mu_high, high = 0.0, scale, None
     for _ in range(80):
-        high = _greedy(slots, levels, rates, epochs, mu_high)
+        high = _greedy(slots, levels, rates, epochs, mu_high, full)
         if high is not None and high.quality >= quality_needed * (1 - 1e-12):
             break
         mu_low, mu_high = mu_high, mu_high * 4
@@ -92,7 +118,7 @@ def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, qua
         if mu_high - mu_low <= RELATIVE_WIDTH * mu_high:
             break
         middle = (mu_low + mu_high) / 2
-        candidate = _greedy(slots, levels, rates, epochs, middle)
+        candidate = _greedy(slots, levels, rates, epochs, middle, full)
         assert candidate is not None  # same capacity as at μ = 0
         if candidate.quality >= quality_needed:
             mu_high, high = middle, candidate
@@ -113,18 +139,25 @@ def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, qua
 
 
 def _greedy(slots: Sequence[Slot], levels: Sequence[RhoLevel], rates: list[list[float]], epochs: float,
-            mu: float) -> _Solution | None:
-    """Least ``carbon − μ·quality`` doing exactly ``epochs``: hull edges of every slot by cost per epoch."""
+            mu: float, full: int = 0) -> _Solution | None:
+    """Least ``carbon − μ·quality`` doing exactly ``epochs``: hull edges of every slot by cost per epoch.
+    The first ``full`` slots run throughout (no pausing: their hull has no "paused" point, and they
+    start at its slowest vertex)."""
     edges = []  # (cost per epoch, slot, edge number, from vertex, to vertex)
+    position: dict[int, tuple[tuple[float, float, int], tuple[float, float, int], float]] = {}
+    need = epochs
     for index, slot in enumerate(slots):
-        points = sorted({(1.0 / level.epoch_s, rates[index][k] - mu * level.rho / level.epoch_s, k)
-                         for k, level in enumerate(levels)})
-        hull = lower_hull([(0.0, 0.0, -1)] + points)
+        points = [(1.0 / level.epoch_s, rates[index][k] - mu * level.rho / level.epoch_s, k)
+                  for k, level in enumerate(levels)]
+        hull = lower_hull(points if index < full else [(0.0, 0.0, -1)] + points)
+        if index < full:
+            position[index] = (hull[0], hull[0], 0.0)
+            need -= slot.length_s * hull[0][0]
         for number, (a, b) in enumerate(zip(hull, hull[1:])):
             edges.append(((b[1] - a[1]) / (b[0] - a[0]), index, number, a, b))
+    if need < -epochs * 1e-9:
+        return None  # even the slowest ρ does more than the work in the slots that must run
     edges.sort(key=lambda edge: edge[:3])
-    need = epochs
-    position: dict[int, tuple[tuple[float, float, int], tuple[float, float, int], float]] = {}
     for _, index, _, a, b in edges:
         if need <= epochs * 1e-15:
             break

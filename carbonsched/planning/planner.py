@@ -18,11 +18,11 @@ Two modes (the job and cost model are in :mod:`carbonsched.planning.model`):
 
 With running power independent of ρ, which epoch runs in which slot changes no carbon; the plan
 puts the higher ρ in the cleaner seconds, which is free. When the cost model has measured power
-per ρ (``power_points`` that differ), a pausable job's plan comes from
+per ρ (``power_points`` that differ), the plan comes from
 :func:`~carbonsched.planning.knapsack.least_carbon_fill`: exact over mixes of the candidate ρ
 (rho_min, 1 and the measured ones; between them time and energy per epoch are linear, so any ρ in
-between is such a mix), tested against an LP solver. Limits: a job that may not pause still gets
-the fastest mix (priced with P(ρ)), and the budget mode spends its budget at ``running_power_w``. Plans are fluid: a level
+between is such a mix), tested against an LP solver, for jobs that may pause and jobs that may
+not. Limit: the budget mode spends its budget at ``running_power_w``. Plans are fluid: a level
 change may fall inside an epoch (the trainer applies the ρ current when an epoch starts).
 
 The daemon calls a planner again at every decision interval with the work left, the time left to
@@ -282,7 +282,7 @@ def plan_min_carbon(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
     need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in levels)
     window = clip_slots(slots, job.deadline_s)
     available_s = window[-1].end_s if window else 0.0
-    if job.may_pause and cost.power_varies and window:
+    if cost.power_varies and window:
         plan = _plan_power_by_rho(job, cost, window)
         if plan is not None:
             return plan
@@ -300,7 +300,7 @@ def plan_min_carbon(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
 def _plan_power_by_rho(job: Job, cost: CostModel, window: Sequence[Slot]) -> Plan | None:
     """The exact plan when running power depends on ρ (:mod:`carbonsched.planning.knapsack`)."""
     levels = [RhoLevel(rho, cost.epoch_s(rho), cost.power_w(rho)) for rho in _candidate_rhos(job, cost)]
-    fill = least_carbon_fill(window, levels, job.epochs, job.rho_floor, cost.idle_power_w)
+    fill = least_carbon_fill(window, levels, job.epochs, job.rho_floor, cost.idle_power_w, may_pause=job.may_pause)
     if fill is None:
         return None
     epochs_by_rho: dict[float, float] = {}
