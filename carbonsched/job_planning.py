@@ -9,8 +9,15 @@ decide interval the daemon calls :func:`plan_job` with
   epoch time, at most 0.99). The epoch time at ρ 1 is learned from ended epochs (start to end,
   minus paused time, divided by the achieved ρ; the mean of the last three), else the declared
   ``epoch_seconds``; with neither the job is answered by the policy until its first epoch ends;
-- the latest reading and its forecast as planning slots (:func:`planning_slots`); **beyond the
-  forecast's end the last forecast value is assumed to hold up to the deadline**;
+  and its running power per ρ: each ended epoch's energy (J, as the daemon attributed it) over its
+  running seconds, the mean of the last three at each ρ (rounded to 0.01). Once epochs at two or
+  more ρ have been measured, the plan prices an epoch at ρ as P(ρ)·t(ρ)·intensity (see
+  :class:`~carbonsched.planning.model.CostModel`); before that power is taken to be the same at every ρ;
+- the latest reading and its forecast as planning slots (:func:`planning_slots`); beyond the
+  forecast's end, up to the deadline, each slot (at the forecast's step) gets the mean of the
+  stored readings at the same time of day over the previous (up to) seven days, the daemon's own
+  history read from the store before planning; a slot with no such readings gets the forecast's
+  last value;
 - a margin: the plan must finish ``MARGIN_SHARE`` of its running time (at least one decide
   interval) before the deadline, so that a forecast or epoch-time estimate that is a little off
   does not miss it.
@@ -37,16 +44,18 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon
-from carbonsched.planning.forecast import slots_from_forecast
+from carbonsched.planning import CostModel, Job, PlanningInputError, Slot
+from carbonsched.planning.forecast import (
+    DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
+)
 from carbonsched.planning.model import remaining_job
-from carbonsched.planning.planner import fastest_mix
+from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin
 from carbonsched.types import ForecastPoint
 
-MARGIN_SHARE = 0.1
 MAX_OPEN_EPOCH_SHARE = 0.99
 LEARNED_EPOCHS = 3
-# Running power cancels out of where the running time goes (a paused job is taken to draw nothing).
+POWER_RHO_DIGITS = 2  # epochs whose ρ agree to this many digits share one measured power point
+# Without measured power per ρ, running power cancels out of the plan (a paused job is taken to draw nothing).
 UNIT_POWER_W = 1.0
 
 
@@ -82,6 +91,7 @@ class JobProgress:
     rho_sum_done: float
     epoch_s_at_full: float | None
     learned: bool
+    power_points: tuple[tuple[float, float], ...] = ()  # (ρ, running W) measured at two or more ρ
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
                           pauses: Sequence[tuple[float, float]], now_s: float) -> JobProgress:
     """The job's progress from its stored epochs and pause intervals (see the module docstring)."""
     done, rho_sum, at_full = 0.0, 0.0, []
+    watts_by_rho: dict[float, list[float]] = {}
     open_epoch = None
     for epoch in epochs:
         rho = epoch.get("rho_effective") or epoch.get("rho_asked") or 1.0
@@ -128,6 +139,8 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
             seconds = running_seconds(epoch["started_at"], epoch["ended_at"], pauses)
             if seconds > 0:
                 at_full.append(seconds / rho)
+                if epoch.get("energy_j"):
+                    watts_by_rho.setdefault(round(min(1.0, rho), POWER_RHO_DIGITS), []).append(epoch["energy_j"] / seconds)
     learned = sum(at_full[-LEARNED_EPOCHS:]) / len(at_full[-LEARNED_EPOCHS:]) if at_full else None
     epoch_s_at_full = learned or declaration.epoch_seconds
     if open_epoch is not None and epoch_s_at_full:
@@ -135,21 +148,29 @@ def progress_from_records(declaration: JobDeclaration, epochs: Sequence[Mapping[
         share = running_seconds(open_epoch["started_at"], now_s, pauses) / (epoch_s_at_full * rho)
         share = min(MAX_OPEN_EPOCH_SHARE, share)
         done, rho_sum = done + share, rho_sum + share * rho
-    return JobProgress(done, rho_sum, epoch_s_at_full, learned is not None)
+    power_points = tuple((rho, sum(w[-LEARNED_EPOCHS:]) / len(w[-LEARNED_EPOCHS:]))
+                         for rho, w in sorted(watts_by_rho.items()))
+    return JobProgress(done, rho_sum, epoch_s_at_full, learned is not None,
+                       power_points if len(power_points) >= 2 else ())
 
 
 def planning_slots(now: datetime, current_g_per_kwh: float, forecast: Sequence[ForecastPoint],
-                   horizon_s: float) -> list[Slot]:
-    """Slots from now to ``horizon_s``: the forecast, then its last value repeated."""
-    slots = slots_from_forecast(now, current_g_per_kwh, forecast, horizon_s)
-    end_s = slots[-1].end_s
-    if end_s < horizon_s:
-        slots.append(Slot(end_s, horizon_s, slots[-1].intensity_g_per_kwh))
-    return slots
+                   horizon_s: float, history: ReadingHistory | None = None) -> list[Slot]:
+    """Slots from now to ``horizon_s``: the forecast, then the same time of day on the previous
+    days from ``history`` (:func:`~carbonsched.planning.forecast.fill_beyond_forecast`), else the
+    forecast's last value. With no forecast, the current reading holds for one step first."""
+    has_forecast = any(point.timestamp > now for point in forecast)
+    if has_forecast or history is None:
+        slots = slots_from_forecast(now, current_g_per_kwh, forecast, horizon_s)
+    else:
+        slots = [Slot(0.0, min(DEFAULT_STEP_S, horizon_s), current_g_per_kwh)]
+    step_s = slots[-1].length_s if has_forecast and len(slots) > 1 else DEFAULT_STEP_S
+    return fill_beyond_forecast(slots, horizon_s, now.timestamp(), history or ReadingHistory(()), step_s)
 
 
 def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, current_g_per_kwh: float,
-             forecast: Sequence[ForecastPoint], *, interval_s: float) -> JobPlanDecision | None:
+             forecast: Sequence[ForecastPoint], *, interval_s: float,
+             history: ReadingHistory | None = None) -> JobPlanDecision | None:
     """ρ or a pause for now (see the module docstring); None when the job cannot be planned
     (no epoch time known yet, or all declared epochs done): the policy answers it then."""
     epoch_s_at_full = progress.epoch_s_at_full
@@ -167,9 +188,7 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
         )
     except PlanningInputError:
         return None
-    cost = CostModel(epoch_s_at_full=epoch_s_at_full, running_power_w=UNIT_POWER_W)
-    need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in fastest_mix(job, cost))
-    margin_s = max(MARGIN_SHARE * need_s, interval_s)
+    cost = CostModel(epoch_s_at_full=epoch_s_at_full, running_power_w=UNIT_POWER_W, power_points=progress.power_points)
 
     def run_now(rho: float, reason: str, guard: bool) -> JobPlanDecision:
         finish_s = now_s + left * cost.epoch_s(rho)
@@ -183,9 +202,8 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
         fits = "fits" if fitting >= job.rho_floor else "no longer fits even at the floor"
         return run_now(rho, f"deadline guard: {left:.2f} epochs at ρ 1 need {full_need_s:.0f} s, "
                             f"{max(time_left_s, 0.0):.0f} s left; running now at ρ {rho:.2f} ({fits})", True)
-    slots = planning_slots(now, current_g_per_kwh, forecast, time_left_s)
-    plan = plan_min_carbon(Job(epochs=job.epochs, deadline_s=time_left_s - margin_s, rho_min=job.rho_min,
-                               mean_rho=job.mean_rho, may_pause=job.may_pause), cost, slots)
+    slots = planning_slots(now, current_g_per_kwh, forecast, time_left_s, history)
+    plan = plan_with_margin(job, cost, slots, at_least_s=interval_s)
     if not plan.feasible or not plan.segments:
         return run_now(job.rho_floor, f"plan infeasible ({plan.note}); running now at ρ {job.rho_floor:.2f}", True)
     slack_s = time_left_s - plan.running_s
@@ -229,13 +247,17 @@ class JobPlanner:
             return {}
         decisions = {}
         now_s = now.timestamp()
-        for job in jobs:
-            declaration = JobDeclaration.from_job(job)
-            if declaration is None:
-                continue
+        declared = [(job, JobDeclaration.from_job(job)) for job in jobs]
+        declared = [(job, declaration) for job, declaration in declared if declaration is not None]
+        if not declared:
+            return {}
+        history = ReadingHistory([(row["ts"], row["intensity_g_per_kwh"])
+                                  for row in store.intensity_samples(now_s - HISTORY_DAYS * DAY_S, now_s)])
+        for job, declaration in declared:
             pauses = pause_intervals(store.pauses(job["job_id"]), now_s)
             progress = progress_from_records(declaration, store.epochs(job["job_id"]), pauses, now_s)
-            decision = plan_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s)
+            decision = plan_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
+                                history=history)
             if decision is not None:
                 decisions[job["job_id"]] = decision
         return decisions

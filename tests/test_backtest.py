@@ -14,13 +14,15 @@ from typer.testing import CliRunner
 
 from carbonsched.cli import app
 from carbonsched.planning import CostModel, Job, Slot
+from carbonsched.planning import strategies
 from carbonsched.planning.backtest import Series, noisy_forecast, run_backtest
+from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.providers.trace import bundled_trace_path, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 STRATEGY_FIELDS = {"carbon_g_mean", "carbon_vs_now_full_mean", "carbon_vs_now_full_p10", "carbon_vs_now_full_p90",
-                   "deadline_met_share", "rho_floor_met_share", "mean_rho"}
+                   "deadline_met_share", "deadline_met_if_slower_share", "rho_floor_met_share", "mean_rho"}
 
 
 def _bundled_series() -> Series:
@@ -47,6 +49,24 @@ def test_with_a_perfect_forecast_the_planner_is_the_oracle_and_beats_every_rule_
             assert best.carbon_g <= other.carbon_g * (1 + 1e-9), name
     assert all(s.deadline_met_share == 1 for s in result.summaries.values())
     assert result.summaries["oracle"].carbon_vs_now_full_mean < result.summaries["shift"].carbon_vs_now_full_mean
+
+
+def test_the_margin_costs_carbon_and_keeps_the_deadline_when_epochs_run_slower():
+    result = run_backtest(_bundled_series(), JOB, COST, every_s=6 * 3600, noise=0.1, seed=0,
+                          make_steps_rho=_constant_rho(0.7))
+    with_margin, without = result.outcomes["planner"], result.outcomes["planner-no-margin"]
+    assert sum(o.carbon_g for o in without) < sum(o.carbon_g for o in with_margin)
+    assert result.margin_carbon_cost == pytest.approx(
+        sum(o.carbon_g for o in with_margin) / sum(o.carbon_g for o in without) - 1)
+    # Forecast noise never delays an executed plan; 10 % slower epochs do, unless the margin absorbs them.
+    assert all(o.met_deadline for o in (*with_margin, *without))
+    assert all(o.met_deadline_if_slower for o in with_margin)
+    assert not all(o.met_deadline_if_slower for o in without)
+    assert result.summaries["planner-no-margin"].deadline_met_if_slower_share < 1
+    for plan_start in result.submitted_at_s[:3]:  # the planner is the daemon's: finish 10 % of the running time early
+        slots = _bundled_series().slots(plan_start, plan_start + JOB.deadline_s)
+        plan = strategies.planned(JOB, COST, slots)
+        assert plan.finish_s <= JOB.deadline_s - MARGIN_SHARE * plan.running_s + 1e-6
 
 
 def test_noise_is_seeded_and_costs_the_planner_against_the_oracle():
@@ -114,9 +134,14 @@ def test_backtest_command_on_a_foreign_column_layout(tmp_path):
     assert report["trace"]["step_s"] == 3600
     assert report["trace"]["gaps"] == [{"start": "2025-03-04T06:00:00+00:00", "missing_s": 3600.0}]
     assert report["trace"]["start"] == "2025-03-03T00:00:00+00:00"
-    assert set(report["strategies"]) == {"now-full", "now-constant", "shift", "steps", "planner", "oracle"}
+    assert set(report["strategies"]) == {"now-full", "now-constant", "shift", "steps", "planner", "planner-no-margin",
+                                         "oracle"}
     assert all(set(fields) == STRATEGY_FIELDS for fields in report["strategies"].values())
     assert set(report["planner_regret_vs_oracle"]) == {"mean", "p90", "max", "total"}
+    assert report["margin"]["share"] == 0.1 and report["margin"]["carbon_cost"] >= 0
+    assert set(report["margin"]) == {"share", "slower_share", "carbon_cost", "deadline_met_share",
+                                     "deadline_met_share_without", "deadline_met_if_slower_share",
+                                     "deadline_met_if_slower_share_without"}
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The command's numbers are the library's on the same trace (hourly steps; the gap holds hour 29).
@@ -134,6 +159,7 @@ def test_backtest_command_on_a_foreign_column_layout(tmp_path):
     assert table.returncode == 0, table.stderr
     assert "1 gap in the samples, longest 1 h from 2025-03-04T06:00:00+00:00" in table.stdout
     assert "planner regret vs oracle: mean" in table.stdout
+    assert "the 10% margin costs" in table.stdout
 
 
 def _trace_file(tmp_path: Path, values) -> Path:
@@ -214,6 +240,21 @@ def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):
     assert plan["mean_rho"] == pytest.approx(0.7)
     assert plan["running_s"] == pytest.approx((3 * 18 + 1 * 30) * 60)  # 3 epochs at 0.6, 1 at 1.0
     assert plan["job"]["measured_epoch_s"][0] == [0.4, 960.0]
+
+
+def test_plan_command_with_measured_power_per_rho_prefers_the_rho_with_less_energy_per_epoch(tmp_path):
+    path = _trace_file(tmp_path, [400, 380, 120, 100, 90, 300, 420, 410] * 4)
+    args = ["plan", "--provider", f"trace:{path}", "--epochs", "2", "--epoch-minutes", "60", "--deadline", "16h",
+            "--rho-min", "0.5", "--may-pause", "--format", "json"]
+    constant = json.loads(runner.invoke(app, args).stdout)
+    assert {s["rho"] for s in constant["segments"]} == {0.5}  # same power at every ρ: the least running time
+    # ρ 0.5 draws 450 W for half the time of ρ 1 at 200 W: 225 vs 200 W·h per epoch.
+    result = runner.invoke(app, [*args, "--measured-power", "0.5:450", "--measured-power", "1:200"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert {s["rho"] for s in plan["segments"]} == {1.0} and plan["job"]["measured_power_w"] == [[0.5, 450.0], [1.0, 200.0]]
+    bad = runner.invoke(app, [*args, "--measured-power", "0.5:lots", "--measured-power", "1:200"])
+    assert bad.exit_code == 2 and bad.stderr.strip() == "error: --measured-power '0.5:lots' is not RHO:WATTS (e.g. 0.5:280)"
 
 
 def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):

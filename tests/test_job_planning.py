@@ -1,15 +1,18 @@
 """The daemon's receding-horizon planning of deadline jobs: progress from records, slots beyond
 the forecast, pauses, and the deadline guard under a forecast that keeps promising a cleaner hour."""
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from carbonsched.job_planning import (
-    MARGIN_SHARE, JobDeclaration, JobProgress, plan_job, planning_slots, progress_from_records,
+    MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, plan_job, planning_slots, progress_from_records,
 )
 from carbonsched.planning import Slot
-from carbonsched.types import ForecastPoint
+from carbonsched.planning.forecast import ReadingHistory
+from carbonsched.store import Store
+from carbonsched.types import ForecastPoint, IntensityReading
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 HOUR_S = 3600.0
@@ -128,3 +131,84 @@ def test_guard_runs_at_the_highest_rho_that_still_fits_and_at_the_floor_when_non
     assert decision.guard and decision.rho == 0.5 and "no longer fits" in decision.reason
     passed = declaration(deadline_s=T0.timestamp() - 10.0)
     assert plan_job(passed, progress, T0, 500.0, forecast, interval_s=60.0).rho == 0.5
+
+
+def diurnal_g_per_kwh(at: datetime) -> float:
+    """Peak at 19:00 UTC (450), trough at 07:00 (150)."""
+    hour = at.hour + at.minute / 60
+    return 300.0 + 150.0 * math.cos(2 * math.pi * (hour - 19) / 24)
+
+
+def store_with_a_week_of_readings(tmp_path, now: datetime) -> Store:
+    store = Store(tmp_path / "state.sqlite")
+    at = now - timedelta(days=7)
+    while at < now:
+        store.add_intensity(IntensityReading(diurnal_g_per_kwh(at), at, "trace", "average", at, interval_s=900.0))
+        at += timedelta(minutes=15)
+    return store
+
+
+def history_from(store: Store, now: datetime) -> ReadingHistory:
+    rows = store.intensity_samples(now - timedelta(days=7), now)
+    return ReadingHistory([(row["ts"], row["intensity_g_per_kwh"]) for row in rows])
+
+
+def test_slots_beyond_the_forecast_follow_the_same_hour_of_previous_days(tmp_path):
+    with store_with_a_week_of_readings(tmp_path, T0) as store:
+        history = history_from(store, T0)
+    slots = planning_slots(T0, 350.0, hourly_forecast(T0, [350.0, 350.0]), 24 * HOUR_S, history)
+    assert slots[:3] == [Slot(0.0, HOUR_S, 350.0), Slot(HOUR_S, 2 * HOUR_S, 350.0), Slot(2 * HOUR_S, 3 * HOUR_S, 350.0)]
+    beyond = slots[3:]
+    assert slots[-1].end_s == 24 * HOUR_S and all(s.length_s == HOUR_S for s in beyond)
+    for slot in beyond:  # the mean of four readings a quarter hour apart, at the same hour every day
+        readings = [diurnal_g_per_kwh(T0 + timedelta(seconds=slot.start_s, minutes=15 * k)) for k in range(4)]
+        assert slot.intensity_g_per_kwh == pytest.approx(sum(readings) / 4)
+    cleanest = min(beyond, key=lambda s: s.intensity_g_per_kwh)
+    assert (T0 + timedelta(seconds=cleanest.start_s)).hour in (6, 7)
+    assert max(s.intensity_g_per_kwh for s in beyond) - cleanest.intensity_g_per_kwh > 250
+
+
+def test_the_daemon_plans_a_pausable_job_into_the_clean_hours_its_store_remembers(tmp_path):
+    forecast = hourly_forecast(T0, [350.0, 350.0])
+    with store_with_a_week_of_readings(tmp_path / "week", T0) as store:
+        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
+        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
+                          mean_rho=None, may_pause=True)
+        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, 350.0, forecast, 60.0)["j"]
+    # The two cleanest hours are around 07:00 tomorrow (19 h from now), where the week's readings dip.
+    assert decision.pause_until_s is not None
+    assert 17 * HOUR_S <= decision.pause_until_s - T0.timestamp() <= 19 * HOUR_S
+
+
+def test_without_history_the_last_forecast_value_holds(tmp_path):
+    forecast = hourly_forecast(T0, [350.0, 300.0])
+    with Store(tmp_path / "empty.sqlite") as store:
+        history = history_from(store, T0)
+        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
+        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
+                          mean_rho=None, may_pause=True)
+        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, 350.0, forecast, 60.0)["j"]
+    slots = planning_slots(T0, 350.0, forecast, 24 * HOUR_S, history)
+    assert slots[-1] == Slot(3 * HOUR_S, 24 * HOUR_S, 300.0) and len(slots) == 4
+    assert decision.pause_until_s == (T0 + timedelta(hours=2)).timestamp()  # the last forecast hour, 300
+
+
+def test_power_per_rho_is_learned_from_epoch_energy_and_changes_the_plan():
+    # Epochs at ρ 0.5 drew 450 W, at ρ 1 200 W: an epoch at ρ 1 takes less energy (200·t vs 450·t/2).
+    epochs = [
+        {"epoch": 0, "started_at": 0.0, "ended_at": 1800.0, "rho_asked": 0.5, "rho_effective": 0.5,
+         "energy_j": 450.0 * 1800},
+        {"epoch": 1, "started_at": 1800.0, "ended_at": 5400.0, "rho_asked": 1.0, "rho_effective": 1.0,
+         "energy_j": 200.0 * 3600},
+        {"epoch": 2, "started_at": 5400.0, "ended_at": None, "rho_asked": 1.0, "rho_effective": None},
+    ]
+    decl = declaration(epochs=6.0, epoch_seconds=HOUR_S, rho_min=0.5)
+    progress = progress_from_records(decl, epochs, [], now_s=5400.0)
+    assert progress.power_points == ((0.5, pytest.approx(450.0)), (1.0, pytest.approx(200.0)))
+    forecast = hourly_forecast(T0, [100.0] * 12)
+    learned = plan_job(decl, progress, T0, 100.0, forecast, interval_s=60.0)
+    assert learned.rho == 1.0 and learned.pause_until_s is None
+    unmeasured = JobProgress(progress.epochs_done, progress.rho_sum_done, progress.epoch_s_at_full, True)
+    assert plan_job(decl, unmeasured, T0, 100.0, forecast, interval_s=60.0).rho == 0.5  # least running time
+    one_rho = progress_from_records(decl, [dict(epochs[1], epoch=0, started_at=0.0, ended_at=3600.0)], [], now_s=4000.0)
+    assert one_rho.power_points == ()

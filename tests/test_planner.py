@@ -1,5 +1,6 @@
 """The planner against independent solutions: scipy's LP solver (HiGHS) and exhaustive enumeration."""
 
+import dataclasses
 import itertools
 import math
 import random
@@ -32,8 +33,8 @@ def _lp_min_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
         n, k = len(used), len(rhos)
         c, bounds = [], []
         for s, slot in enumerate(used):
-            power = cost.running_power_w if (s == f or cost.idle_power_w == 0) else cost.running_power_w - cost.idle_power_w
-            c += [power * slot.intensity_g_per_kwh / J_PER_KWH] * k
+            displaced_w = 0.0 if (s == f or cost.idle_power_w == 0) else cost.idle_power_w
+            c += [(cost.power_w(r) - displaced_w) * slot.intensity_g_per_kwh / J_PER_KWH for r in rhos]
         a_ub = [[1.0 if j // k == s else 0.0 for j in range(n * k)] for s in range(n)]
         b_ub = [slot.length_s for slot in used]
         a_ub.append([-(rhos[j % k] - floor) / times[j % k] for j in range(n * k)])  # mean ρ >= floor
@@ -46,17 +47,75 @@ def _lp_min_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
     return best
 
 
+def _lp_continuous_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
+    """Least carbon by LP for a job that may not pause: for each last slot k, every earlier slot runs throughout."""
+    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+    times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
+    best = math.inf
+    for last in range(len(window)):
+        used = window[: last + 1]
+        n = len(used)
+        c = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
+        row = lambda s: [1.0 if j // k == s else 0.0 for j in range(n * k)]  # noqa: E731
+        a_eq = [row(s) for s in range(last)] + [[1.0 / times[j % k] for j in range(n * k)]]
+        b_eq = [slot.length_s for slot in used[:last]] + [job.epochs]
+        a_ub = [row(last), [-(rhos[j % k] - job.rho_floor) / times[j % k] for j in range(n * k)]]
+        result = linprog(c, A_ub=a_ub, b_ub=[used[last].length_s, 0.0], A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
+                         method="highs")
+        if result.status == 0:
+            best = min(best, result.fun)
+    return best
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_a_job_that_may_not_pause_with_power_by_rho_gets_the_lp_optimum(nonlinear):
+    rng = random.Random(31 + nonlinear)
+    checked = 0
+    for _ in range(60):
+        slots = _slots([rng.uniform(20, 600) for _ in range(rng.randint(2, 9))])
+        job = _random_job(rng, slots, may_pause=False)
+        cost = _random_cost(rng, nonlinear, idle=False, power_by_rho=True)
+        plan = plan_min_carbon(job, cost, slots)
+        if _agrees_with_the_lp(plan, _lp_continuous_carbon(job, cost, slots, _lp_levels(job, cost)), cost):
+            checked += 1
+            assert plan.segments[0].start_s == 0 and plan.paused_s == pytest.approx(0, abs=1e-6)
+    assert checked >= 30
+
+
+def _random_job(rng: random.Random, slots, may_pause: bool) -> Job:
+    rho_min = rng.choice([0.3, 0.4, 0.5])
+    return Job(epochs=rng.uniform(0.5, 4), deadline_s=slots[-1].end_s * rng.uniform(0.6, 1.0), rho_min=rho_min,
+               mean_rho=rng.choice([None, rng.uniform(rho_min, 1.0)]), may_pause=may_pause)
+
+
+def _agrees_with_the_lp(plan, optimum: float, cost: CostModel) -> bool:
+    """The plan's carbon is the LP optimum, and it keeps the deadline, the ρ bounds and the floor and does
+    the epochs; False for an infeasible plan (then the LP must be infeasible too)."""
+    job = plan.job
+    if not plan.feasible:
+        assert optimum == math.inf
+        return False
+    assert plan.expected_carbon_g == pytest.approx(optimum, rel=1e-6, abs=1e-9)
+    assert plan.finish_s <= job.deadline_s + 1e-6
+    assert plan.mean_rho >= job.rho_floor - 1e-9
+    assert all(job.rho_min - 1e-12 <= s.rho <= 1 for s in plan.segments)
+    assert sum(s.length_s / cost.epoch_s(s.rho) for s in plan.segments) == pytest.approx(job.epochs, rel=1e-9)
+    return True
+
+
 def _continuous_carbon_g(slots, power_w, seconds):
     return power_w * energy_intensity_s(slots, 0.0, seconds) / J_PER_KWH
 
 
-def _random_cost(rng: random.Random, nonlinear: bool, idle: bool) -> CostModel:
-    points = ()
+def _random_cost(rng: random.Random, nonlinear: bool, idle: bool, power_by_rho: bool = False) -> CostModel:
+    points = power = ()
     if nonlinear:
         rhos = sorted(rng.sample([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], 4))
         points = tuple((r, 1800 * (0.25 + 0.75 * r + rng.uniform(-0.08, 0.08))) for r in rhos)
+    if power_by_rho:  # anything from "a low ρ idles the GPU" to "a low ρ draws more per second"
+        power = tuple((r, rng.uniform(100, 400)) for r in sorted(rng.sample([0.3, 0.45, 0.6, 0.75, 0.9, 1.0], 3)))
     return CostModel(epoch_s_at_full=1800, running_power_w=rng.uniform(100, 400),
-                     idle_power_w=rng.uniform(5, 60) if idle else 0.0, epoch_time_points=points)
+                     idle_power_w=rng.uniform(5, 60) if idle else 0.0, epoch_time_points=points, power_points=power)
 
 
 def _lp_levels(job, cost):
@@ -64,29 +123,74 @@ def _lp_levels(job, cost):
     return sorted(r for r in grid if job.rho_min <= r <= 1)
 
 
-@pytest.mark.parametrize("nonlinear, idle", [(False, False), (True, False), (False, True), (True, True)])
-def test_pausing_plan_equals_the_lp_optimum_on_random_instances(nonlinear, idle):
-    rng = random.Random(hash((nonlinear, idle)) & 0xFFFF)
+@pytest.mark.parametrize("nonlinear, idle, power_by_rho", [
+    (False, False, False), (True, False, False), (False, True, False), (True, True, False),
+    (False, False, True), (True, False, True), (False, True, True), (True, True, True)])
+def test_pausing_plan_equals_the_lp_optimum_on_random_instances(nonlinear, idle, power_by_rho):
+    rng = random.Random((hash((nonlinear, idle)) + 7 * power_by_rho) & 0xFFFF)
     checked = 0
     for _ in range(60):
         slots = _slots([rng.choice([rng.uniform(20, 600), 150.0]) for _ in range(rng.randint(2, 9))])
-        rho_min = rng.choice([0.3, 0.4, 0.5])
-        job = Job(epochs=rng.uniform(0.5, 4), deadline_s=slots[-1].end_s * rng.uniform(0.6, 1.0), rho_min=rho_min,
-                  mean_rho=rng.choice([None, rng.uniform(rho_min, 1.0)]), may_pause=True)
-        cost = _random_cost(rng, nonlinear, idle)
+        job = _random_job(rng, slots, may_pause=True)
+        cost = _random_cost(rng, nonlinear, idle, power_by_rho)
+        assert cost.power_varies == power_by_rho
         plan = plan_min_carbon(job, cost, slots)
-        optimum = _lp_min_carbon(job, cost, slots, _lp_levels(job, cost))
-        if not plan.feasible:
-            assert optimum == math.inf
-            continue
-        checked += 1
-        assert plan.expected_carbon_g == pytest.approx(optimum, rel=1e-6, abs=1e-9)
-        assert plan.finish_s <= job.deadline_s + 1e-6
-        assert plan.mean_rho >= job.rho_floor - 1e-9
-        assert all(job.rho_min - 1e-12 <= s.rho <= 1 for s in plan.segments)
-        done = sum(s.length_s / cost.epoch_s(s.rho) for s in plan.segments)
-        assert done == pytest.approx(job.epochs, rel=1e-9)
+        checked += _agrees_with_the_lp(plan, _lp_min_carbon(job, cost, slots, _lp_levels(job, cost)), cost)
     assert checked >= 30
+
+
+def test_power_by_rho_plans_beat_every_whole_epoch_assignment():
+    """Brute force: every epoch at a measured ρ, each placed alone in its own cleanest free slot
+    by power (the highest power in the cleanest slot); the plan is never worse."""
+    rng = random.Random(5)
+    for _ in range(40):
+        slots = _slots([rng.uniform(20, 600) for _ in range(6)], length_s=3600.0)
+        cost = CostModel(epoch_s_at_full=3600, running_power_w=200,
+                         power_points=tuple((r, rng.uniform(100, 400)) for r in (0.4, 0.7, 1.0)))
+        job = Job(epochs=3, deadline_s=slots[-1].end_s, rho_min=0.4, mean_rho=rng.choice([0.4, 0.6, 0.8]),
+                  may_pause=True)
+        plan = plan_min_carbon(job, cost, slots)
+        best = math.inf
+        for combo in itertools.product((0.4, 0.7, 1.0), repeat=3):
+            if sum(combo) < 3 * job.rho_floor - 1e-12:
+                continue
+            cleanest = sorted(slots, key=lambda slot: slot.intensity_g_per_kwh)
+            by_power = sorted(combo, key=cost.power_w, reverse=True)
+            best = min(best, sum(cost.power_w(r) * cost.epoch_s(r) * slot.intensity_g_per_kwh / J_PER_KWH
+                                 for r, slot in zip(by_power, cleanest)))
+        assert plan.feasible and plan.expected_carbon_g <= best * (1 + 1e-9)
+
+
+def test_power_between_measured_points_interpolates_the_energy_per_epoch():
+    cost = CostModel(epoch_s_at_full=1000, running_power_w=1, power_points=((0.5, 400.0), (1.0, 200.0)))
+    assert cost.power_w(0.3) == 400.0 and cost.power_w(1.0) == 200.0
+    # 0.75 costs what half an epoch at 0.5 and half at 1.0 cost: (400·500 + 200·1000) / 2 J in 750 s.
+    assert cost.epoch_energy_j(0.75) == pytest.approx((400 * 500 + 200 * 1000) / 2)
+    assert cost.power_w(0.75) == pytest.approx(200_000 / 750)
+    flat = CostModel(epoch_s_at_full=1000, running_power_w=300, power_points=((0.5, 300.0), (1.0, 300.0)))
+    assert not flat.power_varies and flat.power_w(0.8) == pytest.approx(300.0)
+
+
+def test_power_that_is_the_same_at_every_rho_gives_the_plans_of_constant_power():
+    rng = random.Random(11)
+    for _ in range(30):
+        slots = _slots([rng.uniform(20, 600) for _ in range(rng.randint(2, 9))])
+        job = Job(epochs=rng.uniform(0.5, 4), deadline_s=slots[-1].end_s, rho_min=0.4,
+                  mean_rho=rng.choice([None, 0.7]), may_pause=rng.choice([True, False]))
+        constant = _random_cost(rng, nonlinear=rng.choice([True, False]), idle=rng.choice([True, False]))
+        points = dataclasses.replace(constant, power_points=((0.4, constant.running_power_w), (1.0, constant.running_power_w)))
+        assert plan_min_carbon(job, points, slots) == plan_min_carbon(job, constant, slots)
+
+
+def test_a_low_rho_that_draws_more_power_is_not_chosen_when_energy_per_epoch_is_higher():
+    # ρ 0.5 halves the epoch time but doubles the power (+ a bit): an epoch at ρ 1 uses less energy.
+    slots = _slots([100.0] * 12, length_s=3600.0)
+    cost = CostModel(epoch_s_at_full=3600, running_power_w=200, power_points=((0.5, 450.0), (1.0, 200.0)))
+    plan = plan_min_carbon(Job(epochs=3, deadline_s=12 * 3600, rho_min=0.5, may_pause=True), cost, slots)
+    assert [(level.rho, pytest.approx(level.epochs)) for level in plan.levels] == [(1.0, pytest.approx(3.0))]
+    constant = plan_min_carbon(Job(epochs=3, deadline_s=12 * 3600, rho_min=0.5, may_pause=True),
+                               dataclasses.replace(cost, power_points=()), slots)
+    assert constant.mean_rho == 0.5  # with power independent of ρ, the fastest mix wins
 
 
 def test_linear_model_is_time_shifting_at_the_floor():

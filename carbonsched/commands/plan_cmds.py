@@ -29,6 +29,8 @@ PowerW = typer.Option(DEFAULT_RUNNING_POWER_W, "--power-w", help="Power while ru
 IdlePowerW = typer.Option(0.0, "--idle-power-w", help="Power while paused, W (0: the job releases its GPU).")
 MeasuredEpochs = typer.Option([], "--measured-epoch", help="Measured epoch time as RHO:MINUTES (repeat; at least "
                                                            "two). Default: epoch-minutes x ρ.")
+MeasuredPower = typer.Option([], "--measured-power", help="Measured running power as RHO:WATTS (repeat; at least "
+                                                           "two). Default: --power-w at every ρ.")
 Format = typer.Option("table", "--format", help="table | json")
 PlotFile = typer.Option(None, "--plot", help="Also write a PNG plot to this file.")
 
@@ -40,25 +42,35 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 def parse_measured_epoch(text: str) -> tuple[float, float]:
     """``RHO:MINUTES`` → (ρ, seconds); ValueError naming the option otherwise."""
-    rho_text, _, minutes_text = text.partition(":")
-    try:
-        rho, minutes = float(rho_text), float(minutes_text)
-    except ValueError:
-        raise ValueError(f"--measured-epoch {text!r} is not RHO:MINUTES (e.g. 0.5:16)") from None
+    rho, minutes = _rho_pair(text, "--measured-epoch", "RHO:MINUTES (e.g. 0.5:16)")
     return rho, minutes * 60
+
+
+def parse_measured_power(text: str) -> tuple[float, float]:
+    """``RHO:WATTS`` → (ρ, W); ValueError naming the option otherwise."""
+    return _rho_pair(text, "--measured-power", "RHO:WATTS (e.g. 0.5:280)")
+
+
+def _rho_pair(text: str, option: str, form: str) -> tuple[float, float]:
+    rho_text, _, value_text = text.partition(":")
+    try:
+        return float(rho_text), float(value_text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not {form}") from None
 
 
 def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
                   may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float,
-                  measured: list[str]) -> tuple[Job, CostModel]:
+                  measured: list[str], measured_power: list[str]) -> tuple[Job, CostModel]:
     if budget_g is not None and may_pause:
         _fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
     try:
         points = tuple(parse_measured_epoch(text) for text in measured)
+        power = tuple(parse_measured_power(text) for text in measured_power)
         job = Job(epochs=epochs, deadline_s=deadline_s, rho_min=rho_min, mean_rho=mean_rho, may_pause=may_pause,
                   carbon_budget_g=budget_g)
         cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w,
-                         epoch_time_points=points)
+                         epoch_time_points=points, power_points=power)
     except ValueError as exc:  # PlanningInputError included
         _fail(str(exc))
     return job, cost
@@ -79,14 +91,17 @@ def _check_choices(fmt: str, plot: Optional[Path]) -> None:
 def _job_line(job: Job, cost: CostModel) -> str:
     pause = "may pause" if job.may_pause else "no pausing"
     budget = f", budget {job.carbon_budget_g:g} gCO2e" if job.carbon_budget_g is not None else ""
+    running = (f"{cost.running_power_w:g} W" if not cost.power_points
+               else "W by ρ " + ", ".join(f"{rho:g}:{watts:g}" for rho, watts in cost.power_points))
     return (f"job: {job.epochs:g} epochs x {cost.epoch_s_at_full / 60:g} min at ρ 1, deadline {job.deadline_s / 3600:g} h, "
             f"ρ in [{job.rho_min:g}, 1], mean ρ >= {job.rho_floor:g}, {pause}{budget}; "
-            f"{cost.running_power_w:g} W running, {cost.idle_power_w:g} W paused")
+            f"{running} running, {cost.idle_power_w:g} W paused")
 
 
 def _job_json(job: Job, cost: CostModel) -> dict:
     return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full,
-            "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points], "deadline_s": job.deadline_s,
+            "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points],
+            "measured_power_w": [[rho, watts] for rho, watts in cost.power_points], "deadline_s": job.deadline_s,
             "rho_min": job.rho_min, "mean_rho": job.rho_floor, "may_pause": job.may_pause,
             "carbon_budget_g": job.carbon_budget_g, "running_power_w": cost.running_power_w,
             "idle_power_w": cost.idle_power_w}
@@ -144,6 +159,7 @@ def plan(
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
     measured_epoch: list[str] = MeasuredEpochs,
+    measured_power: list[str] = MeasuredPower,
     provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
     config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV,
                                                help="Daemon TOML config (its provider is used)."),
@@ -162,7 +178,7 @@ def plan(
     except ValueError as exc:
         _fail(str(exc))
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
-                              idle_power_w, measured_epoch)
+                              idle_power_w, measured_epoch, measured_power)
     spec = _provider_spec(provider, config_file)
     try:
         reading = build_provider(spec).current()
@@ -255,13 +271,14 @@ def backtest(
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
     measured_epoch: list[str] = MeasuredEpochs,
+    measured_power: list[str] = MeasuredPower,
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy for the reactive 'steps' strategy "
                                                                       "(default: the daemon's built-in one)."),
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner, oracle."""
-    from carbonsched.planning.backtest import Series, run_backtest
+    from carbonsched.planning.backtest import SLOWER_SHARE, Series, run_backtest
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
     _check_choices(fmt, plot)
@@ -270,7 +287,7 @@ def backtest(
     if not (math.isfinite(every_hours) and every_hours > 0):
         _fail(f"--every-hours must be positive, got {every_hours!r}")
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
-                              power_w, idle_power_w, measured_epoch)
+                              power_w, idle_power_w, measured_epoch, measured_power)
     try:
         loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
     except TraceFormatError as exc:
@@ -289,17 +306,24 @@ def backtest(
         typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
                                "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
     else:
+        slower_header = f"met if {SLOWER_SHARE:.0%} slower"
         lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
                  f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
                  _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})", "",
-                 f"{'strategy':<13} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
-                 f"{'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
+                 f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
+                 f"{slower_header:>16} {'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
         for name, s in result.summaries.items():
-            lines.append(f"{name:<13} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
-                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} {s.mean_rho:>7.3f} "
+            lines.append(f"{name:<17} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
+                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} "
+                         f"{s.deadline_met_if_slower_share:>16.0%} {s.mean_rho:>7.3f} "
                          f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
+        margin = result.to_json()["margin"]
         lines += ["", f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
-                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}"]
+                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}",
+                  f"the {margin['share']:.0%} margin costs {result.margin_carbon_cost:.2%} carbon; deadline met "
+                  f"{margin['deadline_met_share']:.0%} with it, {margin['deadline_met_share_without']:.0%} without; "
+                  f"with epochs {SLOWER_SHARE:.0%} slower than estimated {margin['deadline_met_if_slower_share']:.0%} "
+                  f"with it, {margin['deadline_met_if_slower_share_without']:.0%} without"]
         typer.echo("\n".join(lines))
     if plot is not None:
         from carbonsched.plan_plot import plot_backtest

@@ -8,13 +8,19 @@ offset ``t0`` (every ``every_s`` while the deadline still lies inside the trace)
   is multiplied by ``1 + noise · N(0, 1)`` (independent per slot, clipped at 0); the current slot is
   measured, so it is exact. :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``
   draws it (the trace provider's ``forecast_noise`` uses the same model);
-- ``shift`` and ``planner`` plan on the forecast, ``oracle`` on the truth, ``steps`` reacts to the
-  truth epoch by epoch, ``now-full`` and ``now-constant`` just run; every plan is then executed
-  unchanged and its carbon counted on the truth (running plus idle power while paused).
+- ``shift``, ``planner`` and ``planner-no-margin`` plan on the forecast, ``oracle`` (the planner,
+  margin included) on the truth, ``steps`` reacts to the truth epoch by epoch, ``now-full`` and
+  ``now-constant`` just run; every plan is then executed unchanged and its carbon counted on the
+  truth (running plus idle power while paused).
 
 Per strategy: carbon relative to ``now-full`` per submission (mean, 10th and 90th percentile), the
 share of submissions that finished by the deadline and that met the mean-ρ floor, and the mean ρ.
-Planner regret: (planner − oracle) / oracle per submission.
+Forecast error changes where a plan runs, never how long it runs, so an executed plan finishes
+when planned whatever the noise; what threatens a deadline is an epoch that takes longer than
+estimated. So each strategy also reports the share that would still finish by the deadline if
+every epoch took ``SLOWER_SHARE`` longer and the missing work ran right after the plan's end
+(no re-plan). Planner regret: (planner − oracle) / oracle per submission. The margin's cost:
+Σ planner / Σ planner-no-margin − 1.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ from typing import Callable, Sequence
 
 from carbonsched.forecast_noise import perturbed, seeded_rng
 from carbonsched.planning import strategies
+from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.planner import Plan, expected_carbon_g
+
+SLOWER_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Outcome:
     met_deadline: bool
     met_floor: bool
     mean_rho: float
+    met_deadline_if_slower: bool  # epochs SLOWER_SHARE longer than estimated, the rest run at the end
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class StrategySummary:
     carbon_vs_now_full_p10: float
     carbon_vs_now_full_p90: float
     deadline_met_share: float
+    deadline_met_if_slower_share: float
     rho_floor_met_share: float
     mean_rho: float
 
@@ -83,13 +94,20 @@ class BacktestResult:
     regret_p90: float
     regret_max: float
     regret_total: float  # Σ planner / Σ oracle − 1
+    margin_carbon_cost: float  # Σ planner / Σ planner-no-margin − 1
 
     def to_json(self) -> dict:
+        with_margin, without = self.summaries["planner"], self.summaries["planner-no-margin"]
         return {
             "submissions": self.submissions,
             "strategies": {name: vars(summary) for name, summary in self.summaries.items()},
             "planner_regret_vs_oracle": {"mean": self.regret_mean, "p90": self.regret_p90, "max": self.regret_max,
                                          "total": self.regret_total},
+            "margin": {"share": MARGIN_SHARE, "slower_share": SLOWER_SHARE, "carbon_cost": self.margin_carbon_cost,
+                       "deadline_met_share": with_margin.deadline_met_share,
+                       "deadline_met_share_without": without.deadline_met_share,
+                       "deadline_met_if_slower_share": with_margin.deadline_met_if_slower_share,
+                       "deadline_met_if_slower_share_without": without.deadline_met_if_slower_share},
         }
 
 
@@ -141,11 +159,13 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
             "shift": strategies.shift(job, cost, forecast),
             "steps": strategies.reactive(job, cost, truth, make_steps_rho(start_s)),
             "planner": strategies.planned(job, cost, forecast),
+            "planner-no-margin": strategies.planned(job, cost, forecast, margin_share=0.0),
             "oracle": strategies.planned(job, cost, window),
         }
         for name, plan in plans.items():
             outcomes[name].append(Outcome(expected_carbon_g(plan.segments, truth, cost), strategies.met_deadline(plan),
-                                          strategies.met_floor(plan), plan.mean_rho))
+                                          strategies.met_floor(plan), plan.mean_rho,
+                                          strategies.met_deadline(plan, slower_share=SLOWER_SHARE)))
     return _summarise(tuple(starts), {name: tuple(values) for name, values in outcomes.items()})
 
 
@@ -161,11 +181,14 @@ def _summarise(starts: tuple[float, ...], outcomes: dict[str, tuple[Outcome, ...
             carbon_vs_now_full_p10=percentile(ratios, 10),
             carbon_vs_now_full_p90=percentile(ratios, 90),
             deadline_met_share=sum(o.met_deadline for o in results) / count,
+            deadline_met_if_slower_share=sum(o.met_deadline_if_slower for o in results) / count,
             rho_floor_met_share=sum(o.met_floor for o in results) / count,
             mean_rho=sum(o.mean_rho for o in results) / count,
         )
     planner = [o.carbon_g for o in outcomes["planner"]]
     oracle = [o.carbon_g for o in outcomes["oracle"]]
     regrets = [(p - o) / o if o > 0 else 0.0 for p, o in zip(planner, oracle)]
+    no_margin = sum(o.carbon_g for o in outcomes["planner-no-margin"])
     return BacktestResult(len(starts), starts, outcomes, summaries, sum(regrets) / len(regrets),
-                          percentile(regrets, 90), max(regrets), sum(planner) / sum(oracle) - 1 if sum(oracle) else 0.0)
+                          percentile(regrets, 90), max(regrets), sum(planner) / sum(oracle) - 1 if sum(oracle) else 0.0,
+                          sum(planner) / no_margin - 1 if no_margin else 0.0)

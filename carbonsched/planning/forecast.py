@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from datetime import datetime
 from typing import Sequence
 
@@ -32,3 +33,50 @@ def slots_from_forecast(now: datetime, current_g_per_kwh: float, forecast: Seque
             break
         slots.append(Slot(start, min(end, horizon_s), value))
     return slots
+
+
+DAY_S = 86400.0
+HISTORY_DAYS = 7
+
+
+class ReadingHistory:
+    """Past readings (unix seconds, gCO2e/kWh), for the same time of day on previous days."""
+
+    def __init__(self, readings: Sequence[tuple[float, float]]) -> None:
+        ordered = sorted(readings)
+        self.times_s = [ts for ts, _ in ordered]
+        self.values = [value for _, value in ordered]
+
+    def same_time_of_day_mean(self, start_s: float, end_s: float, days: int = HISTORY_DAYS) -> float | None:
+        """Mean over the previous ``days`` days of each day's mean reading in ``[start_s, end_s)``
+        shifted back by whole days (unix seconds); None when none of those days has a reading."""
+        day_means = []
+        for day in range(1, days + 1):
+            low = bisect.bisect_left(self.times_s, start_s - day * DAY_S)
+            high = bisect.bisect_left(self.times_s, end_s - day * DAY_S)
+            if high > low:
+                day_means.append(sum(self.values[low:high]) / (high - low))
+        return sum(day_means) / len(day_means) if day_means else None
+
+
+def fill_beyond_forecast(slots: Sequence[Slot], horizon_s: float, now_s: float, history: ReadingHistory,
+                         step_s: float) -> list[Slot]:
+    """``slots`` continued to ``horizon_s`` in ``step_s`` slots, each the mean of the readings at the
+    same time of day over the previous days (:meth:`ReadingHistory.same_time_of_day_mean`), or the
+    last slot's value where there are none. With no history for any of them, the last value holds
+    in one slot to the horizon."""
+    slots = list(slots)
+    last_g_per_kwh = slots[-1].intensity_g_per_kwh
+    filled, any_history = [], False
+    start = slots[-1].end_s
+    while start < horizon_s - 1e-9:
+        end = min(start + step_s, horizon_s)
+        mean = history.same_time_of_day_mean(now_s + start, now_s + end)
+        any_history = any_history or mean is not None
+        filled.append(Slot(start, end, last_g_per_kwh if mean is None else mean))
+        start = end
+    if not filled:
+        return slots
+    if not any_history:
+        return slots + [Slot(slots[-1].end_s, horizon_s, last_g_per_kwh)]
+    return slots + filled

@@ -17,10 +17,11 @@ equivalents. ``may_pause`` says whether the job may stop between steps and resum
 
 The cost
 --------
-While running the job draws ``running_power_w``; while paused (before it finishes) it draws
+While running the job draws ``running_power_w``, or, when measured at two or more ρ
+(``power_points``), a power P(ρ) that depends on ρ; while paused (before it finishes) it draws
 ``idle_power_w`` (0 for a job that releases its GPU, the measured idle draw for one that keeps
-it). The running power does not depend on ρ: a lower ρ keeps the GPU as busy for a shorter epoch.
-Carbon = Σ over time of power × intensity × duration.
+it). Carbon = Σ over time of power × intensity × duration; an epoch at ρ run in a slot of
+intensity I costs P(ρ)·t(ρ)·I.
 
 Why this decomposes
 -------------------
@@ -32,6 +33,10 @@ multiple-choice knapsack with identical classes, solved exactly by taking the lo
 the (ρ, epoch time) points at the floor; step (2) is a fractional knapsack over slots sorted by
 intensity (CarbonScaler's greedy, with ρ in place of replicas). Any other plan either runs longer
 (more carbon in any slot order) or uses dirtier seconds. See :mod:`carbonsched.planning.planner`.
+
+When power depends on ρ the two steps no longer separate: a slower ρ may use less energy per
+epoch, and the higher-power seconds belong in the cleaner slots. The plan is then one linear
+program over (slot, ρ level), solved exactly by :mod:`carbonsched.planning.knapsack`.
 """
 
 from __future__ import annotations
@@ -101,29 +106,32 @@ class CostModel:
     ``epoch_time_points``: measured ``(ρ, epoch seconds)`` pairs; between them the epoch time is
     interpolated linearly, outside them extrapolated from the nearest two. Empty: the linear model
     ``epoch_s_at_full · ρ``.
+
+    ``power_points``: measured ``(ρ, running W)`` pairs (energy over running time of epochs at that
+    ρ). Between them the *energy per epoch* ``P·t`` is interpolated linearly, so running at a ρ
+    between two measured ones costs exactly what mixing epochs at those two costs; below and above
+    them the nearest measured power holds. Empty: ``running_power_w`` at every ρ. ``idle_power_w``
+    must not exceed the lowest running power.
     """
 
     epoch_s_at_full: float
     running_power_w: float
     idle_power_w: float = 0.0
     epoch_time_points: tuple[tuple[float, float], ...] = field(default=())
+    power_points: tuple[tuple[float, float], ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epoch_s_at_full) and self.epoch_s_at_full > 0):
             raise PlanningInputError(f"epoch time at ρ 1 must be positive seconds, got {self.epoch_s_at_full!r}")
         if not (math.isfinite(self.running_power_w) and self.running_power_w > 0):
             raise PlanningInputError(f"running power must be positive W, got {self.running_power_w!r}")
-        if not (math.isfinite(self.idle_power_w) and 0 <= self.idle_power_w <= self.running_power_w):
+        points = _checked_points(self.epoch_time_points, "epoch_time_points", "seconds")
+        object.__setattr__(self, "epoch_time_points", points)
+        power = _checked_points(self.power_points, "power_points", "W")
+        object.__setattr__(self, "power_points", power)
+        lowest_w = min([self.running_power_w] if not power else [w for _, w in power])
+        if not (math.isfinite(self.idle_power_w) and 0 <= self.idle_power_w <= lowest_w):
             raise PlanningInputError(f"idle power must be in [0, running power] W, got {self.idle_power_w!r}")
-        points = sorted(self.epoch_time_points)
-        if len(points) == 1:
-            raise PlanningInputError("epoch_time_points needs at least two (ρ, seconds) pairs")
-        for (rho_a, _), (rho_b, _) in zip(points, points[1:]):
-            if rho_a == rho_b:
-                raise PlanningInputError(f"epoch_time_points has ρ {rho_a:g} twice")
-        if any(not (0 < rho <= 1 and seconds > 0) for rho, seconds in points):
-            raise PlanningInputError("epoch_time_points must be (ρ in (0, 1], positive seconds) pairs")
-        object.__setattr__(self, "epoch_time_points", tuple(points))
 
     def epoch_s(self, rho: float) -> float:
         """Seconds one epoch takes at ``rho``."""
@@ -133,7 +141,42 @@ class CostModel:
         return max(1e-9, interpolate(points, rho))
 
     def measured_rhos(self) -> tuple[float, ...]:
-        return tuple(rho for rho, _ in self.epoch_time_points)
+        """ρ values with a measured epoch time or power: where time or energy per epoch may bend."""
+        power = self.power_points if self.power_varies else ()
+        return tuple(sorted({rho for rho, _ in (*self.epoch_time_points, *power)}))
+
+    @property
+    def power_varies(self) -> bool:
+        """Whether the running power depends on ρ (measured points that differ)."""
+        return len({watts for _, watts in self.power_points}) > 1
+
+    def power_w(self, rho: float) -> float:
+        """Running power at ``rho`` (see the class docstring)."""
+        points = self.power_points
+        if not points:
+            return self.running_power_w
+        if rho <= points[0][0]:
+            return points[0][1]
+        if rho >= points[-1][0]:
+            return points[-1][1]
+        energy = [(r, watts * self.epoch_s(r)) for r, watts in points]
+        return interpolate(energy, rho) / self.epoch_s(rho)
+
+    def epoch_energy_j(self, rho: float) -> float:
+        """Joules one epoch at ``rho`` takes while running."""
+        return self.power_w(rho) * self.epoch_s(rho)
+
+
+def _checked_points(points: Sequence[tuple[float, float]], name: str, unit: str) -> tuple[tuple[float, float], ...]:
+    ordered = sorted(points)
+    if len(ordered) == 1:
+        raise PlanningInputError(f"{name} needs at least two (ρ, {unit}) pairs")
+    for (rho_a, _), (rho_b, _) in zip(ordered, ordered[1:]):
+        if rho_a == rho_b:
+            raise PlanningInputError(f"{name} has ρ {rho_a:g} twice")
+    if any(not (0 < rho <= 1 and math.isfinite(value) and value > 0) for rho, value in ordered):
+        raise PlanningInputError(f"{name} must be (ρ in (0, 1], positive {unit}) pairs")
+    return tuple(ordered)
 
 
 def interpolate(points: Sequence[tuple[float, float]], x: float) -> float:

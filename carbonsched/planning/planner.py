@@ -16,8 +16,13 @@ Two modes (the job and cost model are in :mod:`carbonsched.planning.model`):
     without a break, carbon grows with the running time only, so the budget fixes the longest
     affordable run; the upper convex hull of the (epoch seconds, q) points spends it best.
 
-In both modes running power does not depend on ρ, so which epoch runs in which slot changes no
-carbon; the plan puts the higher ρ in the cleaner seconds, which is free. Plans are fluid: a level
+With running power independent of ρ, which epoch runs in which slot changes no carbon; the plan
+puts the higher ρ in the cleaner seconds, which is free. When the cost model has measured power
+per ρ (``power_points`` that differ), the plan comes from
+:func:`~carbonsched.planning.knapsack.least_carbon_fill`: exact over mixes of the candidate ρ
+(rho_min, 1 and the measured ones; between them time and energy per epoch are linear, so any ρ in
+between is such a mix), tested against an LP solver, for jobs that may pause and jobs that may
+not. Limit: the budget mode spends its budget at ``running_power_w``. Plans are fluid: a level
 change may fall inside an epoch (the trainer applies the ρ current when an epoch starts).
 
 The daemon calls a planner again at every decision interval with the work left, the time left to
@@ -31,6 +36,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from carbonsched.planning.knapsack import RhoLevel, least_carbon_fill, lower_hull
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, carbon_g, check_slots
 
 RELATIVE_TOLERANCE = 1e-9
@@ -107,22 +113,8 @@ def _candidate_rhos(job: Job, cost: CostModel, extra: Sequence[float] = ()) -> l
     return sorted({job.rho_min, 1.0} | inside)
 
 
-def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Lower convex hull of points sorted by x (monotone chain)."""
-    hull: list[tuple[float, float]] = []
-    for point in points:
-        while len(hull) >= 2 and _cross(hull[-2], hull[-1], point) <= 0:
-            hull.pop()
-        hull.append(point)
-    return hull
-
-
 def _upper_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(x, -y) for x, y in _lower_hull([(x, -y) for x, y in points])]
-
-
-def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
-    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+    return [(x, -y) for x, y in lower_hull([(x, -y) for x, y in points])]
 
 
 def _mix_at(hull: list[tuple[float, float]], x: float) -> tuple[tuple[float, float], tuple[float, float], float]:
@@ -138,7 +130,7 @@ def _mix_at(hull: list[tuple[float, float]], x: float) -> tuple[tuple[float, flo
 def fastest_mix(job: Job, cost: CostModel) -> tuple[Level, ...]:
     """ρ levels (with epochs each) doing ``job.epochs`` in the least running time at mean ρ >= the floor."""
     rhos = _candidate_rhos(job, cost)
-    hull = _lower_hull([(rho, cost.epoch_s(rho)) for rho in rhos])
+    hull = lower_hull([(rho, cost.epoch_s(rho)) for rho in rhos])
     floor = job.rho_floor
     options = [floor] + [rho for rho, _ in hull if rho > floor]
 
@@ -244,7 +236,11 @@ def expected_carbon_g(segments: Sequence[Segment], slots: Sequence[Slot], cost: 
     integral = IntensityIntegral(slots)
     running = sum(integral.between(s.start_s, s.end_s) for s in segments)
     paused = integral.between(0.0, segments[-1].end_s) - running
-    return carbon_g(cost.running_power_w, 1.0, running) + carbon_g(cost.idle_power_w, 1.0, paused)
+    if cost.power_varies:
+        running_g = sum(carbon_g(cost.power_w(s.rho), 1.0, integral.between(s.start_s, s.end_s)) for s in segments)
+    else:
+        running_g = carbon_g(cost.running_power_w, 1.0, running)
+    return running_g + carbon_g(cost.idle_power_w, 1.0, paused)
 
 
 class IntensityIntegral:
@@ -286,6 +282,10 @@ def plan_min_carbon(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
     need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in levels)
     window = clip_slots(slots, job.deadline_s)
     available_s = window[-1].end_s if window else 0.0
+    if cost.power_varies and window:
+        plan = _plan_power_by_rho(job, cost, window)
+        if plan is not None:
+            return plan
     fill = _placement(window, need_s, cost) if job.may_pause else _continuous_fill(window, need_s)
     if fill is None:
         continuous = _continuous_fill(slots, need_s, allow_overrun=True)
@@ -295,6 +295,24 @@ def plan_min_carbon(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
         return Plan(job, segments, levels, expected_carbon_g(segments, slots, cost), feasible=False, note=note)
     segments = _segments(window, fill, levels, cost)
     return Plan(job, segments, levels, expected_carbon_g(segments, window, cost), feasible=True)
+
+
+def _plan_power_by_rho(job: Job, cost: CostModel, window: Sequence[Slot]) -> Plan | None:
+    """The exact plan when running power depends on ρ (:mod:`carbonsched.planning.knapsack`)."""
+    levels = [RhoLevel(rho, cost.epoch_s(rho), cost.power_w(rho)) for rho in _candidate_rhos(job, cost)]
+    fill = least_carbon_fill(window, levels, job.epochs, job.rho_floor, cost.idle_power_w, may_pause=job.may_pause)
+    if fill is None:
+        return None
+    epochs_by_rho: dict[float, float] = {}
+    segments: list[Segment] = []
+    for index in sorted(fill):
+        start = window[index].start_s
+        for rho, seconds in sorted(fill[index].items(), reverse=True):
+            epochs_by_rho[rho] = epochs_by_rho.get(rho, 0.0) + seconds / cost.epoch_s(rho)
+            segments.append(Segment(start, start + seconds, rho, window[index].intensity_g_per_kwh))
+            start += seconds
+    levels_used = tuple(Level(rho, epochs) for rho, epochs in sorted(epochs_by_rho.items(), reverse=True) if epochs > 0)
+    return Plan(job, tuple(segments), levels_used, expected_carbon_g(segments, window, cost), feasible=True)
 
 
 def _continuous_fill(slots: Sequence[Slot], need_s: float, *, allow_overrun: bool = False) -> dict[int, float] | None:

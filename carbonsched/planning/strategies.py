@@ -7,7 +7,9 @@ was given (a forecast, or the truth for the oracle):
 ``now-constant``  ρ = the job's mean-ρ floor from now without a break.
 ``shift``         ρ 1, paused outside the cleanest slots before the deadline ("Let's Wait Awhile").
 ``steps``         the reactive policy: each epoch asks a ρ function of the intensity at its start.
-``planner``       :func:`~carbonsched.planning.planner.plan_min_carbon` (or the budget mode).
+``planner``       :func:`~carbonsched.planning.margin.plan_with_margin` (``MARGIN_SHARE`` of the
+                  running time kept free before the deadline), or the budget mode.
+``planner-no-margin``  the same planner with no margin: what the margin costs in carbon.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
+from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin
 from carbonsched.planning.model import CostModel, Job, Slot
 from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g, plan_min_carbon, plan_within_budget
 
-STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", "oracle")
+STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", "planner-no-margin", "oracle")
 
 RhoForIntensity = Callable[[float, float], float]
 """(intensity gCO2e/kWh, seconds since submission) → ρ; may keep state (hysteresis, dwell)."""
@@ -37,10 +40,10 @@ def shift(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
     return plan_min_carbon(dataclasses.replace(job, rho_min=1.0, mean_rho=1.0, may_pause=True), cost, slots)
 
 
-def planned(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
+def planned(job: Job, cost: CostModel, slots: Sequence[Slot], *, margin_share: float = MARGIN_SHARE) -> Plan:
     if job.carbon_budget_g is not None and not job.may_pause:
         return plan_within_budget(job, cost, slots)
-    return plan_min_carbon(job, cost, slots)
+    return plan_with_margin(job, cost, slots, share=margin_share)
 
 
 def reactive(job: Job, cost: CostModel, slots: Sequence[Slot], rho_for: RhoForIntensity) -> Plan:
@@ -70,8 +73,11 @@ def intensity_at(slots: Sequence[Slot], at_s: float) -> float:
     return slots[-1].intensity_g_per_kwh if at_s >= slots[-1].end_s else slots[0].intensity_g_per_kwh
 
 
-def met_deadline(plan: Plan) -> bool:
-    return plan.finish_s <= plan.job.deadline_s * (1 + 1e-9) + 1e-6
+def met_deadline(plan: Plan, *, slower_share: float = 0.0) -> bool:
+    """Finished by the deadline; with ``slower_share``, had every epoch taken that share longer and
+    the missing work run right after the plan's end."""
+    finish_s = plan.finish_s + slower_share * plan.running_s
+    return finish_s <= plan.job.deadline_s * (1 + 1e-9) + 1e-6
 
 
 def met_floor(plan: Plan) -> bool:
