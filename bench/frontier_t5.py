@@ -188,16 +188,37 @@ def versus_rows(points: dict[str, dict]) -> list[list[str]]:
     return rows
 
 
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2f}–{max(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
 def _reading(points: dict[str, dict], s: Sizes) -> str:
     """What the numbers say, computed from them."""
     full, green = points["full"], points["green-0.5"]
-    lora = min((k for k in points if k.startswith("lora")), key=lambda k: points[k]["loss"])
-    chose = [SCHEMES[k].label for k in GREEN_KEYS if k in points and selected_counts(points[k]["runs"])["shared"]]
+    loras = [k for k in points if k.startswith("lora")]
+    greens = [k for k in GREEN_KEYS if k in points]
+    counts = {k: selected_counts(points[k]["runs"]) for k in greens}
+    best = min(points, key=lambda k: points[k]["loss"])
+    chose = [f"{SCHEMES[k].label} ({counts[k]['shared']}/{counts[k]['epochs']} epochs)" for k in greens
+             if counts[k]["shared"]]
+    never = [k for k in greens if not counts[k]["shared"]]
+    no_encoder = [SCHEMES[k].label for k in greens if counts[k]["encoder"] == 0]
     text = (f"**Reading.** GreenTrainer ρ = 0.5 reaches ROUGE-L {green['score']:.2f} (test loss {green['loss']:.3f}) "
             f"at FLOPs share {green['share']:.3f}, against full fine-tuning's {full['score']:.2f} "
-            f"({full['loss']:.3f}) and the best LoRA ({SCHEMES[lora].label}, share {points[lora]['share']:.3f}) "
-            f"{points[lora]['score']:.2f} ({points[lora]['loss']:.3f}). GreenTrainer selected the shared "
-            f"embedding (tied to the LM head) " + (f"in {', '.join(chose)}" if chose else "in no run") + ".")
+            f"({full['loss']:.3f}); every GreenTrainer ρ has a lower test loss ({_span([points[k]['loss'] for k in greens])}) "
+            f"than every LoRA rank ({_span([points[k]['loss'] for k in loras])}, FLOPs shares "
+            f"{_span([points[k]['share'] for k in loras])}). The lowest test loss is {SCHEMES[best].label}'s "
+            f"({points[best]['loss']:.3f} at FLOPs share {points[best]['share']:.3f}). GreenTrainer selected the shared "
+            "embedding, which is also the LM head, " + (f"only in {', '.join(chose)}" if chose else "in no run")
+            + (f"; without it (GreenTrainer {', '.join(SCHEMES[k].label.split(' ')[1] for k in never)}) test losses are "
+               f"{_span([points[k]['loss'] for k in never])}" if never else "")
+            + f", while FT-Top2, which trains that matrix and the final norm and nothing else, reaches "
+            f"{points['top2']['loss']:.3f}"
+            + (": as on the OPT proxy, the schemes that train the tied embedding fully do best, and the DP can afford "
+               "its weight gradient (which needs the activation gradient through both stacks) only at a high ρ."
+               if points["top2"]["loss"] < min(points[k]["loss"] for k in greens) else ".")
+            + (f" {', '.join(no_encoder)} selected no encoder tensor (their backward stops in the decoder)."
+               if no_encoder else ""))
     steps = -(-s.n_train // s.batch_size) * s.epochs
     return text + (f" Every scheme trains for {steps} optimizer steps, so all are under-trained; greedy-decoded "
                    "ROUGE-L is noisy at this level (see the std columns) and the test loss is the steadier measure.")
@@ -244,12 +265,12 @@ def render(results: dict) -> list[str]:
         f"by a sentinel in the encoder input, the decoder writing the spans back (about "
         f"{info['target_tokens_per_block']} target tokens per block); {r.steps} steps of {r.batch_size} blocks = "
         f"{info['tokens_seen'] / 1e3:.0f} k corpus tokens seen, AdamW lr {r.lr:g}, warm-up {r.warmup_steps} then "
-        f"cosine to 10%. Held-out span-corruption loss {info['val_loss']:.3f} on {info['val_blocks']} unseen "
+        f"cosine to 0. Held-out span-corruption loss {info['val_loss']:.3f} on {info['val_blocks']} unseen "
         f"blocks; {info['pretrain_cpu_s']:.0f} CPU-s when built; cached in `bench/.cache/` under a hash of the "
         "recipe, the corpus and the library versions.", "",
         f"Fine-tuning: the OPT frontier's summarisation task, prompt `summarize: <report>`, {s.n_train} training "
         f"pairs, {s.epochs} epochs, batch {s.batch_size}, AdamW (wd 0.01, linear decay, grad-norm clip 1.0), "
-        f"GreenTrainer importance on {s.importance_batches} batch(es) per epoch, DP resolution {s.resolution}; LoRA "
+        f"GreenTrainer importance on {s.importance_batches} batch{'es' if s.importance_batches > 1 else ''} per epoch, DP resolution {s.resolution}; LoRA "
         f"on T5's `q` and `v` (alpha 2r). ROUGE-L on a separate {s.n_test}-example test split, greedy decoding; "
         f"learning rates chosen on a {s.n_dev}-example dev split by dev loss. Mean ± std over seeds "
         f"{', '.join(map(str, s.seeds))}. FLOPs share: the trainer's modelled FLOPs over all epochs divided by "

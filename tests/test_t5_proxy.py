@@ -91,3 +91,26 @@ def test_green_trainer_selects_and_trains_one_step_on_the_proxy(tmp_path):
     assert selected and 0.0 < record.param_share_selected < 1.0
     changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
     assert changed == selected
+
+
+def test_selection_counts_split_encoder_decoder_and_shared_embedding():
+    from bench.frontier_t5 import selected_counts
+
+    runs = [{"selected": [["decoder.block.3.layer.2.DenseReluDense.wo.weight", "shared.weight"],
+                          ["encoder.block.0.layer.0.SelfAttention.q.weight", "decoder.block.3.layer.2.layer_norm.weight",
+                           "decoder.final_layer_norm.weight"], None]}]
+    assert selected_counts(runs) == {"epochs": 2, "shared": 1, "encoder": 0.5, "decoder": 1.0}
+
+
+def test_green_is_compared_with_the_lora_curve_only_between_lora_ranks():
+    from bench.frontier_t5 import versus_rows
+
+    def point(share, score, loss):
+        return {"share": share, "score": score, "loss": loss}
+
+    points = {"full": point(1.0, 10.0, 2.0), "lora-4": point(0.75, 2.0, 4.0), "lora-16": point(0.85, 4.0, 3.5),
+              "green-0.5": point(0.5, 9.0, 2.5), "green-0.8": point(0.8, 6.0, 2.2)}
+    low, high = versus_rows(points)
+    assert low[0] == "GT ρ=0.5" and low[3] == "-10.0%" and low[4] == "+0.500"
+    assert low[5].startswith("2.00 (LoRA r4") and low[6] == "+7.00"  # below every rank: the nearest one
+    assert high[5] == "3.00 (curve)" and high[6] == "+3.00"  # halfway between r4 and r16
