@@ -38,12 +38,18 @@ SECTIONS = {
     "memory": "memory",
     "frontier": "frontier",
     "frontier_why": "frontier_why",
+    "frontier_t5": "frontier_t5",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _section_name(name: str) -> str:
+    """``--only frontier-t5`` names the same section as ``--only frontier_t5``."""
+    return name.replace("-", "_")
 
 
 def _dp(quick: bool) -> None:
@@ -101,6 +107,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import frontier_why
 
         frontier_why.main(quick, log=_log)
+    elif name == "frontier_t5":
+        from bench import frontier_t5
+
+        frontier_t5.main(quick, log=_log)
     else:  # pragma: no cover - argparse restricts the names
         raise ValueError(name)
 
@@ -152,7 +162,7 @@ def _write_times(times: dict[str, float], quick: bool, total: float, only: bool)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, one seed, short training (smoke test)")
-    ap.add_argument("--only", action="append", choices=list(SECTIONS), metavar="NAME",
+    ap.add_argument("--only", action="append", choices=list(SECTIONS), metavar="NAME", type=_section_name,
                     help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     args = ap.parse_args(argv)
 
