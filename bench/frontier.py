@@ -13,8 +13,9 @@ a copy of it with the GreenTrainer loop on two generated tasks of different kind
 Schemes: full, FT-Top2, LoRA r 4/8/16, prefix, GreenTrainer at ρ 0.4–0.8, and GreenTrainer at
 ρ 0.5 with the optimizer state of deselected tensors dropped (``frozen_state="drop"``). Learning
 rates: swept on seed 0 by dev loss until a worse value lies on both sides (``SWEPT``; the others
-borrow, ``LR_FROM``). An untied-head variant of the proxy repeats full, LoRA r 8 and GreenTrainer
-ρ 0.5 on summarisation at the tied model's learning rates.
+borrow, ``LR_FROM``). An untied-head variant of the proxy (the tied checkpoint with its head split
+off, ``bench.proxy.untie``) repeats full and GreenTrainer ρ 0.5 on summarisation at the tied
+model's learning rates.
 
 Writes bench/results/frontier.md, frontier_runs.json and the PNGs named in ``PLOTS``.
 """
@@ -194,6 +195,14 @@ def label_accuracy(predictions: list[str], labels: list[str]) -> float:
     answer is read off the start of the generation, whatever the model writes after it."""
     hits = sum(p.lower().split()[: len(l.split())] == l.lower().split() for p, l in zip(predictions, labels))
     return 100.0 * hits / len(labels)
+
+
+def majority_share(examples: list) -> float:
+    """Percentage of ``examples`` whose target is the most frequent one: the accuracy of always
+    giving that answer."""
+    from collections import Counter
+
+    return 100.0 * Counter(e.target for e in examples).most_common(1)[0][1] / len(examples)
 
 
 def bracketed_sweep(grid: tuple[float, ...], dev_loss: Callable[[float], float], full: bool) -> float:
@@ -401,6 +410,9 @@ def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], swe
     lines = [f"### {task.name.capitalize()} ({task.metric_label})", "",
              *table(["scheme", "lr", task.metric_label, "test loss", "FLOPs / full", "params trained (mean over epochs)",
                      "vs full", "on frontier"], rows), ""]
+    if task.metric == "label":
+        lines += [f"Always answering the test split's most frequent label would score {majority_share(task.test):.2f}%; "
+                  "exactly that score on every seed is what answering one label throughout gives.", ""]
     lines += _comparison(task, points)
     lines += ["", f"![{task.name} frontier]({PLOTS[task.name]})", ""]
     if s.sweep:

@@ -9,7 +9,7 @@ import pytest
 
 from bench.frontier import (
     GREEN_RHOS, LR_FROM, QUESTION, SCHEMES, SWEPT, VERB_KIND, Sizes, bracketed_sweep, build_tasks, classification_example,
-    interpolate, label_accuracy, pareto, selection_counts,
+    interpolate, label_accuracy, majority_share, pareto, selection_counts,
 )
 from bench.proxy import Proxy, ProxyRecipe, proxy_model, recipe_hash, stdlib_docstrings, untie
 from gt_core.data import Example
@@ -142,3 +142,9 @@ def test_untied_proxy_starts_as_the_tied_function_with_its_own_head():
     with torch.no_grad():
         b.lm_head.weight.add_(1.0)
     assert not torch.equal(b.lm_head.weight, b.get_input_embeddings().weight)
+
+
+def test_majority_share_is_the_accuracy_of_always_giving_the_most_frequent_answer():
+    examples = [Example(source="s", target=t) for t in ("trade", "audit", "trade", "storage")]
+    assert majority_share(examples) == 50.0
+    assert label_accuracy(["trade"] * 4, [e.target for e in examples]) == majority_share(examples)
