@@ -85,7 +85,7 @@ def main(quick: bool = False, log=print) -> list[str]:
                 fmt_pm([r["flops_share"] for r in rs], 3),
                 f"{100 * sum(r['param_share_mean'] for r in rs) / len(rs):.1f}%",
                 _selections(rs[0], s.epochs), fmt_pm([r["importance_s"] for r in rs], 2)
-                if all("importance_s" in r for r in rs) else "-"]
+                if rs[0]["key"].startswith("green") and all("importance_s" in r for r in rs) else "-"]
 
     base = [r for r in frontier["tasks"][task.name]["runs"] if r["key"] in BASELINES]
     rows = [row(SCHEMES[k].label + " (frontier)", [r for r in base if r["key"] == k]) for k in BASELINES]
