@@ -15,6 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process has used so far: on a shared machine the wall time
+    also counts other people's work, this does not."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def single_thread() -> None:
     """One intra-op thread: the machine is shared, and ratios measured side by side stay stable."""
     import torch

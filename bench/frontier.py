@@ -5,15 +5,17 @@ parameters, pre-trained on standard-library docstrings (not the tasks). Every sc
 a copy of it with the GreenTrainer loop on two generated tasks of different kinds:
 
 * summarisation: the embedded task (``gt_core.embedded_task``), scored by ROUGE-L;
-* classification phrased as generation: the same kind of reports with a question appended, the
-  answer is the event's kind and size ("trade large"), scored by accuracy: the generation's first
-  two words must be the label (what follows them is ignored).
+* classification phrased as generation: the same kind of reports with a short question appended;
+  the answer is the kind of the recorded event ("trade", "upkeep", "audit" or "storage"), decided
+  by a visible rule: which of the eight event verbs the report contains (distractor sentences never
+  use them). Scored by accuracy: the generation's first word must be the label.
 
 Schemes: full, FT-Top2, LoRA r 4/8/16, prefix, GreenTrainer at ρ 0.4–0.8, and GreenTrainer at
 ρ 0.5 with the optimizer state of deselected tensors dropped (``frozen_state="drop"``). Learning
 rates: swept on seed 0 by dev loss until a worse value lies on both sides (``SWEPT``; the others
-borrow, ``LR_FROM``). An untied-head variant of the proxy repeats full, LoRA r 8 and GreenTrainer
-ρ 0.5 on summarisation at the tied model's learning rates.
+borrow, ``LR_FROM``). An untied-head variant of the proxy (the tied checkpoint with its head split
+off, ``bench.proxy.untie``) repeats full and GreenTrainer ρ 0.5 on summarisation at the tied
+model's learning rates.
 
 Writes bench/results/frontier.md, frontier_runs.json and the PNGs named in ``PLOTS``.
 """
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from bench.accuracy import MAX_LR_EXTENSIONS, next_lr
-from bench.common import RESULTS, fmt_pm, machine_line, mean_std, run_section, single_thread, table, write_section
+from bench.common import RESULTS, cpu_s, fmt_pm, machine_line, mean_std, run_section, single_thread, table, write_section
 from bench.proxy import Proxy, ProxyRecipe, load_or_pretrain
 
 RUNS_JSON = RESULTS / "frontier_runs.json"
@@ -42,12 +44,13 @@ class Sizes:
     n_train: int = 128
     n_dev: int = 24
     n_test: int = 48
-    epochs: int = 2
-    batch_size: int = 8
+    epochs: int = 3  # summarisation: 96 optimizer steps
+    classification_epochs: int = 5  # 160 steps: the label is not learned in fewer (see frontier.md)
+    batch_size: int = 4
     seeds: tuple[int, ...] = (0, 1, 2)
     sweep: bool = True
     untied: bool = True
-    importance_batches: int = 2
+    importance_batches: int = 4
     resolution: int = 500
     proxy: ProxyRecipe = field(default_factory=ProxyRecipe)
 
@@ -55,8 +58,8 @@ class Sizes:
     def for_mode(cls, quick: bool) -> "Sizes":
         if not quick:
             return cls()
-        return cls(n_train=24, n_dev=8, n_test=16, epochs=1, seeds=(0,), sweep=False, untied=False,
-                   importance_batches=1, proxy=ProxyRecipe(steps=40, warmup_steps=10))
+        return cls(n_train=24, n_dev=8, n_test=16, epochs=1, classification_epochs=1, seeds=(0,), sweep=False,
+                   untied=False, importance_batches=1, proxy=ProxyRecipe(steps=40, warmup_steps=10))
 
 
 @dataclass(frozen=True)
@@ -73,23 +76,26 @@ class Scheme:
 
 GREEN_RHOS = (0.4, 0.5, 0.6, 0.7, 0.8)
 SCHEMES: dict[str, Scheme] = {s.key: s for s in [
-    Scheme("full", "Full FT", "full", (3e-4, 1e-3, 3e-3)),
+    Scheme("full", "Full FT", "full", (1e-3, 3e-3, 1e-2)),
     Scheme("top2", "FT-Top2", "topk", (3e-3, 1e-2, 3e-2)),
     Scheme("lora-4", "LoRA r4", "lora", (1e-2, 3e-2, 1e-1), lora_r=4),
     Scheme("lora-8", "LoRA r8", "lora", (1e-2, 3e-2, 1e-1), lora_r=8),
     Scheme("lora-16", "LoRA r16", "lora", (1e-2, 3e-2, 1e-1), lora_r=16),
-    Scheme("prefix", "Prefix", "prefix", (1e-1, 3e-1, 1.0)),
+    Scheme("prefix", "Prefix", "prefix", (3e-1, 1.0, 3.0)),
     *[Scheme(f"green-{rho}", f"GT ρ={rho}", "green", (3e-3, 1e-2, 3e-2), rho=rho) for rho in GREEN_RHOS],
     Scheme("green-drop-0.5", "GT ρ=0.5 drop", "green", (3e-3, 1e-2, 3e-2), rho=0.5, frozen_state="drop"),
 ]}
-SWEPT = ("full", "top2", "lora-8", "prefix", "green-0.5", "green-drop-0.5")
-LR_FROM = {"lora-4": "lora-8", "lora-16": "lora-8", **{f"green-{r}": "green-0.5" for r in GREEN_RHOS if r != 0.5}}
-UNTIED_KEYS = ("full", "lora-8", "green-0.5")
+SWEPT = ("full", "top2", "lora-8", "prefix", "green-0.5")
+LR_FROM = {"lora-4": "lora-8", "lora-16": "lora-8", "green-drop-0.5": "green-0.5",
+           **{f"green-{r}": "green-0.5" for r in GREEN_RHOS if r != 0.5}}
+# LoRA is left out of the untied runs: the untied proxy starts as the tied one with its head a copy
+# of the embedding, and LoRA trains neither, so its runs would repeat the tied ones exactly.
+UNTIED_KEYS = ("full", "green-0.5")
 
-# Classification: the event verb's kind, and whether the quantity is at least 50.
+# Classification: the kind of the event verb (4 labels, balanced: two verbs each).
 VERB_KIND = {"shipped": "trade", "sold": "trade", "repaired": "upkeep", "painted": "upkeep",
              "counted": "audit", "weighed": "audit", "planted": "storage", "stored": "storage"}
-QUESTION = " Question: what kind of event was recorded, and was it small or large?"
+QUESTION = " Kind of event?"
 
 
 @dataclass
@@ -100,6 +106,7 @@ class Task:
     dev: list
     test: list
     max_new_tokens: int
+    epochs: int | None = None  # None: Sizes.epochs
 
     @property
     def metric_label(self) -> str:
@@ -107,12 +114,13 @@ class Task:
 
 
 def classification_example(example: Any) -> Any:
-    """The report with the question appended; the answer is "<kind> <small|large>"."""
+    """The report's opening sentence and its event sentence, with the question appended; the answer
+    is the event verb's kind."""
     from gt_core.data import Example
 
     words = example.target.split()  # "<first> <last> <verb> <qty> <item...> at <place>"
-    size = "large" if int(words[3]) >= 50 else "small"
-    return Example(source=example.source + QUESTION, target=f"{VERB_KIND[words[2]]} {size}")
+    opener = example.source.split(". ")[0].rstrip(".")
+    return Example(source=f"{opener}. {example.target}.{QUESTION}", target=VERB_KIND[words[2]])
 
 
 def build_tasks(s: Sizes) -> list[Task]:
@@ -123,8 +131,8 @@ def build_tasks(s: Sizes) -> list[Task]:
     c_train, c_held = embedded_task(n_train=s.n_train, n_val=s.n_dev + s.n_test, seed=1)
     classify = [classification_example(e) for e in c_train + c_held]
     c_train, c_dev, c_test = classify[: s.n_train], classify[s.n_train: s.n_train + s.n_dev], classify[s.n_train + s.n_dev:]
-    return [Task("summarisation", "rouge", train, dev, test, max_new_tokens=40),
-            Task("classification", "label", c_train, c_dev, c_test, max_new_tokens=16)]
+    return [Task("summarisation", "rouge", train, dev, test, max_new_tokens=40, epochs=s.epochs),
+            Task("classification", "label", c_train, c_dev, c_test, max_new_tokens=4, epochs=s.classification_epochs)]
 
 
 @dataclass
@@ -145,7 +153,7 @@ def train_one(proxy: Proxy, task: Task, s: Sizes, scheme: Scheme, lr: float, see
     torch.manual_seed(seed)  # LoRA / prefix initialisation
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
-            scheme=scheme.trainer_scheme, rho=scheme.rho or 0.5, lr=lr, batch_size=s.batch_size, epochs=s.epochs,
+            scheme=scheme.trainer_scheme, rho=scheme.rho or 0.5, lr=lr, batch_size=s.batch_size, epochs=task.epochs or s.epochs,
             max_input_length=200, max_target_length=40, importance_batches=s.importance_batches,
             resolution=s.resolution, lora_r=scheme.lora_r, frozen_state=scheme.frozen_state, seed=seed,
             output_dir=tmp, progress=False, save_final=False, print_epoch_summary=False, **dict(scheme.overrides),
@@ -187,6 +195,14 @@ def label_accuracy(predictions: list[str], labels: list[str]) -> float:
     answer is read off the start of the generation, whatever the model writes after it."""
     hits = sum(p.lower().split()[: len(l.split())] == l.lower().split() for p, l in zip(predictions, labels))
     return 100.0 * hits / len(labels)
+
+
+def majority_share(examples: list) -> float:
+    """Percentage of ``examples`` whose target is the most frequent one: the accuracy of always
+    giving that answer."""
+    from collections import Counter
+
+    return 100.0 * Counter(e.target for e in examples).most_common(1)[0][1] / len(examples)
 
 
 def bracketed_sweep(grid: tuple[float, ...], dev_loss: Callable[[float], float], full: bool) -> float:
@@ -394,6 +410,9 @@ def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], swe
     lines = [f"### {task.name.capitalize()} ({task.metric_label})", "",
              *table(["scheme", "lr", task.metric_label, "test loss", "FLOPs / full", "params trained (mean over epochs)",
                      "vs full", "on frontier"], rows), ""]
+    if task.metric == "label":
+        lines += [f"Always answering the test split's most frequent label would score {majority_share(task.test):.2f}%; "
+                  "exactly that score on every seed is what answering one label throughout gives.", ""]
     lines += _comparison(task, points)
     lines += ["", f"![{task.name} frontier]({PLOTS[task.name]})", ""]
     if s.sweep:
@@ -433,7 +452,7 @@ def _comparison(task: Task, points: dict[str, dict]) -> list[str]:
 def main(quick: bool = False, log=print, only_task: str | None = None) -> list[str]:
     """Run the section; ``only_task`` reruns one task (full mode) and merges it into the saved runs."""
     single_thread()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_s()
     s = Sizes.for_mode(quick)
     proxy = load_or_pretrain(s.proxy, log)
     tasks = build_tasks(s)
@@ -451,6 +470,7 @@ def main(quick: bool = False, log=print, only_task: str | None = None) -> list[s
         _, untied_runs, _ = run_task(untied, tasks[0], s, UNTIED_KEYS, results["tasks"][tasks[0].name]["best_lr"], log)
         results["untied"] = {"proxy": untied.info, "runs": untied_runs}
     results["section_s"] = time.perf_counter() - started
+    results["section_cpu_s"] = cpu_s() - started_cpu
     if only_task is not None:
         saved = json.loads(RUNS_JSON.read_text())
         saved["tasks"][only_task] = results["tasks"][only_task]
@@ -482,7 +502,8 @@ def render(results: dict) -> list[str]:
     lines = report(s, results, tasks, all_points)
     cached = results["proxy"].get("cached")
     if "section_s" in results:
-        lines += ["", f"_Section time: {results['section_s']:.0f} s "
+        cpu = f", {results['section_cpu_s']:.0f} CPU-s" if "section_cpu_s" in results else ""
+        lines += ["", f"_Section time: {results['section_s']:.0f} s wall{cpu} "
                       f"(proxy pre-training {'cached' if cached else 'included'})._"]
     for rerun in results.get("reruns", []):
         lines += ["", f"_The {rerun['task']} task was rerun on its own after a fix to its scoring "
@@ -510,23 +531,41 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         f"library ({info['corpus_chars'] / 1e3:.0f} k characters, {info['corpus_tokens'] / 1e3:.0f} k tokens; "
         f"{r.steps} steps of {r.batch_size}×{r.block_tokens} tokens = {info['tokens_seen'] / 1e3:.0f} k tokens "
         f"seen, AdamW lr {r.lr:g}, warm-up {r.warmup_steps} then cosine to 10%), held-out LM loss "
-        f"{info['val_loss']:.3f}, {info['pretrain_s']:.0f} s when built; cached in `bench/.cache/` under a hash "
+        f"{info['val_loss']:.3f} on the last 5% of the corpus (a uniform guess over the vocabulary: "
+        f"{__import__('math').log(info['vocab']):.2f}), "
+        + (f"{info['pretrain_cpu_s']:.0f} CPU-s" if "pretrain_cpu_s" in info else f"{info['pretrain_s']:.0f} s")
+        + " when built; cached in `bench/.cache/` under a hash "
         "of the recipe, the corpus and the library versions (`make bench` rebuilds it when missing).",
         "",
-        f"Fine-tuning: {s.n_train} training pairs per task, {s.epochs} epochs, batch {s.batch_size}, AdamW "
+        f"Fine-tuning: {s.n_train} training pairs per task, batch {s.batch_size}; summarisation {s.epochs} epochs "
+        f"({_steps(s, s.epochs)} optimizer steps), classification {s.classification_epochs} epochs "
+        f"({_steps(s, s.classification_epochs)} steps); AdamW "
         "(wd 0.01, linear decay, grad-norm clip 1.0), GreenTrainer importance on "
-        f"{s.importance_batches} batches per epoch, DP resolution {s.resolution}; LoRA on W_Q, W_V (alpha 2r); "
+        f"{s.importance_batches} batches at each selection (one per epoch), DP resolution {s.resolution}; LoRA on W_Q, W_V (alpha 2r); "
         f"prefix 16 tokens. Scores on a separate {s.n_test}-example test split, greedy decoding; learning "
         f"rates chosen on a {s.n_dev}-example dev split by dev loss. Mean ± std over seeds "
         f"{', '.join(map(str, s.seeds))} (data order, importance batches, adapter init). FLOPs share: the "
         "trainer's modelled FLOPs over all epochs divided by full fine-tuning's at the same shape (LoRA "
         "and prefix include their adapters' extra matmuls and the backward they need). Swept: "
-        f"{', '.join(SCHEMES[k].label for k in SWEPT)}; LoRA r4/r16 use LoRA r8's learning rate and "
-        "GreenTrainer ρ ≠ 0.5 uses ρ = 0.5's.",
+        f"{', '.join(SCHEMES[k].label for k in SWEPT)}, each on seed 0 from three values, extended past an "
+        "end that wins; LoRA r4/r16 use LoRA r8's learning rate and the other GreenTrainer rows (ρ ≠ 0.5 "
+        "and drop) use ρ = 0.5's.",
         "",
-        "The recipe (proxy shape, corpus, pre-training, task sizes, epochs, learning-rate grids and the "
-        "sweep rule) was fixed before any GreenTrainer number of this section was looked at and was not "
-        "changed afterwards; only the compute budget decided the sizes.",
+        "Classification task: the report's opening sentence and its event sentence, then \"Kind of event?\"; "
+        "the answer is the kind of the event verb (trade: shipped/sold, upkeep: repaired/painted, audit: "
+        "counted/weighed, storage: planted/stored), a rule visible in the input; four labels about equally "
+        "often, so always answering one label scores about 25%.",
+        "",
+        "How the recipe came about. A first version of this section (2 epochs of batch 8 = 32 optimizer "
+        "steps, 8-way labels of event kind × size over the whole report) left every scheme's classification "
+        "accuracy at the label prior and every scheme under-trained, and it did not fit the CPU budget "
+        "(frontier and 11b ≤ 14 CPU-min with the proxy built from a cold cache). The recipe was revised for "
+        "those reasons only: batch 4 and more epochs (96 / 160 steps), the 4-way kind label over two "
+        "sentences (checked only for full fine-tuning, seed 0: 21-38% after 96 steps, 58% after 192; 160 "
+        "steps were then taken for the budget), learning-rate grids centred on the first version's "
+        "chosen values, one sweep for ρ = 0.5 and its drop variant, the untied proxy derived from the "
+        "tied checkpoint instead of pre-trained again. All of it was fixed before any GreenTrainer number "
+        "of the revised recipe was looked at, and not changed afterwards.",
         "",
     ]
     lines += _reading(tasks, all_points, results, s)
@@ -561,8 +600,12 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
             "### Untied LM head (summarisation)", "",
             f"The same proxy with its own LM head ({info['vocab']}×{r.hidden}, "
             f"{100 * untied_info['head_share']:.1f}% of {untied_info['params'] / 1e6:.2f} M parameters; embedding "
-            f"{100 * untied_info['embedding_share']:.1f}%), pre-trained by the same recipe (held-out LM loss "
-            f"{untied_info['val_loss']:.3f}), fine-tuned at the tied model's learning rates.", "",
+            f"{100 * untied_info['embedding_share']:.1f}%): "
+            + ("the tied checkpoint with the head split off as a copy of the embedding, so both start as the "
+               "same function and only the tie differs" if untied_info.get("untied_from_tied") else
+               f"pre-trained by the same recipe (held-out LM loss {untied_info['val_loss']:.3f})")
+            + "; fine-tuned at the tied model's learning rates. LoRA is not repeated: it trains neither "
+            "the embedding nor the head, so its untied runs would equal the tied ones.", "",
             *table(["scheme", "ROUGE-L", "test loss", "FLOPs / full", "params trained (mean over epochs)",
                     "epochs with the head selected", "ROUGE-L vs full (untied)", "ROUGE-L vs full (tied, above)",
                     "test loss − full's (untied)", "test loss − full's (tied, above)"], rows), "",
@@ -575,7 +618,8 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         f"![selection]({PLOTS['selection']})", "",
         *table(["task", "scheme", "epochs with the token embedding selected", "params trained (mean)",
                 "FLOPs / full", "test loss"], _embedding_rows(tasks, all_points)), "",
-        f"With {s.epochs} epochs GreenTrainer selects {s.epochs} times per run. `frozen_state=\"drop\"` "
+        f"GreenTrainer selects once per epoch ({s.epochs} times per summarisation run, "
+        f"{s.classification_epochs} per classification run). `frozen_state=\"drop\"` "
         "can only differ from `keep` when a tensor is deselected and later selected again, which needs a "
         "third selection; "
         + ("so here the drop rows repeat the keep rows exactly (same seeds, same numbers), and section 11b "
@@ -621,11 +665,15 @@ def _reading(tasks: list[Task], all_points: dict, results: dict, s: Sizes) -> li
                      f"against full fine-tuning's {points['full']['loss']:.3f} (tied: "
                      f"{all_points[tasks[0].name]['green-0.5']['loss']:.3f} against "
                      f"{all_points[tasks[0].name]['full']['loss']:.3f}).")
-    steps = s.n_train // s.batch_size * s.epochs
-    text += (f" Every scheme trains for {steps} optimizer steps, so all are under-trained; greedy-decoded "
-             "scores are noisy at this level (see the std columns) and the test losses are the steadier measure.")
+    text += (f" Every scheme trains for {_steps(s, s.epochs)} (summarisation) or "
+             f"{_steps(s, s.classification_epochs)} (classification) optimizer steps; greedy-decoded scores "
+             "are noisier than the test losses (see the std columns).")
     lines[0] += text
     return lines + [""]
+
+
+def _steps(s: Sizes, epochs: int) -> int:
+    return -(-s.n_train // s.batch_size) * epochs
 
 
 def _embedding_rows(tasks: list[Task], all_points: dict) -> list[list[str]]:

@@ -3,11 +3,10 @@
 1. Own learning rate at ρ = 0.7. In the frontier, GreenTrainer at ρ ≠ 0.5 borrows ρ = 0.5's
    learning rate, while at ρ = 0.7 it trains several times as many parameters; this section sweeps
    ρ = 0.7's own learning rate by the frontier's rule (seed 0, dev loss, worse on both sides) and
-   reruns its seeds.
-2. Fresh optimizer state. With the frontier's two epochs GreenTrainer selects twice per run, and
-   ``frozen_state="drop"`` cannot differ from ``keep`` (a tensor deselected at the second selection
-   is never trained again). Here it re-selects every ``RESELECT_STEPS`` optimizer steps with the
-   moments of deselected tensors kept and dropped, at ρ = 0.5's learning rate.
+   reruns its seeds. The frontier's ρ = 0.7 runs at the borrowed rate are reused, not repeated.
+2. Re-selection frequency and fresh optimizer state. The frontier selects once per epoch; here
+   GreenTrainer re-selects every ``RESELECT_STEPS`` optimizer steps with the moments of deselected
+   tensors kept and dropped, at ρ = 0.5's learning rate.
 
 It reads the frontier's runs (bench/results/frontier_runs.json), so it runs after ``frontier``.
 """
@@ -17,7 +16,8 @@ from __future__ import annotations
 import json
 import time
 
-from bench.common import RESULTS, fmt_pm, machine_line, mean_std, run_section, single_thread, table, write_section
+from bench.accuracy import next_lr
+from bench.common import RESULTS, cpu_s, fmt_pm, machine_line, mean_std, run_section, single_thread, table, write_section
 from bench.frontier import RUNS_JSON, SCHEMES, Scheme, Sizes, bracketed_sweep, build_tasks, score, train_one
 from bench.proxy import load_or_pretrain
 
@@ -41,7 +41,7 @@ def _selections(run: dict, epochs: int) -> str:
 
 def main(quick: bool = False, log=print) -> list[str]:
     single_thread()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_s()
     if not RUNS_JSON.exists():
         raise SystemExit(f"{RUNS_JSON}: missing; run the frontier section first")
     frontier = json.loads(RUNS_JSON.read_text())
@@ -57,11 +57,19 @@ def main(quick: bool = False, log=print) -> list[str]:
         log(f"  {OWN_LR.key} sweep lr={candidate:g}: dev loss {kept[candidate].record['dev_loss']:.4f}")
         return kept[candidate].record["dev_loss"]
 
-    own_lr = bracketed_sweep(OWN_LR.lr_grid, dev_loss, s.sweep)
-    sweep = [{"lr": k, "dev_loss": v.record["dev_loss"]} for k, v in sorted(kept.items())]
+    # The frontier's ρ = 0.7 runs are this scheme's runs at the borrowed rate (same seeds and config).
+    borrowed_runs = [r for r in frontier["tasks"][task.name]["runs"] if r["key"] == "green-0.7"]
+    reused = {lr: next(r["dev_loss"] for r in borrowed_runs if r["seed"] == 0)} if s.sweep else {}
+    grid = (next_lr(lr, up=False), lr, next_lr(lr, up=True))  # centred on the borrowed rate
+    own_lr = bracketed_sweep(grid, lambda c: reused[c] if c in reused else dev_loss(c), s.sweep)
+    sweep = sorted([{"lr": k, "dev_loss": v.record["dev_loss"]} for k, v in kept.items()]
+                   + [{"lr": k, "dev_loss": v} for k, v in reused.items()], key=lambda x: x["lr"])
     for seed in s.seeds:
-        trained = kept[own_lr] if seed == 0 else train_one(proxy, task, s, OWN_LR, own_lr, seed)
-        runs.append(score(trained, proxy, task))
+        if own_lr in reused:
+            runs.append({**next(r for r in borrowed_runs if r["seed"] == seed), "key": OWN_LR.key})
+        else:
+            trained = kept[own_lr] if seed == 0 else train_one(proxy, task, s, OWN_LR, own_lr, seed)
+            runs.append(score(trained, proxy, task))
         log(f"  {OWN_LR.key} seed {seed}: ROUGE-L {runs[-1]['score']:.2f}")
     for scheme in VARIANTS:
         for seed in s.seeds:
@@ -77,7 +85,7 @@ def main(quick: bool = False, log=print) -> list[str]:
                 fmt_pm([r["flops_share"] for r in rs], 3),
                 f"{100 * sum(r['param_share_mean'] for r in rs) / len(rs):.1f}%",
                 _selections(rs[0], s.epochs), fmt_pm([r["importance_s"] for r in rs], 2)
-                if all("importance_s" in r for r in rs) else "-"]
+                if rs[0]["key"].startswith("green") and all("importance_s" in r for r in rs) else "-"]
 
     base = [r for r in frontier["tasks"][task.name]["runs"] if r["key"] in BASELINES]
     rows = [row(SCHEMES[k].label + " (frontier)", [r for r in base if r["key"] == k]) for k in BASELINES]
@@ -109,7 +117,7 @@ def main(quick: bool = False, log=print) -> list[str]:
         "shares count the training steps only; the importance passes at each selection are the "
         "selector's overhead (section 6, and the time column here), which grows with the number of selections.",
         "",
-        f"_Section time: {time.perf_counter() - started:.0f} s._",
+        f"_Section time: {time.perf_counter() - started:.0f} s wall, {cpu_s() - started_cpu:.0f} CPU-s._",
     ]
     write_section("frontier_why", lines)
     return lines

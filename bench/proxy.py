@@ -11,6 +11,10 @@ would split unseen names.
 The pre-trained weights and tokenizer are cached under ``bench/.cache/proxy-<hash>/``; the hash
 covers the recipe, the corpus text and the torch/transformers versions, so a changed recipe or
 corpus rebuilds and an unchanged one is loaded in a second.
+
+The untied variant is not pre-trained on its own: it is the tied checkpoint with the LM head made a
+separate tensor holding a copy of the embedding (``untie``). Both start fine-tuning as the same
+function, so a difference between them is the tie's alone, and no second pre-training is paid for.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import ROOT, cpu_s
 
 CACHE = ROOT / "bench" / ".cache"
 
@@ -151,7 +155,7 @@ def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     generator = torch.Generator().manual_seed(recipe.seed)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_s()
     model.train()
     for step in range(recipe.steps):
         batch = train[torch.randint(len(train), (recipe.batch_size,), generator=generator)]
@@ -168,7 +172,7 @@ def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
         val_loss = float(sum(model(input_ids=b, labels=b).loss for b in val.split(recipe.batch_size))
                          / math.ceil(len(val) / recipe.batch_size))
     info = {
-        "pretrain_s": time.perf_counter() - started, "val_loss": val_loss, "corpus_chars": sum(map(len, corpus)),
+        "pretrain_s": time.perf_counter() - started, "pretrain_cpu_s": cpu_s() - started_cpu, "val_loss": val_loss, "corpus_chars": sum(map(len, corpus)),
         "corpus_texts": len(corpus), "corpus_tokens": int(blocks.numel()),
         "tokens_seen": recipe.steps * recipe.batch_size * recipe.block_tokens, "vocab": len(tokenizer),
         **parameter_shares(model),
@@ -176,11 +180,25 @@ def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
     return Proxy(recipe, tokenizer, {k: v.clone() for k, v in model.state_dict().items()}, info)
 
 
+def untie(proxy: Proxy) -> Proxy:
+    """The tied proxy with its LM head as a separate tensor, initialised to a copy of the embedding."""
+    recipe = proxy.recipe.with_tied(False)
+    model = proxy_model(recipe, len(proxy.tokenizer))
+    state = {k: v.clone() for k, v in proxy.state.items()}
+    state["lm_head.weight"] = state["model.decoder.embed_tokens.weight"].clone()
+    model.load_state_dict(state)
+    info = {**proxy.info, **parameter_shares(model), "untied_from_tied": True}
+    return Proxy(recipe, proxy.tokenizer, {k: v.clone() for k, v in model.state_dict().items()}, info)
+
+
 def load_or_pretrain(recipe: ProxyRecipe, log=print) -> Proxy:
-    """The pre-trained proxy from the cache, pre-training (and caching) it when missing."""
+    """The pre-trained proxy from the cache, pre-training (and caching) it when missing; an untied
+    recipe gives the tied checkpoint untied (``untie``)."""
     import torch
     from transformers import PreTrainedTokenizerFast
 
+    if not recipe.tied:
+        return untie(load_or_pretrain(recipe.with_tied(True), log))
     corpus = stdlib_docstrings(recipe.corpus_chars)
     where = CACHE / f"proxy-{recipe_hash(recipe, corpus)}"
     if (where / "weights.pt").exists():

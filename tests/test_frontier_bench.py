@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from bench.frontier import (
-    GREEN_RHOS, LR_FROM, SCHEMES, SWEPT, bracketed_sweep, classification_example, interpolate, label_accuracy, pareto,
-    selection_counts,
+    GREEN_RHOS, LR_FROM, QUESTION, SCHEMES, SWEPT, VERB_KIND, Sizes, bracketed_sweep, build_tasks, classification_example,
+    interpolate, label_accuracy, majority_share, pareto, selection_counts,
 )
-from bench.proxy import ProxyRecipe, recipe_hash, stdlib_docstrings
+from bench.proxy import Proxy, ProxyRecipe, proxy_model, recipe_hash, stdlib_docstrings, untie
 from gt_core.data import Example
 
 
@@ -69,13 +69,24 @@ def test_interpolate_reads_the_curve_between_its_points_only():
 
 @pytest.mark.parametrize(
     ("target", "label"),
-    [("Ida Wennick shipped 42 drusk at Velk", "trade small"),
-     ("Pim Orsado weighed 50 plum crates at Quill Dock", "audit large")],
+    [("Ida Wennick shipped 42 drusk at Velk", "trade"),
+     ("Pim Orsado weighed 50 plum crates at Quill Dock", "audit"),
+     ("Nell Hesk planted 7 bricks at Pell", "storage")],
 )
-def test_classification_label_is_event_kind_and_size(target, label):
-    example = classification_example(Example(source="A report.", target=target))
+def test_classification_label_is_the_event_verbs_kind_and_the_input_keeps_opener_and_event(target, label):
+    source = f"Field note from Saxen. Bex Brask watched the zefts near Pell. {target}. The inspectors will visit Pell."
+    example = classification_example(Example(source=source, target=target))
     assert example.target == label
-    assert example.source.startswith("A report.") and "Question:" in example.source
+    assert example.source == f"Field note from Saxen. {target}.{QUESTION}"
+
+
+def test_classification_labels_are_balanced_over_the_task():
+    from collections import Counter
+
+    train = build_tasks(Sizes())[1].train
+    counts = Counter(example.target for example in train)
+    assert set(counts) == set(VERB_KIND.values())
+    assert min(counts.values()) >= len(train) / len(counts) / 2
 
 
 def test_selection_counts_share_of_epochs_per_layer_and_kind():
@@ -109,3 +120,31 @@ def test_label_accuracy_reads_the_first_words_only():
     predictions = ["Trade large trade large", "trade", "audit small", "small audit"]
     labels = ["trade large", "trade large", "audit small", "audit small"]
     assert label_accuracy(predictions, labels) == 50.0
+
+
+def test_untied_proxy_starts_as_the_tied_function_with_its_own_head():
+    import torch
+
+    from gt_core.tokenizer import build_tokenizer
+
+    corpus = stdlib_docstrings(5_000)
+    tokenizer = build_tokenizer(corpus, vocab_size=300)
+    recipe = ProxyRecipe(hidden=16, layers=2, heads=2, max_len=64)
+    state = {k: v.clone() for k, v in proxy_model(recipe, len(tokenizer)).state_dict().items()}
+    tied = Proxy(recipe, tokenizer, state, {"val_loss": 5.0})
+    untied = untie(tied)
+    a, b = tied.build().eval(), untied.build().eval()
+    assert not untied.recipe.tied and untied.info["untied_from_tied"] and untied.info["val_loss"] == 5.0
+    assert b.lm_head.weight is not b.get_input_embeddings().weight
+    ids = torch.randint(0, len(tokenizer), (2, 12))
+    with torch.no_grad():
+        assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+    with torch.no_grad():
+        b.lm_head.weight.add_(1.0)
+    assert not torch.equal(b.lm_head.weight, b.get_input_embeddings().weight)
+
+
+def test_majority_share_is_the_accuracy_of_always_giving_the_most_frequent_answer():
+    examples = [Example(source="s", target=t) for t in ("trade", "audit", "trade", "storage")]
+    assert majority_share(examples) == 50.0
+    assert label_accuracy(["trade"] * 4, [e.target for e in examples]) == majority_share(examples)
