@@ -8,9 +8,9 @@ reports of the fine-tuning tasks. The tokenizer (the project's local BPE) is tra
 corpus only, so the tasks' invented words are split into sub-words as a real LLM's tokenizer
 would split unseen names.
 
-The pre-trained weights and tokenizer are cached under ``bench/.cache/proxy-<hash>/``; the hash
-covers the recipe, the corpus text and the torch/transformers versions, so a changed recipe or
-corpus rebuilds and an unchanged one is loaded in a second.
+The pre-trained weights and tokenizer are cached under ``bench/.cache/proxy-<hash>/``
+(``bench.proxy_cache``: the hash covers the recipe, the corpus text and the torch/transformers
+versions, so a changed recipe or corpus rebuilds and an unchanged one is loaded in a second).
 
 The untied variant is not pre-trained on its own: it is the tied checkpoint with the LM head made a
 separate tensor holding a copy of the embedding (``untie``). Both start fine-tuning as the same
@@ -20,8 +20,6 @@ function, so a difference between them is the tie's alone, and no second pre-tra
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 import math
 import sysconfig
 import time
@@ -29,9 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, cpu_s
-
-CACHE = ROOT / "bench" / ".cache"
+from bench.common import cpu_s
+from bench.proxy_cache import CACHE, cached_proxy, pretrain_loop, recipe_hash
 
 
 @dataclass(frozen=True)
@@ -115,16 +112,6 @@ def parameter_shares(model: Any) -> dict[str, float]:
     return out
 
 
-def recipe_hash(recipe: ProxyRecipe, corpus: list[str]) -> str:
-    import torch
-    import transformers
-
-    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
-    digest.update("\n".join(corpus).encode())
-    digest.update(f"{torch.__version__} {transformers.__version__}".encode())
-    return digest.hexdigest()[:16]
-
-
 def _blocks(tokenizer: Any, corpus: list[str], block_tokens: int) -> Any:
     import torch
 
@@ -145,28 +132,22 @@ def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
     n_val = max(1, len(blocks) // 20)
     train, val = blocks[:-n_val], blocks[-n_val:]
     model = proxy_model(recipe, len(tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
 
     def factor(step: int) -> float:
+        """Warm-up to the full lr, then cosine to 10% of it."""
         if step < recipe.warmup_steps:
             return (step + 1) / recipe.warmup_steps
         progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
         return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     generator = torch.Generator().manual_seed(recipe.seed)
+
+    def batch() -> dict:
+        ids = train[torch.randint(len(train), (recipe.batch_size,), generator=generator)]
+        return {"input_ids": ids, "labels": ids}
+
     started, started_cpu = time.perf_counter(), cpu_s()
-    model.train()
-    for step in range(recipe.steps):
-        batch = train[torch.randint(len(train), (recipe.batch_size,), generator=generator)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0:
-            log(f"  proxy pre-training step {step}/{recipe.steps}: loss {loss.item():.3f}")
+    pretrain_loop(model, batch, recipe.steps, recipe.lr, recipe.warmup_steps, log, lr_factor=factor)
     model.eval()
     with torch.no_grad():
         val_loss = float(sum(model(input_ids=b, labels=b).loss for b in val.split(recipe.batch_size))
@@ -192,26 +173,10 @@ def untie(proxy: Proxy) -> Proxy:
 
 
 def load_or_pretrain(recipe: ProxyRecipe, log=print) -> Proxy:
-    """The pre-trained proxy from the cache, pre-training (and caching) it when missing; an untied
-    recipe gives the tied checkpoint untied (``untie``)."""
-    import torch
-    from transformers import PreTrainedTokenizerFast
-
+    """The pre-trained proxy from ``bench/.cache/proxy-<hash>/``, pre-training (and caching) it when
+    missing; an untied recipe gives the tied checkpoint untied (``untie``)."""
     if not recipe.tied:
         return untie(load_or_pretrain(recipe.with_tied(True), log))
     corpus = stdlib_docstrings(recipe.corpus_chars)
     where = CACHE / f"proxy-{recipe_hash(recipe, corpus)}"
-    if (where / "weights.pt").exists():
-        info = json.loads((where / "info.json").read_text())
-        info["cached"] = True
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(where / "tokenizer")
-        return Proxy(recipe, tokenizer, torch.load(where / "weights.pt", map_location="cpu"), info)
-    log(f"  pre-training the proxy ({'tied' if recipe.tied else 'untied'}) into {where.relative_to(ROOT)}")
-    proxy = _pretrain(recipe, corpus, log)
-    where.mkdir(parents=True, exist_ok=True)
-    proxy.tokenizer.save_pretrained(where / "tokenizer")
-    (where / "info.json").write_text(json.dumps({**proxy.info, "recipe": asdict(recipe)}, indent=1))
-    torch.save(proxy.state, where / "weights.tmp")
-    (where / "weights.tmp").rename(where / "weights.pt")
-    proxy.info["cached"] = False
-    return proxy
+    return cached_proxy(where, recipe, Proxy, lambda: _pretrain(recipe, corpus, log), log)

@@ -13,19 +13,17 @@ replaced in the encoder input by one sentinel token per span, and the decoder le
 the local BPE (trained on the corpus only, as for the OPT proxy).
 
 Cached under ``bench/.cache/t5proxy-<hash>/`` by the OPT proxy's key (recipe, corpus text, torch
-and transformers versions: ``bench.proxy.recipe_hash``).
+and transformers versions: ``bench.proxy_cache.recipe_hash``).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from bench.common import ROOT
-from bench.proxy import CACHE, Proxy, parameter_shares, recipe_hash, stdlib_docstrings
+from bench.proxy import Proxy, parameter_shares, stdlib_docstrings
+from bench.proxy_cache import CACHE, cached_proxy, pretrain_loop, recipe_hash
 
 
 @dataclass(frozen=True)
@@ -143,28 +141,6 @@ def tokenised_blocks(tokenizer: Any, corpus: list[str], block_tokens: int) -> li
     return [ids[i: i + block_tokens] for i in range(0, len(ids) - block_tokens + 1, block_tokens)]
 
 
-def pretrain_loop(model: Any, batch: Callable[[], dict], steps: int, lr: float, warmup_steps: int,
-                  log: Callable[[str], None]) -> None:
-    """AdamW (wd 0.01, grad-norm clip 1.0) on ``steps`` batches from ``batch()``, lr warmed up over
-    ``warmup_steps`` then cosine-decayed to 0; any model whose forward returns a ``loss``."""
-    import torch
-
-    from gt_core.trainer import lr_schedule
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = lr_schedule(optimizer, "cosine", steps, warmup_steps)
-    model.train()
-    for step in range(steps):
-        loss = model(**batch()).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            log(f"  pre-training step {step}/{steps}: loss {loss.item():.3f}")
-
-
 def pretrain_t5(recipe: T5ProxyRecipe, corpus: list[str], log: Callable[[str], None]) -> T5Proxy:
     import random
 
@@ -203,29 +179,6 @@ def pretrain_t5(recipe: T5ProxyRecipe, corpus: list[str], log: Callable[[str], N
         "encoder_layers": model.config.num_layers, "decoder_layers": model.config.num_decoder_layers,
     }
     return T5Proxy(recipe, tokenizer, {k: v.clone() for k, v in model.state_dict().items()}, info)
-
-
-def cached_proxy(where: Path, recipe: Any, cls: type[Proxy], pretrain: Callable[[], Proxy],
-                 log: Callable[[str], None]) -> Proxy:
-    """The proxy saved in ``where`` (tokenizer, weights, info), else ``pretrain()``'s, saved there
-    (the weights file last, by rename, so an interrupted save is not mistaken for a cache). Any
-    proxy kind: ``cls`` is the :class:`bench.proxy.Proxy` subclass to rebuild."""
-    import torch
-    from transformers import PreTrainedTokenizerFast
-
-    if (where / "weights.pt").exists():
-        info = {**json.loads((where / "info.json").read_text()), "cached": True}
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(where / "tokenizer")
-        return cls(recipe, tokenizer, torch.load(where / "weights.pt", map_location="cpu"), info)
-    log(f"  pre-training the proxy into {where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}")
-    proxy = pretrain()
-    where.mkdir(parents=True, exist_ok=True)
-    proxy.tokenizer.save_pretrained(where / "tokenizer")
-    (where / "info.json").write_text(json.dumps({**proxy.info, "recipe": asdict(recipe)}, indent=1))
-    torch.save(proxy.state, where / "weights.tmp")
-    (where / "weights.tmp").rename(where / "weights.pt")
-    proxy.info["cached"] = False
-    return proxy
 
 
 def load_or_pretrain_t5(recipe: T5ProxyRecipe, log: Callable[[str], None] = print) -> T5Proxy:

@@ -11,7 +11,8 @@ from bench.frontier import (
     GREEN_RHOS, LR_FROM, QUESTION, SCHEMES, SWEPT, VERB_KIND, Sizes, bracketed_sweep, build_tasks, classification_example,
     interpolate, label_accuracy, majority_share, pareto, selection_counts,
 )
-from bench.proxy import Proxy, ProxyRecipe, proxy_model, recipe_hash, stdlib_docstrings, untie
+from bench.proxy import Proxy, ProxyRecipe, proxy_model, stdlib_docstrings, untie
+from bench.proxy_cache import recipe_hash
 from gt_core.data import Example
 
 

@@ -9,7 +9,8 @@ import random
 import pytest
 import torch
 
-from bench.proxy import ProxyRecipe, parameter_shares, recipe_hash
+from bench.proxy import ProxyRecipe, parameter_shares
+from bench.proxy_cache import recipe_hash
 from bench.proxy_t5 import T5ProxyRecipe, random_spans, sentinel_tokens, span_corrupt, t5_proxy_model
 
 RECIPE = T5ProxyRecipe()
