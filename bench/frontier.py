@@ -88,6 +88,7 @@ SCHEMES: dict[str, Scheme] = {s.key: s for s in [
 SWEPT = ("full", "top2", "lora-8", "prefix", "green-0.5")
 LR_FROM = {"lora-4": "lora-8", "lora-16": "lora-8", "green-drop-0.5": "green-0.5",
            **{f"green-{r}": "green-0.5" for r in GREEN_RHOS if r != 0.5}}
+LABELS = {key: scheme.label for key, scheme in SCHEMES.items()}
 # LoRA is left out of the untied runs: the untied proxy starts as the tied one with its head a copy
 # of the embedding, and LoRA trains neither, so its runs would repeat the tied ones exactly.
 UNTIED_KEYS = ("full", "green-0.5")
@@ -224,30 +225,32 @@ def bracketed_sweep(grid: tuple[float, ...], dev_loss: Callable[[float], float],
 
 
 def run_task(proxy: Proxy, task: Task, s: Sizes, keys: tuple[str, ...], best: dict[str, float] | None,
-             log) -> tuple[dict[str, float], list[dict], list[dict]]:
-    """Sweep (unless ``best`` is given), then every scheme in ``keys`` on every seed. Returns the
-    chosen learning rates, the scored runs and the sweep records."""
+             log: Callable[[str], None], *, schemes: dict[str, Scheme], swept: tuple[str, ...],
+             lr_from: dict[str, str]) -> tuple[dict[str, float], list[dict], list[dict]]:
+    """Sweep the ``swept`` schemes on seed 0 (unless ``best`` is given) and give each ``lr_from``
+    key its source's rate, then every scheme in ``keys`` on every seed; the seed-0 run at a chosen
+    rate is the sweep's own. Returns the chosen learning rates, the scored runs and the sweep records."""
     sweep_records: list[dict] = []
     kept: dict[tuple[str, float], Trained] = {}
     tag = f"{task.name}{'' if proxy.recipe.tied else ' untied'}"
     if best is None:
         best = {}
-        for key in SWEPT:
+        for key in swept:
             def dev_loss(lr: float, key: str = key) -> float:
-                trained = train_one(proxy, task, s, SCHEMES[key], lr, seed=0)
+                trained = train_one(proxy, task, s, schemes[key], lr, seed=0)
                 kept[(key, lr)] = trained
                 sweep_records.append(trained.record)
                 log(f"  {tag} sweep {key} lr={lr:g}: dev loss {trained.record['dev_loss']:.4f}")
                 return trained.record["dev_loss"]
 
-            best[key] = bracketed_sweep(SCHEMES[key].lr_grid, dev_loss, s.sweep)
-        for key, source in LR_FROM.items():
+            best[key] = bracketed_sweep(schemes[key].lr_grid, dev_loss, s.sweep)
+        for key, source in lr_from.items():
             best[key] = best[source]
     runs = []
     for seed in s.seeds:
         for key in keys:
             trained = kept.pop((key, best[key]), None) if seed == 0 else None
-            trained = trained or train_one(proxy, task, s, SCHEMES[key], best[key], seed)
+            trained = trained or train_one(proxy, task, s, schemes[key], best[key], seed)
             run = score(trained, proxy, task)
             log(f"  {tag} {key} seed {seed}: {task.metric_label} {run['score']:.2f}, FLOPs share {run['flops_share']:.3f}")
             runs.append(run)
@@ -337,7 +340,9 @@ def _color(key: str) -> str:
     return {"full": "black", "top2": "tab:orange", "prefix": "tab:purple"}[key]
 
 
-def plot_frontier(task: Task, points: dict[str, dict], path) -> None:
+def plot_frontier(task: Task, points: dict[str, dict], path: Any, title: str, labels: dict[str, str]) -> None:
+    """The task's score and test loss against FLOPs share (mean ± std over seeds), each point named
+    by ``labels[key]``, Pareto fronts dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,8 +354,7 @@ def plot_frontier(task: Task, points: dict[str, dict], path) -> None:
         for key, p in points.items():
             ax.errorbar(p["share"], p[value], xerr=p["share_std"], yerr=p[f"{value}_std"], fmt="o",
                         color=_color(key), capsize=3, ms=5)
-            ax.annotate(SCHEMES[key].label, (p["share"], p[value]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+            ax.annotate(labels[key], (p["share"], p[value]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         front = pareto(points, value, higher)
         ax.plot([points[k]["share"] for k in front], [points[k][value] for k in front], "--", color="grey",
                 lw=1, label="Pareto frontier")
@@ -358,7 +362,7 @@ def plot_frontier(task: Task, points: dict[str, dict], path) -> None:
         ax.set_ylabel(f"{ylabel} (mean ± std over seeds)")
         ax.legend(loc="lower right" if higher else "upper right", fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{task.name}: proportioned pre-trained OPT proxy")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -462,12 +466,14 @@ def main(quick: bool = False, log=print, only_task: str | None = None) -> list[s
         if only_task is not None and task.name != only_task:
             continue
         t0 = time.perf_counter()
-        best, runs, sweeps = run_task(proxy, task, s, tuple(SCHEMES), None, log)
+        best, runs, sweeps = run_task(proxy, task, s, tuple(SCHEMES), None, log, schemes=SCHEMES, swept=SWEPT,
+                                      lr_from=LR_FROM)
         results["tasks"][task.name] = {"best_lr": best, "runs": runs, "sweep": sweeps,
                                        "section_s": time.perf_counter() - t0}
     if s.untied and only_task in (None, tasks[0].name):
         untied = load_or_pretrain(s.proxy.with_tied(False), log)
-        _, untied_runs, _ = run_task(untied, tasks[0], s, UNTIED_KEYS, results["tasks"][tasks[0].name]["best_lr"], log)
+        _, untied_runs, _ = run_task(untied, tasks[0], s, UNTIED_KEYS, results["tasks"][tasks[0].name]["best_lr"], log,
+                                     schemes=SCHEMES, swept=SWEPT, lr_from=LR_FROM)
         results["untied"] = {"proxy": untied.info, "runs": untied_runs}
     results["section_s"] = time.perf_counter() - started
     results["section_cpu_s"] = cpu_s() - started_cpu
@@ -492,7 +498,8 @@ def render(results: dict) -> list[str]:
     tasks = build_tasks(s)
     all_points = {t.name: summarise(results["tasks"][t.name]["runs"], tuple(SCHEMES)) for t in tasks}
     for task in tasks:
-        plot_frontier(task, all_points[task.name], RESULTS / PLOTS[task.name])
+        plot_frontier(task, all_points[task.name], RESULTS / PLOTS[task.name],
+                      f"{task.name}: proportioned pre-trained OPT proxy", LABELS)
     panels = []
     for task in tasks:
         for key in [f"green-{r}" for r in GREEN_RHOS] + ["green-drop-0.5"]:

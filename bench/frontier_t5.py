@@ -3,8 +3,9 @@
 The proxy (``bench.proxy_t5``) is a 4+4-layer T5 with FLAN-T5's blocks whose shared token embedding
 is a small share of its parameters, pre-trained with span corruption on the OPT proxy's corpus.
 Every scheme fine-tunes a copy of it with the GreenTrainer loop on the OPT frontier's summarisation
-task (``bench.frontier.build_tasks``, scored by ROUGE-L on its test split) and is trained and scored
-by the OPT frontier's ``train_one`` / ``score``, so both frontiers measure the same way.
+task (``bench.frontier.build_tasks``, scored by ROUGE-L on its test split); the sweep, the seeds and
+the plot are the OPT frontier's (``run_task`` with this section's schemes, ``plot_frontier``), so
+both frontiers measure the same way.
 
 Schemes: full, FT-Top2, LoRA r 4/8/16 (on T5's ``q`` and ``v``), GreenTrainer at ρ 0.4–0.8.
 Prefix tuning is left out (``prefix_note`` measures why). Learning rates: full, FT-Top2, LoRA r8 and
@@ -22,14 +23,11 @@ Writes bench/results/frontier_t5.md, frontier_t5_runs.json and frontier_t5.png.
 from __future__ import annotations
 
 import json
-import resource
 from dataclasses import asdict
 from typing import Any, Callable
 
-from bench.common import RESULTS, fmt_pm, machine_line, run_section, single_thread, table, write_section
-from bench.frontier import (
-    GREEN_RHOS, Scheme, Sizes, Trained, bracketed_sweep, build_tasks, interpolate, pareto, score, summarise, train_one,
-)
+from bench.common import RESULTS, cpu_s, fmt_pm, machine_line, run_section, single_thread, table, write_section
+from bench.frontier import GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, pareto, plot_frontier, run_task, summarise
 from bench.proxy_t5 import T5Proxy, T5ProxyRecipe, load_or_pretrain_t5
 
 RUNS_JSON = RESULTS / "frontier_t5_runs.json"
@@ -64,12 +62,6 @@ def prefix_note(proxy: T5Proxy) -> str:
             "method the OPT rows measure.")
 
 
-def cpu_s() -> float:
-    """User + system CPU seconds of this process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def t5_sizes(quick: bool) -> Sizes:
     """The OPT frontier's sizes (batch 8, seeds 0-2, importance on 2 batches, DP resolution 500)
     with this section's task sizes, epochs and proxy."""
@@ -79,40 +71,13 @@ def t5_sizes(quick: bool) -> Sizes:
                  proxy=T5ProxyRecipe(steps=20, warmup_steps=5))
 
 
-def run_schemes(proxy: T5Proxy, task: Any, s: Sizes,
-                log: Callable[[str], None]) -> tuple[dict[str, float], list[dict], list[dict]]:
-    """Sweep the ``SWEPT`` schemes, then every scheme on every seed; the seed-0 run at the chosen
-    learning rate is the sweep's own. Returns (learning rates, scored runs, sweep records)."""
-    kept: dict[tuple[str, float], Trained] = {}
-    sweeps: list[dict] = []
-    best: dict[str, float] = {}
-    for key in SWEPT:
-        def dev_loss(lr: float, key: str = key) -> float:
-            trained = train_one(proxy, task, s, SCHEMES[key], lr, seed=0)
-            kept[(key, lr)] = trained
-            sweeps.append(trained.record)
-            log(f"  T5 sweep {key} lr={lr:g}: dev loss {trained.record['dev_loss']:.4f}")
-            return trained.record["dev_loss"]
-
-        best[key] = bracketed_sweep(SCHEMES[key].lr_grid, dev_loss, s.sweep)
-    best.update({key: best[source] for key, source in LR_FROM.items()})
-    runs = []
-    for seed in s.seeds:
-        for key in KEYS:
-            trained = kept.pop((key, best[key]), None) if seed == 0 else None
-            run = score(trained or train_one(proxy, task, s, SCHEMES[key], best[key], seed), proxy, task)
-            log(f"  T5 {key} seed {seed}: FLOPs share {run['flops_share']:.3f}")
-            runs.append(run)
-    return best, runs, sweeps
-
-
 def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
     single_thread()
     started = cpu_s()
     s = t5_sizes(quick)
     proxy = load_or_pretrain_t5(s.proxy, log)
     task = build_tasks(s)[0]
-    best, runs, sweeps = run_schemes(proxy, task, s, log)
+    best, runs, sweeps = run_task(proxy, task, s, KEYS, None, log, schemes=SCHEMES, swept=SWEPT, lr_from=LR_FROM)
     results: dict[str, Any] = {"sizes": asdict(s), "quick": quick, "proxy": proxy.info, "best_lr": best,
                                "runs": runs, "sweep": sweeps, "machine": machine_line(), "prefix": prefix_note(proxy)}
     results["section_cpu_s"] = cpu_s() - started
@@ -121,39 +86,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
     return render(results)
 
 
-# ----------------------------------------------------------------------------- plot and report
-
-
-def _color(key: str) -> str:
-    return {"full": "black", "top2": "tab:orange"}.get(key.split("-")[0], "tab:blue" if key.startswith("lora")
-                                                       else "tab:green")
-
-
-def plot(points: dict[str, dict], path: Any, title: str) -> None:
-    """ROUGE-L and test loss against FLOPs share (mean ± std over seeds), Pareto fronts dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, value, higher, label in ((axes[0], "score", True, "test ROUGE-L"),
-                                     (axes[1], "loss", False, "test loss (lower is better)")):
-        for key, p in points.items():
-            ax.errorbar(p["share"], p[value], xerr=p["share_std"], yerr=p[f"{value}_std"], fmt="o", capsize=3, ms=5,
-                        color=_color(key))
-            ax.annotate(SCHEMES[key].label, (p["share"], p[value]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-        front = pareto(points, value, higher)
-        ax.plot([points[k]["share"] for k in front], [points[k][value] for k in front], "--", color="grey", lw=1,
-                label="Pareto frontier")
-        ax.set(xlabel="training FLOPs / full fine-tuning's", ylabel=f"{label} (mean ± std over seeds)")
-        ax.legend(loc="lower right" if higher else "upper right", fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+# ----------------------------------------------------------------------------- report
 
 
 def selected_counts(runs: list[dict]) -> dict[str, float]:
@@ -244,7 +177,9 @@ def render(results: dict) -> list[str]:
     s = Sizes(**{**sizes, "seeds": tuple(sizes["seeds"]), "proxy": T5ProxyRecipe(**sizes["proxy"])})
     r, info, best = s.proxy, results["proxy"], results["best_lr"]
     points = summarise(results["runs"], KEYS)
-    plot(points, RESULTS / PLOT, "summarisation: proportioned pre-trained T5 proxy (shared embedding tied to the head)")
+    plot_frontier(build_tasks(s)[0], points, RESULTS / PLOT,
+                  "summarisation: proportioned pre-trained T5 proxy (shared embedding tied to the head)",
+                  {key: scheme.label for key, scheme in SCHEMES.items()})
     header = ["scheme", "lr", "ROUGE-L", "test loss", "FLOPs / full", "params trained (mean over epochs)", "vs full",
               "on frontier"]
     lines = [
