@@ -220,7 +220,7 @@ def _write_times(lines: list[str], only: bool) -> None:
     if only:
         # The record of the last complete run starts "Last run (all sections" right after it,
         # "Last complete run (all sections" once a partial run has been written above it.
-        match = re.search(r"^Last (complete )?run \(all sections.*", previous, flags=re.M | re.S)
+        match = re.search(r"^Last (complete )?run \(all sections.*?(?=\n\nLast run|\Z)", previous, flags=re.M | re.S)
         if match:
             keep = re.sub(r"^Last run", "Last complete run", match.group(0))
     RUN_LOG.parent.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,14 @@ def test_only_run_keeps_the_last_complete_record_below_its_own(results_dir, monk
     assert "| dp |" in record.split("Last complete run")[0]
     assert "| flops |" not in record.split("Last complete run")[0]
     assert all(f"| {name} |" in record.split("Last complete run")[1] for name in run_all.SECTIONS)
+
+
+def test_only_run_keeps_the_complete_record_but_not_an_older_partial_one_after_it(results_dir, monkeypatch):
+    monkeypatch.setattr(run_all, "run_section", lambda name, quick: None)
+    (results_dir / "run_all_times.md").write_text(
+        "Last complete run (all sections, full mode, 2026-11-25 08:58 UTC): 8.9 min in total.\n\n"
+        "Last run (selected sections, full mode, 2026-12-02): memory 3408 s.\n")
+    run_all.main(["--only", "scheduling"])
+    record = (results_dir / "run_all_times.md").read_text()
+    assert record.count("Last run (selected sections") == 1 and "3408" not in record
+    assert record.rstrip().endswith("Last complete run (all sections, full mode, 2026-11-25 08:58 UTC): 8.9 min in total.")
