@@ -156,7 +156,7 @@ def main(quick: bool = False) -> list[str]:
 
 
 def _sections(trees: list[tuple[str, Path]], quick: bool) -> list[str]:
-    seconds = 1.0 if quick else 4.0
+    seconds = 0.5 if quick else 4.0
     ctx = mp.get_context("spawn")
     workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
     proc = None

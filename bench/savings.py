@@ -52,7 +52,7 @@ def main(quick: bool = False) -> list[str]:
     single_thread()
     started = time.perf_counter()
     batch_size = 2
-    repeats = 3 if quick else 15
+    repeats = 2 if quick else 15
     seq = QUICK_SEQ if quick else SEQ
     model = tiny_model("opt", attn_implementation="eager", **SIZE)
     model.train()
