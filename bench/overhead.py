@@ -26,6 +26,8 @@ def main(quick: bool = False, log=print) -> list[str]:
     steps_per_epoch = -(-sizes["n_train"] // sizes["batch_size"])
     for key in ("green-0.4", "green-0.5", "green-0.7"):
         epochs = [e for r in saved["runs"] if r["key"] == key for e in r["epochs"]]
+        if not epochs:  # --quick runs ρ = 0.5 only
+            continue
         imp = [e["importance_s"] for e in epochs]
         dp = [e["dp_s"] for e in epochs]
         wall = [e["wall_s"] for e in epochs]
