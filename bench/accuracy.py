@@ -1,16 +1,20 @@
-"""Benchmark 4: accuracy at equal epochs on the embedded summarisation task, with FLOPs and wall time.
+"""Benchmark 4: GreenTrainer on a tiny pre-trained OPT: the runs the ablation, overhead and memory
+sections share.
 
 Setup (all sizes in ``Sizes``): a tiny OPT is first pre-trained as a plain language model (full
-fine-tuning on report continuations: first two sentences → the rest) so that parameter-efficient
-baselines start from a model that already knows the words, as they would from a pretrained LLM.
-Every scheme then fine-tunes a copy of that base on the summarisation task with the GreenTrainer
-loop (``gt_core.trainer``): full, FT-Top2, LoRA (r 8 on W_Q, W_V), prefix tuning (16 tokens) and
-GreenTrainer at ρ ∈ {0.4, 0.5, 0.7}. Each scheme's learning rate is the best of a sweep on seed 0
-by dev-split validation loss (3 half-decade values, extended past whichever end wins, up to 3
-more); the reported numbers are on a separate test split.
+fine-tuning on report continuations: first two sentences → the rest) so that fine-tuning starts from
+a model that already knows the words. GreenTrainer then fine-tunes a copy of that base on the
+embedded summarisation task (``gt_core.trainer``) at ρ = 0.5 on every seed, and at ρ = 0.4 and 0.7
+on the first seed. The learning rate is the best of a sweep at ρ = 0.5 on seed 0 by dev-split
+validation loss (3 half-decade values, extended past whichever end wins, up to 3 more); the reported
+numbers are on a separate test split.
+
+This model's tied embedding is a large share of its parameters, so it no longer carries the
+accuracy comparison with full fine-tuning and the parameter-efficient baselines: that is the
+frontier section (bench/frontier.py), on a proxy proportioned like a real LLM.
 
 Run records (per epoch, from each run's metrics.jsonl) go to bench/results/accuracy_runs.json, which
-the overhead and ablation sections reuse.
+the overhead, ablation and memory sections reuse.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Sizes:
     epochs: int = 4
     batch_size: int = 8
     seeds: tuple[int, ...] = (0, 1, 2)
+    # ρ = 0.4 and 0.7 only feed the overhead table (importance and DP time per epoch): one seed.
+    other_rho_seeds: tuple[int, ...] = (0,)
     base_examples: int = 768
     base_epochs: int = 2
     base_lr: float = 1e-3
@@ -51,22 +57,18 @@ class Sizes:
     def for_mode(cls, quick: bool) -> "Sizes":
         if not quick:
             return cls()
-        return cls(n_train=128, n_dev=32, n_test=32, epochs=2, seeds=(0,), base_examples=256, base_epochs=1,
-                   num_beams=2, sweep_full=False, importance_batches=2)
+        return cls(n_train=128, n_dev=32, n_test=32, epochs=2, seeds=(0,), other_rho_seeds=(), base_examples=256,
+                   base_epochs=1, num_beams=2, sweep_full=False, importance_batches=2)
 
 
 # scheme key → (trainer scheme, ρ, lr grid). The middle value is the quick-mode choice.
 SCHEMES: dict[str, tuple[str, float | None, tuple[float, ...]]] = {
-    "full": ("full", None, (3e-4, 1e-3, 3e-3)),
-    "top2": ("topk", None, (1e-3, 3e-3, 1e-2)),
-    "lora": ("lora", None, (1e-3, 3e-3, 1e-2)),
-    "prefix": ("prefix", None, (3e-3, 1e-2, 3e-2)),
-    "green-0.4": ("green", 0.4, (3e-4, 1e-3, 3e-3)),
-    "green-0.5": ("green", 0.5, (3e-4, 1e-3, 3e-3)),
-    "green-0.7": ("green", 0.7, (3e-4, 1e-3, 3e-3)),
+    "green-0.4": ("green", 0.4, (3e-3, 1e-2, 3e-2)),
+    "green-0.5": ("green", 0.5, (3e-3, 1e-2, 3e-2)),
+    "green-0.7": ("green", 0.7, (3e-3, 1e-2, 3e-2)),
 }
 # GreenTrainer ρ values share the learning rate swept at ρ = 0.5.
-SWEPT = ("full", "top2", "lora", "prefix", "green-0.5")
+SWEPT = ("green-0.5",)
 LR_FROM = {"green-0.4": "green-0.5", "green-0.7": "green-0.5"}
 
 
@@ -178,7 +180,7 @@ def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad",
 
 
 def _label(key: str) -> str:
-    return {"full": "Full FT", "top2": "FT-Top2", "lora": "LoRA", "prefix": "Prefix"}.get(key, key.replace("green-", "GreenTrainer ρ="))
+    return key.replace("green-", "GreenTrainer ρ=")
 
 
 # While the best lr is at an end of the tried values, try one more half-decade step beyond it.
@@ -221,6 +223,10 @@ def sweep(task: Task, log) -> tuple[dict[str, float], list[dict]]:
     return best, runs
 
 
+def _seeds(s: Sizes, key: str) -> tuple[int, ...]:
+    return s.seeds if key in SWEPT else s.other_rho_seeds
+
+
 def main(quick: bool = False, log=print) -> list[str]:
     single_thread()
     started = time.perf_counter()
@@ -229,8 +235,8 @@ def main(quick: bool = False, log=print) -> list[str]:
     log(f"  base model pre-trained in {task.base_info['pretrain_s']:.0f} s")
     best, sweep_runs = sweep(task, log)
     runs: list[dict] = []
-    for seed in s.seeds:
-        for key in SCHEMES:
+    for key in SCHEMES:
+        for seed in _seeds(s, key):
             reuse = [r for r in sweep_runs if r["key"] == key and r["lr"] == best[key] and r["seed"] == seed]
             run = reuse[0] if reuse else run_one(task, key, best[key], seed)
             if not reuse:
@@ -240,18 +246,15 @@ def main(quick: bool = False, log=print) -> list[str]:
     RUNS_JSON.write_text(json.dumps({"sizes": asdict(s), "quick": quick, "best_lr": best, "runs": runs,
                                      "sweep": sweep_runs}, indent=1))
 
-    full_flops = [r["flops"] for r in runs if r["key"] == "full"]
-    full_wall = [r["wall_s"] for r in runs if r["key"] == "full"]
-    ref_flops = sum(full_flops) / len(full_flops)
-    ref_wall = sum(full_wall) / len(full_wall)
     rows = []
     for key in SCHEMES:
         rs = [r for r in runs if r["key"] == key]
+        if not rs:  # --quick runs ρ = 0.5 only
+            continue
         rows.append([
-            _label(key), f"{best[key]:g}", fmt_pm([r["rougeL"] for r in rs], 2), fmt_pm([r["test_loss"] for r in rs], 3),
-            fmt_pm([r["flops"] for r in rs], 3, 1e-12), f"{sum(r['flops'] for r in rs) / len(rs) / ref_flops:.3f}",
-            fmt_pm([r["wall_s"] for r in rs], 1), f"{sum(r['wall_s'] for r in rs) / len(rs) / ref_wall:.2f}",
-            f"{100 * rs[-1]['param_share']:.1f}%",
+            _label(key), f"{best[key]:g}", ", ".join(str(r["seed"]) for r in rs), fmt_pm([r["rougeL"] for r in rs], 2),
+            fmt_pm([r["test_loss"] for r in rs], 3), f"{sum(r['flops'] / r['flops_full'] for r in rs) / len(rs):.3f}",
+            fmt_pm([r["wall_s"] for r in rs], 1), f"{100 * rs[-1]['param_share']:.1f}%",
         ])
     sweep_rows = [
         [_label(r["key"]), f"{r['lr']:g}", f"{r['dev_loss']:.4f}", f"{r['rougeL']:.2f}",
@@ -260,10 +263,8 @@ def main(quick: bool = False, log=print) -> list[str]:
     ]
     tried = {k: sorted(r["lr"] for r in sweep_runs if r["key"] == k) for k in SWEPT}
     edge = [_label(k) for k in SWEPT if task.sizes.sweep_full and best[k] in (tried[k][0], tried[k][-1])]
-    green5 = [r["rougeL"] for r in runs if r["key"] == "green-0.5"]
-    full_r = [r["rougeL"] for r in runs if r["key"] == "full"]
     lines = [
-        "## 4. Accuracy on the embedded summarisation task",
+        "## 4. GreenTrainer on a tiny pre-trained OPT (the runs sections 5, 6 and 10 share)",
         "",
         f"{machine_line()} Model: OPT from `tiny_model` (hidden {s.hidden}, {s.layers} layers, {s.heads} heads, "
         f"vocab {len(task.tokenizer)} from the local BPE tokenizer, {task.base_info['params'] / 1e6:.2f} M parameters). "
@@ -273,21 +274,21 @@ def main(quick: bool = False, log=print) -> list[str]:
         f"continuation loss {task.base_info['pretrain_val_loss']:.3f}. Fine-tuning: {s.n_train} training pairs, "
         f"{s.epochs} epochs, batch {s.batch_size}, AdamW (wd 0.01, linear decay, grad-norm clip 1.0), "
         f"importance on {s.importance_batches} batches per epoch, DP resolution {s.resolution}; the learning rate "
-        f"of each scheme is chosen on a {s.n_dev}-example dev split; ROUGE-L (beam {s.num_beams}, at most "
+        f"is chosen at ρ = 0.5 on a {s.n_dev}-example dev split; ROUGE-L (beam {s.num_beams}, at most "
         f"{s.max_new_tokens} new tokens) and test loss (mean token cross-entropy) on a separate "
-        f"{s.n_test}-example test split. Mean ± std over seeds {', '.join(map(str, s.seeds))} (seed = data order, "
-        "importance batches, adapter init). FLOPs are the trainer's modelled totals over all epochs "
-        "(profile at the longest training sequence, forward + backward, 2 per MAC); wall time is the "
-        "training loop's time including importance and DP, excluding validation.",
+        f"{s.n_test}-example test split. Mean ± std over the seeds listed (seed = data order, importance "
+        "batches). FLOPs are the trainer's modelled totals over all epochs (profile at the longest training "
+        "sequence, forward + backward, 2 per MAC); wall time is the training loop's time including importance "
+        "and DP, excluding validation.",
         "",
-        *table(["scheme", "lr", "ROUGE-L", "test loss", "total TFLOPs", "FLOPs / full",
-                "wall s", "wall / full", "params trained (last epoch)"], rows),
+        "This model's tied embedding is a large share of its parameters (in OPT-2.7B it is about 5%), so it "
+        "no longer carries the comparison with full fine-tuning, FT-Top2, LoRA and prefix tuning: section 11 "
+        "does that on a proxy proportioned like a real LLM. These GreenTrainer runs are the shared setup of the "
+        "importance ablation (section 5), the overhead table (section 6) and the `drop` vs `keep` accuracy "
+        "check (section 10); ρ = 0.4 and 0.7 run on one seed, for the overhead table only.",
         "",
-        f"GreenTrainer ρ=0.5 vs full fine-tuning: ROUGE-L {fmt_pm(green5, 2)} vs {fmt_pm(full_r, 2)}. "
-        "The paper's claims are for fine-tuning pretrained 1-3B models on real summarisation data; this "
-        "is a 1-M-parameter model on a synthetic slot-copying task, so only the ordering and the cost "
-        "columns are comparable, not the absolute gaps. Where GreenTrainer or a baseline does worse than "
-        "the paper reports, it is left as measured.",
+        *table(["scheme", "lr", "seeds", "ROUGE-L", "test loss", "FLOPs / full", "wall s",
+                "params trained (last epoch)"], rows),
         "",
         "### Learning-rate sweep (seed 0, chosen by lowest dev loss)",
         "",

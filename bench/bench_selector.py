@@ -1,6 +1,6 @@
 """Selection DP speed and quality: ours (gt_core.selector) against the plain Eq. 7 reference.
 
-Run: ``.venv/bin/python -m bench.bench_selector``. Prints a markdown report and writes it to
+Run: ``.venv/bin/python -m bench.bench_selector [--quick]``. Prints a markdown report and writes it to
 bench/results/dp_speed.md. Random profiles: t_dw, t_dy uniform in [1, 100] GFLOPs, forward FLOPs
 = half the full backward (so forward ≈ 1/3 of a full step), ρ = 0.5, importance uniform in
 [-0.1, 1]. Times are medians over repeats on one core (OMP_NUM_THREADS=1).
@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -56,19 +57,20 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def versus_reference() -> list[str]:
-    """Both DPs on identical floor-quantised integer costs (reference style), same capacity."""
+def versus_reference(quick: bool = False) -> list[str]:
+    """Both DPs on identical floor-quantised integer costs (reference style), same capacity.
+    ``quick``: the two smaller N and fewer repeats (a smoke test)."""
     rows = []
-    for n in (50, 200, 515):
+    for n in (50, 200) if quick else (50, 200, 515):
         for res in (100, 1000):
             prof, imp = random_profile(n, seed=n * 7 + res)
             back = RHO * prof.t_full - prof.t_fp
             q_dw, q_dy = floor_quantise(prof.t_dw, prof.t_dy, back, res)
             q_pre = np.cumsum(np.asarray(q_dy, dtype=np.int64)[::-1])[::-1]
-            ref_reps = 3 if n * res >= 200_000 else 5
+            ref_reps = 1 if quick else 3 if n * res >= 200_000 else 5
             t_ref = median_seconds(lambda: reference_dp(q_dw, q_dy, imp, res), ref_reps)
-            t_ours = median_seconds(lambda: solve_quantised(np.asarray(q_dw), q_pre, imp, res), 21)
-            t_full = median_seconds(lambda: select_tensors(prof, imp, RHO, resolution=res), 7)
+            t_ours = median_seconds(lambda: solve_quantised(np.asarray(q_dw), q_pre, imp, res), 3 if quick else 21)
+            t_full = median_seconds(lambda: select_tensors(prof, imp, RHO, resolution=res), 1 if quick else 7)
             ref_mask, ref_obj = reference_dp(q_dw, q_dy, imp, res)
             our_mask, our_obj = solve_quantised(np.asarray(q_dw), q_pre, imp, res)
             same = math.isclose(ref_obj, our_obj, rel_tol=1e-12, abs_tol=1e-12)
@@ -86,15 +88,15 @@ def versus_reference() -> list[str]:
     )
 
 
-def our_speed() -> list[str]:
+def our_speed(quick: bool = False) -> list[str]:
     rows = []
-    for n in (515, 1000, 2000):
+    for n in (515,) if quick else (515, 1000, 2000):
         prof, imp = random_profile(n, seed=n)
         for res in (1000, 10000):
-            t = median_seconds(lambda: select_tensors(prof, imp, RHO, resolution=res), 5)
+            t = median_seconds(lambda: select_tensors(prof, imp, RHO, resolution=res), 1 if quick else 5)
             back = RHO * prof.t_full - prof.t_fp
             q_dw, q_pre = quantise(prof.t_dw, prof.t_dy, back / res, res, "ceil")
-            t_dp = median_seconds(lambda: solve_quantised(q_dw, q_pre, imp, res), 5)
+            t_dp = median_seconds(lambda: solve_quantised(q_dw, q_pre, imp, res), 1 if quick else 5)
             sel = select_tensors(prof, imp, RHO, resolution=res)
             rows.append([
                 str(n), str(res), ms(t_dp), ms(t), str(sel.stats["dp_solves"]),
@@ -107,10 +109,10 @@ def our_speed() -> list[str]:
     )
 
 
-def objective_vs_resolution() -> list[str]:
+def objective_vs_resolution(quick: bool = False) -> list[str]:
     resolutions = (100, 300, 1000, 3000, 10000, 30000)
     rows = []
-    for n in (515, 2000):
+    for n in (515,) if quick else (515, 2000):
         prof, imp = random_profile(n, seed=n + 1)
         back = RHO * prof.t_full - prof.t_fp
         results = {res: select_tensors(prof, imp, RHO, resolution=res) for res in resolutions}
@@ -133,7 +135,8 @@ def objective_vs_resolution() -> list[str]:
     )
 
 
-def main() -> None:
+def main(quick: bool = False) -> None:
+    """Write the report; ``quick`` drops the largest N and most repeats (a smoke test)."""
     lines = [
         "# Tensor-selection DP: speed and quality",
         "",
@@ -148,18 +151,18 @@ def main() -> None:
         "(round-up quantisation, capacity bisection, exact-cost checks, greedy fill). 'floor mask real ρ' "
         "is the real step cost of the reference-style answer against the ρ = 0.5 budget.",
         "",
-        *versus_reference(),
+        *versus_reference(quick),
         "",
         "## Our selector at larger N and finer resolution",
         "",
-        *our_speed(),
+        *our_speed(quick),
         "",
         "## Objective vs resolution",
         "",
         "Objective relative to ours at res 30000. 'round-up only' is one DP on costs rounded up (always "
         "within budget); 'floor' is the reference-style rounding (can exceed the budget).",
         "",
-        *objective_vs_resolution(),
+        *objective_vs_resolution(quick),
         "",
     ]
     text = "\n".join(lines)
@@ -169,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(quick="--quick" in sys.argv[1:])

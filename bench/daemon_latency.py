@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.common import machine_line, percentile, run_section, table, write_section
 
 CLIENT_COUNTS = (1, 10, 50)
+QUICK_CLIENT_COUNTS = (1, 10)  # --quick: spawning 50 client processes is most of the section's CPU time
 SLOW_DISK_FSYNC_MS = 20.0
 SLOW_DISK_CLIENTS = (1, 4)
 BASELINE_ENV = "CARBONSCHED_BENCH_BASELINE"  # a git revision to run side by side in the idle-RSS and slow-disk rows
@@ -155,7 +156,7 @@ def main(quick: bool = False) -> list[str]:
 
 
 def _sections(trees: list[tuple[str, Path]], quick: bool) -> list[str]:
-    seconds = 1.0 if quick else 4.0
+    seconds = 0.5 if quick else 4.0
     ctx = mp.get_context("spawn")
     workdir = Path(tempfile.mkdtemp(prefix="csb-", dir="/tmp"))
     proc = None
@@ -164,7 +165,7 @@ def _sections(trees: list[tuple[str, Path]], quick: bool) -> list[str]:
         time.sleep(1.0)
         idle_rss = _rss_kib(proc.pid)
         _load(ctx, sock, 2, 0.5, proc.pid, False)  # warm-up
-        results = [_load(ctx, sock, n, seconds, proc.pid, True) for n in CLIENT_COUNTS]
+        results = [_load(ctx, sock, n, seconds, proc.pid, True) for n in (QUICK_CLIENT_COUNTS if quick else CLIENT_COUNTS)]
         time.sleep(1.0)
         after_rss = _rss_kib(proc.pid)
         alive = proc.poll() is None

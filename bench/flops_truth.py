@@ -78,7 +78,7 @@ def run_arch(arch: str, n_masks: int) -> dict:
 
 def main(quick: bool = False) -> list[str]:
     single_thread()
-    n_masks = 10 if quick else 30
+    n_masks = 6 if quick else 30
     started = time.perf_counter()
     results = [run_arch(arch, n_masks) for arch in ARCHS]
     rows = [

@@ -15,15 +15,19 @@ freed, so the resident set follows the live tensors instead of keeping freed hea
 
 Figures are peak minus baseline: what training needs on top of the model itself.
 
-Runs are two epochs under a ρ schedule ``[1.0, ρ]``: the first epoch trains every tensor (so every
-tensor has AdamW moments, as after a clean-grid hour), the second trains the selection at ρ, and
-its training peak is reported. ``keep`` holds every tensor's moments then, ``drop`` only the
-selected tensors'. Full fine-tuning runs the same two epochs with ``--scheme full``.
+Runs are two epochs of one optimizer step each under a ρ schedule ``[1.0, ρ]``: the first epoch
+trains every tensor (so every tensor has AdamW moments, as after a clean-grid hour), the second
+trains the selection at ρ, and its training peak is reported. ``keep`` holds every tensor's moments
+then, ``drop`` only the selected tensors'. Full fine-tuning runs the same two epochs with
+``--scheme full``. ``offload`` is not run: on the CPU it leaves the moments where they are, so its
+rows would repeat ``keep``'s (its saving is device memory, measured by ``make gpu-check``); ρ = 1
+is not run either (every tensor is selected, so it is full fine-tuning's row).
 
 Accuracy. ``keep`` vs ``drop`` on the accuracy section's task and model (bench/accuracy.py: the
 pre-trained tiny OPT, the same splits and learning rate as GreenTrainer ρ = 0.5 there), at
-constant ρ = 0.5 and under an alternating schedule, several seeds. Both modes answer the same ρ
-per epoch, so their FLOPs budgets are equal; the table gives the FLOPs they spent.
+constant ρ = 0.5 (the ``keep`` runs are the accuracy section's own, reused from its run file) and
+under an alternating schedule, several seeds. Both modes answer the same ρ per epoch, so their
+FLOPs budgets are equal; the table gives the FLOPs they spent.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Any, Callable
 from bench.common import RESULTS, ROOT, fmt_pm, machine_line, run_section, table, write_section
 
 MODES = ("keep", "offload", "drop")
+MEASURED_MODES = ("keep", "drop")
 GOAL_RATIO = 0.40
 GOAL_RHO = 0.5
 MMAP_THRESHOLD_BYTES = 64 * 1024
@@ -52,20 +57,20 @@ MMAP_THRESHOLD_BYTES = 64 * 1024
 class MemoryShape:
     """The decoder and the training shape of the memory runs."""
 
-    hidden: int = 768
-    layers: int = 8
-    heads: int = 12
+    hidden: int = 512
+    layers: int = 6
+    heads: int = 8
     batch_size: int = 4
     seq_len: int = 256
-    steps_per_epoch: int = 2
-    rhos: tuple[float, ...] = (0.4, 0.5, 0.7, 1.0)
-    modes: tuple[str, ...] = MODES
+    steps_per_epoch: int = 1
+    rhos: tuple[float, ...] = (0.4, 0.5, 0.7)
+    modes: tuple[str, ...] = MEASURED_MODES
 
     @classmethod
     def for_mode(cls, quick: bool) -> "MemoryShape":
         if not quick:
             return cls()
-        return cls(hidden=256, layers=2, heads=4, seq_len=128, steps_per_epoch=1, rhos=(0.5,), modes=("keep", "drop"))
+        return cls(hidden=256, layers=2, heads=4, seq_len=128, steps_per_epoch=1, rhos=(0.5,), modes=("drop",))
 
 
 @dataclass(frozen=True)
@@ -194,12 +199,22 @@ def accuracy_runs(quick: bool, log: Callable[[str], None]) -> tuple[list[dict], 
     plan = AccuracyPlan.for_mode(quick)
     task = accuracy.build_task(quick)
     lr = accuracy.SCHEMES["green-0.5"][2][1]
+    reusable: dict[int, dict] = {}
     if accuracy.RUNS_JSON.exists():
-        lr = json.loads(accuracy.RUNS_JSON.read_text()).get("best_lr", {}).get("green-0.5", lr)
+        saved = json.loads(accuracy.RUNS_JSON.read_text())
+        lr = saved.get("best_lr", {}).get("green-0.5", lr)
+        if saved.get("quick") == quick:
+            reusable = {r["seed"]: r for r in saved["runs"]
+                        if r["key"] == "green-0.5" and r["metric"] == "dw_grad" and r["frozen_state"] == "keep"
+                        and r["lr"] == lr}
     runs = []
     for schedule in plan.schedules:
         for seed in plan.seeds:
             for mode in ("keep", "drop"):
+                if schedule == (0.5,) and mode == "keep" and seed in reusable:
+                    run = dict(reusable[seed], schedule=[0.5])
+                    runs.append(run)
+                    continue
                 run = accuracy.run_one(task, "green-0.5", lr, seed, frozen_state=mode, rho_schedule=schedule)
                 run["schedule"] = list(schedule)
                 log(f"  accuracy {mode} rho {schedule} seed {seed}: test loss {run['test_loss']:.4f}, "
@@ -239,6 +254,7 @@ def _plot(full: dict, runs: list[dict], shape: MemoryShape, path: Path) -> None:
     for mode in shape.modes:
         rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["rho"])
         ax.plot([r["rho"] for r in rs], [over_baseline(r) / 2**20 for r in rs], marker=markers[mode], label=mode)
+    ax.plot([1.0], [full_mib], marker="*", color="black", linestyle="none")
     ax.axhline(full_mib, color="black", linewidth=1, label="full fine-tuning")
     ax.axhline(GOAL_RATIO * full_mib, color="grey", linestyle="--", linewidth=1, label=f"goal {GOAL_RATIO:.2f}× full")
     ax.set(xlabel="ρ (second epoch; first epoch at ρ = 1)", ylabel="peak training RSS over the model (MiB)",
@@ -315,15 +331,17 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         f"{len_vocab()} of the local tokenizer, {full['params'] / 1e6:.1f} M parameters = "
         f"{full['param_bytes'] / 2**20:.0f} MiB in fp32), batch {shape.batch_size} × {shape.seq_len} tokens of "
         f"embedded-task text, fp32 on the CPU, AdamW. Each configuration runs in a fresh process: 2 epochs of "
-        f"{shape.steps_per_epoch} optimizer steps under the ρ schedule [1.0, ρ] (every tensor gets AdamW moments "
+        f"{shape.steps_per_epoch} optimizer step{'s' if shape.steps_per_epoch != 1 else ''} under the ρ schedule "
+        "[1.0, ρ] (every tensor gets AdamW moments "
         "in the first epoch; the second trains the selection at ρ), importance on 1 batch. *Training peak*: the "
         "process's peak resident set (`VmHWM`), reset by `/proc/self/clear_refs` right after the second epoch's "
         "selection and read at its end (before validation), minus the resident set once the trainer was built "
         "(model built, profiled and placed; no optimizer state yet). glibc's `MALLOC_MMAP_THRESHOLD_` is fixed at "
         f"{MMAP_THRESHOLD_BYTES // 1024} KiB so freed tensors leave the resident set. *Selection peak*: the same "
         "over the epoch's importance pass (all gradients at once, in fp32). *AdamW state*: bytes of optimizer-"
-        "state tensors at the epoch end. On the CPU `offload` keeps moments where they are (CPU memory), so it "
-        "matches `keep` here; its saving is device memory, which `make gpu-check` measures on CUDA.",
+        "state tensors at the epoch end. `offload` is not run here: on the CPU it keeps the moments where they "
+        "are (CPU memory), so its rows would repeat `keep`'s; its saving is device memory, which `make gpu-check` "
+        "measures on CUDA. ρ = 1 selects every tensor, so it is the full fine-tuning row (the star in the plot).",
         "",
         *table(["frozen state", "ρ", "training peak MiB", "× full FT", "selection peak MiB", "AdamW state MiB",
                 "params trained"], _memory_rows(full, runs)),
@@ -337,7 +355,9 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         "### `drop` vs `keep`: accuracy at equal ρ",
         "",
         f"The accuracy section's task and pre-trained tiny OPT (section 4), lr {acc_lr:g} (GreenTrainer ρ = 0.5's), "
-        f"{', '.join(map(str, plan.seeds))} as seeds, importance Δw·∂L/∂w. Both modes get the same ρ each epoch; "
+        f"{', '.join(map(str, plan.seeds))} as seeds, importance Δw·∂L/∂w; the `keep` rows at constant ρ = 0.5 are "
+        "section 4's GreenTrainer ρ = 0.5 runs (the same run, constant ρ from the config). Both modes get the same "
+        "ρ each epoch; "
         "*FLOPs / full* is what they spent. *Re-selected* is the share of the selections after the first epoch "
         "that picked a tensor trained earlier but frozen in the previous epoch: those restart from fresh "
         "moments under `drop` (and are scored by importance as first steps).",

@@ -7,6 +7,12 @@
 Each section writes bench/results/<name>.md; BENCHMARKS.md is then assembled from the section
 files present, so ``--only`` refreshes one section and keeps the others' last results. Every number
 in those files is written by this code.
+
+Per section, bench/results/run_all_times.md records wall time, CPU time (user + sys of this process
+and of the child processes it waited for: ``getrusage`` RUSAGE_SELF + RUSAGE_CHILDREN deltas) and
+the 1-minute load average at its start. The benchmarks run one torch thread, so CPU seconds are the
+load-independent measure of the time budget (the wall time on an idle 2-core machine is about the
+same); a run whose CPU total exceeds the budget gets a warning line there and on stderr.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import io
 import logging
 import os
 import re
+import resource
 import sys
 import time
 import warnings
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from bench.common import RESULTS, ROOT
 
@@ -41,6 +50,50 @@ SECTIONS = {
     "frontier_t5": "frontier_t5",
 }
 RUN_LOG = RESULTS / "run_all_times.md"
+# Budget of a complete run in CPU seconds (issue 17: ≤ 30 min full, ≤ 3 min --quick on 2 cores).
+BUDGET_CPU_S = {"full": 30 * 60, "quick": 3 * 60}
+
+
+@dataclass(frozen=True)
+class SectionTime:
+    """What one section cost: wall s, CPU s (user + sys, this process and its waited-for children),
+    and the 1-minute load average when it started."""
+
+    wall_s: float
+    cpu_s: float
+    load_1min: float | None
+
+
+def cpu_seconds() -> float:
+    """User + sys CPU s so far of this process and of the children it has waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def load_average() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def timed_section(run) -> SectionTime:
+    """Run ``run()`` and return its wall and CPU time."""
+    load = load_average()
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
+    run()
+    return SectionTime(time.perf_counter() - wall0, cpu_seconds() - cpu0, load)
+
+
+def budget_warning(cpu_total_s: float, quick: bool) -> str | None:
+    """The warning line when ``cpu_total_s`` exceeds the run's CPU budget, else None."""
+    mode = "quick" if quick else "full"
+    budget = BUDGET_CPU_S[mode]
+    if cpu_total_s <= budget:
+        return None
+    return (f"WARNING: {cpu_total_s / 60:.1f} CPU-min exceeds the {mode}-mode budget of "
+            f"{budget / 60:.0f} CPU-min ({cpu_total_s - budget:.0f} CPU-s over).")
 
 
 def _log(msg: str) -> None:
@@ -53,11 +106,11 @@ def _section_name(name: str) -> str:
 
 
 def _dp(quick: bool) -> None:
-    """The selector DP benchmark (bench/bench_selector.py) has no quick mode; it takes ~15 s."""
+    """The selector DP benchmark (bench/bench_selector.py); its report goes to stdout, muted here."""
     from bench import bench_selector
 
     with redirect_stdout(io.StringIO()):
-        bench_selector.main()
+        bench_selector.main(quick)
 
 
 def run_section(name: str, quick: bool) -> None:
@@ -124,7 +177,7 @@ def _dp_section_text() -> list[str]:
     return out
 
 
-def assemble(times: dict[str, float], quick: bool, total: float) -> None:
+def assemble() -> None:
     lines = [
         "# Benchmarks",
         "",
@@ -144,19 +197,44 @@ def assemble(times: dict[str, float], quick: bool, total: float) -> None:
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
-def _write_times(times: dict[str, float], quick: bool, total: float, only: bool) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def _fmt_load(load: float | None) -> str:
+    return "?" if load is None else f"{load:.2f}"
+
+
+def timing_lines(times: dict[str, SectionTime], quick: bool, only: bool, stamp: str) -> list[str]:
+    """The run's record for run_all_times.md: a summary line, a per-section table, and the budget
+    warning when the CPU total exceeds it."""
     mode = "quick" if quick else "full"
-    parts = ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
     what = "selected sections" if only else "all sections"
-    line = f"Last run ({what}, {mode} mode, {stamp}): {total / 60:.1f} min in total — {parts}."
-    previous = RUN_LOG.read_text().strip().splitlines() if RUN_LOG.exists() else []
-    # Keep the last full all-sections line when only some sections were refreshed.
-    # (It reads "Last run (all sections" right after a complete run, "Last complete run" after that.)
-    keep = [l for l in previous if only and re.match(r"Last (complete )?run \(all sections", l)]
-    keep = [re.sub(r"^Last run", "Last complete run", l) for l in keep]
+    wall = sum(t.wall_s for t in times.values())
+    cpu = sum(t.cpu_s for t in times.values())
+    budget = BUDGET_CPU_S[mode]
+    lines = [
+        f"Last run ({what}, {mode} mode, {stamp}): {cpu / 60:.1f} CPU-min, {wall / 60:.1f} min wall in total "
+        f"(budget of a complete {mode} run: {budget / 60:.0f} CPU-min). CPU time is user + sys of the bench "
+        "process and its child processes; the benchmarks run one torch thread, so CPU seconds do not depend on "
+        "how loaded the shared machine is, while wall seconds do.",
+        "",
+        "| section | CPU s | wall s | load average at start |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {t.cpu_s:.0f} | {t.wall_s:.0f} | {_fmt_load(t.load_1min)} |" for name, t in times.items()),
+    ]
+    warning = budget_warning(cpu, quick)
+    return lines + (["", warning] if warning else [])
+
+
+def _write_times(lines: list[str], only: bool) -> None:
+    """Write this run's record; after an ``--only`` run, keep the last complete run's record below it."""
+    previous = RUN_LOG.read_text().strip() if RUN_LOG.exists() else ""
+    keep = ""
+    if only:
+        # The record of the last complete run starts "Last run (all sections" right after it,
+        # "Last complete run (all sections" once a partial run has been written above it.
+        match = re.search(r"^Last (complete )?run \(all sections.*?(?=\n\nLast run|\Z)", previous, flags=re.M | re.S)
+        if match:
+            keep = re.sub(r"^Last run", "Last complete run", match.group(0))
     RUN_LOG.parent.mkdir(parents=True, exist_ok=True)
-    RUN_LOG.write_text("\n\n".join(keep + [line]) + "\n")
+    RUN_LOG.write_text("\n\n".join(x for x in ("\n".join(lines), keep) if x) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,18 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("carbonsched").setLevel(logging.WARNING)
 
     names = [n for n in SECTIONS if not args.only or n in args.only]
-    times: dict[str, float] = {}
-    started = time.perf_counter()
+    times: dict[str, SectionTime] = {}
     for name in names:
         _log(f"[bench] {name} ...")
-        t0 = time.perf_counter()
-        run_section(name, args.quick)
-        times[name] = time.perf_counter() - t0
-        _log(f"[bench] {name} done in {times[name]:.0f} s")
-    total = time.perf_counter() - started
-    _write_times(times, args.quick, total, bool(args.only))
-    assemble(times, args.quick, total)
-    _log(f"[bench] all done in {total / 60:.1f} min; wrote {ROOT / 'BENCHMARKS.md'}")
+        times[name] = timed_section(lambda: run_section(name, args.quick))
+        _log(f"[bench] {name} done: {times[name].cpu_s:.0f} CPU-s, {times[name].wall_s:.0f} s wall")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = timing_lines(times, args.quick, bool(args.only), stamp)
+    _write_times(lines, bool(args.only))
+    assemble()
+    cpu = sum(t.cpu_s for t in times.values())
+    warning = budget_warning(cpu, args.quick)
+    if warning:
+        _log(f"[bench] {warning}")
+    _log(f"[bench] all done: {cpu / 60:.1f} CPU-min, {sum(t.wall_s for t in times.values()) / 60:.1f} min wall; "
+         f"wrote {ROOT / 'BENCHMARKS.md'}")
     return 0
 
 

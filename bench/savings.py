@@ -29,6 +29,7 @@ from bench.common import (
 RHOS = (0.4, 0.5, 0.6, 0.7)
 SIZE = dict(vocab_size=2000, hidden=512, layers=6, heads=8, max_len=256)
 SEQ = 256
+QUICK_SEQ = 128  # --quick: half the tokens per step
 
 
 def _step(model, optimizer, batch) -> float:
@@ -51,13 +52,14 @@ def main(quick: bool = False) -> list[str]:
     single_thread()
     started = time.perf_counter()
     batch_size = 2
-    repeats = 3 if quick else 15
+    repeats = 2 if quick else 15
+    seq = QUICK_SEQ if quick else SEQ
     model = tiny_model("opt", attn_implementation="eager", **SIZE)
     model.train()
-    prof = profile_model(model, batch_size=batch_size, seq_len=SEQ, count="all")
-    prof_mm = profile_model(model, batch_size=batch_size, seq_len=SEQ, count="matmul")
+    prof = profile_model(model, batch_size=batch_size, seq_len=seq, count="all")
+    prof_mm = profile_model(model, batch_size=batch_size, seq_len=seq, count="matmul")
     assert prof.names == prof_mm.names
-    batch = make_batch(model, batch_size, SEQ)
+    batch = make_batch(model, batch_size, seq)
     n = len(prof)
     importance = np.random.default_rng(0).uniform(0.1, 1.0, n)
 
@@ -115,7 +117,7 @@ def main(quick: bool = False) -> list[str]:
         "",
         f"OPT decoder from `tiny_model` (vocab {SIZE['vocab_size']}, hidden {SIZE['hidden']}, {SIZE['layers']} layers, "
         f"{SIZE['heads']} heads, {int(prof.param_counts.sum()) / 1e6:.1f} M parameters, eager attention), "
-        f"batch {batch_size} × {SEQ} tokens, fp32 on CPU. {machine_line()} "
+        f"batch {batch_size} × {seq} tokens, fp32 on CPU. {machine_line()} "
         "Selections: `select_tensors(profile, importance, ρ, resolution=1000)` with random importance uniform in "
         "[0.1, 1] (seed 0) on the `count=\"all\"` profile (what the trainer uses), then `requires_grad` on "
         "exactly the selected tensors. Ratios are against full fine-tuning. 'modelled' = profile step cost "
