@@ -286,6 +286,9 @@ class GreenTrainerCallback(TrainerCallback):
         self._epoch, self._pending, self._waiting = None, None, set()
         self.reporter = self._setup_reporting()
         if self.reporter is not None:
+            declare_epochs = getattr(self.reporter, "declare_epochs", None)
+            if callable(declare_epochs) and declare_epochs(state.num_train_epochs):
+                log.info("carbonsched: the deadline job declares the Trainer's %s epochs", state.num_train_epochs)
             self.reporter.start_job()
         return control
 

@@ -159,6 +159,19 @@ class DaemonRhoSource(TrainerCallback):
         self._retry_at = 0.0
         self.skipped = 0  # ρ requests answered from the back-off without an exchange
 
+    def declare_epochs(self, epochs: float) -> bool:
+        """Fill in the epoch count of a deadline job declared without one, before ``job.start``.
+
+        A daemon plans a deadline job only with its epochs; a caller that knows them from elsewhere
+        (the transformers callback, from ``TrainingArguments``) declares them here. An explicit
+        ``epochs=`` wins. Returns True when the count was filled in."""
+        if self.registered or "deadline" not in self.job_fields or "epochs" in self.job_fields:
+            return False
+        if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+            return False
+        self.job_fields["epochs"] = float(epochs)
+        return True
+
     @property
     def socket_path(self) -> "Path":
         return self.client.socket_path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -107,6 +108,37 @@ def test_trainer_reports_job_and_epochs_to_a_real_daemon(tmp_path):
         (reported,) = json.loads(as_json.output)["jobs"]
         assert [r["epoch"] for r in reported["epochs"]] == [0, 1]
         assert all(r["saved_label"] == "modelled" and r["saved_kwh"] > 0 for r in reported["epochs"])
+
+
+def test_a_deadline_job_declared_without_epochs_takes_the_trainers_epochs(tmp_path):
+    """The daemon plans a deadline job only with its epochs; the callback declares the Trainer's."""
+    with short_dir() as d:
+        daemon = DaemonProcess(d, "--policy", str(write_policy(d, rho=0.7))).wait_ready()
+        try:
+            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green",
+                                     deadline_s=time.time() + 3600)
+            trainer, _ = _trainer(tmp_path, source, evaluate=False)
+            trainer.train()
+        finally:
+            assert daemon.stop() == 0
+        with Store(daemon.state_dir / "carbonsched.sqlite3", read_only=True) as store:
+            job = store.job(source.job_id)
+        assert source.warnings == 0
+        assert job is not None and job["status"] == "completed"
+        assert job["epochs"] == trainer.args.num_train_epochs == 2 and job["deadline"] is not None
+
+
+def test_declared_epochs_fill_in_only_a_deadline_job_without_them():
+    def source(**kwargs) -> DaemonRhoSource:
+        return DaemonRhoSource("/nonexistent.sock", model_name="m", scheme="green", **kwargs)
+
+    explicit = source(deadline_s=time.time() + 60, epochs=3)
+    assert not explicit.declare_epochs(5) and explicit.job_fields["epochs"] == 3
+    no_deadline = source()
+    assert not no_deadline.declare_epochs(5) and "epochs" not in no_deadline.job_fields
+    filled = source(deadline_s=time.time() + 60)
+    assert not filled.declare_epochs(float("nan")) and not filled.declare_epochs(0)
+    assert filled.declare_epochs(5) and filled.job_fields["epochs"] == 5.0
 
 
 def test_trainer_completes_without_a_daemon_on_the_fallback_rho(tmp_path, caplog):
