@@ -376,6 +376,21 @@ def test_budget_mode_with_power_by_rho_spends_the_budget_as_measured():
     assert poor.expected_carbon_g == pytest.approx(budget_g)  # the epochs' least-carbon run: 3 at ρ 1
 
 
+def test_budget_mode_with_power_by_rho_runs_the_higher_rho_in_the_clean_hours():
+    slots = _slots([100, 500] * 4)
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=300, power_points=((0.4, 150.0), (1.0, 300.0)))
+    for budget_g in (40.0, 60.0, 80.0):
+        plan = plan_within_budget(Job(epochs=3, deadline_s=slots[-1].end_s, rho_min=0.4, carbon_budget_g=budget_g),
+                                  cost, slots)
+        assert plan.feasible and plan.expected_carbon_g == pytest.approx(budget_g)
+
+        def mean_rho_at(intensity):
+            pieces = [s for s in plan.segments if s.intensity_g_per_kwh == intensity]
+            return sum(s.rho * s.length_s for s in pieces) / sum(s.length_s for s in pieces)
+
+        assert mean_rho_at(100) > mean_rho_at(500)
+
+
 def test_budget_mode_with_the_same_power_at_every_rho_gives_the_constant_power_plans():
     rng = random.Random(23)
     for _ in range(30):
