@@ -356,8 +356,9 @@ def plan_within_budget(job: Job, cost: CostModel, slots: Sequence[Slot], quality
     ``quality`` must be concave on [rho_min, 1] or be given as its breakpoints ``quality_rhos``
     (piecewise linear between them): the plan is exact over the candidate ρ values (rho_min, 1,
     the cost model's measured ρ and ``quality_rhos``). With measured power per ρ the plan may run
-    a different ρ in each slot (the higher-power ones where it is cleaner); a budget too small for
-    the epochs gives their least-carbon run, marked infeasible.
+    a different ρ in each slot (the higher-power ones where it is cleaner), and ``quality`` is taken
+    as linear between the candidates (a lower bound for a smooth concave curve given without its
+    breakpoints); a budget too small for the epochs gives their least-carbon run, marked infeasible.
     """
     check_slots(slots)
     if job.carbon_budget_g is None:
