@@ -16,8 +16,10 @@ decide interval the daemon calls :func:`plan_job` with
 - the latest reading and its forecast as planning slots (:func:`planning_slots`); beyond the
   forecast's end, up to the deadline, each slot (at the forecast's step) gets the mean of the
   stored readings at the same time of day over the previous (up to) seven days, the daemon's own
-  history read from the store before planning; a slot with no such readings gets the forecast's
-  last value;
+  history read from the store before planning (:func:`reading_history`): only the readings of the
+  provider and zone that gave the latest reading, so a provider configured earlier (another zone,
+  a trace used for testing) does not leak into the plan; a slot with no such readings gets the
+  forecast's last value;
 - a margin: the plan must finish ``MARGIN_SHARE`` of its running time (at least one decide
   interval) before the deadline, so that a forecast or epoch-time estimate that is a little off
   does not miss it.
@@ -50,7 +52,7 @@ from carbonsched.planning.forecast import (
 )
 from carbonsched.planning.model import remaining_job
 from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin
-from carbonsched.types import ForecastPoint
+from carbonsched.types import ForecastPoint, IntensityReading
 
 MAX_OPEN_EPOCH_SHARE = 0.99
 LEARNED_EPOCHS = 3
@@ -227,6 +229,12 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
     return JobPlanDecision(rho_now, None, reason, False, slack_s, left, next_pause_at_s, next_resume_at_s, finish_at_s)
 
 
+def reading_history(store: Any, reading: IntensityReading, now_s: float) -> ReadingHistory:
+    """The stored readings of the last ``HISTORY_DAYS`` days from ``reading``'s provider and zone."""
+    rows = store.intensity_samples(now_s - HISTORY_DAYS * DAY_S, now_s, source=(reading.provider, reading.zone))
+    return ReadingHistory([(row["ts"], row["intensity_g_per_kwh"]) for row in rows])
+
+
 class JobPlanner:
     """The daemon's side: plans its running deadline jobs, and records when a job says it is paused."""
 
@@ -236,23 +244,23 @@ class JobPlanner:
         self._seen: set[str] = set()
 
     def plan_running_jobs(self, store: Any, jobs: Sequence[Mapping[str, Any]], now: datetime,
-                          current_g_per_kwh: float | None, forecast: Sequence[ForecastPoint],
-                          interval_s: float) -> dict[str, JobPlanDecision]:
-        """A decision for each of ``jobs`` (stored rows) that declared a deadline and can be planned."""
+                          reading: IntensityReading | None, interval_s: float) -> dict[str, JobPlanDecision]:
+        """A decision for each of ``jobs`` (stored rows) that declared a deadline and can be planned,
+        from ``reading`` (the latest, with its forecast)."""
         with self._lock:  # only running jobs can still report a pause
             running = {job["job_id"] for job in jobs}
             self._paused &= running
             self._seen &= running
-        if current_g_per_kwh is None or not math.isfinite(current_g_per_kwh):
+        if reading is None or not math.isfinite(reading.intensity_g_per_kwh):
             return {}
+        current_g_per_kwh, forecast = reading.intensity_g_per_kwh, reading.forecast
         decisions = {}
         now_s = now.timestamp()
         declared = [(job, JobDeclaration.from_job(job)) for job in jobs]
         declared = [(job, declaration) for job, declaration in declared if declaration is not None]
         if not declared:
             return {}
-        history = ReadingHistory([(row["ts"], row["intensity_g_per_kwh"])
-                                  for row in store.intensity_samples(now_s - HISTORY_DAYS * DAY_S, now_s)])
+        history = reading_history(store, reading, now_s)
         for job, declaration in declared:
             pauses = pause_intervals(store.pauses(job["job_id"]), now_s)
             progress = progress_from_records(declaration, store.epochs(job["job_id"]), pauses, now_s)

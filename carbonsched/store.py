@@ -524,10 +524,20 @@ class Store:
 
     # -- windows for reports ---------------------------------------------------------------
 
-    def intensity_samples(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+    def intensity_samples(self, start: datetime | float, end: datetime | float, *,
+                          source: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
+        """Readings with ``start <= ts < end``; with ``source`` (provider name, zone), only that
+        provider's readings for that zone (None: readings stored without a zone)."""
+        if source is None:
+            return self._rows(
+                "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? ORDER BY ts",
+                (to_unix_s(start), to_unix_s(end)),
+            )
+        provider, zone = source
         return self._rows(
-            "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? ORDER BY ts",
-            (to_unix_s(start), to_unix_s(end)),
+            "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? AND provider = ? AND ifnull(zone, '') = ? "
+            "ORDER BY ts",
+            (to_unix_s(start), to_unix_s(end), provider, zone or ""),
         )
 
     def latest_intensity(self) -> dict[str, Any] | None:

@@ -257,6 +257,23 @@ def test_plan_command_with_measured_power_per_rho_prefers_the_rho_with_less_ener
     assert bad.exit_code == 2 and bad.stderr.strip() == "error: --measured-power '0.5:lots' is not RHO:WATTS (e.g. 0.5:280)"
 
 
+def test_plan_command_budget_mode_prices_each_rho_at_its_measured_power(tmp_path):
+    path = _trace_file(tmp_path, [200] * 32)
+    args = ["plan", "--provider", f"trace:{path}", "--epochs", "2", "--epoch-minutes", "60", "--deadline", "16h",
+            "--rho-min", "0.5", "--budget-g", "60", "--power-w", "200", "--format", "json"]
+    # 200 W at every ρ: 60 g at 200 gCO2e/kWh buy 1.5 h of running, two epochs at ρ 0.75.
+    at_one_power = json.loads(runner.invoke(app, args).stdout)
+    assert at_one_power["mean_rho"] == pytest.approx(0.75) and at_one_power["expected_carbon_g"]["planner"] == pytest.approx(60)
+    # Measured, ρ 0.5 draws 250 W: an epoch costs 25 g at ρ 0.5 and 40 g at ρ 1, so 60 g buy
+    # 2/3 epoch at ρ 1 and 4/3 at ρ 0.5 (the same two epochs at ρ 0.75 would cost 65 g).
+    result = runner.invoke(app, [*args, "--measured-power", "0.5:250", "--measured-power", "1:200"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["feasible"] and plan["mean_rho"] == pytest.approx(2 / 3)
+    assert plan["expected_carbon_g"]["planner"] == pytest.approx(60.0)
+    assert {s["rho"] for s in plan["segments"]} == {0.5, 1.0}
+
+
 def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):
     path = _trace_file(tmp_path, [300, 50] * 20)
     config = tmp_path / "carbonsched.toml"

@@ -139,13 +139,18 @@ def diurnal_g_per_kwh(at: datetime) -> float:
     return 300.0 + 150.0 * math.cos(2 * math.pi * (hour - 19) / 24)
 
 
-def store_with_a_week_of_readings(tmp_path, now: datetime) -> Store:
-    store = Store(tmp_path / "state.sqlite")
+def store_with_a_week_of_readings(tmp_path, now: datetime, provider: str = "trace", zone: str | None = None,
+                                  g_per_kwh=diurnal_g_per_kwh, store: Store | None = None) -> Store:
+    store = store or Store(tmp_path / "state.sqlite")
     at = now - timedelta(days=7)
     while at < now:
-        store.add_intensity(IntensityReading(diurnal_g_per_kwh(at), at, "trace", "average", at, interval_s=900.0))
+        store.add_intensity(IntensityReading(g_per_kwh(at), at, provider, "average", at, zone=zone, interval_s=900.0))
         at += timedelta(minutes=15)
     return store
+
+
+def reading_now(value: float, forecast, provider: str = "trace", zone: str | None = None) -> IntensityReading:
+    return IntensityReading(value, T0, provider, "average", T0, zone=zone, forecast=tuple(forecast))
 
 
 def history_from(store: Store, now: datetime) -> ReadingHistory:
@@ -174,7 +179,8 @@ def test_the_daemon_plans_a_pausable_job_into_the_clean_hours_its_store_remember
         store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
         store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
                           mean_rho=None, may_pause=True)
-        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, 350.0, forecast, 60.0)["j"]
+        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, reading_now(350.0, forecast),
+                                                  60.0)["j"]
     # The two cleanest hours are around 07:00 tomorrow (19 h from now), where the week's readings dip.
     assert decision.pause_until_s is not None
     assert 17 * HOUR_S <= decision.pause_until_s - T0.timestamp() <= 19 * HOUR_S
@@ -187,10 +193,38 @@ def test_without_history_the_last_forecast_value_holds(tmp_path):
         store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
         store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
                           mean_rho=None, may_pause=True)
-        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, 350.0, forecast, 60.0)["j"]
+        decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, reading_now(350.0, forecast),
+                                                  60.0)["j"]
     slots = planning_slots(T0, 350.0, forecast, 24 * HOUR_S, history)
     assert slots[-1] == Slot(3 * HOUR_S, 24 * HOUR_S, 300.0) and len(slots) == 4
     assert decision.pause_until_s == (T0 + timedelta(hours=2)).timestamp()  # the last forecast hour, 300
+
+
+def afternoon_dip_g_per_kwh(at: datetime) -> float:
+    """Another grid: clean from 14:00 to 17:00 UTC only, dirty otherwise."""
+    return 0.0 if 14 <= at.hour < 17 else 1000.0
+
+
+def test_the_history_fill_takes_only_the_readings_of_the_provider_and_zone_giving_the_forecast(tmp_path):
+    forecast = hourly_forecast(T0, [350.0, 300.0])
+    with store_with_a_week_of_readings(tmp_path, T0, provider="electricitymaps", zone="DE") as store:
+        # The same week from a trace used earlier and from another zone of the same provider.
+        store_with_a_week_of_readings(tmp_path, T0, provider="trace:old.csv", g_per_kwh=afternoon_dip_g_per_kwh, store=store)
+        store_with_a_week_of_readings(tmp_path, T0, provider="electricitymaps", zone="FR",
+                                      g_per_kwh=afternoon_dip_g_per_kwh, store=store)
+        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
+        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
+                          mean_rho=None, may_pause=True)
+        jobs = store.jobs(status="running")
+        planner = JobPlanner()
+        germany = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "DE"), 60.0)
+        france = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "FR"), 60.0)
+        unknown = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "ukgrid", "GB"), 60.0)
+    # DE's own week dips around 07:00 tomorrow (19 h from now); mixed with the others' 15:00 dip it would not.
+    assert 17 * HOUR_S <= germany["j"].pause_until_s - T0.timestamp() <= 19 * HOUR_S
+    assert france["j"].pause_until_s == (T0 + timedelta(hours=3)).timestamp()  # FR's own 15:00 dip
+    # No stored reading from this provider: the forecast's last value (300, two hours from now) holds.
+    assert unknown["j"].pause_until_s == (T0 + timedelta(hours=2)).timestamp()
 
 
 def test_power_per_rho_is_learned_from_epoch_energy_and_changes_the_plan():

@@ -277,6 +277,131 @@ def test_budget_mode_mixes_hull_levels_and_puts_the_higher_rho_in_the_cleaner_ho
     assert plan.work_full_epochs >= best
 
 
+def _lp_most_quality(job: Job, cost: CostModel, slots, rhos, value) -> float:
+    """Most Σ value(ρ) over the epochs by LP, for a job that may not pause: seconds y[s,k] at level k in
+    slot s, carbon Σ y·P_k·I_s <= budget; for each last slot, every earlier slot runs throughout."""
+    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+    times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
+    best = -math.inf
+    for last in range(len(window)):
+        used = window[: last + 1]
+        n = len(used)
+        c = [-value(r) / t for _ in used for r, t in zip(rhos, times)]
+        row = lambda s: [1.0 if j // k == s else 0.0 for j in range(n * k)]  # noqa: E731
+        a_eq = [row(s) for s in range(last)] + [[1.0 / times[j % k] for j in range(n * k)]]
+        b_eq = [slot.length_s for slot in used[:last]] + [job.epochs]
+        carbon = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
+        result = linprog(c, A_ub=[row(last), carbon], b_ub=[used[last].length_s, job.carbon_budget_g], A_eq=a_eq,
+                         b_eq=b_eq, bounds=(0, None), method="highs")
+        if result.status == 0:
+            best = max(best, -result.fun)
+    return best
+
+
+@pytest.mark.parametrize("nonlinear, power_by_rho, concave", [
+    (False, False, False), (True, False, False), (False, True, False), (True, True, False),
+    (False, True, True), (True, True, True)])
+def test_budget_mode_equals_the_lp_optimum_on_random_instances(nonlinear, power_by_rho, concave):
+    rng = random.Random(101 + 4 * nonlinear + 2 * power_by_rho + concave)
+    grid = [i / 20 for i in range(4, 21)]
+    value = (lambda r: math.sqrt(r)) if concave else (lambda r: r)
+    checked = spent = 0
+    for _ in range(50):
+        slots = _slots([rng.choice([rng.uniform(20, 600), 150.0]) for _ in range(rng.randint(2, 8))])
+        cost = _random_cost(rng, nonlinear, idle=False, power_by_rho=power_by_rho)
+        epochs = rng.uniform(0.5, 3)
+        full_g = _continuous_carbon_g(slots, cost.power_w(1.0), epochs * cost.epoch_s(1.0))
+        job = Job(epochs=epochs, deadline_s=slots[-1].end_s * rng.uniform(0.7, 1.0), rho_min=rng.choice([0.3, 0.4, 0.5]),
+                  carbon_budget_g=full_g * rng.uniform(0.3, 1.2))
+        plan = plan_within_budget(job, cost, slots, quality=value if concave else None,
+                                  quality_rhos=grid if concave else ())
+        levels = sorted({*_lp_levels(job, cost), *(r for r in grid if r >= job.rho_min)})
+        optimum = _lp_most_quality(job, cost, slots, levels, value)
+        if not plan.feasible:
+            assert optimum == -math.inf
+            continue
+        planned = sum(level.epochs * value(level.rho) for level in plan.levels)
+        if concave and not power_by_rho:  # one ρ between two breakpoints: at least the chord's value
+            assert planned >= optimum * (1 - 1e-6)
+        else:
+            assert planned == pytest.approx(optimum, rel=1e-6)
+        assert plan.expected_carbon_g <= job.carbon_budget_g * (1 + 1e-9)
+        assert plan.segments[0].start_s == 0 and plan.paused_s == pytest.approx(0, abs=1e-6)
+        assert plan.finish_s <= job.deadline_s + 1e-6
+        assert all(job.rho_min - 1e-12 <= s.rho <= 1 for s in plan.segments)
+        assert sum(s.length_s / cost.epoch_s(s.rho) for s in plan.segments) == pytest.approx(job.epochs, rel=1e-9)
+        checked += 1
+        spent += plan.expected_carbon_g == pytest.approx(job.carbon_budget_g, rel=1e-6)
+    assert checked >= 25 and spent >= 10  # and the budget binds in many of them
+
+
+def test_budget_mode_with_power_by_rho_beats_every_whole_epoch_sequence_within_budget():
+    """Brute force: every sequence of whole epochs at the candidate ρ, run one after another from now,
+    priced with each epoch's own power; the plan does at least as much work within the budget."""
+    rng = random.Random(17)
+    rhos = (0.4, 0.7, 1.0)
+    for _ in range(30):
+        slots = _slots([rng.uniform(20, 600) for _ in range(5)], length_s=3600.0)
+        cost = CostModel(epoch_s_at_full=3600, running_power_w=200,
+                         power_points=tuple((r, rng.uniform(100, 400)) for r in rhos))
+        full_g = _continuous_carbon_g(slots, cost.power_w(1.0), 3 * 3600)
+        job = Job(epochs=3, deadline_s=slots[-1].end_s, rho_min=0.4, carbon_budget_g=full_g * rng.uniform(0.4, 1.1))
+        plan = plan_within_budget(job, cost, slots)
+        best = None
+        for sequence in itertools.product(rhos, repeat=3):
+            at_s, carbon = 0.0, 0.0
+            for r in sequence:
+                carbon += cost.power_w(r) * energy_intensity_s(slots, at_s, at_s + cost.epoch_s(r)) / J_PER_KWH
+                at_s += cost.epoch_s(r)
+            if carbon <= job.carbon_budget_g:
+                best = max(best or 0.0, sum(sequence))
+        if best is None:
+            continue
+        assert plan.feasible and plan.expected_carbon_g <= job.carbon_budget_g * (1 + 1e-9)
+        assert plan.work_full_epochs >= best - 1e-9
+
+
+def test_budget_mode_with_power_by_rho_spends_the_budget_as_measured():
+    # ρ 0.4 draws 400 W, ρ 1 100 W: an epoch at ρ 1 (1800 s) takes 50 W·h, one at ρ 0.4 (720 s) 80 W·h.
+    # Priced at one power, the budget would buy low ρ; measured, ρ 1 is cheaper and the budget is ample.
+    slots = _slots([200.0] * 8)
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=250, power_points=((0.4, 400.0), (1.0, 100.0)))
+    budget_g = 3 * 100 * 1800 * 200 / J_PER_KWH
+    job = Job(epochs=3, deadline_s=slots[-1].end_s, rho_min=0.4, carbon_budget_g=budget_g)
+    plan = plan_within_budget(job, cost, slots)
+    assert plan.feasible and plan.expected_carbon_g == pytest.approx(budget_g)
+    assert [(level.rho, pytest.approx(level.epochs)) for level in plan.levels] == [(1.0, pytest.approx(3.0))]
+    poor = plan_within_budget(dataclasses.replace(job, carbon_budget_g=budget_g * 0.5), cost, slots)
+    assert not poor.feasible and "least-carbon run" in poor.note
+    assert poor.expected_carbon_g == pytest.approx(budget_g)  # the epochs' least-carbon run: 3 at ρ 1
+
+
+def test_budget_mode_with_power_by_rho_runs_the_higher_rho_in_the_clean_hours():
+    slots = _slots([100, 500] * 4)
+    cost = CostModel(epoch_s_at_full=1800, running_power_w=300, power_points=((0.4, 150.0), (1.0, 300.0)))
+    for budget_g in (40.0, 60.0, 80.0):
+        plan = plan_within_budget(Job(epochs=3, deadline_s=slots[-1].end_s, rho_min=0.4, carbon_budget_g=budget_g),
+                                  cost, slots)
+        assert plan.feasible and plan.expected_carbon_g == pytest.approx(budget_g)
+
+        def mean_rho_at(intensity):
+            pieces = [s for s in plan.segments if s.intensity_g_per_kwh == intensity]
+            return sum(s.rho * s.length_s for s in pieces) / sum(s.length_s for s in pieces)
+
+        assert mean_rho_at(100) > mean_rho_at(500)
+
+
+def test_budget_mode_with_the_same_power_at_every_rho_gives_the_constant_power_plans():
+    rng = random.Random(23)
+    for _ in range(30):
+        slots = _slots([rng.uniform(20, 600) for _ in range(rng.randint(2, 9))])
+        constant = _random_cost(rng, nonlinear=rng.choice([True, False]), idle=False)
+        flat = dataclasses.replace(constant, power_points=((0.4, constant.running_power_w), (1.0, constant.running_power_w)))
+        full_g = _continuous_carbon_g(slots, constant.running_power_w, 2 * 1800)
+        job = Job(epochs=2, deadline_s=slots[-1].end_s, rho_min=0.4, carbon_budget_g=full_g * rng.uniform(0.3, 1.2))
+        assert plan_within_budget(job, flat, slots) == plan_within_budget(job, constant, slots)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0, deadline_s=10, rho_min=0.4), "epochs"),
     (dict(epochs=1, deadline_s=-1, rho_min=0.4), "deadline"),

@@ -24,26 +24,46 @@ the LP (Lagrangian duality). With constant power the levels reduce to CarbonScal
 Idle power while paused is handled as there: for each possible finishing slot, earlier slots cost
 ``(P_r − P_idle)·I_s`` per running second (running displaces idle draw) plus the idle carbon of
 all of them, the finishing slot ``P_r·I_s``; the cheapest finishing slot wins.
+
+The budget mode is the same LP turned around: a job that may not pause maximises its quality
+``Σ x·q_r/t_r`` (``q_r`` = q(ρ) per epoch, ρ by default: the training work) subject to the
+epochs, running without a break, and ``Σ x·P_r·I_s <= B``. The same priced greedy solves it: as
+``μ`` grows, its solutions trace the (carbon, quality) frontier, both rising. The most quality any
+plan reaches, with the least carbon among such plans, is the floor problem above with the floor
+at that quality; if it is within ``B`` it is the answer. Otherwise bisection finds the ``μ`` at
+which carbon crosses ``B``, and the mix of the two solutions around it spends exactly ``B``: both
+minimise ``carbon − μ·quality``, so no plan within ``B`` has more quality (Lagrangian duality
+again, with ``1/μ`` the price of a gram). For each slot the run could end in, as above; the most
+quality wins.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from carbonsched.planning.model import JOULES_PER_KWH, Slot
 
 BISECTION_STEPS = 200
+PRICE_GROWTH_STEPS = 80  # μ grows fourfold per step until the condition holds
 RELATIVE_WIDTH = 1e-13
+RELATIVE_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
 class RhoLevel:
-    """One ρ an epoch may run at: its epoch time (s) and running power (W)."""
+    """One ρ an epoch may run at: its epoch time (s), running power (W) and the quality one epoch
+    at it adds (q(ρ); None: ρ itself, the training work in full-epoch equivalents)."""
 
     rho: float
     epoch_s: float
     power_w: float
+    quality: float | None = None
+
+    @property
+    def value(self) -> float:
+        """Quality per epoch at this level."""
+        return self.rho if self.quality is None else self.quality
 
 
 Fill = dict[int, dict[float, float]]  # slot index -> {ρ: running seconds}
@@ -53,7 +73,7 @@ Fill = dict[int, dict[float, float]]  # slot index -> {ρ: running seconds}
 class _Solution:
     fill: Fill
     cost_g: float
-    quality: float  # Σ ρ·epochs
+    quality: float  # Σ value·epochs (Σ ρ·epochs unless the levels carry a quality)
 
 
 def least_carbon_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, rho_floor: float,
@@ -73,61 +93,144 @@ def least_carbon_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs:
         solution = _solve(slots[: finish + 1], levels, epochs, rho_floor * epochs, rate_g_per_s)
         if solution is not None:
             total_g = idle_before_g + solution.cost_g
-            if best is None or total_g < best[0] * (1 - 1e-12):
+            if best is None or total_g < best[0] * (1 - RELATIVE_TOLERANCE):
                 best = (total_g, solution.fill)
         idle_before_g += idle_power_w * slots[finish].intensity_g_per_kwh * slots[finish].length_s / JOULES_PER_KWH
     return best[1] if best else None
 
 
-def _continuous_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, rho_floor: float) -> Fill | None:
-    """Without pausing: for each slot the run could end in, every earlier slot runs throughout."""
-    slowest_s, fastest_s = max(level.epoch_s for level in levels), min(level.epoch_s for level in levels)
+def most_quality_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, budget_g: float) -> Fill | None:
+    """Running seconds per slot and ρ doing ``epochs`` from the first slot without a break, with the
+    most quality (Σ value per epoch) whose carbon stays within ``budget_g``; None when even the
+    least-carbon run exceeds it or the epochs do not fit (see the module docstring)."""
     best: _Solution | None = None
-    for last, slot in enumerate(slots):
-        if slot.end_s < epochs * fastest_s * (1 - 1e-12) or slot.start_s > epochs * slowest_s:
-            continue  # the run cannot end in this slot
-
-        def rate_g_per_s(index: int, level: RhoLevel) -> float:
-            return level.power_w * slots[index].intensity_g_per_kwh / JOULES_PER_KWH
-
-        solution = _solve(slots[: last + 1], levels, epochs, rho_floor * epochs, rate_g_per_s, full=last)
-        if solution is not None and (best is None or solution.cost_g < best.cost_g * (1 - 1e-12)):
+    for last in _run_ends(slots, levels, epochs):
+        solution = _solve_within(slots[: last + 1], levels, epochs, budget_g, _running_rate(slots), full=last)
+        if solution is None or best is None:
+            best = best or solution
+            continue
+        margin = RELATIVE_TOLERANCE * max(1.0, abs(best.quality))
+        if solution.quality > best.quality + margin or (
+                solution.quality >= best.quality - margin and solution.cost_g < best.cost_g * (1 - RELATIVE_TOLERANCE)):
             best = solution
     return best.fill if best else None
 
 
+def _continuous_fill(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, rho_floor: float) -> Fill | None:
+    """Without pausing: for each slot the run could end in, every earlier slot runs throughout."""
+    best: _Solution | None = None
+    for last in _run_ends(slots, levels, epochs):
+        solution = _solve(slots[: last + 1], levels, epochs, rho_floor * epochs, _running_rate(slots), full=last)
+        if solution is not None and (best is None or solution.cost_g < best.cost_g * (1 - RELATIVE_TOLERANCE)):
+            best = solution
+    return best.fill if best else None
+
+
+def _run_ends(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float) -> list[int]:
+    """Slots a run of ``epochs`` from the first slot, without a break, can end in."""
+    slowest_s, fastest_s = max(level.epoch_s for level in levels), min(level.epoch_s for level in levels)
+    return [last for last, slot in enumerate(slots)
+            if slot.end_s >= epochs * fastest_s * (1 - RELATIVE_TOLERANCE) and slot.start_s <= epochs * slowest_s]
+
+
+def _running_rate(slots: Sequence[Slot]) -> Callable[[int, RhoLevel], float]:
+    def rate_g_per_s(index: int, level: RhoLevel) -> float:
+        return level.power_w * slots[index].intensity_g_per_kwh / JOULES_PER_KWH
+
+    return rate_g_per_s
+
+
+RateFunction = Callable[[int, RhoLevel], float]
+
+
 def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, quality_needed: float,
-           rate_g_per_s, full: int = 0) -> _Solution | None:
-    """The LP over ``slots`` (the first ``full`` of them run throughout) by bisection on the floor's price."""
+           rate_g_per_s: RateFunction, full: int = 0) -> _Solution | None:
+    """Least carbon with quality >= ``quality_needed`` (the first ``full`` slots run throughout),
+    by bisection on the quality's price."""
     rates = [[rate_g_per_s(index, level) for level in levels] for index in range(len(slots))]
-    low = _greedy(slots, levels, rates, epochs, 0.0, full)
-    if low is None:
-        return None
-    if low.quality >= quality_needed * (1 - 1e-12):
+
+    def evaluate(mu: float) -> _Solution | None:
+        return _greedy(slots, levels, rates, epochs, mu, full)
+
+    def reached(solution: _Solution) -> bool:
+        return solution.quality >= quality_needed - RELATIVE_TOLERANCE * abs(quality_needed)
+
+    low = evaluate(0.0)
+    if low is None or reached(low):
         return low
-    scale = max(max(row) for row in rates) * max(level.epoch_s for level in levels) + 1e-12
+    crossing = _price_crossing(evaluate, reached, low, _price_scale(rates, levels))
+    if crossing is None:
+        return None
+    low, high = crossing
+    return _mix(low, high, high.quality - quality_needed, high.quality - low.quality)
+
+
+def _solve_within(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, budget_g: float,
+                  rate_g_per_s: RateFunction, full: int = 0) -> _Solution | None:
+    """Most quality with carbon <= ``budget_g`` (the first ``full`` slots run throughout)."""
+    rates = [[rate_g_per_s(index, level) for level in levels] for index in range(len(slots))]
+
+    def evaluate(mu: float) -> _Solution | None:
+        return _greedy(slots, levels, rates, epochs, mu, full)
+
+    cheapest = evaluate(0.0)
+    if cheapest is None or cheapest.cost_g > budget_g * (1 + RELATIVE_TOLERANCE):
+        return None
+    unpriced = _greedy(slots, levels, [[0.0] * len(levels) for _ in slots], epochs, 1.0, full)
+    assert unpriced is not None  # same capacity as at μ = 0
+    top_quality = unpriced.quality
+
+    def reached(solution: _Solution) -> bool:  # over budget, or the most quality there is
+        return (solution.cost_g > budget_g
+                or solution.quality >= top_quality - RELATIVE_TOLERANCE * max(1.0, abs(top_quality)))
+
+    if reached(cheapest):
+        return cheapest
+    crossing = _price_crossing(evaluate, reached, cheapest, _price_scale(rates, levels))
+    assert crossing is not None  # a high enough price reaches the most quality
+    low, high = crossing
+    if high.cost_g <= budget_g:
+        return high
+    return _mix(low, high, high.cost_g - budget_g, high.cost_g - low.cost_g)
+
+
+def _price_scale(rates: list[list[float]], levels: Sequence[RhoLevel]) -> float:
+    return max(max(row) for row in rates) * max(level.epoch_s for level in levels) + 1e-12
+
+
+def _price_crossing(evaluate: Callable[[float], _Solution | None], reached: Callable[[_Solution], bool],
+                    low: _Solution, scale: float) -> tuple[_Solution, _Solution] | None:
+    """The greedy's solutions just below and at the least price ``μ`` where ``reached`` holds
+    (``low``: the solution at μ = 0, which does not reach it). ``reached`` must switch once as μ
+    grows; None when no price up to ``scale·4^PRICE_GROWTH_STEPS`` reaches it."""
     mu_low, mu_high, high = 0.0, scale, None
-    for _ in range(80):
-        high = _greedy(slots, levels, rates, epochs, mu_high, full)
-        if high is not None and high.quality >= quality_needed * (1 - 1e-12):
+    for _ in range(PRICE_GROWTH_STEPS):
+        high = evaluate(mu_high)
+        assert high is not None  # same capacity as at μ = 0
+        if reached(high):
             break
-        mu_low, mu_high = mu_high, mu_high * 4
+        mu_low, low, mu_high = mu_high, high, mu_high * 4
     else:
         return None
     for _ in range(BISECTION_STEPS):
         if mu_high - mu_low <= RELATIVE_WIDTH * mu_high:
             break
         middle = (mu_low + mu_high) / 2
-        candidate = _greedy(slots, levels, rates, epochs, middle, full)
-        assert candidate is not None  # same capacity as at μ = 0
-        if candidate.quality >= quality_needed:
+        candidate = evaluate(middle)
+        assert candidate is not None
+        if reached(candidate):
             mu_high, high = middle, candidate
         else:
             mu_low, low = middle, candidate
     assert high is not None
-    if high.quality - low.quality <= 0:
+    return low, high
+
+
+def _mix(low: _Solution, high: _Solution, low_share_numerator: float, denominator: float) -> _Solution:
+    """``low`` and ``high`` mixed, ``low`` with share ``numerator / denominator`` (clamped to [0, 1])."""
+    if denominator <= 0:
         return high
-    weight = (high.quality - quality_needed) / (high.quality - low.quality)  # of the low solution
+    weight = min(1.0, max(0.0, low_share_numerator / denominator))
     fill: Fill = {}
     for share, part in ((weight, low.fill), (1 - weight, high.fill)):
         for index, seconds_by_rho in part.items():
@@ -135,7 +238,8 @@ def _solve(slots: Sequence[Slot], levels: Sequence[RhoLevel], epochs: float, qua
                 if share * seconds > 0:
                     slot_fill = fill.setdefault(index, {})
                     slot_fill[rho] = slot_fill.get(rho, 0.0) + share * seconds
-    return _Solution(fill, weight * low.cost_g + (1 - weight) * high.cost_g, quality_needed)
+    return _Solution(fill, weight * low.cost_g + (1 - weight) * high.cost_g,
+                     weight * low.quality + (1 - weight) * high.quality)
 
 
 def _greedy(slots: Sequence[Slot], levels: Sequence[RhoLevel], rates: list[list[float]], epochs: float,
@@ -147,7 +251,7 @@ def _greedy(slots: Sequence[Slot], levels: Sequence[RhoLevel], rates: list[list[
     position: dict[int, tuple[tuple[float, float, int], tuple[float, float, int], float]] = {}
     need = epochs
     for index, slot in enumerate(slots):
-        points = [(1.0 / level.epoch_s, rates[index][k] - mu * level.rho / level.epoch_s, k)
+        points = [(1.0 / level.epoch_s, rates[index][k] - mu * level.value / level.epoch_s, k)
                   for k, level in enumerate(levels)]
         hull = lower_hull(points if index < full else [(0.0, 0.0, -1)] + points)
         if index < full:
@@ -178,7 +282,7 @@ def _greedy(slots: Sequence[Slot], levels: Sequence[RhoLevel], rates: list[list[
             seconds = length * share
             fill.setdefault(index, {})[level.rho] = fill.get(index, {}).get(level.rho, 0.0) + seconds
             cost_g += seconds * rates[index][vertex[2]]
-            quality += seconds * level.rho / level.epoch_s
+            quality += seconds * level.value / level.epoch_s
     return _Solution(fill, cost_g, quality)
 
 
@@ -198,4 +302,4 @@ def lower_hull(points: Sequence[Point]) -> list[Point]:
     return hull
 
 
-__all__ = ["Fill", "RhoLevel", "least_carbon_fill", "lower_hull"]
+__all__ = ["Fill", "RhoLevel", "least_carbon_fill", "lower_hull", "most_quality_fill"]

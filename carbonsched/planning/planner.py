@@ -13,17 +13,20 @@ Two modes (the job and cost model are in :mod:`carbonsched.planning.model`):
 ``plan_within_budget``
     For a job that may not pause: the most training work (Σ q(ρ) over epochs, q(ρ) = ρ unless a
     concave quality curve is given) whose carbon stays within ``carbon_budget_g``. Running from now
-    without a break, carbon grows with the running time only, so the budget fixes the longest
-    affordable run; the upper convex hull of the (epoch seconds, q) points spends it best.
+    without a break at one running power, carbon grows with the running time only, so the budget
+    fixes the longest affordable run; the upper convex hull of the (epoch seconds, q) points spends
+    it best. With power per ρ, see below.
 
 With running power independent of ρ, which epoch runs in which slot changes no carbon; the plan
 puts the higher ρ in the cleaner seconds, which is free. When the cost model has measured power
 per ρ (``power_points`` that differ), the plan comes from
-:func:`~carbonsched.planning.knapsack.least_carbon_fill`: exact over mixes of the candidate ρ
-(rho_min, 1 and the measured ones; between them time and energy per epoch are linear, so any ρ in
-between is such a mix), tested against an LP solver, for jobs that may pause and jobs that may
-not. Limit: the budget mode spends its budget at ``running_power_w``. Plans are fluid: a level
-change may fall inside an epoch (the trainer applies the ρ current when an epoch starts).
+:func:`~carbonsched.planning.knapsack.least_carbon_fill` (least carbon) or
+:func:`~carbonsched.planning.knapsack.most_quality_fill` (budget mode: an epoch at ρ in a slot of
+intensity I costs P(ρ)·t(ρ)·I and adds q(ρ), so each running second at ρ adds q(ρ)/t(ρ) and costs
+P(ρ)·I): exact over mixes of the candidate ρ (rho_min, 1, the measured ones and the quality
+curve's breakpoints; between them time and energy per epoch are linear, so any ρ in between is
+such a mix), tested against an LP solver, for jobs that may pause and jobs that may not. Plans are
+fluid: a level change may fall inside an epoch (the trainer applies the ρ current when an epoch starts).
 
 The daemon calls a planner again at every decision interval with the work left, the time left to
 the deadline and the fresh forecast; :meth:`Plan.rho_at` is the answer for "now".
@@ -32,11 +35,12 @@ the deadline and the fresh forecast; :meth:`Plan.rho_at` is the answer for "now"
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from carbonsched.planning.knapsack import RhoLevel, least_carbon_fill, lower_hull
+from carbonsched.planning.knapsack import Fill, RhoLevel, least_carbon_fill, lower_hull, most_quality_fill
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, carbon_g, check_slots
 
 RELATIVE_TOLERANCE = 1e-9
@@ -301,8 +305,11 @@ def _plan_power_by_rho(job: Job, cost: CostModel, window: Sequence[Slot]) -> Pla
     """The exact plan when running power depends on ρ (:mod:`carbonsched.planning.knapsack`)."""
     levels = [RhoLevel(rho, cost.epoch_s(rho), cost.power_w(rho)) for rho in _candidate_rhos(job, cost)]
     fill = least_carbon_fill(window, levels, job.epochs, job.rho_floor, cost.idle_power_w, may_pause=job.may_pause)
-    if fill is None:
-        return None
+    return None if fill is None else _plan_from_fill(job, cost, window, fill)
+
+
+def _plan_from_fill(job: Job, cost: CostModel, window: Sequence[Slot], fill: Fill) -> Plan:
+    """The plan running ``fill`` (seconds per slot and ρ), the higher ρ first within a slot."""
     epochs_by_rho: dict[float, float] = {}
     segments: list[Segment] = []
     for index in sorted(fill):
@@ -348,13 +355,18 @@ def plan_within_budget(job: Job, cost: CostModel, slots: Sequence[Slot], quality
 
     ``quality`` must be concave on [rho_min, 1] or be given as its breakpoints ``quality_rhos``
     (piecewise linear between them): the plan is exact over the candidate ρ values (rho_min, 1,
-    the cost model's measured ρ and ``quality_rhos``).
+    the cost model's measured ρ and ``quality_rhos``). With measured power per ρ the plan may run
+    a different ρ in each slot (the higher-power ones where it is cleaner), and ``quality`` is taken
+    as linear between the candidates (a lower bound for a smooth concave curve given without its
+    breakpoints); a budget too small for the epochs gives their least-carbon run, marked infeasible.
     """
     check_slots(slots)
     if job.carbon_budget_g is None:
         raise PlanningInputError("plan_within_budget needs the job's carbon budget")
     value = quality or (lambda rho: rho)
     rhos = _candidate_rhos(job, cost, quality_rhos)
+    if cost.power_varies:
+        return _budget_plan_power_by_rho(job, cost, slots, value, rhos)
     points = sorted({(cost.epoch_s(rho), value(rho)): rho for rho in rhos}.items())
     rho_of = dict(points)
     hull = _upper_hull([point for point, _ in points])
@@ -378,6 +390,23 @@ def plan_within_budget(job: Job, cost: CostModel, slots: Sequence[Slot], quality
     fill = _continuous_fill(slots, need_s, allow_overrun=True) or {}
     segments = _segments(slots, fill, levels, cost)
     return Plan(job, segments, levels, expected_carbon_g(segments, slots, cost), feasible, note)
+
+
+def _budget_plan_power_by_rho(job: Job, cost: CostModel, slots: Sequence[Slot], value: QualityCurve,
+                              rhos: Sequence[float]) -> Plan:
+    """The budget mode when running power depends on ρ: carbon depends on which ρ runs in which
+    slot, so the plan is the LP of :func:`~carbonsched.planning.knapsack.most_quality_fill`. When the
+    budget cannot pay for the epochs, the least-carbon run of them, marked infeasible."""
+    assert job.carbon_budget_g is not None
+    window = clip_slots(slots, job.deadline_s)
+    levels = [RhoLevel(rho, cost.epoch_s(rho), cost.power_w(rho), value(rho)) for rho in rhos]
+    fill = most_quality_fill(window, levels, job.epochs, job.carbon_budget_g)
+    if fill is not None:
+        return _plan_from_fill(job, cost, window, fill)
+    cheapest = plan_min_carbon(dataclasses.replace(job, mean_rho=None, may_pause=False), cost, slots)
+    note = cheapest.note or (f"the budget {job.carbon_budget_g:g} g is less than the {cheapest.expected_carbon_g:.4g} g "
+                             f"the least-carbon run of {job.epochs:g} epochs needs")
+    return dataclasses.replace(cheapest, job=job, feasible=False, note=note)
 
 
 def _hull_value(hull: list[tuple[float, float]], x: float) -> float:
