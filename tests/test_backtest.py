@@ -373,7 +373,7 @@ def test_receding_learns_a_slower_epoch_time_and_meets_the_deadline_the_open_loo
     assert receding.guarded_s > 0 and receding.replans > 1
 
 
-def test_epoch_time_error_in_the_backtest_misses_deadlines_open_loop_only():
+def test_epoch_time_error_makes_the_open_loop_planner_miss_deadlines_the_receding_one_meets():
     result = run_backtest(_bundled_series(), JOB, COST, every_s=6 * 3600, noise=0.0, seed=3,
                           make_steps_rho=_constant_rho(0.7), epoch_time_error=0.3)
     assert result.summaries["planner-receding"].deadline_met_share == 1
