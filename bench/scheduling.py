@@ -310,7 +310,7 @@ def _plot(runs: dict[tuple[str, float], list[BacktestResult]], traces: dict) -> 
             values = [100 * _average(runs[trace_name, noise], name, "carbon_vs_now_full_mean") for name in STRATEGIES]
             ax.bar([i + (k - 1) * width for i in range(len(STRATEGIES))], values, width,
                    label=f"forecast noise {int(noise * 100)}%")
-        ax.set_xticks(range(len(STRATEGIES)), STRATEGIES, rotation=20)
+        ax.set_xticks(range(len(STRATEGIES)), STRATEGIES, rotation=30, ha="right")
         ax.set_title(f"{trace_name} trace")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("carbon, % of now-full (mean over submissions)")
