@@ -13,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from carbonsched.cli import app
-from carbonsched.planning import CostModel, Job, Slot
+from carbonsched.planning import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning import strategies
-from carbonsched.planning.backtest import Series, noisy_forecast, run_backtest
+from carbonsched.planning.backtest import Series, epoch_time_factor, noisy_forecast, run_backtest, true_cost_model
+from carbonsched.planning.closed_loop import execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.providers.trace import bundled_trace_path, load_trace
 
@@ -134,8 +135,11 @@ def test_backtest_command_on_a_foreign_column_layout(tmp_path):
     assert report["trace"]["step_s"] == 3600
     assert report["trace"]["gaps"] == [{"start": "2025-03-04T06:00:00+00:00", "missing_s": 3600.0}]
     assert report["trace"]["start"] == "2025-03-03T00:00:00+00:00"
-    assert set(report["strategies"]) == {"now-full", "now-constant", "shift", "steps", "planner", "planner-no-margin",
-                                         "oracle"}
+    assert set(report["strategies"]) == {"now-full", "now-constant", "shift", "steps", "planner", "planner-receding",
+                                         "planner-no-margin", "oracle"}
+    assert report["epoch_time_error"] == 0.0
+    assert report["planner_receding"]["submissions"] == report["submissions"]
+    assert set(report["planner_receding"]["regret_vs_oracle"]) == {"mean", "p90", "max", "total"}
     assert all(set(fields) == STRATEGY_FIELDS for fields in report["strategies"].values())
     assert set(report["planner_regret_vs_oracle"]) == {"mean", "p90", "max", "total"}
     assert report["margin"]["share"] == 0.1 and report["margin"]["carbon_cost"] >= 0
@@ -159,6 +163,7 @@ def test_backtest_command_on_a_foreign_column_layout(tmp_path):
     assert table.returncode == 0, table.stderr
     assert "1 gap in the samples, longest 1 h from 2025-03-04T06:00:00+00:00" in table.stdout
     assert "planner regret vs oracle: mean" in table.stdout
+    assert "planner-receding regret vs oracle: mean" in table.stdout
     assert "the 10% margin costs" in table.stdout
 
 
@@ -186,6 +191,7 @@ def test_steps_strategy_follows_the_built_in_steps_policy(tmp_path, intensity, r
     (["--trace", "{trace}", "--format", "xml"], "--format must be one of table, json"),
     (["--trace", "{trace}", "--mean-rho", "0.2"], "mean_rho must be in [rho_min=0.4, 1]"),
     (["--trace", "{trace}", "--noise", "-1"], "--noise must be a non-negative fraction"),
+    (["--trace", "{trace}", "--epoch-time-error", "1"], "--epoch-time-error must be a fraction in [0, 1)"),
     (["--trace", "{trace}", "--epochs", "0"], "epochs must be a positive number"),
     (["--trace", "{trace}", "--budget-g", "5", "--may-pause"], "--budget-g is for jobs that may not pause"),
     (["--trace", "{trace}", "--plot", "{missing_dir}/x.png"], "does not exist"),
@@ -289,3 +295,92 @@ def test_plan_command_uses_the_daemon_configs_provider(tmp_path, monkeypatch):
     config.write_text("provider = 7\n")
     bad = runner.invoke(app, ["plan", "--config", str(config)])
     assert bad.exit_code == 2 and bad.stderr.strip() == f"error: {config}: provider: must be a non-empty string"
+
+
+# ---- planner-receding: the daemon's re-planning, simulated ---------------------------------------------------------
+
+
+def _hourly_series(values) -> Series:
+    return Series(tuple(3600.0 * i for i in range(len(values))), tuple(float(v) for v in values), 3600.0 * len(values))
+
+
+def _daily(valley) -> list[float]:
+    """Three days of hourly values: dirty (400–470) except a clean valley at hours 3–8 of each day."""
+    day = [400 + 10 * (h % 8) for h in range(24)]
+    for offset, value in enumerate(valley):
+        day[3 + offset] = value
+    return day * 3
+
+
+def test_receding_with_a_perfect_forecast_is_the_planner_and_the_oracle_while_the_guard_stays_out():
+    # The valley (hours 3–8) is cleanest early and ends 15 h before each deadline (submissions at hours
+    # 0 and 12 of each day), so the guard never fires and the margin never binds: re-planning the optimal plan's
+    # rest on the truth then keeps it, slot by slot (one epoch ends inside a slot, so the learned epoch
+    # time and the open epoch's share are exercised too).
+    series = _hourly_series(_daily([90, 60, 75, 120, 80, 200]))
+    job = Job(epochs=4, deadline_s=24 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
+    cost = CostModel(epoch_s_at_full=3600, running_power_w=250)
+    result = run_backtest(series, job, cost, every_s=12 * 3600, noise=0.0, seed=0, make_steps_rho=_constant_rho(0.7))
+    assert result.submissions == 5 and result.receding_at == (0, 1, 2, 3, 4)
+    for receding, planner, oracle in zip(result.outcomes["planner-receding"], result.outcomes["planner"],
+                                         result.outcomes["oracle"]):
+        assert receding.carbon_g == pytest.approx(oracle.carbon_g, rel=1e-9)
+        assert planner.carbon_g == pytest.approx(oracle.carbon_g, rel=1e-9)
+        assert receding.mean_rho == pytest.approx(0.7, rel=1e-9) and receding.met_deadline
+    assert abs(result.receding_regret["max"]) < 1e-9
+
+
+def test_the_deadline_guard_is_where_receding_and_the_oracle_part():
+    # The cleanest hours are the last ones before the deadline: the optimal plan waits for them, but the
+    # daemon's guard will not let the ρ-1 need of the work left plus 10 % of the job's ρ-1 time exceed the
+    # time left, so it runs the job early at the highest ρ that fits: more carbon, a mean ρ above the floor.
+    values = [300.0] * 8 + [40.0] * 4 + [300.0] * 12
+    truth = [Slot(3600.0 * i, 3600.0 * (i + 1), v) for i, v in enumerate(values)]
+    job = Job(epochs=4, deadline_s=12 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
+    cost = CostModel(epoch_s_at_full=3600, running_power_w=250)
+    oracle = strategies.planned(job, cost, truth[:12])
+    assert {s.intensity_g_per_kwh for s in oracle.segments} == {40.0}
+    receding = execute_receding(job, 3600, cost, truth, lambda now_s, horizon_s: _shifted(truth, now_s, horizon_s),
+                                interval_s=3600)
+    assert receding.guarded_s > 0 and receding.finish_s <= job.deadline_s
+    assert receding.mean_rho > 0.7 + 0.05
+    assert receding.carbon_g > oracle.expected_carbon_g * 1.2
+
+
+def _shifted(truth, now_s, horizon_s):
+    return [Slot(max(s.start_s, now_s) - now_s, min(s.end_s, now_s + horizon_s) - now_s, s.intensity_g_per_kwh)
+            for s in truth if s.end_s > now_s and s.start_s < now_s + horizon_s]
+
+
+def test_receding_learns_a_slower_epoch_time_and_meets_the_deadline_the_open_loop_plan_misses():
+    # The cleanest hour now, then clean hours 7–11, cleaner towards a 12 h deadline; epochs really take 1.4x the
+    # estimate. The plan runs 4.2 h (hour 0 and hours 7–11); the open loop does 4.3 of its 6 epochs in them
+    # and the rest after the plan's end, past the deadline. The receding run ends its first epoch in hour 0,
+    # learns the epoch time from it and runs earlier.
+    values = [30.0] + [300.0] * 6 + [48.0, 46.0, 44.0, 42.0, 40.0] + [300.0] * 12
+    truth = [Slot(3600.0 * i, 3600.0 * (i + 1), v) for i, v in enumerate(values)]
+    job = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.5, mean_rho=0.7, may_pause=True)
+    estimate = CostModel(epoch_s_at_full=3600, running_power_w=250)
+    true_cost = true_cost_model(estimate, 1.4)
+    plan = strategies.planned(job, estimate, truth[:12])
+    open_loop = execute_open_loop(job, true_cost, plan.segments, truth)
+    assert plan.finish_s <= job.deadline_s and open_loop.finish_s > job.deadline_s
+    receding = execute_receding(job, 3600, true_cost, truth, lambda now_s, horizon_s: _shifted(truth, now_s, horizon_s),
+                                interval_s=3600)
+    assert receding.finish_s <= job.deadline_s
+    assert receding.mean_rho >= 0.7 - 1e-9
+    # With the epoch time learned from the first epoch, the guard starts the rest early enough.
+    assert receding.guarded_s > 0 and receding.replans > 1
+
+
+def test_epoch_time_error_makes_the_open_loop_planner_miss_deadlines_the_receding_one_meets():
+    result = run_backtest(_bundled_series(), JOB, COST, every_s=6 * 3600, noise=0.0, seed=3,
+                          make_steps_rho=_constant_rho(0.7), epoch_time_error=0.3)
+    assert result.summaries["planner-receding"].deadline_met_share == 1
+    assert result.summaries["planner"].deadline_met_share < 1
+    assert result.summaries["planner-receding"].rho_floor_met_share == 1
+    factors = [epoch_time_factor(0.3, 3, index) for index in range(result.submissions)]
+    assert min(factors) >= 0.7 and max(factors) <= 1.3 and len(set(factors)) == len(factors)
+    assert factors == [epoch_time_factor(0.3, 3, index) for index in range(result.submissions)]
+    with pytest.raises(PlanningInputError, match="epoch-time error"):
+        epoch_time_factor(1.5, 0, 0)

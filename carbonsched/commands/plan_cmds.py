@@ -268,6 +268,8 @@ def backtest(
     noise: float = typer.Option(0.0, "--noise", help="Relative forecast error (0.1: 10 %), seeded."),
     every_hours: float = typer.Option(2.0, "--every-hours", help="Submit the job every this many hours of the trace."),
     seed: int = typer.Option(0, "--seed", help="Seed of the forecast noise."),
+    epoch_time_error: float = typer.Option(0.0, "--epoch-time-error", help="The true epoch time is the estimate "
+                                           "times a seeded factor, uniform in [1-E, 1+E] per submission."),
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
     measured_epoch: list[str] = MeasuredEpochs,
@@ -277,7 +279,8 @@ def backtest(
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
 ) -> None:
-    """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner, oracle."""
+    """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner,
+    planner-receding (re-planned every slot, as the daemon does) and oracle."""
     from carbonsched.planning.backtest import SLOWER_SHARE, Series, run_backtest
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
@@ -286,6 +289,8 @@ def backtest(
         _fail(f"--noise must be a non-negative fraction, got {noise!r}")
     if not (math.isfinite(every_hours) and every_hours > 0):
         _fail(f"--every-hours must be positive, got {every_hours!r}")
+    if not (math.isfinite(epoch_time_error) and 0 <= epoch_time_error < 1):
+        _fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
                               power_w, idle_power_w, measured_epoch, measured_power)
     try:
@@ -295,7 +300,8 @@ def backtest(
     series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s)
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
-                              make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]))
+                              make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]),
+                              epoch_time_error=epoch_time_error)
     except PlanningInputError as exc:
         _fail(f"{trace}: {exc}")
     trace_info = {"path": str(trace), "samples": len(loaded.values_g_per_kwh), "step_s": loaded.step_s,
@@ -304,12 +310,14 @@ def backtest(
                   "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
     if fmt == "json":
         typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
-                               "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
+                               "epoch_time_error": epoch_time_error, "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
     else:
         slower_header = f"met if {SLOWER_SHARE:.0%} slower"
         lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
                  f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
-                 _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})", "",
+                 _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})"
+                 + (f"; true epoch time x U[{1 - epoch_time_error:g}, {1 + epoch_time_error:g}]"
+                    if epoch_time_error else ""), "",
                  f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
                  f"{slower_header:>16} {'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
         for name, s in result.summaries.items():
@@ -318,8 +326,12 @@ def backtest(
                          f"{s.deadline_met_if_slower_share:>16.0%} {s.mean_rho:>7.3f} "
                          f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
         margin = result.to_json()["margin"]
+        receding = result.receding_regret
         lines += ["", f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
                       f"max {result.regret_max:.2%}, total {result.regret_total:.2%}",
+                  f"planner-receding regret vs oracle: mean {receding['mean']:.2%}, p90 {receding['p90']:.2%}, "
+                  f"max {receding['max']:.2%}, total {receding['total']:.2%}; "
+                  f"{result.receding_vs_planner:+.2%} carbon vs planner",
                   f"the {margin['share']:.0%} margin costs {result.margin_carbon_cost:.2%} carbon; deadline met "
                   f"{margin['deadline_met_share']:.0%} with it, {margin['deadline_met_share_without']:.0%} without; "
                   f"with epochs {SLOWER_SHARE:.0%} slower than estimated {margin['deadline_met_if_slower_share']:.0%} "

@@ -3,29 +3,38 @@
 Pure functions: the caller reads the trace and the steps policy. For each submission at trace
 offset ``t0`` (every ``every_s`` while the deadline still lies inside the trace):
 
-- the *truth* is the trace from ``t0`` on, as slots at the trace's own step;
+- the *truth* is the trace from ``t0`` on, as slots at the trace's own step, and the true epoch
+  time: the estimate times :func:`epoch_time_factor` (1 unless ``epoch_time_error`` is given);
 - the *forecast* is the truth up to the deadline with seeded noise: every slot after the current one
   is multiplied by ``1 + noise · N(0, 1)`` (independent per slot, clipped at 0); the current slot is
   measured, so it is exact. :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``
   draws it (the trace provider's ``forecast_noise`` uses the same model);
-- ``shift``, ``planner`` and ``planner-no-margin`` plan on the forecast, ``oracle`` (the planner,
-  margin included) on the truth, ``steps`` reacts to the truth epoch by epoch, ``now-full`` and
-  ``now-constant`` just run; every plan is then executed unchanged and its carbon counted on the
-  truth (running plus idle power while paused).
+- ``shift``, ``planner`` and ``planner-no-margin`` plan on the forecast and the estimated epoch
+  time, ``oracle`` (the planner, margin included) on the truth and the true epoch time, ``steps``
+  reacts to the truth epoch by epoch, ``now-full`` and ``now-constant`` just run; every plan is then
+  executed unchanged on the true epoch time (:func:`~carbonsched.planning.closed_loop.execute_open_loop`)
+  and its carbon counted on the truth (running plus idle power while paused);
+- ``planner-receding`` re-plans at every slot boundary with the daemon's decision
+  (:func:`~carbonsched.planning.closed_loop.execute_receding`); each re-plan's forecast is the
+  truth from then to the deadline with a fresh draw of the same noise for every later slot, from
+  the submission's own stream (so its first plan sees ``planner``'s forecast). It costs 50–100
+  plans per submission, so ``receding_every`` may restrict it to every n-th submission.
 
 Per strategy: carbon relative to ``now-full`` per submission (mean, 10th and 90th percentile), the
 share of submissions that finished by the deadline and that met the mean-ρ floor, and the mean ρ.
-Forecast error changes where a plan runs, never how long it runs, so an executed plan finishes
+Forecast error changes where a plan runs, never how long, so an executed plan finishes
 when planned whatever the noise; what threatens a deadline is an epoch that takes longer than
 estimated. So each strategy also reports the share that would still finish by the deadline if
 every epoch took ``SLOWER_SHARE`` longer and the missing work ran right after the plan's end
-(no re-plan). Planner regret: (planner − oracle) / oracle per submission. The margin's cost:
-Σ planner / Σ planner-no-margin − 1.
+(no re-plan; for ``planner-receding`` a second receding run with epochs that much slower).
+Planner regret: (planner − oracle) / oracle per submission, and the same for ``planner-receding``.
+The margin's cost: Σ planner / Σ planner-no-margin − 1.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -33,9 +42,11 @@ from typing import Callable, Sequence
 
 from carbonsched.forecast_noise import perturbed, seeded_rng
 from carbonsched.planning import strategies
+from carbonsched.planning.closed_loop import Execution, ForecastAt, execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
-from carbonsched.planning.planner import Plan, expected_carbon_g
+from carbonsched.planning.planner import Plan
+from carbonsched.planning.strategies import RECEDING
 
 SLOWER_SHARE = 0.1
 
@@ -59,6 +70,11 @@ class Series:
                 slots.append(Slot(low - start_s, high - start_s, self.values_g_per_kwh[index]))
             index += 1
         return slots
+
+    @property
+    def step_s(self) -> float:
+        """The series' step: the first sample's length."""
+        return (self.offsets_s[1] if len(self.offsets_s) > 1 else self.end_s) - self.offsets_s[0]
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,9 @@ class BacktestResult:
     regret_max: float
     regret_total: float  # Σ planner / Σ oracle − 1
     margin_carbon_cost: float  # Σ planner / Σ planner-no-margin − 1
+    receding_at: tuple[int, ...]  # the submissions planner-receding was simulated on
+    receding_regret: dict[str, float]  # planner-receding vs oracle: mean, p90, max, total
+    receding_vs_planner: float  # Σ planner-receding / Σ planner − 1 over those submissions
 
     def to_json(self) -> dict:
         with_margin, without = self.summaries["planner"], self.summaries["planner-no-margin"]
@@ -108,6 +127,8 @@ class BacktestResult:
                        "deadline_met_share_without": without.deadline_met_share,
                        "deadline_met_if_slower_share": with_margin.deadline_met_if_slower_share,
                        "deadline_met_if_slower_share_without": without.deadline_met_if_slower_share},
+            "planner_receding": {"submissions": len(self.receding_at), "regret_vs_oracle": self.receding_regret,
+                                 "carbon_vs_planner": self.receding_vs_planner},
         }
 
 
@@ -128,14 +149,36 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def true_cost_model(cost: CostModel, factor: float) -> CostModel:
+    """``cost`` with every epoch ``factor`` times as long (power unchanged)."""
+    return dataclasses.replace(cost, epoch_s_at_full=cost.epoch_s_at_full * factor,
+                               epoch_time_points=tuple((rho, s * factor) for rho, s in cost.epoch_time_points))
+
+
+def epoch_time_factor(error: float, seed: int, index: int) -> float:
+    """The true over the estimated epoch time of submission ``index``: uniform in [1 − error, 1 + error], seeded."""
+    if error < 0 or not math.isfinite(error) or error >= 1:
+        raise PlanningInputError(f"epoch-time error must be a fraction in [0, 1), got {error!r}")
+    if error == 0:
+        return 1.0
+    return random.Random(f"epoch-time {seed} {index}").uniform(1 - error, 1 + error)
+
+
 def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, noise: float, seed: int,
-                 make_steps_rho: Callable[[float], strategies.RhoForIntensity]) -> BacktestResult:
+                 make_steps_rho: Callable[[float], strategies.RhoForIntensity], epoch_time_error: float = 0.0,
+                 receding_every: int = 1) -> BacktestResult:
     """Submit ``job`` at offsets 0, every_s, ... of ``series`` and run every strategy (see module doc).
 
     ``make_steps_rho(t0)`` returns a fresh reactive ρ function for the submission at offset ``t0``.
+    ``epoch_time_error``: the true epoch time is the estimate times :func:`epoch_time_factor`.
+    ``receding_every``: simulate ``planner-receding`` on every n-th submission only (it re-plans at
+    every slot, so it costs far more than the others); its summary covers those submissions.
     """
     if not (math.isfinite(every_s) and every_s > 0):
         raise PlanningInputError(f"the submission interval must be positive seconds, got {every_s!r}")
+    if receding_every < 1:
+        raise PlanningInputError(f"receding_every must be a positive count, got {receding_every!r}")
+    epoch_time_factor(epoch_time_error, seed, 0)
     starts: list[float] = []
     t0 = series.offsets_s[0]
     while t0 + job.deadline_s <= series.end_s + 1e-9:
@@ -145,10 +188,14 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
         span_h = (series.end_s - series.offsets_s[0]) / 3600
         raise PlanningInputError(f"the trace covers {span_h:g} h, less than the {job.deadline_s / 3600:g} h deadline: "
                                  "no submission fits")
-    # Long enough for every strategy, including a run from submission at the slowest ρ past the deadline.
-    longest_s = max(job.deadline_s, job.epochs * max(cost.epoch_s(rho) for rho in (job.rho_min, job.rho_floor, 1.0)))
+    step_s = series.step_s
     outcomes: dict[str, list[Outcome]] = {name: [] for name in strategies.STRATEGIES}
+    receding_at: list[int] = []
     for index, start_s in enumerate(starts):
+        true_cost = true_cost_model(cost, epoch_time_factor(epoch_time_error, seed, index))
+        # Long enough for every strategy, including a run from submission at the slowest ρ past the deadline.
+        longest_s = max(job.deadline_s, job.epochs * max(c.epoch_s(rho) for rho in (job.rho_min, job.rho_floor, 1.0)
+                                                         for c in (cost, true_cost)))
         truth = series.slots(start_s, start_s + 2 * longest_s)
         window = [s for s in truth if s.start_s < job.deadline_s]
         window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in window]
@@ -157,22 +204,60 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
             "now-full": strategies.now_full(job, cost, truth),
             "now-constant": strategies.now_constant(job, cost, truth),
             "shift": strategies.shift(job, cost, forecast),
-            "steps": strategies.reactive(job, cost, truth, make_steps_rho(start_s)),
+            "steps": strategies.reactive(job, true_cost, truth, make_steps_rho(start_s)),
             "planner": strategies.planned(job, cost, forecast),
             "planner-no-margin": strategies.planned(job, cost, forecast, margin_share=0.0),
-            "oracle": strategies.planned(job, cost, window),
+            "oracle": strategies.planned(job, true_cost, window),
         }
         for name, plan in plans.items():
-            outcomes[name].append(Outcome(expected_carbon_g(plan.segments, truth, cost), strategies.met_deadline(plan),
-                                          strategies.met_floor(plan), plan.mean_rho,
-                                          strategies.met_deadline(plan, slower_share=SLOWER_SHARE)))
-    return _summarise(tuple(starts), {name: tuple(values) for name, values in outcomes.items()})
+            executed = execute_open_loop(job, true_cost, plan.segments, truth)
+            outcomes[name].append(_outcome(job, executed, strategies.met_deadline(plan, slower_share=SLOWER_SHARE)))
+        if index % receding_every == 0:
+            receding_at.append(index)
+            forecast_at = _receding_forecast(series, start_s, job.deadline_s, noise, seeded_rng(seed, index))
+            executed = execute_receding(job, cost.epoch_s_at_full, true_cost, truth, forecast_at, interval_s=step_s)
+            slower = execute_receding(job, cost.epoch_s_at_full, true_cost_model(true_cost, 1 + SLOWER_SHARE), truth,
+                                      _receding_forecast(series, start_s, job.deadline_s, noise,
+                                                         seeded_rng(seed, index)), interval_s=step_s)
+            outcomes[RECEDING].append(_outcome(job, executed, _met(job, slower.finish_s)))
+    return _summarise(tuple(starts), {name: tuple(values) for name, values in outcomes.items()}, tuple(receding_at))
 
 
-def _summarise(starts: tuple[float, ...], outcomes: dict[str, tuple[Outcome, ...]]) -> BacktestResult:
-    baseline = [o.carbon_g for o in outcomes["now-full"]]
+def _met(job: Job, finish_s: float) -> bool:
+    return finish_s <= job.deadline_s * (1 + 1e-9) + 1e-6
+
+
+def _outcome(job: Job, executed: Execution, met_if_slower: bool) -> Outcome:
+    return Outcome(executed.carbon_g, _met(job, executed.finish_s), executed.mean_rho >= job.rho_floor - 1e-9,
+                   executed.mean_rho, met_if_slower)
+
+
+def _receding_forecast(series: Series, start_s: float, deadline_s: float, noise: float,
+                       rng: random.Random) -> ForecastAt:
+    """What ``planner-receding`` sees at each re-plan: the truth from then to the deadline, the
+    current slot exact and every later one with a fresh draw of the noise (see the module docstring)."""
+
+    def forecast_at(now_s: float, horizon_s: float) -> list[Slot]:
+        end_s = min(start_s + deadline_s, start_s + now_s + horizon_s)
+        return noisy_forecast(series.slots(start_s + now_s, max(end_s, start_s + now_s + 1e-3)), noise, rng)
+
+    return forecast_at
+
+
+def _regrets(carbon: Sequence[float], oracle: Sequence[float]) -> dict[str, float]:
+    """(strategy − oracle) / oracle per submission: mean, p90, max; total = Σ strategy / Σ oracle − 1."""
+    regrets = [(c - o) / o if o > 0 else 0.0 for c, o in zip(carbon, oracle)]
+    return {"mean": sum(regrets) / len(regrets), "p90": percentile(regrets, 90), "max": max(regrets),
+            "total": sum(carbon) / sum(oracle) - 1 if sum(oracle) else 0.0}
+
+
+def _summarise(starts: tuple[float, ...], outcomes: dict[str, tuple[Outcome, ...]],
+               receding_at: tuple[int, ...]) -> BacktestResult:
     summaries: dict[str, StrategySummary] = {}
     for name, results in outcomes.items():
+        baseline = [o.carbon_g for o in outcomes["now-full"]]
+        if name == RECEDING:
+            baseline = [baseline[i] for i in receding_at]
         ratios = [o.carbon_g / b if b > 0 else 1.0 for o, b in zip(results, baseline)]
         count = len(results)
         summaries[name] = StrategySummary(
@@ -187,8 +272,11 @@ def _summarise(starts: tuple[float, ...], outcomes: dict[str, tuple[Outcome, ...
         )
     planner = [o.carbon_g for o in outcomes["planner"]]
     oracle = [o.carbon_g for o in outcomes["oracle"]]
-    regrets = [(p - o) / o if o > 0 else 0.0 for p, o in zip(planner, oracle)]
+    regret = _regrets(planner, oracle)
+    receding = [o.carbon_g for o in outcomes[RECEDING]]
+    receding_regret = _regrets(receding, [oracle[i] for i in receding_at])
+    planner_subset = sum(planner[i] for i in receding_at)
     no_margin = sum(o.carbon_g for o in outcomes["planner-no-margin"])
-    return BacktestResult(len(starts), starts, outcomes, summaries, sum(regrets) / len(regrets),
-                          percentile(regrets, 90), max(regrets), sum(planner) / sum(oracle) - 1 if sum(oracle) else 0.0,
-                          sum(planner) / no_margin - 1 if no_margin else 0.0)
+    return BacktestResult(len(starts), starts, outcomes, summaries, regret["mean"], regret["p90"], regret["max"],
+                          regret["total"], sum(planner) / no_margin - 1 if no_margin else 0.0, receding_at,
+                          receding_regret, sum(receding) / planner_subset - 1 if planner_subset else 0.0)

@@ -9,6 +9,8 @@ was given (a forecast, or the truth for the oracle):
 ``steps``         the reactive policy: each epoch asks a ρ function of the intensity at its start.
 ``planner``       :func:`~carbonsched.planning.margin.plan_with_margin` (``MARGIN_SHARE`` of the
                   running time kept free before the deadline), or the budget mode.
+``planner-receding``   the daemon's receding horizon: re-planned at every slot from the job's
+                  progress and a fresh forecast (:mod:`carbonsched.planning.closed_loop`).
 ``planner-no-margin``  the same planner with no margin: what the margin costs in carbon.
 """
 
@@ -21,7 +23,8 @@ from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin
 from carbonsched.planning.model import CostModel, Job, Slot
 from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g, plan_min_carbon, plan_within_budget
 
-STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", "planner-no-margin", "oracle")
+RECEDING = "planner-receding"
+STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", RECEDING, "planner-no-margin", "oracle")
 
 RhoForIntensity = Callable[[float, float], float]
 """(intensity gCO2e/kWh, seconds since submission) → ρ; may keep state (hysteresis, dwell)."""
