@@ -33,6 +33,7 @@ from carbonsched.store import Store, StoreError
 from carbonsched.types import utcnow
 
 log = logging.getLogger("carbonsched.daemon")
+SIGNAL_POLL_S = 0.1  # how soon run_forever() acts on a stop or reload request
 
 # A reload keeps these as they were started with; they take effect on restart.
 RESTART_ONLY_SETTINGS = ("socket", "state_dir", "max_connections", "read_timeout_s", "max_line_bytes", "metrics_port")
@@ -83,8 +84,11 @@ class Daemon:
         self._policy_loader = policy_loader
         self._meter_factory = meter_factory
         self._store_factory = store_factory
-        self._stop = threading.Event()
-        self._reload_requested = threading.Event()
+        # Set by signal handlers, so plain attributes: a handler runs in the main thread between any
+        # two bytecodes, possibly while that thread holds a lock the handler would need (a
+        # threading.Event's, inside Event.wait), which would deadlock it. Writing a bool takes no lock.
+        self._stop_requested = False
+        self._reload_requested = False
         self._reload_lock = threading.Lock()
         self._stopped = False
         self.started_at = utcnow()
@@ -176,10 +180,12 @@ class Daemon:
             log.error("socket server thread is gone; withholding the watchdog ping")
 
     def request_stop(self) -> None:
-        self._stop.set()
+        """Ask run_forever() to stop; safe from a signal handler and from any thread."""
+        self._stop_requested = True
 
     def request_reload(self) -> None:
-        self._reload_requested.set()
+        """Ask run_forever() to reload; safe from a signal handler and from any thread."""
+        self._reload_requested = True
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads. Main thread only; call before start(), since the
@@ -193,10 +199,12 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads. Call from the main thread after start()."""
         self.install_signal_handlers()
         try:
-            while not self._stop.is_set():
-                if self._reload_requested.wait(0.25):
-                    self._reload_requested.clear()
+            while not self._stop_requested:
+                if self._reload_requested:
+                    self._reload_requested = False  # a SIGHUP during the reload asks for another
                     self.reload()
+                else:
+                    time.sleep(SIGNAL_POLL_S)
         finally:  # never a process whose socket answers while nothing reloads or stops it
             self.stop()
 
