@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -50,15 +51,24 @@ def _trainer(tmp_path, source, *, evaluate: bool):
     return trainer, green
 
 
-def test_trainer_reports_job_and_epochs_to_a_real_daemon(tmp_path):
+@contextmanager
+def _trained_against_daemon(tmp_path, *, evaluate: bool, train=Trainer.train, **source_kwargs):
+    """``train(trainer)`` with a DaemonRhoSource against a real daemon (policy ρ 0.7), then stop the
+    daemon; yields ``(daemon, source, trainer, green)`` while the daemon's state directory still exists."""
     with short_dir() as d:
         daemon = DaemonProcess(d, "--policy", str(write_policy(d, rho=0.7))).wait_ready()
         try:
-            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green")
-            trainer, green = _trainer(tmp_path, source, evaluate=True)
-            trainer.train()
+            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green",
+                                     **source_kwargs)
+            trainer, green = _trainer(tmp_path, source, evaluate=evaluate)
+            train(trainer)
         finally:
             assert daemon.stop() == 0
+        yield daemon, source, trainer, green
+
+
+def test_trainer_reports_job_and_epochs_to_a_real_daemon(tmp_path):
+    with _trained_against_daemon(tmp_path, evaluate=True) as (daemon, source, trainer, green):
         with Store(daemon.state_dir / "carbonsched.sqlite3", read_only=True) as store:
             job = store.job(source.job_id)
             epochs = store.epochs(source.job_id)
@@ -112,15 +122,8 @@ def test_trainer_reports_job_and_epochs_to_a_real_daemon(tmp_path):
 
 def test_a_deadline_job_declared_without_epochs_takes_the_trainers_epochs(tmp_path):
     """The daemon plans a deadline job only with its epochs; the callback declares the Trainer's."""
-    with short_dir() as d:
-        daemon = DaemonProcess(d, "--policy", str(write_policy(d, rho=0.7))).wait_ready()
-        try:
-            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green",
-                                     deadline_s=time.time() + 3600)
-            trainer, _ = _trainer(tmp_path, source, evaluate=False)
-            trainer.train()
-        finally:
-            assert daemon.stop() == 0
+    deadline_s = time.time() + 3600
+    with _trained_against_daemon(tmp_path, evaluate=False, deadline_s=deadline_s) as (daemon, source, trainer, _):
         with Store(daemon.state_dir / "carbonsched.sqlite3", read_only=True) as store:
             job = store.job(source.job_id)
         assert source.warnings == 0
@@ -225,16 +228,12 @@ def test_a_train_call_that_raises_is_reported_with_its_open_epoch_closed(tmp_pat
         def on_train_end(self, args, state, control, **kwargs):
             raise raised("pruned")
 
-    with short_dir() as d:
-        daemon = DaemonProcess(d, "--policy", str(write_policy(d, rho=0.7))).wait_ready()
-        try:
-            source = DaemonRhoSource(daemon.socket, default_rho=1.0, model_name="tiny-llama", scheme="green")
-            trainer, _ = _trainer(tmp_path, source, evaluate=False)
-            trainer.add_callback(RaiseAfterTrainEnd() if raised is TrialPruned else RaiseInSecondEpoch())
-            with pytest.raises(raised):
-                trainer.train()
-        finally:
-            assert daemon.stop() == 0
+    def train_until_raised(trainer: Trainer) -> None:
+        trainer.add_callback(RaiseAfterTrainEnd() if raised is TrialPruned else RaiseInSecondEpoch())
+        with pytest.raises(raised):
+            trainer.train()
+
+    with _trained_against_daemon(tmp_path, evaluate=False, train=train_until_raised) as (daemon, source, _, _):
         with Store(daemon.state_dir / "carbonsched.sqlite3", read_only=True) as store:
             job, epochs = store.job(source.job_id), store.epochs(source.job_id)
         assert job["status"] == status
