@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT
+from bench.common import RESULTS, ROOT, cpu_s
 
 # Section name → result file stem, in report order.
 SECTIONS = {
@@ -65,10 +65,9 @@ class SectionTime:
 
 
 def cpu_seconds() -> float:
-    """User + sys CPU s so far of this process and of the children it has waited for."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
+    """User + sys CPU s so far of this process (``bench.common.cpu_s``) and of the children it has waited for."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return cpu_s() + children.ru_utime + children.ru_stime
 
 
 def load_average() -> float | None:
