@@ -5,6 +5,7 @@ it is given."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import pytest
 import torch
@@ -24,13 +25,19 @@ def fresh_proxy() -> Proxy:
     return Proxy(RECIPE, tokenizer, state, {"val_loss": 4.5})
 
 
-def test_a_cached_proxy_is_pretrained_once_then_loaded(tmp_path, fresh_proxy):
-    calls = []
+def counting_pretrain(proxy: Proxy) -> tuple[list[int], Callable[[], Proxy]]:
+    """A ``pretrain`` for ``cached_proxy`` that gives a copy of ``proxy``, and the list it appends to per call."""
+    calls: list[int] = []
 
     def pretrain() -> Proxy:
         calls.append(1)
-        return Proxy(RECIPE, fresh_proxy.tokenizer, dict(fresh_proxy.state), dict(fresh_proxy.info))
+        return Proxy(RECIPE, proxy.tokenizer, dict(proxy.state), dict(proxy.info))
 
+    return calls, pretrain
+
+
+def test_a_cached_proxy_is_pretrained_once_then_loaded(tmp_path, fresh_proxy):
+    calls, pretrain = counting_pretrain(fresh_proxy)
     built = cached_proxy(tmp_path / "p", RECIPE, Proxy, pretrain, log=lambda _: None)
     loaded = cached_proxy(tmp_path / "p", RECIPE, Proxy, pretrain, log=lambda _: None)
     assert len(calls) == 1
@@ -47,12 +54,7 @@ def test_an_interrupted_save_is_not_taken_for_a_cache(tmp_path, fresh_proxy):
     where = tmp_path / "p"
     where.mkdir()
     (where / "weights.tmp").write_bytes(b"half a file")
-    calls = []
-
-    def pretrain() -> Proxy:
-        calls.append(1)
-        return Proxy(RECIPE, fresh_proxy.tokenizer, dict(fresh_proxy.state), dict(fresh_proxy.info))
-
+    calls, pretrain = counting_pretrain(fresh_proxy)
     proxy = cached_proxy(where, RECIPE, Proxy, pretrain, log=lambda _: None)
     assert calls == [1] and proxy.info["cached"] is False
     assert (where / "weights.pt").exists() and not (where / "weights.tmp").exists()
