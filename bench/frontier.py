@@ -420,17 +420,25 @@ def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], swe
     lines += _comparison(task, points)
     lines += ["", f"![{task.name} frontier]({PLOTS[task.name]})", ""]
     if s.sweep:
-        tried = {}
-        for r in sweeps:
-            tried.setdefault(r["key"], {})[r["lr"]] = r["dev_loss"]
-        sweep_rows = [[SCHEMES[k].label, ", ".join(f"{lr:g}{'*' if lr == best[k] else ''} ({loss:.3f})"
-                                                   for lr, loss in sorted(tried[k].items()))] for k in SWEPT]
-        edge = [SCHEMES[k].label for k in SWEPT if best[k] in (min(tried[k]), max(tried[k]))]
+        edge, sweep_rows = sweep_table(sweeps, best, SWEPT, LABELS)
         lines += [f"Learning-rate sweep (seed 0; lr (dev loss), * chosen): "
                   + (f"still at an end after {MAX_LR_EXTENSIONS} extensions: {', '.join(edge)}." if edge
                      else "every chosen value has a worse one on both sides."), "",
                   *table(["scheme", "learning rates tried"], sweep_rows, align="ll"), ""]
     return lines
+
+
+def sweep_table(sweeps: list[dict], best: dict[str, float], swept: tuple[str, ...],
+                labels: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """From the sweep records: the labels of the ``swept`` schemes whose chosen rate is still at an
+    end of the values tried, and a row per scheme listing "lr (dev loss)" for each value tried, * chosen."""
+    tried: dict[str, dict[float, float]] = {}
+    for record in sweeps:
+        tried.setdefault(record["key"], {})[record["lr"]] = record["dev_loss"]
+    rows = [[labels[k], ", ".join(f"{lr:g}{'*' if lr == best[k] else ''} ({loss:.3f})"
+                                  for lr, loss in sorted(tried[k].items()))] for k in swept]
+    edge = [labels[k] for k in swept if best[k] in (min(tried[k]), max(tried[k]))]
+    return edge, rows
 
 
 def _comparison(task: Task, points: dict[str, dict]) -> list[str]:

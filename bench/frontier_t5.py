@@ -27,7 +27,8 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from bench.common import RESULTS, cpu_s, fmt_pm, machine_line, run_section, single_thread, table, write_section
-from bench.frontier import GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, pareto, plot_frontier, run_task, summarise
+from bench.frontier import (GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, pareto, plot_frontier, run_task,
+                            summarise, sweep_table)
 from bench.proxy_t5 import T5Proxy, T5ProxyRecipe, load_or_pretrain_t5
 
 RUNS_JSON = RESULTS / "frontier_t5_runs.json"
@@ -38,6 +39,7 @@ SCHEMES: dict[str, Scheme] = {s.key: s for s in [
     *[Scheme(f"lora-{r}", f"LoRA r{r}", "lora", (3e-3, 1e-2, 3e-2), lora_r=r) for r in (4, 8, 16)],
     *[Scheme(f"green-{rho}", f"GT ρ={rho}", "green", (3e-3, 1e-2, 3e-2), rho=rho) for rho in GREEN_RHOS],
 ]}
+LABELS = {key: scheme.label for key, scheme in SCHEMES.items()}
 GREEN_KEYS = tuple(f"green-{rho}" for rho in GREEN_RHOS)
 KEYS = tuple(SCHEMES)
 SWEPT = ("full", "top2", "lora-8", "green-0.5")
@@ -178,8 +180,7 @@ def render(results: dict) -> list[str]:
     r, info, best = s.proxy, results["proxy"], results["best_lr"]
     points = summarise(results["runs"], KEYS)
     plot_frontier(build_tasks(s)[0], points, RESULTS / PLOT,
-                  "summarisation: proportioned pre-trained T5 proxy (shared embedding tied to the head)",
-                  {key: scheme.label for key, scheme in SCHEMES.items()})
+                  "summarisation: proportioned pre-trained T5 proxy (shared embedding tied to the head)", LABELS)
     header = ["scheme", "lr", "ROUGE-L", "test loss", "FLOPs / full", "params trained (mean over epochs)", "vs full",
               "on frontier"]
     lines = [
@@ -224,16 +225,10 @@ def render(results: dict) -> list[str]:
         f"![T5 frontier]({PLOT})", "",
     ]
     if s.sweep:
-        tried: dict[str, dict[float, float]] = {}
-        for record in results["sweep"]:
-            tried.setdefault(record["key"], {})[record["lr"]] = record["dev_loss"]
-        edge = [SCHEMES[k].label for k in SWEPT if best[k] in (min(tried[k]), max(tried[k]))]
+        edge, sweep_rows = sweep_table(results["sweep"], best, SWEPT, LABELS)
         lines += ["Learning-rate sweep (seed 0; lr (dev loss), * chosen): "
                   + (f"still at an end: {', '.join(edge)}." if edge else "every chosen value has a worse one on both sides."),
-                  "", *table(["scheme", "learning rates tried"],
-                             [[SCHEMES[k].label, ", ".join(f"{lr:g}{'*' if lr == best[k] else ''} ({loss:.3f})"
-                                                           for lr, loss in sorted(tried[k].items()))] for k in SWEPT],
-                             align="ll"), ""]
+                  "", *table(["scheme", "learning rates tried"], sweep_rows, align="ll"), ""]
     selection = []
     for key in (k for k in GREEN_KEYS if k in points):
         counts = selected_counts(points[key]["runs"])
