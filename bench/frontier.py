@@ -397,23 +397,29 @@ def plot_selection(panels: list[tuple[str, Any, int]], layers: int, path) -> Non
 # ----------------------------------------------------------------------------- report
 
 
-def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], sweeps: list[dict],
-                s: Sizes) -> list[str]:
-    full = points["full"]
-    rows = []
+def scheme_rows(points: dict[str, dict], best: dict[str, float], labels: dict[str, str]) -> list[list[str]]:
+    """A row per scheme: label, lr, score, test loss, FLOPs share (mean ± std over seeds), params
+    trained, score relative to full fine-tuning's, and whether it is on the Pareto frontier."""
+    full = points["full"]["score"]
     front = set(pareto(points))
+    rows = []
     for key, p in points.items():
         rs = p["runs"]
         rows.append([
-            SCHEMES[key].label, f"{best[key]:g}", fmt_pm([r["score"] for r in rs], 2),
+            labels[key], f"{best[key]:g}", fmt_pm([r["score"] for r in rs], 2),
             fmt_pm([r["test_loss"] for r in rs], 3), fmt_pm([r["flops_share"] for r in rs], 3),
             f"{100 * sum(r['param_share_mean'] for r in rs) / len(rs):.1f}%",
-            f"{100 * (p['score'] - full['score']) / full['score']:+.1f}%" if full["score"] else "-",
+            f"{100 * (p['score'] - full) / full:+.1f}%" if full else "-",
             "yes" if key in front else "",
         ])
+    return rows
+
+
+def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], sweeps: list[dict],
+                s: Sizes) -> list[str]:
     lines = [f"### {task.name.capitalize()} ({task.metric_label})", "",
              *table(["scheme", "lr", task.metric_label, "test loss", "FLOPs / full", "params trained (mean over epochs)",
-                     "vs full", "on frontier"], rows), ""]
+                     "vs full", "on frontier"], scheme_rows(points, best, LABELS)), ""]
     if task.metric == "label":
         lines += [f"Always answering the test split's most frequent label would score {majority_share(task.test):.2f}%; "
                   "exactly that score on every seed is what answering one label throughout gives.", ""]

@@ -26,8 +26,8 @@ import json
 from dataclasses import asdict
 from typing import Any, Callable
 
-from bench.common import RESULTS, cpu_s, fmt_pm, machine_line, run_section, single_thread, table, write_section
-from bench.frontier import (GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, pareto, plot_frontier, run_task,
+from bench.common import RESULTS, cpu_s, machine_line, run_section, single_thread, table, write_section
+from bench.frontier import (GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, plot_frontier, run_task, scheme_rows,
                             summarise, sweep_table)
 from bench.proxy_t5 import T5Proxy, T5ProxyRecipe, load_or_pretrain_t5
 
@@ -159,19 +159,6 @@ def _reading(points: dict[str, dict], s: Sizes) -> str:
                    "ROUGE-L is noisy at this level (see the std columns) and the test loss is the steadier measure.")
 
 
-def _rows(points: dict[str, dict], best: dict[str, float]) -> list[list[str]]:
-    full = points["full"]["score"]
-    front = set(pareto(points))
-    rows = []
-    for key, p in points.items():
-        rs = p["runs"]
-        rows.append([SCHEMES[key].label, f"{best[key]:g}", fmt_pm([r["score"] for r in rs], 2),
-                     fmt_pm([r["test_loss"] for r in rs], 3), fmt_pm([r["flops_share"] for r in rs], 3),
-                     f"{100 * sum(r['param_share_mean'] for r in rs) / len(rs):.1f}%",
-                     f"{100 * (p['score'] - full) / full:+.1f}%" if full else "-", "yes" if key in front else ""])
-    return rows
-
-
 def render(results: dict) -> list[str]:
     """The plot and bench/results/frontier_t5.md from the runs (``python -m bench.frontier_t5 --render``
     redoes them from frontier_t5_runs.json without training)."""
@@ -219,7 +206,7 @@ def render(results: dict) -> list[str]:
         "whose revision for more optimizer steps per run (batch 8 to 4, importance on 2 to 4 batches) this "
         "section follows; the first runs of this section were at batch 8, half the optimizer steps.", "",
         _reading(points, s), "",
-        *table(header, _rows(points, best)), "",
+        *table(header, scheme_rows(points, best, LABELS)), "",
         *table(["scheme", "FLOPs / full", "ROUGE-L", "ROUGE-L vs full (relative)", "test loss − full's",
                 "LoRA's ROUGE-L at that share", "GT − LoRA"], versus_rows(points)), "",
         f"![T5 frontier]({PLOT})", "",
