@@ -559,8 +559,8 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         "of the recipe, the corpus and the library versions (`make bench` rebuilds it when missing).",
         "",
         f"Fine-tuning: {s.n_train} training pairs per task, batch {s.batch_size}; summarisation {s.epochs} epochs "
-        f"({_steps(s, s.epochs)} optimizer steps), classification {s.classification_epochs} epochs "
-        f"({_steps(s, s.classification_epochs)} steps); AdamW "
+        f"({optimizer_steps(s, s.epochs)} optimizer steps), classification {s.classification_epochs} epochs "
+        f"({optimizer_steps(s, s.classification_epochs)} steps); AdamW "
         "(wd 0.01, linear decay, grad-norm clip 1.0), GreenTrainer importance on "
         f"{s.importance_batches} batches at each selection (one per epoch), DP resolution {s.resolution}; LoRA on W_Q, W_V (alpha 2r); "
         f"prefix 16 tokens. Scores on a separate {s.n_test}-example test split, greedy decoding; learning "
@@ -686,14 +686,15 @@ def _reading(tasks: list[Task], all_points: dict, results: dict, s: Sizes) -> li
                      f"against full fine-tuning's {points['full']['loss']:.3f} (tied: "
                      f"{all_points[tasks[0].name]['green-0.5']['loss']:.3f} against "
                      f"{all_points[tasks[0].name]['full']['loss']:.3f}).")
-    text += (f" Every scheme trains for {_steps(s, s.epochs)} (summarisation) or "
-             f"{_steps(s, s.classification_epochs)} (classification) optimizer steps; greedy-decoded scores "
+    text += (f" Every scheme trains for {optimizer_steps(s, s.epochs)} (summarisation) or "
+             f"{optimizer_steps(s, s.classification_epochs)} (classification) optimizer steps; greedy-decoded scores "
              "are noisier than the test losses (see the std columns).")
     lines[0] += text
     return lines + [""]
 
 
-def _steps(s: Sizes, epochs: int) -> int:
+def optimizer_steps(s: Sizes, epochs: int) -> int:
+    """Optimizer steps of a run of ``epochs`` epochs (an epoch's last batch may be short)."""
     return -(-s.n_train // s.batch_size) * epochs
 
 

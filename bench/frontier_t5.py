@@ -27,8 +27,8 @@ from dataclasses import asdict
 from typing import Any, Callable
 
 from bench.common import RESULTS, cpu_s, machine_line, run_section, single_thread, table, write_section
-from bench.frontier import (GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, plot_frontier, run_task, scheme_rows,
-                            summarise, sweep_table)
+from bench.frontier import (GREEN_RHOS, Scheme, Sizes, build_tasks, interpolate, optimizer_steps, plot_frontier,
+                            run_task, scheme_rows, summarise, sweep_table)
 from bench.proxy_t5 import T5Proxy, T5ProxyRecipe, load_or_pretrain_t5
 
 RUNS_JSON = RESULTS / "frontier_t5_runs.json"
@@ -154,7 +154,7 @@ def _reading(points: dict[str, dict], s: Sizes) -> str:
                if points["top2"]["loss"] < min(points[k]["loss"] for k in greens) else ".")
             + (f" {', '.join(no_encoder)} selected no encoder tensor (their backward stops in the decoder)."
                if no_encoder else ""))
-    steps = -(-s.n_train // s.batch_size) * s.epochs
+    steps = optimizer_steps(s, s.epochs)
     return text + (f" Every scheme trains for {steps} optimizer steps, so all are under-trained; greedy-decoded "
                    "ROUGE-L is noisy at this level (see the std columns) and the test loss is the steadier measure.")
 
