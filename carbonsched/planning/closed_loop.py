@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from carbonsched.planning.model import CostModel, Job, Slot
 from carbonsched.planning.planner import Segment, expected_carbon_g
 from carbonsched.planning.receding import JobDeclaration, decide, progress_from_records
+from carbonsched.planning.strategies import intensity_at
 
 DONE_TOLERANCE_EPOCHS = 1e-9
 MAX_REPLANS = 100_000
@@ -104,7 +105,7 @@ class _Run:
         if last is not None and last.rho == rho and abs(last.end_s - self.at_s) < 1e-9:
             self.segments[-1] = Segment(last.start_s, self.at_s + length_s, rho, last.intensity_g_per_kwh)
         else:
-            self.segments.append(Segment(self.at_s, self.at_s + length_s, rho, _intensity_at(self.truth, self.at_s)))
+            self.segments.append(Segment(self.at_s, self.at_s + length_s, rho, intensity_at(self.truth, self.at_s)))
 
     def epoch_records(self) -> list[dict]:
         """Ended epochs and the open one (its ρ so far as the ρ asked), as the daemon would read them."""
@@ -117,13 +118,6 @@ class _Run:
         carbon = expected_carbon_g(self.segments, self.truth, self.true_cost)
         finish = self.segments[-1].end_s if self.segments else 0.0
         return Execution(tuple(self.segments), carbon, finish, self.rho_sum / self.job.epochs, replans, guarded_s)
-
-
-def _intensity_at(slots: Sequence[Slot], at_s: float) -> float:
-    for slot in slots:
-        if slot.start_s <= at_s < slot.end_s:
-            return slot.intensity_g_per_kwh
-    return slots[-1].intensity_g_per_kwh
 
 
 def execute_open_loop(job: Job, true_cost: CostModel, segments: Sequence[Segment], truth: Sequence[Slot]) -> Execution:
