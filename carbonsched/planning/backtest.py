@@ -219,17 +219,14 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
             slower = execute_receding(job, cost.epoch_s_at_full, true_cost_model(true_cost, 1 + SLOWER_SHARE), truth,
                                       _receding_forecast(series, start_s, job.deadline_s, noise,
                                                          seeded_rng(seed, index)), interval_s=step_s)
-            outcomes[RECEDING].append(_outcome(job, executed, _met(job, slower.finish_s)))
+            met_if_slower = strategies.finishes_by(slower.finish_s, job.deadline_s)
+            outcomes[RECEDING].append(_outcome(job, executed, met_if_slower))
     return _summarise(tuple(starts), {name: tuple(values) for name, values in outcomes.items()}, tuple(receding_at))
 
 
-def _met(job: Job, finish_s: float) -> bool:
-    return finish_s <= job.deadline_s * (1 + 1e-9) + 1e-6
-
-
 def _outcome(job: Job, executed: Execution, met_if_slower: bool) -> Outcome:
-    return Outcome(executed.carbon_g, _met(job, executed.finish_s), executed.mean_rho >= job.rho_floor - 1e-9,
-                   executed.mean_rho, met_if_slower)
+    return Outcome(executed.carbon_g, strategies.finishes_by(executed.finish_s, job.deadline_s),
+                   executed.mean_rho >= job.rho_floor - 1e-9, executed.mean_rho, met_if_slower)
 
 
 def _receding_forecast(series: Series, start_s: float, deadline_s: float, noise: float,
