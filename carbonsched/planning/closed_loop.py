@@ -100,6 +100,10 @@ class _Run:
                                      "energy_j": self.open_energy_j})
                 self.open_start_s, self.open_share, self.open_rho_share, self.open_energy_j = None, 0.0, 0.0, 0.0
 
+    def run_to_end(self, rho: float) -> None:
+        """Run at ``rho`` without a pause until the work is done."""
+        self.run(rho, (self.job.epochs - self.done) * self.true_cost.epoch_s(rho) * (1 + 1e-9))
+
     def _add_segment(self, rho: float, length_s: float) -> None:
         last = self.segments[-1] if self.segments else None
         if last is not None and last.rho == rho and abs(last.end_s - self.at_s) < 1e-9:
@@ -130,7 +134,7 @@ def execute_open_loop(job: Job, true_cost: CostModel, segments: Sequence[Segment
         run.run(segment.rho, segment.length_s)
     if not run.finished:
         rho = segments[-1].rho if segments else 1.0
-        run.run(rho, (job.epochs - run.done) * true_cost.epoch_s(rho) * (1 + 1e-9))
+        run.run_to_end(rho)
     return run.execution()
 
 
@@ -155,7 +159,7 @@ def execute_receding(job: Job, estimated_epoch_s_at_full: float, true_cost: Cost
                          interval_s=interval_s)
         replans += 1
         if decided is None:  # the daemon's estimate says done while the truth is not: the policy would run it
-            run.run(1.0, (job.epochs - run.done) * true_cost.epoch_s(1.0) * (1 + 1e-9))
+            run.run_to_end(1.0)
             break
         decision, plan = decided
         if plan is None:  # the guard, or an infeasible plan: run now for the slot
