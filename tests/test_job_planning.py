@@ -8,6 +8,7 @@ import pytest
 
 from carbonsched.job_planning import (
     MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, plan_job, planning_slots, progress_from_records,
+    reading_history,
 )
 from carbonsched.planning import Slot
 from carbonsched.planning.forecast import ReadingHistory
@@ -154,8 +155,7 @@ def reading_now(value: float, forecast, provider: str = "trace", zone: str | Non
 
 
 def history_from(store: Store, now: datetime) -> ReadingHistory:
-    rows = store.intensity_samples(now - timedelta(days=7), now)
-    return ReadingHistory([(row["ts"], row["intensity_g_per_kwh"]) for row in rows])
+    return reading_history(store, reading_now(0.0, ()), now.timestamp())
 
 
 def test_slots_beyond_the_forecast_follow_the_same_hour_of_previous_days(tmp_path):
