@@ -9,7 +9,7 @@ import pytest
 
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon, plan_within_budget
 from carbonsched.planning.model import remaining_job
-from carbonsched.planning.planner import energy_intensity_s, fastest_mix
+from carbonsched.planning.planner import clip_slots, energy_intensity_s, fastest_mix
 
 linprog = pytest.importorskip("scipy.optimize").linprog
 
@@ -49,7 +49,7 @@ def _lp_min_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
 
 def _lp_continuous_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
     """Least carbon by LP for a job that may not pause: for each last slot k, every earlier slot runs throughout."""
-    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+    window = clip_slots(slots, job.deadline_s)
     times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
     best = math.inf
     for last in range(len(window)):
@@ -280,7 +280,7 @@ def test_budget_mode_mixes_hull_levels_and_puts_the_higher_rho_in_the_cleaner_ho
 def _lp_most_quality(job: Job, cost: CostModel, slots, rhos, value) -> float:
     """Most Σ value(ρ) over the epochs by LP, for a job that may not pause: seconds y[s,k] at level k in
     slot s, carbon Σ y·P_k·I_s <= budget; for each last slot, every earlier slot runs throughout."""
-    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+    window = clip_slots(slots, job.deadline_s)
     times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
     best = -math.inf
     for last in range(len(window)):
