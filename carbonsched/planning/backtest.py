@@ -45,7 +45,7 @@ from carbonsched.planning import strategies
 from carbonsched.planning.closed_loop import Execution, ForecastAt, execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
-from carbonsched.planning.planner import Plan
+from carbonsched.planning.planner import Plan, clip_slots
 from carbonsched.planning.strategies import RECEDING
 
 SLOWER_SHARE = 0.1
@@ -197,8 +197,7 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
         longest_s = max(job.deadline_s, job.epochs * max(c.epoch_s(rho) for rho in (job.rho_min, job.rho_floor, 1.0)
                                                          for c in (cost, true_cost)))
         truth = series.slots(start_s, start_s + 2 * longest_s)
-        window = [s for s in truth if s.start_s < job.deadline_s]
-        window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in window]
+        window = clip_slots(truth, job.deadline_s)
         forecast = noisy_forecast(window, noise, seeded_rng(seed, index))
         plans: dict[str, Plan] = {
             "now-full": strategies.now_full(job, cost, truth),
