@@ -54,15 +54,11 @@ from carbonsched.planning.forecast import (
     DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
 )
 from carbonsched.planning.margin import MARGIN_SHARE
-from carbonsched.planning.receding import (
-    LEARNED_EPOCHS, MAX_OPEN_EPOCH_SHARE, JobDeclaration, JobPlanDecision, JobProgress, decide, progress_from_records,
-    running_seconds,
-)
+from carbonsched.planning.receding import JobDeclaration, JobPlanDecision, JobProgress, decide, progress_from_records
 from carbonsched.types import ForecastPoint, IntensityReading
 
-__all__ = ["LEARNED_EPOCHS", "MARGIN_SHARE", "MAX_OPEN_EPOCH_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner",
-           "JobProgress", "pause_intervals", "paused_seconds", "plan_job", "planning_slots", "progress_from_records",
-           "reading_history", "running_seconds"]
+__all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "pause_intervals",
+           "paused_seconds", "plan_job", "planning_slots", "progress_from_records", "reading_history"]
 
 
 def pause_intervals(pauses: Sequence[Mapping[str, Any]], now_s: float) -> list[tuple[float, float]]:

@@ -528,17 +528,11 @@ class Store:
                           source: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
         """Readings with ``start <= ts < end``; with ``source`` (provider name, zone), only that
         provider's readings for that zone (None: readings stored without a zone)."""
-        if source is None:
-            return self._rows(
-                "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? ORDER BY ts",
-                (to_unix_s(start), to_unix_s(end)),
-            )
-        provider, zone = source
-        return self._rows(
-            "SELECT * FROM intensity_samples WHERE ts >= ? AND ts < ? AND provider = ? AND ifnull(zone, '') = ? "
-            "ORDER BY ts",
-            (to_unix_s(start), to_unix_s(end), provider, zone or ""),
-        )
+        where, params = "ts >= ? AND ts < ?", [to_unix_s(start), to_unix_s(end)]
+        if source is not None:
+            provider, zone = source
+            where, params = where + " AND provider = ? AND ifnull(zone, '') = ?", [*params, provider, zone or ""]
+        return self._rows(f"SELECT * FROM intensity_samples WHERE {where} ORDER BY ts", tuple(params))
 
     def latest_intensity(self) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM intensity_samples ORDER BY ts DESC LIMIT 1")

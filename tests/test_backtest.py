@@ -335,21 +335,21 @@ def test_the_deadline_guard_is_where_receding_and_the_oracle_part():
     # daemon's guard will not let the ρ-1 need of the work left plus 10 % of the job's ρ-1 time exceed the
     # time left, so it runs the job early at the highest ρ that fits: more carbon, a mean ρ above the floor.
     values = [300.0] * 8 + [40.0] * 4 + [300.0] * 12
-    truth = [Slot(3600.0 * i, 3600.0 * (i + 1), v) for i, v in enumerate(values)]
+    truth, truth_from = _hourly_truth(values)
     job = Job(epochs=4, deadline_s=12 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
     cost = CostModel(epoch_s_at_full=3600, running_power_w=250)
     oracle = strategies.planned(job, cost, truth[:12])
     assert {s.intensity_g_per_kwh for s in oracle.segments} == {40.0}
-    receding = execute_receding(job, 3600, cost, truth, lambda now_s, horizon_s: _shifted(truth, now_s, horizon_s),
-                                interval_s=3600)
+    receding = execute_receding(job, 3600, cost, truth, truth_from, interval_s=3600)
     assert receding.guarded_s > 0 and receding.finish_s <= job.deadline_s
     assert receding.mean_rho > 0.7 + 0.05
     assert receding.carbon_g > oracle.expected_carbon_g * 1.2
 
 
-def _shifted(truth, now_s, horizon_s):
-    return [Slot(max(s.start_s, now_s) - now_s, min(s.end_s, now_s + horizon_s) - now_s, s.intensity_g_per_kwh)
-            for s in truth if s.end_s > now_s and s.start_s < now_s + horizon_s]
+def _hourly_truth(values):
+    """Hourly slots of ``values`` and the perfect forecast from any moment (``ForecastAt``)."""
+    series = _hourly_series(values)
+    return series.slots(0.0, series.end_s), lambda now_s, horizon_s: series.slots(now_s, now_s + horizon_s)
 
 
 def test_receding_learns_a_slower_epoch_time_and_meets_the_deadline_the_open_loop_plan_misses():
@@ -358,15 +358,14 @@ def test_receding_learns_a_slower_epoch_time_and_meets_the_deadline_the_open_loo
     # and the rest after the plan's end, past the deadline. The receding run ends its first epoch in hour 0,
     # learns the epoch time from it and runs earlier.
     values = [30.0] + [300.0] * 6 + [48.0, 46.0, 44.0, 42.0, 40.0] + [300.0] * 12
-    truth = [Slot(3600.0 * i, 3600.0 * (i + 1), v) for i, v in enumerate(values)]
+    truth, truth_from = _hourly_truth(values)
     job = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.5, mean_rho=0.7, may_pause=True)
     estimate = CostModel(epoch_s_at_full=3600, running_power_w=250)
     true_cost = true_cost_model(estimate, 1.4)
     plan = strategies.planned(job, estimate, truth[:12])
     open_loop = execute_open_loop(job, true_cost, plan.segments, truth)
     assert plan.finish_s <= job.deadline_s and open_loop.finish_s > job.deadline_s
-    receding = execute_receding(job, 3600, true_cost, truth, lambda now_s, horizon_s: _shifted(truth, now_s, horizon_s),
-                                interval_s=3600)
+    receding = execute_receding(job, 3600, true_cost, truth, truth_from, interval_s=3600)
     assert receding.finish_s <= job.deadline_s
     assert receding.mean_rho >= 0.7 - 1e-9
     # With the epoch time learned from the first epoch, the guard starts the rest early enough.

@@ -8,6 +8,7 @@ import pytest
 
 from carbonsched.job_planning import (
     MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, plan_job, planning_slots, progress_from_records,
+    reading_history,
 )
 from carbonsched.planning import Slot
 from carbonsched.planning.forecast import ReadingHistory
@@ -149,13 +150,19 @@ def store_with_a_week_of_readings(tmp_path, now: datetime, provider: str = "trac
     return store
 
 
+def start_a_pausable_two_epoch_job(store: Store) -> None:
+    """Job "j": two epochs of an hour at ρ 1, may pause, due 24 h after ``T0``."""
+    store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
+    store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
+                      mean_rho=None, may_pause=True)
+
+
 def reading_now(value: float, forecast, provider: str = "trace", zone: str | None = None) -> IntensityReading:
     return IntensityReading(value, T0, provider, "average", T0, zone=zone, forecast=tuple(forecast))
 
 
 def history_from(store: Store, now: datetime) -> ReadingHistory:
-    rows = store.intensity_samples(now - timedelta(days=7), now)
-    return ReadingHistory([(row["ts"], row["intensity_g_per_kwh"]) for row in rows])
+    return reading_history(store, reading_now(0.0, ()), now.timestamp())
 
 
 def test_slots_beyond_the_forecast_follow_the_same_hour_of_previous_days(tmp_path):
@@ -176,9 +183,7 @@ def test_slots_beyond_the_forecast_follow_the_same_hour_of_previous_days(tmp_pat
 def test_the_daemon_plans_a_pausable_job_into_the_clean_hours_its_store_remembers(tmp_path):
     forecast = hourly_forecast(T0, [350.0, 350.0])
     with store_with_a_week_of_readings(tmp_path / "week", T0) as store:
-        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
-        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
-                          mean_rho=None, may_pause=True)
+        start_a_pausable_two_epoch_job(store)
         decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, reading_now(350.0, forecast),
                                                   60.0)["j"]
     # The two cleanest hours are around 07:00 tomorrow (19 h from now), where the week's readings dip.
@@ -190,9 +195,7 @@ def test_without_history_the_last_forecast_value_holds(tmp_path):
     forecast = hourly_forecast(T0, [350.0, 300.0])
     with Store(tmp_path / "empty.sqlite") as store:
         history = history_from(store, T0)
-        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
-        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
-                          mean_rho=None, may_pause=True)
+        start_a_pausable_two_epoch_job(store)
         decision = JobPlanner().plan_running_jobs(store, store.jobs(status="running"), T0, reading_now(350.0, forecast),
                                                   60.0)["j"]
     slots = planning_slots(T0, 350.0, forecast, 24 * HOUR_S, history)
@@ -212,9 +215,7 @@ def test_the_history_fill_takes_only_the_readings_of_the_provider_and_zone_givin
         store_with_a_week_of_readings(tmp_path, T0, provider="trace:old.csv", g_per_kwh=afternoon_dip_g_per_kwh, store=store)
         store_with_a_week_of_readings(tmp_path, T0, provider="electricitymaps", zone="FR",
                                       g_per_kwh=afternoon_dip_g_per_kwh, store=store)
-        store.start_job("j", model="m", scheme="green", pid=None, uid=None, started_at=T0)
-        store.declare_job("j", deadline=T0.timestamp() + 24 * HOUR_S, epochs=2.0, epoch_seconds=HOUR_S, rho_min=1.0,
-                          mean_rho=None, may_pause=True)
+        start_a_pausable_two_epoch_job(store)
         jobs = store.jobs(status="running")
         planner = JobPlanner()
         germany = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "DE"), 60.0)

@@ -9,7 +9,7 @@ import pytest
 
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot, plan_min_carbon, plan_within_budget
 from carbonsched.planning.model import remaining_job
-from carbonsched.planning.planner import energy_intensity_s, fastest_mix
+from carbonsched.planning.planner import clip_slots, energy_intensity_s, fastest_mix
 
 linprog = pytest.importorskip("scipy.optimize").linprog
 
@@ -47,21 +47,30 @@ def _lp_min_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
     return best
 
 
-def _lp_continuous_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
-    """Least carbon by LP for a job that may not pause: for each last slot k, every earlier slot runs throughout."""
-    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
+def _continuous_runs(job: Job, cost: CostModel, slots, rhos):
+    """For a job that may not pause, per slot its run may end in: the LP's carbon per second of each
+    variable y[s,k] (level k in slot s), the equalities (every earlier slot runs throughout, the epochs
+    are done) and the last slot's capacity row and length."""
+    window = clip_slots(slots, job.deadline_s)
     times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
-    best = math.inf
     for last in range(len(window)):
         used = window[: last + 1]
         n = len(used)
-        c = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
         row = lambda s: [1.0 if j // k == s else 0.0 for j in range(n * k)]  # noqa: E731
         a_eq = [row(s) for s in range(last)] + [[1.0 / times[j % k] for j in range(n * k)]]
         b_eq = [slot.length_s for slot in used[:last]] + [job.epochs]
-        a_ub = [row(last), [-(rhos[j % k] - job.rho_floor) / times[j % k] for j in range(n * k)]]
-        result = linprog(c, A_ub=a_ub, b_ub=[used[last].length_s, 0.0], A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
-                         method="highs")
+        carbon = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
+        yield carbon, a_eq, b_eq, row(last), used[last].length_s
+
+
+def _lp_continuous_carbon(job: Job, cost: CostModel, slots, rhos) -> float:
+    """Least carbon by LP for a job that may not pause: for each last slot k, every earlier slot runs throughout."""
+    times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
+    best = math.inf
+    for carbon, a_eq, b_eq, last_row, last_length_s in _continuous_runs(job, cost, slots, rhos):
+        floor_row = [-(rhos[j % k] - job.rho_floor) / times[j % k] for j in range(len(carbon))]
+        result = linprog(carbon, A_ub=[last_row, floor_row], b_ub=[last_length_s, 0.0], A_eq=a_eq, b_eq=b_eq,
+                         bounds=(0, None), method="highs")
         if result.status == 0:
             best = min(best, result.fun)
     return best
@@ -280,18 +289,11 @@ def test_budget_mode_mixes_hull_levels_and_puts_the_higher_rho_in_the_cleaner_ho
 def _lp_most_quality(job: Job, cost: CostModel, slots, rhos, value) -> float:
     """Most Σ value(ρ) over the epochs by LP, for a job that may not pause: seconds y[s,k] at level k in
     slot s, carbon Σ y·P_k·I_s <= budget; for each last slot, every earlier slot runs throughout."""
-    window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in slots if s.start_s < job.deadline_s]
     times, k = [cost.epoch_s(r) for r in rhos], len(rhos)
     best = -math.inf
-    for last in range(len(window)):
-        used = window[: last + 1]
-        n = len(used)
-        c = [-value(r) / t for _ in used for r, t in zip(rhos, times)]
-        row = lambda s: [1.0 if j // k == s else 0.0 for j in range(n * k)]  # noqa: E731
-        a_eq = [row(s) for s in range(last)] + [[1.0 / times[j % k] for j in range(n * k)]]
-        b_eq = [slot.length_s for slot in used[:last]] + [job.epochs]
-        carbon = [cost.power_w(r) * slot.intensity_g_per_kwh / J_PER_KWH for slot in used for r in rhos]
-        result = linprog(c, A_ub=[row(last), carbon], b_ub=[used[last].length_s, job.carbon_budget_g], A_eq=a_eq,
+    for carbon, a_eq, b_eq, last_row, last_length_s in _continuous_runs(job, cost, slots, rhos):
+        c = [-value(rhos[j % k]) / times[j % k] for j in range(len(carbon))]
+        result = linprog(c, A_ub=[last_row, carbon], b_ub=[last_length_s, job.carbon_budget_g], A_eq=a_eq,
                          b_eq=b_eq, bounds=(0, None), method="highs")
         if result.status == 0:
             best = max(best, -result.fun)

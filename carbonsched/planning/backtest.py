@@ -45,7 +45,7 @@ from carbonsched.planning import strategies
 from carbonsched.planning.closed_loop import Execution, ForecastAt, execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
-from carbonsched.planning.planner import Plan
+from carbonsched.planning.planner import Plan, clip_slots
 from carbonsched.planning.strategies import RECEDING
 
 SLOWER_SHARE = 0.1
@@ -197,8 +197,7 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
         longest_s = max(job.deadline_s, job.epochs * max(c.epoch_s(rho) for rho in (job.rho_min, job.rho_floor, 1.0)
                                                          for c in (cost, true_cost)))
         truth = series.slots(start_s, start_s + 2 * longest_s)
-        window = [s for s in truth if s.start_s < job.deadline_s]
-        window = [Slot(s.start_s, min(s.end_s, job.deadline_s), s.intensity_g_per_kwh) for s in window]
+        window = clip_slots(truth, job.deadline_s)
         forecast = noisy_forecast(window, noise, seeded_rng(seed, index))
         plans: dict[str, Plan] = {
             "now-full": strategies.now_full(job, cost, truth),
@@ -219,17 +218,14 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
             slower = execute_receding(job, cost.epoch_s_at_full, true_cost_model(true_cost, 1 + SLOWER_SHARE), truth,
                                       _receding_forecast(series, start_s, job.deadline_s, noise,
                                                          seeded_rng(seed, index)), interval_s=step_s)
-            outcomes[RECEDING].append(_outcome(job, executed, _met(job, slower.finish_s)))
+            met_if_slower = strategies.finishes_by(slower.finish_s, job.deadline_s)
+            outcomes[RECEDING].append(_outcome(job, executed, met_if_slower))
     return _summarise(tuple(starts), {name: tuple(values) for name, values in outcomes.items()}, tuple(receding_at))
 
 
-def _met(job: Job, finish_s: float) -> bool:
-    return finish_s <= job.deadline_s * (1 + 1e-9) + 1e-6
-
-
 def _outcome(job: Job, executed: Execution, met_if_slower: bool) -> Outcome:
-    return Outcome(executed.carbon_g, _met(job, executed.finish_s), executed.mean_rho >= job.rho_floor - 1e-9,
-                   executed.mean_rho, met_if_slower)
+    return Outcome(executed.carbon_g, strategies.finishes_by(executed.finish_s, job.deadline_s),
+                   executed.mean_rho >= job.rho_floor - 1e-9, executed.mean_rho, met_if_slower)
 
 
 def _receding_forecast(series: Series, start_s: float, deadline_s: float, noise: float,

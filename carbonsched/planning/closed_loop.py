@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from carbonsched.planning.model import CostModel, Job, Slot
 from carbonsched.planning.planner import Segment, expected_carbon_g
 from carbonsched.planning.receding import JobDeclaration, decide, progress_from_records
+from carbonsched.planning.strategies import intensity_at
 
 DONE_TOLERANCE_EPOCHS = 1e-9
 MAX_REPLANS = 100_000
@@ -99,12 +100,16 @@ class _Run:
                                      "energy_j": self.open_energy_j})
                 self.open_start_s, self.open_share, self.open_rho_share, self.open_energy_j = None, 0.0, 0.0, 0.0
 
+    def run_to_end(self, rho: float) -> None:
+        """Run at ``rho`` without a pause until the work is done."""
+        self.run(rho, (self.job.epochs - self.done) * self.true_cost.epoch_s(rho) * (1 + 1e-9))
+
     def _add_segment(self, rho: float, length_s: float) -> None:
         last = self.segments[-1] if self.segments else None
         if last is not None and last.rho == rho and abs(last.end_s - self.at_s) < 1e-9:
             self.segments[-1] = Segment(last.start_s, self.at_s + length_s, rho, last.intensity_g_per_kwh)
         else:
-            self.segments.append(Segment(self.at_s, self.at_s + length_s, rho, _intensity_at(self.truth, self.at_s)))
+            self.segments.append(Segment(self.at_s, self.at_s + length_s, rho, intensity_at(self.truth, self.at_s)))
 
     def epoch_records(self) -> list[dict]:
         """Ended epochs and the open one (its ρ so far as the ρ asked), as the daemon would read them."""
@@ -119,13 +124,6 @@ class _Run:
         return Execution(tuple(self.segments), carbon, finish, self.rho_sum / self.job.epochs, replans, guarded_s)
 
 
-def _intensity_at(slots: Sequence[Slot], at_s: float) -> float:
-    for slot in slots:
-        if slot.start_s <= at_s < slot.end_s:
-            return slot.intensity_g_per_kwh
-    return slots[-1].intensity_g_per_kwh
-
-
 def execute_open_loop(job: Job, true_cost: CostModel, segments: Sequence[Segment], truth: Sequence[Slot]) -> Execution:
     """Run ``segments`` (a plan's, times from submission) on the true epoch time; see the module docstring."""
     run = _Run(job, true_cost, truth)
@@ -136,7 +134,7 @@ def execute_open_loop(job: Job, true_cost: CostModel, segments: Sequence[Segment
         run.run(segment.rho, segment.length_s)
     if not run.finished:
         rho = segments[-1].rho if segments else 1.0
-        run.run(rho, (job.epochs - run.done) * true_cost.epoch_s(rho) * (1 + 1e-9))
+        run.run_to_end(rho)
     return run.execution()
 
 
@@ -161,7 +159,7 @@ def execute_receding(job: Job, estimated_epoch_s_at_full: float, true_cost: Cost
                          interval_s=interval_s)
         replans += 1
         if decided is None:  # the daemon's estimate says done while the truth is not: the policy would run it
-            run.run(1.0, (job.epochs - run.done) * true_cost.epoch_s(1.0) * (1 + 1e-9))
+            run.run_to_end(1.0)
             break
         decision, plan = decided
         if plan is None:  # the guard, or an infeasible plan: run now for the slot

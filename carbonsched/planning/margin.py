@@ -14,7 +14,7 @@ import dataclasses
 from typing import Sequence
 
 from carbonsched.planning.model import CostModel, Job, Slot
-from carbonsched.planning.planner import Plan, fastest_mix, plan_min_carbon
+from carbonsched.planning.planner import Plan, fastest_mix, plan_min_carbon, running_s_of
 
 MARGIN_SHARE = 0.1
 MIN_DEADLINE_S = 1e-3
@@ -22,7 +22,7 @@ MIN_DEADLINE_S = 1e-3
 
 def running_need_s(job: Job, cost: CostModel) -> float:
     """Seconds of running the job's fastest mix of ρ levels takes (at the mean-ρ floor)."""
-    return sum(level.epochs * cost.epoch_s(level.rho) for level in fastest_mix(job, cost))
+    return running_s_of(fastest_mix(job, cost), cost)
 
 
 def margin_s(job: Job, cost: CostModel, *, share: float = MARGIN_SHARE, at_least_s: float = 0.0) -> float:

@@ -151,6 +151,11 @@ def fastest_mix(job: Job, cost: CostModel) -> tuple[Level, ...]:
                  if level.epochs > 0)
 
 
+def running_s_of(levels: Sequence[Level], cost: CostModel) -> float:
+    """Seconds of running ``levels`` take (each level's epochs at its ρ)."""
+    return sum(level.epochs * cost.epoch_s(level.rho) for level in levels)
+
+
 # ---- step 2: placing the running time ------------------------------------------------------------
 
 
@@ -283,7 +288,7 @@ def plan_min_carbon(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
     """Least-carbon plan meeting the deadline, the ρ bounds and the mean-ρ floor (see module doc)."""
     check_slots(slots)
     levels = fastest_mix(job, cost)
-    need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in levels)
+    need_s = running_s_of(levels, cost)
     window = clip_slots(slots, job.deadline_s)
     available_s = window[-1].end_s if window else 0.0
     if cost.power_varies and window:
@@ -384,7 +389,7 @@ def plan_within_budget(job: Job, cost: CostModel, slots: Sequence[Slot], quality
         best_t = max(options, key=lambda t: (_hull_value(hull, t), -t))
         levels = _levels_at(hull, rho_of, best_t, job, cost, value, rhos)
         feasible, note = True, ""
-    need_s = sum(level.epochs * cost.epoch_s(level.rho) for level in levels)
+    need_s = running_s_of(levels, cost)
     if need_s > job.deadline_s * (1 + RELATIVE_TOLERANCE):
         feasible, note = False, note or f"{job.epochs:g} epochs need {need_s / 3600:.2f} h, more than the deadline allows"
     fill = _continuous_fill(slots, need_s, allow_overrun=True) or {}
@@ -431,5 +436,5 @@ def _levels_at(hull: list[tuple[float, float]], rho_of: dict[tuple[float, float]
 
 __all__ = [
     "Level", "Plan", "QualityCurve", "Segment", "affordable_running_s", "clip_slots", "energy_intensity_s",
-    "expected_carbon_g", "fastest_mix", "plan_min_carbon", "plan_within_budget",
+    "expected_carbon_g", "fastest_mix", "plan_min_carbon", "plan_within_budget", "running_s_of",
 ]

@@ -79,8 +79,12 @@ def intensity_at(slots: Sequence[Slot], at_s: float) -> float:
 def met_deadline(plan: Plan, *, slower_share: float = 0.0) -> bool:
     """Finished by the deadline; with ``slower_share``, had every epoch taken that share longer and
     the missing work run right after the plan's end."""
-    finish_s = plan.finish_s + slower_share * plan.running_s
-    return finish_s <= plan.job.deadline_s * (1 + 1e-9) + 1e-6
+    return finishes_by(plan.finish_s + slower_share * plan.running_s, plan.job.deadline_s)
+
+
+def finishes_by(finish_s: float, deadline_s: float) -> bool:
+    """``finish_s`` is at or before ``deadline_s`` (seconds from submission), up to rounding."""
+    return finish_s <= deadline_s * (1 + 1e-9) + 1e-6
 
 
 def met_floor(plan: Plan) -> bool:
