@@ -34,7 +34,8 @@ import numpy as np
 
 from bench.common import RESULTS, run_section, table, write_section
 from carbonsched.planning import CostModel, Job
-from carbonsched.planning.backtest import SLOWER_SHARE, BacktestResult, Series, run_backtest
+from carbonsched.planning.backtest import SLOWER_SHARE, BacktestResult, run_backtest
+from carbonsched.planning.series import Series
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.strategies import RECEDING, STRATEGIES
 from carbonsched.policies import PolicySource, default_policy_path, policy_from_source

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from carbonsched.cli import app
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning import strategies
-from carbonsched.planning.backtest import Series, epoch_time_factor, noisy_forecast, run_backtest, true_cost_model
+from carbonsched.planning.backtest import epoch_time_factor, noisy_forecast, run_backtest, true_cost_model
+from carbonsched.planning.series import Series
 from carbonsched.planning.closed_loop import execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.providers.trace import bundled_trace_path, load_trace

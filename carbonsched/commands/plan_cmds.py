@@ -281,7 +281,8 @@ def backtest(
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner,
     planner-receding (re-planned every slot, as the daemon does) and oracle."""
-    from carbonsched.planning.backtest import SLOWER_SHARE, Series, run_backtest
+    from carbonsched.planning.backtest import SLOWER_SHARE, run_backtest
+    from carbonsched.planning.series import Series
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
     _check_choices(fmt, plot)
@@ -297,7 +298,7 @@ def backtest(
         loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
     except TraceFormatError as exc:
         _fail(str(exc))
-    series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s)
+    series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s, loaded.timestamps[0].timestamp())
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
                               make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]),

@@ -33,7 +33,6 @@ The margin's cost: Σ planner / Σ planner-no-margin − 1.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import random
@@ -46,35 +45,10 @@ from carbonsched.planning.closed_loop import Execution, ForecastAt, execute_open
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.planner import Plan, clip_slots
+from carbonsched.planning.series import Series
 from carbonsched.planning.strategies import RECEDING
 
 SLOWER_SHARE = 0.1
-
-
-@dataclass(frozen=True)
-class Series:
-    """A step function: ``values[i]`` holds from ``offsets_s[i]`` to the next offset (the last to ``end_s``)."""
-
-    offsets_s: tuple[float, ...]
-    values_g_per_kwh: tuple[float, ...]
-    end_s: float
-
-    def slots(self, start_s: float, end_s: float) -> list[Slot]:
-        """Slots over ``[start_s, end_s)`` (within the series), with times relative to ``start_s``."""
-        slots: list[Slot] = []
-        index = max(0, bisect.bisect_right(self.offsets_s, start_s) - 1)
-        while index < len(self.offsets_s) and self.offsets_s[index] < end_s:
-            finish = self.offsets_s[index + 1] if index + 1 < len(self.offsets_s) else self.end_s
-            low, high = max(self.offsets_s[index], start_s), min(finish, end_s)
-            if high > low:
-                slots.append(Slot(low - start_s, high - start_s, self.values_g_per_kwh[index]))
-            index += 1
-        return slots
-
-    @property
-    def step_s(self) -> float:
-        """The series' step: the first sample's length."""
-        return (self.offsets_s[1] if len(self.offsets_s) > 1 else self.end_s) - self.offsets_s[0]
 
 
 @dataclass(frozen=True)
