@@ -14,6 +14,10 @@ Example::
     sample_power_s = 10
     decide_s = 60
 
+    [planning]          # deadline jobs (see carbonsched.job_planning)
+    guard = "floor"     # "full": keep the work left at ρ 1 within reach (costs carbon near the deadline)
+    switch_share = 0.02 # a fresh plan replaces the one a job follows only when this much cheaper
+
 Relative paths are relative to the config file. A config file anyone may write is refused: it
 chooses the policy, hence every job's compute budget.
 """
@@ -30,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from carbonsched.paths import default_socket_path, default_state_dir
+from carbonsched.planning.model import PlanningInputError
+from carbonsched.planning.receding import PlanningSettings
 
 
 class ConfigError(Exception):
@@ -58,6 +64,7 @@ class DaemonConfig:
     metrics_addr: str = "127.0.0.1"
     node_name: str = field(default_factory=gethostname)  # names this node's rows in multi-node reports
     intervals: Intervals = field(default_factory=Intervals)
+    planning: PlanningSettings = field(default_factory=PlanningSettings)
     source: Path | None = None  # the file this came from, if any
 
     def with_overrides(self, **overrides: Any) -> "DaemonConfig":
@@ -80,6 +87,7 @@ class DaemonConfig:
             "metrics_port": self.metrics_port,
             "node_name": self.node_name,
             "intervals": dataclasses.asdict(self.intervals),
+            "planning": dataclasses.asdict(self.planning),
             "source": str(self.source) if self.source else None,
         }
 
@@ -100,6 +108,25 @@ def _string(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: must be a non-empty string")
     return value
+
+
+def _planning(path: Path, value: Any) -> PlanningSettings:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: planning: must be a table")
+    known = PlanningSettings.__dataclass_fields__
+    for name in value:
+        if name not in known:
+            raise ConfigError(f"{path}: planning.{name}: unknown key (known: {', '.join(known)})")
+    changes = dict(value)
+    share = changes.get("switch_share", 0.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)):
+        raise ConfigError(f"{path}: planning.switch_share: must be a number in [0, 1)")
+    if "guard" in changes:
+        changes["guard"] = _string(f"{path}: planning.guard", changes["guard"])
+    try:
+        return PlanningSettings(**changes)
+    except PlanningInputError as exc:
+        raise ConfigError(f"{path}: planning: {exc}") from None
 
 
 def check_file_not_world_writable(path: Path) -> None:
@@ -161,6 +188,8 @@ def parse_config(data: dict[str, Any], path: Path, base: DaemonConfig) -> Daemon
                     )
                 changes[name] = _positive_number(f"{path}: intervals.{name}", seconds, minimum=0.0)
             intervals = dataclasses.replace(intervals, **changes)
+        elif key == "planning":
+            values[key] = _planning(path, value)
         else:
             known = [f.name for f in dataclasses.fields(DaemonConfig) if f.name != "source"]
             raise ConfigError(f"{where}: unknown key (known: {', '.join(known)})")

@@ -54,10 +54,12 @@ from carbonsched.planning.forecast import (
     DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
 )
 from carbonsched.planning.margin import MARGIN_SHARE
-from carbonsched.planning.receding import JobDeclaration, JobPlanDecision, JobProgress, decide, progress_from_records
+from carbonsched.planning.receding import (
+    HeldPlan, JobDeclaration, JobPlanDecision, JobProgress, PlanningSettings, decide, progress_from_records,
+)
 from carbonsched.types import ForecastPoint, IntensityReading
 
-__all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "pause_intervals",
+__all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "PlanningSettings", "decide_job", "pause_intervals",
            "paused_seconds", "plan_job", "planning_slots", "progress_from_records", "reading_history"]
 
 
@@ -81,15 +83,25 @@ def planning_slots(now: datetime, current_g_per_kwh: float, forecast: Sequence[F
 
 
 def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, current_g_per_kwh: float,
-             forecast: Sequence[ForecastPoint], *, interval_s: float,
-             history: ReadingHistory | None = None) -> JobPlanDecision | None:
+             forecast: Sequence[ForecastPoint], *, interval_s: float, history: ReadingHistory | None = None,
+             held: HeldPlan | None = None, settings: PlanningSettings = PlanningSettings()) -> JobPlanDecision | None:
     """ρ or a pause for now (see the module docstring; :func:`~carbonsched.planning.receding.decide`);
     None when the job cannot be planned (no epoch time known yet, or all declared epochs done): the
     policy answers it then."""
-    decided = decide(declaration, progress, now.timestamp(), current_g_per_kwh,
-                     lambda horizon_s: planning_slots(now, current_g_per_kwh, forecast, horizon_s, history),
-                     interval_s=interval_s)
+    decided = decide_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
+                         history=history, held=held, settings=settings)
     return None if decided is None else decided[0]
+
+
+def decide_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, current_g_per_kwh: float,
+               forecast: Sequence[ForecastPoint], *, interval_s: float, history: ReadingHistory | None = None,
+               held: HeldPlan | None = None,
+               settings: PlanningSettings = PlanningSettings()) -> tuple[JobPlanDecision, HeldPlan | None] | None:
+    """:func:`plan_job` with the plan the job follows from now (None when the guard runs it), which
+    the next call gets back as ``held``."""
+    return decide(declaration, progress, now.timestamp(), current_g_per_kwh,
+                  lambda horizon_s: planning_slots(now, current_g_per_kwh, forecast, horizon_s, history),
+                  interval_s=interval_s, held=held, guard=settings.guard, switch_share=settings.switch_share)
 
 
 def reading_history(store: Any, reading: IntensityReading, now_s: float) -> ReadingHistory:
@@ -105,15 +117,18 @@ class JobPlanner:
         self._lock = threading.Lock()
         self._paused: set[str] = set()
         self._seen: set[str] = set()
+        self._held: dict[str, HeldPlan] = {}  # the plan each job follows, kept while a fresh one is not enough better
 
     def plan_running_jobs(self, store: Any, jobs: Sequence[Mapping[str, Any]], now: datetime,
-                          reading: IntensityReading | None, interval_s: float) -> dict[str, JobPlanDecision]:
+                          reading: IntensityReading | None, interval_s: float,
+                          settings: PlanningSettings = PlanningSettings()) -> dict[str, JobPlanDecision]:
         """A decision for each of ``jobs`` (stored rows) that declared a deadline and can be planned,
         from ``reading`` (the latest, with its forecast)."""
         with self._lock:  # only running jobs can still report a pause
             running = {job["job_id"] for job in jobs}
             self._paused &= running
             self._seen &= running
+            self._held = {job_id: held for job_id, held in self._held.items() if job_id in running}
         if reading is None or not math.isfinite(reading.intensity_g_per_kwh):
             return {}
         current_g_per_kwh, forecast = reading.intensity_g_per_kwh, reading.forecast
@@ -127,10 +142,17 @@ class JobPlanner:
         for job, declaration in declared:
             pauses = pause_intervals(store.pauses(job["job_id"]), now_s)
             progress = progress_from_records(declaration, store.epochs(job["job_id"]), pauses, now_s)
-            decision = plan_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
-                                history=history)
-            if decision is not None:
-                decisions[job["job_id"]] = decision
+            with self._lock:
+                held = self._held.get(job["job_id"])
+            decided = decide_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
+                                 history=history, held=held, settings=settings)
+            with self._lock:
+                if decided is None or decided[1] is None:
+                    self._held.pop(job["job_id"], None)
+                else:
+                    self._held[job["job_id"]] = decided[1]
+            if decided is not None:
+                decisions[job["job_id"]] = decided[0]
         return decisions
 
     def note_paused(self, store: Any, job_id: str, paused: bool, now: datetime, planned_until_s: float | None) -> None:

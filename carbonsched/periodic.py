@@ -183,7 +183,8 @@ class PeriodicWork:
         signals = inputs.node
         interval_s = self.state.settings.config.intervals.decide_s
         try:
-            plans = self.job_planner.plan_running_jobs(self.store, running_jobs, signals.now, inputs.reading, interval_s)
+            plans = self.job_planner.plan_running_jobs(self.store, running_jobs, signals.now, inputs.reading, interval_s,
+                                                       self.state.settings.config.planning)
         except Exception as exc:  # the jobs keep their policy's ρ
             self.state.record_error("plan", f"{type(exc).__name__}: {exc}")
             return {}

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from carbonsched.job_planning import (
-    MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, plan_job, planning_slots, progress_from_records,
-    reading_history,
+    MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, PlanningSettings, plan_job, planning_slots,
+    progress_from_records, reading_history,
 )
 from carbonsched.planning import Slot
 from carbonsched.planning.forecast import ReadingHistory
@@ -84,14 +84,17 @@ def test_a_running_plan_names_its_next_pause_and_resume():
     assert decision.next_resume_at_s == (T0 + timedelta(hours=2)).timestamp()
 
 
-def simulate(decl: JobDeclaration, forecast_for, step_s: float = 300.0):
+FULL_QUALITY_GUARD = PlanningSettings(guard="full")
+
+
+def simulate(decl: JobDeclaration, forecast_for, step_s: float = 300.0, settings: PlanningSettings = PlanningSettings()):
     """Re-plan every ``step_s`` and run as told; returns (decisions, finish time s from T0 or None)."""
     done, rho_sum, decisions = 0.0, 0.0, []
     for index in range(int((decl.deadline_s - T0.timestamp()) / step_s) + 10):
         now = T0 + timedelta(seconds=index * step_s)
         current, forecast = forecast_for(now)
-        decision = plan_job(decl, JobProgress(done, rho_sum, decl.epoch_seconds, False), now, current, forecast,
-                            interval_s=step_s)
+        decision = plan_job(decl, JobProgress(done, rho_sum, decl.epoch_seconds, True), now, current, forecast,
+                            interval_s=step_s, settings=settings)
         decisions.append(decision)
         if decision.pause_until_s is None:
             epochs = min(decl.epochs - done, step_s / (decl.epoch_seconds * decision.rho))
@@ -102,13 +105,22 @@ def simulate(decl: JobDeclaration, forecast_for, step_s: float = 300.0):
     return decisions, None, None
 
 
-def test_deadline_guard_meets_the_deadline_when_the_forecast_always_promises_a_cleaner_hour():
+def pessimistic(now):  # dirty now, clean from the next hour on: at every re-plan
+    return 500.0, hourly_forecast(now, [50.0] * 24)
+
+
+def test_floor_guard_meets_the_deadline_at_the_floor_when_the_forecast_always_promises_a_cleaner_hour():
     decl = declaration()
-
-    def pessimistic(now):  # dirty now, clean from the next hour on: at every re-plan
-        return 500.0, hourly_forecast(now, [50.0] * 24)
-
     decisions, finish_s, mean_rho = simulate(decl, pessimistic)
+    assert decisions[0].pause_until_s is not None  # the plan alone would wait for the clean hour
+    assert finish_s is not None and finish_s <= decl.deadline_s - T0.timestamp()
+    # Nothing pushes ρ above the job's floor: the deadline is met at the floor.
+    assert all(d.rho == 0.5 for d in decisions) and mean_rho == pytest.approx(0.5)
+
+
+def test_full_quality_guard_meets_the_deadline_when_the_forecast_always_promises_a_cleaner_hour():
+    decl = declaration()
+    decisions, finish_s, mean_rho = simulate(decl, pessimistic, settings=FULL_QUALITY_GUARD)
     assert decisions[0].pause_until_s is not None  # the plan alone would wait for the clean hour
     assert finish_s is not None and finish_s <= decl.deadline_s - T0.timestamp()
     guarded = [d for d in decisions if d.guard]
@@ -120,18 +132,31 @@ def test_deadline_guard_meets_the_deadline_when_the_forecast_always_promises_a_c
     assert "deadline guard" in guarded[0].reason
 
 
-def test_guard_runs_at_the_highest_rho_that_still_fits_and_at_the_floor_when_none_does():
+def test_full_quality_guard_runs_at_the_highest_rho_that_still_fits_and_at_the_floor_when_none_does():
     progress = JobProgress(0.0, 0.0, HOUR_S, False)
     forecast = hourly_forecast(T0, [50.0] * 24)
     tight = declaration(deadline_s=T0.timestamp() + 3 * HOUR_S)  # 4 epochs at ρ 1 need 4 h
-    decision = plan_job(tight, progress, T0, 500.0, forecast, interval_s=60.0)
+    decision = plan_job(tight, progress, T0, 500.0, forecast, interval_s=60.0, settings=FULL_QUALITY_GUARD)
     assert decision.guard and decision.pause_until_s is None
     assert decision.rho == pytest.approx((3 * HOUR_S - MARGIN_SHARE * 4 * HOUR_S) / (4 * HOUR_S))
     hopeless = declaration(deadline_s=T0.timestamp() + HOUR_S)
-    decision = plan_job(hopeless, progress, T0, 500.0, forecast, interval_s=60.0)
+    decision = plan_job(hopeless, progress, T0, 500.0, forecast, interval_s=60.0, settings=FULL_QUALITY_GUARD)
     assert decision.guard and decision.rho == 0.5 and "no longer fits" in decision.reason
     passed = declaration(deadline_s=T0.timestamp() - 10.0)
-    assert plan_job(passed, progress, T0, 500.0, forecast, interval_s=60.0).rho == 0.5
+    assert plan_job(passed, progress, T0, 500.0, forecast, interval_s=60.0, settings=FULL_QUALITY_GUARD).rho == 0.5
+
+
+def test_floor_guard_runs_at_the_floor_once_the_floor_no_longer_fits_with_its_margin():
+    forecast = hourly_forecast(T0, [50.0] * 24)
+    # 4 epochs at the floor 0.5 need 2 h; measured epoch times 10 % apart keep 10 % of that in hand.
+    progress = JobProgress(0.0, 0.0, HOUR_S, True, epoch_s_spread=0.1)
+    fits = plan_job(declaration(deadline_s=T0.timestamp() + 3.3 * HOUR_S), progress, T0, 500.0, forecast,
+                    interval_s=60.0)
+    assert not fits.guard and fits.pause_until_s is not None  # 500 g now, 50 g from the next hour: it waits
+    tight = plan_job(declaration(deadline_s=T0.timestamp() + 2.1 * HOUR_S), progress, T0, 500.0, forecast,
+                     interval_s=60.0)
+    assert tight.guard and tight.pause_until_s is None and tight.rho == 0.5
+    assert "at the floor" in tight.reason
 
 
 def diurnal_g_per_kwh(at: datetime) -> float:
@@ -217,10 +242,12 @@ def test_the_history_fill_takes_only_the_readings_of_the_provider_and_zone_givin
                                       g_per_kwh=afternoon_dip_g_per_kwh, store=store)
         start_a_pausable_two_epoch_job(store)
         jobs = store.jobs(status="running")
-        planner = JobPlanner()
-        germany = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "DE"), 60.0)
-        france = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "FR"), 60.0)
-        unknown = planner.plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "ukgrid", "GB"), 60.0)
+        # A fresh planner for each: one planner would keep the plan it made first (see test_planner_keeps...).
+        germany = JobPlanner().plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "DE"),
+                                                 60.0)
+        france = JobPlanner().plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "electricitymaps", "FR"),
+                                                60.0)
+        unknown = JobPlanner().plan_running_jobs(store, jobs, T0, reading_now(350.0, forecast, "ukgrid", "GB"), 60.0)
     # DE's own week dips around 07:00 tomorrow (19 h from now); mixed with the others' 15:00 dip it would not.
     assert 17 * HOUR_S <= germany["j"].pause_until_s - T0.timestamp() <= 19 * HOUR_S
     assert france["j"].pause_until_s == (T0 + timedelta(hours=3)).timestamp()  # FR's own 15:00 dip

@@ -180,7 +180,7 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
             "steps": strategies.reactive(job, true_cost, truth, make_steps_rho(start_s)),
             "planner": strategies.planned(job, cost, forecast),
             "planner-no-margin": strategies.planned(job, cost, forecast, margin_share=0.0),
-            "oracle": strategies.planned(job, true_cost, window),
+            "oracle": strategies.planned(job, true_cost, window, margin_share=0.0),
         }
         for name, plan in plans.items():
             executed = execute_open_loop(job, true_cost, plan.segments, truth)
