@@ -37,6 +37,14 @@ plan (not even the floor fits) also runs now at the floor.
 A job that declared no ``rho_min`` is only shifted in time (ρ 1), unless it declared ``mean_rho``,
 which then is also its ``rho_min``.
 
+The first plan the daemon makes for a job (its first decision that is a plan, not the guard) is
+kept in the store (:meth:`~carbonsched.store.Store.record_first_plan`): when it was made, from which
+provider's reading, the mean ρ, running seconds and finish it planned, and its expected carbon,
+priced by :func:`~carbonsched.planning.planner.expected_carbon_g` over the slots it was planned on
+at the job's measured running power (:func:`running_power_w`; per ρ once measured at two or more),
+or, before any power is measured, as gCO2e per W of running power. ``carbonsched report --job``
+compares it with what the job cost (:mod:`carbonsched.plan_outcome`).
+
 The pure part (progress from records, the guard and the decision) is
 :mod:`carbonsched.planning.receding`, which the backtest's ``planner-receding`` also runs; this
 module adds the store, the provider's forecast and the history fill.
@@ -44,23 +52,29 @@ module adds the store, the provider's forecast and the history fill.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from carbonsched.planning import Slot
+from carbonsched.planning import CostModel, Plan, PlanningInputError, Slot
 from carbonsched.planning.forecast import (
     DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory, fill_beyond_forecast, slots_from_forecast,
 )
 from carbonsched.planning.margin import MARGIN_SHARE
+from carbonsched.planning.planner import expected_carbon_g
 from carbonsched.planning.receding import (
     HeldPlan, JobDeclaration, JobPlanDecision, JobProgress, PlanningSettings, decide, progress_from_records,
+    running_seconds,
 )
 from carbonsched.types import ForecastPoint, IntensityReading
 
-__all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "PlanningSettings", "decide_job", "pause_intervals",
-           "paused_seconds", "plan_job", "planning_slots", "progress_from_records", "reading_history"]
+log = logging.getLogger("carbonsched.daemon")
+
+__all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "PlanningSettings",
+           "decide_job", "first_plan_values", "pause_intervals", "paused_seconds", "plan_job", "planning_slots",
+           "progress_from_records", "reading_history", "running_power_w"]
 
 
 def pause_intervals(pauses: Sequence[Mapping[str, Any]], now_s: float) -> list[tuple[float, float]]:
@@ -95,13 +109,57 @@ def plan_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, 
 
 def decide_job(declaration: JobDeclaration, progress: JobProgress, now: datetime, current_g_per_kwh: float,
                forecast: Sequence[ForecastPoint], *, interval_s: float, history: ReadingHistory | None = None,
-               held: HeldPlan | None = None,
-               settings: PlanningSettings = PlanningSettings()) -> tuple[JobPlanDecision, HeldPlan | None] | None:
-    """:func:`plan_job` with the plan the job follows from now (None when the guard runs it), which
-    the next call gets back as ``held``."""
-    return decide(declaration, progress, now.timestamp(), current_g_per_kwh,
-                  lambda horizon_s: planning_slots(now, current_g_per_kwh, forecast, horizon_s, history),
-                  interval_s=interval_s, held=held, guard=settings.guard, switch_share=settings.switch_share)
+               held: HeldPlan | None = None, settings: PlanningSettings = PlanningSettings(),
+               ) -> tuple[JobPlanDecision, HeldPlan | None, Sequence[Slot]] | None:
+    """:func:`plan_job` with the plan the job follows from now (None when the guard or an infeasible
+    plan runs it), which the next call gets back as ``held``, and the slots it was priced on (empty
+    without a plan)."""
+    planned_over: list[Sequence[Slot]] = []
+
+    def slots_for(horizon_s: float) -> list[Slot]:
+        slots = planning_slots(now, current_g_per_kwh, forecast, horizon_s, history)
+        planned_over.append(slots)
+        return slots
+
+    decided = decide(declaration, progress, now.timestamp(), current_g_per_kwh, slots_for, interval_s=interval_s,
+                     held=held, guard=settings.guard, switch_share=settings.switch_share)
+    if decided is None:
+        return None
+    decision, followed = decided
+    return decision, followed, planned_over[-1] if followed is not None else ()
+
+
+def running_power_w(epochs: Sequence[Mapping[str, Any]], pauses: Sequence[tuple[float, float]]) -> float | None:
+    """The job's mean running power (W): the energy (J) of its ended epochs over their running
+    seconds (start to end minus paused time); None before an ended epoch has energy."""
+    energy_j = running_s = 0.0
+    for epoch in epochs:
+        if epoch.get("ended_at") is None or epoch.get("started_at") is None or not epoch.get("energy_j"):
+            continue
+        seconds = running_seconds(epoch["started_at"], epoch["ended_at"], pauses)
+        if seconds > 0:
+            energy_j, running_s = energy_j + epoch["energy_j"], running_s + seconds
+    return energy_j / running_s if running_s > 0 else None
+
+
+def first_plan_values(plan: Plan, slots: Sequence[Slot], progress: JobProgress, now_s: float,
+                      measured_power_w: float | None) -> dict[str, float | None]:
+    """What the store keeps of a job's first plan (:meth:`~carbonsched.store.Store.record_first_plan`,
+    without the provider): expected carbon (gCO2e) at ``measured_power_w`` or at the power measured
+    per ρ, else None; expected gCO2e per W of running power (None when power depends on ρ); the
+    plan's mean ρ, running seconds and finish (unix s)."""
+    assert progress.epoch_s_at_full is not None  # a plan is made only once the epoch time is known
+    expected_g = g_per_w = None
+    if progress.power_points or measured_power_w:
+        priced = CostModel(epoch_s_at_full=progress.epoch_s_at_full, running_power_w=measured_power_w or 1.0,
+                           power_points=progress.power_points)
+        expected_g = expected_carbon_g(plan.segments, slots, priced)
+    if not progress.power_points:
+        g_per_w = expected_carbon_g(plan.segments, slots, CostModel(epoch_s_at_full=progress.epoch_s_at_full,
+                                                                    running_power_w=1.0))
+    return {"epochs_left": sum(level.epochs for level in plan.levels), "mean_rho": plan.mean_rho,
+            "running_s": plan.running_s, "finish_at": now_s + plan.finish_s, "expected_carbon_g": expected_g,
+            "expected_g_per_w": g_per_w, "power_w": None if progress.power_points else measured_power_w}
 
 
 def reading_history(store: Any, reading: IntensityReading, now_s: float) -> ReadingHistory:
@@ -118,6 +176,7 @@ class JobPlanner:
         self._paused: set[str] = set()
         self._seen: set[str] = set()
         self._held: dict[str, HeldPlan] = {}  # the plan each job follows, kept while a fresh one is not enough better
+        self._plan_recorded: set[str] = set()
 
     def plan_running_jobs(self, store: Any, jobs: Sequence[Mapping[str, Any]], now: datetime,
                           reading: IntensityReading | None, interval_s: float,
@@ -129,6 +188,7 @@ class JobPlanner:
             self._paused &= running
             self._seen &= running
             self._held = {job_id: held for job_id, held in self._held.items() if job_id in running}
+            self._plan_recorded &= running
         if reading is None or not math.isfinite(reading.intensity_g_per_kwh):
             return {}
         current_g_per_kwh, forecast = reading.intensity_g_per_kwh, reading.forecast
@@ -140,19 +200,32 @@ class JobPlanner:
             return {}
         history = reading_history(store, reading, now_s)
         for job, declaration in declared:
-            pauses = pause_intervals(store.pauses(job["job_id"]), now_s)
-            progress = progress_from_records(declaration, store.epochs(job["job_id"]), pauses, now_s)
+            job_id = job["job_id"]
+            pauses = pause_intervals(store.pauses(job_id), now_s)
+            epochs = store.epochs(job_id)
+            progress = progress_from_records(declaration, epochs, pauses, now_s)
             with self._lock:
-                held = self._held.get(job["job_id"])
+                held = self._held.get(job_id)
             decided = decide_job(declaration, progress, now, current_g_per_kwh, forecast, interval_s=interval_s,
                                  history=history, held=held, settings=settings)
             with self._lock:
                 if decided is None or decided[1] is None:
-                    self._held.pop(job["job_id"], None)
+                    self._held.pop(job_id, None)
                 else:
-                    self._held[job["job_id"]] = decided[1]
-            if decided is not None:
-                decisions[job["job_id"]] = decided[0]
+                    self._held[job_id] = decided[1]
+            if decided is None:
+                continue
+            decision, followed, slots = decided
+            decisions[job_id] = decision
+            if followed is not None and job_id not in self._plan_recorded:
+                with self._lock:
+                    self._plan_recorded.add(job_id)
+                try:
+                    values = first_plan_values(followed.plan, slots, progress, now_s, running_power_w(epochs, pauses))
+                except PlanningInputError as exc:  # the job is still planned; only the record is missing
+                    log.warning("job %s: first plan not recorded: %s", job_id, exc)
+                    continue
+                store.record_first_plan(job_id, now_s, provider=reading.provider, zone=reading.zone, **values)
         return decisions
 
     def note_paused(self, store: Any, job_id: str, paused: bool, now: datetime, planned_until_s: float | None) -> None:

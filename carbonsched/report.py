@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from carbonsched.accounting import measured_j_per_flop, recorded_epoch_intensity_g_per_kwh, recorded_epoch_savings
 from carbonsched.job_planning import paused_seconds
+from carbonsched.plan_outcome import Counterfactual, PlanOutcome, plan_outcome
 from carbonsched.store import J_PER_KWH, Store, to_unix_s
 
 FORMATS = ("table", "json", "csv")
@@ -120,6 +121,7 @@ class JobReport:
     epochs: list[EpochRow] = field(default_factory=list)
     nodes: list[NodeReport] = field(default_factory=list)
     paused_s: float = 0.0  # paused by its deadline plan (an epoch's duration includes its paused time)
+    planning: PlanOutcome | None = None  # with ``--job``: did its deadline plan pay off (one node's store)
 
     def total(self, name: str) -> float | None:
         return _total(self.epochs, name)
@@ -160,7 +162,8 @@ def build_report(
     store: Store, *, job_id: str | None = None, since: datetime | float | None = None, source: str | None = None
 ) -> list[JobReport]:
     """Jobs (one, or all started since ``since``) with their epochs, oldest first, as this one
-    store (one node) recorded them. ``source`` names the store in messages (default: its path)."""
+    store (one node) recorded them. ``source`` names the store in messages (default: its path).
+    With ``job_id``, the job's planning outcome too (:mod:`carbonsched.plan_outcome`)."""
     jobs = store.jobs(since=since)
     if job_id is not None:
         jobs = [j for j in jobs if j["job_id"] == job_id]
@@ -177,11 +180,15 @@ def build_report(
             local_rank=job.get("local_rank"), world_size=job.get("world_size"), status=job["status"],
             started_at=job["started_at"], ended_at=job["ended_at"], source=source or str(store.path), epochs=epochs,
         )
-        paused_until_s = job["ended_at"] if job["ended_at"] is not None else time.time()
-        reports.append(JobReport(
+        now_s = time.time()
+        paused_until_s = job["ended_at"] if job["ended_at"] is not None else now_s
+        report = JobReport(
             job["job_id"], model, job["scheme"], job["status"], job["started_at"], job["ended_at"],
             epochs=list(epochs), nodes=[node], paused_s=paused_seconds(store.pauses(job["job_id"]), paused_until_s),
-        ))
+        )
+        if job_id is not None:
+            report.planning = plan_outcome(store, job, report.total("carbon_g"), report.total("energy_kwh"), now_s)
+        reports.append(report)
     return reports
 
 
@@ -391,8 +398,47 @@ def format_table(reports: Sequence[JobReport]) -> str:
         )
         if len(r.nodes) > 1:
             lines.extend(_node_lines(r))
+        if r.planning is not None:
+            lines.extend(planning_lines(r.planning))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _saving(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _counterfactual_line(label: str, run: Counterfactual) -> str:
+    return (f"  {label:<26} {run.carbon_g:.4f} gCO2e, {run.energy_kwh:.3e} kWh, {run.epochs} epochs x "
+            f"{run.running_s / run.epochs:.1f} s at {run.power_w:.1f} W; saved {_saving(run.saving_pct)}")
+
+
+def planning_lines(outcome: PlanOutcome) -> list[str]:
+    """Did planning pay off (see :mod:`carbonsched.plan_outcome`), as report lines."""
+    if not outcome.planned:
+        return [f"planning: {outcome.note}"]
+    lines = ["planning:"]
+    if outcome.planned_at is not None:
+        priced = f", priced at {outcome.expected_priced_at}" if outcome.expected_priced_at else ""
+        lines.append(
+            f"  {'expected (first plan)':<26} {_f(outcome.expected_carbon_g, '.4f')} gCO2e, "
+            f"{_f(outcome.plan_epochs, '.2f')} epochs at mean ρ {_f(outcome.plan_mean_rho, '.2f')}, "
+            f"finish {_iso(outcome.plan_finish_at)} (planned {_iso(outcome.planned_at)}{priced})")
+    lines.append(f"  {'actual':<26} {_f(outcome.actual_carbon_g, '.4f')} gCO2e, {_f(outcome.actual_energy_kwh, '.3e')} kWh, "
+                 f"{outcome.epochs} epochs")
+    if outcome.at_full is not None:
+        lines.append(_counterfactual_line("ρ 1 from start, no pause", outcome.at_full))
+    if outcome.at_floor is not None:
+        lines.append(_counterfactual_line(f"ρ {outcome.at_floor.rho:.2f} (floor), no pause", outcome.at_floor))
+    if outcome.provider is not None:
+        zone = f" ({outcome.zone})" if outcome.zone else ""
+        assumed = (f"; no later reading: the last ({_f(outcome.last_reading_g_per_kwh, '.1f')} gCO2e/kWh at "
+                   f"{_iso(outcome.last_reading_at)}) assumed to hold to the runs' end" if outcome.last_reading_assumed else "")
+        lines.append(f"  intensities: {outcome.provider}{zone} readings from {_iso(outcome.first_reading_at)} to "
+                     f"{_iso(outcome.last_reading_at)}, each holding until the next{assumed}")
+    if outcome.note:
+        lines.append(f"  note: {outcome.note}")
+    return lines
 
 
 NODE_COLUMNS = (
@@ -455,7 +501,9 @@ def to_json(reports: Sequence[JobReport]) -> str:
     Timestamps are ISO 8601 UTC (``started_at``), with the Unix seconds beside them (``started_at_s``)."""
     out = []
     for r in reports:
-        job = {k: v for k, v in asdict(r).items() if k not in ("epochs", "nodes")}
+        job = {k: v for k, v in asdict(r).items() if k not in ("epochs", "nodes", "planning")}
+        if r.planning is not None:
+            job["planning"] = _with_iso_times(asdict(r.planning))
         totals = {name: r.total(name) for name in TOTAL_FIELDS}
         nodes = [
             {**_with_iso_times({k: v for k, v in asdict(n).items() if k not in ("epochs", "source")}),

@@ -134,6 +134,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, started_at)
     );
     """,
+    # Deadline jobs: the first plan the daemon made for each, kept to judge later whether planning
+    # paid off (carbonsched.plan_outcome). Expected carbon is NULL when the job's running power was
+    # not measured yet; the plan's carbon per W of running power is kept for pricing it later.
+    """
+    CREATE TABLE job_plans (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (job_id),
+        planned_at REAL NOT NULL,
+        provider TEXT NOT NULL,
+        zone TEXT,
+        epochs_left REAL NOT NULL,
+        mean_rho REAL NOT NULL,
+        running_s REAL NOT NULL,
+        finish_at REAL NOT NULL,
+        expected_carbon_g REAL,
+        expected_g_per_w REAL,
+        power_w REAL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -426,6 +444,28 @@ class Store:
         if self.schema_version < 5:
             return []
         return self._rows("SELECT * FROM pauses WHERE job_id = ? ORDER BY started_at", (job_id,))
+
+    FIRST_PLAN_FIELDS = ("provider", "zone", "epochs_left", "mean_rho", "running_s", "finish_at", "expected_carbon_g",
+                         "expected_g_per_w", "power_w")
+
+    def record_first_plan(self, job_id: str, planned_at: datetime | float, **values: float | str | None) -> bool:
+        """Keep the job's first plan (see the ``job_plans`` migration); a later call for the same
+        job changes nothing. True when recorded."""
+        if set(values) != set(self.FIRST_PLAN_FIELDS):
+            raise TypeError(f"first plan fields must be {sorted(self.FIRST_PLAN_FIELDS)}, got {sorted(values)}")
+        cur = self._write(
+            f"INSERT OR IGNORE INTO job_plans (job_id, planned_at, {', '.join(self.FIRST_PLAN_FIELDS)}) "
+            f"VALUES (?, ?{', ?' * len(self.FIRST_PLAN_FIELDS)})",
+            (job_id, to_unix_s(planned_at), *[values[name] for name in self.FIRST_PLAN_FIELDS]),
+        )
+        return cur.rowcount == 1
+
+    def first_plan(self, job_id: str) -> dict[str, Any] | None:
+        """The job's first plan as recorded; None if none was (or the store predates plan records)."""
+        if self.schema_version < 6:
+            return None
+        rows = self._rows("SELECT * FROM job_plans WHERE job_id = ?", (job_id,))
+        return rows[0] if rows else None
 
     def start_epoch(
         self,

@@ -62,14 +62,16 @@ def inprocess_daemon(
     gpus: list[FakeGpu] | None = None,
     store_factory: Callable[[DaemonConfig], Any] | None = None,
     provider: str = "static:DEU",
+    intervals: Intervals = QUIET,
     **daemon_kwargs: Any,
 ) -> Iterator[RunningDaemon]:
-    """A started daemon with an intensity reading in force; stopped on exit."""
+    """A started daemon with an intensity reading in force; stopped on exit. ``intervals``: the
+    scheduler's (by default long enough that it does nothing the test does not ask for)."""
     with short_dir() as d:
         nvml = make_fake_nvml([FakeGpu(**vars(g)) for g in (gpus if gpus is not None else [GPU0, GPU1])])
         config = DaemonConfig(
             socket=d / "run" / "cs.sock", state_dir=d / "state", provider=provider,
-            policy=write_policy(d, "start", policy_body), intervals=QUIET,
+            policy=write_policy(d, "start", policy_body), intervals=intervals,
         )
         rapl = _fake_rapl(d / "powercap")
         kwargs: dict[str, Any] = {

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from carbonsched.job_planning import (
-    MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, PlanningSettings, plan_job, planning_slots,
+    MARGIN_SHARE, JobDeclaration, JobPlanner, JobProgress, PlanningSettings, decide_job, first_plan_values, plan_job,
+    planning_slots,
     progress_from_records, reading_history,
 )
 from carbonsched.planning import Slot
@@ -274,3 +275,26 @@ def test_power_per_rho_is_learned_from_epoch_energy_and_changes_the_plan():
     assert plan_job(decl, unmeasured, T0, 100.0, forecast, interval_s=60.0).rho == 0.5  # least running time
     one_rho = progress_from_records(decl, [dict(epochs[1], epoch=0, started_at=0.0, ended_at=3600.0)], [], now_s=4000.0)
     assert one_rho.power_points == ()
+
+
+def test_the_first_plan_is_priced_at_the_measured_power_or_per_watt_before_any():
+    decl = declaration(epochs=2.0)
+    forecast = hourly_forecast(T0, [40.0] * 12)  # dirty now (500), clean from the next hour on
+    progress = JobProgress(0.0, 0.0, HOUR_S, False)
+    decision, followed, slots = decide_job(decl, progress, T0, 500.0, forecast, interval_s=60.0)
+    plan = followed.plan
+    assert decision.pause_until_s is not None and all(s.intensity_g_per_kwh == 40.0 for s in plan.segments)
+    unmeasured = first_plan_values(plan, slots, progress, T0.timestamp(), None)
+    assert unmeasured["expected_carbon_g"] is None and unmeasured["power_w"] is None
+    assert unmeasured["expected_g_per_w"] == pytest.approx(plan.running_s * 40.0 / 3.6e6)
+    assert unmeasured["finish_at"] == T0.timestamp() + plan.finish_s and unmeasured["mean_rho"] == 0.5
+    measured = first_plan_values(plan, slots, progress, T0.timestamp(), 250.0)
+    assert measured["expected_carbon_g"] == pytest.approx(250.0 * plan.running_s * 40.0 / 3.6e6)
+    by_rho = JobProgress(0.0, 0.0, HOUR_S, True, power_points=((0.5, 150.0), (1.0, 300.0)))
+    decision, followed, slots = decide_job(decl, by_rho, T0, 500.0, forecast, interval_s=60.0)
+    plan = followed.plan
+    per_rho = first_plan_values(plan, slots, by_rho, T0.timestamp(), 220.0)
+    watts = {0.5: 150.0, 1.0: 300.0}
+    assert per_rho["expected_g_per_w"] is None and per_rho["power_w"] is None
+    assert per_rho["expected_carbon_g"] == pytest.approx(
+        sum(watts[s.rho] * s.length_s * s.intensity_g_per_kwh for s in plan.segments) / 3.6e6)
