@@ -229,6 +229,9 @@ def test_forecast_ranks_within_recent_history_only_when_the_forecast_is_too_shor
     history = forecast_points(900, start_h=-72) + forecast_points(100, 200, 300, 400, 500, start_h=-40)
     ranked = policy.decide(signals(300, history=history))
     assert ranked.rho == pytest.approx(0.7) and "last 2 days' readings" in ranked.reason
+    explanation = policy.explain(signals(300, history=history)).splitlines()
+    assert "forecast 0 points, history 6 readings" in explanation[1]
+    assert explanation[3] == "  last 2 days' readings: 5 values, 100–500 gCO2e/kWh"
     assert rho_for(policy, 600, history=history) == 0.4
     # A usable forecast wins over the history.
     with_forecast = policy.decide(signals(300, history=history, forecast=forecast_points(300, 310, 320)))
