@@ -19,7 +19,9 @@ from typing import Any
 
 from carbonsched.config import DaemonConfig
 from carbonsched.store import J_PER_KWH
-from carbonsched.types import Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, iso_utc, utcnow
+from carbonsched.types import (
+    Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, iso_utc, utcnow,
+)
 
 log = logging.getLogger("carbonsched.daemon")
 

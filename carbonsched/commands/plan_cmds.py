@@ -263,7 +263,8 @@ def policy_rho_factory(policy_file: Optional[Path], series: Series) -> Callable[
             now_s = offset_s + at_s
             first = bisect.bisect_left(series.offsets_s, now_s - HISTORY_DAYS * DAY_S)
             history = tuple(readings[first:bisect.bisect_right(series.offsets_s, now_s)])
-            points = tuple(ForecastPoint(moment(offset_s + slot.start_s), slot.intensity_g_per_kwh) for slot in forecast)
+            points = tuple(ForecastPoint(moment(offset_s + slot.start_s), slot.intensity_g_per_kwh)
+                           for slot in forecast)
             return policy.decide(Signals(now=moment(now_s), intensity_g_per_kwh=intensity_g_per_kwh, signal="average",
                                          forecast=points, history=history)).rho
 

@@ -77,7 +77,8 @@ class ProviderMissing(ServiceError):
     def __init__(self) -> None:
         from carbonsched.providers.spec import KINDS
 
-        kinds = [kind for kind in PROVIDER_FORMS if kind in KINDS] + [kind for kind in KINDS if kind not in PROVIDER_FORMS]
+        kinds = [kind for kind in PROVIDER_FORMS if kind in KINDS]
+        kinds += [kind for kind in KINDS if kind not in PROVIDER_FORMS]
         forms = ", ".join(PROVIDER_FORMS.get(kind, kind) for kind in kinds)
         super().__init__(f"no provider given: pass --provider with one of {forms}", 2)
 
