@@ -54,7 +54,7 @@ def _provider_choice(host: Host, options: InstallOptions) -> ProviderChoice:
     except ProviderMissing as missing:
         if not sys.stdin.isatty():
             raise _fail(missing) from None
-        typer.echo(str(missing).replace("no provider given: pass --provider with", "Which provider? Give"), err=True)
+        typer.echo(f"Which provider? One of {missing.forms}", err=True)
     except ServiceError as exc:
         raise _fail(exc) from None
     typer.echo("provider: ", nl=False, err=True)  # stdout stays for the install's own lines

@@ -79,8 +79,8 @@ class ProviderMissing(ServiceError):
 
         kinds = [kind for kind in PROVIDER_FORMS if kind in KINDS]
         kinds += [kind for kind in KINDS if kind not in PROVIDER_FORMS]
-        forms = ", ".join(PROVIDER_FORMS.get(kind, kind) for kind in kinds)
-        super().__init__(f"no provider given: pass --provider with one of {forms}", 2)
+        self.forms = ", ".join(PROVIDER_FORMS.get(kind, kind) for kind in kinds)
+        super().__init__(f"no provider given: pass --provider with one of {self.forms}", 2)
 
 
 def checked_provider(spec: str, where: str) -> str:
