@@ -33,14 +33,13 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from bench.common import RESULTS, run_section, table, write_section
+from carbonsched.commands.plan_cmds import policy_rho_factory
 from carbonsched.planning import CostModel, Job
 from carbonsched.planning.backtest import SLOWER_SHARE, BacktestResult, run_backtest
 from carbonsched.planning.series import Series
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.strategies import RECEDING, STRATEGIES
-from carbonsched.policies import PolicySource, default_policy_path, policy_from_source
 from carbonsched.providers.trace import bundled_trace_path, load_trace
-from carbonsched.types import Signals
 
 JOB = Job(epochs=12, deadline_s=24 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
 COST = CostModel(epoch_s_at_full=30 * 60, running_power_w=300.0, idle_power_w=0.0)
@@ -83,17 +82,6 @@ def _write_trace(samples: list[tuple[datetime, float]]) -> None:
     (RESULTS / "scheduling_realistic_trace.csv").write_text("\n".join(lines) + "\n")
 
 
-def _steps_rho(trace_start: datetime):
-    source = PolicySource.from_path(default_policy_path())
-
-    def make(offset_s: float):
-        policy = policy_from_source(source)
-        return lambda intensity, at_s: policy.decide(
-            Signals(now=trace_start + timedelta(seconds=offset_s + at_s), intensity_g_per_kwh=intensity)).rho
-
-    return make
-
-
 def _pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
@@ -114,17 +102,17 @@ def main(quick: bool = False) -> list[str]:
     runs: dict[tuple[str, float], list[BacktestResult]] = {}
     epoch_runs: dict[tuple[str, float], BacktestResult] = {}
     for trace_name, trace in traces.items():
-        series = Series(trace.offsets_s, trace.values_g_per_kwh, trace.duration_s)
+        series = Series(trace.offsets_s, trace.values_g_per_kwh, trace.duration_s, trace.timestamps[0].timestamp())
         every = RECEDING_EVERY[trace_name]
         for noise in NOISES:
             runs[trace_name, noise] = [
                 run_backtest(series, JOB, COST, every_s=EVERY_S, noise=noise, seed=seed,
-                             make_steps_rho=_steps_rho(trace.timestamps[0]), receding_every=every)
+                             make_steps_rho=policy_rho_factory(None, series), receding_every=every)
                 for seed in (seeds if noise > 0 else (0,))
             ]
         for error in EPOCH_TIME_ERRORS:
             epoch_runs[trace_name, error] = run_backtest(
-                series, JOB, COST, every_s=EVERY_S, noise=0.0, seed=0, make_steps_rho=_steps_rho(trace.timestamps[0]),
+                series, JOB, COST, every_s=EVERY_S, noise=0.0, seed=0, make_steps_rho=policy_rho_factory(None, series),
                 receding_every=every, epoch_time_error=error)
 
     lines = ["## 9. Scheduling: planner vs time shifting, constant ρ, reactive steps and the oracle",

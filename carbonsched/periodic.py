@@ -15,7 +15,7 @@ from typing import Any
 from carbonsched.accounting import (
     epoch_energy, job_pids, job_windows, measured_j_per_flop, recorded_epoch_savings, sample_job_energy_j,
 )
-from carbonsched.job_planning import JobPlanner
+from carbonsched.job_planning import JobPlanner, reading_history
 from carbonsched.processes import process_alive
 from carbonsched.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
 from carbonsched.store import Store
@@ -162,6 +162,8 @@ class PeriodicWork:
             running_jobs = self.store.jobs(status="running")
             running = [job["job_id"] for job in running_jobs]
             inputs = self.state.policy_inputs(now, running)
+            if inputs.reading is not None:
+                inputs = inputs.with_history(reading_history(self.store, inputs.reading, now.timestamp()).as_points())
             job_policies = self._job_policies_for(inputs.policy, running)
             node = self._decision_record(inputs.policy, inputs.node, inputs.reading)
             jobs = {}

@@ -19,7 +19,9 @@ from typing import Any
 
 from carbonsched.config import DaemonConfig
 from carbonsched.store import J_PER_KWH
-from carbonsched.types import Decision, EnergyReading, IntensityReading, Signals, finite_or_none, iso_utc, utcnow
+from carbonsched.types import (
+    Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, iso_utc, utcnow,
+)
 
 log = logging.getLogger("carbonsched.daemon")
 
@@ -110,6 +112,11 @@ class PolicyInputs:
     reading: IntensityReading | None
     node: Signals
     jobs: dict[str, Signals]
+
+    def with_history(self, history: tuple[ForecastPoint, ...]) -> PolicyInputs:
+        """The same inputs with ``history`` (past readings, oldest first) in every Signals."""
+        return replace(self, node=replace(self.node, history=history),
+                       jobs={job_id: replace(signals, history=history) for job_id, signals in self.jobs.items()})
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class ForecastPoint:
-    """One forecast value: intensity in gCO2e/kWh for the interval starting at ``timestamp`` (UTC)."""
+    """One intensity value in gCO2e/kWh for the interval starting at ``timestamp`` (UTC): a forecast,
+    or a past reading in :attr:`Signals.history`."""
 
     timestamp: datetime
     intensity_g_per_kwh: float
@@ -79,6 +80,7 @@ class Signals:
     intensity_g_per_kwh: float | None
     signal: SignalType | None = None
     forecast: tuple[ForecastPoint, ...] = ()
+    history: tuple[ForecastPoint, ...] = ()  # past readings of the same provider and zone, oldest first
     gpu_power_w: float | None = None
     carbon_used_today_g: float | None = None
     carbon_used_job_g: float | None = None

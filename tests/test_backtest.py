@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from carbonsched.cli import app
 from carbonsched.planning import CostModel, Job, PlanningInputError, Slot
-from carbonsched.planning import strategies
+from carbonsched.planning import strategies, synthetic_grids
 from carbonsched.planning.backtest import epoch_time_factor, noisy_forecast, run_backtest, true_cost_model
 from carbonsched.planning.series import Series
 from carbonsched.planning.closed_loop import execute_open_loop, execute_receding
@@ -33,7 +33,7 @@ def _bundled_series() -> Series:
 
 
 def _constant_rho(rho):
-    return lambda offset_s: (lambda intensity, at_s: rho)
+    return lambda offset_s: (lambda intensity, at_s, forecast: rho)
 
 
 JOB = Job(epochs=6, deadline_s=12 * 3600, rho_min=0.4, mean_rho=0.7, may_pause=True)
@@ -180,12 +180,65 @@ def _trace_file(tmp_path: Path, values) -> Path:
 
 
 @pytest.mark.parametrize("intensity, rho", [(150, 1.0), (250, 0.7), (350, 0.5)])
-def test_steps_strategy_follows_the_built_in_steps_policy(tmp_path, intensity, rho):
+def test_steps_strategy_follows_the_given_policy(tmp_path, intensity, rho):
     path = _trace_file(tmp_path, [intensity] * 30)
+    result = runner.invoke(app, ["backtest", "--trace", str(path), "--epochs", "2", "--epoch-minutes", "60",
+                                 "--deadline-hours", "6", "--rho-min", "0.4", "--format", "json",
+                                 "--policy", str(REPO / "policies" / "steps-synthetic.toml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["strategies"]["steps"]["mean_rho"] == pytest.approx(rho)
+
+
+def test_the_built_in_policy_runs_a_trace_that_never_changes_at_full_rho(tmp_path):
+    """Scale-free: 350 gCO2e/kWh every hour is as clean as the next 24 h will be."""
+    path = _trace_file(tmp_path, [350] * 30)
     result = runner.invoke(app, ["backtest", "--trace", str(path), "--epochs", "2", "--epoch-minutes", "60",
                                  "--deadline-hours", "6", "--rho-min", "0.4", "--format", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["strategies"]["steps"]["mean_rho"] == pytest.approx(rho)
+    assert json.loads(result.stdout)["strategies"]["steps"]["mean_rho"] == 1.0
+
+
+def _solar_trace(tmp_path: Path) -> Path:
+    path = tmp_path / "solar.csv"
+    path.write_text(synthetic_grids.to_csv(synthetic_grids.generate("solar", days=4, step_min=60, seed=3)))
+    return path
+
+
+def test_a_forecast_policy_reacts_to_the_trace_s_forecast(tmp_path):
+    """The reactive strategy hands the policy the trace's next 24 h, as a daemon's provider would:
+    the forecast policy ranks each epoch's intensity in it instead of answering its fallback_rho
+    (0.7, which with --mean-rho 0.7 would be exactly now-constant)."""
+    args = ["backtest", "--trace", str(_solar_trace(tmp_path)), "--epochs", "6", "--epoch-minutes", "60",
+            "--deadline-hours", "12", "--rho-min", "0.4", "--mean-rho", "0.7", "--every-hours", "6",
+            "--format", "json", "--policy", str(REPO / "policies" / "forecast.toml")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summaries = json.loads(result.stdout)["strategies"]
+    steps, constant = summaries["steps"], summaries["now-constant"]
+    assert constant["mean_rho"] == pytest.approx(0.7)
+    assert steps["mean_rho"] != pytest.approx(0.7)
+    assert steps["carbon_g_mean"] != pytest.approx(constant["carbon_g_mean"])
+    # Each ρ function gets the slots after its epoch's start within the next 24 h.
+    seen = []
+    slots = [Slot(i * 3600.0, (i + 1) * 3600.0, 100.0 + i) for i in range(40)]
+    strategies.reactive(Job(epochs=2, deadline_s=12 * 3600, rho_min=0.4), CostModel(epoch_s_at_full=3600,
+                        running_power_w=300), slots, lambda g, at_s, forecast: seen.append((g, at_s, forecast)) or 1.0)
+    assert [(g, at_s) for g, at_s, _ in seen] == [(100.0, 0.0), (101.0, 3600.0)]
+    assert seen[1][2] == slots[2:25]
+
+
+def test_the_policy_sees_the_trace_s_last_days_as_history_when_there_is_no_forecast(tmp_path):
+    """At the trace's end there is no slot ahead: a forecast policy with history_days ranks the
+    intensity among the readings before it, as the daemon does with its stored readings."""
+    from carbonsched.commands.plan_cmds import policy_rho_factory
+
+    policy = tmp_path / "history.toml"
+    policy.write_text('kind = "forecast"\nhistory_days = 7\nrho_min = 0.4\nrho_at_lowest = 1.0\n'
+                      'rho_at_highest = 0.4\nfallback_rho = 0.55\n')
+    series = Series((0.0, 3600.0, 7200.0), (300.0, 100.0, 200.0), 10800.0, datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp())
+    rho_for = policy_rho_factory(policy, series)(7200.0)
+    assert rho_for(200.0, 0.0, []) == pytest.approx(0.7)  # 200 ranks in the middle of 100, 200, 300
+    assert policy_rho_factory(policy, series)(0.0)(300.0, 0.0, []) == 0.55  # one reading: no ranking
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from carbonsched.policies import (Policy, PolicyFileError, PolicyFileUnreadable, PolicyProblem,
                                   check_policy_file, default_policy_path, load_policy)
+from carbonsched.planning import synthetic_grids
 from carbonsched.types import ForecastPoint, Signals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,11 +56,43 @@ def test_steps_example_works_as_documented():
     assert [rho_for(policy, g) for g in (100, 149.9, 150, 250, 299, 300, 900)] == [1.0, 1.0, 0.7, 0.7, 0.7, 0.4, 0.4]
 
 
-def test_default_policy_separates_clean_night_from_dirty_day():
+def grid_signals(samples: list[tuple[datetime, float]], index: int, source: str) -> Signals:
+    """What the daemon hands a policy at ``samples[index]``: the next 24 h as the forecast, or (no
+    forecast) the last 7 days of readings as the history, which include the current one."""
+    at, intensity = samples[index]
+    if source == "forecast":
+        return signals_at(at, intensity, forecast=tuple(ForecastPoint(t, g) for t, g in samples[index + 1:index + 25]))
+    return signals_at(at, intensity, history=tuple(ForecastPoint(t, g) for t, g in samples[index - 7 * 24:index + 1]))
+
+
+def signals_at(at: datetime, intensity: float, **kwargs) -> Signals:
+    return Signals(now=at, intensity_g_per_kwh=intensity, **kwargs)
+
+
+@pytest.mark.parametrize("source", ["forecast", "history"])
+@pytest.mark.parametrize("grid", synthetic_grids.KINDS)
+def test_default_policy_lowers_rho_in_the_dirty_hours_of_any_grid(grid, source):
+    """A nuclear grid at 20-120 gCO2e/kWh, a solar one at 150-600 and a windy one at 40-350: in
+    each, the hours in the dirtiest quarter get a clearly lower mean ρ than those in the cleanest."""
     policy = load_policy(default_policy_path())
     assert default_policy_path().parent.name == "data"
-    night, day = rho_for(policy, 120.0), rho_for(policy, 420.0, at_s=3600)
-    assert (night, day) == (1.0, 0.5)
+    samples = synthetic_grids.generate(grid, days=14, step_min=60, seed=1)
+    decided = [(samples[i][1], policy.decide(grid_signals(samples, i, source)).rho)
+               for i in range(7 * 24, len(samples) - 24)]
+    ordered = sorted(g for g, _ in decided)
+    clean_below, dirty_above = ordered[len(ordered) // 4], ordered[3 * len(ordered) // 4]
+    clean = [rho for g, rho in decided if g <= clean_below]
+    dirty = [rho for g, rho in decided if g >= dirty_above]
+    mean_clean, mean_dirty = sum(clean) / len(clean), sum(dirty) / len(dirty)
+    assert mean_dirty < mean_clean - 0.2, (grid, source, mean_clean, mean_dirty)
+    assert min(rho for _, rho in decided) >= policy.rho_min
+
+
+def test_default_policy_without_forecast_or_history_uses_its_fallback():
+    policy = load_policy(default_policy_path())
+    decision = policy.decide(signals(250.0, history=forecast_points(250.0, start_h=-1)))
+    assert decision.rho == policy.fallback_rho == 0.7
+    assert "1 readings in the last 7 days" in decision.reason
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -182,6 +215,50 @@ def test_forecast_ranks_current_intensity_within_window(tmp_path):
     assert rho_for(policy, 600, forecast=forecast) == 0.4
     no_forecast = policy.decide(signals(600, forecast=forecast_points(100, start_h=-5)))
     assert no_forecast.rho == 0.4 and "no usable forecast" in no_forecast.reason
+
+
+def test_forecast_ranks_within_recent_history_only_when_the_forecast_is_too_short(tmp_path):
+    policy = load_policy(write(tmp_path, """
+        kind = "forecast"
+        rho_min = 0.4
+        history_days = 2
+        rho_at_lowest = 1.0
+        rho_at_highest = 0.4
+        """))
+    # Readings of the last two days; the 900 three days ago is outside history_days.
+    history = forecast_points(900, start_h=-72) + forecast_points(100, 200, 300, 400, 500, start_h=-40)
+    ranked = policy.decide(signals(300, history=history))
+    assert ranked.rho == pytest.approx(0.7) and "last 2 days' readings" in ranked.reason
+    explanation = policy.explain(signals(300, history=history)).splitlines()
+    assert "forecast 0 points, history 6 readings" in explanation[1]
+    assert explanation[3] == "  last 2 days' readings: 5 values, 100–500 gCO2e/kWh"
+    assert rho_for(policy, 600, history=history) == 0.4
+    # A usable forecast wins over the history.
+    with_forecast = policy.decide(signals(300, history=history, forecast=forecast_points(300, 310, 320)))
+    assert with_forecast.rho == 1.0 and "next 24 h forecast" in with_forecast.reason
+    # One forecast point is not a forecast: the history decides.
+    assert rho_for(policy, 300, history=history, forecast=forecast_points(10)) == pytest.approx(0.7)
+
+
+def test_forecast_without_history_days_ignores_history(tmp_path):
+    policy = load_policy(write(tmp_path, """
+        kind = "forecast"
+        rho_at_lowest = 1.0
+        rho_at_highest = 0.4
+        fallback_rho = 0.6
+        """))
+    decision = policy.decide(signals(300, history=forecast_points(100, 200, 300, 400, start_h=-5)))
+    assert decision.rho == 0.6 and "no usable forecast" in decision.reason
+
+
+def test_forecast_history_days_must_be_positive(tmp_path):
+    path = write(tmp_path, """
+        kind = "forecast"
+        rho_at_lowest = 1.0
+        rho_at_highest = 0.4
+        history_days = 0
+        """)
+    assert [str(p) for p in check_policy_file(path)] == [f"{path}:4: field 'history_days': must be a number > 0, got 0"]
 
 
 def test_budget_scales_rho_down_with_used_fraction(tmp_path):

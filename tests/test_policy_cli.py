@@ -61,6 +61,19 @@ def test_explain_json_with_forecast_file_and_gpu_power(tmp_path):
     assert payload["explanation"][-1] == "=> ρ 0.63"
 
 
+def test_explain_the_default_policy_with_a_history_file(tmp_path):
+    history = tmp_path / "history.csv"
+    history.write_text("timestamp,intensity_g_per_kwh\n" + "".join(
+        f"2025-03-0{day}T12:00:00Z,{g}\n" for day, g in ((1, 20), (2, 40), (3, 60), (4, 80), (5, 100))),
+        encoding="utf-8")
+    result = runner.invoke(app, ["policy", "explain", str(REPO / "carbonsched" / "data" / "default_policy.toml"),
+                                 "--intensity", "60", "--history-file", str(history), "--now", "2025-03-05T13:00:00Z"])
+    assert result.exit_code == 0, result.output
+    # 60 is the median of the last 7 days' readings: halfway from ρ 1 to ρ 0.5.
+    assert result.stdout.splitlines()[0] == ("ρ 0.75  (intensity 60 gCO2e/kWh ranks at 50% of the last 7 days' "
+                                             "readings → ρ 0.75)")
+
+
 def test_explain_budget_and_unknown_intensity():
     budget = runner.invoke(app, ["policy", "explain", str(REPO / "policies" / "budget.toml"), "--intensity", "200",
                                  "--used-today-g", "1000"])

@@ -16,6 +16,7 @@ from carbonsched.policies import PolicySource, policy_from_source
 
 CARBONSCHED = Path(sys.executable).parent / "carbonsched"
 GPU_GID = 4242  # owns the tree's /dev/dri/renderD128, under the group name "gpuusers"
+PROVIDER = "static:FRA"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd/groupadd --prefix need root")
 
@@ -70,8 +71,9 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, bytes | str]]:
 
 
 def test_install_creates_account_config_policy_and_enabled_unit(tree):
-    result = run_service(tree, "install")
+    result = run_service(tree, "install", "--provider", PROVIDER)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "provider static:FRA (--provider)"
     assert "not started" in result.stdout
 
     passwd = (tree / "etc" / "passwd").read_text()
@@ -86,7 +88,9 @@ def test_install_creates_account_config_policy_and_enabled_unit(tree):
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert (tree / "etc" / "carbonsched").stat().st_mode & 0o777 == 0o755
     assert load_config(config).policy == Path("/etc/carbonsched/policy.toml")
-    assert policy_from_source(PolicySource.from_path(policy)).kind == "steps"
+    assert load_config(config).provider == PROVIDER
+    installed_policy = policy_from_source(PolicySource.from_path(policy))
+    assert (installed_policy.name, installed_policy.kind) == ("default", "forecast")
 
     settings = unit_settings(unit.read_text())
     assert settings["ExecStart"] == [f"{CARBONSCHED} run --config /etc/carbonsched/carbonsched.toml"]
@@ -100,45 +104,46 @@ def test_install_creates_account_config_policy_and_enabled_unit(tree):
 def test_groups_that_do_not_exist_are_left_out_of_the_unit(tree):
     (tree / "etc" / "group").write_text("root:x:0:\n")
     (tree / "dev" / "dri" / "renderD128").unlink()
-    assert run_service(tree, "install").returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
     settings = unit_settings((tree / "etc" / "systemd" / "system" / "carbonsched.service").read_text())
     assert "SupplementaryGroups" not in settings
 
 
 def test_second_install_changes_nothing_and_says_so(tree):
-    assert run_service(tree, "install").returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
     before = snapshot(tree)
-    again = run_service(tree, "install")
+    again = run_service(tree, "install", "--provider", PROVIDER)
     assert again.returncode == 0, again.stderr
     assert "nothing to change" in again.stdout
     assert snapshot(tree) == before
 
 
 def test_edited_config_is_kept_unless_a_config_is_given(tree, tmp_path):
-    assert run_service(tree, "install").returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
     config = tree / "etc" / "carbonsched" / "carbonsched.toml"
-    config.write_text('policy = "/etc/carbonsched/policy.toml"\nretention_days = 7\n')
-    kept = run_service(tree, "install")
+    config.write_text(f'provider = "{PROVIDER}"\npolicy = "/etc/carbonsched/policy.toml"\nretention_days = 7\n')
+    kept = run_service(tree, "install", "--provider", PROVIDER)
     assert "kept as it is" in kept.stdout and "nothing to change" in kept.stdout
     assert "retention_days = 7" in config.read_text()
 
     new_config = tmp_path / "site.toml"
     new_config.write_text('policy = "/etc/carbonsched/policy.toml"\nretention_days = 30\n')
-    replaced = run_service(tree, "install", "--config", str(new_config))
+    replaced = run_service(tree, "install", "--provider", PROVIDER, "--config", str(new_config))
     assert replaced.returncode == 0, replaced.stderr
     assert "write /etc/carbonsched/carbonsched.toml (0644): replaced" in replaced.stdout
-    assert config.read_text() == new_config.read_text()
+    # The given config names no provider: --provider's is added in front of it.
+    assert config.read_text() == f'provider = "{PROVIDER}"\n' + new_config.read_text()
 
 
 def test_given_policy_is_installed(tree):
     constant = Path(__file__).resolve().parent.parent / "policies" / "constant.toml"
-    assert run_service(tree, "install", "--policy", str(constant)).returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER, "--policy", str(constant)).returncode == 0
     assert (tree / "etc" / "carbonsched" / "policy.toml").read_text() == constant.read_text()
 
 
 def test_dry_run_prints_every_file_and_command_and_touches_nothing(tree):
     before = snapshot(tree)
-    result = run_service(tree, "install", "--dry-run")
+    result = run_service(tree, "install", "--provider", PROVIDER, "--dry-run")
     assert result.returncode == 0, result.stderr
     assert snapshot(tree) == before
     out = result.stdout
@@ -151,10 +156,80 @@ def test_dry_run_prints_every_file_and_command_and_touches_nothing(tree):
     assert f"would   $ systemctl --root={tree} enable carbonsched.service" in out
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["install", "dry-run"])
+def test_without_a_provider_the_install_is_refused_listing_the_choices(tree, dry_run):
+    before = snapshot(tree)
+    result = run_service(tree, "install", *dry_run)  # stdin is not a terminal: nothing to ask
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: no provider given: pass --provider with one of electricitymaps:ZONE, watttime:REGION, "
+        "ukgrid[:region=N], static:ISO3, trace (the bundled synthetic trace, not this node's grid)"]
+    assert result.stdout == ""
+    assert snapshot(tree) == before
+
+
+def test_the_synthetic_trace_is_installed_only_when_named_and_said_to_be_synthetic(tree):
+    result = run_service(tree, "install", "--provider", "trace", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "provider trace (--provider): the bundled synthetic trace, not this node's grid"
+    assert '    | provider = "trace"' in result.stdout
+
+
+def test_a_terminal_is_asked_for_the_provider(tree):
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "CARBONSCHED_SERVICE_ROOT"}
+        env["CARBONSCHED_SERVICE_ROOT"] = str(tree)
+        os.write(controller, b"static:DEU\n")
+        done = subprocess.run([str(CARBONSCHED), "service", "install", "--dry-run"], stdin=terminal,
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 0, done.stderr
+    assert "Which provider?" in done.stderr
+    assert done.stdout.splitlines()[0] == "provider static:DEU (answered here)"
+    assert '    | provider = "static:DEU"' in done.stdout
+
+
+def test_the_provider_comes_from_the_config_then_the_installed_config(tree, tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('provider = "static:DEU"\npolicy = "/etc/carbonsched/policy.toml"\n')
+    from_config = run_service(tree, "install", "--config", str(site))
+    assert from_config.returncode == 0, from_config.stderr
+    assert from_config.stdout.splitlines()[0] == f"provider static:DEU (from --config {site})"
+
+    again = run_service(tree, "install")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "provider static:DEU (from the installed /etc/carbonsched/carbonsched.toml)"
+    assert "nothing to change" in again.stdout
+
+    before = snapshot(tree)
+    other = run_service(tree, "install", "--provider", "static:FRA")
+    assert other.returncode == 2
+    assert other.stderr.splitlines() == ["error: /etc/carbonsched/carbonsched.toml sets provider 'static:DEU', not "
+                                         "'static:FRA': edit it, or pass --config FILE to replace it"]
+    both = run_service(tree, "install", "--provider", "static:FRA", "--config", str(site))
+    assert both.returncode == 2 and "differ: pass only one" in both.stderr
+    assert snapshot(tree) == before
+
+
+def test_an_installed_config_without_a_provider_gets_the_given_one(tree):
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
+    config = tree / "etc" / "carbonsched" / "carbonsched.toml"
+    config.write_text('policy = "/etc/carbonsched/policy.toml"\nretention_days = 7\n')  # as older installs wrote it
+    assert run_service(tree, "install").returncode == 2
+    added = run_service(tree, "install", "--provider", PROVIDER)
+    assert added.returncode == 0, added.stderr
+    assert config.read_text() == f'provider = "{PROVIDER}"\npolicy = "/etc/carbonsched/policy.toml"\nretention_days = 7\n'
+
+
 def test_pythonpath_and_home_directories_are_carried_into_the_unit(tree):
     worktree = str(Path(__file__).resolve().parent.parent)
     python_path = f"{worktree}{os.pathsep}/home/builder/src"
-    assert run_service(tree, "install", extra_env={"PYTHONPATH": python_path}).returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER, extra_env={"PYTHONPATH": python_path}).returncode == 0
     settings = unit_settings((tree / "etc" / "systemd" / "system" / "carbonsched.service").read_text())
     assert f"'PYTHONPATH={python_path}'" in settings["Environment"] or f"PYTHONPATH={python_path}" in settings["Environment"]
     assert settings["ProtectHome"] == ["tmpfs"]
@@ -165,6 +240,7 @@ def test_pythonpath_and_home_directories_are_carried_into_the_unit(tree):
     "args, message",
     [
         (["--user", "Not A User"], "--user 'Not A User': not a valid system user name"),
+        (["--provider", "electricitymaps:"], "--provider 'electricitymaps:': provider spec 'electricitymaps:': empty zone"),
         (["--config", "/nonexistent/carbonsched.toml"], "--config /nonexistent/carbonsched.toml: cannot read"),
         (["--policy", "POLICY_WITH_UNKNOWN_KIND"], "--policy "),
         (["--config", "CONFIG_WITH_UNKNOWN_KEY"], "colour: unknown key"),
@@ -181,7 +257,7 @@ def test_bad_input_is_one_line_and_exit_2(tree, tmp_path, args, message):
     files = {"POLICY_WITH_UNKNOWN_KIND": bad_policy, "CONFIG_WITH_UNKNOWN_KEY": bad_config, "CONFIG_WITH_MISSING_POLICY": missing_policy}
     args = [str(files[a]) if a in files else a for a in args]
     before = snapshot(tree)
-    result = run_service(tree, "install", *args)
+    result = run_service(tree, "install", "--provider", PROVIDER, *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
     assert message in result.stderr
@@ -189,7 +265,7 @@ def test_bad_input_is_one_line_and_exit_2(tree, tmp_path, args, message):
 
 
 def test_uninstall_keeps_config_state_and_user_unless_purged(tree):
-    assert run_service(tree, "install").returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
     store = tree / "var" / "lib" / "carbonsched" / "carbonsched.sqlite3"
     store.parent.mkdir(parents=True)
     store.write_bytes(b"jobs")
@@ -216,7 +292,7 @@ def test_status_tells_installed_from_missing_and_changed(tree):
     assert missing.returncode == 3
     assert "carbonsched.service missing" in missing.stdout
 
-    assert run_service(tree, "install").returncode == 0
+    assert run_service(tree, "install", "--provider", PROVIDER).returncode == 0
     installed = run_service(tree, "status")
     assert installed.returncode == 3  # no service manager runs for a tree: never "running"
     assert "installed, as `service install` writes it" in installed.stdout
@@ -230,7 +306,7 @@ def test_status_tells_installed_from_missing_and_changed(tree):
 
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="this machine runs systemd: a real install would happen")
 def test_install_on_a_machine_without_systemd_refuses_before_changing_anything():
-    result = run_service(None, "install")
+    result = run_service(None, "install", "--provider", PROVIDER)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: systemd is not running on this machine (no /run/systemd/system); --dry-run shows the plan"
     assert not Path("/etc/systemd/system/carbonsched.service").exists()

@@ -189,7 +189,7 @@ def daemon_status(machine: BootedSystemd) -> dict:
 
 
 def test_service_install_starts_the_daemon_ready(machine):
-    installed = machine.run(str(CARBONSCHED), "service", "install", timeout_s=SERVICE_DEADLINE_S)
+    installed = machine.run(str(CARBONSCHED), "service", "install", "--provider", "trace", timeout_s=SERVICE_DEADLINE_S)
     assert "$ systemctl enable --now carbonsched.service" in installed.stdout
     # Type=notify: `enable --now` returned after READY=1.
     props = machine.show("ActiveState", "SubState", "StatusText", "User", "SupplementaryGroups")
@@ -198,7 +198,7 @@ def test_service_install_starts_the_daemon_ready(machine):
     assert "render" not in props["SupplementaryGroups"].split()  # this machine has no render group
     status = machine.run(str(CARBONSCHED), "service", "status")
     assert "active (running)" in status.stdout
-    again = machine.run(str(CARBONSCHED), "service", "install")
+    again = machine.run(str(CARBONSCHED), "service", "install", "--provider", "trace")
     assert "nothing to change" in again.stdout
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NoReturn, Optional
@@ -14,6 +16,7 @@ import typer
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
+from carbonsched.planning.series import Series
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("table", "json")
@@ -231,9 +234,15 @@ def plan(
 # ---- backtest ------------------------------------------------------------------------------------
 
 
-def _steps_factory(policy_file: Optional[Path], trace_start: datetime):
+def policy_rho_factory(policy_file: Optional[Path], series: Series) -> Callable[[float], strategies.RhoForIntensity]:
+    """For the backtest's reactive ``steps`` strategy: ``make(offset_s)`` gives, for the submission at
+    trace offset ``offset_s``, a ρ function asking a fresh copy of the policy (``policy_file``, default
+    the daemon's) with what a daemon would hand it at each epoch's start: the intensity, the forecast
+    slots :func:`strategies.reactive` passes, and the trace's readings of the last ``HISTORY_DAYS``
+    days as the history. Exits 2 when the policy file does not load."""
+    from carbonsched.planning.forecast import DAY_S, HISTORY_DAYS
     from carbonsched.policies import PolicyFileError, PolicySource, default_policy_path, policy_from_source
-    from carbonsched.types import Signals
+    from carbonsched.types import ForecastPoint, Signals
 
     path = policy_file or default_policy_path()
     try:
@@ -242,12 +251,22 @@ def _steps_factory(policy_file: Optional[Path], trace_start: datetime):
     except PolicyFileError as exc:
         _fail(str(exc).replace("\n", "; "))
 
-    def make(offset_s: float):
+    def moment(offset_s: float) -> datetime:
+        return datetime.fromtimestamp(series.origin_s + offset_s, timezone.utc)
+
+    readings = [ForecastPoint(moment(at_s), value) for at_s, value in zip(series.offsets_s, series.values_g_per_kwh)]
+
+    def make(offset_s: float) -> strategies.RhoForIntensity:
         policy = policy_from_source(source)  # fresh hysteresis and dwell state per submission
 
-        def rho_for(intensity_g_per_kwh: float, at_s: float) -> float:
-            at = trace_start + timedelta(seconds=offset_s + at_s)
-            return policy.decide(Signals(now=at, intensity_g_per_kwh=intensity_g_per_kwh, signal="average")).rho
+        def rho_for(intensity_g_per_kwh: float, at_s: float, forecast: Sequence[Slot]) -> float:
+            now_s = offset_s + at_s
+            first = bisect.bisect_left(series.offsets_s, now_s - HISTORY_DAYS * DAY_S)
+            history = tuple(readings[first:bisect.bisect_right(series.offsets_s, now_s)])
+            points = tuple(ForecastPoint(moment(offset_s + slot.start_s), slot.intensity_g_per_kwh)
+                           for slot in forecast)
+            return policy.decide(Signals(now=moment(now_s), intensity_g_per_kwh=intensity_g_per_kwh, signal="average",
+                                         forecast=points, history=history)).rho
 
         return rho_for
 
@@ -275,7 +294,9 @@ def backtest(
     measured_epoch: list[str] = MeasuredEpochs,
     measured_power: list[str] = MeasuredPower,
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Policy for the reactive 'steps' strategy "
-                                                                      "(default: the daemon's built-in one)."),
+                                                                      "(default: the daemon's built-in one); at each "
+                                                                      "epoch it sees the trace's next 24 h as the "
+                                                                      "forecast and its last 7 days as the history."),
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
 ) -> None:
@@ -301,7 +322,7 @@ def backtest(
     series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s, loaded.timestamps[0].timestamp())
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
-                              make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]),
+                              make_steps_rho=policy_rho_factory(policy_file, series),
                               epoch_time_error=epoch_time_error)
     except PlanningInputError as exc:
         _fail(f"{trace}: {exc}")

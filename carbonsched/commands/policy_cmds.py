@@ -44,6 +44,8 @@ def explain(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     intensity: Annotated[Optional[float], typer.Option(help="Grid intensity, gCO2e/kWh (omit: unknown).")] = None,
     forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
+    history_file: Annotated[Optional[Path], typer.Option(help="CSV of past readings, as --forecast-file "
+                                                              "(ranked by a forecast policy's history_days).")] = None,
     gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
     used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
     used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
@@ -64,10 +66,11 @@ def explain(
         raise _fail(f"--now is not an ISO 8601 time: {now!r}", 2) from None
     try:
         forecast = read_forecast_csv(forecast_file) if forecast_file else ()
+        history = read_forecast_csv(history_file) if history_file else ()
     except ForecastFileError as err:
         raise _fail(str(err), 2) from None
-    signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, gpu_power_w=gpu_power_w,
-                      carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
+    signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, history=history,
+                      gpu_power_w=gpu_power_w, carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
     explanation = policy.explain(signals)
     decision = policy.decide(signals)
     if as_json:

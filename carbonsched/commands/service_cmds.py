@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +12,8 @@ import typer
 
 from carbonsched.service.host import Host
 from carbonsched.service.install import (
-    DEFAULT_USER, InstallOptions, installed_user, plan_install, plan_uninstall, require_privileges,
+    DEFAULT_USER, InstallOptions, ProviderChoice, ProviderMissing, checked_provider, chosen_provider, installed_user,
+    plan_install, plan_uninstall, require_privileges,
 )
 from carbonsched.service.plan import Plan, ServiceError
 from carbonsched.service.status import service_report
@@ -44,8 +47,29 @@ def _carry_out(host: Host, make_plan: Callable[[], Plan], dry_run: bool) -> Plan
     return plan
 
 
+def _provider_choice(host: Host, options: InstallOptions) -> ProviderChoice:
+    """The provider to install: named by an option or a config, else asked for on a terminal."""
+    try:
+        return chosen_provider(host, options)
+    except ProviderMissing as missing:
+        if not sys.stdin.isatty():
+            raise _fail(missing) from None
+        typer.echo(f"Which provider? One of {missing.forms}", err=True)
+    except ServiceError as exc:
+        raise _fail(exc) from None
+    typer.echo("provider: ", nl=False, err=True)  # stdout stays for the install's own lines
+    answer = sys.stdin.readline()
+    try:
+        return ProviderChoice(checked_provider(answer, "provider"), "answered here")
+    except ServiceError as exc:
+        raise _fail(exc) from None
+
+
 @service_app.command("install")
 def install(
+    provider: Optional[str] = typer.Option(None, "--provider", help="Where grid intensity comes from, e.g. "
+                                           "electricitymaps:DE, static:FRA; 'trace' replays the bundled synthetic "
+                                           "trace. Required unless --config or the installed config names one."),
     user: str = typer.Option(DEFAULT_USER, "--user", help="System user and group the daemon runs as."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Install this config instead of the commented default."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", help="Install this policy instead of the default one."),
@@ -54,7 +78,10 @@ def install(
 ) -> None:
     """Create the user and group, /etc/carbonsched/ (config, policy), the unit; enable and start it."""
     host = Host(root.resolve())
-    options = InstallOptions(user=user, config_file=config_file, policy_file=policy_file)
+    options = InstallOptions(user=user, config_file=config_file, policy_file=policy_file, provider=provider)
+    choice = _provider_choice(host, options)
+    typer.echo(choice.describe())
+    options = replace(options, provider=choice.spec)
     plan = _carry_out(host, lambda: plan_install(host, options), dry_run)
     if not plan.steps:
         typer.echo(f"nothing to change: {UNIT_NAME} is installed as wanted")

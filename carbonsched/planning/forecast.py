@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Sequence
 
 from carbonsched.planning.model import Slot
@@ -46,6 +46,11 @@ class ReadingHistory:
         ordered = sorted(readings)
         self.times_s = [ts for ts, _ in ordered]
         self.values = [value for _, value in ordered]
+
+    def as_points(self) -> tuple[ForecastPoint, ...]:
+        """The readings as points (UTC timestamps), oldest first, as policies get them in ``Signals.history``."""
+        return tuple(ForecastPoint(datetime.fromtimestamp(ts, timezone.utc), value)
+                     for ts, value in zip(self.times_s, self.values))
 
     def same_time_of_day_mean(self, start_s: float, end_s: float, days: int = HISTORY_DAYS) -> float | None:
         """Mean over the previous ``days`` days of each day's mean reading in ``[start_s, end_s)``

@@ -6,7 +6,8 @@ was given (a forecast, or the truth for the oracle):
 ``now-full``      ρ 1 from now without a break (carbon-agnostic full fine-tuning).
 ``now-constant``  ρ = the job's mean-ρ floor from now without a break.
 ``shift``         ρ 1, paused outside the cleanest slots before the deadline ("Let's Wait Awhile").
-``steps``         the reactive policy: each epoch asks a ρ function of the intensity at its start.
+``steps``         the reactive policy: each epoch asks a ρ function of the intensity at its start
+                  and the next 24 h of slots (the forecast a daemon would have then).
 ``planner``       :func:`~carbonsched.planning.margin.plan_with_margin` (``MARGIN_SHARE`` of the
                   running time kept free before the deadline), or the budget mode.
 ``planner-receding``   the daemon's receding horizon: re-planned at every slot from the job's
@@ -26,8 +27,13 @@ from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g
 RECEDING = "planner-receding"
 STRATEGIES = ("now-full", "now-constant", "shift", "steps", "planner", RECEDING, "planner-no-margin", "oracle")
 
-RhoForIntensity = Callable[[float, float], float]
-"""(intensity gCO2e/kWh, seconds since submission) → ρ; may keep state (hysteresis, dwell)."""
+FORECAST_WINDOW_S = 24 * 3600.0
+"""How far ahead the reactive strategy's ρ function sees: the next 24 h, as a daemon's provider forecasts."""
+
+RhoForIntensity = Callable[[float, float, Sequence[Slot]], float]
+"""(intensity gCO2e/kWh, seconds since submission, forecast) → ρ; may keep state (hysteresis, dwell).
+The forecast is the slots starting after that moment and within the next ``FORECAST_WINDOW_S``,
+times in seconds since submission: what a daemon's provider would forecast then."""
 
 
 def now_full(job: Job, cost: CostModel, slots: Sequence[Slot]) -> Plan:
@@ -50,13 +56,15 @@ def planned(job: Job, cost: CostModel, slots: Sequence[Slot], *, margin_share: f
 
 
 def reactive(job: Job, cost: CostModel, slots: Sequence[Slot], rho_for: RhoForIntensity) -> Plan:
-    """Epoch after epoch from now; each takes the ρ ``rho_for`` gives at its start, clamped to the job's bounds."""
+    """Epoch after epoch from now; each takes the ρ ``rho_for`` gives at its start from the intensity
+    then and ``slots``' next ``FORECAST_WINDOW_S`` as the forecast, clamped to the job's bounds."""
     at_s, remaining = 0.0, job.epochs
     segments: list[Segment] = []
     epochs_by_rho: dict[float, float] = {}
     while remaining > 1e-12:
         intensity = intensity_at(slots, at_s)
-        rho = min(1.0, max(job.rho_min, rho_for(intensity, at_s)))
+        forecast = [slot for slot in slots if at_s < slot.start_s < at_s + FORECAST_WINDOW_S]
+        rho = min(1.0, max(job.rho_min, rho_for(intensity, at_s, forecast)))
         share = min(1.0, remaining)
         length_s = cost.epoch_s(rho) * share
         segments.append(Segment(at_s, at_s + length_s, rho, intensity))

@@ -260,6 +260,7 @@ def _describe_inputs(signals: Signals) -> str:
     parts = [f"intensity {known(signals.intensity_g_per_kwh, 'gCO2e/kWh')}"
              + (f" ({signals.signal})" if signals.signal else ""),
              f"forecast {len(signals.forecast)} points",
+             f"history {len(signals.history)} readings",
              f"GPU power {known(signals.gpu_power_w, 'W')}",
              f"carbon used today {known(signals.carbon_used_today_g, 'g')}",
              f"carbon used by job {known(signals.carbon_used_job_g, 'g')}"]

@@ -108,12 +108,14 @@ class LinearPolicy(Policy):
 
 
 class ForecastPolicy(Policy):
-    """ρ by where the current intensity ranks among the forecast values in the next ``window_h``.
+    """ρ by where the current intensity ranks among the forecast values in the next ``window_h``,
+    or, with ``history_days`` set and too little forecast, among the past readings of that many days.
 
-    Window: forecast points with ``now <= timestamp < now + window_h``. Rank: 0 at or below the
-    lowest value, 1 at or above the highest, linear between neighbouring sorted values. ρ runs
-    linearly from ``rho_at_lowest`` (rank 0) to ``rho_at_highest`` (rank 1). Fewer than two
-    points in the window → ``fallback_rho``.
+    Window: forecast points with ``now <= timestamp < now + window_h``; history: past readings with
+    ``now - history_days <= timestamp <= now``. Rank: 0 at or below the lowest value, 1 at or above
+    the highest, linear between neighbouring sorted values. ρ runs linearly from ``rho_at_lowest``
+    (rank 0) to ``rho_at_highest`` (rank 1). Fewer than two values in both → ``fallback_rho``.
+    Ranks are relative, so the same file works on a grid at 20-120 gCO2e/kWh and one at 150-600.
     """
 
     kind = "forecast"
@@ -121,27 +123,43 @@ class ForecastPolicy(Policy):
 
     def configure(self, reader: FieldReader) -> None:
         self.window_h = reader.number("window_h", default=24.0, low=0.0, low_open=True)
+        self.history_days = reader.number("history_days", default=None, low=0.0, low_open=True)
         self.rho_at_lowest = self.read_rho(reader, "rho_at_lowest")
         self.rho_at_highest = self.read_rho(reader, "rho_at_highest")
 
-    def _window_g_per_kwh(self, signals: Signals) -> list[float]:
+    def _forecast_g_per_kwh(self, signals: Signals) -> list[float]:
         end = signals.now + timedelta(hours=self.window_h)
         return sorted(p.intensity_g_per_kwh for p in signals.forecast if signals.now <= p.timestamp < end)
 
+    def _history_g_per_kwh(self, signals: Signals) -> list[float]:
+        if self.history_days is None:
+            return []
+        start = signals.now - timedelta(days=self.history_days)
+        return sorted(p.intensity_g_per_kwh for p in signals.history if start <= p.timestamp <= signals.now)
+
+    def _ranked_against(self, signals: Signals) -> tuple[list[float], str]:
+        """The sorted values the intensity is ranked among, and what they are."""
+        forecast = self._forecast_g_per_kwh(signals)
+        if len(forecast) >= 2 or self.history_days is None:
+            return forecast, f"next {fmt_g(self.window_h)} h forecast"
+        return self._history_g_per_kwh(signals), f"last {fmt_g(self.history_days)} days' readings"
+
     def target(self, intensity_g_per_kwh: float, signals: Signals) -> Target:
-        values = self._window_g_per_kwh(signals)
+        values, what = self._ranked_against(signals)
         if len(values) < 2:
             rho = self.fallback_rho
-            return Target(rho, f"no usable forecast ({len(values)} points in the next {fmt_g(self.window_h)} h, "
-                               f"need 2): fallback_rho {fmt_rho(rho)}")
+            looked_at = f"{len(self._forecast_g_per_kwh(signals))} points in the next {fmt_g(self.window_h)} h"
+            if self.history_days is not None:
+                looked_at += f", {len(values)} readings in the last {fmt_g(self.history_days)} days"
+            return Target(rho, f"no usable forecast ({looked_at}, need 2): fallback_rho {fmt_rho(rho)}")
         rank = _rank(intensity_g_per_kwh, values)
         rho = self.rho_at_lowest + (self.rho_at_highest - self.rho_at_lowest) * rank
         return Target(rho, f"intensity {fmt_g(intensity_g_per_kwh)} gCO2e/kWh ranks at {rank:.0%} of the "
-                           f"next {fmt_g(self.window_h)} h forecast → ρ {fmt_rho(rho)}",
-                      (f"forecast window: {len(values)} points, {fmt_g(values[0])}–{fmt_g(values[-1])} gCO2e/kWh",))
+                           f"{what} → ρ {fmt_rho(rho)}",
+                      (f"{what}: {len(values)} values, {fmt_g(values[0])}–{fmt_g(values[-1])} gCO2e/kWh",))
 
     def intensity_breakpoints_g_per_kwh(self, signals: Signals) -> Sequence[float]:
-        return self._window_g_per_kwh(signals)
+        return self._ranked_against(signals)[0]
 
 
 def _rank(value: float, sorted_values: list[float]) -> float:

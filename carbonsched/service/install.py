@@ -4,10 +4,17 @@ An install is idempotent: each part (group, user, /etc/carbonsched, config, poli
 and running) is compared with what is wanted and only the differences become steps. Files the
 operator may have edited (config, policy) are written when missing and replaced only when the
 install names a new one (``--config``/``--policy``).
+
+The provider is never defaulted: it comes from ``--provider``, else from the ``--config`` file, else
+from the config already installed (:func:`chosen_provider`); with none of them the install is
+refused (:class:`ProviderMissing`), so the bundled synthetic trace is installed only when named.
+An installed config without a provider gets the chosen one added; one naming another provider is
+left alone and the install refused, so an operator's edits are never overwritten unasked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,11 +40,91 @@ POLICY_HEADER = (
 )
 
 
+PROVIDER_PLACEHOLDER = "@PROVIDER@"
+PROVIDER_FORMS = {
+    "electricitymaps": "electricitymaps:ZONE", "watttime": "watttime:REGION", "ukgrid": "ukgrid[:region=N]",
+    "static": "static:ISO3", "trace": "trace (the bundled synthetic trace, not this node's grid)",
+}
+
+
 @dataclass(frozen=True)
 class InstallOptions:
     user: str = DEFAULT_USER
     config_file: Path | None = None  # installed as /etc/carbonsched/carbonsched.toml; None: the commented default
     policy_file: Path | None = None  # installed as /etc/carbonsched/policy.toml; None: the built-in default policy
+    provider: str | None = None  # --provider; None: the --config file's, else the installed config's
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """The provider spec the installed daemon will use, and where it was found."""
+
+    spec: str
+    origin: str
+
+    def describe(self) -> str:
+        from carbonsched.providers.spec import parse_specs
+
+        # A bare `trace` is the bundled synthetic one; `trace:FILE` replays the operator's file.
+        synthetic = any(spec.kind == "trace" and spec.zone is None for spec in parse_specs(self.spec))
+        return (f"provider {self.spec} ({self.origin})"
+                + (": the bundled synthetic trace, not this node's grid" if synthetic else ""))
+
+
+class ProviderMissing(ServiceError):
+    """Nothing names the provider: the install needs ``--provider``."""
+
+    def __init__(self) -> None:
+        from carbonsched.providers.spec import KINDS
+
+        kinds = [kind for kind in PROVIDER_FORMS if kind in KINDS]
+        kinds += [kind for kind in KINDS if kind not in PROVIDER_FORMS]
+        self.forms = ", ".join(PROVIDER_FORMS.get(kind, kind) for kind in kinds)
+        super().__init__(f"no provider given: pass --provider with one of {self.forms}", 2)
+
+
+def checked_provider(spec: str, where: str) -> str:
+    """``spec`` when it parses as a provider spec; a ServiceError (exit 2) naming ``where`` otherwise."""
+    from carbonsched.providers import ProviderSpecError
+    from carbonsched.providers.spec import parse_specs
+
+    try:
+        parse_specs(spec)
+    except ProviderSpecError as exc:
+        raise ServiceError(f"{where} {spec!r}: {exc}", 2) from None
+    return spec.strip()
+
+
+def _config_provider(path: Path) -> str | None:
+    try:
+        return load_config(path).provider
+    except ConfigError:
+        return None
+
+
+def chosen_provider(host: Host, options: InstallOptions) -> ProviderChoice:
+    """The provider the install writes (see the module docstring); ProviderMissing when none is named."""
+    from_config = _config_provider(options.config_file) if options.config_file else None
+    if options.provider is not None:
+        spec = checked_provider(options.provider, "--provider")
+        if from_config is not None and from_config != spec:
+            raise ServiceError(f"--provider {spec!r} and --config {options.config_file}'s provider "
+                               f"{from_config!r} differ: pass only one", 2)
+        return ProviderChoice(spec, "--provider")
+    if from_config is not None:
+        return ProviderChoice(checked_provider(from_config, f"--config {options.config_file}: provider"),
+                              f"from --config {options.config_file}")
+    installed = host.path(CONFIG_FILE)
+    if options.config_file is None and installed.is_file():
+        spec = _config_provider(installed)
+        if spec is not None:
+            return ProviderChoice(spec, f"from the installed {CONFIG_FILE}")
+    raise ProviderMissing()
+
+
+def with_provider(config_text: str, spec: str) -> str:
+    """``config_text`` with ``provider = spec`` as its first setting (top-level keys precede tables)."""
+    return f"provider = {json.dumps(spec)}\n" + config_text
 
 
 @dataclass(frozen=True)
@@ -52,8 +139,10 @@ def check_user_name(user: str) -> str:
     return user
 
 
-def default_config_text() -> str:
-    return resources.files("carbonsched.service").joinpath("carbonsched.toml").read_text(encoding="utf-8")
+def default_config_text(provider: str) -> str:
+    """The commented default config, with ``provider`` set."""
+    template = resources.files("carbonsched.service").joinpath("carbonsched.toml").read_text(encoding="utf-8")
+    return template.replace(json.dumps(PROVIDER_PLACEHOLDER), json.dumps(provider))
 
 
 def default_policy_text() -> str:
@@ -157,10 +246,32 @@ def _file_step(plan: Plan, host: Host, path: Path, content: str, *, replace: boo
     return True
 
 
+def _config_to_write(host: Host, options: InstallOptions, provider: str) -> tuple[str, bool]:
+    """The config text to install with ``provider``, and whether it replaces an installed one."""
+    if options.config_file is not None:
+        text = validated_config_text(options.config_file, host)
+        return (text if _config_provider(options.config_file) is not None else with_provider(text, provider)), True
+    installed = host.path(CONFIG_FILE)
+    if installed.is_file():
+        try:
+            installed_provider = load_config(installed).provider
+        except ConfigError:
+            installed_provider = provider  # kept as it is; `service status` says it does not load
+        if installed_provider is None:
+            return with_provider(installed.read_text(encoding="utf-8", errors="replace"), provider), True
+        if installed_provider != provider:
+            raise ServiceError(f"{CONFIG_FILE} sets provider {installed_provider!r}, not {provider!r}: edit it, "
+                               "or pass --config FILE to replace it", 2)
+    return default_config_text(provider), False
+
+
 def plan_install(host: Host, options: InstallOptions) -> Plan:
-    """Everything an install would change on ``host``, reading only."""
+    """Everything an install would change on ``host``, reading only. ``options.provider`` must be
+    set (see :func:`chosen_provider`)."""
     user = check_user_name(options.user)
-    config_text = validated_config_text(options.config_file, host) if options.config_file else default_config_text()
+    if options.provider is None:
+        raise ProviderMissing()
+    config_text, replace_config = _config_to_write(host, options, options.provider)
     policy_text = validated_policy_text(options.policy_file) if options.policy_file else default_policy_text()
     unit_text = render_unit(unit_parameters(host, user))
 
@@ -168,7 +279,7 @@ def plan_install(host: Host, options: InstallOptions) -> Plan:
     _account_steps(plan, host, user)
     if not host.path(CONFIG_DIR).is_dir():
         plan.add(MakeDirectory(CONFIG_DIR, 0o755))
-    settings_changed = _file_step(plan, host, CONFIG_FILE, config_text, replace=options.config_file is not None)
+    settings_changed = _file_step(plan, host, CONFIG_FILE, config_text, replace=replace_config)
     settings_changed |= _file_step(plan, host, POLICY_FILE, policy_text, replace=options.policy_file is not None)
     unit_changed = _file_step(plan, host, UNIT_FILE, unit_text, replace=True)
 
