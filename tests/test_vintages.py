@@ -21,6 +21,7 @@ from carbonsched.planning.vintages import (
     Vintage,
     Vintages,
     VintagesFormatError,
+    is_vintages_file,
     load_vintages,
     vintage_forecast_at,
 )
@@ -61,6 +62,7 @@ def test_watttime_layout_with_unix_and_iso_timestamps_in_any_order(tmp_path):
                     f"{_iso(issued + 300)},{_iso(issued + 900)},,3.0\n"  # a missing point
                     f"{_iso(issued + 300)},{_iso(issued + 300)},405,3.0\n")
     vintages = load_vintages(path)
+    assert is_vintages_file(path) and not is_vintages_file(tmp_path / "absent.csv")
     assert vintages.issued_s == (issued, issued + 300)
     first, second = vintages.issues
     assert first.points == ((issued, 400.0), (issued + 300, 402.0))
@@ -69,6 +71,9 @@ def test_watttime_layout_with_unix_and_iso_timestamps_in_any_order(tmp_path):
 
 
 def test_generic_layout_and_named_columns(tmp_path):
+    trace_file = tmp_path / "trace.csv"
+    trace_file.write_text("\ufeff# a plain forecast\ntimestamp,intensity_g_per_kwh\n2025-06-02T00:00Z,1\n")
+    assert not is_vintages_file(trace_file)
     issued = START.timestamp()
     generic = tmp_path / "generic.csv"
     generic.write_text("Issued_At , Target_Start, Forecast (gCO2e/kWh)\n"
@@ -161,9 +166,9 @@ def test_before_the_first_issue_the_current_value_holds_to_the_deadline():
 
 
 def test_beyond_the_issue_s_horizon_the_fill_uses_only_readings_before_the_moment():
-    """Three days at 100 (night) / 400 (day) give the same-time-of-day means; from the moment on the
-    truth jumps to 900. A one-hour forecast is continued from the past days only, and changing the
-    future truth changes nothing."""
+    """Three days at 100 (first half of the day) / 400 (second half) give the same-time-of-day means;
+    from the moment on the truth jumps to 900. A one-hour forecast is continued from the past days
+    only, and changing the future truth changes nothing."""
     days = 3
     past = [100.0 if (i % 48) < 24 else 400.0 for i in range(days * 48)]
     truth = _half_hourly_truth(past + [900.0] * 96)
@@ -171,13 +176,14 @@ def test_beyond_the_issue_s_horizon_the_fill_uses_only_readings_before_the_momen
     moment_s = days * 24 * HOUR_S  # midnight of the fourth day
     issued = truth.origin_s + moment_s - 60
     vintages = Vintages((Vintage(issued, ((issued + 1860, 120.0), (issued + 3660, 130.0))),))
-    slots = vintage_forecast_at(vintages, truth, moment_s, 48 * HOUR_S)(0.0, 24 * HOUR_S)
-    other = vintage_forecast_at(vintages, other_future, moment_s, 48 * HOUR_S)(0.0, 24 * HOUR_S)
+    # 40 h ahead: a target after 24 h, shifted back a day, lies after the moment: no reading there may count.
+    slots = vintage_forecast_at(vintages, truth, moment_s, 48 * HOUR_S)(0.0, 40 * HOUR_S)
+    other = vintage_forecast_at(vintages, other_future, moment_s, 48 * HOUR_S)(0.0, 40 * HOUR_S)
     assert slots[1:] == other[1:] and len(slots) > 10
     assert (slots[0].intensity_g_per_kwh, other[0].intensity_g_per_kwh) == (900.0, 5.0)  # the current slot: measured
     assert [s.intensity_g_per_kwh for s in slots[1:3]] == [120.0, 130.0]
     filled = slots[3:]
-    assert filled and slots[-1].end_s == pytest.approx(24 * HOUR_S)
+    assert filled and slots[-1].end_s == pytest.approx(40 * HOUR_S)
     assert {s.intensity_g_per_kwh for s in filled} <= {100.0, 400.0}  # never a value from the moment on
     assert any(s.intensity_g_per_kwh == 400.0 for s in filled) and any(s.intensity_g_per_kwh == 100.0 for s in filled)
 

@@ -20,6 +20,7 @@ the newest issue at or before that moment, never a later one, turned into slots 
 from __future__ import annotations
 
 import bisect
+import csv
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -101,9 +102,11 @@ def is_vintages_file(path: str | Path) -> bool:
     """Whether the file's header has an issue-time column (``generated_at`` or ``issued_at``); False
     when it cannot be read (the caller's own loader then reports why)."""
     try:
-        header = read_csv_rows(Path(path), "vintages file", GENERIC_HEADER)[0][1]
-    except TraceFormatError:
+        with open(path, encoding="utf-8-sig") as lines:
+            header_text = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
+    except (OSError, UnicodeDecodeError):
         return False
+    header = next(csv.reader([header_text]), [])
     return any(normalise_column_name(cell) in ISSUED_COLUMN_NAMES for cell in header)
 
 
