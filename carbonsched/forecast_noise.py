@@ -61,7 +61,8 @@ def normals_at(seed: int, stream: int, instants: Sequence[int] | np.ndarray, pos
     pair is the same for the same ``(seed, stream)`` whatever else is asked. Counter-based (a hash
     of the key, the instant and the position, through Box-Muller on its two 32-bit halves), so any
     draw is made without drawing the ones before it."""
-    rows = _mixed(np.asarray(instants, dtype=np.int64).astype(np.uint64) * _GOLDEN ^ np.uint64(stream_key(seed, stream)))
+    key = np.uint64(stream_key(seed, stream))
+    rows = _mixed(np.asarray(instants, dtype=np.int64).astype(np.uint64) * _GOLDEN ^ key)
     bits = _mixed(rows + (np.asarray(positions, dtype=np.int64).astype(np.uint64) + np.uint64(1)) * _GOLDEN)
     uniform_1 = ((bits >> np.uint64(32)).astype(np.float64) + 1.0) * _UNIT  # (0, 1]
     uniform_2 = (bits & _LOW_32).astype(np.float64) * _UNIT
@@ -71,5 +72,5 @@ def normals_at(seed: int, stream: int, instants: Sequence[int] | np.ndarray, pos
 class LogErrorModel(Protocol):
     """A forecast-error model: log(forecast / truth) for targets (unix s) of an issue at ``issued_s`` (unix s)."""
 
-    def log_errors_at(self, issued_s: float, targets_s: Sequence[float], seed: int, stream: int) -> Sequence[float]:
+    def log_errors_at(self, issued_s: float, targets_s: Sequence[float], seed: int, stream: int) -> np.ndarray:
         ...

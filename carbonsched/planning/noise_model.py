@@ -89,7 +89,8 @@ class LeadNoiseModel:
         return float(np.interp(max(lead_s, 0.0), leads, sigmas))
 
     def mape_at(self, lead_s: float) -> float:
-        """The model's mean absolute percentage error at ``lead_s``, as a fraction: E|e^{σZ} − 1| = e^{σ²/2}·erf(σ/√2)."""
+        """The model's mean absolute percentage error at ``lead_s``, as a fraction:
+        E|e^{σZ} − 1| = e^{σ²/2}·erf(σ/√2)."""
         sigma = self.sigma_at(lead_s)
         return math.exp(sigma * sigma / 2) * math.erf(sigma / math.sqrt(2))
 
@@ -206,7 +207,8 @@ def _block_tables(model: LeadNoiseModel, size: int) -> tuple[np.ndarray, np.ndar
     scales = np.sqrt(np.maximum(np.diff(variances), 0.0))  # s_k for k = 1..size
     index = np.arange(size)
     # Row k of the AR(1) filter: z_k = Σ_j≤k phi^(k−j)·c_j·e_j with c_0 = 1, c_j = √(1 − phi²).
-    powers = np.where(index[:, None] >= index[None, :], model.phi ** np.maximum(index[:, None] - index[None, :], 0), 0.0)
+    lag = index[:, None] - index[None, :]
+    powers = np.where(lag >= 0, model.phi ** np.maximum(lag, 0), 0.0)
     weights = np.full(size, math.sqrt(1 - model.phi ** 2))
     weights[0] = 1.0
     return scales, powers * weights[None, :]

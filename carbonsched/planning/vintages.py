@@ -112,7 +112,8 @@ def is_vintages_file(path: str | Path) -> bool:
 
 def load_vintages(path: str | Path, *, issued_column: str | None = None, target_column: str | None = None,
                   forecast_column: str | None = None) -> Vintages:
-    """Parse a vintages CSV (see the module docstring); raise :class:`VintagesFormatError` naming file, line and field."""
+    """Parse a vintages CSV (see the module docstring); raise :class:`VintagesFormatError` naming file,
+    line and field."""
     path = Path(path)
     try:
         return _parse(path, issued_column, target_column, forecast_column)
