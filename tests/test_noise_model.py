@@ -115,6 +115,7 @@ def test_a_model_file_round_trips(tmp_path):
 @pytest.mark.parametrize("text, words", [
     ('{"sigma_knots": [[3600, 0.1]], "phi": 1.5}', ["field phi", "1.5"]),
     ('{"sigma_knots": [[3600, 0.1], [1800, 0.2]]}', ["field sigma_knots[1]", "1800"]),
+    ('{"sigma_knots": [[0, 0.1]]}', ["field sigma_knots[0]", "positive"]),
     ('{"sigma_knots": [[3600, "wide"]]}', ["field sigma_knots[0]", "wide"]),
     ('{"sigma_knots": [], "phi": 0.5}', ["field sigma_knots"]),
     ('{"sigma_knots": [[3600, 0.1]], "update_s": 0}', ["field update_s"]),

@@ -69,9 +69,9 @@ class LeadNoiseModel:
             raise NoiseModelError("field sigma_knots: needs at least one (lead s, sigma) pair")
         previous = -math.inf
         for index, (lead_s, sigma) in enumerate(self.sigma_knots):
-            if not (math.isfinite(lead_s) and lead_s > previous and lead_s >= 0):
-                raise NoiseModelError(f"field sigma_knots[{index}]: lead {lead_s!r} s must be finite, >= 0 and "
-                                      "after the previous knot's")
+            if not (math.isfinite(lead_s) and lead_s > previous and lead_s > 0):
+                raise NoiseModelError(f"field sigma_knots[{index}]: lead {lead_s!r} s must be finite, positive and "
+                                      "after the previous knot's (sigma at lead 0 is 0)")
             if not (math.isfinite(sigma) and sigma >= 0):
                 raise NoiseModelError(f"field sigma_knots[{index}]: sigma {sigma!r} must be a non-negative number")
             previous = lead_s
