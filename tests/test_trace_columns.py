@@ -80,3 +80,12 @@ def test_bad_files_say_what_and_where_in_one_line(tmp_path, body, spec_options, 
     with pytest.raises(ProviderSpecError) as info:
         build_provider(f"trace:{path}{spec_options}", env={})
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unix_seconds_are_timestamps_and_never_naive(tmp_path):
+    trace = load_trace(_write(tmp_path, "timestamp,intensity_g_per_kwh\n1735689600,100\n2025-01-01T00:30:00Z,90\n"
+                                        "1735693200.0,80\n"))
+    assert trace.timestamps == tuple(datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=m)
+                                     for m in (0, 30, 60))
+    with pytest.raises(ProviderSpecError, match="t.csv:3: field timestamp: 'soon' is not ISO 8601 or unix seconds"):
+        load_trace(_write(tmp_path, "timestamp,intensity_g_per_kwh\n1735689600,100\nsoon,90\n"))

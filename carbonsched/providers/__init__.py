@@ -22,7 +22,9 @@ Kinds:
     (default 1). Column names of common exports are recognised; ``?time_column=`` and
     ``?intensity_column=`` name them otherwise. The forecast is the trace's next
     ``forecast_hours=`` (default 24) trace hours; ``forecast_noise=0.1&forecast_seed=7`` multiplies
-    each forecast sample by ``1 + 0.1·N(0, 1)``, the same error for the same sample at every ask.
+    each forecast sample by ``1 + 0.1·N(0, 1)``, the same error for the same sample at every ask;
+    ``noise_model=FILE.json`` instead applies the lead-time error model of
+    :mod:`carbonsched.planning.noise_model` (``carbonsched forecast-error --write-model`` writes one).
     No network.
 ``static:FRA``
     CodeCarbon's bundled yearly average for an ISO 3166-1 alpha-3 country. No network.
@@ -48,8 +50,9 @@ each consecutive failure), ``max_cooldown_s=`` (ceiling of that doubling, defaul
 default the data interval: 3600 Electricity Maps, 300 WattTime, 1800 UK grid). A Retry-After
 longer than the cool-down still wins. Example: ``electricitymaps:DE?cooldown_s=10&max_age_s=900``.
 Option for every provider: ``forecast_file=PATH``, a CSV forecast (trace columns, absolute
-timestamps, naive = UTC) that replaces the provider's forecast with its points after now, re-read
-when the file changes; a bad file is logged and the provider's own forecast is used
+timestamps, naive = UTC) that replaces the provider's forecast with its points after now, or a
+vintages file (forecasts as issued, :mod:`carbonsched.planning.vintages`) whose newest issue at or
+before now is used; re-read when the file changes; a bad file is logged and the provider's own forecast is used
 (:mod:`carbonsched.providers.forecast_file`). ``describe()`` gives ``forecast_source`` and
 ``forecast_hours``.
 A bad spec raises :class:`ProviderSpecError` with a one-line message naming the bad part.

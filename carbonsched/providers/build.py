@@ -6,6 +6,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
@@ -29,6 +31,9 @@ from carbonsched.providers.secrets import credential_hint, read_credential
 from carbonsched.providers.spec import ProviderSpec, parse_specs
 from carbonsched.providers.static import StaticProvider
 from carbonsched.providers.trace import DEFAULT_FORECAST_HOURS, TraceProvider
+
+if TYPE_CHECKING:
+    from carbonsched.planning.noise_model import LeadNoiseModel
 
 ROOT_ENV = {
     "electricitymaps": ("CARBONSCHED_ELECTRICITYMAPS_URL", electricitymaps.DEFAULT_ROOT),
@@ -95,7 +100,8 @@ def _build_one(
                              intensity_column=spec.params.get("intensity_column"),
                              forecast_hours=spec.number("forecast_hours", DEFAULT_FORECAST_HOURS) or DEFAULT_FORECAST_HOURS,
                              forecast_noise=spec.number("forecast_noise", 0.0, positive=False) or 0.0,
-                             forecast_seed=int(spec.params.get("forecast_seed", "0")))
+                             forecast_seed=int(spec.params.get("forecast_seed", "0")),
+                             noise_model=_noise_model(spec), noise_model_path=spec.params.get("noise_model", ""))
     if spec.kind == "static":
         return StaticProvider(spec.zone or "", clock=clock)
     want_forecast = spec.flag("forecast", True)
@@ -134,6 +140,20 @@ def _build_one(
         return watttime.WattTimeProvider(http, username, password, region=spec.zone or "",
                                          forecast_hours=_whole_hours(spec), clock=clock)
     raise ProviderSpecError(f"unknown provider kind {spec.kind!r}")  # parse_specs already refused it
+
+
+def _noise_model(spec: ProviderSpec) -> LeadNoiseModel | None:
+    """The trace's ``noise_model=FILE.json``, read now; a bad file is a ProviderSpecError naming it and the field."""
+    # Imported here: the planning modules read their files with the trace reader of this package.
+    from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
+
+    path = spec.params.get("noise_model")
+    if path is None:
+        return None
+    try:
+        return load_noise_model(Path(path).expanduser())
+    except NoiseModelError as exc:
+        raise ProviderSpecError(f"provider spec {spec.text!r}: noise_model: {exc}") from None
 
 
 def _whole_hours(spec: ProviderSpec) -> int | None:

@@ -6,10 +6,15 @@ now. The file is a trace file (:func:`carbonsched.providers.trace.load_trace`: t
 are recognised, ISO 8601 timestamps, those without an offset are UTC, gCO2e/kWh), with absolute
 timestamps: each row is the forecast value from its timestamp until the next row's.
 
+The file may instead hold forecasts as they were issued (a vintages file,
+:func:`carbonsched.planning.vintages.load_vintages`, recognised by an ``issued_at`` or
+``generated_at`` column): then the forecast is the newest issue at or before now, its points after now.
+
 The file is re-read whenever its modification time or size changes, so an external forecaster may
 rewrite it at any time (write a temporary file and rename it over the old one, so a half-written file
 is never read). A file that cannot be used (missing, unreadable, a bad row, or no point after now)
-is logged once per version of the file, one line naming the file, line and field; the provider's
+(or, for a vintages file, no issue yet) is logged once per version of the file, one line naming the
+file, line and field; the provider's
 own forecast (or none) is used meanwhile. Nothing here raises on a bad file.
 """
 
@@ -19,13 +24,17 @@ import csv
 import logging
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carbonsched.providers.base import Clock, IntensityProvider, default_clock
 from carbonsched.providers.cache import CachedProvider
 from carbonsched.providers.trace import Trace, TraceFormatError, load_trace
 from carbonsched.types import ForecastPoint, IntensityReading
+
+if TYPE_CHECKING:
+    from carbonsched.planning.vintages import Vintages
 
 log = logging.getLogger("carbonsched.providers")
 
@@ -45,12 +54,16 @@ class ForecastFile:
         self.error: str | None = None
         self.loads = 0
         self._trace: Trace | None = None
+        self._vintages: Vintages | None = None
         self._version: _Version | None = None
         self._logged: tuple[_Version | None, str] | None = None
 
     def points_after(self, now: datetime) -> tuple[ForecastPoint, ...] | None:
-        """The file's points after ``now``; None when the file is unusable (the reason is in ``error``)."""
+        """The file's points after ``now`` (of a vintages file: the newest issue at or before ``now``);
+        None when the file is unusable (the reason is in ``error``)."""
         self._refresh()
+        if self._vintages is not None:
+            return self._vintage_points_after(now)
         if self._trace is None:
             return None
         points = tuple(ForecastPoint(ts, value) for ts, value in zip(self._trace.timestamps, self._trace.values_g_per_kwh)
@@ -62,8 +75,27 @@ class ForecastFile:
         self.error = None
         return points
 
+    def _vintage_points_after(self, now: datetime) -> tuple[ForecastPoint, ...] | None:
+        assert self._vintages is not None
+        vintage = self._vintages.newest_at(now.timestamp())
+        if vintage is None:
+            first = datetime.fromtimestamp(self._vintages.issued_s[0], timezone.utc)
+            self._fail(f"{self.path}: no forecast issued at or before now (the first is issued {first.isoformat()})")
+            return None
+        points = tuple(point for point in vintage.forecast_points if point.timestamp > now)
+        if not points:
+            issued = datetime.fromtimestamp(vintage.issued_s, timezone.utc)
+            self._fail(f"{self.path}: the newest issue (at {issued.isoformat()}) has no point after now; waiting for "
+                       "the file to be rewritten")
+            return None
+        self.error = None
+        return points
+
     def hours_after(self, now: datetime) -> float | None:
         """How far the file's forecast reaches beyond ``now``, in hours (its last point lasts one step)."""
+        if self._vintages is not None:
+            vintage = self._vintages.newest_at(now.timestamp())
+            return None if vintage is None else max(0.0, (vintage.horizon_end_s - now.timestamp()) / 3600)
         if self._trace is None:
             return None
         last = self._trace.timestamps[-1]
@@ -74,27 +106,37 @@ class ForecastFile:
         try:
             stat = os.stat(self.path)
         except OSError as exc:
-            self._trace, self._version = None, None
+            self._trace, self._vintages, self._version = None, None, None
             self._fail(f"{self.path}: cannot read the forecast file: {exc.strerror or exc}")
             return
         version = _Version(stat.st_mtime_ns, stat.st_size)
         if version == self._version:
             return
+        # Imported here: the planning modules read their files with the trace reader of this package.
+        from carbonsched.planning.vintages import VintagesFormatError, is_vintages_file, load_vintages
+
         self._version = version
+        self._trace, self._vintages = None, None
         try:
-            self._trace = load_trace(self.path)
-        except TraceFormatError as exc:
-            self._trace = None
+            if is_vintages_file(self.path):
+                self._vintages = load_vintages(self.path)
+            else:
+                self._trace = load_trace(self.path)
+        except (TraceFormatError, VintagesFormatError) as exc:
             self._fail(str(exc))
             return
         except (ValueError, OverflowError, csv.Error) as exc:  # e.g. a timestamp at the end of the calendar
-            self._trace = None
             self._fail(f"{self.path}: unusable forecast file: {exc}")
             return
         self.loads += 1
         self.error, self._logged = None, None
-        log.info("%s: forecast file %s loaded: %d points from %s", self.owner, self.path, len(self._trace.timestamps),
-                 self._trace.timestamps[0].isoformat())
+        if self._vintages is not None:
+            log.info("%s: forecast file %s loaded: %d issues from %s", self.owner, self.path,
+                     len(self._vintages.issued_s),
+                     datetime.fromtimestamp(self._vintages.issued_s[0], timezone.utc).isoformat())
+        else:
+            log.info("%s: forecast file %s loaded: %d points from %s", self.owner, self.path,
+                     len(self._trace.timestamps), self._trace.timestamps[0].isoformat())
 
     def _fail(self, message: str) -> None:
         self.error = message

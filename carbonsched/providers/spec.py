@@ -5,7 +5,8 @@ splits and checks the text, so every error names the part that is wrong. Network
 take the cache keys ``cooldown_s``, ``max_cooldown_s`` and ``max_age_s`` (positive seconds;
 ``max_cooldown_s`` not below ``cooldown_s``), applied by :func:`carbonsched.providers.build_provider`.
 Forecast keys are checked here too: ``forecast_hours`` against what each API accepts,
-``forecast_noise`` (a non-negative fraction), ``forecast_seed`` (an integer), ``forecast_file``.
+``forecast_noise`` (a non-negative fraction), ``forecast_seed`` (an integer), ``forecast_file``,
+``noise_model`` (not empty, not with ``forecast_noise``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ COMMON_KEYS = frozenset({"forecast_file"})
 HTTP_KEYS = frozenset({"base_url", "connect_timeout_s", "read_timeout_s", "max_tries", "forecast"}) | CACHE_KEYS
 KEYS_BY_KIND: dict[str, frozenset[str]] = {
     "trace": COMMON_KEYS | {"speedup", "time_column", "intensity_column", "forecast_hours", "forecast_noise",
-                            "forecast_seed"},
+                            "forecast_seed", "noise_model"},
     "static": COMMON_KEYS,
     "electricitymaps": COMMON_KEYS | HTTP_KEYS | {"lat", "lon", "emission_factor_type", "disable_estimations",
                                                   "forecast_hours"},
@@ -143,6 +144,12 @@ def _check_forecast_keys(spec: ProviderSpec) -> None:
                                     "integer") from None
     if "forecast_file" in params and not params["forecast_file"].strip():
         raise ProviderSpecError(f"provider spec {text!r}: forecast_file is empty")
+    if "noise_model" in params:
+        if not params["noise_model"].strip():
+            raise ProviderSpecError(f"provider spec {text!r}: noise_model is empty")
+        if float(params.get("forecast_noise", "0")) > 0:
+            raise ProviderSpecError(f"provider spec {text!r}: forecast_noise and noise_model are alternatives: "
+                                    "give one")
 
 
 def _parse_query(text: str, query: str) -> dict[str, str]:

@@ -11,8 +11,8 @@ name (case and surrounding spaces ignored), so exports can be used as they are:
   direct and a life-cycle column: the one whose name says "direct" is used.
 
 ``time_column=`` / ``intensity_column=`` (spec options, or arguments of :func:`load_trace`) name
-them explicitly. Timestamps are ISO 8601; without a UTC offset they are UTC (a file that mixes the
-two is refused). A row with an empty intensity is a missing sample. Any regular step works (5, 15,
+them explicitly. Timestamps are ISO 8601 or unix seconds; ISO ones without a UTC offset are UTC (a
+file that mixes naive and offset timestamps is refused). A row with an empty intensity is a missing sample. Any regular step works (5, 15,
 30, 60 min...): the step is the most common spacing (the shorter on a tie), and every longer spacing is reported as a gap
 (``Trace.gaps``), during which the previous value holds. Each sample holds until the next one (step
 function); the last one holds for one step.
@@ -28,6 +28,12 @@ Forecast noise (``forecast_noise=0.1&forecast_seed=7``): every forecast sample i
 error of a sample is drawn from the seed and the sample's position in the replay (loops counted), so
 the same future sample has the same error at every ask and re-plans see a steady forecast, as with a
 real forecaster; it does not shrink as the sample approaches. The current value is the true one.
+
+Lead-time noise (``noise_model=/path/model.json&forecast_seed=7``, instead of ``forecast_noise``):
+the error model of :mod:`carbonsched.planning.noise_model` (the backtest's), in trace time (the
+trace's timestamps, each loop one trace duration later): an issue now errs more the further ahead
+the sample, its errors are correlated across samples, and the error of a sample shrinks as it
+approaches, consistently between asks. The model file is read once, when the spec is built.
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
-from carbonsched.forecast_noise import perturbed, seeded_rng
+from carbonsched.forecast_noise import LogErrorModel, perturbed, seeded_rng
 from carbonsched.providers.base import (
     MAX_PLAUSIBLE_G_PER_KWH,
     Clock,
@@ -96,61 +103,75 @@ def bundled_trace_path() -> Path:
     return Path(str(resources.files("carbonsched").joinpath("data/synthetic_trace.csv")))
 
 
-def _normalise(name: str) -> str:
+def normalise_column_name(name: str) -> str:
+    """A header cell as compared: no BOM, lower case, surrounding spaces dropped, inner runs of spaces as one."""
     return " ".join(name.replace("\ufeff", "").strip().lower().split())
 
 
-def _pick_column(path: Path, line: int, header: list[str], wanted: str | None, known: tuple[str, ...],
-                 what: str, option: str) -> int:
-    names = [_normalise(cell) for cell in header]
+def the_intensity_column(names: list[str]) -> int | None:
+    """The one column whose name contains "intensity" (or of several, the one that says "direct")."""
+    candidates = [i for i, name in enumerate(names) if "intensity" in name]
+    direct = [i for i in candidates if "direct" in names[i]]
+    if len(candidates) == 1 or len(direct) == 1:
+        return (direct or candidates)[0]
+    return None
+
+
+def pick_column(path: Path, line: int, header: list[str], wanted: str | None, known: tuple[str, ...], what: str,
+                option: str, *, fallback: Callable[[list[str]], int | None] | None = None) -> int:
+    """The index of the ``what`` column in ``header``: the one named ``wanted`` if given, else the first of
+    the ``known`` names present, else what ``fallback`` (given the normalised names) picks; raise
+    TraceFormatError naming the file, the header line and the option that names a column."""
+    names = [normalise_column_name(cell) for cell in header]
     if wanted is not None:
-        if _normalise(wanted) not in names:
+        if normalise_column_name(wanted) not in names:
             raise TraceFormatError(f"{path}:{line}: header: no column {wanted!r} for the {what} "
                                    f"(columns: {', '.join(repr(c.strip()) for c in header)})")
-        return names.index(_normalise(wanted))
+        return names.index(normalise_column_name(wanted))
     for name in known:
         if name in names:
             return names.index(name)
-    if what == "intensity":
-        candidates = [i for i, name in enumerate(names) if "intensity" in name]
-        direct = [i for i in candidates if "direct" in names[i]]
-        if len(candidates) == 1 or len(direct) == 1:
-            return (direct or candidates)[0]
+    picked = fallback(names) if fallback is not None else None
+    if picked is not None:
+        return picked
     raise TraceFormatError(f"{path}:{line}: header: no {what} column among "
                            f"{', '.join(repr(c.strip()) for c in header)} (name one with ?{option}=)")
+
+
+def read_csv_rows(path: Path, what: str, expected_header: str) -> list[tuple[int, list[str]]]:
+    """The rows of a CSV file as (line number, cells), the header first, without blank and ``#`` lines;
+    raise TraceFormatError when the file cannot be read or has no rows (``what``: "trace", ...)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"{what}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    rows = [(number, next(csv.reader([line])))
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise TraceFormatError(f"{path}: empty {what} (expected a header such as {expected_header})")
+    return rows
 
 
 def load_trace(path: str | Path, *, time_column: str | None = None, intensity_column: str | None = None) -> Trace:
     """Parse and validate a trace CSV; raise TraceFormatError naming file, line and field."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceFormatError(f"trace: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    rows = [
-        (number, line)
-        for number, line in enumerate(text.splitlines(), start=1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if not rows:
-        raise TraceFormatError(f"{path}: empty trace (expected a header such as {','.join(HEADER)})")
-    header_line, header_text = rows[0]
-    header = next(csv.reader([header_text]))
-    time_index = _pick_column(path, header_line, header, time_column, TIME_COLUMN_NAMES, "time", "time_column")
-    value_index = _pick_column(path, header_line, header, intensity_column, INTENSITY_COLUMN_NAMES, "intensity",
-                               "intensity_column")
+    rows = read_csv_rows(path, "trace", ",".join(HEADER))
+    header_line, header = rows[0]
+    time_index = pick_column(path, header_line, header, time_column, TIME_COLUMN_NAMES, "time", "time_column")
+    value_index = pick_column(path, header_line, header, intensity_column, INTENSITY_COLUMN_NAMES, "intensity",
+                              "intensity_column", fallback=the_intensity_column)
     time_name, value_name = header[time_index].strip(), header[value_index].strip()
     timestamps: list[datetime] = []
     values: list[float] = []
     naive_lines: list[int] = []
     aware_seen = False
-    for number, line in rows[1:]:
-        cells = next(csv.reader([line]))
+    for number, cells in rows[1:]:
         if len(cells) != len(header):
             raise TraceFormatError(f"{path}:{number}: expected {len(header)} fields, got {len(cells)}")
         if not cells[value_index].strip():
             continue  # a missing sample: shows up as a gap
-        stamp, naive = _parse_timestamp(path, number, time_name, cells[time_index])
+        stamp, naive = parse_timestamp(path, number, time_name, cells[time_index])
         if naive:
             naive_lines.append(number)
         else:
@@ -159,7 +180,7 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
             raise TraceFormatError(f"{path}:{naive_lines[0]}: field {time_name}: has no UTC offset while other rows "
                                    "have one (write all timestamps with an offset, or none)")
         timestamps.append(stamp)
-        values.append(_parse_value(path, number, value_name, cells[value_index]))
+        values.append(parse_value(path, number, value_name, cells[value_index]))
         if len(timestamps) > 1 and timestamps[-1] <= timestamps[-2]:
             raise TraceFormatError(f"{path}:{number}: field {time_name}: {cells[time_index].strip()!r} is not after "
                                    "the previous row")
@@ -176,19 +197,26 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
                  time_name, value_name)
 
 
-def _parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
-    """The timestamp as aware UTC, and whether the text had no offset (then it is taken as UTC)."""
+def parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
+    """The timestamp as aware UTC, and whether the text had no offset (then it is taken as UTC).
+
+    ISO 8601, or unix seconds (a plain number, which is never naive)."""
     cleaned = text.strip()
     try:
         parsed = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith(("Z", "z")) else cleaned)
     except ValueError:
-        raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not ISO 8601") from None
+        try:
+            unix_s = float(cleaned)
+            return datetime.fromtimestamp(unix_s, timezone.utc), False
+        except (ValueError, OverflowError, OSError):
+            raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not ISO 8601 or unix seconds") \
+                from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=timezone.utc), True
     return parsed.astimezone(timezone.utc), False
 
 
-def _parse_value(path: Path, line: int, column: str, text: str) -> float:
+def parse_value(path: Path, line: int, column: str, text: str) -> float:
     cleaned = text.strip()
     try:
         value = float(cleaned)
@@ -209,7 +237,7 @@ class TraceProvider(IntensityProvider):
     def __init__(self, path: str | Path | None = None, *, speedup: float = 1.0, clock: Clock = default_clock,
                  time_column: str | None = None, intensity_column: str | None = None,
                  forecast_hours: float = DEFAULT_FORECAST_HOURS, forecast_noise: float = 0.0,
-                 forecast_seed: int = 0) -> None:
+                 forecast_seed: int = 0, noise_model: LogErrorModel | None = None, noise_model_path: str = "") -> None:
         if not (math.isfinite(speedup) and speedup > 0):
             raise ProviderSpecError(f"trace: speedup must be a positive number, got {speedup!r}")
         if not (math.isfinite(forecast_hours) and 0 < forecast_hours <= MAX_FORECAST_HOURS):
@@ -217,8 +245,12 @@ class TraceProvider(IntensityProvider):
                                     f"got {forecast_hours!r}")
         if not (math.isfinite(forecast_noise) and forecast_noise >= 0):
             raise ProviderSpecError(f"trace: forecast_noise must be a non-negative fraction, got {forecast_noise!r}")
+        if noise_model is not None and forecast_noise > 0:
+            raise ProviderSpecError("trace: forecast_noise and noise_model are alternatives: give one")
         self.forecast_hours = forecast_hours
         self.forecast_noise = forecast_noise
+        self.noise_model = noise_model
+        self.noise_model_path = noise_model_path
         self.forecast_seed = forecast_seed
         self.trace = load_trace(path if path is not None else bundled_trace_path(), time_column=time_column,
                                 intensity_column=intensity_column)
@@ -250,7 +282,7 @@ class TraceProvider(IntensityProvider):
             zone=None,
             interval_s=self._sample_length_s(index) / self.speedup,
             estimated=False,
-            forecast=self._forecast(int(loop) * len(trace.values_g_per_kwh) + index, wall_start),
+            forecast=self._forecast(int(loop) * len(trace.values_g_per_kwh) + index, wall_start, elapsed_trace_s),
             detail={"trace_time": trace.timestamps[index].isoformat(), "loop": int(loop), "speedup": self.speedup},
         )
 
@@ -259,11 +291,13 @@ class TraceProvider(IntensityProvider):
         end = offsets[index + 1] if index + 1 < len(offsets) else self.trace.duration_s
         return end - offsets[index]
 
-    def _forecast(self, position: int, wall_start: datetime) -> tuple[ForecastPoint, ...]:
+    def _forecast(self, position: int, wall_start: datetime, elapsed_trace_s: float) -> tuple[ForecastPoint, ...]:
         """Samples after the one at replay ``position`` (loops counted) whose start lies within the next
-        ``forecast_hours`` of trace time, with the seeded noise of each sample's position."""
+        ``forecast_hours`` of trace time, with the seeded noise of each sample's position, or the
+        noise model's error for an issue now (trace time: the first timestamp plus ``elapsed_trace_s``)."""
         trace, count = self.trace, len(self.trace.values_g_per_kwh)
         points: list[ForecastPoint] = []
+        targets_s: list[float] = []  # trace time of each point, loops counted (unix s)
         ahead_s = self._sample_length_s(position % count)
         step = 1
         while ahead_s < self.forecast_hours * 3600:  # ends: every sample has a positive length
@@ -275,9 +309,16 @@ class TraceProvider(IntensityProvider):
                 timestamp=wall_start + timedelta(seconds=ahead_s / self.speedup),
                 intensity_g_per_kwh=value,
             ))
+            targets_s.append((position + step) // count * trace.duration_s + trace.offsets_s[following])
             ahead_s += self._sample_length_s(following)
             step += 1
-        return tuple(points)
+        if self.noise_model is None or not points:
+            return tuple(points)
+        start_s = trace.timestamps[0].timestamp()
+        errors = self.noise_model.log_errors_at(start_s + elapsed_trace_s, [start_s + t for t in targets_s],
+                                                self.forecast_seed, 0)
+        return tuple(ForecastPoint(p.timestamp, p.intensity_g_per_kwh * math.exp(error))
+                     for p, error in zip(points, errors))
 
     def describe(self) -> dict:
         return {
@@ -290,7 +331,9 @@ class TraceProvider(IntensityProvider):
             "step_s": self.trace.step_s,
             "gaps": self.trace.gap_summary(),
             "forecast_source": "trace" + (f" with noise {self.forecast_noise:g} (seed {self.forecast_seed})"
-                                          if self.forecast_noise > 0 else ""),
+                                          if self.forecast_noise > 0 else
+                                          f" with noise model {self.noise_model_path} (seed {self.forecast_seed})"
+                                          if self.noise_model is not None else ""),
             "forecast_hours": self.forecast_hours,
             "calls": self.calls,
         }
