@@ -5,17 +5,21 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import re
+import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Any, NoReturn, Optional
 
 import typer
 
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
+from carbonsched.planning.receding import SWITCH_SHARE as SWITCH_SHARE_DEFAULT
 from carbonsched.planning.series import Series
 
 EXIT_BAD_INPUT = 2
@@ -284,11 +288,34 @@ def backtest(
     rho_min: float = RhoMin,
     may_pause: bool = MayPause,
     budget_g: Optional[float] = BudgetG,
-    noise: float = typer.Option(0.0, "--noise", help="Relative forecast error (0.1: 10 %), seeded."),
+    noise: float = typer.Option(0.0, "--noise", help="Relative forecast error (0.1: 10 %), seeded, independent per "
+                                                     "slot and ask (see --noise-model for a realistic one)."),
+    noise_model: Optional[Path] = typer.Option(None, "--noise-model", help="Forecast errors from a model file "
+                                               "(`carbonsched forecast-error --write-model`): growing with lead "
+                                               "time, correlated across slots and issues."),
+    forecasts_file: Optional[Path] = typer.Option(None, "--forecasts", help="Forecasts as they were issued: one row "
+                                                  "per (issue time, target time, value); at each planning moment the "
+                                                  "newest issue at or before it."),
+    issued_column: Optional[str] = typer.Option(None, "--issued-column", help="--forecasts: the issue-time column."),
+    target_column: Optional[str] = typer.Option(None, "--target-column", help="--forecasts: the target-time column."),
+    forecast_column: Optional[str] = typer.Option(None, "--forecast-column", help="--forecasts: the value column."),
     every_hours: float = typer.Option(2.0, "--every-hours", help="Submit the job every this many hours of the trace."),
     seed: int = typer.Option(0, "--seed", help="Seed of the forecast noise."),
     epoch_time_error: float = typer.Option(0.0, "--epoch-time-error", help="The true epoch time is the estimate "
                                            "times a seeded factor, uniform in [1-E, 1+E] per submission."),
+    start: Optional[str] = typer.Option(None, "--start", help="Cut the trace from this instant (ISO 8601 or unix s)."),
+    end: Optional[str] = typer.Option(None, "--end", help="Cut the trace at this instant (ISO 8601 or unix s)."),
+    strategy_names: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated strategies to run "
+                                                 "(now-full and oracle always run); default: all."),
+    guard: str = typer.Option("floor", "--guard", help="planner-receding's deadline guard: floor | full."),
+    switch_share: float = typer.Option(SWITCH_SHARE_DEFAULT, "--switch-share", help="planner-receding: a fresh plan "
+                                       "replaces the one followed only when this much cheaper."),
+    receding_if_slower: bool = typer.Option(False, "--receding-if-slower", help="Also run planner-receding with "
+                                            "every epoch 10 % slower, for its 'met if slower' column (doubles its "
+                                            "cost)."),
+    workers: int = typer.Option(0, "--workers", help="Processes to spread the submissions over (0: one per CPU)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="A progress bar on stderr "
+                                            "(default: when stderr is a terminal)."),
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
     measured_epoch: list[str] = MeasuredEpochs,
@@ -302,17 +329,43 @@ def backtest(
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner,
     planner-receding (re-planned every slot, as the daemon does) and oracle."""
-    from carbonsched.planning.backtest import SLOWER_SHARE, run_backtest
-    from carbonsched.planning.series import Series
+    from carbonsched.planning.backtest import (
+        SLOWER_SHARE, iid_forecasts, model_forecasts, run_backtest, vintage_forecasts,
+    )
+    from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
+    from carbonsched.planning.receding import GUARDS
+    from carbonsched.planning.vintages import VintagesFormatError, load_vintages
+    from carbonsched.protocol import instant_unix_s
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
     _check_choices(fmt, plot)
     if not (math.isfinite(noise) and noise >= 0):
         _fail(f"--noise must be a non-negative fraction, got {noise!r}")
+    if sum(x is not None for x in (noise_model, forecasts_file)) + (noise > 0) > 1:
+        _fail("--noise, --noise-model and --forecasts are alternatives: give one")
     if not (math.isfinite(every_hours) and every_hours > 0):
         _fail(f"--every-hours must be positive, got {every_hours!r}")
     if not (math.isfinite(epoch_time_error) and 0 <= epoch_time_error < 1):
         _fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
+    if guard not in GUARDS:
+        _fail(f"--guard must be one of {', '.join(GUARDS)}, got {guard!r}")
+    if not (math.isfinite(switch_share) and 0 <= switch_share < 1):
+        _fail(f"--switch-share must be a fraction in [0, 1), got {switch_share!r}")
+    if workers < 0:
+        _fail(f"--workers must be 0 (one per CPU) or a positive count, got {workers}")
+    names = strategies.STRATEGIES
+    if strategy_names is not None:
+        names = tuple(name.strip() for name in strategy_names.split(",") if name.strip())
+        unknown = [name for name in names if name not in strategies.STRATEGIES]
+        if unknown or not names:
+            _fail(f"--strategies: unknown strategy {unknown[0] if unknown else strategy_names!r}; "
+                  f"known: {', '.join(strategies.STRATEGIES)}")
+    window = []
+    for option, text in (("--start", start), ("--end", end)):
+        try:
+            window.append(None if text is None else instant_unix_s(text))
+        except ValueError as exc:
+            _fail(f"{option} {text!r}: {exc}")
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
                               power_w, idle_power_w, measured_epoch, measured_power)
     try:
@@ -320,50 +373,134 @@ def backtest(
     except TraceFormatError as exc:
         _fail(str(exc))
     series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s, loaded.timestamps[0].timestamp())
+    if window != [None, None]:
+        start_s, end_s = (None if at is None else at - series.origin_s for at in window)
+        try:
+            series = series.window(start_s, end_s)
+        except ValueError as exc:
+            _fail(f"{trace}: --start/--end: {exc}")
+    forecast_kind = f"forecast noise {noise:.0%} (seed {seed}), independent per slot"
+    try:
+        if noise_model is not None:
+            model = load_noise_model(noise_model)
+            forecasts = model_forecasts(series, job.deadline_s, model, seed)
+            forecast_kind = f"forecast errors from {noise_model} (seed {seed})"
+        elif forecasts_file is not None:
+            vintages = load_vintages(forecasts_file, issued_column=issued_column, target_column=target_column,
+                                     forecast_column=forecast_column)
+            forecasts = vintage_forecasts(series, job.deadline_s, vintages)
+            forecast_kind = f"forecasts as issued in {forecasts_file} ({len(vintages.issued_s)} issues)"
+        else:
+            forecasts = iid_forecasts(series, job.deadline_s, noise, seed)
+    except (NoiseModelError, VintagesFormatError) as exc:
+        _fail(str(exc))
+    bar = _ProgressBar(enabled=sys.stderr.isatty() if progress is None else progress)
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
                               make_steps_rho=policy_rho_factory(policy_file, series),
-                              epoch_time_error=epoch_time_error)
+                              epoch_time_error=epoch_time_error, strategies_run=names, forecasts=forecasts,
+                              workers=workers or (os.cpu_count() or 1), progress=bar.update,
+                              guard=guard, switch_share=switch_share, receding_if_slower=receding_if_slower)
     except PlanningInputError as exc:
         _fail(f"{trace}: {exc}")
-    trace_info = {"path": str(trace), "samples": len(loaded.values_g_per_kwh), "step_s": loaded.step_s,
-                  "start": loaded.timestamps[0].isoformat(), "duration_s": loaded.duration_s,
+    finally:
+        bar.close()
+    steps = series.step_sizes_s()
+    trace_info = {"path": str(trace), "samples": len(series.values_g_per_kwh), "step_s": loaded.step_s,
+                  "step_sizes_s": list(steps), "step_changes": series.step_changes(),
+                  "start": datetime.fromtimestamp(series.origin_s + series.offsets_s[0], timezone.utc).isoformat(),
+                  "duration_s": series.end_s - series.offsets_s[0],
                   "time_column": loaded.time_column, "intensity_column": loaded.intensity_column,
                   "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
     if fmt == "json":
         typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
-                               "epoch_time_error": epoch_time_error, "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
+                               "forecasts": forecast_kind, "guard": guard, "switch_share": switch_share,
+                               "epoch_time_error": epoch_time_error, "every_s": every_hours * 3600,
+                               **result.to_json()}, ensure_ascii=False, indent=2))
     else:
-        slower_header = f"met if {SLOWER_SHARE:.0%} slower"
-        lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
-                 f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
-                 _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})"
-                 + (f"; true epoch time x U[{1 - epoch_time_error:g}, {1 + epoch_time_error:g}]"
-                    if epoch_time_error else ""), "",
-                 f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "
-                 f"{slower_header:>16} {'mean ρ':>7} {'floor met':>9} {'mean gCO2e':>11}"]
-        for name, s in result.summaries.items():
-            lines.append(f"{name:<17} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
-                         f"{s.carbon_vs_now_full_p90:>7.1%} {s.deadline_met_share:>12.0%} "
-                         f"{s.deadline_met_if_slower_share:>16.0%} {s.mean_rho:>7.3f} "
-                         f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
-        margin = result.to_json()["margin"]
-        receding = result.receding_regret
-        lines += ["", f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
-                      f"max {result.regret_max:.2%}, total {result.regret_total:.2%}",
-                  f"planner-receding regret vs oracle: mean {receding['mean']:.2%}, p90 {receding['p90']:.2%}, "
-                  f"max {receding['max']:.2%}, total {receding['total']:.2%}; "
-                  f"{result.receding_vs_planner:+.2%} carbon vs planner",
-                  f"the {margin['share']:.0%} margin costs {result.margin_carbon_cost:.2%} carbon; deadline met "
-                  f"{margin['deadline_met_share']:.0%} with it, {margin['deadline_met_share_without']:.0%} without; "
-                  f"with epochs {SLOWER_SHARE:.0%} slower than estimated {margin['deadline_met_if_slower_share']:.0%} "
-                  f"with it, {margin['deadline_met_if_slower_share_without']:.0%} without"]
-        typer.echo("\n".join(lines))
+        typer.echo("\n".join(_backtest_lines(trace, loaded, series, result, job, cost, every_hours, forecast_kind,
+                                               epoch_time_error, SLOWER_SHARE)))
     if plot is not None:
         from carbonsched.plan_plot import plot_backtest
 
-        plot_backtest(result.summaries, f"{trace.name}: noise {noise:.0%}, {result.submissions} submissions", plot)
+        plot_backtest(result.summaries, f"{trace.name}: {result.submissions} submissions", plot)
         typer.echo(f"plot written to {plot}", err=fmt == "json")
+
+
+class _ProgressBar:
+    """Submissions done, on stderr, redrawn at most every 1 %."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shown = -1
+        self.started = time.monotonic()
+
+    def update(self, done: int, total: int) -> None:
+        percent = done * 100 // total
+        if not self.enabled or percent == self.shown:
+            return
+        self.shown = percent
+        filled = percent * 30 // 100
+        elapsed = time.monotonic() - self.started
+        sys.stderr.write(f"\rbacktest [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} submissions, "
+                         f"{elapsed:.0f} s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.shown >= 0:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _backtest_lines(trace: Path, loaded: Any, series: Any, result: Any, job: Any, cost: Any, every_hours: float,
+                    forecast_kind: str, epoch_time_error: float, slower_share: float) -> list[str]:
+    steps = ", ".join(f"{step / 60:g} min" for step in series.step_sizes_s())
+    changes = series.step_changes()
+    change_text = ""
+    if changes:
+        first = changes[0]
+        at = datetime.fromtimestamp(series.origin_s + first["at_s"], timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+        change_text = (f"; the step changes {len(changes)} time{'s' if len(changes) > 1 else ''}, first at {at} "
+                       f"({first['from_s'] / 60:g} -> {first['to_s'] / 60:g} min)")
+    lines = [f"trace {trace}: {len(series.values_g_per_kwh)} samples, steps {steps}{change_text}; "
+             f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
+             _job_line(job, cost) + f"; {forecast_kind}"
+             + (f"; true epoch time x U[{1 - epoch_time_error:g}, {1 + epoch_time_error:g}]" if epoch_time_error else ""),
+             "",
+             f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'regret':>7} {'deadline met':>12} "
+             f"{'met if ' + format(slower_share, '.0%') + ' slower':>16} {'mean ρ':>7} {'floor met':>9} "
+             f"{'mean gCO2e':>11}"]
+    for name, s in result.summaries.items():
+        regret = result.regrets.get(name, {}).get("total")
+        lines.append(f"{name:<17} {s.carbon_vs_now_full_mean:>18.1%} {s.carbon_vs_now_full_p10:>7.1%} "
+                     f"{s.carbon_vs_now_full_p90:>7.1%} {'' if regret is None else format(regret, '+.1%'):>7} "
+                     f"{s.deadline_met_share:>12.0%} {_share(s.deadline_met_if_slower_share):>16} {s.mean_rho:>7.3f} "
+                     f"{s.rho_floor_met_share:>9.0%} {s.carbon_g_mean:>11.2f}")
+    lines += ["", "regret: Σ strategy / Σ oracle − 1 (the oracle: perfect forecast, true epoch times, no margin)"]
+    if result.regret_mean is not None:
+        lines.append(f"planner regret vs oracle: mean {result.regret_mean:.2%}, p90 {result.regret_p90:.2%}, "
+                     f"max {result.regret_max:.2%}, total {result.regret_total:.2%}")
+    if result.receding_at:
+        receding = result.receding_regret
+        line = (f"planner-receding regret vs oracle: mean {receding['mean']:.2%}, p90 {receding['p90']:.2%}, "
+                f"max {receding['max']:.2%}, total {receding['total']:.2%}")
+        if result.receding_vs_planner is not None:
+            line += f"; {result.receding_vs_planner:+.2%} carbon vs planner"
+        against = result.vs_now_constant.get("planner-receding")
+        if against:
+            line += f"; vs now-constant per submission: mean {against['mean']:+.2%}, p90 {against['p90']:+.2%}"
+        lines.append(line)
+    if result.margin_carbon_cost is not None:
+        margin = result.to_json()["margin"]
+        lines.append(f"the {margin['share']:.0%} margin costs {result.margin_carbon_cost:.2%} carbon; deadline met "
+                     f"{margin['deadline_met_share']:.0%} with it, {margin['deadline_met_share_without']:.0%} without; "
+                     f"with epochs {slower_share:.0%} slower than estimated {margin['deadline_met_if_slower_share']:.0%} "
+                     f"with it, {margin['deadline_met_if_slower_share_without']:.0%} without")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

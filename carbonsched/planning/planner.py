@@ -133,6 +133,8 @@ def _mix_at(hull: list[tuple[float, float]], x: float) -> tuple[tuple[float, flo
 
 def fastest_mix(job: Job, cost: CostModel) -> tuple[Level, ...]:
     """ρ levels (with epochs each) doing ``job.epochs`` in the least running time at mean ρ >= the floor."""
+    if not cost.epoch_time_points:  # epoch time ∝ ρ: the floor itself is fastest
+        return (Level(job.rho_floor, job.epochs),)
     rhos = _candidate_rhos(job, cost)
     hull = lower_hull([(rho, cost.epoch_s(rho)) for rho in rhos])
     floor = job.rho_floor

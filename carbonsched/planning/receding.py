@@ -247,9 +247,10 @@ def decide(declaration: JobDeclaration, progress: JobProgress, now_s: float, cur
             fits = "fits" if fitting >= job.rho_floor else "no longer fits even at the floor"
             return run_now(rho, f"deadline guard (full quality): {left:.2f} epochs at ρ 1 need {full_need_s:.0f} s, "
                                 f"{max(time_left_s, 0.0):.0f} s left; running now at ρ {rho:.2f} ({fits})", True)
-    else:
-        floor_need_s = running_need_s(job, cost)
-        margin = guard_margin_s(progress, floor_need_s, interval_s)
+    floor_need_s = running_need_s(job, cost)
+    floor_margin_s = guard_margin_s(progress, floor_need_s, interval_s)
+    if guard == GUARD_FLOOR:
+        margin = floor_margin_s
         if guard_fires(time_left_s, floor_need_s, margin):
             return run_now(job.rho_floor, f"deadline guard: {left:.2f} epochs at the floor ρ {job.rho_floor:.2f} need "
                                           f"{floor_need_s:.0f} s (+{margin:.0f} s margin), "
@@ -262,7 +263,7 @@ def decide(declaration: JobDeclaration, progress: JobProgress, now_s: float, cur
     if not fresh.feasible or not fresh.segments:
         return run_now(job.rho_floor, f"plan infeasible ({fresh.note}); running now at ρ {job.rho_floor:.2f}", True)
     plan = keep_or_replace(held, fresh, now_s, slots, cost, switch_share=switch_share,
-                           latest_finish_s=time_left_s - guard_margin_s(progress, running_need_s(job, cost), interval_s))
+                           latest_finish_s=time_left_s - floor_margin_s)
     slack_s = time_left_s - plan.running_s
     finish_at_s = now_s + plan.finish_s
     rho_now = plan.rho_at(0.0)
@@ -302,8 +303,7 @@ def keep_or_replace(held: HeldPlan | None, fresh: Plan, now_s: float, slots: Seq
     if remainder is None or remainder.finish_s > latest_finish_s + 1e-6:
         return fresh
     kept_g = expected_carbon_g(remainder.segments, slots, cost)
-    fresh_g = expected_carbon_g(fresh.segments, slots, cost)
-    if kept_g - fresh_g > switch_share * kept_g:
+    if kept_g - fresh.expected_carbon_g > switch_share * kept_g:
         return fresh
     return dataclasses.replace(remainder, expected_carbon_g=kept_g)
 

@@ -191,10 +191,34 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
     spacings = [b - a for a, b in zip(offsets, offsets[1:])]
     counts = collections.Counter(spacings)
     step_s = min(counts, key=lambda spacing: (-counts[spacing], spacing))  # most common; the shorter on a tie
-    gaps = tuple(TraceGap(timestamps[i] + timedelta(seconds=step_s), spacing - step_s)
-                 for i, spacing in enumerate(spacings) if spacing > step_s * (1 + 1e-9))
-    return Trace(str(path), tuple(timestamps), tuple(values), offsets, offsets[-1] + step_s, step_s, gaps,
+    gaps = tuple(TraceGap(timestamps[i] + timedelta(seconds=local_s), spacing - local_s)
+                 for i, spacing, local_s in _gap_spacings(spacings, step_s))
+    last_step_s = spacings[-1] if spacings[-1] in counts and counts[spacings[-1]] > 1 else step_s
+    return Trace(str(path), tuple(timestamps), tuple(values), offsets, offsets[-1] + last_step_s, step_s, gaps,
                  time_name, value_name)
+
+
+RUN_OF_A_STEP = 3  # equal spacings in a row that make a regular step rather than gaps
+
+
+def _gap_spacings(spacings: list[float], step_s: float) -> list[tuple[int, float, float]]:
+    """(index, spacing, the regular step there) of each spacing that is a gap: longer than a
+    neighbouring spacing and not part of a run of ``RUN_OF_A_STEP`` equal ones (so a trace whose step
+    changes, from 30 to 15 min say, has no gaps for it; a lone sample missing in either part is one)."""
+    in_run = [False] * len(spacings)
+    start = 0
+    for index in range(1, len(spacings) + 1):
+        if index == len(spacings) or spacings[index] != spacings[start]:
+            if index - start >= RUN_OF_A_STEP:
+                in_run[start:index] = [True] * (index - start)
+            start = index
+    gaps = []
+    for index, spacing in enumerate(spacings):
+        neighbours = [spacings[j] for j in (index - 1, index + 1) if 0 <= j < len(spacings)]
+        local_s = min([*neighbours, step_s]) if len(spacings) < RUN_OF_A_STEP else min(neighbours or [step_s])
+        if not in_run[index] and spacing > local_s * (1 + 1e-9):
+            gaps.append((index, spacing, local_s))
+    return gaps
 
 
 def parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
