@@ -16,7 +16,8 @@ Example::
 
     [planning]          # deadline jobs (see carbonsched.job_planning)
     guard = "floor"     # "full": keep the work left at ρ 1 within reach (costs carbon near the deadline)
-    switch_share = 0.02 # a fresh plan replaces the one a job follows only when this much cheaper
+    switch_share = 0.0  # a fresh plan replaces the one a job follows only when this much cheaper
+    forecast_error = "forecast-error.json"  # the provider's error by lead (`carbonsched forecast-error --write-model`)
 
 Relative paths are relative to the config file. A config file anyone may write is refused: it
 chooses the policy, hence every job's compute budget.
@@ -35,6 +36,7 @@ from typing import Any
 
 from carbonsched.paths import default_socket_path, default_state_dir
 from carbonsched.planning.model import PlanningInputError
+from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
 from carbonsched.planning.receding import PlanningSettings
 
 
@@ -123,6 +125,13 @@ def _planning(path: Path, value: Any) -> PlanningSettings:
         raise ConfigError(f"{path}: planning.switch_share: must be a number in [0, 1)")
     if "guard" in changes:
         changes["guard"] = _string(f"{path}: planning.guard", changes["guard"])
+    if "forecast_error" in changes:
+        target = Path(os.path.expanduser(_string(f"{path}: planning.forecast_error", changes["forecast_error"])))
+        target = target if target.is_absolute() else path.resolve().parent / target
+        try:
+            changes["forecast_error"] = load_noise_model(target)
+        except (NoiseModelError, OSError) as exc:
+            raise ConfigError(f"{path}: planning.forecast_error: {exc}") from None
     try:
         return PlanningSettings(**changes)
     except PlanningInputError as exc:

@@ -122,7 +122,8 @@ def decide_job(declaration: JobDeclaration, progress: JobProgress, now: datetime
         return slots
 
     decided = decide(declaration, progress, now.timestamp(), current_g_per_kwh, slots_for, interval_s=interval_s,
-                     held=held, guard=settings.guard, switch_share=settings.switch_share)
+                     held=held, guard=settings.guard, switch_share=settings.switch_share,
+                     forecast_error=settings.forecast_error)
     if decided is None:
         return None
     decision, followed = decided

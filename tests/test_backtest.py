@@ -19,6 +19,7 @@ from carbonsched.planning.backtest import epoch_time_factor, noisy_forecast, run
 from carbonsched.planning.series import Series
 from carbonsched.planning.closed_loop import execute_open_loop, execute_receding
 from carbonsched.planning.margin import MARGIN_SHARE
+from carbonsched.planning.receding import PlanningSettings
 from carbonsched.providers.trace import bundled_trace_path, load_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -403,7 +404,8 @@ def test_the_floor_guard_keeps_the_optimal_late_plan_and_the_full_quality_guard_
     assert floor.guarded_s == 0 and floor.finish_s <= job.deadline_s
     assert floor.carbon_g == pytest.approx(oracle.expected_carbon_g, rel=1e-9)
     assert floor.mean_rho == pytest.approx(0.7, rel=1e-9)
-    full = execute_receding(job, 3600, cost, truth, truth_from, interval_s=3600, guard="full")
+    full = execute_receding(job, 3600, cost, truth, truth_from, interval_s=3600,
+                            settings=PlanningSettings(guard="full"))
     assert full.guarded_s > 0 and full.finish_s <= job.deadline_s
     assert full.mean_rho > 0.7 + 0.04
     assert full.carbon_g > oracle.expected_carbon_g * 1.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from carbonsched.config import ConfigError, load_config
 from carbonsched.planning import CostModel, Job, Slot
 from carbonsched.planning.margin import running_need_s
+from carbonsched.planning.noise_model import UK_LIKE
 from carbonsched.planning.model import remaining_job
 from carbonsched.planning.planner import plan_min_carbon
 from carbonsched.planning.receding import (
@@ -97,6 +99,19 @@ def test_a_held_plan_is_kept_unless_the_fresh_one_is_better_by_more_than_the_swi
                            switch_share=0.0, latest_finish_s=9 * HOUR_S) is fresh
 
 
+def test_with_the_default_share_an_equally_cheap_fresh_plan_does_not_replace_the_held_one():
+    forecast = _slots([300, 100, 100, 100, 100, 300, 300, 300, 300, 300])  # four equal clean hours
+    held = HeldPlan(0.0, plan_min_carbon(JOB, COST, forecast), COST)
+    job_now = Job(epochs=2.0, deadline_s=9 * HOUR_S, rho_min=1.0, may_pause=True)
+    # A fresh plan as cheap, in other hours (the last two clean ones): the held plan stays.
+    later = [300, 300, 300, 100, 100, 300, 300, 300, 300]
+    equal = plan_min_carbon(job_now, COST, _slots(later))
+    now_slots = _slots([100, 100, 100, 100, 300, 300, 300, 300, 300])
+    kept = keep_or_replace(held, equal, HOUR_S, now_slots, COST, switch_share=PlanningSettings().switch_share,
+                           latest_finish_s=9 * HOUR_S)
+    assert kept is not equal and kept.segments[0].start_s == 0.0
+
+
 def test_a_held_plan_is_dropped_when_it_no_longer_does_the_work_or_the_epoch_time_changed():
     forecast = _slots([300, 100, 100, 300, 300, 300, 300, 300, 300, 300])
     held = HeldPlan(0.0, plan_min_carbon(JOB, COST, forecast), COST)
@@ -136,12 +151,12 @@ def test_the_daemon_planner_keeps_the_plan_it_follows_between_decisions(tmp_path
         jobs = store.jobs(status="running")
         first = [300, 100, 100] + [300] * 9
         noisy = [300, 101, 100, 99] + [300] * 8  # hour 4 now looks 1 % cleaner than hour 2: 199 g·h against 201
+        holding = PlanningSettings(switch_share=0.02)
         planner = JobPlanner()
-        planned = planner.plan_running_jobs(store, jobs, t0, reading(first), 60.0)["j"]
-        again = planner.plan_running_jobs(store, jobs, t0, reading(noisy), 60.0)["j"]
-        fresh = JobPlanner().plan_running_jobs(store, jobs, t0, reading(noisy), 60.0)["j"]
-        switching = planner.plan_running_jobs(store, jobs, t0, reading(noisy), 60.0,
-                                              PlanningSettings(switch_share=0.0))["j"]
+        planned = planner.plan_running_jobs(store, jobs, t0, reading(first), 60.0, holding)["j"]
+        again = planner.plan_running_jobs(store, jobs, t0, reading(noisy), 60.0, holding)["j"]
+        fresh = JobPlanner().plan_running_jobs(store, jobs, t0, reading(noisy), 60.0, holding)["j"]
+        switching = planner.plan_running_jobs(store, jobs, t0, reading(noisy), 60.0)["j"]  # the default share, 0
     # Now 300 g, the forecast's hours 2 and 3 at 100 g: pause until hour 2.
     assert planned.pause_until_s == again.pause_until_s == (t0 + timedelta(hours=2)).timestamp()
     assert "kept" in again.reason
@@ -153,6 +168,13 @@ def test_planning_settings_in_the_daemon_config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[planning]\nguard = "full"\nswitch_share = 0.05\n')
     assert load_config(path).planning == PlanningSettings(guard="full", switch_share=0.05)
+    model = tmp_path / "error.json"
+    model.write_text(json.dumps(UK_LIKE.to_json()))
+    path.write_text('[planning]\nforecast_error = "error.json"\n')
+    assert load_config(path).planning.forecast_error == UK_LIKE
+    model.write_text("{}")
+    with pytest.raises(ConfigError, match="forecast_error"):
+        load_config(path)
     for text, message in (('[planning]\nguard = "always"\n', "guard must be one of floor, full"),
                           ("[planning]\nswitch_share = 1.5\n", "switch_share must be a fraction"),
                           ('[planning]\nswitch_share = "x"\n', "planning.switch_share"),
@@ -160,3 +182,30 @@ def test_planning_settings_in_the_daemon_config(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+class _Error:
+    """σ of the log error: 0 for the next hour, then 0.3 (a forecast that is sure only of the next hour)."""
+
+    def sigma_at(self, lead_s: float) -> float:
+        return 0.0 if lead_s < 2 * HOUR_S else 0.3
+
+
+def test_a_forecast_error_model_shrinks_far_slots_towards_the_window_mean_and_keeps_near_ones():
+    from carbonsched.planning.forecast_trust import expected_slots
+
+    slots = _slots([300, 120, 300, 300, 300, 300, 100, 300])
+    assert expected_slots(slots, type("Exact", (), {"sigma_at": lambda self, lead_s: 0.0})()) == slots
+    trusted = expected_slots(slots, _Error())
+    assert trusted[:2] == slots[:2]  # measured now, and the hour whose forecast is sure
+    assert trusted[6].intensity_g_per_kwh > 120  # the far dip: a 0.3 σ error on a forecast this spread is most of it
+    assert all(t.intensity_g_per_kwh < 300 for t in trusted[2:])  # far slots move towards the mean too
+    # The plan: at face value it waits six hours for the far 100 g; knowing that forecast's error,
+    # it takes the sure 120 g of the next hour.
+    declaration = JobDeclaration(deadline_s=8 * HOUR_S, epochs=1.0, epoch_seconds=HOUR_S, rho_min=1.0, mean_rho=None,
+                                 may_pause=True)
+    progress = JobProgress(0.0, 0.0, HOUR_S, True, epoch_s_spread=0.0)
+    face, _ = decide(declaration, progress, 0.0, 300.0, lambda horizon_s: slots, interval_s=60.0)
+    aware, _ = decide(declaration, progress, 0.0, 300.0, lambda horizon_s: slots, interval_s=60.0,
+                      forecast_error=_Error())
+    assert face.pause_until_s == 6 * HOUR_S and aware.pause_until_s == HOUR_S

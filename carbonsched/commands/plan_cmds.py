@@ -313,6 +313,10 @@ def backtest(
     receding_if_slower: bool = typer.Option(False, "--receding-if-slower", help="Also run planner-receding with "
                                             "every epoch 10 % slower, for its 'met if slower' column (doubles its "
                                             "cost)."),
+    planner_error_model: Optional[Path] = typer.Option(None, "--planner-error-model", help="planner-receding "
+                                                       "prices each forecast slot at its expected value under this "
+                                                       "error model, as a daemon with [planning] forecast_error "
+                                                       "does (default: the --noise-model file, if given)."),
     workers: int = typer.Option(0, "--workers", help="Processes to spread the submissions over (0: one per CPU)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="A progress bar on stderr "
                                             "(default: when stderr is a terminal)."),
@@ -333,7 +337,7 @@ def backtest(
         SLOWER_SHARE, iid_forecasts, model_forecasts, run_backtest, vintage_forecasts,
     )
     from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
-    from carbonsched.planning.receding import GUARDS
+    from carbonsched.planning.receding import GUARDS, PlanningSettings
     from carbonsched.planning.vintages import VintagesFormatError, load_vintages
     from carbonsched.protocol import instant_unix_s
     from carbonsched.providers.trace import TraceFormatError, load_trace
@@ -392,6 +396,9 @@ def backtest(
             forecast_kind = f"forecasts as issued in {forecasts_file} ({len(vintages.issued_s)} issues)"
         else:
             forecasts = iid_forecasts(series, job.deadline_s, noise, seed)
+        error_path = planner_error_model or noise_model
+        settings = PlanningSettings(guard=guard, switch_share=switch_share,
+                                    forecast_error=None if error_path is None else load_noise_model(error_path))
     except (NoiseModelError, VintagesFormatError) as exc:
         _fail(str(exc))
     bar = _ProgressBar(enabled=sys.stderr.isatty() if progress is None else progress)
@@ -400,7 +407,7 @@ def backtest(
                               make_steps_rho=policy_rho_factory(policy_file, series),
                               epoch_time_error=epoch_time_error, strategies_run=names, forecasts=forecasts,
                               workers=workers or (os.cpu_count() or 1), progress=bar.update,
-                              guard=guard, switch_share=switch_share, receding_if_slower=receding_if_slower)
+                              settings=settings, receding_if_slower=receding_if_slower)
     except PlanningInputError as exc:
         _fail(f"{trace}: {exc}")
     finally:
@@ -415,6 +422,8 @@ def backtest(
     if fmt == "json":
         typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
                                "forecasts": forecast_kind, "guard": guard, "switch_share": switch_share,
+                               "planner_error_model": None if settings.forecast_error is None else
+                               str(planner_error_model or noise_model),
                                "epoch_time_error": epoch_time_error, "every_s": every_hours * 3600,
                                **result.to_json()}, ensure_ascii=False, indent=2))
     else:

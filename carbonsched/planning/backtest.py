@@ -47,7 +47,7 @@ from carbonsched.planning.noise_model import LeadNoiseModel
 from carbonsched.planning.margin import MARGIN_SHARE
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.planner import Plan, clip_slots
-from carbonsched.planning.receding import GUARD_FLOOR, SWITCH_SHARE, PlanningSettings
+from carbonsched.planning.receding import PlanningSettings
 from carbonsched.planning.series import Series
 from carbonsched.planning.strategies import RECEDING
 from carbonsched.planning.vintages import Vintages, vintage_forecast_at
@@ -201,8 +201,8 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
                  make_steps_rho: Callable[[float], strategies.RhoForIntensity], epoch_time_error: float = 0.0,
                  receding_every: int = 1, strategies_run: Sequence[str] = strategies.STRATEGIES,
                  forecasts: ForecastSource | None = None, workers: int = 1,
-                 progress: Callable[[int, int], None] | None = None, guard: str = GUARD_FLOOR,
-                 switch_share: float = SWITCH_SHARE, receding_if_slower: bool = True) -> BacktestResult:
+                 progress: Callable[[int, int], None] | None = None,
+                 settings: PlanningSettings = PlanningSettings(), receding_if_slower: bool = True) -> BacktestResult:
     """Submit ``job`` at offsets 0, every_s, ... of ``series`` and run every strategy (see module doc).
 
     ``make_steps_rho(t0)`` returns a fresh reactive ρ function for the submission at offset ``t0``.
@@ -212,8 +212,8 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
     optimum regrets are measured against) always run. ``forecasts``: what the planners see
     (default :func:`iid_forecasts` with ``noise``). ``workers`` > 1 splits the submissions over that
     many forked processes (results are identical to one). ``progress(done, total)`` is called as
-    submissions finish. ``guard`` and ``switch_share``: ``planner-receding``'s, as the daemon's
-    ``[planning]`` settings (:func:`~carbonsched.planning.receding.decide`). ``receding_if_slower``:
+    submissions finish. ``settings``: ``planner-receding``'s, as the daemon's ``[planning]``
+    (:func:`~carbonsched.planning.receding.decide`). ``receding_if_slower``:
     run ``planner-receding`` a second time with epochs ``SLOWER_SHARE`` slower (doubles its cost);
     without it its "met if slower" share is None.
     """
@@ -236,7 +236,6 @@ def run_backtest(series: Series, job: Job, cost: CostModel, *, every_s: float, n
                                  "no submission fits")
     wanted = {*strategies_run, "now-full", "oracle"}
     names = tuple(name for name in strategies.STRATEGIES if name in wanted)
-    settings = PlanningSettings(guard=guard, switch_share=switch_share)
     setup = _Setup(series, job, cost, names, forecasts or iid_forecasts(series, job.deadline_s, noise, seed),
                    make_steps_rho, epoch_time_error, seed, receding_every, max(series.step_sizes_s()), settings,
                    receding_if_slower)
@@ -307,14 +306,13 @@ def _simulate(setup: _Setup, index: int, start_s: float) -> dict[str, Outcome]:
         executed = execute_open_loop(job, true_cost, plan.segments, truth)
         results[name] = _outcome(job, executed, strategies.met_deadline(plan, slower_share=SLOWER_SHARE))
     if RECEDING in names and index % setup.receding_every == 0:
-        guard, switch_share = setup.settings.guard, setup.settings.switch_share
         executed = execute_receding(job, cost.epoch_s_at_full, true_cost, truth, setup.forecasts(index, start_s),
-                                    interval_s=setup.interval_s, guard=guard, switch_share=switch_share)
+                                    interval_s=setup.interval_s, settings=setup.settings)
         met_if_slower = None
         if setup.receding_if_slower:
             slower = execute_receding(job, cost.epoch_s_at_full, true_cost_model(true_cost, 1 + SLOWER_SHARE), truth,
-                                      setup.forecasts(index, start_s), interval_s=setup.interval_s, guard=guard,
-                                      switch_share=switch_share)
+                                      setup.forecasts(index, start_s), interval_s=setup.interval_s,
+                                      settings=setup.settings)
             met_if_slower = strategies.finishes_by(slower.finish_s, job.deadline_s)
         results[RECEDING] = _outcome(job, executed, met_if_slower)
     return results

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 from carbonsched.planning.model import CostModel, Job, Slot
 from carbonsched.planning.planner import Segment, expected_carbon_g
-from carbonsched.planning.receding import GUARD_FLOOR, SWITCH_SHARE, JobDeclaration, decide, progress_from_records
+from carbonsched.planning.receding import JobDeclaration, PlanningSettings, decide, progress_from_records
 from carbonsched.planning.strategies import intensity_at
 
 DONE_TOLERANCE_EPOCHS = 1e-9
@@ -139,13 +139,14 @@ def execute_open_loop(job: Job, true_cost: CostModel, segments: Sequence[Segment
 
 
 def execute_receding(job: Job, estimated_epoch_s_at_full: float, true_cost: CostModel, truth: Sequence[Slot],
-                     forecast_at: ForecastAt, *, interval_s: float, guard: str = GUARD_FLOOR,
-                     switch_share: float = SWITCH_SHARE) -> Execution:
+                     forecast_at: ForecastAt, *, interval_s: float,
+                     settings: PlanningSettings = PlanningSettings()) -> Execution:
     """Re-plan at every slot boundary of ``truth`` with ``forecast_at`` and the daemon's decision
     (see the module docstring). ``estimated_epoch_s_at_full`` is the job's declared epoch time,
     used until its first epoch ends; ``interval_s`` is the decision interval the daemon's margin
-    and guard use (the trace step here); ``guard`` and ``switch_share`` as in
-    :func:`~carbonsched.planning.receding.decide`, whose held plan is carried from one re-plan to the next."""
+    and guard use (the trace step here); ``settings`` as the daemon's ``[planning]`` (guard, switch
+    share, forecast error) for :func:`~carbonsched.planning.receding.decide`, whose held plan is
+    carried from one re-plan to the next."""
     declaration = JobDeclaration(deadline_s=job.deadline_s, epochs=job.epochs, epoch_seconds=estimated_epoch_s_at_full,
                                  rho_min=job.rho_min, mean_rho=job.mean_rho, may_pause=job.may_pause)
     run = _Run(job, true_cost, truth)
@@ -159,7 +160,8 @@ def execute_receding(job: Job, estimated_epoch_s_at_full: float, true_cost: Cost
         now_s = run.at_s
         current = truth[min(index, len(truth) - 1)].intensity_g_per_kwh
         decided = decide(declaration, progress, now_s, current, lambda horizon_s: forecast_at(now_s, horizon_s),
-                         interval_s=interval_s, held=held, guard=guard, switch_share=switch_share)
+                         interval_s=interval_s, held=held, guard=settings.guard, switch_share=settings.switch_share,
+                         forecast_error=settings.forecast_error)
         replans += 1
         if decided is None:  # the daemon's estimate says done while the truth is not: the policy would run it
             run.run_to_end(1.0)

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from carbonsched.planning.forecast_trust import LeadError, expected_slots
 from carbonsched.planning.margin import MARGIN_SHARE, plan_with_margin, running_need_s
 from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, remaining_job
 from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g
@@ -30,8 +31,11 @@ GUARD_FLOOR = "floor"
 GUARD_FULL = "full"
 GUARDS = (GUARD_FLOOR, GUARD_FULL)
 # A fresh plan replaces the one a job follows only when it is cheaper by more than this share of
-# the followed plan's cost on the same forecast (see keep_or_replace and the scheduling benchmark).
-SWITCH_SHARE = 0.02
+# the followed plan's cost on the same forecast (see keep_or_replace). 0: whenever it is cheaper at
+# all, so equal plans never flip-flop. Measured in the scheduling benchmark: with forecasts whose
+# successive issues agree (real ones, the noise model's), any positive share costs carbon (a newer
+# forecast knows more); only with independent noise at every ask does holding help, and barely.
+SWITCH_SHARE = 0.0
 # Until an epoch has ended, the plan keeps this share of its running time free before the deadline
 # on top of MARGIN_SHARE: a declared epoch time nobody has measured may be 30 % off, and a plan that
 # learns that only when its first epoch ends, late before the deadline, could no longer make it.
@@ -45,6 +49,8 @@ class PlanningSettings:
 
     guard: str = GUARD_FLOOR  # "floor": the work left at the floor ρ must fit; "full": at ρ 1 (opt-in)
     switch_share: float = SWITCH_SHARE  # a fresh plan replaces the followed one only when this much cheaper
+    # The forecast's error by lead (a fitted noise model); None: the forecast is taken at face value.
+    forecast_error: LeadError | None = None
 
     def __post_init__(self) -> None:
         if self.guard not in GUARDS:
@@ -202,7 +208,7 @@ def guard_fires(time_left_s: float, need_s: float, margin_s: float) -> bool:
 
 def decide(declaration: JobDeclaration, progress: JobProgress, now_s: float, current_g_per_kwh: float,
            slots_for: Callable[[float], Sequence[Slot]], *, interval_s: float, held: HeldPlan | None = None,
-           guard: str = GUARD_FLOOR, switch_share: float = SWITCH_SHARE,
+           guard: str = GUARD_FLOOR, switch_share: float = SWITCH_SHARE, forecast_error: LeadError | None = None,
            ) -> tuple[JobPlanDecision, HeldPlan | None] | None:
     """ρ or a pause for now, and the plan behind it (None when the deadline guard or an infeasible
     plan runs the job now); None when the job cannot be planned (no epoch time known yet, or all
@@ -214,7 +220,9 @@ def decide(declaration: JobDeclaration, progress: JobProgress, now_s: float, cur
     fresh plan is cheaper on the fresh forecast by more than ``switch_share`` of its cost, or it no
     longer finishes the work by the deadline at the floor (see :func:`keep_or_replace`). ``guard``:
     ``"floor"`` (the remaining work at the floor ρ must fit, with :func:`guard_margin_s`) or
-    ``"full"`` (the remaining work at ρ 1 must fit: full quality stays reachable; opt-in)."""
+    ``"full"`` (the remaining work at ρ 1 must fit: full quality stays reachable; opt-in).
+    ``forecast_error``: the forecast's error by lead; the plan then prices each slot at its
+    expected value (:func:`~carbonsched.planning.forecast_trust.expected_slots`)."""
     if guard not in GUARDS:
         raise PlanningInputError(f"guard must be one of {', '.join(GUARDS)}, got {guard!r}")
     epoch_s_at_full = progress.epoch_s_at_full
@@ -256,6 +264,8 @@ def decide(declaration: JobDeclaration, progress: JobProgress, now_s: float, cur
                                           f"{floor_need_s:.0f} s (+{margin:.0f} s margin), "
                                           f"{max(time_left_s, 0.0):.0f} s left; running now at the floor", True)
     slots = slots_for(time_left_s)
+    if forecast_error is not None:
+        slots = expected_slots(slots, forecast_error)
     share = MARGIN_SHARE if progress.learned else MARGIN_SHARE + UNMEASURED_EPOCH_TIME_SHARE
     fresh = plan_with_margin(job, cost, slots, share=share, at_least_s=interval_s)
     if not fresh.feasible and guard == GUARD_FLOOR:  # the plan's margin no longer fits, the guard's still does
