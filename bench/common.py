@@ -24,6 +24,14 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_with_children_s() -> float:
+    """User + sys CPU s so far of this process (:func:`cpu_s`) and of the children it has waited for."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return cpu_s() + children.ru_utime + children.ru_stime
+
+
 def single_thread() -> None:
     """One intra-op thread: the machine is shared, and ratios measured side by side stay stable."""
     import torch

@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import re
-import resource
 import sys
 import time
 import warnings
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, cpu_s
+from bench.common import RESULTS, ROOT, cpu_with_children_s
 
 # Section name → result file stem, in report order.
 SECTIONS = {
@@ -65,9 +64,8 @@ class SectionTime:
 
 
 def cpu_seconds() -> float:
-    """User + sys CPU s so far of this process (``bench.common.cpu_s``) and of the children it has waited for."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return cpu_s() + children.ru_utime + children.ru_stime
+    """User + sys CPU s so far of this process and of the children it has waited for."""
+    return cpu_with_children_s()
 
 
 def load_average() -> float | None:
