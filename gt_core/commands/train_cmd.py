@@ -108,7 +108,7 @@ def _check_daemon_answers(rho_source: Any, fallback_rho: float, *, optional: boo
     where = f"carbonsched daemon not reachable at {rho_source.socket_path} ({reason})"
     if not optional:
         raise _BadInput(
-            f"{where}; start it (carbonsched run), fix --rho-from daemon:SOCKET, "
+            f"{where}; start it ({rho_source.client.start_hint}), fix --rho-from daemon:SOCKET, "
             f"or add --daemon-optional to train on --rho {fallback_rho:g}"
         )
     typer.echo(
