@@ -65,6 +65,50 @@ def test_resume_alone_reuses_the_saved_arguments_and_flags_given_again_override_
     assert finished.exit_code == 0 and "overrides" not in finished.output, finished.output
 
 
+def _write_jsonl(path, count):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"source": f"report {i}: the pump {i} failed at noon", "target": f"pump {i} failed"} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_resume_works_from_another_directory_and_saves_paths_absolute(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _write_jsonl(project / "data" / "train.jsonl", 10)
+    _write_jsonl(project / "data" / "val.jsonl", 3)
+    monkeypatch.chdir(project)
+    first = _run([*BASE, "--epochs", "1", "--data", "data/train.jsonl", "--output-dir", "runs/x"])
+    assert first.exit_code == 0, first.output
+    saved = json.loads((project / "runs" / "x" / "run-args.json").read_text())
+    assert saved["data"] == str(project / "data" / "train.jsonl")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = _run(["train", "--resume", "../project/runs/x", "--epochs", "2", "--val-data", "../project/data/val.jsonl"])
+    assert again.exit_code == 0, again.output
+    assert "8 training / 1 validation examples" in again.output  # --limit 8 of data/train.jsonl
+    saved = json.loads((project / "runs" / "x" / "run-args.json").read_text())
+    assert saved["data"] == str(project / "data" / "train.jsonl")
+    assert saved["val_data"] == str(project / "data" / "val.jsonl")  # the override, absolute too
+
+
+def test_a_run_args_file_with_relative_paths_resumes_from_elsewhere_and_says_which_file(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _write_jsonl(project / "data" / "train.jsonl", 10)
+    monkeypatch.chdir(project)
+    assert _run([*BASE, "--epochs", "1", "--data", "data/train.jsonl", "--output-dir", "runs/x"]).exit_code == 0
+    args_file = project / "runs" / "x" / "run-args.json"
+    old_style = {**json.loads(args_file.read_text()), "data": "data/train.jsonl"}  # as older versions wrote it
+    args_file.write_text(json.dumps(old_style))
+
+    monkeypatch.chdir(tmp_path)
+    again = _run(["train", "--resume", "project/runs/x", "--epochs", "2"])
+    assert again.exit_code == 0, again.output
+    assert f"has the relative --data data/train.jsonl; using {project / 'data' / 'train.jsonl'}" in again.output
+    assert json.loads(args_file.read_text())["data"] == str(project / "data" / "train.jsonl")
+
+
 def test_resume_with_another_model_is_one_line(tmp_path):
     out = tmp_path / "run"
     assert _run([*BASE, "--epochs", "1", "--output-dir", str(out)]).exit_code == 0
