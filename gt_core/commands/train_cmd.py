@@ -39,25 +39,13 @@ def _parse_reselect(value: str) -> str | int:
 def _load_data(
     data: str | None, val_data: str | None, source_field: str, target_field: str, limit: int | None, seed: int
 ) -> tuple[list, list]:
-    from gt_core.data import load_examples
+    from gt_core.run_data import split_run_data
 
-    if data is None:
-        from gt_core.embedded_task import embedded_task
-
-        if val_data is not None:
-            raise _BadInput("--val-data needs --data")
-        train, val = embedded_task(seed=seed)
-    else:
-        fields = dict(source_field=source_field, target_field=target_field)
-        train = load_examples(data, split="train", **fields)
-        if val_data is not None:
-            val = load_examples(val_data, split="validation", **fields)
-        elif Path(data).exists():
-            # A single local file: hold out its last tenth for validation.
-            held_out = max(1, len(train) // 10) if len(train) > 1 else 0
-            train, val = train[: len(train) - held_out], train[len(train) - held_out :]
-        else:
-            val = load_examples(data, split="validation", **fields)
+    try:
+        split = split_run_data(data, val_data, source_field=source_field, target_field=target_field, seed=seed)
+    except ValueError as exc:  # DataError included
+        raise _BadInput(str(exc)) from None
+    train, val = split.train, split.validation
     if limit is not None:
         train, val = train[:limit], val[: max(1, limit // 8)]
     if not train:
