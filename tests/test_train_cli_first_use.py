@@ -188,9 +188,46 @@ def test_banner_and_show_tell_what_was_trained(tmp_path):
 def test_select_prints_the_parameter_share_of_each_selected_tensor():
     result = _run(["select", "--tiny", "opt", "--rho", "0.6"])
     assert result.exit_code == 0, result.output
-    head, *names = result.output.splitlines()
+    importance, shape, head, *names = result.output.splitlines()
+    assert importance.startswith("importance: uniform") and "not what training would pick" in importance
+    assert shape == "profiled at batch 4 x 512 tokens (the model's maximum positions)"  # the tiny config's 512
     assert "% of parameters" in head
     assert all(line.endswith("% of parameters)") for line in names if line.startswith("  "))
+
+
+def test_select_with_a_runs_saved_importance_picks_what_training_picked(tmp_path):
+    out = tmp_path / "run"
+    trained = _run([*BASE, "--rho", "0.6", "--output-dir", str(out)])
+    assert trained.exit_code == 0, trained.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        saved = out / "importance" / f"epoch-{record['epoch']}.json"
+        result = _run(["select", "--tiny", "opt", "--rho", "0.6", "--importance", str(saved), "--json"])
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output)
+        assert answer["selected"] == record["selected"]
+        assert answer["profiled_at"]["from"] == "the run's shape" and answer["importance"] == str(saved)
+        text = _run(["select", "--tiny", "opt", "--rho", "0.6", "--importance", str(saved)])
+        assert text.output.splitlines()[0] == f"importance: {saved} (epoch {record['epoch']} of the run)"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[1, 2]", "must map tensor names to numbers"),
+    ('{"importance": {"no.such.weight": 1.0}}', "names tensors the model does not train: no.such.weight"),
+    ('{"lm_head.weight": "high"}', "importance of 'lm_head.weight' is not a number"),
+    ("{", "is not valid JSON"),
+])
+def test_select_bad_importance_files_are_one_line(tmp_path, content, expected):
+    path = tmp_path / "importance.json"
+    path.write_text(content)
+    result = _run(["select", "--tiny", "opt", "--rho", "0.5", "--importance", str(path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and expected in result.output, result.output
+
+
+def test_select_asks_for_a_sequence_length_when_the_config_has_none():
+    result = _run(["select", "--tiny", "bloom", "--rho", "0.5"])  # ALiBi: no position table
+    assert result.exit_code == 2 and "give --seq-len" in result.output, result.output
+    assert _run(["select", "--tiny", "bloom", "--rho", "0.5", "--seq-len", "32"]).exit_code == 0
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "select", "profile", "show"])

@@ -70,16 +70,11 @@ def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
 def _load_model_and_tokenizer(
     tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
 ) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
-    from gt_core.tokenizer import load_tokenizer
+    from gt_core.models import ModelLoadError, load_model_and_tokenizer, load_tiny_for_training
 
     try:
         if tiny is not None:
-            tokenizer = load_tokenizer(None, tiny=True)
-            # The local tokenizer decides the vocabulary; the tiny model is sized to it. Its LM head
-            # is untied: in a random-init model the tied embedding is most of what there is to
-            # learn, and tied it sits at the input end where no budget below 1 can reach it.
-            return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
+            return load_tiny_for_training(tiny)
         assert model_name is not None
         return load_model_and_tokenizer(model_name, torch_dtype=torch_dtype, device_map=device_map)
     except ModelLoadError as exc:
