@@ -70,7 +70,7 @@ def is_service_socket(path: Path, env: Mapping[str, str] | None = None) -> bool:
 def how_to_start(path: Path, env: Mapping[str, str] | None = None) -> str:
     """What starts the daemon that should listen at ``path``: the service or `carbonsched run`."""
     if is_service_socket(path, env):
-        return "sudo systemctl start carbonsched (see systemctl status carbonsched)"
+        return "sudo systemctl start carbonsched"
     return "carbonsched run"
 
 

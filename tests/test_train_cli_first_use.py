@@ -29,6 +29,18 @@ def test_unreachable_daemon_is_a_one_line_error_naming_the_socket(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_in_a_login_session_without_a_daemon_of_ones_own_the_error_names_the_service(tmp_path, monkeypatch):
+    service_dir = tmp_path / "run-carbonsched"
+    service_dir.mkdir()
+    monkeypatch.delenv("CARBONSCHED_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("CARBONSCHED_SYSTEM_RUNTIME_DIR", str(service_dir))
+    result = _run([*BASE, "--rho-from", "daemon", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert f"not reachable at {service_dir / 'carbonsched.sock'}" in result.output
+    assert "start it (sudo systemctl start carbonsched)" in result.output
+
+
 def test_daemon_optional_trains_on_the_documented_fallback_and_claims_no_job(tmp_path):
     out = tmp_path / "run"
     result = _run([*BASE, "--rho-from", f"daemon:{tmp_path / 'wrong.sock'}", "--daemon-optional", "--output-dir", str(out)])
