@@ -39,7 +39,7 @@ def split_run_data(
     fields = dict(source_field=source_field, target_field=target_field)
     train = load_examples(data, split="train", **fields)
     if val_data is not None:
-        return RunData(train, load_examples(val_data, split="validation", **fields), f"{val_data}")
+        return RunData(train, load_examples(val_data, split="validation", **fields), val_data)
     if Path(data).exists():
         held_out = max(1, len(train) // 10) if len(train) > 1 else 0
         return RunData(

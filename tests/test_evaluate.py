@@ -242,3 +242,11 @@ def test_without_data_or_a_run_the_embedded_split_is_named():
     assert result.stdout.splitlines()[0] == (
         "data: the embedded task's validation split (seed 0); give --data for your own; 2 examples"
     )
+
+
+def test_a_run_args_file_with_a_wrong_type_is_one_error_line(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "run-args.json").write_text(json.dumps({"tiny": "opt", "data": 5}))
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path / 'run-args.json'}: data 5 is not a str\n"

@@ -75,12 +75,15 @@ def _examples(
 
 def _saved_run_data(run_dir: Path) -> dict[str, Any]:
     """The run's saved options, relative paths of older files resolved (and noted on stderr)."""
-    from gt_core.commands.run_args import RunArgsError, load_run_args, resolve_saved_paths
+    from gt_core.commands.run_args import RUN_ARGS_FILE, RunArgsError, load_run_args, resolve_saved_paths
 
     try:
         saved = load_run_args(run_dir) or {}
     except RunArgsError as error:
         raise _UsageError(str(error)) from None
+    for name, kind in (("data", str), ("val_data", str), ("source_field", str), ("target_field", str), ("seed", int)):
+        if saved.get(name) is not None and not isinstance(saved[name], kind):
+            raise _UsageError(f"{run_dir / RUN_ARGS_FILE}: {name} {saved[name]!r} is not a {kind.__name__}")
     saved, notes = resolve_saved_paths(saved, run_dir)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
@@ -128,6 +131,8 @@ def evaluate(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
 
+    # Before generating, so a long evaluation says at once what it scores; stdout stays JSON with --json.
+    typer.echo(f"data: {examples_source}; {len(examples)} examples", err=as_json)
     from gt_core.evaluate import evaluate_model, save_predictions as write_predictions
 
     result = evaluate_model(
@@ -137,12 +142,9 @@ def evaluate(
     if save_predictions is not None:
         written = write_predictions(save_predictions, examples, result.pop("predictions"))
         typer.echo(f"{written} predictions written to {save_predictions}", err=True)
-    data_line = f"data: {examples_source}; {len(examples)} examples"
     if as_json:
-        typer.echo(data_line, err=True)
         typer.echo(json.dumps({**result, "data": examples_source}, sort_keys=True))
         return
-    typer.echo(data_line)
     for key, value in result.items():
         typer.echo(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
 

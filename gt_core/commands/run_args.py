@@ -32,15 +32,14 @@ class RunArgsError(ValueError):
     """The saved arguments cannot be reused; the message is one line."""
 
 
-def with_absolute_paths(opts: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
-    """``opts`` with each path option that names an existing file or directory (relative to
-    ``base``, default the current directory) as an absolute path string."""
-    base = Path.cwd() if base is None else base
+def with_absolute_paths(opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` with each path option that names an existing file or directory (relative to the
+    current directory) as an absolute path string."""
     absolute = dict(opts)
     for name in PATH_OPTIONS:
         value = opts.get(name)
-        if value is not None and (base / str(value)).exists():
-            absolute[name] = str((base / str(value)).resolve())
+        if value is not None and Path(value).exists():
+            absolute[name] = str(Path(value).resolve())
     return absolute
 
 
