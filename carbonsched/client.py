@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from carbonsched.paths import default_socket_path
+from carbonsched.paths import client_socket_path, how_to_start
 from carbonsched.protocol import DEFAULT_MAX_LINE_BYTES, LineBuffer, ProtocolError, decode_reply, encode
 
 log = logging.getLogger("carbonsched.client")
@@ -65,7 +65,7 @@ class DaemonClient:
         default_rho: float = 1.0,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ):
-        self.socket_path = Path(socket_path) if socket_path is not None else default_socket_path()
+        self.socket_path = Path(socket_path) if socket_path is not None else client_socket_path()
         self.timeout_s = timeout_s
         self.default_rho = default_rho
         self.max_line_bytes = max_line_bytes
@@ -74,6 +74,11 @@ class DaemonClient:
         self._ids = itertools.count(1)
         self._last_rho: float | None = None
         self._last_rho_at: float | None = None
+
+    @property
+    def start_hint(self) -> str:
+        """The command that starts the daemon expected at ``socket_path`` (the service or a private one)."""
+        return how_to_start(self.socket_path)
 
     # -- transport -------------------------------------------------------------------------
 

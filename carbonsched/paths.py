@@ -1,4 +1,4 @@
-"""Where the daemon's socket and state live, resolved the same way by the daemon and its clients."""
+"""Where the daemon's socket and state live: where a daemon listens and where its clients look."""
 
 from __future__ import annotations
 
@@ -6,22 +6,72 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from carbonsched.server import socket_in_use
+
 SOCKET_NAME = "carbonsched.sock"
 STORE_NAME = "carbonsched.sqlite3"
 SYSTEM_RUNTIME_DIR = Path("/run/carbonsched")
+# Where the systemd service's socket directory is looked for; tests point it at a temp dir.
+SYSTEM_RUNTIME_DIR_ENV = "CARBONSCHED_SYSTEM_RUNTIME_DIR"
+
+
+def system_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The service's runtime directory: $CARBONSCHED_SYSTEM_RUNTIME_DIR, else /run/carbonsched."""
+    env = os.environ if env is None else env
+    return Path(env[SYSTEM_RUNTIME_DIR_ENV]) if env.get(SYSTEM_RUNTIME_DIR_ENV) else SYSTEM_RUNTIME_DIR
 
 
 def default_socket_path(env: Mapping[str, str] | None = None) -> Path:
-    """$CARBONSCHED_SOCKET, else $XDG_RUNTIME_DIR/carbonsched/, else /run/carbonsched/ when it
-    exists (the systemd service), else /tmp/carbonsched-$UID/."""
+    """Where a daemon started here listens: $CARBONSCHED_SOCKET, else $XDG_RUNTIME_DIR/carbonsched/,
+    else the service's /run/carbonsched/ when it exists, else /tmp/carbonsched-$UID/.
+
+    Clients look up the daemon with :func:`client_socket_path` instead."""
     env = os.environ if env is None else env
     if env.get("CARBONSCHED_SOCKET"):
         return Path(env["CARBONSCHED_SOCKET"])
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "carbonsched" / SOCKET_NAME
-    if SYSTEM_RUNTIME_DIR.is_dir():
-        return SYSTEM_RUNTIME_DIR / SOCKET_NAME
+    if system_runtime_dir(env).is_dir():
+        return system_runtime_dir(env) / SOCKET_NAME
+    return private_socket_path()
+
+
+def private_socket_path() -> Path:
+    """A daemon's socket when neither $XDG_RUNTIME_DIR nor the service's directory is there."""
     return Path(f"/tmp/carbonsched-{os.getuid()}") / SOCKET_NAME
+
+
+def client_socket_path(env: Mapping[str, str] | None = None) -> Path:
+    """The daemon socket a client should use: $CARBONSCHED_SOCKET when set; else the first of the
+    user's own daemon ($XDG_RUNTIME_DIR/carbonsched/), the service's (/run/carbonsched/) and
+    /tmp/carbonsched-$UID/ that accepts a connection; when none does, the service's socket if its
+    directory exists (the installed service is what should answer), else where a daemon started
+    here would listen.
+
+    A login session sets $XDG_RUNTIME_DIR, so the user's socket wins only while it listens."""
+    env = os.environ if env is None else env
+    if env.get("CARBONSCHED_SOCKET"):
+        return Path(env["CARBONSCHED_SOCKET"])
+    service = system_runtime_dir(env) / SOCKET_NAME
+    candidates = [service, private_socket_path()]
+    if env.get("XDG_RUNTIME_DIR"):
+        candidates.insert(0, Path(env["XDG_RUNTIME_DIR"]) / "carbonsched" / SOCKET_NAME)
+    for candidate in candidates:
+        if socket_in_use(candidate):
+            return candidate
+    return service if service.parent.is_dir() else default_socket_path(env)
+
+
+def is_service_socket(path: Path, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``path`` is the systemd service's socket."""
+    return Path(path).parent == system_runtime_dir(env)
+
+
+def how_to_start(path: Path, env: Mapping[str, str] | None = None) -> str:
+    """What starts the daemon that should listen at ``path``: the service or `carbonsched run`."""
+    if is_service_socket(path, env):
+        return "sudo systemctl start carbonsched"
+    return "carbonsched run"
 
 
 def default_state_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -17,14 +17,14 @@ from gt_core.data import (
     make_loader,
     prompt_batches,
 )
-from gt_core.model_traits import is_encoder_decoder, pad_token_id
+from gt_core.model_traits import is_encoder_decoder, max_positions, pad_token_id
 
 METRICS = ("rouge", "exact_match")
 
 
 def _prompt_budget(model: torch.nn.Module, max_input_length: int, max_new_tokens: int, encoder_decoder: bool) -> int:
     """Decoder-only prompts share the position table with the generated tokens."""
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = max_positions(model.config)
     if encoder_decoder or not positions:
         return max_input_length
     return max(1, min(max_input_length, positions - max_new_tokens))

@@ -18,3 +18,14 @@ def pad_token_id(tokenizer: Any) -> int:
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
     return int(pad)
+
+
+def max_positions(config: Any) -> int | None:
+    """The longest sequence (tokens) a model's position table holds: its config's
+    ``max_position_embeddings`` or ``n_positions``; None when it names none (ALiBi or relative
+    positions, as in BLOOM and T5 configs without ``n_positions``)."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -121,6 +121,18 @@ def load_model_and_tokenizer(
     return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
 
 
+def load_tiny_for_training(tiny: str) -> tuple[torch.nn.Module, Any]:
+    """The tiny model ``greentrainer train --tiny`` trains, with its tokenizer.
+
+    The local tokenizer decides the vocabulary; the model is sized to it. Its LM head is untied:
+    in a random-init model the tied embedding is most of what there is to learn, and tied it sits
+    at the input end where no budget below 1 can reach it."""
+    from gt_core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(None, tiny=True)
+    return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
+
+
 def load_config(model: str) -> Any:
     """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
 

@@ -29,6 +29,7 @@ from gt_core.green_selector import (
     GreenSelection, GreenSelector, ImportanceBatches, SelectionHooks, selection_from_names,
 )
 from gt_core.guards import check_model_supported
+from gt_core.importance_file import importance_path, write_importance
 from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
@@ -339,6 +340,8 @@ class GreenTrainer:
         self.selection = selection
         self.trained = TrainedTensors(selection.mask, selection.flops, selection.rho)
         self.trainable_changed(selection.mask)
+        if self.is_main_process:
+            self._save_importance(selection)
         tally.importance_s += selection.importance_s
         tally.dp_s += selection.dp_s
         tally.selections += 1
@@ -347,6 +350,16 @@ class GreenTrainer:
         tally.fallback = selection.fallback or tally.fallback
         self.state.selections.append(selection.summary())
         self._notify("on_selection", selection)
+
+    def _save_importance(self, selection: GreenSelection) -> None:
+        """``output_dir/importance/epoch-E.json``: what ``greentrainer select --importance`` reads."""
+        write_importance(
+            importance_path(self.output_dir, selection.epoch), self.profile.names, selection.importance.tolist(),
+            epoch=selection.epoch, global_step=selection.global_step, metric=self.config.importance_metric,
+            rho=selection.rho, selected=selection.names,
+            profiled_at={"batch_size": self.shape["batch_size"], "seq_len": self.shape["source_len"],
+                         "target_len": self.shape["target_len"]},
+        )
 
     def trainable_changed(self, mask: np.ndarray) -> None:
         """Called after a selection set ``requires_grad`` (a data-parallel subclass rebuilds its wrapper)."""

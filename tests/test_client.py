@@ -178,6 +178,62 @@ def test_default_socket_path_order(tmp_path):
         assert fallback == Path(f"/tmp/carbonsched-{os.getuid()}/carbonsched.sock")
 
 
+def _stale_socket(path: Path) -> Path:
+    """A socket file nobody listens on (what a stopped daemon may leave behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+    return path
+
+
+@pytest.fixture
+def session_env(monkeypatch, sock_dir):
+    """A login session ($XDG_RUNTIME_DIR set) and a service runtime dir, both in a temp dir."""
+    monkeypatch.delenv("CARBONSCHED_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(sock_dir / "user"))
+    monkeypatch.setenv("CARBONSCHED_SYSTEM_RUNTIME_DIR", str(sock_dir / "run"))
+    (sock_dir / "run").mkdir()
+    return {"user": sock_dir / "user" / "carbonsched" / "carbonsched.sock", "service": sock_dir / "run" / "carbonsched.sock"}
+
+
+def test_a_login_session_finds_the_service_when_no_own_daemon_listens(session_env):
+    _stale_socket(session_env["user"])
+    service = FakeDaemon(session_env["service"])
+    service.server.start()
+    try:
+        with DaemonClient() as client:
+            assert client.socket_path == session_env["service"]
+            client.call("ping")
+        assert [op for op, _ in service.seen] == ["ping"]
+    finally:
+        service.server.stop()
+
+
+def test_the_users_own_daemon_wins_while_it_listens(session_env):
+    session_env["user"].parent.mkdir(parents=True)
+    own, service = FakeDaemon(session_env["user"]), FakeDaemon(session_env["service"])
+    own.server.start()
+    service.server.start()
+    try:
+        with DaemonClient() as client:
+            client.call("ping")
+        assert [op for op, _ in own.seen] == ["ping"] and service.seen == []
+    finally:
+        own.server.stop()
+        service.server.stop()
+
+
+def test_with_nothing_listening_clients_name_the_service_socket_and_how_to_start_it(session_env, sock_dir, monkeypatch):
+    _stale_socket(session_env["user"])
+    client = DaemonClient()
+    assert client.socket_path == session_env["service"]
+    assert "systemctl start carbonsched" in client.start_hint
+    (sock_dir / "run").rmdir()  # no service installed: the daemon this user would start
+    client = DaemonClient()
+    assert client.socket_path == session_env["user"] and client.start_hint == "carbonsched run"
+
+
 def test_default_state_dir_order():
     assert default_state_dir({"CARBONSCHED_STATE_DIR": "/s", "STATE_DIRECTORY": "/var/lib/carbonsched"}) == Path("/s")
     assert default_state_dir({"STATE_DIRECTORY": "/var/lib/carbonsched:/var/lib/other"}) == Path("/var/lib/carbonsched")

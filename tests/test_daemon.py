@@ -163,7 +163,7 @@ def test_cli_errors_are_one_line_without_traceback():
     with short_dir() as d:
         absent = cli("status", "--socket", str(d / "none.sock"))
         assert absent.returncode == 1
-        assert absent.stderr == f"error: no daemon at {d / 'none.sock'} (is `carbonsched run` running?)\n"
+        assert absent.stderr == f"error: no daemon at {d / 'none.sock'} (start it: carbonsched run)\n"
         config = d / "c.toml"
         config.write_text('provider = "trace"\n')
         os.chmod(config, 0o666)

@@ -206,3 +206,47 @@ def test_cli_saves_predictions_and_shows_progress(tmp_path):
     assert len(rows) == 3 and all(set(row) == {"source", "reference", "prediction"} for row in rows)
     assert "generating" in result.stderr and "3 predictions written to" in result.stderr
     assert json.loads(result.stdout)["n_examples"] == 3
+
+
+def test_a_run_checkpoint_is_scored_on_the_runs_own_validation_examples_and_says_so(tmp_path, monkeypatch):
+    rows = [{"text": f"report {i}: valve {i} was replaced on monday", "gist": f"valve {i} replaced"} for i in range(20)]
+    monkeypatch.chdir(tmp_path)
+    _data_file(tmp_path, rows).rename(tmp_path / "mine.jsonl")
+    trained = CliRunner().invoke(app, [
+        "train", "--tiny", "opt", "--data", "mine.jsonl", "--source-field", "text", "--target-field", "gist",
+        "--epochs", "1", "--batch-size", "4", "--max-input-length", "48", "--max-target-length", "12",
+        "--importance-batches", "1", "--no-progress", "--output-dir", "run",
+    ])
+    assert trained.exit_code == 0, trained.output
+    monkeypatch.chdir(tmp_path.parent)  # the run's data path must not depend on where evaluate runs
+
+    scored = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "run"), "--num-beams", "1",  # RUN: RUN/final
+                                      "--max-new-tokens", "4", "--json"])
+    assert scored.exit_code == 0, scored.output
+    result = json.loads(scored.stdout)
+    assert result["n_examples"] == 2  # the last tenth of the 20 rows, held out by train
+    assert f"the validation examples of the run in {tmp_path / 'run'}" in result["data"]
+    assert str(tmp_path / "mine.jsonl") in result["data"]
+    assert [line for line in scored.stderr.splitlines() if line.startswith("data: ")] == [f"data: {result['data']}; 2 examples"]
+
+    text = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "run" / "final"), "--num-beams", "1",
+                                    "--max-new-tokens", "4", "--no-progress"])
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[0] == f"data: {result['data']}; 2 examples"
+
+
+def test_without_data_or_a_run_the_embedded_split_is_named():
+    result = CliRunner().invoke(app, ["evaluate", "--tiny", "opt", "--limit", "2", "--num-beams", "1",
+                                      "--max-new-tokens", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        "data: the embedded task's validation split (seed 0); give --data for your own; 2 examples"
+    )
+
+
+def test_a_run_args_file_with_a_wrong_type_is_one_error_line(tmp_path):
+    (tmp_path / "final").mkdir()
+    (tmp_path / "run-args.json").write_text(json.dumps({"tiny": "opt", "data": 5}))
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path / 'run-args.json'}: data 5 is not a str\n"

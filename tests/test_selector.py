@@ -305,6 +305,15 @@ def test_measured_profile_selection_fits_exact_budget(opt_profile: TensorProfile
         assert np.array_equal(sel.mask, imp > 0)
 
 
+@pytest.fixture(scope="module")
+def trained_opt_profile() -> TensorProfile:
+    """The tiny OPT as `train --tiny opt` builds it (what `select --tiny opt` profiles)."""
+    from gt_core.models import load_tiny_for_training
+    from gt_core.profiler import profile_model
+
+    return profile_model(load_tiny_for_training("opt")[0], batch_size=4, seq_len=64)
+
+
 def _run(*args: str):
     from typer.testing import CliRunner
 
@@ -313,23 +322,23 @@ def _run(*args: str):
     return CliRunner().invoke(app, ["select", *args])
 
 
-def test_cli_json_matches_library(opt_profile: TensorProfile) -> None:
-    result = _run("--rho", "0.5", "--tiny", "opt", "--json")
+def test_cli_json_matches_library(trained_opt_profile: TensorProfile) -> None:
+    result = _run("--rho", "0.5", "--tiny", "opt", "--seq-len", "64", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    expected = select_tensors(opt_profile, np.ones(len(opt_profile)), 0.5)
+    expected = select_tensors(trained_opt_profile, np.ones(len(trained_opt_profile)), 0.5)
     assert out["selected"] == expected.names
     assert out["rho_effective"] == pytest.approx(expected.rho_effective)
     assert out["flops"] <= 0.5 * out["t_full"]
 
 
-def test_cli_importance_file_steers_selection(opt_profile: TensorProfile, tmp_path) -> None:
+def test_cli_importance_file_steers_selection(trained_opt_profile: TensorProfile, tmp_path) -> None:
     wanted = "model.decoder.layers.0.self_attn.k_proj.weight"
     path = tmp_path / "imp.json"
     path.write_text(json.dumps({wanted: 1.0, "model.decoder.final_layer_norm.weight": -1.0}))
     result = _run("--rho", "0.9", "--tiny", "opt", "--importance", str(path))
     assert result.exit_code == 0, result.output
-    assert f"selected 1 of {len(opt_profile)} tensors" in result.stdout
+    assert f"selected 1 of {len(trained_opt_profile)} tensors" in result.stdout
     assert f"\n  {wanted}  (" in result.stdout
     assert "effective rho:" in result.stdout
 
@@ -337,7 +346,7 @@ def test_cli_importance_file_steers_selection(opt_profile: TensorProfile, tmp_pa
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--rho", "0.2", "--tiny", "opt"], "rho >= 0.4"),
+        (["--rho", "0.2", "--tiny", "opt", "--seq-len", "64"], "rho >= 0.4"),
         (["--rho", "1.5", "--tiny", "opt"], "--rho must be in (0, 1]"),
         (["--rho", "0.5"], "exactly one of --model or --tiny"),
         (["--rho", "0.5", "--tiny", "opt", "--importance", "IMP"], "no.such.tensor"),

@@ -29,6 +29,18 @@ def test_unreachable_daemon_is_a_one_line_error_naming_the_socket(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_in_a_login_session_without_a_daemon_of_ones_own_the_error_names_the_service(tmp_path, monkeypatch):
+    service_dir = tmp_path / "run-carbonsched"
+    service_dir.mkdir()
+    monkeypatch.delenv("CARBONSCHED_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("CARBONSCHED_SYSTEM_RUNTIME_DIR", str(service_dir))
+    result = _run([*BASE, "--rho-from", "daemon", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert f"not reachable at {service_dir / 'carbonsched.sock'}" in result.output
+    assert "start it (sudo systemctl start carbonsched)" in result.output
+
+
 def test_daemon_optional_trains_on_the_documented_fallback_and_claims_no_job(tmp_path):
     out = tmp_path / "run"
     result = _run([*BASE, "--rho-from", f"daemon:{tmp_path / 'wrong.sock'}", "--daemon-optional", "--output-dir", str(out)])
@@ -63,6 +75,50 @@ def test_resume_alone_reuses_the_saved_arguments_and_flags_given_again_override_
 
     finished = _run(["train", "--resume", str(out)])
     assert finished.exit_code == 0 and "overrides" not in finished.output, finished.output
+
+
+def _write_jsonl(path, count):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"source": f"report {i}: the pump {i} failed at noon", "target": f"pump {i} failed"} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_resume_works_from_another_directory_and_saves_paths_absolute(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _write_jsonl(project / "data" / "train.jsonl", 10)
+    _write_jsonl(project / "data" / "val.jsonl", 3)
+    monkeypatch.chdir(project)
+    first = _run([*BASE, "--epochs", "1", "--data", "data/train.jsonl", "--output-dir", "runs/x"])
+    assert first.exit_code == 0, first.output
+    saved = json.loads((project / "runs" / "x" / "run-args.json").read_text())
+    assert saved["data"] == str(project / "data" / "train.jsonl")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = _run(["train", "--resume", "../project/runs/x", "--epochs", "2", "--val-data", "../project/data/val.jsonl"])
+    assert again.exit_code == 0, again.output
+    assert "8 training / 1 validation examples" in again.output  # --limit 8 of data/train.jsonl
+    saved = json.loads((project / "runs" / "x" / "run-args.json").read_text())
+    assert saved["data"] == str(project / "data" / "train.jsonl")
+    assert saved["val_data"] == str(project / "data" / "val.jsonl")  # the override, absolute too
+
+
+def test_a_run_args_file_with_relative_paths_resumes_from_elsewhere_and_says_which_file(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _write_jsonl(project / "data" / "train.jsonl", 10)
+    monkeypatch.chdir(project)
+    assert _run([*BASE, "--epochs", "1", "--data", "data/train.jsonl", "--output-dir", "runs/x"]).exit_code == 0
+    args_file = project / "runs" / "x" / "run-args.json"
+    old_style = {**json.loads(args_file.read_text()), "data": "data/train.jsonl"}  # as older versions wrote it
+    args_file.write_text(json.dumps(old_style))
+
+    monkeypatch.chdir(tmp_path)
+    again = _run(["train", "--resume", "project/runs/x", "--epochs", "2"])
+    assert again.exit_code == 0, again.output
+    assert f"has the relative --data data/train.jsonl; using {project / 'data' / 'train.jsonl'}" in again.output
+    assert json.loads(args_file.read_text())["data"] == str(project / "data" / "train.jsonl")
 
 
 def test_resume_with_another_model_is_one_line(tmp_path):
@@ -144,9 +200,46 @@ def test_banner_and_show_tell_what_was_trained(tmp_path):
 def test_select_prints_the_parameter_share_of_each_selected_tensor():
     result = _run(["select", "--tiny", "opt", "--rho", "0.6"])
     assert result.exit_code == 0, result.output
-    head, *names = result.output.splitlines()
+    importance, shape, head, *names = result.output.splitlines()
+    assert importance.startswith("importance: uniform") and "not what training would pick" in importance
+    assert shape == "profiled at batch 4 x 512 tokens (the model's maximum positions)"  # the tiny config's 512
     assert "% of parameters" in head
     assert all(line.endswith("% of parameters)") for line in names if line.startswith("  "))
+
+
+def test_select_with_a_runs_saved_importance_picks_what_training_picked(tmp_path):
+    out = tmp_path / "run"
+    trained = _run([*BASE, "--rho", "0.6", "--output-dir", str(out)])
+    assert trained.exit_code == 0, trained.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        saved = out / "importance" / f"epoch-{record['epoch']}.json"
+        result = _run(["select", "--tiny", "opt", "--rho", "0.6", "--importance", str(saved), "--json"])
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output)
+        assert answer["selected"] == record["selected"]
+        assert answer["profiled_at"]["from"] == "the run's shape" and answer["importance"] == str(saved)
+        text = _run(["select", "--tiny", "opt", "--rho", "0.6", "--importance", str(saved)])
+        assert text.output.splitlines()[0] == f"importance: {saved} (epoch {record['epoch']} of the run)"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[1, 2]", "must map tensor names to numbers"),
+    ('{"importance": {"no.such.weight": 1.0}}', "names tensors the model does not train: no.such.weight"),
+    ('{"lm_head.weight": "high"}', "importance of 'lm_head.weight' is not a number"),
+    ("{", "is not valid JSON"),
+])
+def test_select_bad_importance_files_are_one_line(tmp_path, content, expected):
+    path = tmp_path / "importance.json"
+    path.write_text(content)
+    result = _run(["select", "--tiny", "opt", "--rho", "0.5", "--importance", str(path)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and expected in result.output, result.output
+
+
+def test_select_asks_for_a_sequence_length_when_the_config_has_none():
+    result = _run(["select", "--tiny", "bloom", "--rho", "0.5"])  # ALiBi: no position table
+    assert result.exit_code == 2 and "give --seq-len" in result.output, result.output
+    assert _run(["select", "--tiny", "bloom", "--rho", "0.5", "--seq-len", "32"]).exit_code == 0
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "select", "profile", "show"])

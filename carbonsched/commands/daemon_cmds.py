@@ -15,7 +15,7 @@ from carbonsched.types import iso_utc
 
 CONFIG_ENV = "CARBONSCHED_CONFIG"
 
-SocketOption = typer.Option(None, "--socket", help="Daemon socket (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")
+SocketOption = typer.Option(None, "--socket", help="Daemon socket (default: $CARBONSCHED_SOCKET, else your own daemon's socket while it listens, else the service's /run/carbonsched/).")
 JsonOption = typer.Option(False, "--json", help="Print the daemon's reply as JSON.")
 TimeoutOption = typer.Option(2.0, "--timeout-s", help="Give up waiting for the daemon after this many seconds.")
 
@@ -40,7 +40,7 @@ def _ask(socket_path: Optional[Path], timeout_s: float, op: str, **fields: Any) 
     except DaemonUnavailable as exc:
         if isinstance(exc.__cause__, TimeoutError) or "timed out" in str(exc):
             _fail(f"daemon at {client.socket_path} did not answer within {timeout_s:g} s")
-        _fail(f"no daemon at {client.socket_path} (is `carbonsched run` running?)")
+        _fail(f"no daemon at {client.socket_path} (start it: {client.start_hint})")
     except DaemonRequestError as exc:
         _fail(f"{exc.code}: {exc.message}")
     finally:

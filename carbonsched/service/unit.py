@@ -1,6 +1,6 @@
 """The systemd unit as installed on one machine: the shipped template (``carbonsched.service``
 beside this module, also at systemd/carbonsched.service) with the machine's own ExecStart,
-account, GPU groups and the home directories the interpreter needs."""
+account, GPU groups, the home directories the interpreter needs, and the installed README."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ STATE_DIR = Path("/var/lib/carbonsched")
 
 def shipped_unit_text() -> str:
     return resources.files("carbonsched.service").joinpath(UNIT_NAME).read_text(encoding="utf-8")
+
+
+def installed_readme() -> Path:
+    """systemd/README.md as installed with the package (beside this module): what the unit's
+    ``Documentation=`` names (``systemctl status`` shows it as Docs:) wherever pip put it."""
+    return Path(str(resources.files("carbonsched.service").joinpath("README.md")))
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ def render_unit(params: UnitParameters, template: str | None = None) -> str:
     lines = (template if template is not None else shipped_unit_text()).splitlines()
     exec_start = f"{shlex.quote(str(params.executable))} run --config {CONFIG_FILE}"
     lines = _replace_setting(lines, "ExecStart", [exec_start])
+    lines = _replace_setting(lines, "Documentation", [installed_readme().as_uri()])
     lines = _replace_setting(lines, "User", [params.user])
     lines = _replace_setting(lines, "Group", [params.user])
     if params.supplementary_groups:

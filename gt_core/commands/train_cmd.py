@@ -39,25 +39,13 @@ def _parse_reselect(value: str) -> str | int:
 def _load_data(
     data: str | None, val_data: str | None, source_field: str, target_field: str, limit: int | None, seed: int
 ) -> tuple[list, list]:
-    from gt_core.data import load_examples
+    from gt_core.run_data import split_run_data
 
-    if data is None:
-        from gt_core.embedded_task import embedded_task
-
-        if val_data is not None:
-            raise _BadInput("--val-data needs --data")
-        train, val = embedded_task(seed=seed)
-    else:
-        fields = dict(source_field=source_field, target_field=target_field)
-        train = load_examples(data, split="train", **fields)
-        if val_data is not None:
-            val = load_examples(val_data, split="validation", **fields)
-        elif Path(data).exists():
-            # A single local file: hold out its last tenth for validation.
-            held_out = max(1, len(train) // 10) if len(train) > 1 else 0
-            train, val = train[: len(train) - held_out], train[len(train) - held_out :]
-        else:
-            val = load_examples(data, split="validation", **fields)
+    try:
+        split = split_run_data(data, val_data, source_field=source_field, target_field=target_field, seed=seed)
+    except ValueError as exc:  # DataError included
+        raise _BadInput(str(exc)) from None
+    train, val = split.train, split.validation
     if limit is not None:
         train, val = train[:limit], val[: max(1, limit // 8)]
     if not train:
@@ -82,16 +70,11 @@ def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
 def _load_model_and_tokenizer(
     tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
 ) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
-    from gt_core.tokenizer import load_tokenizer
+    from gt_core.models import ModelLoadError, load_model_and_tokenizer, load_tiny_for_training
 
     try:
         if tiny is not None:
-            tokenizer = load_tokenizer(None, tiny=True)
-            # The local tokenizer decides the vocabulary; the tiny model is sized to it. Its LM head
-            # is untied: in a random-init model the tied embedding is most of what there is to
-            # learn, and tied it sits at the input end where no budget below 1 can reach it.
-            return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
+            return load_tiny_for_training(tiny)
         assert model_name is not None
         return load_model_and_tokenizer(model_name, torch_dtype=torch_dtype, device_map=device_map)
     except ModelLoadError as exc:
@@ -108,7 +91,7 @@ def _check_daemon_answers(rho_source: Any, fallback_rho: float, *, optional: boo
     where = f"carbonsched daemon not reachable at {rho_source.socket_path} ({reason})"
     if not optional:
         raise _BadInput(
-            f"{where}; start it (carbonsched run), fix --rho-from daemon:SOCKET, "
+            f"{where}; start it ({rho_source.client.start_hint}), fix --rho-from daemon:SOCKET, "
             f"or add --daemon-optional to train on --rho {fallback_rho:g}"
         )
     typer.echo(
