@@ -26,6 +26,7 @@ from carbonsched.types import (
 log = logging.getLogger("carbonsched.daemon")
 
 PRUNE_INTERVAL_S = 3600.0
+HEARTBEAT_S = 2.0  # how often the run records that it is alive (bounds what a kill -9 leaves unknown)
 
 
 class PeriodicWork:
@@ -38,6 +39,7 @@ class PeriodicWork:
         self._job_policies: dict[str, Any] = {}  # job_id -> its copy of the policy; under _decide_lock
         self._policy_copied: Any = None  # the policy those copies were made from
         self.job_planner = JobPlanner()  # deadline jobs: plans, and the pauses their trainers report
+        self.run_started_s: float | None = None  # this daemon run's start (unix s), once begin_run() recorded it
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -51,6 +53,7 @@ class PeriodicWork:
             ("decide", self.decide, intervals.decide_s),
             ("prune", self.prune, PRUNE_INTERVAL_S),
             ("check_jobs", self.check_jobs, intervals.check_jobs_s),
+            ("heartbeat", self.heartbeat, HEARTBEAT_S),
             ("watchdog", watchdog, watchdog_interval_s),
         ]
         for job_id, func, seconds in jobs:
@@ -72,6 +75,21 @@ class PeriodicWork:
                 self.state.record_error(where, f"{type(exc).__name__}: {exc}")
 
         return run
+
+    # -- the daemon's run -------------------------------------------------------------------------
+
+    def begin_run(self) -> None:
+        """Record this daemon run in the store (and give a killed previous run its stop)."""
+        self.run_started_s = utcnow().timestamp()
+        self.store.start_daemon_run(self.run_started_s)
+
+    def heartbeat(self) -> None:
+        if self.run_started_s is not None:
+            self.store.daemon_alive(self.run_started_s, utcnow().timestamp())
+
+    def end_run(self) -> None:
+        if self.run_started_s is not None:
+            self.store.end_daemon_run(self.run_started_s, utcnow().timestamp())
 
     # -- poll ----------------------------------------------------------------------------------
 
@@ -252,17 +270,32 @@ class PeriodicWork:
                 job["job_id"], ", ".join(str(p) for p in sorted(pids)),
             )
 
-    def close_open_epochs(self, job: dict[str, Any], closed_by: str) -> None:
-        """End the job's epochs that started but never reported their end, with the energy used
-        up to now (else it would be nobody's once the job is no longer running)."""
-        unfinished = [e for e in self.store.epochs(job["job_id"]) if e["ended_at"] is None and e["started_at"] is not None]
+    def close_open_epochs(
+        self, job: dict[str, Any], closed_by: str, *, keep_epoch: int | None = None, not_after_s: float | None = None,
+    ) -> None:
+        """End the job's epochs that started but never reported their end (all but ``keep_epoch``),
+        so none stays open beside the job's later epochs and none is nobody's once the job stops.
+        Each ends at the last evidence the daemon has of it: the first daemon stop since it
+        started (the daemon knows nothing after that), else now or ``not_after_s`` (where the
+        job's next epoch began). Its energy is measured up to there, and ``extra`` says the end
+        was inferred (``end_inferred``) and by what (``closed_by``)."""
+        unfinished = [
+            e for e in self.store.epochs(job["job_id"])
+            if e["ended_at"] is None and e["started_at"] is not None and e["epoch"] != keep_epoch
+        ]
         if not unfinished:
             return
         self.sample_power_now()
-        now = utcnow()
+        now_s = utcnow().timestamp()
+        evidence_s = now_s if not_after_s is None else min(now_s, not_after_s)
         for epoch in unfinished:
-            energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+            started_s = epoch["started_at"]
+            stop_s = self.store.daemon_stop_after(
+                started_s, before_run=self.run_started_s if self.run_started_s is not None else now_s)
+            end_s = max(started_s, evidence_s if stop_s is None else min(stop_s, evidence_s))
+            energy = epoch_energy(self.store, job, started_s, end_s, now_s=now_s)
+            inferred = "daemon stopped" if stop_s is not None and stop_s <= evidence_s else closed_by
             self.store.end_epoch(
-                job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": closed_by},
-                **energy.epoch_columns(),
+                job["job_id"], epoch["epoch"], ended_at=end_s,
+                extra={**epoch["extra"], "closed_by": closed_by, "end_inferred": inferred}, **energy.epoch_columns(),
             )
