@@ -134,7 +134,7 @@ class Daemon:
             raise StartupError(f"store in {cfg.state_dir}: {exc}") from exc
         self.work = PeriodicWork(self.state, self.store, self.meter)
         self.work.begin_run()
-        self.work.start_carbon_counters()
+        self.work.queue_counter_recovery()
         ops = socket_ops.OpContext(state=self.state, store=self.store, work=self.work, reload=self.reload, status=self.status)
         try:
             ensure_runtime_dir(cfg.socket.parent)
