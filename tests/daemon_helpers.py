@@ -155,8 +155,23 @@ class DaemonProcess:
             conn.close()
             return True
 
-        assert wait_until(answers, timeout_s), f"daemon not ready:\n{self.log()}"
+        try:
+            ready = wait_until(answers, timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        if not ready:  # never leave a daemon running that no test will stop
+            log = self.log()
+            self.kill()
+            raise AssertionError(f"daemon not ready within {timeout_s:g} s (killed):\n{log}")
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (if it still runs) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
 
     def conn(self) -> LineConn:
         return LineConn(self.socket)
