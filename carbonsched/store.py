@@ -595,7 +595,8 @@ class Store:
             params.extend(devices)
         rows = self._rows(sql + ' ORDER BY "start", device', params)
         for row in rows:
-            row["pids"] = json.loads(row["pids"] or "[]")
+            pids = row["pids"]
+            row["pids"] = [] if not pids or pids == "[]" else json.loads(pids)  # most rows list none (CPU, RAM)
         return rows
 
     def decisions(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
