@@ -131,6 +131,9 @@ def _stop_in_epoch_and_restart_later(tmp_path: Path, stop_signal: int) -> tuple[
     billed_j = totals["energy_kwh"] * J_PER_KWH
     assert 0.9 * measured_j <= billed_j <= measured_j * (1 + 1e-9) + 1e-6, (totals, measured_j)
     assert billed_j <= job_span_j * (1 + 1e-9) + 1e-6
+    print(f"\n{signal.Signals(stop_signal).name} to the daemon in epoch 1, back after epoch 2: epochs "
+          f"{sorted(e['epoch'] for e in report['epochs'])}, {totals['duration_s']:.1f} s billed of {wall_s:.1f} s wall, "
+          f"{billed_j:.1f} J billed of {measured_j:.1f} J measured over the epochs ({job_span_j:.1f} J over the job)")
     by_epoch = {e["epoch"]: e for e in report["epochs"]}
     # Epoch 2 ran while no daemon listened; epoch 3 is recorded if the daemon was ready for it.
     assert {0, 1, 4, 5} <= set(by_epoch) <= {0, 1, 3, 4, 5}, by_epoch.keys()
