@@ -173,3 +173,28 @@ def test_trainer_killed_during_an_epoch_leaves_a_consistent_store(tmp_path):
             epochs = store.epochs(JOB_ID)
         assert [e["epoch"] for e in epochs] == [0, 1]
         assert epochs[1]["extra"]["end_inferred"] == "check_jobs" and epochs[1]["ended_at"] is not None
+
+
+def test_an_epoch_run_again_without_its_start_is_billed_from_its_wall_time_not_its_old_start():
+    with short_dir() as d:
+        daemon = DaemonProcess(d).wait_ready()
+        db = daemon.state_dir / "carbonsched.sqlite3"
+        try:
+            conn = daemon.conn()
+            job = {"job_id": "again"}
+            assert conn.ask(op="job.start", model="m", scheme="green", pid=os.getpid(), **job)["ok"]
+            for epoch in (0, 1, 2):
+                assert conn.ask(op="epoch.start", epoch=epoch, rho_asked=0.5, **job)["ok"]
+                assert conn.ask(op="epoch.end", epoch=epoch, rho_asked=0.5, rho_effective=0.5, wall_s=0.01, **job)["ok"]
+            # The trainer resumes from the checkpoint after epoch 0 and runs epoch 1 again; its
+            # epoch.start is lost (the daemon was away), its end arrives with the epoch's wall time.
+            assert conn.ask(op="job.start", model="m", scheme="green", pid=os.getpid(), **job)["ok"]
+            reply = conn.ask(op="epoch.end", epoch=1, rho_asked=0.5, rho_effective=0.5, wall_s=0.02, **job)
+            assert reply["ok"], reply
+            conn.close()
+        finally:
+            daemon.stop()
+        _assert_store_consistent(db)
+        with Store(db, read_only=True) as store:
+            _first, again, third = store.epochs("again")
+        assert again["ended_at"] - again["started_at"] <= 0.02 + 1e-6 and again["started_at"] >= third["ended_at"]
