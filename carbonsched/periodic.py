@@ -165,6 +165,7 @@ class PeriodicWork:
         the background: :meth:`recover_counters` (a scheduled tick) does a few jobs at a time, so
         the socket answers at once however much the store holds."""
         with self._recovery_lock:
+            self.state.begin_restore()
             self._recovery = deque([None, *(job["job_id"] for job in self.store.jobs(status="running"))])
             self._recovery_j_per_flop = {}
 
@@ -177,7 +178,7 @@ class PeriodicWork:
             until = utcnow() if self.run_started_s is None else datetime.fromtimestamp(self.run_started_s, timezone.utc)
             for _ in range(max_jobs):
                 if not self._recovery:
-                    return False
+                    break
                 job_id = self._recovery.popleft()
                 if job_id is None:
                     _energy_j, today_g = self.store.energy_and_carbon(start_of_utc_day(until), until)
@@ -186,6 +187,8 @@ class PeriodicWork:
                 job = self.store.job(job_id)
                 if job is not None and job["status"] == "running":
                     self.state.restore_job_counters(job_id, self._stored_counters(job, until.timestamp()))
+            if not self._recovery:
+                self.state.end_restore()
             return bool(self._recovery)
 
     def _stored_counters(self, job: dict[str, Any], until_s: float) -> JobCounters:
@@ -293,7 +296,7 @@ class PeriodicWork:
 
     def check_jobs(self, max_jobs: int = CHECK_JOBS_PER_TICK) -> None:
         """A running job whose processes are all gone (killed, crashed, OOM) without job.end is
-        marked failed, and its open epoch is closed with the energy used up to now, so it stops
+        marked failed, and its open epoch is closed (see close_open_epochs), so it stops
         taking a share of the node's CPU/RAM energy from the jobs that run after it. Only jobs
         whose pids this daemon can see (same pid namespace) are checked; at most ``max_jobs`` are
         closed per tick (after a restart many may be waiting), the next tick goes on."""
