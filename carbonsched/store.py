@@ -401,6 +401,7 @@ class Store:
         self._write("UPDATE daemon_runs SET alive_at = max(alive_at, ?) WHERE started_at = ?", (alive_at, run_started_at))
 
     def end_daemon_run(self, run_started_at: float, stopped_at: float) -> None:
+        """The run that started at ``run_started_at`` stops at ``stopped_at`` (unix s)."""
         self._write("UPDATE daemon_runs SET alive_at = max(alive_at, ?), stopped_at = ? WHERE started_at = ?",
                     (stopped_at, stopped_at, run_started_at))
 
