@@ -41,6 +41,7 @@ SECTIONS = {
     "ablation": "importance_ablation",
     "overhead": "overhead",
     "daemon": "daemon_latency",
+    "startup": "daemon_startup",
     "large": "large_models",
     "scheduling": "scheduling",
     "memory": "memory",
@@ -137,6 +138,10 @@ def run_section(name: str, quick: bool) -> None:
         from bench import daemon_latency
 
         daemon_latency.main(quick)
+    elif name == "startup":
+        from bench import daemon_startup
+
+        daemon_startup.main(quick)
     elif name == "large":
         from bench import large_models
 

@@ -170,52 +170,102 @@ def job_windows(store: Store, start_s: float, end_s: float, *, now_s: float) -> 
     return windows
 
 
-def _target_share(
-    sample_start: float, sample_end: float, target: JobWindow, others: Sequence[JobWindow]
-) -> list[tuple[float, float, float]]:
-    """Pieces (start, end, fraction) of the sample's span inside ``target`` where ``target``'s
-    job gets ``fraction`` of the power (1 / jobs eligible and active there)."""
-    lo, hi = max(sample_start, target.start_s), min(sample_end, target.end_s)
-    if hi <= lo:
+def share_pieces(start_s: float, end_s: float, others: Sequence[JobWindow]) -> list[tuple[float, float, float]]:
+    """Pieces (start, end, fraction) tiling [start_s, end_s) where one job gets ``fraction`` of
+    the power: 1 / (1 + other jobs with a window ``others`` active there). One sweep over the
+    sorted window boundaries: O(W log W) for W windows."""
+    if end_s <= start_s:
         return []
-    cuts = {lo, hi}
+    events: list[tuple[float, int, str]] = []
     for w in others:
-        for t in (w.start_s, w.end_s):
-            if lo < t < hi:
-                cuts.add(t)
-    points = sorted(cuts)
-    pieces = []
-    for a, b in zip(points, points[1:]):
-        mid = (a + b) / 2
-        jobs = {w.job_id for w in others if w.start_s <= mid < w.end_s} | {target.job_id}
-        pieces.append((a, b, 1.0 / len(jobs)))
+        if w.start_s < w.end_s and w.start_s < end_s and w.end_s > start_s:
+            events.append((max(w.start_s, start_s), 1, w.job_id))
+            events.append((min(w.end_s, end_s), -1, w.job_id))
+    events.sort(key=lambda event: event[0])
+    active: dict[str, int] = {}  # job id -> its windows active at the sweep point
+    pieces, at, i = [], start_s, 0
+    while at < end_s:
+        while i < len(events) and events[i][0] <= at:
+            _t, step, job_id = events[i]
+            count = active.get(job_id, 0) + step
+            if count:
+                active[job_id] = count
+            else:
+                del active[job_id]
+            i += 1
+        upto = events[i][0] if i < len(events) else end_s
+        pieces.append((at, upto, 1.0 / (1 + len(active))))
+        at = upto
     return pieces
 
 
-def _target_power(
-    sample: dict[str, Any], target: JobWindow, others: Sequence[JobWindow]
-) -> list[tuple[float, float, float]]:
-    """Pieces (start, end, W) of one energy sample's power that belong to ``target``'s job."""
-    span_s = sample["end"] - sample["start"]
-    if span_s <= 0:
-        return []
-    power_w = sample["energy_j"] / span_s
-    eligible = [w for w in others if w.eligible(sample["device"], sample["pids"])]
-    return [(a, b, power_w * fraction) for a, b, fraction in _target_share(sample["start"], sample["end"], target, eligible)]
+class WindowShare:
+    """The power pieces of energy samples that belong to one job over [start_s, end_s), given the
+    other jobs' windows. Samples must come in order of start (as ``Store.energy_samples`` returns
+    them): each class of samples with the same eligible windows (non-GPU devices; a GPU with a
+    given pid list) gets its share pieces once and walks them with one pointer, so a window's
+    energy costs O(samples + windows) pieces, not O(samples × windows²)."""
+
+    def __init__(self, start_s: float, end_s: float, owner: JobWindow, others: Sequence[JobWindow]):
+        self.start_s, self.end_s, self.owner = start_s, end_s, owner
+        self.others = [w for w in others if w.job_id != owner.job_id]
+        self._classes: dict[tuple[str, tuple[int, ...]], list[Any]] = {}  # key -> [pieces, pointer]
+
+    def _class_of(self, device: str, pids: Sequence[int]) -> list[Any]:
+        key = ("", ()) if not device.startswith("gpu") else (device, tuple(sorted(pids)))
+        entry = self._classes.get(key)
+        if entry is None:
+            eligible = [w for w in self.others if w.eligible(device, pids)]
+            entry = self._classes[key] = [share_pieces(self.start_s, self.end_s, eligible), 0]
+        return entry
+
+    def power_pieces(self, sample: dict[str, Any]) -> list[tuple[float, float, float]]:
+        """Pieces (start, end, W) of one energy sample's power that belong to the job."""
+        span_s = sample["end"] - sample["start"]
+        if span_s <= 0 or not self.owner.eligible(sample["device"], sample["pids"]):
+            return []
+        power_w = sample["energy_j"] / span_s
+        entry = self._class_of(sample["device"], sample["pids"])
+        pieces, i = entry
+        while i < len(pieces) and pieces[i][1] <= sample["start"]:
+            i += 1
+        entry[1] = i
+        out = []
+        while i < len(pieces) and pieces[i][0] < sample["end"]:
+            a, b = max(pieces[i][0], sample["start"]), min(pieces[i][1], sample["end"])
+            if b > a:
+                out.append((a, b, power_w * pieces[i][2]))
+            i += 1
+        return out
+
+
+def merged_intervals(intervals: Iterable[tuple[float, float]]) -> list[list[float]]:
+    """The union of ``intervals`` as sorted, disjoint [start, end] pairs."""
+    merged: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
 
 
 def sample_job_energy_j(samples: Iterable[dict[str, Any]], windows: Sequence[JobWindow]) -> dict[str, float]:
     """Each job's energy (J) in ``samples`` (rows shaped like ``Store.energy_samples``), split
-    between the epoch ``windows`` as :func:`epoch_energy` splits it."""
+    between the epoch ``windows`` as :func:`epoch_energy` splits it (a job's overlapping windows
+    count once)."""
+    ordered = sorted(samples, key=lambda sample: sample["start"])
+    by_job: dict[str, list[JobWindow]] = {}
+    for w in windows:
+        by_job.setdefault(w.job_id, []).append(w)
     shares: dict[str, float] = {}
-    for sample in samples:
-        for target in windows:
-            if not target.eligible(sample["device"], sample["pids"]):
-                continue
-            others = [w for w in windows if w.job_id != target.job_id]
-            energy_j = sum(power_w * (b - a) for a, b, power_w in _target_power(sample, target, others))
-            if energy_j:
-                shares[target.job_id] = shares.get(target.job_id, 0.0) + energy_j
+    for job_id, own in by_job.items():
+        energy_j = 0.0
+        for start_s, end_s in merged_intervals((w.start_s, w.end_s) for w in own if w.end_s > w.start_s):
+            share = WindowShare(start_s, end_s, own[0], windows)
+            energy_j += sum(power_w * (b - a) for sample in ordered for a, b, power_w in share.power_pieces(sample))
+        if energy_j:
+            shares[job_id] = energy_j
     return shares
 
 
@@ -225,7 +275,7 @@ def epoch_energy(
     """Energy and carbon attributed to ``job`` over its epoch window [start_s, end_s)."""
     now_s = end_s if now_s is None else now_s
     target = _window(job, start_s, end_s)
-    others = [w for w in job_windows(store, start_s, end_s, now_s=now_s) if w.job_id != target.job_id]
+    share = WindowShare(start_s, end_s, target, job_windows(store, start_s, end_s, now_s=now_s))
     curve = IntensityCurve.from_store(store, start_s, end_s)
     by_kind = {"gpu": 0.0, "cpu": 0.0, "ram": 0.0}
     carbon_g = 0.0
@@ -233,10 +283,8 @@ def epoch_energy(
     gpu_modes: set[str] = set()
     for row in store.energy_samples(start_s, end_s):
         device, pids = row["device"], row["pids"]
-        if not target.eligible(device, pids):
-            continue
         energy_j = 0.0
-        for a, b, power_w in _target_power(row, target, others):
+        for a, b, power_w in share.power_pieces(row):
             energy_j += power_w * (b - a)
             carbon_g += power_w * curve.integral(a, b) / J_PER_KWH
         if energy_j == 0.0:
@@ -261,12 +309,7 @@ def epoch_energy(
 
 def node_energy_j(store: Store, windows: Iterable[tuple[float, float]]) -> float:
     """The node's energy over the union of ``windows`` (every device), for cross-checks."""
-    merged: list[list[float]] = []
-    for a, b in sorted(windows):
-        if merged and a <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
+    merged = merged_intervals(windows)
     if not merged:
         return 0.0
     total = 0.0

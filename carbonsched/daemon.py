@@ -133,7 +133,8 @@ class Daemon:
         except (OSError, StoreError) as exc:
             raise StartupError(f"store in {cfg.state_dir}: {exc}") from exc
         self.work = PeriodicWork(self.state, self.store, self.meter)
-        self.work.start_carbon_counters()
+        self.work.begin_run()
+        self.work.queue_counter_recovery()
         ops = socket_ops.OpContext(state=self.state, store=self.store, work=self.work, reload=self.reload, status=self.status)
         try:
             ensure_runtime_dir(cfg.socket.parent)
@@ -224,6 +225,10 @@ class Daemon:
             self._metrics_server.shutdown()
         if self.work is not None:
             self.work.close_meter()
+            try:
+                self.work.end_run()
+            except Exception as exc:  # a read-only or full disk: the next start infers the stop
+                log.warning("recording the daemon's stop: %s", exc)
         if self.store is not None:
             self.store.close()
         log.info("stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from copy import deepcopy
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -26,6 +27,10 @@ from carbonsched.types import (
 log = logging.getLogger("carbonsched.daemon")
 
 PRUNE_INTERVAL_S = 3600.0
+RECOVERY_TICK_S = 0.5  # after a restart, how often a few more running jobs' counters are restored
+RECOVERY_JOBS_PER_TICK = 4
+CHECK_JOBS_PER_TICK = 8  # jobs whose processes died that one check_jobs tick closes
+HEARTBEAT_S = 2.0  # how often the run records that it is alive (bounds what a kill -9 leaves unknown)
 
 
 class PeriodicWork:
@@ -38,6 +43,10 @@ class PeriodicWork:
         self._job_policies: dict[str, Any] = {}  # job_id -> its copy of the policy; under _decide_lock
         self._policy_copied: Any = None  # the policy those copies were made from
         self.job_planner = JobPlanner()  # deadline jobs: plans, and the pauses their trainers report
+        self.run_started_s: float | None = None  # this daemon run's start (unix s), once begin_run() recorded it
+        self._recovery: deque[str | None] = deque()  # running jobs whose counters are still to restore (None: today's carbon)
+        self._recovery_lock = threading.Lock()
+        self._recovery_j_per_flop: dict[str, float | None] = {}  # model -> measured J/FLOP, for one recovery
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -51,6 +60,8 @@ class PeriodicWork:
             ("decide", self.decide, intervals.decide_s),
             ("prune", self.prune, PRUNE_INTERVAL_S),
             ("check_jobs", self.check_jobs, intervals.check_jobs_s),
+            ("heartbeat", self.heartbeat, HEARTBEAT_S),
+            ("recover_counters", self.recover_counters, RECOVERY_TICK_S),
             ("watchdog", watchdog, watchdog_interval_s),
         ]
         for job_id, func, seconds in jobs:
@@ -72,6 +83,21 @@ class PeriodicWork:
                 self.state.record_error(where, f"{type(exc).__name__}: {exc}")
 
         return run
+
+    # -- the daemon's run -------------------------------------------------------------------------
+
+    def begin_run(self) -> None:
+        """Record this daemon run in the store (and give a killed previous run its stop)."""
+        self.run_started_s = utcnow().timestamp()
+        self.store.start_daemon_run(self.run_started_s)
+
+    def heartbeat(self) -> None:
+        if self.run_started_s is not None:
+            self.store.daemon_alive(self.run_started_s, utcnow().timestamp())
+
+    def end_run(self) -> None:
+        if self.run_started_s is not None:
+            self.store.end_daemon_run(self.run_started_s, utcnow().timestamp())
 
     # -- poll ----------------------------------------------------------------------------------
 
@@ -128,28 +154,61 @@ class PeriodicWork:
                     log.warning("closing the energy meter: %s", exc)
 
     def start_carbon_counters(self) -> None:
-        """Today's carbon and each running job's counters so far, from the store (after a
-        restart): a job's energy and carbon are its ended epochs' plus its open epochs' up to
-        now, its avoided carbon its ended epochs' savings, its ρ its latest epoch's."""
-        now = utcnow()
-        _energy_j, today_g = self.store.energy_and_carbon(start_of_utc_day(now), now)
-        jobs = {}
-        for job in self.store.jobs(status="running"):
-            counters = JobCounters(model=job["model"], scheme=job["scheme"])
-            j_per_flop = measured_j_per_flop(self.store, job["model"])
-            for epoch in self.store.epochs(job["job_id"]):
-                if epoch["ended_at"] is not None:
-                    counters.energy_j += epoch["energy_j"] or 0.0
-                    counters.carbon_g += epoch["carbon_g"] or 0.0
-                    savings = recorded_epoch_savings(self.store, epoch, j_per_flop=j_per_flop)
-                    counters.carbon_avoided_g += (savings.saved_g or 0.0) if savings is not None else 0.0
-                elif epoch["started_at"] is not None:
-                    energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
-                    counters.energy_j += energy.energy_j
-                    counters.carbon_g += energy.carbon_g or 0.0
-                counters.rho_asked, counters.rho_effective = epoch["rho_asked"], epoch["rho_effective"]
-            jobs[job["job_id"]] = counters
-        self.state.start_carbon_counters(now, today_g or 0.0, jobs)
+        """Today's carbon and each running job's counters so far, from the store, restored now
+        (all at once; the daemon restores them in the background, see queue_counter_recovery)."""
+        self.queue_counter_recovery()
+        while self.recover_counters():
+            pass
+
+    def queue_counter_recovery(self) -> None:
+        """After a restart, restore today's carbon and the running jobs' counters from the store in
+        the background: :meth:`recover_counters` (a scheduled tick) does a few jobs at a time, so
+        the socket answers at once however much the store holds."""
+        with self._recovery_lock:
+            self.state.begin_restore()
+            self._recovery = deque([None, *(job["job_id"] for job in self.store.jobs(status="running"))])
+            self._recovery_j_per_flop = {}
+
+    def recover_counters(self, max_jobs: int = RECOVERY_JOBS_PER_TICK) -> bool:
+        """Restore up to ``max_jobs`` queued jobs' counters (and, first, today's carbon) as they
+        stood when this run started: a job's energy and carbon are its ended epochs' plus its open
+        epochs' up to then, its avoided carbon its ended epochs' savings, its ρ its latest epoch's.
+        The run counts what comes after live. True while some are left."""
+        with self._recovery_lock:
+            until = utcnow() if self.run_started_s is None else datetime.fromtimestamp(self.run_started_s, timezone.utc)
+            for _ in range(max_jobs):
+                if not self._recovery:
+                    break
+                job_id = self._recovery.popleft()
+                if job_id is None:
+                    _energy_j, today_g = self.store.energy_and_carbon(start_of_utc_day(until), until)
+                    self.state.restore_carbon_today(until, today_g or 0.0)
+                    continue
+                job = self.store.job(job_id)
+                if job is not None and job["status"] == "running":
+                    self.state.restore_job_counters(job_id, self._stored_counters(job, until.timestamp()))
+            if not self._recovery:
+                self.state.end_restore()
+            return bool(self._recovery)
+
+    def _stored_counters(self, job: dict[str, Any], until_s: float) -> JobCounters:
+        counters = JobCounters(model=job["model"], scheme=job["scheme"])
+        if job["model"] not in self._recovery_j_per_flop:
+            self._recovery_j_per_flop[job["model"]] = measured_j_per_flop(self.store, job["model"])
+        j_per_flop = self._recovery_j_per_flop[job["model"]]
+        for epoch in self.store.epochs(job["job_id"]):
+            if epoch["ended_at"] is not None:
+                counters.energy_j += epoch["energy_j"] or 0.0
+                counters.carbon_g += epoch["carbon_g"] or 0.0
+                savings = recorded_epoch_savings(self.store, epoch, j_per_flop=j_per_flop)
+                counters.carbon_avoided_g += (savings.saved_g or 0.0) if savings is not None else 0.0
+            elif epoch["started_at"] is not None and epoch["started_at"] < until_s:
+                end_s, _stopped = self.last_evidence_s(epoch["started_at"], until_s)
+                energy = epoch_energy(self.store, job, epoch["started_at"], end_s, now_s=until_s)
+                counters.energy_j += energy.energy_j
+                counters.carbon_g += energy.carbon_g or 0.0
+            counters.rho_asked, counters.rho_effective = epoch["rho_asked"], epoch["rho_effective"]
+        return counters
 
     # -- decide --------------------------------------------------------------------------------
 
@@ -238,15 +297,20 @@ class PeriodicWork:
         if removed:
             log.info("pruned %d samples older than %g days", removed, retention_days)
 
-    def check_jobs(self) -> None:
+    def check_jobs(self, max_jobs: int = CHECK_JOBS_PER_TICK) -> None:
         """A running job whose processes are all gone (killed, crashed, OOM) without job.end is
-        marked failed, and its open epoch is closed with the energy used up to now, so it stops
+        marked failed, and its open epoch is closed (see close_open_epochs), so it stops
         taking a share of the node's CPU/RAM energy from the jobs that run after it. Only jobs
-        whose pids this daemon can see (same pid namespace) are checked."""
+        whose pids this daemon can see (same pid namespace) are checked; at most ``max_jobs`` are
+        closed per tick (after a restart many may be waiting), the next tick goes on."""
+        closed = 0
         for job in self.store.jobs(status="running"):
             pids = job_pids(job)
             if not job.get("pids_local") or any(process_alive(p) for p in pids):
                 continue
+            if closed == max_jobs:
+                return
+            closed += 1
             self.close_open_epochs(job, "check_jobs")
             self.store.end_job(job["job_id"], "failed", utcnow())
             self.state.job_ended(job["job_id"])
@@ -255,17 +319,39 @@ class PeriodicWork:
                 job["job_id"], ", ".join(str(p) for p in sorted(pids)),
             )
 
-    def close_open_epochs(self, job: dict[str, Any], closed_by: str) -> None:
-        """End the job's epochs that started but never reported their end, with the energy used
-        up to now (else it would be nobody's once the job is no longer running)."""
-        unfinished = [e for e in self.store.epochs(job["job_id"]) if e["ended_at"] is None and e["started_at"] is not None]
+    def close_open_epochs(
+        self, job: dict[str, Any], closed_by: str, *, keep_epoch: int | None = None, not_after_s: float | None = None,
+    ) -> None:
+        """End the job's epochs that started but never reported their end (all but ``keep_epoch``),
+        so none stays open beside the job's later epochs and none is nobody's once the job stops.
+        Each ends at the last evidence the daemon has of it: the first daemon stop since it
+        started (the daemon knows nothing after that), else now or ``not_after_s`` (where the
+        job's next epoch began). Its energy is measured up to there, and ``extra`` says the end
+        was inferred (``end_inferred``) and by what (``closed_by``)."""
+        unfinished = [
+            e for e in self.store.epochs(job["job_id"])
+            if e["ended_at"] is None and e["started_at"] is not None and e["epoch"] != keep_epoch
+        ]
         if not unfinished:
             return
         self.sample_power_now()
-        now = utcnow()
+        now_s = utcnow().timestamp()
+        evidence_s = now_s if not_after_s is None else min(now_s, not_after_s)
         for epoch in unfinished:
-            energy = epoch_energy(self.store, job, epoch["started_at"], now.timestamp())
+            end_s, stopped = self.last_evidence_s(epoch["started_at"], evidence_s)
+            energy = epoch_energy(self.store, job, epoch["started_at"], end_s, now_s=now_s)
             self.store.end_epoch(
-                job["job_id"], epoch["epoch"], ended_at=now, extra={**epoch["extra"], "closed_by": closed_by},
+                job["job_id"], epoch["epoch"], ended_at=end_s,
+                extra={**epoch["extra"], "closed_by": closed_by, "end_inferred": "daemon stopped" if stopped else closed_by},
                 **energy.epoch_columns(),
             )
+
+    def last_evidence_s(self, started_s: float, evidence_s: float) -> tuple[float, bool]:
+        """The latest instant (unix s) the daemon knows an epoch open since ``started_s`` was in
+        progress, given later evidence at ``evidence_s``: the stop of the daemon run it started
+        under, if that run is over and stopped first; True when it is that stop."""
+        before_run = self.run_started_s if self.run_started_s is not None else evidence_s
+        stop_s = self.store.daemon_stop_after(started_s, before_run=before_run)
+        if stop_s is not None and stop_s <= evidence_s:
+            return max(started_s, stop_s), True
+        return max(started_s, evidence_s), False

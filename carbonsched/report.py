@@ -71,6 +71,7 @@ class EpochRow:
     cpu_kwh: float | None = None
     ram_kwh: float | None = None
     gpu_attribution: str | None = None
+    end_inferred: str | None = None  # the daemon never heard the epoch end: what its end was inferred from
 
 
 def _total(epochs: Sequence[EpochRow], name: str) -> float | None:
@@ -155,6 +156,7 @@ def _epoch_row(store: Store, job_id: str, e: dict[str, Any], j_per_flop: float |
         saved_label=None if savings is None else savings.label,
         train_loss=e["train_loss"], val_loss=e["val_loss"],
         gpu_kwh=kwh("gpu_j"), cpu_kwh=kwh("cpu_j"), ram_kwh=kwh("ram_j"), gpu_attribution=e.get("gpu_attribution"),
+        end_inferred=(e.get("extra") or {}).get("end_inferred"),
     )
 
 
@@ -235,6 +237,7 @@ def _merge_epoch(rows: Sequence[EpochRow]) -> EpochRow:
         gpu_kwh=_sum([r.gpu_kwh for r in rows]), cpu_kwh=_sum([r.cpu_kwh for r in rows]),
         ram_kwh=_sum([r.ram_kwh for r in rows]),
         gpu_attribution=attributions[0] if len(attributions) == 1 else ("mixed" if attributions else None),
+        end_inferred=first("end_inferred"),
     )
 
 
@@ -387,7 +390,7 @@ def format_table(reports: Sequence[JobReport]) -> str:
                 _f(e.rho_asked, ".2f"), _f(e.rho_effective, ".3f"), _f(e.flops, ".3e"), _f(e.flops_full, ".3e"),
                 _f(e.energy_kwh, ".3e"), _f(e.carbon_g, ".4f"), _f(e.saved_kwh, ".3e"), _f(e.saved_g, ".4f"),
                 e.saved_label or "-",
-            ]))
+            ]) + (f"  end inferred ({e.end_inferred})" if e.end_inferred else ""))
         flops, full = r.total("flops"), r.total("flops_full")
         share = f" ({flops / full:.3f} of full)" if flops and full else ""
         lines.append(

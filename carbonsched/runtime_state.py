@@ -159,6 +159,7 @@ class RuntimeState:
         self._carbon_total_g = 0.0
         self._carbon_avoided_g: dict[str, float] = {}
         self._jobs: dict[str, JobCounters] = {}
+        self._ended_job_ids: set[str] | None = None  # while counters are being restored: jobs ended meanwhile
         self._energy_totals_j: dict[tuple[str, str], float] = {}
 
     # -- settings ------------------------------------------------------------------------------
@@ -216,12 +217,38 @@ class RuntimeState:
 
     # -- energy and carbon ---------------------------------------------------------------------
 
-    def start_carbon_counters(self, now: datetime, today_g: float, jobs: Mapping[str, JobCounters]) -> None:
-        """Today's carbon and the running jobs' counters as the store has them (after a restart)."""
+    def restore_carbon_today(self, until: datetime, today_g: float) -> None:
+        """Add today's carbon (gCO2e) up to ``until`` as the store has it (after a restart; the live
+        count covers what came after)."""
         with self.lock:
-            self._carbon_day = start_of_utc_day(now)
-            self._carbon_today_g = today_g
-            self._jobs.update(jobs)
+            if self._carbon_day is None:
+                self._carbon_day = start_of_utc_day(until)
+            if self._carbon_day == start_of_utc_day(until):
+                self._carbon_today_g += today_g
+
+    def begin_restore(self) -> None:
+        """Counters are about to be restored from the store: remember the jobs that end meanwhile."""
+        with self.lock:
+            self._ended_job_ids = set()
+
+    def end_restore(self) -> None:
+        with self.lock:
+            self._ended_job_ids = None
+
+    def restore_job_counters(self, job_id: str, stored: JobCounters) -> None:
+        """Add a running job's counters as the store has them (after a restart) to what the live
+        count has seen since; a job that ended meanwhile stays ended."""
+        with self.lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                if self._ended_job_ids is None or job_id not in self._ended_job_ids:
+                    self._jobs[job_id] = stored
+                return
+            job.energy_j += stored.energy_j
+            job.carbon_g += stored.carbon_g
+            job.carbon_avoided_g += stored.carbon_avoided_g
+            if job.rho_asked is None:
+                job.rho_asked, job.rho_effective = stored.rho_asked, stored.rho_effective
 
     def add_energy(
         self, readings: Iterable[EnergyReading], gpu_power_w: float | None, job_energy_j: Mapping[str, float]
@@ -278,6 +305,8 @@ class RuntimeState:
         """Stop counting the job; returns the carbon it used while counted (gCO2e)."""
         with self.lock:
             self._job_decisions.pop(job_id, None)
+            if self._ended_job_ids is not None:
+                self._ended_job_ids.add(job_id)
             job = self._jobs.pop(job_id, None)
             return job.carbon_g if job is not None else None
 

@@ -160,7 +160,9 @@ def declare_job(ctx: OpContext, job_id: str, fields: dict[str, Any]) -> None:
 
 
 def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
-    job_for(ctx, fields["job_id"], peer)
+    job = job_for(ctx, fields["job_id"], peer)
+    # An earlier epoch whose end never arrived ended before this one starts.
+    ctx.work.close_open_epochs(job, f"epoch.start {fields['epoch']}", keep_epoch=fields["epoch"])
     now = utcnow()
     ctx.store.start_epoch(
         fields["job_id"], fields["epoch"], rho_asked=fields["rho_asked"],
@@ -175,15 +177,29 @@ def op_epoch_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     ctx.work.sample_power_now()
     now = utcnow()
     job_id, epoch = fields["job_id"], fields["epoch"]
-    started_at = next((e["started_at"] for e in ctx.store.epochs(job_id) if e["epoch"] == epoch), None)
-    if started_at is None and fields.get("wall_s") is not None:
+    recorded = next((e for e in ctx.store.epochs(job_id) if e["epoch"] == epoch), None)
+    started_at = None if recorded is None else recorded["started_at"]
+    # An epoch that already ended is being run again (a resumed job whose epoch.start was lost):
+    # its old start would bill the interval of the epochs in between a second time.
+    repeated = recorded is not None and recorded["ended_at"] is not None and fields.get("wall_s") is not None
+    if repeated:
+        started_at = None
+    derived_start = started_at is None and fields.get("wall_s") is not None
+    if derived_start:
         started_at = now.timestamp() - fields["wall_s"]
+    ctx.work.close_open_epochs(job, f"epoch.end {epoch}", keep_epoch=epoch, not_after_s=started_at)
+    if derived_start:  # a start guessed from wall_s never reaches back into the job's earlier epochs
+        started_at = max([started_at, *(e["ended_at"] for e in ctx.store.epochs(job_id)
+                                        if e["epoch"] != epoch and e["ended_at"] is not None and e["ended_at"] <= now.timestamp())])
     accounting = None
     if started_at is not None:
         accounting = epoch_energy(ctx.store, job, started_at, now.timestamp())
     metrics = {k: v for k, v in fields.items() if k not in ("job_id", "epoch")}
     columns = accounting.epoch_columns() if accounting is not None else {}
-    ctx.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, **columns, **metrics)
+    if repeated:
+        ctx.store.start_epoch(job_id, epoch, rho_asked=fields["rho_asked"], rho_effective=fields.get("rho_effective"),
+                              started_at=started_at)
+    ctx.store.end_epoch(job_id, epoch, ended_at=now, extra=request.extra, started_at=started_at, **columns, **metrics)
     savings = None
     if accounting is not None:
         recorded = next(e for e in ctx.store.epochs(job_id) if e["epoch"] == epoch)

@@ -152,6 +152,16 @@ MIGRATIONS: list[str] = [
         power_w REAL
     );
     """,
+    # The daemon's own runs: when each started, was last known alive and stopped (NULL until it
+    # stops; a run that was killed is given its last sign of life when the next one starts). An
+    # epoch left open across a stop ends, as far as the daemon can know, at that stop.
+    """
+    CREATE TABLE daemon_runs (
+        started_at REAL PRIMARY KEY,
+        alive_at REAL NOT NULL,
+        stopped_at REAL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -389,6 +399,43 @@ class Store:
         )
         return cur.rowcount == 1
 
+    # -- the daemon's runs ------------------------------------------------------------------
+
+    def start_daemon_run(self, started_at: float) -> None:
+        """Record a daemon run starting at ``started_at`` (unix s). A previous run that never
+        recorded its stop (killed) is given one: its last heartbeat or the end of the last
+        energy sample it stored, whichever is later."""
+        with self._lock:
+            self._write(
+                "UPDATE daemon_runs SET stopped_at = max(alive_at, coalesce("
+                '(SELECT max("end") FROM energy_samples WHERE "end" >= daemon_runs.started_at AND "end" <= ?), '
+                "alive_at)) WHERE stopped_at IS NULL",
+                (started_at,),
+            )
+            self._write("INSERT OR REPLACE INTO daemon_runs (started_at, alive_at) VALUES (?, ?)", (started_at, started_at))
+
+    def daemon_alive(self, run_started_at: float, alive_at: float) -> None:
+        """The run that started at ``run_started_at`` is still alive at ``alive_at`` (unix s)."""
+        self._write("UPDATE daemon_runs SET alive_at = max(alive_at, ?) WHERE started_at = ?", (alive_at, run_started_at))
+
+    def end_daemon_run(self, run_started_at: float, stopped_at: float) -> None:
+        """The run that started at ``run_started_at`` stops at ``stopped_at`` (unix s)."""
+        self._write("UPDATE daemon_runs SET alive_at = max(alive_at, ?), stopped_at = ? WHERE started_at = ?",
+                    (stopped_at, stopped_at, run_started_at))
+
+    def daemon_stop_after(self, since_s: float, *, before_run: float) -> float | None:
+        """When the daemon run in force at ``since_s`` (unix s) stopped, if that run is not the
+        current one (started at ``before_run``); None when the current run was in force. A killed
+        run's last sign of life may predate ``since_s`` by up to a heartbeat: then ``since_s``."""
+        rows = self._rows(
+            "SELECT started_at, coalesce(stopped_at, alive_at) AS stop FROM daemon_runs WHERE started_at <= ? "
+            "ORDER BY started_at DESC LIMIT 1",
+            (since_s,),
+        )
+        if not rows or rows[0]["started_at"] >= before_run:
+            return None
+        return max(rows[0]["stop"], since_s)
+
     # -- node identity ----------------------------------------------------------------------
 
     def set_meta(self, key: str, value: str) -> None:
@@ -508,16 +555,17 @@ class Store:
         *,
         ended_at: datetime | float,
         extra: dict[str, Any] | None = None,
+        started_at: datetime | float | None = None,
         **values: float | str | None,
     ) -> None:
         """Record an epoch's end; an epoch that never reported its start is created with
-        ``started_at = ended_at - wall_s``."""
+        ``started_at`` if given, else ``ended_at - wall_s``."""
         unknown = set(values) - set(self.EPOCH_END_FIELDS)
         if unknown:
             raise TypeError(f"unknown epoch fields: {sorted(unknown)}")
         end_s = to_unix_s(ended_at)
         wall_s = values.get("wall_s")
-        start_guess = end_s - wall_s if wall_s is not None else None
+        start_guess = to_unix_s(started_at) if started_at is not None else end_s - wall_s if wall_s is not None else None
         cols = list(values)
         assignments = ", ".join(f"{c} = excluded.{c}" for c in cols)
         self._write(
@@ -588,7 +636,8 @@ class Store:
             params.extend(devices)
         rows = self._rows(sql + ' ORDER BY "start", device', params)
         for row in rows:
-            row["pids"] = json.loads(row["pids"] or "[]")
+            pids = row["pids"]
+            row["pids"] = [] if not pids or pids == "[]" else json.loads(pids)  # most rows list none (CPU, RAM)
         return rows
 
     def decisions(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:

@@ -22,11 +22,15 @@ CARBONSCHED_BIN = Path(sys.executable).parent / "carbonsched"
 
 @contextmanager
 def short_dir() -> Iterator[Path]:
-    """A fresh directory with a short path: unix socket paths are limited to 107 bytes."""
+    """A fresh directory with a short path: unix socket paths are limited to 107 bytes. On
+    leaving, whatever the path out (a failed assertion included), any daemon still running from it
+    is killed before the directory is deleted."""
     path = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
     try:
         yield path
     finally:
+        for daemon in [d for d in RUNNING_DAEMONS if d.workdir == path or path in d.workdir.parents]:
+            daemon.kill()
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -127,6 +131,9 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> 
     return predicate()
 
 
+RUNNING_DAEMONS: set["DaemonProcess"] = set()  # started and not yet stopped or killed
+
+
 class DaemonProcess:
     """`carbonsched run` as a real subprocess with short intervals."""
 
@@ -144,6 +151,7 @@ class DaemonProcess:
         full_env.update(env or {})
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=workdir)
+        RUNNING_DAEMONS.add(self)
 
     def wait_ready(self, timeout_s: float = 30.0) -> "DaemonProcess":
         def answers() -> bool:
@@ -155,8 +163,24 @@ class DaemonProcess:
             conn.close()
             return True
 
-        assert wait_until(answers, timeout_s), f"daemon not ready:\n{self.log()}"
+        try:
+            ready = wait_until(answers, timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        if not ready:  # never leave a daemon running that no test will stop
+            log = self.log()
+            self.kill()
+            raise AssertionError(f"daemon not ready within {timeout_s:g} s (killed):\n{log}")
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (if it still runs) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        RUNNING_DAEMONS.discard(self)
 
     def conn(self) -> LineConn:
         return LineConn(self.socket)
@@ -177,6 +201,7 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        RUNNING_DAEMONS.discard(self)
         return self.proc.returncode
 
 

@@ -112,3 +112,15 @@ def test_the_estimates_load_neither_codecarbon_nor_pandas():
             "print(sorted(k for k in ('pandas', 'numpy', 'codecarbon') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_cpu_name_comes_from_the_kernel_without_py_cpuinfos_subprocess(monkeypatch):
+    import cpuinfo
+
+    kernel_names = [line.partition(":")[2].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                    if line.partition(":")[0].strip() == "model name"]
+    if not kernel_names:
+        pytest.skip("no 'model name' in /proc/cpuinfo on this machine")
+    expected = cpuinfo.get_cpu_info().get("brand_raw")
+    monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: pytest.fail("py-cpuinfo's subprocess was started"))
+    assert models.cpu_model_name() == kernel_names[0] == expected

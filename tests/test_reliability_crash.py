@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from carbonsched.store import Store
+from carbonsched.store_invariants import store_violations
 from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
@@ -77,17 +79,21 @@ def _crash_rounds(rounds: int, seed: int) -> None:
         started = time.monotonic()
         for round_no in range(rounds):
             daemon = DaemonProcess(d).wait_ready()
-            writers = [Writer(daemon.socket, f"r{round_no}-w{w}") for w in range(WRITERS)]
-            for w in writers:
-                w.start()
-            time.sleep(rng.uniform(0.2, 0.8))
-            os.kill(daemon.proc.pid, signal.SIGKILL)
-            daemon.proc.wait(10)
-            daemon.stop()
+            try:
+                writers = [Writer(daemon.socket, f"r{round_no}-w{w}") for w in range(WRITERS)]
+                for w in writers:
+                    w.start()
+                time.sleep(rng.uniform(0.2, 0.8))
+                os.kill(daemon.proc.pid, signal.SIGKILL)
+                daemon.proc.wait(10)
+            finally:
+                daemon.stop()
             for w in writers:
                 w.join(10)
                 assert not w.is_alive()
             assert store_integrity(db) == "ok", f"round {round_no}: store corrupt after kill -9"
+            with Store(db, read_only=True) as store:
+                assert store_violations(store) == [], f"round {round_no}: after kill -9"
             all_acked.extend(writers)
             requests += sum(w.requests for w in writers)
 

@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 
 from carbonsched.protocol import ERROR_CODES, OPS, ProtocolError, decode_request
+from carbonsched.store import Store
+from carbonsched.store_invariants import store_violations
 
 from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
@@ -274,6 +276,8 @@ def _fuzz(daemon, count: int, seed: int) -> None:
     assert LineConn(daemon.socket).ask(op="ping")["ok"]
     assert store_integrity(daemon.db) == "ok"
     assert _snapshot(daemon.db) == before, "rows written before the fuzz changed"
+    with Store(daemon.db, read_only=True) as store:
+        assert store_violations(store) == []
     log = daemon.log()
     assert "Traceback" not in log and "connection handler failed" not in log, log[-4000:]
     print(f"\nfuzz: {sent} messages ({answered} non-blank answered, {errors} errors {codes}), "

@@ -107,7 +107,16 @@ def match_cpu_model(model: str, names: list[str] | None = None) -> str | None:
 
 
 def cpu_model_name() -> str | None:
-    """The CPU's brand string as py-cpuinfo reads it (slow: it runs a subprocess)."""
+    """The CPU's brand string: the kernel's (``model name`` in /proc/cpuinfo, the same CPUID
+    string), else as py-cpuinfo reads it (slow: it runs a subprocess, most of a daemon's start-up)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
     import cpuinfo
 
     info = cpuinfo.get_cpu_info()
