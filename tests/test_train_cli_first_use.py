@@ -230,3 +230,24 @@ def test_resuming_a_mid_epoch_checkpoint_names_the_step(tmp_path):
     resumed = _run([*BASE, "--limit", "16", "--epochs", "1", "--resume", str(out)])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming at epoch 0, step 2 of 4" in resumed.output, resumed.output
+
+
+def test_no_progress_also_silences_the_loading_weights_bar_of_a_local_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from gt_core.models import load_model
+    from gt_core.tokenizer import build_tokenizer
+
+    model_dir = tmp_path / "model"
+    tokenizer = build_tokenizer()
+    load_model(tiny="opt", vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = [sys.executable, "-m", "gt_core", "train", "--model", str(model_dir), *BASE[3:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    quiet = subprocess.run([*args, "--output-dir", str(tmp_path / "quiet")], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Loading weights" not in quiet.stderr, quiet.stderr
+    assert "done:" in quiet.stdout
