@@ -124,7 +124,8 @@ def parse_deadline(text: str, now: datetime) -> float:
     return (at - now).total_seconds()
 
 
-def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+def provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+    """``provider``, else the provider of the daemon config ``config_file``, else the default spec."""
     from carbonsched.config import ConfigError, DaemonConfig, load_config
     from carbonsched.providers import DEFAULT_PROVIDER_SPEC
 
@@ -179,7 +180,7 @@ def plan(
         _fail(str(exc))
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
                               idle_power_w, measured_epoch, measured_power)
-    spec = _provider_spec(provider, config_file)
+    spec = provider_spec(provider, config_file)
     try:
         reading = build_provider(spec).current()
     except ProviderSpecError as exc:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.policies import PolicyFileError, PolicyFileUnreadable, PolicySource, policy_from_source
 from carbonsched.policies.forecast_csv import ForecastFileError, parse_utc, read_forecast_csv
 from carbonsched.types import Signals, utcnow
@@ -39,10 +40,48 @@ def check(files: Annotated[list[Path], typer.Argument(help="Policy TOML files.")
     raise typer.Exit(exit_code)
 
 
+DAEMON_ASK_TIMEOUT_S = 1.0
+
+
+def current_intensity(socket: Optional[Path], provider: Optional[str],
+                      config_file: Optional[Path]) -> tuple[Optional[float], str]:
+    """The grid intensity now (gCO2e/kWh) and where it came from: the running daemon's latest
+    reading, else (no daemon, or ``provider`` given) a reading of the provider; None when neither answers."""
+    from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+
+    if provider is None:
+        with DaemonClient(socket, timeout_s=DAEMON_ASK_TIMEOUT_S) as client:
+            try:
+                reading = client.call("status").get("intensity") or {}
+            except (DaemonUnavailable, DaemonRequestError):
+                reading = None
+            if reading is not None and reading.get("intensity_g_per_kwh") is not None:
+                return reading["intensity_g_per_kwh"], f"the daemon at {client.socket_path} ({reading.get('provider')})"
+    from carbonsched.commands.plan_cmds import provider_spec
+    from carbonsched.providers import ProviderSpecError, build_provider
+    from carbonsched.types import ProviderError
+
+    spec = provider_spec(provider, config_file)
+    source = f"provider {spec}" + ("" if provider else " (no daemon answered)")
+    try:
+        return build_provider(spec).current().intensity_g_per_kwh, source
+    except (ProviderSpecError, ProviderError, ValueError) as exc:
+        return None, f"unknown: no daemon answered and provider {spec} failed ({exc})"
+
+
 @policy_app.command("explain")
 def explain(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
-    intensity: Annotated[Optional[float], typer.Option(help="Grid intensity, gCO2e/kWh (omit: unknown).")] = None,
+    intensity: Annotated[Optional[float], typer.Option(
+        help="Grid intensity, gCO2e/kWh (omit: the running daemon's current reading, else the provider's).")] = None,
+    socket: Annotated[Optional[Path], typer.Option(
+        help="Daemon socket asked for the intensity (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")] = None,
+    provider: Annotated[Optional[str], typer.Option(
+        help="Provider spec read for the intensity instead of asking the daemon.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", envvar=CONFIG_ENV, help="Daemon TOML config whose provider is read when no daemon answers.")] = None,
+    unknown_intensity: Annotated[bool, typer.Option(
+        "--unknown-intensity", help="Explain the ρ given while the intensity is unknown (no daemon or provider asked).")] = False,
     forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
     gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
     used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
@@ -66,6 +105,11 @@ def explain(
         forecast = read_forecast_csv(forecast_file) if forecast_file else ()
     except ForecastFileError as err:
         raise _fail(str(err), 2) from None
+    if unknown_intensity and intensity is not None:
+        raise _fail("give --intensity or --unknown-intensity, not both", 2)
+    intensity_from = "--unknown-intensity" if unknown_intensity else "--intensity"
+    if intensity is None and not unknown_intensity:
+        intensity, intensity_from = current_intensity(socket, provider, config_file)
     signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, gpu_power_w=gpu_power_w,
                       carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
     explanation = policy.explain(signals)
@@ -73,8 +117,12 @@ def explain(
     if as_json:
         typer.echo(json.dumps({"file": str(file), "policy": decision.policy, "kind": policy.kind,
                                "rho": decision.rho, "rho_min": policy.rho_min, "reason": decision.reason,
+                               "intensity_g_per_kwh": intensity, "intensity_from": intensity_from,
                                "explanation": explanation.splitlines()}, ensure_ascii=False))
         return
+    if not intensity_from.startswith("--"):
+        shown = "unknown" if intensity is None else f"{intensity:g} gCO2e/kWh"
+        typer.echo(f"intensity {shown} from {intensity_from}")
     typer.echo(f"ρ {decision.rho:.2f}  ({decision.reason})")
     typer.echo(explanation)
 
