@@ -74,6 +74,11 @@ def explain(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     intensity: Annotated[Optional[float], typer.Option(
         help="Grid intensity, gCO2e/kWh (omit: the running daemon's current reading, else the provider's).")] = None,
+    forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
+    gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
+    used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
+    used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
+    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
     socket: Annotated[Optional[Path], typer.Option(
         help="Daemon socket asked for the intensity (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")] = None,
     provider: Annotated[Optional[str], typer.Option(
@@ -82,11 +87,6 @@ def explain(
         "--config", envvar=CONFIG_ENV, help="Daemon TOML config whose provider is read when no daemon answers.")] = None,
     unknown_intensity: Annotated[bool, typer.Option(
         "--unknown-intensity", help="Explain the ρ given while the intensity is unknown (no daemon or provider asked).")] = False,
-    forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
-    gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
-    used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
-    used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
-    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Print the ρ FILE gives for the given signals, and why (a fresh policy: no hysteresis/dwell history)."""
@@ -97,6 +97,11 @@ def explain(
     except PolicyFileError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from None
+    if unknown_intensity and intensity is not None:
+        raise _fail("give --intensity or --unknown-intensity, not both", 2)
+    intensity_from = "--unknown-intensity" if unknown_intensity else "--intensity"
+    if intensity is None and not unknown_intensity:
+        intensity, intensity_from = current_intensity(socket, provider, config_file)
     try:
         at: datetime = parse_utc(now) if now else utcnow()
     except ValueError:
@@ -105,11 +110,6 @@ def explain(
         forecast = read_forecast_csv(forecast_file) if forecast_file else ()
     except ForecastFileError as err:
         raise _fail(str(err), 2) from None
-    if unknown_intensity and intensity is not None:
-        raise _fail("give --intensity or --unknown-intensity, not both", 2)
-    intensity_from = "--unknown-intensity" if unknown_intensity else "--intensity"
-    if intensity is None and not unknown_intensity:
-        intensity, intensity_from = current_intensity(socket, provider, config_file)
     signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, gpu_power_w=gpu_power_w,
                       carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
     explanation = policy.explain(signals)
