@@ -197,6 +197,9 @@ def plan(
     result = strategies.planned(job, cost, slots)
     if result.note:
         notes.append(result.note)
+    from carbonsched.plan_notes import slot_notes
+
+    notes += slot_notes(result, slots, now)
     compared = {"now-full": strategies.now_full(job, cost, slots), "now-constant": strategies.now_constant(job, cost, slots),
                 "shift": strategies.shift(job, cost, slots), "planner": result}
     carbon_g = {name: p.expected_carbon_g for name, p in compared.items()}
