@@ -25,6 +25,22 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@contextmanager
+def transformers_progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' and the hub's progress bars (loading and saving weights) on or off inside
+    the block; as they were afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    were_on = hf_logging.is_progress_bar_enabled()
+    if enabled != were_on:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        if enabled != were_on:
+            (hf_logging.enable_progress_bar if were_on else hf_logging.disable_progress_bar)()
+
+
 def load_model(
     model: str | None = None,
     tiny: str | None = None,
@@ -107,29 +123,12 @@ def adapter_base_dir(directory: str) -> str | None:
     return base if has_adapter and os.path.isfile(os.path.join(base, "config.json")) else None
 
 
-@contextmanager
-def transformers_progress_bars(enabled: bool) -> Iterator[None]:
-    """transformers' and the hub's progress bars (loading and saving weights) on or off inside
-    the block; as they were afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    were_on = hf_logging.is_progress_bar_enabled()
-    if enabled != were_on:
-        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        if enabled != were_on:
-            (hf_logging.enable_progress_bar if were_on else hf_logging.disable_progress_bar)()
-
-
 def load_model_and_tokenizer(
-    model: str, *, torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None,
-    progress: bool = True,
+    model: str, *, torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None
 ) -> tuple[torch.nn.Module, Any]:
     """A pretrained model and its tokenizer, checked in the order a user can fix them: the
     directory (or hub name), then the tokenizer, then the weights. Every failure is one
-    :class:`ModelLoadError` line. ``progress=False``: no "Loading weights" bar."""
+    :class:`ModelLoadError` line."""
     from gt_core.tokenizer import TokenizerLoadError, load_tokenizer
 
     load_config(model)
@@ -137,8 +136,7 @@ def load_model_and_tokenizer(
         tokenizer = load_tokenizer(os.path.expanduser(model), tiny=False)
     except TokenizerLoadError as exc:
         raise ModelLoadError(str(exc)) from None
-    with transformers_progress_bars(progress):
-        return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
+    return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
 
 
 def load_config(model: str) -> Any:

@@ -80,8 +80,7 @@ def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
 
 
 def _load_model_and_tokenizer(
-    tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None,
-    progress: bool = True,
+    tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
 ) -> tuple[Any, Any]:
     from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
     from gt_core.tokenizer import load_tokenizer
@@ -94,7 +93,7 @@ def _load_model_and_tokenizer(
             # learn, and tied it sits at the input end where no budget below 1 can reach it.
             return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
         assert model_name is not None
-        return load_model_and_tokenizer(model_name, torch_dtype=torch_dtype, device_map=device_map, progress=progress)
+        return load_model_and_tokenizer(model_name, torch_dtype=torch_dtype, device_map=device_map)
     except ModelLoadError as exc:
         raise _BadInput(str(exc)) from None
     except (OSError, ValueError) as exc:
@@ -384,10 +383,12 @@ def _build_trainer(**opts: Any) -> Any:
     from gt_core.device import resolve_device
 
     resolve_device(config.device)  # a device this machine lacks: one line before any loading
-    model, tokenizer = _load_model_and_tokenizer(
-        opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"],
-        progress=opts["progress"],
-    )
+    from gt_core.models import transformers_progress_bars
+
+    with transformers_progress_bars(opts["progress"]):  # --no-progress: no "Loading weights" bar either
+        model, tokenizer = _load_model_and_tokenizer(
+            opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
+        )
     from gt_core.distributed import trainer_class
     from gt_core.reporting import TrackerCallback
 
