@@ -115,3 +115,19 @@ def test_explain_without_intensity_or_daemon_reads_the_provider(tmp_path):
     first = result.output.splitlines()[0]
     assert first == f"intensity {expected:g} gCO2e/kWh from provider static:FRA (no daemon answered)"
     assert f"intensity {expected:g}" in result.output.splitlines()[1]  # the ρ line decided on it
+
+
+def test_explain_with_an_unreachable_provider_explains_the_unknown_case_and_a_bad_spec_is_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = f"electricitymaps:DE?base_url=http://127.0.0.1:{port}&max_tries=1"
+    result = runner.invoke(app, ["policy", "explain", STEPS, "--provider", spec], env={"ELECTRICITYMAPS_TOKEN": "t"})
+    assert result.exit_code == 0, result.output
+    first, decision = result.stdout.splitlines()[:2]
+    assert first.startswith(f"intensity unknown (provider {spec} failed: ") and "intensity unknown" in decision
+
+    bad = runner.invoke(app, ["policy", "explain", STEPS, "--provider", "static:XXX"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: static: unknown country code 'XXX'")

@@ -46,27 +46,31 @@ DAEMON_ASK_TIMEOUT_S = 1.0
 def current_intensity(socket: Optional[Path], provider: Optional[str],
                       config_file: Optional[Path]) -> tuple[Optional[float], str]:
     """The grid intensity now (gCO2e/kWh) and where it came from: the running daemon's latest
-    reading, else (no daemon, or ``provider`` given) a reading of the provider; None when neither answers."""
+    reading, else (no daemon, or ``provider`` given) a reading of the provider; None when neither answers.
+    Raises ProviderSpecError for a provider spec that cannot be built."""
     from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 
+    why_provider = ""
     if provider is None:
         with DaemonClient(socket, timeout_s=DAEMON_ASK_TIMEOUT_S) as client:
             try:
                 reading = client.call("status").get("intensity") or {}
             except (DaemonUnavailable, DaemonRequestError):
-                reading = None
-            if reading is not None and reading.get("intensity_g_per_kwh") is not None:
+                reading, why_provider = {}, "no daemon answered"
+            if reading.get("intensity_g_per_kwh") is not None:
                 return reading["intensity_g_per_kwh"], f"the daemon at {client.socket_path} ({reading.get('provider')})"
+            why_provider = why_provider or "the daemon has no reading yet"
     from carbonsched.commands.plan_cmds import provider_spec
-    from carbonsched.providers import ProviderSpecError, build_provider
+    from carbonsched.providers import build_provider
     from carbonsched.types import ProviderError
 
     spec = provider_spec(provider, config_file)
-    source = f"provider {spec}" + ("" if provider else " (no daemon answered)")
+    source = f"provider {spec}" + (f" ({why_provider})" if why_provider else "")
+    provider_now = build_provider(spec)  # ProviderSpecError: a usage error for the caller
     try:
-        return build_provider(spec).current().intensity_g_per_kwh, source
-    except (ProviderSpecError, ProviderError, ValueError) as exc:
-        return None, f"unknown: no daemon answered and provider {spec} failed ({exc})"
+        return provider_now.current().intensity_g_per_kwh, source
+    except (ProviderError, ValueError) as exc:
+        return None, f"{source} failed: {exc}"
 
 
 @policy_app.command("explain")
@@ -101,7 +105,12 @@ def explain(
         raise _fail("give --intensity or --unknown-intensity, not both", 2)
     intensity_from = "--unknown-intensity" if unknown_intensity else "--intensity"
     if intensity is None and not unknown_intensity:
-        intensity, intensity_from = current_intensity(socket, provider, config_file)
+        from carbonsched.providers import ProviderSpecError
+
+        try:
+            intensity, intensity_from = current_intensity(socket, provider, config_file)
+        except ProviderSpecError as exc:
+            raise _fail(str(exc), 2) from None
     try:
         at: datetime = parse_utc(now) if now else utcnow()
     except ValueError:
@@ -121,8 +130,8 @@ def explain(
                                "explanation": explanation.splitlines()}, ensure_ascii=False))
         return
     if not intensity_from.startswith("--"):
-        shown = "unknown" if intensity is None else f"{intensity:g} gCO2e/kWh"
-        typer.echo(f"intensity {shown} from {intensity_from}")
+        typer.echo(f"intensity unknown ({intensity_from})" if intensity is None
+                   else f"intensity {intensity:g} gCO2e/kWh from {intensity_from}")
     typer.echo(f"ρ {decision.rho:.2f}  ({decision.reason})")
     typer.echo(explanation)
 
