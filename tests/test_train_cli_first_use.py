@@ -244,7 +244,7 @@ def test_no_progress_also_silences_the_loading_weights_bar_of_a_local_model(tmp_
     tokenizer = build_tokenizer()
     load_model(tiny="opt", vocab_size=len(tokenizer)).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    args = [sys.executable, "-m", "gt_core", "train", "--model", str(model_dir), *BASE[3:]]
+    args = [sys.executable, "-m", "gt_core", "train", "--model", str(model_dir), *BASE[3:], "--epochs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     quiet = subprocess.run([*args, "--output-dir", str(tmp_path / "quiet")], capture_output=True, text=True, env=env,
                            timeout=300)
