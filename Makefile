@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@# systemd-analyze checks the unit file in the tests (Debian's systemd package);
 	@# systemd-nspawn boots a throwaway systemd for the real-service test (systemd-container).
-	command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	@# Run as root, these are apt-get installed when missing; NO_APT=1 skips that (the tests then skip).
+	command -v systemd-analyze >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; } || \
 		echo "warning: systemd-analyze not found; install Debian's systemd package for the unit-file test"
-	command -v systemd-nspawn >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	command -v systemd-nspawn >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container >/dev/null; } || \
 		echo "warning: systemd-nspawn not found; install Debian's systemd-container package for the real-systemd test"
 	touch $(STAMP)

@@ -36,7 +36,6 @@ from typing import Any
 
 from carbonsched.paths import default_socket_path, default_state_dir
 from carbonsched.planning.model import PlanningInputError
-from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
 from carbonsched.planning.receding import PlanningSettings
 
 
@@ -126,6 +125,8 @@ def _planning(path: Path, value: Any) -> PlanningSettings:
     if "guard" in changes:
         changes["guard"] = _string(f"{path}: planning.guard", changes["guard"])
     if "forecast_error" in changes:
+        from carbonsched.planning.noise_model import NoiseModelError, load_noise_model  # numpy: only when asked
+
         target = Path(os.path.expanduser(_string(f"{path}: planning.forecast_error", changes["forecast_error"])))
         target = target if target.is_absolute() else path.resolve().parent / target
         try:

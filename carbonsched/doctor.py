@@ -222,6 +222,10 @@ def check_socket(socket_path: Path) -> Check:
     if len(os.fsencode(str(socket_path))) > SUN_PATH_MAX_BYTES:
         return Check("socket", "fail", f"socket path is longer than {SUN_PATH_MAX_BYTES} bytes: {socket_path}",
                      "pass a shorter --socket PATH")
+    from carbonsched.server import socket_in_use
+
+    if socket_in_use(socket_path):
+        return Check("socket", "ok", f"socket {socket_path} is in use by a running daemon (carbonsched status shows it)")
     return Check("socket", "ok", f"socket {socket_path} can be created")
 
 

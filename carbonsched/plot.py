@@ -54,7 +54,7 @@ def plot_report(
 def draw_report(reports: Sequence[JobReport], intensity_samples: Sequence[tuple[float, float]]) -> Any:
     """The report's matplotlib figure (the caller closes it).
 
-    Top: intensity samples as a step line (gCO2e/kWh). Middle: ρ asked and effective per epoch,
+    Top: intensity samples as a step line and each epoch's mean intensity (gCO2e/kWh). Middle: ρ asked and effective per epoch,
     drawn across each epoch's window. Bottom: FLOPs used and full fine-tuning FLOPs per epoch.
     """
     import matplotlib
@@ -67,10 +67,11 @@ def draw_report(reports: Sequence[JobReport], intensity_samples: Sequence[tuple[
     palette = plt.get_cmap("tab20").colors  # pairs: a dark shade for ρ asked / used, a light one for ρ effective
     if intensity_samples:
         xs = [_dt(t) for t, _ in intensity_samples]
-        ax_i.step(xs, [v for _, v in intensity_samples], where="post", color="tab:green")
+        ax_i.step(xs, [v for _, v in intensity_samples], where="post", color="tab:green",
+                  label="grid intensity (samples)")
     ax_i.set_ylabel("gCO2e/kWh")
     ax_i.set_title("grid carbon intensity, ρ and FLOPs per epoch")
-    full_labelled = False
+    full_labelled = mean_labelled = False
     for index, report in enumerate(reports):
         label = f"{report.job_id} ({report.scheme})"
         dark, light = palette[(2 * index) % len(palette)], palette[(2 * index + 1) % len(palette)]
@@ -91,11 +92,13 @@ def draw_report(reports: Sequence[JobReport], intensity_samples: Sequence[tuple[
                 ax_f.bar(a, e.flops, width=width, align="edge", color=dark, alpha=0.85,
                          label=f"{label} used" if n == 0 else None)
             if e.mean_intensity_g_per_kwh is not None:
-                ax_i.hlines(e.mean_intensity_g_per_kwh, a, b, colors="black", linewidth=2)
+                ax_i.hlines(e.mean_intensity_g_per_kwh, a, b, colors="black", linewidth=2,
+                            label=None if mean_labelled else "epoch mean intensity")
+                mean_labelled = True
     ax_r.set_ylabel("ρ")
     ax_r.set_ylim(0, 1.05)
     ax_f.set_ylabel("FLOPs")
-    for ax in (ax_r, ax_f):
+    for ax in (ax_i, ax_r, ax_f):
         if ax.get_legend_handles_labels()[0]:
             # Outside the axes, to the right: the legend never hides a bar or a line.
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0)

@@ -56,6 +56,13 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def is_activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether activation checkpointing is on in a transformers model (either API generation)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
 def enable_activation_checkpointing(model: torch.nn.Module, **kwargs: Any) -> None:
     """Non-reentrant activation checkpointing on a transformers model, without the input-gradient
     hook transformers adds with it: the non-reentrant form needs no input that requires grad, and
@@ -63,7 +70,11 @@ def enable_activation_checkpointing(model: torch.nn.Module, **kwargs: Any) -> No
     FLOPs below the deepest selected tensor that the selection never priced."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={**kwargs, "use_reentrant": False})
+    checkpoint_kwargs = {**kwargs, "use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:  # transformers before 5.x: the older name, which 5.x keeps as a deprecated alias
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
     try:
         model.disable_input_require_grads()
     except AttributeError:  # no hook was registered

@@ -87,7 +87,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import TrainerCallback
 
-from gt_core.device import enable_activation_checkpointing
+from gt_core.device import enable_activation_checkpointing, is_activation_checkpointing
 from gt_core.distributed import broadcast_object, share_daemon_job
 from gt_core.green_selector import GreenSelection, GreenSelector, ImportanceBatches
 from gt_core.guards import check_model_supported, check_training_args_supported
@@ -299,9 +299,10 @@ class GreenTrainerCallback(TrainerCallback):
         output require grad: every backward then runs down to the embeddings, FLOPs the selection
         never priced. Switch to the non-reentrant form without that hook: exactly the gradients
         of the selected tensors are computed."""
-        if not getattr(model, "is_gradient_checkpointing", False):
+        if not is_activation_checkpointing(model):
             return
-        kwargs = dict(getattr(args, "gradient_checkpointing_kwargs", None) or {})
+        kwargs = dict(getattr(args, "activation_checkpointing_kwargs", None)
+                      or getattr(args, "gradient_checkpointing_kwargs", None) or {})
         kwargs.pop("use_reentrant", None)
         enable_activation_checkpointing(model, **kwargs)
         log.info("GreenTrainerCallback: activation checkpointing set to use_reentrant=False without input gradients")

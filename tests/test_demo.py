@@ -30,9 +30,13 @@ def test_demo_quick_prints_epoch_rows_report_and_plot_and_stops_the_daemon(tmp_p
     pid = int(re.search(r"carbonsched run \(pid (\d+)\)", text).group(1))
     socket_dir = re.search(r"socket (\S+)/carbonsched.sock", text).group(1)
     assert "lr 0.001" in text and "scheme green" in text
-    rows = re.findall(r"^\s+(\d)\s+\S+\s+(\d+\.\d)\s+(\d\.\d\d)\s+(\d+)/(\d+)\s+\S+\s+(\d\.\d{3})\s.*\s(\d\.\d+e-\d\d)\s+(\d\.\d+)$", text, re.M)
+    rows = re.findall(
+        r"^\s+(\d)\s+\S+\s+(\d+\.\d)\s+(\d\.\d\d)\s+(\d+)/(\d+)\s+\S+\s+(\d\.\d{3})\s+\d+\.\d\s+(\d+\.\d{3})\s.*\s(\d\.\d+e-\d\d)\s+(\d\.\d+)$",
+        text, re.M,
+    )
     assert [r[0] for r in rows] == ["0", "1"], text  # numbered from 0, as metrics.jsonl and the report
-    for _epoch, intensity, rho, tensors, total, share, kwh, grams in rows:
+    assert float(rows[-1][6]) < float(rows[0][6]), text  # the model learns: training loss falls
+    for _epoch, intensity, rho, tensors, total, share, _loss, kwh, grams in rows:
         assert 100 < float(intensity) < 450 and 0.4 <= float(rho) <= 1.0 and 0 < int(tensors) <= int(total)
         assert float(kwh) > 0 and float(grams) > 0
     assert "total: 2 epochs" in text and "modelled" in text

@@ -91,3 +91,13 @@ def test_doctor_as_a_subprocess(tmp_path):
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
     assert checks["provider"]["status"] == "fail" and "needs a zone" in checks["provider"]["message"]
     assert checks["cpu_energy"]["status"] in ("ok", "warn")
+
+
+def test_doctor_says_the_socket_is_in_use_when_a_daemon_listens_on_it():
+    from inprocess_daemon import inprocess_daemon
+
+    with inprocess_daemon() as running:
+        socket_path = running.daemon.config.socket
+        result = invoke(["--socket", str(socket_path), "--state-dir", str(running.workdir / "other-state")], {})
+    assert f"socket {socket_path} is in use by a running daemon" in result.output, result.output
+    assert "can be created" not in result.output.split("[ok  ] socket")[1].splitlines()[0]

@@ -102,3 +102,20 @@ def test_train_end_gives_the_model_back_with_the_users_requires_grad_flags(tmp_p
     trainer.train()
     assert any(len(trainable) < len(before) for _, trainable in snaps.starts)  # the callback did freeze tensors
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+def test_callback_switches_checkpointing_through_the_current_api_without_future_warnings(tmp_path, tokenizer, task):
+    import warnings
+
+    from hf_trainer_helpers import green_hf_trainer
+
+    train, _ = task
+    model = tiny_model("llama", vocab_size=len(tokenizer), hidden=32, layers=2, heads=2, max_len=128, seed=0)
+    green = GreenTrainerCallback(0.7, importance_batches=1)
+    trainer = green_hf_trainer(tmp_path, tokenizer, train, model, green, activation_checkpointing=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert green.history  # the callback ran and selected
+    assert model.is_activation_checkpointing
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -78,7 +78,7 @@ def test_explain_budget_and_unknown_intensity():
     budget = runner.invoke(app, ["policy", "explain", str(REPO / "policies" / "budget.toml"), "--intensity", "200",
                                  "--used-today-g", "1000"])
     assert budget.exit_code == 0 and budget.stdout.startswith("ρ 0.70")
-    unknown = runner.invoke(app, ["policy", "explain", STEPS])
+    unknown = runner.invoke(app, ["policy", "explain", STEPS, "--unknown-intensity"])
     assert unknown.exit_code == 0 and unknown.stdout.startswith("ρ 0.40") and "intensity unknown" in unknown.stdout
 
 
@@ -100,3 +100,47 @@ def test_real_subprocess_explain_steps_at_250():
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("ρ 0.70")
     assert "250 < 300 gCO2e/kWh" in result.stdout
+
+
+def test_explain_without_intensity_takes_the_running_daemons_reading():
+    from inprocess_daemon import inprocess_daemon
+
+    with inprocess_daemon(provider="static:DEU") as running:
+        socket_path = running.daemon.config.socket
+        now = running.daemon.status()["intensity"]["intensity_g_per_kwh"]
+        result = runner.invoke(app, ["policy", "explain", STEPS, "--socket", str(socket_path), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["intensity_g_per_kwh"] == now and doc["intensity_from"].startswith(f"the daemon at {socket_path}")
+    given = json.loads(runner.invoke(app, ["policy", "explain", STEPS, "--intensity", str(now), "--json"]).output)
+    assert doc["rho"] == given["rho"] and given["intensity_from"] == "--intensity"
+
+
+def test_explain_without_intensity_or_daemon_reads_the_provider(tmp_path):
+    from carbonsched.providers import build_provider
+
+    expected = build_provider("static:FRA").current().intensity_g_per_kwh
+    config = tmp_path / "carbonsched.toml"
+    config.write_text('provider = "static:FRA"\n', encoding="utf-8")
+    result = runner.invoke(app, ["policy", "explain", STEPS, "--socket", str(tmp_path / "none.sock"),
+                                 "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first == f"intensity {expected:g} gCO2e/kWh from provider static:FRA (no daemon answered)"
+    assert f"intensity {expected:g}" in result.output.splitlines()[1]  # the ρ line decided on it
+
+
+def test_explain_with_an_unreachable_provider_explains_the_unknown_case_and_a_bad_spec_is_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = f"electricitymaps:DE?base_url=http://127.0.0.1:{port}&max_tries=1"
+    result = runner.invoke(app, ["policy", "explain", STEPS, "--provider", spec], env={"ELECTRICITYMAPS_TOKEN": "t"})
+    assert result.exit_code == 0, result.output
+    first, decision = result.stdout.splitlines()[:2]
+    assert first.startswith(f"intensity unknown (provider {spec} failed: ") and "intensity unknown" in decision
+
+    bad = runner.invoke(app, ["policy", "explain", STEPS, "--provider", "static:XXX"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: static: unknown country code 'XXX'")

@@ -242,3 +242,25 @@ def test_json_and_csv_timestamps_are_iso_8601_utc_with_unix_seconds_beside(tmp_p
 
     (back,) = reports_from_json(saved.read_text(), str(saved))
     assert back.started_at == T0 and back.epochs[0].started_at == T0  # --include reads its own output back
+
+
+def test_report_plot_intensity_panel_has_a_legend_naming_its_lines(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from carbonsched.plot import draw_report
+
+    _write_two_job_store(tmp_path / "s.sqlite3")
+    with Store(tmp_path / "s.sqlite3") as store:
+        reports = build_report(store)
+    fig = draw_report(reports, [(T0 - 10, 250.0), (T0 + 5, 240.0)])
+    try:
+        ax_intensity = fig.axes[0]
+        assert ax_intensity.get_ylabel() == "gCO2e/kWh"
+        legend = ax_intensity.get_legend()
+        assert legend is not None
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels == ["grid intensity (samples)", "epoch mean intensity"]
+        fig.canvas.draw()
+        assert legend.get_window_extent().x0 >= ax_intensity.get_window_extent().x1  # beside the axes
+    finally:
+        plt.close(fig)

@@ -272,3 +272,75 @@ def test_a_rho_schedule_shorter_than_the_run_says_which_epochs_reuse_its_last_va
     schedule.write_text("0.9\n0.8\n0.8\n")
     exact = _run([*BASE, "--epochs", "3", "--rho-schedule", str(schedule), "--output-dir", str(tmp_path / "run2")])
     assert exact.exit_code == 0 and "warning" not in exact.output, exact.output
+
+
+def test_run_args_store_the_default_rho_that_was_used(tmp_path):
+    out = tmp_path / "run"
+    result = _run([*BASE, "--epochs", "1", "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    used = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["rho_asked"]
+    assert json.loads((out / "run-args.json").read_text())["rho"] == used
+
+
+# The model, data and sizes `train --tiny opt --limit 16 --batch-size 4` builds, stopped by SIGTERM
+# in its second optimizer step: the checkpoint then holds epoch 0 after 2 of its 4 steps.
+_STOPPED_MID_EPOCH = """
+import os, signal, sys
+from gt_core.embedded_task import embedded_task
+from gt_core.models import load_model
+from gt_core.rho import CallableRho
+from gt_core.tokenizer import build_tokenizer
+from gt_core.trainer import GreenTrainer, TrainConfig
+
+def rho(epoch, step):
+    if step == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return 0.5
+
+tokenizer = build_tokenizer()
+model = load_model(tiny="opt", vocab_size=len(tokenizer), tie_word_embeddings=False)
+train, val = embedded_task(seed=0)
+config = TrainConfig(epochs=1, batch_size=4, importance_batches=1, reselect="on_change", checkpoint_every=1,
+                     max_input_length=48, max_target_length=12, output_dir=sys.argv[1], progress=False, save_final=False)
+trainer = GreenTrainer(model, tokenizer, train[:16], val[:2], config, rho_source=CallableRho(rho))
+trainer.train()
+assert trainer.interrupted
+"""
+
+
+def test_resuming_a_mid_epoch_checkpoint_names_the_step(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    stopped = subprocess.run([sys.executable, "-c", _STOPPED_MID_EPOCH, str(out)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert stopped.returncode == 0, stopped.stderr
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
+
+    resumed = _run([*BASE, "--limit", "16", "--epochs", "1", "--resume", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming at epoch 0, step 2 of 4" in resumed.output, resumed.output
+
+
+def test_no_progress_also_silences_the_loading_weights_bar_of_a_local_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from gt_core.models import load_model
+    from gt_core.tokenizer import build_tokenizer
+
+    model_dir = tmp_path / "model"
+    tokenizer = build_tokenizer()
+    load_model(tiny="opt", vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = [sys.executable, "-m", "gt_core", "train", "--model", str(model_dir), *BASE[3:], "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    quiet = subprocess.run([*args, "--output-dir", str(tmp_path / "quiet")], capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Loading weights" not in quiet.stderr, quiet.stderr
+    assert "done:" in quiet.stdout

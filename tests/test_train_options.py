@@ -107,3 +107,13 @@ def test_accelerate_mixed_precision_is_not_ignored(tmp_path):
     result = _run([*BASE, "--output-dir", str(out)], env={"ACCELERATE_MIXED_PRECISION": "bf16"})
     assert result.exit_code == 0, result.output
     assert _settings(out)["precision"] == "bf16-mixed"
+
+
+def test_gradient_checkpointing_uses_the_current_transformers_api_without_future_warnings(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run([*BASE, "--gradient-checkpointing", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

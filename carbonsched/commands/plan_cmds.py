@@ -131,7 +131,8 @@ def parse_deadline(text: str, now: datetime) -> float:
     return (at - now).total_seconds()
 
 
-def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+def provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+    """``provider``, else the provider of the daemon config ``config_file``, else the default spec."""
     from carbonsched.config import ConfigError, DaemonConfig, load_config
     from carbonsched.providers import DEFAULT_PROVIDER_SPEC
 
@@ -186,7 +187,7 @@ def plan(
         _fail(str(exc))
     job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
                               idle_power_w, measured_epoch, measured_power)
-    spec = _provider_spec(provider, config_file)
+    spec = provider_spec(provider, config_file)
     try:
         reading = build_provider(spec).current()
     except ProviderSpecError as exc:
@@ -203,6 +204,9 @@ def plan(
     result = strategies.planned(job, cost, slots)
     if result.note:
         notes.append(result.note)
+    from carbonsched.plan_notes import slot_notes
+
+    notes += slot_notes(result, slots, now)
     compared = {"now-full": strategies.now_full(job, cost, slots), "now-constant": strategies.now_constant(job, cost, slots),
                 "shift": strategies.shift(job, cost, slots), "planner": result}
     carbon_g = {name: p.expected_carbon_g for name, p in compared.items()}

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.policies import PolicyFileError, PolicyFileUnreadable, PolicySource, policy_from_source
 from carbonsched.policies.forecast_csv import ForecastFileError, parse_utc, read_forecast_csv
 from carbonsched.types import Signals, utcnow
@@ -39,10 +40,44 @@ def check(files: Annotated[list[Path], typer.Argument(help="Policy TOML files.")
     raise typer.Exit(exit_code)
 
 
+DAEMON_ASK_TIMEOUT_S = 1.0
+
+
+def current_intensity(socket: Optional[Path], provider: Optional[str],
+                      config_file: Optional[Path]) -> tuple[Optional[float], str]:
+    """The grid intensity now (gCO2e/kWh) and where it came from: the running daemon's latest
+    reading, else (no daemon, or ``provider`` given) a reading of the provider; None when neither answers.
+    Raises ProviderSpecError for a provider spec that cannot be built."""
+    from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+
+    why_provider = ""
+    if provider is None:
+        with DaemonClient(socket, timeout_s=DAEMON_ASK_TIMEOUT_S) as client:
+            try:
+                reading = client.call("status").get("intensity") or {}
+            except (DaemonUnavailable, DaemonRequestError):
+                reading, why_provider = {}, "no daemon answered"
+            if reading.get("intensity_g_per_kwh") is not None:
+                return reading["intensity_g_per_kwh"], f"the daemon at {client.socket_path} ({reading.get('provider')})"
+            why_provider = why_provider or "the daemon has no reading yet"
+    from carbonsched.commands.plan_cmds import provider_spec
+    from carbonsched.providers import build_provider
+    from carbonsched.types import ProviderError
+
+    spec = provider_spec(provider, config_file)
+    source = f"provider {spec}" + (f" ({why_provider})" if why_provider else "")
+    provider_now = build_provider(spec)  # ProviderSpecError: a usage error for the caller
+    try:
+        return provider_now.current().intensity_g_per_kwh, source
+    except (ProviderError, ValueError) as exc:
+        return None, f"{source} failed: {exc}"
+
+
 @policy_app.command("explain")
 def explain(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
-    intensity: Annotated[Optional[float], typer.Option(help="Grid intensity, gCO2e/kWh (omit: unknown).")] = None,
+    intensity: Annotated[Optional[float], typer.Option(
+        help="Grid intensity, gCO2e/kWh (omit: the running daemon's current reading, else the provider's).")] = None,
     forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
     history_file: Annotated[Optional[Path], typer.Option(help="CSV of past readings, as --forecast-file "
                                                               "(ranked by a forecast policy's history_days).")] = None,
@@ -50,6 +85,14 @@ def explain(
     used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
     used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
     now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
+    socket: Annotated[Optional[Path], typer.Option(
+        help="Daemon socket asked for the intensity (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")] = None,
+    provider: Annotated[Optional[str], typer.Option(
+        help="Provider spec read for the intensity instead of asking the daemon.")] = None,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", envvar=CONFIG_ENV, help="Daemon TOML config whose provider is read when no daemon answers.")] = None,
+    unknown_intensity: Annotated[bool, typer.Option(
+        "--unknown-intensity", help="Explain the ρ given while the intensity is unknown (no daemon or provider asked).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Print the ρ FILE gives for the given signals, and why (a fresh policy: no hysteresis/dwell history)."""
@@ -60,6 +103,16 @@ def explain(
     except PolicyFileError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from None
+    if unknown_intensity and intensity is not None:
+        raise _fail("give --intensity or --unknown-intensity, not both", 2)
+    intensity_from = "--unknown-intensity" if unknown_intensity else "--intensity"
+    if intensity is None and not unknown_intensity:
+        from carbonsched.providers import ProviderSpecError
+
+        try:
+            intensity, intensity_from = current_intensity(socket, provider, config_file)
+        except ProviderSpecError as exc:
+            raise _fail(str(exc), 2) from None
     try:
         at: datetime = parse_utc(now) if now else utcnow()
     except ValueError:
@@ -76,8 +129,12 @@ def explain(
     if as_json:
         typer.echo(json.dumps({"file": str(file), "policy": decision.policy, "kind": policy.kind,
                                "rho": decision.rho, "rho_min": policy.rho_min, "reason": decision.reason,
+                               "intensity_g_per_kwh": intensity, "intensity_from": intensity_from,
                                "explanation": explanation.splitlines()}, ensure_ascii=False))
         return
+    if not intensity_from.startswith("--"):
+        typer.echo(f"intensity unknown ({intensity_from})" if intensity is None
+                   else f"intensity {intensity:g} gCO2e/kWh from {intensity_from}")
     typer.echo(f"ρ {decision.rho:.2f}  ({decision.reason})")
     typer.echo(explanation)
 

@@ -225,12 +225,20 @@ def _banner(trainer: Any, opts: dict[str, Any]) -> str:
     """The start-up line: what trains, where, on what, under which budget."""
     model = opts["model"] or f"tiny {opts['tiny']}"
     validation = len(trainer.val_set) if trainer.val_set is not None else 0
-    resumed = f", resuming at epoch {trainer.state.epoch}" if opts["resume"] is not None else ""
+    resumed = f", resuming at {_resume_point(trainer)}" if opts["resume"] is not None else ""
     return (
         f"train: {model} ({trainer.total_params / 1e6:.2f} M parameters) on {trainer.device}, {trainer.config.precision}; "
         f"{len(trainer.train_set)} training / {validation} validation examples; scheme {trainer.config.scheme}, "
         f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs (numbered from 0){resumed}"
     )
+
+
+def _resume_point(trainer: Any) -> str:
+    """Where a resumed run continues: ``epoch E`` or, from a mid-epoch checkpoint, ``epoch E, step S of N``."""
+    state = trainer.state
+    if state.step_in_epoch == 0:
+        return f"epoch {state.epoch}"
+    return f"epoch {state.epoch}, step {state.step_in_epoch} of {trainer.steps_per_epoch}"
 
 
 def _explicit_options(ctx: typer.Context, opts: dict[str, Any]) -> set[str]:
@@ -358,9 +366,12 @@ def _build_trainer(**opts: Any) -> Any:
     from gt_core.device import resolve_device
 
     resolve_device(config.device)  # a device this machine lacks: one line before any loading
-    model, tokenizer = _load_model_and_tokenizer(
-        opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
-    )
+    from gt_core.models import transformers_progress_bars
+
+    with transformers_progress_bars(opts["progress"]):  # --no-progress: no "Loading weights" bar either
+        model, tokenizer = _load_model_and_tokenizer(
+            opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
+        )
     from gt_core.distributed import trainer_class
     from gt_core.reporting import TrackerCallback
 
@@ -381,7 +392,8 @@ def _build_trainer(**opts: Any) -> Any:
         from gt_core.commands.run_args import save_run_args
 
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_run_args(output_dir, opts)
+        # The ρ used, also when it was the default (a schedule's values live in its own file).
+        save_run_args(output_dir, opts if opts["rho_schedule"] is not None else {**opts, "rho": rho})
         if opts["rho_from"] is not None:
             (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
     return trainer
