@@ -21,18 +21,24 @@ decide interval the daemon calls :func:`plan_job` with
   a trace used for testing) does not leak into the plan; a slot with no such readings gets the
   forecast's last value;
 - a margin: the plan must finish ``MARGIN_SHARE`` of its running time (at least one decide
-  interval) before the deadline, so that a forecast or epoch-time estimate that is a little off
-  does not miss it.
+  interval) before the deadline, and ``UNMEASURED_EPOCH_TIME_SHARE`` more until an epoch has
+  ended, so that a forecast or epoch-time estimate that is off does not miss it;
+- the daemon's ``[planning]`` settings (:class:`~carbonsched.planning.receding.PlanningSettings`):
+  the guard, the switch share and, when configured, the forecast's error by lead, with which each
+  slot is priced at its expected value (:mod:`carbonsched.planning.forecast_trust`);
+- the plan the job has been following (:class:`JobPlanner` keeps it per job), which a fresh plan
+  replaces only when cheaper on the fresh forecast by more than the switch share.
 
 The answer for *now* is the plan's ρ, or a pause until the plan's next running segment.
 
-The deadline guard: when the remaining epochs at ρ 1 no longer fit in the time left with a margin
-to spare (``MARGIN_SHARE`` of the whole job's running time at ρ 1, at least one decide interval),
-the job is not paused again and runs now at the highest single ρ that still fits with that margin
-(ρ 1 while it does, never below the job's floor). The margin is fixed for the job, so once
-guarded a job stays guarded: running at that ρ keeps the time left and the work left in step. The guard keeps full quality reachable and the deadline met whatever the forecast
-promises for later; it costs carbon only in the last stretch before the deadline. An infeasible
-plan (not even the floor fits) also runs now at the floor.
+The deadline guard, by default on the job's floor: when the work left at the floor ρ no longer fits
+in the time left with a margin (the spread of the job's measured epoch times times that running
+time, at least one decide interval), the job is not paused again and runs now at the floor. It
+cannot fire while the floor fits, so it does not undo a plan that keeps work for the clean hours
+before the deadline. ``guard = "full"`` (opt-in) guards the work left at ρ 1 instead (with
+``MARGIN_SHARE`` of the whole job's ρ-1 time, fixed per job) and runs at the highest single ρ that
+still fits: full quality stays reachable, at a carbon cost near the deadline. An infeasible plan
+(not even the floor fits) also runs now at the floor.
 
 A job that declared no ``rho_min`` is only shifted in time (ρ 1), unless it declared ``mean_rho``,
 which then is also its ``rho_min``.

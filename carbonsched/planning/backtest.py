@@ -3,32 +3,34 @@
 Pure functions: the caller reads the trace and the steps policy. For each submission at trace
 offset ``t0`` (every ``every_s`` while the deadline still lies inside the trace):
 
-- the *truth* is the trace from ``t0`` on, as slots at the trace's own step, and the true epoch
+- the *truth* is the trace from ``t0`` on, as slots at the trace's own step(s), and the true epoch
   time: the estimate times :func:`epoch_time_factor` (1 unless ``epoch_time_error`` is given);
-- the *forecast* is the truth up to the deadline with seeded noise: every slot after the current one
-  is multiplied by ``1 + noise · N(0, 1)`` (independent per slot, clipped at 0); the current slot is
-  measured, so it is exact. :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``
-  draws it (the trace provider's ``forecast_noise`` uses the same model);
-- ``shift``, ``planner`` and ``planner-no-margin`` plan on the forecast and the estimated epoch
-  time, ``oracle`` (the planner, margin included) on the truth and the true epoch time, ``steps``
-  reacts to the truth epoch by epoch, ``now-full`` and ``now-constant`` just run; every plan is then
-  executed unchanged on the true epoch time (:func:`~carbonsched.planning.closed_loop.execute_open_loop`)
-  and its carbon counted on the truth (running plus idle power while paused);
+- the *forecast* comes from a :data:`ForecastSource`: :func:`iid_forecasts` (every slot after the
+  current one times ``1 + noise · N(0, 1)``, a fresh draw at every ask, from the submission's own
+  stream :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``),
+  :func:`model_forecasts` (errors that grow with lead and agree between issues,
+  :mod:`carbonsched.planning.noise_model`) or :func:`vintage_forecasts` (forecasts as they were
+  issued, :mod:`carbonsched.planning.vintages`); the current slot is always measured, so exact;
+- ``shift``, ``planner`` and ``planner-no-margin`` plan once, at submission, on the forecast and the
+  estimated epoch time; ``oracle`` (the optimum every regret is measured against) on the truth and
+  the true epoch time, with no margin; ``steps`` reacts to the truth epoch by epoch; ``now-full``
+  and ``now-constant`` just run; every plan is then executed unchanged on the true epoch time
+  (:func:`~carbonsched.planning.closed_loop.execute_open_loop`) and its carbon counted on the truth
+  (running plus idle power while paused);
 - ``planner-receding`` re-plans at every slot boundary with the daemon's decision
-  (:func:`~carbonsched.planning.closed_loop.execute_receding`); each re-plan's forecast is the
-  truth from then to the deadline with a fresh draw of the same noise for every later slot, from
-  the submission's own stream (so its first plan sees ``planner``'s forecast). It costs 50–100
-  plans per submission, so ``receding_every`` may restrict it to every n-th submission.
+  (:func:`~carbonsched.planning.closed_loop.execute_receding`, with the daemon's
+  :class:`~carbonsched.planning.receding.PlanningSettings`) on the forecast of that moment (its
+  first re-plan sees ``planner``'s forecast).
 
 Per strategy: carbon relative to ``now-full`` per submission (mean, 10th and 90th percentile), the
-share of submissions that finished by the deadline and that met the mean-ρ floor, and the mean ρ.
-Forecast error changes where a plan runs, never how long, so an executed plan finishes
-when planned whatever the noise; what threatens a deadline is an epoch that takes longer than
-estimated. So each strategy also reports the share that would still finish by the deadline if
-every epoch took ``SLOWER_SHARE`` longer and the missing work ran right after the plan's end
-(no re-plan; for ``planner-receding`` a second receding run with epochs that much slower).
-Planner regret: (planner − oracle) / oracle per submission, and the same for ``planner-receding``.
-The margin's cost: Σ planner / Σ planner-no-margin − 1.
+share of submissions that finished by the deadline and that met the mean-ρ floor, the mean ρ, and
+its regret against the oracle and against ``now-constant`` (per submission: mean, p90, max; total:
+Σ strategy / Σ reference − 1). Forecast error changes where a plan runs, never how long, so an
+executed plan finishes when planned whatever the noise; what threatens a deadline is an epoch that
+takes longer than estimated. So each strategy also reports the share that would still finish by
+the deadline if every epoch took ``SLOWER_SHARE`` longer and the missing work ran right after the
+plan's end (no re-plan; for ``planner-receding`` a second receding run with epochs that much
+slower). The margin's cost: Σ planner / Σ planner-no-margin − 1.
 """
 
 from __future__ import annotations
