@@ -268,7 +268,8 @@ class DistributedGreenTrainer(GreenTrainer):
     def _all_reduce(self, flat: torch.Tensor) -> None:
         start = time.perf_counter()
         dist.all_reduce(flat)
-        self._timing["allreduce_s"] = time.perf_counter() - start
+        # Importance reduces tensor by tensor as gradients arrive: the selection's total.
+        self._timing["allreduce_s"] = self._timing.get("allreduce_s", 0.0) + time.perf_counter() - start
 
     def _broadcast(self, obj: Any) -> Any:
         start = time.perf_counter()
@@ -310,17 +311,24 @@ class DistributedGreenTrainer(GreenTrainer):
 
     def importance_input(self, global_step: int) -> ImportanceBatches:
         """This rank's rows of the global importance batches, each weighted by its share of its
-        batch's loss tokens; divided by the number of global batches."""
+        batch's loss tokens; divided by the number of global batches. Every rank passes the same
+        number of batches (importance reduces as gradients arrive): a rank without rows of a batch
+        runs a row of it that has loss tokens, with weight 0 (a finite loss, a zero gradient)."""
         pieces, weights = [], []
         batches = self.importance_batches(global_step)
         for batch in batches:
             total = loss_items(batch, self.encoder_decoder)
-            rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
-            if rows.numel() == 0 or total == 0:
+            if total == 0:  # no loss token on any rank: every rank skips it
                 continue
+            rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
+            share = 1.0
+            if rows.numel() == 0:
+                per_row = [loss_items({"labels": batch["labels"][i : i + 1]}, self.encoder_decoder)
+                           for i in range(batch["labels"].shape[0])]
+                rows, share = torch.tensor([int(np.argmax(per_row))]), 0.0
             piece = {key: value[rows].to(self.device) for key, value in batch.items()}
             pieces.append(piece)
-            weights.append(loss_items(piece, self.encoder_decoder) / total)
+            weights.append(share * loss_items(piece, self.encoder_decoder) / total)
         return ImportanceBatches(pieces, weights, len(batches))
 
     # ------------------------------------------------------------------ steps

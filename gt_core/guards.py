@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from gt_core.sharding import is_dtensor
+
 
 class UnsupportedSetupError(ValueError):
     """The model or launcher set-up cannot run GreenTrainer's selection."""
@@ -33,7 +35,7 @@ def check_model_supported(model: torch.nn.Module) -> None:
                 f"GreenTrainer does not support DeepSpeed ZeRO stage 3 (parameter {name} is partitioned): "
                 "use ZeRO stage 1 or 2, or DDP"
             )
-        if _is_dtensor(p):
+        if is_dtensor(p):
             raise UnsupportedSetupError(
                 f"GreenTrainer does not support sharded parameters (FSDP2/tensor parallel; {name} is a DTensor): use DDP"
             )
@@ -72,14 +74,6 @@ def _zero_stage(deepspeed: Any) -> int | None:
         stage = config.get("zero_optimization", {}).get("stage")
         return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
     return None
-
-
-def _is_dtensor(p: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch without distributed support
-        return False
-    return isinstance(p, DTensor) or isinstance(getattr(p, "data", None), DTensor)
 
 
 def _is_peft_model(model: torch.nn.Module) -> bool:
