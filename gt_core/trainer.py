@@ -29,6 +29,7 @@ from gt_core.green_selector import (
     GreenSelection, GreenSelector, ImportanceBatches, SelectionHooks, selection_from_names,
 )
 from gt_core.guards import check_model_supported
+from gt_core.importance import unreachable_tensors
 from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
 from gt_core.model_traits import is_encoder_decoder, pad_token_id
@@ -337,6 +338,12 @@ class GreenTrainer:
     def _select(self, epoch: int, reading: RhoReading, tally: _EpochTally) -> None:
         """Importance → DP → requires_grad for the selected tensors (the green scheme)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.frozen_state == "drop":
+            # Tensors this ρ can never reach will not be selected, so their moments would be dropped
+            # right after; dropping them first keeps them out of the importance pass's peak memory.
+            reachable = ~unreachable_tensors(self.profile, reading.rho)
+            by_name = dict(self.model.named_parameters(remove_duplicate=False))
+            self.frozen_state.update(by_name[n] for n, keep in zip(self.profile.names, reachable) if keep)
         selection = self.selector.choose(
             self.model, self.optimizer, self.importance_input(self.state.global_step), reading,
             epoch=epoch, global_step=self.state.global_step, autocast=self.precision.autocast_factory(),
