@@ -23,6 +23,14 @@ import torch
 from gt_core.sharding import is_dtensor
 
 
+CALLBACK_FSDP2_REASON = (
+    "GreenTrainerCallback does not run under FSDP2 (TrainingArguments fsdp_config version 2 or accelerate's FSDP "
+    "plugin with fsdp_version 2): it scores importance on rank 0 alone and broadcasts the mask, but every forward "
+    "of an FSDP2 model is a collective of all ranks, so the ranks' collectives would not match (a hang or an error); "
+    "use DDP with the callback, or greentrainer train --strategy fsdp, whose importance pass runs on every rank"
+)
+
+
 class UnsupportedSetupError(ValueError):
     """The model or launcher set-up cannot run GreenTrainer's selection."""
 
@@ -47,8 +55,8 @@ def check_model_supported(model: torch.nn.Module) -> None:
             )
         if is_dtensor(p):
             raise UnsupportedSetupError(
-                f"GreenTrainer takes the unsharded model ({name} is already a DTensor): pass it unwrapped and "
-                "train with --strategy fsdp (gt_core.fsdp.FsdpGreenTrainer), which shards it itself"
+                f"{name} is already sharded (a DTensor): GreenTrainer takes the unsharded model and shards it itself "
+                "with --strategy fsdp (gt_core.fsdp.FsdpGreenTrainer); " + CALLBACK_FSDP2_REASON
             )
     if _is_peft_model(model):
         raise UnsupportedSetupError(
@@ -60,9 +68,14 @@ def check_model_supported(model: torch.nn.Module) -> None:
 def check_training_args_supported(args: Any) -> None:
     """Raise for ``transformers.TrainingArguments`` that shard parameters (FSDP, DeepSpeed ZeRO-3)."""
     if getattr(args, "fsdp", None):
+        config = getattr(args, "fsdp_config", None) or {}
+        version = config.get("version", config.get("fsdp_version", 1))
+        if str(version) == "2":
+            raise UnsupportedSetupError(CALLBACK_FSDP2_REASON)
         raise UnsupportedSetupError(
-            "GreenTrainerCallback does not support TrainingArguments(fsdp=...): flat parameters hide the "
-            "tensors it selects; use DDP"
+            "GreenTrainerCallback does not support TrainingArguments(fsdp=...) with FSDP1: its flat parameters "
+            "compute the gradient of a whole wrap unit when any tensor in it trains, so frozen tensors still cost "
+            "their gradients; use DDP, or greentrainer train --strategy fsdp (FSDP2)"
         )
     deepspeed = getattr(args, "deepspeed", None)
     if deepspeed and _zero_stage(deepspeed) == 3:

@@ -91,7 +91,21 @@ def test_guards_refuse_fsdp1_and_an_already_sharded_model_with_their_reasons(tmp
         with pytest.raises(UnsupportedSetupError, match="FSDP1 .*frozen tensors still cost their gradients.*--strategy fsdp"):
             check_model_supported(flat)
         sharded = fully_shard(tiny_model("llama", hidden=32, layers=1, heads=4))
-        with pytest.raises(UnsupportedSetupError, match="already a DTensor.*--strategy fsdp"):
+        with pytest.raises(UnsupportedSetupError, match="already sharded.*--strategy fsdp.*rank 0 alone"):
             check_model_supported(sharded)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fsdp_config, expected", [
+    ({"fsdp_version": 2}, "does not run under FSDP2 .*every forward of an FSDP2 model is a collective of all ranks"),
+    ({}, "FSDP1: its flat parameters compute the gradient of a whole wrap unit"),
+])
+def test_the_hf_callback_refuses_trainer_fsdp_with_the_reason(tmp_path, fsdp_config, expected):
+    from transformers import TrainingArguments
+
+    from gt_core.guards import UnsupportedSetupError, check_training_args_supported
+
+    args = TrainingArguments(output_dir=str(tmp_path), fsdp=True, fsdp_config=fsdp_config, use_cpu=True, report_to=[])
+    with pytest.raises(UnsupportedSetupError, match=expected):
+        check_training_args_supported(args)
