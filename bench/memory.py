@@ -16,6 +16,9 @@ freed, so the resident set follows the live tensors instead of keeping freed hea
 
 Figures are peak minus baseline: what training needs on top of the model itself.
 
+The same configurations also run under ``torchrun --nproc_per_node 2`` with ``--strategy fsdp``
+(gloo), measured the same way on each rank.
+
 Runs are two epochs of one optimizer step each under a ρ schedule ``[1.0, ρ]``: the first epoch
 trains every tensor (so every tensor has AdamW moments, as after a clean-grid hour), the second
 trains the selection at ρ, and its training peak is reported. ``keep`` holds every tensor's moments
@@ -52,6 +55,7 @@ MEASURED_MODES = ("keep", "drop")
 GOAL_RATIO = 0.40
 GOAL_RHO = 0.5
 MMAP_THRESHOLD_BYTES = 64 * 1024
+SHARDED_PROCS = 2
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,12 @@ def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, A
     import torch
 
     from gt_core.callbacks import TrainerCallback
+    from gt_core.distributed import dist_env, is_distributed_launch, trainer_class
     from gt_core.memory import PeakMemory
     from gt_core.rho import ScheduleRho
     from gt_core.tiny import tiny_model
     from gt_core.tokenizer import build_tokenizer
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.trainer import TrainConfig
 
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
@@ -155,15 +160,18 @@ def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, A
             progress=False, save_final=False, print_epoch_summary=False, device="cpu", frozen_state=mode,
         )
         source = None if rho is None else ScheduleRho([1.0, rho])
-        trainer = GreenTrainer(model, tokenizer, examples[:n_train], examples[n_train:], cfg,
-                               rho_source=source, callbacks=[StepPeak()])
+        # Under torchrun: --strategy fsdp, each rank its half of every global batch.
+        cls = trainer_class("fsdp" if is_distributed_launch() else "ddp")
+        trainer = cls(model, tokenizer, examples[:n_train], examples[n_train:], cfg,
+                      rho_source=source, callbacks=[StepPeak()])
         lengths = {len(f["input_ids"]) for f in trainer.train_set.features}
         release_freed_memory()
         baseline = rss_bytes()
         records = trainer.train()
     params = sum(p.numel() for p in model.parameters())
     return {
-        "mode": mode, "rho": rho, "baseline_bytes": baseline, "params": params,
+        "mode": mode, "rho": rho, "rank": dist_env().rank, "world_size": dist_env().world_size,
+        "baseline_bytes": baseline, "params": params,
         "param_bytes": params * 4, "seq_lens": sorted(lengths),
         "epochs": [
             {"epoch": r.epoch, "rho": r.rho_asked, "train_peak_bytes": r.peak_memory_bytes,
@@ -185,6 +193,21 @@ def run_fresh(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, Any
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
         raise RuntimeError(f"memory run {mode} rho={rho}: {tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_fresh_sharded(mode: str, rho: float | None, shape: MemoryShape, procs: int = 2) -> list[dict[str, Any]]:
+    """One configuration under ``torchrun --nproc_per_node procs`` (``--strategy fsdp``): every rank's run."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error",
+               MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES), TOKENIZERS_PARALLELISM="false")
+    spec = json.dumps({"mode": mode, "rho": rho, "shape": asdict(shape)})
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(procs), "-m", "bench.memory", "--one", spec], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=1800)
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.splitlines() if "Error" in line][-1:] or [f"exit {done.returncode}"]
+        raise RuntimeError(f"sharded memory run {mode} rho={rho}: {tail[0].strip()}")
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return sorted(runs, key=lambda r: r["rank"])
 
 
 def over_baseline(run: dict, key: str = "train_peak_bytes", epoch: int = 1) -> int:
@@ -285,6 +308,34 @@ def _memory_rows(full: dict, runs: list[dict]) -> list[list[object]]:
     return rows
 
 
+def sharded_table_lines(full: list[dict], runs: list[list[dict]], procs: int) -> list[str]:
+    """Per rank under ``--strategy fsdp``: each configuration's peaks on every rank (``runs``: per
+    configuration, every rank's run), against the same ranks' full fine-tuning."""
+    rows = []
+    for config in [full, *sorted(runs, key=lambda rs: (rs[0]["rho"], MODES.index(rs[0]["mode"])))]:
+        for run, full_rank in zip(config, full):
+            e = run["epochs"][1]
+            label = "full FT" if run["rho"] is None else run["mode"]
+            rows.append([label, "-" if run["rho"] is None else f"{run['rho']:.1f}", run["rank"],
+                         f"{over_baseline(run) / 2**20:.0f}",
+                         "-" if run["rho"] is None else f"{over_baseline(run, 'selection_peak_bytes') / 2**20:.0f}",
+                         f"{(over_baseline(run) if run['rho'] is None else epoch_peak(run)) / over_baseline(full_rank):.2f}",
+                         f"{e['optimizer_state_bytes'] / 2**20:.0f}"])
+    goal = [rs for rs in runs if rs[0]["mode"] == "drop" and rs[0]["rho"] == GOAL_RHO]
+    ratios = [epoch_peak(r) / over_baseline(f) for r, f in zip(goal[0], full)] if goal else []
+    return [
+        f"Per rank under `--strategy fsdp` with {procs} processes (gloo; `torchrun --nproc_per_node {procs}`, the "
+        "same global batch, each rank half of it; the same measurement on each rank, over that rank's baseline "
+        "once its trainer is built, i.e. with its shard of the weights):",
+        "",
+        *table(["frozen state", "ρ", "rank", "training peak MiB", "selection peak MiB", "epoch peak × full FT (same rank)",
+                "AdamW state MiB (this rank)"], rows),
+        "",
+        (f"At ρ = {GOAL_RHO} with `drop` the epoch peaks at " + " and ".join(f"{r:.2f}×" for r in ratios)
+         + " full fine-tuning's on the two ranks." if ratios else ""),
+    ]
+
+
 def memory_table_lines(full: dict, runs: list[dict]) -> list[str]:
     """The memory table and the goal sentence of the section."""
     full_peak = over_baseline(full)
@@ -333,6 +384,9 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         for mode in shape.modes:
             log(f"  {mode} rho {rho} ...")
             runs.append(run_fresh(mode, rho, shape))
+    log(f"  the same under --strategy fsdp, {SHARDED_PROCS} processes ...")
+    sharded_full = run_fresh_sharded("keep", None, shape, SHARDED_PROCS)
+    sharded = [run_fresh_sharded(mode, rho, shape, SHARDED_PROCS) for rho in shape.rhos for mode in shape.modes]
     memory_s = time.perf_counter() - started
     acc_runs, acc_lr = accuracy_runs(quick, log)
 
@@ -341,6 +395,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
     _plot(full, runs, shape, png)
     (RESULTS / "memory.json").write_text(json.dumps(
         {"quick": quick, "shape": asdict(shape), "full": full, "runs": runs,
+         "sharded": {"procs": SHARDED_PROCS, "full": sharded_full, "runs": sharded},
          "accuracy_lr": acc_lr, "accuracy": [{k: v for k, v in r.items() if k != "epochs"} |
                                               {"selected_per_epoch": [e.get("selected") for e in r["epochs"]]}
                                               for r in acc_runs]}, indent=1) + "\n")
@@ -366,6 +421,8 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         "measures on CUDA. ρ = 1 selects every tensor, so it is the full fine-tuning row (the star in the plot).",
         "",
         *memory_table_lines(full, runs),
+        "",
+        *sharded_table_lines(sharded_full, sharded, SHARDED_PROCS),
         "",
         "![peak memory vs rho per frozen-state mode](bench/results/memory.png)",
         "",
@@ -400,6 +457,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         spec = json.loads(sys.argv[2])
         shape = MemoryShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["shape"].items()})
-        print(json.dumps(measure_one(spec["mode"], spec["rho"], shape)))
+        print(json.dumps(measure_one(spec["mode"], spec["rho"], shape)), flush=True)
     else:
         run_section(main)
