@@ -4,11 +4,13 @@ GreenTrainer: the reference) or ``torchrun --nproc_per_node 2 fsdp_worker.py OUT
 ``--frozen-state drop``; per rank and epoch it saves the full weights, the selection, this rank's
 AdamW state size and the tensors that received a gradient in training steps. The 2-process launch
 then trains the same run again, stopped after epoch 0 and resumed from its sharded checkpoint,
-and a bf16-mixed run whose second epoch selects blocks entirely frozen in the first."""
+and a bf16-mixed run whose second epoch selects blocks entirely frozen in the first.
+``torchrun --nproc_per_node 4 fsdp_worker.py OUT resume-copy``: resumes ``OUT/cut_copy`` on 4 ranks."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 from dataclasses import asdict
@@ -101,15 +103,23 @@ def build(out: Path, snapshot: Snapshot, save_final: bool, precision: str = "fp3
     return cls(model, tokenizer, train, val, config, rho_source=ScheduleRho(schedule), callbacks=[snapshot])
 
 
-def main(out: Path) -> None:
+def main(out: Path, resume_copy: bool = False) -> None:
     torch.set_num_threads(1)
     rank = dist_env().rank
+    if resume_copy:  # another world size resumes a copy of the 2-process run's checkpoint of epoch 0
+        resumed = build(out / "cut_copy", Snapshot(out / "resumed_other", rank), save_final=False)
+        resumed.resume(out / "cut_copy")
+        resumed.train()
+        return
     build(out / "run", Snapshot(out / "main", rank), save_final=True).train()
     if not is_distributed_launch():
         return
     cut = build(out / "cut", Snapshot(out / "cut_snap", rank, stop_after_epoch=0), save_final=False)
     cut.train()
     assert cut.interrupted
+    if rank == 0:  # kept for a resume on another world size (resume-copy)
+        shutil.copytree(out / "cut", out / "cut_copy")
+    torch.distributed.barrier()
     resumed = build(out / "cut", Snapshot(out / "resumed", rank), save_final=False)
     resumed.resume(out / "cut")
     resumed.train()
@@ -119,4 +129,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), resume_copy=sys.argv[2:] == ["resume-copy"])

@@ -65,6 +65,14 @@ def test_two_sharded_processes_match_one_process_and_resume_bit_exact(tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert (two / "cut" / "checkpoint" / "sharded" / ".metadata").is_file()
 
+    # The same checkpoint resumed on 4 processes: resharded on load, the same run up to summation order.
+    four = [str(BIN / "torchrun"), "--nproc_per_node", "4", "--master_port", str(free_port()), worker, str(two),
+            "resume-copy"]
+    run = subprocess.run(four, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    other = torch.load(two / "resumed_other" / "weights_r0_e1.pt")
+    assert max((other[k] - straight[k]).abs().max().item() for k in straight) <= WEIGHT_TOL
+
     # bf16-mixed: tensors of blocks frozen at the first selection train when selected later.
     bf16 = [json.loads((two / "bf16" / f"epoch_r0_e{epoch}.json").read_text()) for epoch in (0, 1)]
     layers = lambda info: {n.split(".")[2] for n in info["selected"] if n.startswith("model.layers.")}  # noqa: E731
