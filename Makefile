@@ -42,6 +42,7 @@ bench: $(STAMP)
 
 # On a CUDA machine: a real-shape model trained briefly per rho and frozen-state mode, with the
 # carbonsched daemon metering it; writes a markdown report (its path is printed). Skips without CUDA.
+# With 2 or more GPUs it adds an FSDP case (--strategy fsdp under torchrun); with fewer it says it skipped it.
 gpu-check: $(STAMP)
 	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 

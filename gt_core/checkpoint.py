@@ -2,7 +2,9 @@
 
 Layout of ``<output_dir>/checkpoint``: ``model.pt`` (state dict), ``optimizer.pt``,
 ``scheduler.pt``, ``rng.pt`` (torch, numpy, python RNG states as tensors and numbers) and
-``state.json`` (position and history). A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
+``state.json`` (position and history); a sharded run (``--strategy fsdp``) writes ``sharded/``
+(``torch.distributed.checkpoint``: each rank its own shards of weights and AdamW moments) in place
+of ``model.pt`` and ``optimizer.pt``. A kill at any moment leaves either the previous checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_DIR = "checkpoint"
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP2) run
 _PREVIOUS = ".checkpoint.old"
 
 
@@ -89,33 +92,51 @@ def save_checkpoint(
 ) -> Path:
     """Write ``output_dir/checkpoint`` atomically and return its path. ``rank_rng_states``: every
     process's RNG states (index = rank) for a multi-process run, written as ``rng_rank{r}.pt``."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    final = output_dir / CHECKPOINT_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=output_dir))
+    tmp = new_checkpoint_dir(output_dir)
     try:
         _save_tensor_file(model.state_dict(), tmp / "model.pt")
         _save_tensor_file(optimizer.state_dict(), tmp / "optimizer.pt")
-        _save_tensor_file(scheduler.state_dict(), tmp / "scheduler.pt")
-        _save_tensor_file(rng_state(), tmp / "rng.pt")
-        for rank, states in enumerate(rank_rng_states or []):
-            _save_tensor_file(states, tmp / f"rng_rank{rank}.pt")
-        with (tmp / "state.json").open("w", encoding="utf-8") as handle:
-            json.dump(state.__dict__, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        previous = output_dir / _PREVIOUS
-        if previous.exists():
-            shutil.rmtree(previous)
-        if final.exists():
-            os.replace(final, previous)
-        os.replace(tmp, final)
-        _fsync_dir(output_dir)
-        shutil.rmtree(previous, ignore_errors=True)
+        write_run_files(tmp, scheduler, state, rank_rng_states)
+        return publish_checkpoint(output_dir, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def new_checkpoint_dir(output_dir: str | Path) -> Path:
+    """A fresh temporary directory in ``output_dir`` to write a checkpoint into."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=output_dir))
+
+
+def write_run_files(
+    tmp: Path, scheduler: Any, state: TrainerState, rank_rng_states: list[dict[str, Any]] | None = None
+) -> None:
+    """Scheduler, RNG states (this process's, and every rank's when given) and ``state.json`` into ``tmp``."""
+    _save_tensor_file(scheduler.state_dict(), tmp / "scheduler.pt")
+    _save_tensor_file(rng_state(), tmp / "rng.pt")
+    for rank, states in enumerate(rank_rng_states or []):
+        _save_tensor_file(states, tmp / f"rng_rank{rank}.pt")
+    with (tmp / "state.json").open("w", encoding="utf-8") as handle:
+        json.dump(state.__dict__, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def publish_checkpoint(output_dir: str | Path, tmp: Path) -> Path:
+    """Make the complete ``tmp`` the checkpoint of ``output_dir`` by rename; its final path."""
+    output_dir = Path(output_dir)
+    final = output_dir / CHECKPOINT_DIR
+    _fsync_dir(tmp)
+    previous = output_dir / _PREVIOUS
+    if previous.exists():
+        shutil.rmtree(previous)
+    if final.exists():
+        os.replace(final, previous)
+    os.replace(tmp, final)
+    _fsync_dir(output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
     return final
 
 
@@ -123,7 +144,8 @@ def find_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint directory for ``path`` (an output dir or a checkpoint dir), or None."""
     path = Path(path)
     for candidate in (path, path / CHECKPOINT_DIR, path / _PREVIOUS):
-        if (candidate / "state.json").is_file() and (candidate / "model.pt").is_file():
+        weights = (candidate / "model.pt").is_file() or (candidate / SHARDED_DIR / ".metadata").is_file()
+        if (candidate / "state.json").is_file() and weights:
             return candidate
     return None
 
@@ -136,11 +158,18 @@ def load_checkpoint(
     found = find_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path}")
+    if not (found / "model.pt").is_file():
+        raise ValueError(f"{found} is a sharded checkpoint (written with --strategy fsdp): resume it with --strategy fsdp")
     # Loaded onto the CPU first: under DDP every rank would otherwise load onto the device that
     # saved it (cuda:0). load_state_dict copies into the parameters wherever they are, and the
     # optimizer casts its state to each parameter's device.
     model.load_state_dict(torch.load(found / "model.pt", map_location="cpu", weights_only=True))
     optimizer.load_state_dict(torch.load(found / "optimizer.pt", map_location="cpu", weights_only=True))
+    return read_run_files(found, scheduler, rank)
+
+
+def read_run_files(found: Path, scheduler: Any, rank: int = 0) -> TrainerState:
+    """Restore the scheduler and this rank's RNG states from checkpoint ``found``; its position."""
     scheduler.load_state_dict(torch.load(found / "scheduler.pt", map_location="cpu", weights_only=True))
     rng_file = found / (f"rng_rank{rank}.pt" if (found / f"rng_rank{rank}.pt").is_file() else "rng.pt")
     try:

@@ -127,12 +127,19 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def trainer_class() -> type[GreenTrainer]:
+def trainer_class(strategy: str = "ddp") -> type[GreenTrainer]:
     """GreenTrainer for one process; under a multi-process launcher, join the group and return
-    :class:`DistributedGreenTrainer`."""
+    :class:`DistributedGreenTrainer` (``strategy="ddp"``) or ``gt_core.fsdp.FsdpGreenTrainer``
+    (``"fsdp"``, which needs the launcher: ValueError without one)."""
     if not is_distributed_launch():
+        if strategy == "fsdp":
+            raise ValueError("--strategy fsdp shards the model over processes: start it with torchrun --nproc_per_node N (N >= 2)")
         return GreenTrainer
     init_distributed()
+    if strategy == "fsdp":
+        from gt_core.fsdp import FsdpGreenTrainer
+
+        return FsdpGreenTrainer
     return DistributedGreenTrainer
 
 
@@ -221,6 +228,8 @@ class DistributedGreenTrainer(GreenTrainer):
     pipeline with hooks: gradients all-reduced, ρ and the mask broadcast from rank 0.
     """
 
+    final_model_on_every_rank = False  # rank 0 alone writes final/ (a subclass gathering it sets True)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -244,7 +253,7 @@ class DistributedGreenTrainer(GreenTrainer):
         device = torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
         config = replace(config, device=str(device))
         if self.rank != 0:
-            config = replace(config, progress=False, save_final=False)
+            config = replace(config, progress=False, save_final=config.save_final and self.final_model_on_every_rank)
         self.ddp: DistributedDataParallel | None = None
         self._ddp_mask: np.ndarray | None = None
         self._ddp_builds = 0
@@ -260,7 +269,7 @@ class DistributedGreenTrainer(GreenTrainer):
             self.metrics = _NullLog()
         self.callbacks = share_daemon_job(self.callbacks)
         if self.fixed is not None:
-            self._wrap(None)
+            self.wrap_trainable(None)
         dist.barrier()
 
     # ------------------------------------------------------------------ selection hooks
@@ -268,7 +277,8 @@ class DistributedGreenTrainer(GreenTrainer):
     def _all_reduce(self, flat: torch.Tensor) -> None:
         start = time.perf_counter()
         dist.all_reduce(flat)
-        self._timing["allreduce_s"] = time.perf_counter() - start
+        # Importance reduces tensor by tensor as gradients arrive: the selection's total.
+        self._timing["allreduce_s"] = self._timing.get("allreduce_s", 0.0) + time.perf_counter() - start
 
     def _broadcast(self, obj: Any) -> Any:
         start = time.perf_counter()
@@ -278,7 +288,7 @@ class DistributedGreenTrainer(GreenTrainer):
         self._timing[key] = time.perf_counter() - start
         return result
 
-    def _wrap(self, mask: np.ndarray | None) -> None:
+    def wrap_trainable(self, mask: np.ndarray | None) -> None:
         """(Re)build the DDP wrapper over the parameters that require grad now."""
         if self.ddp is not None and mask is not None and self._ddp_mask is not None and np.array_equal(mask, self._ddp_mask):
             self._timing["rebuilt"] = False
@@ -298,7 +308,15 @@ class DistributedGreenTrainer(GreenTrainer):
         self._timing["rebuilt"] = True
 
     def trainable_changed(self, mask: np.ndarray) -> None:
-        self._wrap(mask)
+        self.wrap_trainable(mask)
+
+    def step_module(self) -> torch.nn.Module:
+        """What a training step runs forward and backward through: the DDP wrapper."""
+        return self.ddp
+
+    def micro_batch_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Gradients are averaged over ranks on the last micro-batch of a step only."""
+        return contextlib.nullcontext() if last else self.ddp.no_sync()
 
     # ------------------------------------------------------------------ data
 
@@ -310,17 +328,24 @@ class DistributedGreenTrainer(GreenTrainer):
 
     def importance_input(self, global_step: int) -> ImportanceBatches:
         """This rank's rows of the global importance batches, each weighted by its share of its
-        batch's loss tokens; divided by the number of global batches."""
+        batch's loss tokens; divided by the number of global batches. Every rank passes the same
+        number of batches (importance reduces as gradients arrive): a rank without rows of a batch
+        runs a row of it that has loss tokens, with weight 0 (a finite loss, a zero gradient)."""
         pieces, weights = [], []
         batches = self.importance_batches(global_step)
         for batch in batches:
             total = loss_items(batch, self.encoder_decoder)
-            rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
-            if rows.numel() == 0 or total == 0:
+            if total == 0:  # no loss token on any rank: every rank skips it
                 continue
+            rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), self.world_size)[self.rank]
+            share = 1.0
+            if rows.numel() == 0:
+                per_row = [loss_items({"labels": batch["labels"][i : i + 1]}, self.encoder_decoder)
+                           for i in range(batch["labels"].shape[0])]
+                rows, share = torch.tensor([int(np.argmax(per_row))]), 0.0
             piece = {key: value[rows].to(self.device) for key, value in batch.items()}
             pieces.append(piece)
-            weights.append(loss_items(piece, self.encoder_decoder) / total)
+            weights.append(share * loss_items(piece, self.encoder_decoder) / total)
         return ImportanceBatches(pieces, weights, len(batches))
 
     # ------------------------------------------------------------------ steps
@@ -330,20 +355,19 @@ class DistributedGreenTrainer(GreenTrainer):
         self._pending_signal = signum
 
     def train_step(self, group: list[dict[str, torch.Tensor]]) -> float:
-        ddp = self.ddp
-        ddp.train()
+        module = self.step_module()
+        module.train()
         local = [loss_items(b, self.encoder_decoder) for b in group]
         counts = torch.tensor(local, dtype=torch.float64)
         dist.all_reduce(counts)
         loss_total = 0.0
         for k, batch in enumerate(group):
             batch = {key: value.to(self.device) for key, value in batch.items()}
-            sync = contextlib.nullcontext() if k == len(group) - 1 else ddp.no_sync()
-            with sync:
+            with self.micro_batch_sync(k == len(group) - 1):
                 with self.precision.autocast():
-                    out = ddp(**batch)
+                    out = module(**batch)
                     if local[k]:
-                        # DDP averages over ranks: scale this rank's mean so the average is the global mean.
+                        # Gradients are averaged over ranks: scale this rank's mean so the average is the global mean.
                         loss = out.loss * (local[k] * self.world_size / float(counts[k]) / len(group))
                     else:
                         loss = out.logits.sum() * 0.0

@@ -17,6 +17,8 @@ from typing import Iterable
 
 import torch
 
+from gt_core.sharding import local_part
+
 FROZEN_STATE_MODES: tuple[str, ...] = ("keep", "offload", "drop")
 
 
@@ -53,10 +55,12 @@ class FrozenStateManager:
             self._restore(p)
 
     def state_bytes(self, device_type: str | None = None) -> int:
-        """Bytes of optimizer-state tensors (on ``device_type`` only, when given)."""
+        """Bytes of optimizer-state tensors held by this process (its shards under FSDP2; on
+        ``device_type`` only, when given)."""
         total = 0
         for state in self.optimizer.state.values():
             for value in state.values():
+                value = local_part(value)
                 if isinstance(value, torch.Tensor) and (device_type is None or value.device.type == device_type):
                     total += value.numel() * value.element_size()
         return total

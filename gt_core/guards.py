@@ -1,9 +1,17 @@
 """Set-ups GreenTrainer's selection cannot run under, refused before the first step with one line.
 
 Selection looks tensors up by name, prices each one from its shape and toggles its
-``requires_grad``. Sharded parameters (FSDP's flat parameters, DeepSpeed ZeRO-3's empty
-placeholders) break the first two; a PEFT-wrapped model would have its frozen base weights
-unfrozen by the third.
+``requires_grad``; the saving is real only if a frozen tensor then costs no weight gradient.
+Measured on the CPU (torch 2.13, gloo, 2 processes, tiny Llama):
+
+- FSDP1 (``FullyShardedDataParallel``, even with ``use_orig_params=True``) trains correctly, but
+  its flat parameters compute the gradient of a whole wrap unit when any tensor in it trains:
+  frozen tensors sharing a unit with selected ones still got gradients (5-12 tensors per epoch),
+  so the FLOPs GreenTrainer claims to save are spent. FSDP2 (``fully_shard``) shards each tensor
+  on its own and honours ``requires_grad``: ``--strategy fsdp`` (:mod:`gt_core.fsdp`).
+- DeepSpeed ZeRO-3: parameters frozen after ``deepspeed.initialize`` were still updated (all 17
+  "frozen" tensors changed), so a selection would not even be what trains.
+- A PEFT-wrapped model would have its frozen base weights unfrozen.
 """
 
 from __future__ import annotations
@@ -11,6 +19,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from gt_core.sharding import is_dtensor
+
+
+CALLBACK_FSDP2_REASON = (
+    "GreenTrainerCallback does not run under FSDP2 (TrainingArguments fsdp_config version 2 or accelerate's FSDP "
+    "plugin with fsdp_version 2): it scores importance on rank 0 alone and broadcasts the mask, but every forward "
+    "of an FSDP2 model is a collective of all ranks, so the ranks' collectives would not match (a hang or an error); "
+    "use DDP with the callback, or greentrainer train --strategy fsdp, whose importance pass runs on every rank"
+)
 
 
 class UnsupportedSetupError(ValueError):
@@ -24,18 +42,21 @@ def check_model_supported(model: torch.nn.Module) -> None:
         type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()
     ):
         raise UnsupportedSetupError(
-            "GreenTrainer does not support FSDP (flat parameters hide the tensors it selects): "
-            "use data parallelism (torchrun/accelerate with DDP) and --gradient-checkpointing or bf16 to fit memory"
+            "GreenTrainer does not support FSDP1 (FullyShardedDataParallel): its flat parameters compute the "
+            "gradient of a whole wrap unit when any tensor in it trains, so frozen tensors still cost their "
+            "gradients; pass the unwrapped model with --strategy fsdp (FSDP2, per-tensor sharding) instead"
         )
     for name, p in model.named_parameters():
         if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
             raise UnsupportedSetupError(
                 f"GreenTrainer does not support DeepSpeed ZeRO stage 3 (parameter {name} is partitioned): "
-                "use ZeRO stage 1 or 2, or DDP"
+                "parameters frozen after deepspeed.initialize are still updated, so the selection would not be "
+                "what trains; use ZeRO stage 1 or 2, DDP, or --strategy fsdp"
             )
-        if _is_dtensor(p):
+        if is_dtensor(p):
             raise UnsupportedSetupError(
-                f"GreenTrainer does not support sharded parameters (FSDP2/tensor parallel; {name} is a DTensor): use DDP"
+                f"{name} is already sharded (a DTensor): GreenTrainer takes the unsharded model and shards it itself "
+                "with --strategy fsdp (gt_core.fsdp.FsdpGreenTrainer); " + CALLBACK_FSDP2_REASON
             )
     if _is_peft_model(model):
         raise UnsupportedSetupError(
@@ -47,14 +68,20 @@ def check_model_supported(model: torch.nn.Module) -> None:
 def check_training_args_supported(args: Any) -> None:
     """Raise for ``transformers.TrainingArguments`` that shard parameters (FSDP, DeepSpeed ZeRO-3)."""
     if getattr(args, "fsdp", None):
+        config = getattr(args, "fsdp_config", None) or {}
+        version = config.get("version", config.get("fsdp_version", 1))
+        if str(version) == "2":
+            raise UnsupportedSetupError(CALLBACK_FSDP2_REASON)
         raise UnsupportedSetupError(
-            "GreenTrainerCallback does not support TrainingArguments(fsdp=...): flat parameters hide the "
-            "tensors it selects; use DDP"
+            "GreenTrainerCallback does not support TrainingArguments(fsdp=...) with FSDP1: its flat parameters "
+            "compute the gradient of a whole wrap unit when any tensor in it trains, so frozen tensors still cost "
+            "their gradients; use DDP, or greentrainer train --strategy fsdp (FSDP2)"
         )
     deepspeed = getattr(args, "deepspeed", None)
     if deepspeed and _zero_stage(deepspeed) == 3:
         raise UnsupportedSetupError(
-            "GreenTrainerCallback does not support DeepSpeed ZeRO stage 3 (partitioned parameters): use stage 1 or 2"
+            "GreenTrainerCallback does not support DeepSpeed ZeRO stage 3: parameters frozen after "
+            "deepspeed.initialize are still updated, so the selection would not be what trains; use stage 1 or 2"
         )
 
 
@@ -72,14 +99,6 @@ def _zero_stage(deepspeed: Any) -> int | None:
         stage = config.get("zero_optimization", {}).get("stage")
         return int(stage) if isinstance(stage, (int, str)) and str(stage).isdigit() else None
     return None
-
-
-def _is_dtensor(p: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch without distributed support
-        return False
-    return isinstance(p, DTensor) or isinstance(getattr(p, "data", None), DTensor)
 
 
 def _is_peft_model(model: torch.nn.Module) -> bool:

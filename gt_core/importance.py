@@ -6,7 +6,7 @@
 the scheduler's current lr, decoupled weight decay), computed from a copy of its state; gradients
 are averaged over a few batches in eval mode. Nothing observable changes: parameters, requires_grad
 flags, ``.grad``, optimizer and scheduler state, RNG states and the training data order are the
-same afterwards (gradients come from ``torch.autograd.grad``, never ``.backward()``).
+same afterwards (the pass sets the caller's ``.grad`` aside and puts it back).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gt_core.profiler import TensorProfile
+from gt_core.sharding import is_sharded, local_part
 
 Metric = Literal["dw_grad", "dw", "grad"]
 METRICS: tuple[str, ...] = ("dw_grad", "dw", "grad")
@@ -114,6 +115,10 @@ class _Restore:
     def __enter__(self) -> "_Restore":
         self.training = {m: m.training for m in self.model.modules()}
         self.requires_grad = {p: p.requires_grad for p in self.model.parameters()}
+        # Gradients arrive in .grad during the pass: whatever the caller had there is set aside.
+        self.grads = {p: p.grad for p in self.model.parameters() if p.grad is not None}
+        for p in self.grads:
+            p.grad = None
         self.torch_rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         self.numpy_rng = np.random.get_state()
@@ -125,6 +130,8 @@ class _Restore:
             module.training = mode
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
+        for p in self.model.parameters():
+            p.grad = self.grads.get(p)
         torch.set_rng_state(self.torch_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
@@ -132,32 +139,84 @@ class _Restore:
         random.setstate(self.python_rng)
 
 
-def summed_gradients(
-    model: torch.nn.Module,
-    params: Sequence[torch.nn.Parameter],
-    batches: Iterable[Mapping[str, torch.Tensor]],
-    loss_weights: Sequence[float] | None = None,
-    autocast: Callable[[], ContextManager[Any]] | None = None,
-) -> tuple[list[torch.Tensor], int]:
-    """Σ_b weight_b·∂loss_b/∂p over ``batches`` (fp32), without touching ``p.grad``; and the batch count.
+class _ScoreOnArrival:
+    """Post-accumulate-grad hooks that turn each tensor's gradient into its score as it arrives.
 
-    ``loss_weights`` defaults to 1 per batch. Batches are moved to the device of the first
-    parameter, so importance runs where the model lives; the forward runs under ``autocast()``
-    when given (the training step's mixed precision), the sums stay float32."""
-    device = params[0].device if params else torch.device("cpu")
-    sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    count = 0
-    for k, batch in enumerate(batches):
-        weight = 1.0 if loss_weights is None else float(loss_weights[k])
-        batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            loss = model(**batch).loss * weight
-        grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-        for total, g in zip(sums, grads):
-            if g is not None:
-                total.add_(g.float())
-        count += 1
-    return sums, count
+    On the last pass a tensor's gradient (plus its fp32 sum over the earlier passes, if any) is
+    scored at once and freed, so no pass holds more than the gradients in flight; with several
+    batches the running fp32 sums of the earlier passes are the only gradient-sized memory kept.
+    Replicated parameters (one process, DDP) get their gradient summed over processes (``reduce``)
+    before scoring: Adam's update is not linear in it. Sharded parameters (FSDP2) arrive already
+    summed over processes by the reduce-scatter, as this rank's shard; Adam is elementwise, so the
+    shard's score is this rank's part of the tensor's score and the parts are summed afterwards.
+    """
+
+    def __init__(self, indices: Sequence[int], params: Sequence[torch.nn.Parameter], names: Sequence[str],
+                 optimizer: torch.optim.Optimizer, metric: Metric, count: int,
+                 reduce: Callable[[torch.Tensor], None] | None) -> None:
+        self.positions: dict[torch.nn.Parameter, list[int]] = {}
+        for i, p in zip(indices, params):  # a tied weight may stand behind several names
+            self.positions.setdefault(p, []).append(i)
+        self.names, self.metric, self.count, self.reduce = names, metric, count, reduce
+        self.optimizer = unwrap_optimizer(optimizer)
+        # AdamW by type: torch versions before the group key existed decay it decoupled all the same.
+        self.decoupled_type = isinstance(self.optimizer, torch.optim.AdamW)
+        self.group_of = {p: group for group in self.optimizer.param_groups for p in group["params"]}
+        for p in params:
+            if p not in self.group_of:
+                raise KeyError(f"optimizer does not hold parameter {names[self.positions[p][0]]!r}")
+        self.sums: dict[torch.nn.Parameter, torch.Tensor] = {}
+        self.replicated_scores: dict[torch.nn.Parameter, float] = {}
+        self.shard_scores: dict[torch.nn.Parameter, float] = {}
+        self.last_pass = False
+
+    def __call__(self, p: torch.nn.Parameter) -> None:
+        grad = local_part(p.grad).float()
+        p.grad = None
+        total = self.sums.pop(p, None)
+        total = grad if total is None else total.add_(grad)
+        if self.last_pass:
+            self.score(p, total)
+        else:
+            self.sums[p] = total
+
+    def score(self, p: torch.nn.Parameter, total: torch.Tensor) -> None:
+        if is_sharded(p):
+            self.shard_scores[p] = self.tensor_score(p, total / self.count)
+            return
+        if self.reduce is not None:
+            self.reduce(total)
+        self.replicated_scores[p] = self.tensor_score(p, total / self.count)
+
+    def finish(self) -> None:
+        """Score the tensors whose gradient never arrived on the last pass (zero, or the earlier sum)."""
+        for p in self.positions:
+            if p not in self.replicated_scores and p not in self.shard_scores:
+                total = self.sums.pop(p, None)
+                self.score(p, torch.zeros_like(local_part(p), dtype=torch.float32) if total is None else total)
+
+    def write(self, importance: np.ndarray, device: torch.device) -> None:
+        """Every tensor's score into ``importance``; shard scores summed over processes first."""
+        for p, value in self.replicated_scores.items():
+            importance[self.positions[p]] = value
+        if not self.shard_scores:
+            return
+        sharded = list(self.shard_scores)
+        parts = torch.tensor([self.shard_scores[p] for p in sharded], dtype=torch.float64, device=device)
+        if self.reduce is not None:
+            self.reduce(parts)
+        for p, value in zip(sharded, parts.tolist()):
+            importance[self.positions[p]] = value
+
+    def tensor_score(self, p: torch.nn.Parameter, grad: torch.Tensor) -> float:
+        """This rank's score of ``p`` (``metric``) for the mean gradient ``grad`` (local piece, fp32)."""
+        if self.metric == "grad":
+            return float(grad.abs().sum())
+        group = self.group_of[p]
+        decoupled = self.decoupled_type or bool(group.get("decoupled_weight_decay", False))
+        state = {key: local_part(value) for key, value in self.optimizer.state.get(p, {}).items()}
+        delta = adam_update(local_part(p), grad, state, group, decoupled=decoupled)
+        return float(delta.abs().sum() if self.metric == "dw" else -(delta * grad).sum())
 
 
 def compute_importance(
@@ -183,9 +242,14 @@ def compute_importance(
     ``optimizer`` must be Adam or AdamW holding every named parameter (any optimizer for ``"grad"``).
 
     The gradient is the mean over batches: Σ weight·grad / ``batch_count`` (default: the number
-    of batches). Several processes pass their own share of the batches, each weighted by its
-    share of the loss, the global ``batch_count``, and ``reduce`` (an in-place sum over
-    processes, e.g. ``dist.all_reduce``), so every process returns the same array.
+    of batches). Each tensor is scored as its gradient arrives in the backward pass and the
+    gradient is freed at once (see :class:`_ScoreOnArrival`), so the pass never holds every
+    gradient together. Several processes pass their own share of the batches (every process the
+    same number of batches: a process without rows of a batch passes a row of it with weight 0),
+    each weighted by its share of the loss, the global ``batch_count``, and ``reduce`` (an in-place
+    sum over processes, e.g. ``dist.all_reduce``), so every process returns the same array. The
+    model may be the plain model (one process, DDP) or an FSDP2 model (``fully_shard``): sharded
+    tensors are scored per shard and the per-tensor scores summed over processes with ``reduce``.
     ``eligible`` (a mask over ``names``): the others are not scored and get ``-inf``.
     Non-finite gradients (fp16 overflow) give non-finite scores for their tensors; the caller
     decides what to do with them (:class:`gt_core.green_selector.GreenSelector` skips them).
@@ -208,23 +272,36 @@ def compute_importance(
     if not live:
         return importance
     live_params = [params[i] for i in live]
-    with _Restore(model), torch.no_grad():
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in live_params:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            sums, seen = summed_gradients(model, live_params, batches, loss_weights, autocast)
-        count = seen if batch_count is None else int(batch_count)
-        if count <= 0:
-            raise ValueError("importance needs at least one batch")
-        if reduce is not None:
-            flat = torch.cat([s.reshape(-1) for s in sums])
-            reduce(flat)
-            sums = [g.view_as(s) for g, s in zip(torch.split(flat, [s.numel() for s in sums]), sums)]
-        grads = [s / count for s in sums]
-        score_tensors(importance, live, live_params, grads, names, optimizer, metric)
+    batches = list(batches)
+    count = len(batches) if batch_count is None else int(batch_count)
+    if count <= 0 or not batches:
+        raise ValueError("importance needs at least one batch")
+    device = live_params[0].device
+    scorer = _ScoreOnArrival(live, live_params, names, optimizer, metric, count, reduce)
+    handles = []
+    try:
+        with _Restore(model):
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in live_params:
+                p.requires_grad_(True)
+            handles = [p.register_post_accumulate_grad_hook(scorer) for p in scorer.positions]
+            for k, batch in enumerate(batches):
+                scorer.last_pass = k == len(batches) - 1
+                weight = 1.0 if loss_weights is None else float(loss_weights[k])
+                batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+                with torch.enable_grad(), autocast() if autocast is not None else contextlib.nullcontext():
+                    loss = model(**batch).loss * weight
+                with torch.enable_grad():
+                    loss.backward()
+                del loss
+            with torch.no_grad():
+                scorer.finish()
+    finally:
+        for handle in handles:
+            handle.remove()
+    scorer.write(importance, device)
     return normalise(importance)
 
 
@@ -245,33 +322,6 @@ def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
         optimizer = optimizer.optimizer
     return optimizer
-
-
-def score_tensors(
-    importance: np.ndarray,
-    indices: Sequence[int],
-    params: Sequence[torch.nn.Parameter],
-    grads: Sequence[torch.Tensor],
-    names: Sequence[str],
-    optimizer: torch.optim.Optimizer,
-    metric: Metric,
-) -> None:
-    """Write each tensor's unscaled score (``metric``) into ``importance[indices]``."""
-    inner = unwrap_optimizer(optimizer)
-    # AdamW by type: torch versions before the group key existed decay it decoupled all the same.
-    decoupled_type = isinstance(inner, torch.optim.AdamW)
-    group_of = {id(p): group for group in inner.param_groups for p in group["params"]}
-    for i, p, g in zip(indices, params, grads):
-        if id(p) not in group_of:
-            raise KeyError(f"optimizer does not hold parameter {names[i]!r}")
-        if metric == "grad":
-            value = g.abs().sum()
-        else:
-            group = group_of[id(p)]
-            decoupled = decoupled_type or bool(group.get("decoupled_weight_decay", False))
-            delta = adam_update(p, g, inner.state.get(p, {}), group, decoupled=decoupled)
-            value = delta.abs().sum() if metric == "dw" else -(delta * g).sum()
-        importance[i] = float(value)
 
 
 def normalise(importance: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from gt_core.green_selector import (
     GreenSelection, GreenSelector, ImportanceBatches, SelectionHooks, selection_from_names,
 )
 from gt_core.guards import check_model_supported
+from gt_core.importance import unreachable_tensors
 from gt_core.importance_file import importance_path, write_importance
 from gt_core.memory import PeakMemory
 from gt_core.metrics_log import MetricsLog
@@ -182,8 +183,9 @@ class GreenTrainer:
 
     Selection (green scheme) is :class:`~gt_core.green_selector.GreenSelector`'s; a multi-process
     subclass passes ``selection_hooks`` and may override the documented extension points
-    :meth:`epoch_loader`, :meth:`importance_input`, :meth:`train_step`, :meth:`trainable_changed`,
-    :meth:`request_stop` and :meth:`checkpoint`.
+    :meth:`prepare_model`, :meth:`epoch_loader`, :meth:`importance_input`, :meth:`train_step`,
+    :meth:`trainable_changed`, :meth:`request_stop`, :meth:`checkpoint`, :meth:`load_checkpoint_from`
+    and :meth:`save_final_model`.
     """
 
     def __init__(
@@ -240,6 +242,7 @@ class GreenTrainer:
             self.selector.check_rho_values(_known_rho_values(self.rho_source))
         self.total_params = int(self.profile.param_counts.sum())
         self.model, self.fixed = self._prepare_scheme(model)
+        self.model = self.prepare_model(self.model)
 
         steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.steps_per_epoch = math.ceil(steps_per_epoch / config.grad_accumulation)
@@ -305,6 +308,11 @@ class GreenTrainer:
         flops = schemes.prefix_flops(prof, model, cfg.prefix_tokens, **shape)
         return schemes.apply_prefix(model, cfg.prefix_tokens), TrainedTensors(none, flops, None)
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to train, placed and set up for its scheme (a sharding subclass shards it here,
+        before the optimizer is built over its parameters)."""
+        return model
+
     # ------------------------------------------------------------------ data (extension points)
 
     def epoch_loader(self, epoch: int) -> Iterable[dict[str, torch.Tensor]]:
@@ -331,6 +339,12 @@ class GreenTrainer:
     def _select(self, epoch: int, reading: RhoReading, tally: _EpochTally) -> None:
         """Importance → DP → requires_grad for the selected tensors (the green scheme)."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.frozen_state == "drop":
+            # Tensors this ρ can never reach will not be selected, so their moments would be dropped
+            # right after; dropping them first keeps them out of the importance pass's peak memory.
+            reachable = ~unreachable_tensors(self.profile, reading.rho)
+            by_name = dict(self.model.named_parameters(remove_duplicate=False))
+            self.frozen_state.update(by_name[n] for n, keep in zip(self.profile.names, reachable) if keep)
         selection = self.selector.choose(
             self.model, self.optimizer, self.importance_input(self.state.global_step), reading,
             epoch=epoch, global_step=self.state.global_step, autocast=self.precision.autocast_factory(),
@@ -409,15 +423,19 @@ class GreenTrainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint (an output dir or its ``checkpoint`` dir)."""
-        if find_checkpoint(path) is None:
-            raise FileNotFoundError(f"no checkpoint in {path}")
         self.frozen_state.restore_all()
-        self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=getattr(self, "rank", 0))
+        self.state = self.load_checkpoint_from(path)
         self.resume_note = self._reapply_schedule()
         self.precision.load_state_dict(self.state.settings)
         if self.fixed is None and self.state.selections:
             self._restore_selection()
         self.metrics.keep_epochs_before(self.state.epoch)
+
+    def load_checkpoint_from(self, path: str | Path) -> TrainerState:
+        """Restore model, optimizer, scheduler and RNG states from the checkpoint in ``path``; its position."""
+        if find_checkpoint(path) is None:
+            raise FileNotFoundError(f"no checkpoint in {path}")
+        return load_checkpoint(path, self.model, self.optimizer, self.scheduler, rank=getattr(self, "rank", 0))
 
     def _reapply_schedule(self) -> str | None:
         """Set each group's lr from this run's schedule at the restored step.
@@ -558,10 +576,10 @@ class GreenTrainer:
                 signal.signal(sig, handler)
         self._notify_end("interrupted" if self.interrupted else "completed")
         if not self.interrupted and cfg.save_final:
-            self._save_final(self.output_dir / "final")
+            self.save_final_model(self.output_dir / "final")
         return [EpochRecord(**r) for r in self.state.records]
 
-    def _save_final(self, final: Path) -> None:
+    def save_final_model(self, final: Path) -> None:
         """The trained model and its tokenizer in ``final`` (no progress bar under ``progress=False``)."""
         from transformers.utils import logging as hf_logging
 

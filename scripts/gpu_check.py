@@ -3,6 +3,7 @@
     make gpu-check                                        # OPT-350M shape, bf16-mixed, on CUDA
     python scripts/gpu_check.py --shape llama-1b          # a Llama-style 1.1B shape instead
     python scripts/gpu_check.py --device cpu --tiny       # the same code on a tiny model, on the CPU
+    python scripts/gpu_check.py --device cpu --tiny --fsdp-procs 2 --fsdp-only   # the FSDP case on gloo
 
 Full fine-tuning and GreenTrainer at ρ ∈ {0.4, 0.7, 1.0} × frozen-state keep/offload/drop train
 on the embedded task (built-in tokenizer; the model keeps its real vocabulary size, only the
@@ -15,6 +16,10 @@ the FLOPs ratio; peak memory of the training steps (``torch.cuda.max_memory_allo
 right after each epoch's selection; on the CPU the process's peak RSS) and of the selection's
 importance pass; optimizer state on the training device; the daemon's energy and carbon per epoch.
 Without CUDA (and no ``--device``) it prints one line saying it skipped and exits 0.
+
+The FSDP case (``--strategy fsdp``; every visible GPU, one process each under torchrun; on the CPU
+with ``--fsdp-procs N``): full fine-tuning and GreenTrainer ρ 0.5 ``drop``, each rank's epoch peak
+memory and AdamW state. With fewer than 2 GPUs it prints one line saying it skipped.
 """
 
 from __future__ import annotations
@@ -293,6 +298,109 @@ def check_data(plan: CheckPlan) -> tuple:
     return tokenizer, pairs[:n_train], pairs[n_train:]
 
 
+# ---------------------------------------------------------------------------- the FSDP case
+
+FSDP_RHO = 0.5
+
+
+def fsdp_skip_reason(device: torch.device, procs: int) -> str | None:
+    """The one line saying why the FSDP case does not run here, or None when it runs."""
+    if procs >= 2:
+        return None
+    if device.type == "cuda":
+        return (f"gpu-check: FSDP case skipped: it needs 2 or more CUDA devices (torchrun, one process per GPU), "
+                f"found {torch.cuda.device_count()}")
+    return "gpu-check: FSDP case skipped: on the CPU it runs only when asked (--fsdp-procs 2: gloo processes)"
+
+
+def run_fsdp_case(plan: CheckPlan, procs: int, workdir: Path) -> list[dict[str, Any]]:
+    """Full fine-tuning and GreenTrainer ρ 0.5 ``drop`` under ``--strategy fsdp`` with ``procs``
+    processes (this script under torchrun, :func:`fsdp_worker`); every rank's epochs."""
+    out = workdir / "fsdp"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = json.dumps({**plan.__dict__, "rhos": list(plan.rhos), "modes": list(plan.modes)})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+           str(Path(__file__).resolve()), "--fsdp-worker", spec, str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        tail = [line for line in done.stderr.splitlines() if "Error" in line][-1:] or [f"exit {done.returncode}"]
+        raise RuntimeError(f"FSDP case failed: {tail[0].strip()}")
+    return [json.loads(path.read_text()) for path in sorted(out.glob("rank*.json"))]
+
+
+def fsdp_worker(spec: str, out: Path) -> None:
+    """One rank of the FSDP case: each scheme trains a fresh random-init model of the shape."""
+    import transformers as tf
+
+    from gt_core.callbacks import TrainerCallback
+    from gt_core.distributed import dist_env, trainer_class
+    from gt_core.sharding import local_part
+    from gt_core.trainer import TrainConfig
+
+    values = json.loads(spec)
+    plan = CheckPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    torch.set_num_threads(1)
+    env = dist_env()
+    tokenizer, train, val = check_data(plan)
+    cls = trainer_class("fsdp")
+
+    class NoCheckpoints(cls):
+        def checkpoint(self, rank_rng_states=None) -> Path:
+            return self.output_dir
+
+    epochs: list[dict[str, Any]] = []
+
+    class PerRank(TrainerCallback):
+        def __init__(self, scheme: str) -> None:
+            self.scheme = scheme
+
+        def on_epoch_end(self, trainer, record) -> None:
+            state = sum(local_part(v).numel() * local_part(v).element_size()
+                        for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step")
+            epochs.append({"scheme": self.scheme, "epoch": record.epoch, "rank": env.rank,
+                           "peak_bytes": record.peak_memory_bytes, "peak_kind": record.peak_memory_kind,
+                           "state_bytes": state, "wall_s": record.wall_s, "rho_effective": record.rho_effective,
+                           "tensors": record.tensors_selected})
+
+    for scheme in ("full", "green"):
+        torch.manual_seed(0)
+        model = tf.AutoModelForCausalLM.from_config(SHAPES[plan.shape](len(tokenizer)))
+        cfg = TrainConfig(
+            scheme=scheme, rho=FSDP_RHO, lr=1e-4, batch_size=plan.batch_size * env.world_size, epochs=plan.epochs,
+            max_input_length=plan.seq_len, max_target_length=32, importance_batches=plan.importance_batches,
+            output_dir=out / scheme, progress=False, save_final=False, print_epoch_summary=False,
+            precision=plan.precision, frozen_state="drop", gradient_checkpointing=plan.gradient_checkpointing,
+        )
+        trainer = NoCheckpoints(model, tokenizer, train * env.world_size, val, cfg, callbacks=[PerRank(scheme)])
+        trainer.train()
+        del trainer, model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    (out / f"rank{env.rank}.json").write_text(json.dumps(epochs))
+
+
+def fsdp_report_lines(plan: CheckPlan, procs: int, ranks: list[list[dict[str, Any]]]) -> list[str]:
+    rows = []
+    for epochs in ranks:
+        for e in epochs:
+            if e["epoch"] != plan.epochs - 1:
+                continue
+            label = "full FT" if e["scheme"] == "full" else f"green ρ={FSDP_RHO:g} drop"
+            rows.append([label, e["rank"], _mib(e["peak_bytes"]), _mib(e["state_bytes"]), e["tensors"],
+                         f"{e['rho_effective']:.3f}", f"{e['wall_s']:.1f}"])
+    rows.sort(key=lambda r: (r[0] != "full FT", r[1]))
+    return [
+        "", f"## FSDP2 (`--strategy fsdp`), {procs} processes", "",
+        f"Each rank trains its {plan.batch_size} rows of every global batch of {plan.batch_size * procs}; the "
+        "model is sharded with `fully_shard` per block and at the root. Last epoch per rank: the epoch's peak "
+        "memory (importance pass included; `max_memory_allocated` on CUDA, VmHWM on the CPU) and this rank's "
+        "AdamW state.", "",
+        *_table(["run", "rank", "epoch peak MiB", "AdamW state MiB (this rank)", "tensors", "ρ effective", "epoch s"],
+                rows),
+    ]
+
+
 # ---------------------------------------------------------------------------- the report
 
 
@@ -408,6 +516,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--report", type=Path, default=None, help="markdown report path (default runs/gpu-check/…)")
     ap.add_argument("--workdir", type=Path, default=None, help="daemon state and runs (default: a temp dir, removed)")
+    ap.add_argument("--fsdp-procs", type=int, default=None,
+                    help="processes of the FSDP case (default: every CUDA device; on the CPU 0, i.e. skipped)")
+    ap.add_argument("--fsdp-only", action="store_true", help="run only the FSDP case")
+    ap.add_argument("--fsdp-worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -429,6 +541,9 @@ def make_plan(args: argparse.Namespace, device: str) -> CheckPlan:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.fsdp_worker is not None:
+        fsdp_worker(args.fsdp_worker[0], Path(args.fsdp_worker[1]))
+        return 0
     if args.device is None and not torch.cuda.is_available():
         print(f"gpu-check: skipped: no CUDA device visible to torch {torch.__version__} "
               f"(use --device cpu --tiny for a smoke run)")
@@ -450,6 +565,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_path = args.report or Path("runs") / "gpu-check" / f"gpu-check-{stamp}.md"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpuchk-", dir="/tmp"))  # short: socket path limit
     workdir.mkdir(parents=True, exist_ok=True)
+    procs = args.fsdp_procs if args.fsdp_procs is not None else (torch.cuda.device_count() if device.type == "cuda" else 0)
+    skip = fsdp_skip_reason(device, procs)
+    if args.fsdp_only:
+        if skip is not None:
+            print(skip)
+            return 0
+        text = "\n".join(["# GPU check: FSDP case", "", *(f"- {k}: {v}" for k, v in environment_lines(device).items()),
+                          *fsdp_report_lines(plan, procs, run_fsdp_case(plan, procs, workdir))]) + "\n"
+        return write_report(report_path, text, workdir, keep_workdir=args.workdir is not None)
     data = check_data(plan)
     daemon = Daemon(workdir)
     runs: list[RunResult] = []
@@ -470,9 +594,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.stop()
     params = parameter_count(plan.shape, len(data[0]))
     text = render_report(plan, runs, energy, meter, environment_lines(device), params)
+    if skip is None:
+        text += "\n".join(fsdp_report_lines(plan, procs, run_fsdp_case(plan, procs, workdir))) + "\n"
+    else:
+        print(skip)
+    return write_report(report_path, text, workdir, keep_workdir=args.workdir is not None)
+
+
+def write_report(report_path: Path, text: str, workdir: Path, keep_workdir: bool) -> int:
+    """Write the report, remove a temporary work directory, say where the report is; exit code 0."""
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(text)
-    if args.workdir is None:
+    if not keep_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"gpu-check: report written to {report_path}")
     return 0

@@ -89,3 +89,27 @@ def test_cpu_smoke_run_writes_a_report_with_every_run_and_the_daemons_energy(tmp
         assert "reloaded" in (workdir / "daemon.log").read_text()  # ρ changed by policy reload
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_the_fsdp_case_skips_with_one_line_where_it_cannot_run():
+    done = run_script("--device", "cpu", "--tiny", "--fsdp-only", timeout_s=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines() == [
+        "gpu-check: FSDP case skipped: on the CPU it runs only when asked (--fsdp-procs 2: gloo processes)"
+    ]
+
+
+def test_the_fsdp_case_on_two_gloo_processes_reports_every_rank(tmp_path):
+    report = tmp_path / "report.md"
+    workdir = Path(tempfile.mkdtemp(prefix="gpuchk-", dir="/tmp"))
+    try:
+        done = run_script("--device", "cpu", "--tiny", "--fsdp-procs", "2", "--fsdp-only", "--report", str(report),
+                          "--workdir", str(workdir), timeout_s=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows = table_rows(report.read_text(), "## FSDP2 (`--strategy fsdp`), 2 processes")
+        assert [(r[0], r[1]) for r in rows] == [("full FT", "0"), ("full FT", "1"),
+                                                ("green ρ=0.5 drop", "0"), ("green ρ=0.5 drop", "1")]
+        assert float(rows[0][5]) == 1.0 and 0 < float(rows[2][5]) <= 0.5
+        assert int(rows[2][4]) < int(rows[0][4])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

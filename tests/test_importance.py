@@ -1,13 +1,17 @@
 import copy
+import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from gt_core.importance import adam_update, compute_importance, unreachable_tensors
+from gt_core.importance import METRICS, adam_update, compute_importance, unreachable_tensors
 from gt_core.profiler import TensorProfile
 from gt_core.tiny import tiny_model
+from proc_helpers import launch_env
 
 
 def _batches(n: int, seed: int, batch_size: int = 2, seq: int = 16):
@@ -195,3 +199,95 @@ def test_dw_grad_is_the_grad_metric_without_state_and_negative_on_stale_momentum
     assert grad[0] > 0 and imp[0] < 0 < imp[1] == pytest.approx(1.0)
     delta = adam_update(model.w, 2 * (model.w.detach() - 1), opt.state[model.w], opt.param_groups[0])
     assert (delta > 0).all()  # w is already above 1 and the next step moves it further up
+
+
+def _reference_importance(model, names, batches, opt, metric, loss_weights, excluded):
+    """The former implementation, kept as the oracle: every live tensor's gradient summed over the
+    batches with ``torch.autograd.grad`` (all gradients held at once), then Eq. 6 per tensor."""
+    params = dict(model.named_parameters())
+    live = [i for i, n in enumerate(names) if not excluded[i]]
+    live_params = [params[names[i]] for i in live]
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(p in set(live_params))
+    sums = [torch.zeros_like(p) for p in live_params]
+    for batch, weight in zip(batches, loss_weights):
+        grads = torch.autograd.grad(model(**batch).loss * weight, live_params, allow_unused=True)
+        for total, g in zip(sums, grads):
+            if g is not None:
+                total.add_(g.float())
+    for p, flag in flags.items():
+        p.requires_grad_(flag)
+    out = np.full(len(names), -np.inf)
+    group = opt.param_groups[0]
+    for i, p, total in zip(live, live_params, sums):
+        g = total / len(batches)
+        if metric == "grad":
+            out[i] = float(g.abs().sum())
+            continue
+        delta = adam_update(p, g, opt.state.get(p, {}), group, decoupled=True)
+        out[i] = float(delta.abs().sum() if metric == "dw" else -(delta * g).sum())
+    finite = np.isfinite(out)
+    out[finite] /= np.abs(out[finite]).max()
+    return out
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_scoring_on_arrival_matches_the_former_all_gradients_implementation(metric):
+    model, names, opt, _ = _trained_setup(steps=3)
+    for group in opt.param_groups:
+        group["lr"] = 1e-3
+    n = len(names)
+    prof = TensorProfile(names=names, t_dw=np.ones(n), t_dy=np.ones(n), t_fp=float(n))
+    rho = (prof.t_fp + 0.7 * n) / prof.t_full  # the input side is unreachable: the backward stops early
+    eligible = np.ones(n, dtype=bool)
+    eligible[-2] = False
+    excluded = unreachable_tensors(prof, rho) | ~eligible
+    assert excluded[0] and not excluded.all()
+    batches = _batches(3, seed=11)
+    weights = [0.5, 1.25, 1.0]
+
+    got = compute_importance(model, names, batches, opt, metric=metric, profile=prof, rho=rho,
+                             loss_weights=weights, eligible=eligible)
+    want = _reference_importance(model, names, batches, opt, metric, weights, excluded)
+
+    assert np.array_equal(np.isneginf(got), excluded)
+    live = ~excluded
+    np.testing.assert_allclose(got[live], want[live], rtol=1e-6, atol=0)
+    assert np.array_equal(np.argsort(-got[live], kind="stable"), np.argsort(-want[live], kind="stable"))
+
+
+def test_importance_pass_holds_no_gradient_per_tensor(tmp_path):
+    """Peak resident memory of the importance pass over the model, in a fresh process whose freed
+    tensors leave the resident set: below one gradient per tensor (the former pass held every
+    tensor's gradient and its fp32 sum: at least 2x the weights)."""
+    script = tmp_path / "peak.py"
+    script.write_text(
+        "import ctypes, gc, json, pathlib, torch\n"
+        "from gt_core.importance import compute_importance\n"
+        "from gt_core.tiny import tiny_model\n"
+        "torch.set_num_threads(1)\n"
+        "model = tiny_model('llama', hidden=256, layers=4, heads=4)\n"
+        "names = [n for n, _ in model.named_parameters()]\n"
+        "opt = torch.optim.AdamW(model.parameters(), lr=1e-3)\n"
+        "ids = torch.randint(3, 512, (1, 8), generator=torch.Generator().manual_seed(0))\n"
+        "batch = {'input_ids': ids, 'attention_mask': torch.ones_like(ids), 'labels': ids}\n"
+        "compute_importance(model, names, [batch], opt)  # warm-up: lazy allocations of the first pass\n"
+        "gc.collect(); ctypes.CDLL('libc.so.6').malloc_trim(0)\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "def peak():\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "    return int(line.split()[1]) * 1024\n"
+        "base = rss()\n"
+        "pathlib.Path('/proc/self/clear_refs').write_text('5')\n"
+        "compute_importance(model, names, [batch], opt)\n"
+        "weights = sum(p.numel() * p.element_size() for p in model.parameters())\n"
+        "print(json.dumps({'over_base': peak() - base, 'weights': weights}))\n"
+    )
+    env = dict(launch_env(), MALLOC_MMAP_THRESHOLD_=str(64 * 1024), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["over_base"] < 1.0 * measured["weights"], measured

@@ -143,6 +143,33 @@ def test_drop_frees_the_state_of_frozen_tensors(tmp_path, tokenizer, task):
     assert seen[1][0] - seen[0][0]  # the 0.9 epoch trained more tensors than the first
 
 
+def test_drop_frees_unreachable_moments_before_the_importance_pass(tmp_path, tokenizer, task):
+    from gt_core.callbacks import TrainerCallback
+    from gt_core.importance import unreachable_tensors
+
+    trainer = _trainer(tmp_path, tokenizer, task, epochs=2, schedule=[1.0, 0.45], frozen_state="drop")
+    seen: list[set[str]] = []
+
+    class FirstForwardOfEpochOne(TrainerCallback):
+        """Arms at epoch 0's end: the next forward is epoch 1's importance pass."""
+
+        def on_epoch_end(self, trainer, record) -> None:
+            if record.epoch == 0:
+                names = {p: n for n, p in trainer.model.named_parameters()}
+
+                def record(module, args) -> None:
+                    seen.append({names[p] for p in trainer.optimizer.state})
+                    hook.remove()
+
+                hook = trainer.model.register_forward_pre_hook(record)
+
+    trainer.callbacks.append(FirstForwardOfEpochOne())
+    trainer.train()
+    reachable = {n for n, out in zip(trainer.profile.names, unreachable_tensors(trainer.profile, 0.45)) if not out}
+    assert len(reachable) < len(trainer.profile.names)  # epoch 0 at ρ 1 left moments this ρ cannot reach
+    assert seen and seen[0] and seen[0] <= reachable
+
+
 def test_offload_trains_exactly_as_keep(tmp_path, tokenizer, task):
     keep = _trainer(tmp_path / "keep", tokenizer, task, epochs=3, schedule=SCHEDULE, frozen_state="keep")
     offload = _trainer(tmp_path / "off", tokenizer, task, epochs=3, schedule=SCHEDULE, frozen_state="offload")

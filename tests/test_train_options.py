@@ -71,6 +71,9 @@ def test_bad_config_files_are_one_line_usage_errors(tmp_path, text, expected):
     (["--scheduler", "step"], "unknown scheduler 'step'"),
     (["--report-to", "comet"], "unknown --report-to 'comet'"),
     (["--device-map", "auto"], "--device-map applies to a pretrained --model only"),
+    (["--strategy", "zero3"], "--strategy must be one of ddp, fsdp, got 'zero3'"),
+    (["--fsdp-wrap", "LlamaDecoderLayer"], "--fsdp-wrap and --fsdp-cpu-offload apply to --strategy fsdp only"),
+    (["--strategy", "fsdp"], "--strategy fsdp shards the model over processes: start it with torchrun"),
 ])
 def test_bad_job_options_are_one_line_usage_errors(tmp_path, flags, expected):
     result = _run([*BASE, *flags, "--output-dir", str(tmp_path / "run")])

@@ -69,6 +69,45 @@ def _table(prof: Any) -> str:
     return "\n".join(lines)
 
 
+def _memory_table(config: Any, prof: Any, world_size: int, strategy: str, precision: str, batch_size: int,
+                  seq_len: int, as_json: bool) -> str:
+    from gt_core.memory_plan import PLAN_RHOS, RankMemoryModel
+
+    plans = {
+        checkpointing: RankMemoryModel(config, prof, world_size=world_size, strategy=strategy, precision=precision,
+                                       batch_size=batch_size, seq_len=seq_len,
+                                       gradient_checkpointing=checkpointing).plan()
+        for checkpointing in (False, True)
+    }
+    rows = []
+    for plain, checkpointed in zip(plans[False], plans[True]):
+        rows.append({"run": plain.label, "weights": plain.weights, "gradients": plain.gradients,
+                     "optimizer_state": plain.optimizer_state, "activations": plain.activations,
+                     "activations_checkpointed": checkpointed.activations, "transient": plain.transient,
+                     "total": plain.total, "total_checkpointed": checkpointed.total})
+    if as_json:
+        return json.dumps({"world_size": world_size, "strategy": strategy, "precision": precision,
+                           "batch_size": batch_size, "seq_len": seq_len, "bytes_per_rank": rows}, indent=2)
+    unit, scale = ("GiB", 2**30) if max(r["total"] for r in rows) >= 2**30 else ("MiB", 2**20)
+    gib = lambda n: f"{n / scale:.2f}"  # noqa: E731
+    width = max(len(r["run"]) for r in rows)
+    lines = [
+        f"memory per rank ({unit}): {world_size} process{'es' if world_size > 1 else ''}, {strategy}, {precision}, "
+        f"global batch {batch_size} x {seq_len} tokens; green rows: the widest selection rho allows, --frozen-state drop",
+        f"{'run':<{width}}  {'weights':>8}  {'grads':>8}  {'AdamW':>8}  {'activ.':>8}  {'activ.GC':>8}  "
+        f"{'transient':>9}  {'total':>8}  {'total GC':>8}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['run']:<{width}}  {gib(r['weights']):>8}  {gib(r['gradients']):>8}  {gib(r['optimizer_state']):>8}  "
+            f"{gib(r['activations']):>8}  {gib(r['activations_checkpointed']):>8}  {gib(r['transient']):>9}  "
+            f"{gib(r['total']):>8}  {gib(r['total_checkpointed']):>8}"
+        )
+    floor = prof.min_feasible_rho()
+    lines += [f"(rho {rho:g} is below this profile's feasible floor {floor:.3f}: no rows)" for rho in PLAN_RHOS if rho < floor]
+    return "\n".join(lines)
+
+
 def _as_json(prof: Any, source: str) -> str:
     doc = {
         "model": source,
@@ -97,6 +136,9 @@ def register(app: typer.Typer) -> None:
         target_len: Optional[int] = typer.Option(None, "--target-len", help="Decoder length of encoder-decoder models."),
         count: str = typer.Option("all", "--count", help="'all' FLOPs or only 'matmul' FLOPs."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        world_size: Optional[int] = typer.Option(None, "--world-size", help="Print the modelled memory per rank of full fine-tuning and GreenTrainer at rho 0.4/0.5/0.7 with this many processes (--batch-size is then the global batch)."),
+        strategy: str = typer.Option("ddp", "--strategy", help="With --world-size: ddp (each rank holds the whole model) | fsdp (sharded over the ranks)."),
+        precision: str = typer.Option("fp32", "--precision", help="With --world-size: fp32 | bf16-mixed | bf16."),
     ) -> None:
         """Per-tensor FLOPs of one training step (tensors in forward execution order).
 
@@ -119,4 +161,13 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
         source = f"tiny:{tiny}" if tiny is not None else str(model)
-        typer.echo(_as_json(prof, source) if as_json else _table(prof))
+        if world_size is None:
+            typer.echo(_as_json(prof, source) if as_json else _table(prof))
+            return
+        if world_size < 1 or strategy not in ("ddp", "fsdp") or precision not in ("fp32", "bf16-mixed", "bf16"):
+            _fail("--world-size must be >= 1, --strategy ddp or fsdp, --precision fp32, bf16-mixed or bf16")
+        config = shape_source if model is not None else shape_source.config
+        try:
+            typer.echo(_memory_table(config, prof, world_size, strategy, precision, batch_size, seq_len, as_json))
+        except ValueError as exc:
+            _fail(str(exc).splitlines()[0])

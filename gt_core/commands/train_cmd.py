@@ -154,6 +154,9 @@ def train(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | bf16-mixed | fp16-mixed | bf16 (default: what accelerate launch --mixed_precision asked, else fp32)."),
     frozen_state: str = typer.Option("keep", "--frozen-state", help="Optimizer state of tensors not selected: keep | offload (to CPU memory) | drop (fresh when selected again)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (less memory, ~1 more forward of FLOPs, not counted as training FLOPs)."),
+    strategy: str = typer.Option("ddp", "--strategy", help="Under torchrun: ddp (every rank holds the whole model) | fsdp (FSDP2 fully_shard: each transformer block, then the root; weights, gradients and AdamW state sharded over ranks)."),
+    fsdp_wrap: Optional[str] = typer.Option(None, "--fsdp-wrap", help="With --strategy fsdp: the block class to shard as a unit (default: the model's _no_split_modules)."),
+    fsdp_cpu_offload: bool = typer.Option(False, "--fsdp-cpu-offload", help="With --strategy fsdp: keep sharded parameters, gradients and AdamW state in CPU memory (CPUOffloadPolicy)."),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="Spread a --model that fits no single device (e.g. auto; needs accelerate)."),
     grad_accumulation: int = typer.Option(1, "--grad-accumulation", min=1, help="Micro-batches per optimizer step."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0),
@@ -285,6 +288,14 @@ def _build_trainer(**opts: Any) -> Any:
         raise _BadInput(f"give exactly one of --tiny ARCH or --model NAME_OR_PATH{unsaved}")
     if opts["device_map"] is not None and opts["model"] is None:
         raise _BadInput("--device-map applies to a pretrained --model only")
+    from gt_core.fsdp import STRATEGIES
+
+    if opts["strategy"] not in STRATEGIES:
+        raise _BadInput(f"--strategy must be one of {', '.join(STRATEGIES)}, got {opts['strategy']!r}")
+    if opts["strategy"] != "fsdp" and (opts["fsdp_wrap"] is not None or opts["fsdp_cpu_offload"]):
+        raise _BadInput("--fsdp-wrap and --fsdp-cpu-offload apply to --strategy fsdp only")
+    if opts["strategy"] == "fsdp" and opts["device_map"] is not None:
+        raise _BadInput("--device-map and --strategy fsdp both place the model: give one")
     from gt_core.precision import precision_from_launcher
 
     precision = opts["precision"] or precision_from_launcher() or "fp32"
@@ -376,8 +387,18 @@ def _build_trainer(**opts: Any) -> Any:
     from gt_core.reporting import TrackerCallback
 
     callbacks = [TrackerCallback(reporters, output_dir, _run_config(opts, precision))] if reporters else []
-    # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel variant.
-    trainer = trainer_class()(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks)
+    # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel or sharded variant.
+    try:
+        cls = trainer_class(opts["strategy"])
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
+    sharding = {"fsdp_wrap": opts["fsdp_wrap"], "cpu_offload": opts["fsdp_cpu_offload"]} if opts["strategy"] == "fsdp" else {}
+    try:
+        trainer = cls(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks, **sharding)
+    except ValueError as exc:
+        if not sharding:
+            raise
+        raise _BadInput(str(exc)) from None
     if resume is not None:
         try:
             trainer.resume(resume)

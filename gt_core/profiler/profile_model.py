@@ -73,7 +73,7 @@ def _all_trainable(params: list[torch.nn.Parameter]) -> Iterator[None]:
 
 
 @contextmanager
-def _one_sequence_per_row() -> Iterator[None]:
+def one_sequence_per_row() -> Iterator[None]:
     """Tell transformers' mask builder that the profiling batch packs no sequences together.
 
     Without an attention mask or cache it inspects position ids to detect packing, a check that
@@ -132,7 +132,7 @@ def profile_model(
     tracker = ModulePathTracker(model)
     recorder = OpRecorder(params, tracker.stack)
     with torch.random.fork_rng(devices=_rng_devices(params)), _all_trainable(params), torch.enable_grad():
-        with tracker, balanced_routing(model) as n_routed, _one_sequence_per_row(), recorder:
+        with tracker, balanced_routing(model) as n_routed, one_sequence_per_row(), recorder:
             output = model(**batch)
         loss = _loss_of(output)
     recorder.wrap_custom_function(loss)
