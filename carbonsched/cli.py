@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cli_support.typer_app import run_app
-from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd, plan_cmds, report_cmd, service_cmds
+from carbonsched.commands import daemon_cmds, policy_cmds, doctor_cmd, plan_cmds, report_cmd, service_cmds, slurm_cmds
 
 app = typer.Typer(
     name="carbonsched",
@@ -15,7 +15,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (daemon_cmds, policy_cmds, doctor_cmd, report_cmd, service_cmds, plan_cmds):
+for _module in (daemon_cmds, policy_cmds, doctor_cmd, report_cmd, service_cmds, plan_cmds, slurm_cmds):
     _module.register(app)
 
 

@@ -19,10 +19,11 @@ from carbonsched.job_planning import paused_seconds
 from carbonsched.periodic import PeriodicWork
 from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
-from carbonsched.protocol import ProtocolError, Request
+from carbonsched.protocol import DECLARATION_FIELDS, ProtocolError, Request, declaration_problem
 from carbonsched.runtime_state import RuntimeState
 from carbonsched.server import PeerCred
-from carbonsched.store import Store
+from carbonsched.slurm import record_in_slurm
+from carbonsched.store import J_PER_KWH, Store
 from carbonsched.types import Decision, iso_utc, utcnow
 
 log = logging.getLogger("carbonsched.daemon")
@@ -130,20 +131,18 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
     ctx.state.job_started(job_id, fields["model"], fields["scheme"])
+    if "slurm_job_id" in fields:
+        ctx.store.set_slurm_job(job_id, fields["slurm_job_id"], fields.get("slurm_nodes"))
     if any(name in fields for name in DECLARATION_FIELDS):
         declare_job(ctx, job_id, fields)
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
-DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause")
-
-
 def check_declaration(fields: dict[str, Any]) -> None:
     """Fields of the job model that make no sense together."""
-    if ("deadline" in fields) != ("epochs" in fields):
-        raise ProtocolError("bad_request", "job.start: fields 'deadline' and 'epochs' go together")
-    if "mean_rho" in fields and "rho_min" in fields and fields["mean_rho"] < fields["rho_min"]:
-        raise ProtocolError("bad_request", "job.start: field 'mean_rho' must be at least 'rho_min'")
+    problem = declaration_problem(fields)
+    if problem is not None:
+        raise ProtocolError("bad_request", f"job.start: {problem}")
 
 
 def declare_job(ctx: OpContext, job_id: str, fields: dict[str, Any]) -> None:
@@ -206,6 +205,9 @@ def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: 
     ctx.store.end_job(fields["job_id"], fields["status"], now)
     carbon_g = ctx.state.job_ended(fields["job_id"])
     log.info("job %s ended: %s", fields["job_id"], fields["status"])
+    if job.get("slurm_job_id") and job.get("rank") in (None, 0):
+        energy_j, job_carbon_g = ctx.store.job_energy_and_carbon(fields["job_id"])
+        record_in_slurm(job["slurm_job_id"], energy_j / J_PER_KWH, job_carbon_g)
     return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
 
 

@@ -134,6 +134,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, started_at)
     );
     """,
+    # Jobs started by Slurm: the Slurm job id and node list the trainer reported.
+    """
+    ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT;
+    ALTER TABLE jobs ADD COLUMN slurm_nodes TEXT;
+    CREATE INDEX jobs_slurm_job_id ON jobs (slurm_job_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -405,6 +411,17 @@ class Store:
             "WHERE job_id = ?",
             (deadline, epochs, epoch_seconds, rho_min, mean_rho, int(may_pause), job_id),
         )
+
+    def set_slurm_job(self, job_id: str, slurm_job_id: str, slurm_nodes: str | None) -> None:
+        """Keep the Slurm job id (and node list) a job reported at ``job.start``."""
+        self._write("UPDATE jobs SET slurm_job_id = ?, slurm_nodes = coalesce(?, slurm_nodes) WHERE job_id = ?",
+                    (slurm_job_id, slurm_nodes, job_id))
+
+    def job_energy_and_carbon(self, job_id: str) -> tuple[float, float]:
+        """The job's recorded energy (J) and carbon (gCO2e): the sums over its ended epochs."""
+        rows = self._rows("SELECT coalesce(sum(energy_j), 0) AS energy_j, coalesce(sum(carbon_g), 0) AS carbon_g "
+                          "FROM epochs WHERE job_id = ?", (job_id,))
+        return float(rows[0]["energy_j"]), float(rows[0]["carbon_g"])
 
     def start_pause(self, job_id: str, started_at: datetime | float, planned_until: float | None) -> bool:
         """Open a pause of the job unless one is open; True when opened."""

@@ -14,6 +14,7 @@ import typer
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
+from carbonsched.types import IntensityReading
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("table", "json")
@@ -35,7 +36,7 @@ Format = typer.Option("table", "--format", help="table | json")
 PlotFile = typer.Option(None, "--plot", help="Also write a PNG plot to this file.")
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -59,11 +60,11 @@ def _rho_pair(text: str, option: str, form: str) -> tuple[float, float]:
         raise ValueError(f"{option} {text!r} is not {form}") from None
 
 
-def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
+def job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
                   may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float,
                   measured: list[str], measured_power: list[str]) -> tuple[Job, CostModel]:
     if budget_g is not None and may_pause:
-        _fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
+        fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
     try:
         points = tuple(parse_measured_epoch(text) for text in measured)
         power = tuple(parse_measured_power(text) for text in measured_power)
@@ -72,7 +73,7 @@ def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_mi
         cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w,
                          epoch_time_points=points, power_points=power)
     except ValueError as exc:  # PlanningInputError included
-        _fail(str(exc))
+        fail(str(exc))
     return job, cost
 
 
@@ -80,15 +81,15 @@ def _check_choices(fmt: str, plot: Optional[Path]) -> None:
     from carbonsched.report import ReportPathError, check_output_file
 
     if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if plot is not None:
         try:
             check_output_file(plot, "--plot")
         except ReportPathError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
-def _job_line(job: Job, cost: CostModel) -> str:
+def job_line(job: Job, cost: CostModel) -> str:
     pause = "may pause" if job.may_pause else "no pausing"
     budget = f", budget {job.carbon_budget_g:g} gCO2e" if job.carbon_budget_g is not None else ""
     running = (f"{cost.running_power_w:g} W" if not cost.power_points
@@ -98,7 +99,7 @@ def _job_line(job: Job, cost: CostModel) -> str:
             f"{running} running, {cost.idle_power_w:g} W paused")
 
 
-def _job_json(job: Job, cost: CostModel) -> dict:
+def job_json(job: Job, cost: CostModel) -> dict:
     return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full,
             "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points],
             "measured_power_w": [[rho, watts] for rho, watts in cost.power_points], "deadline_s": job.deadline_s,
@@ -124,7 +125,7 @@ def parse_deadline(text: str, now: datetime) -> float:
     return (at - now).total_seconds()
 
 
-def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
+def provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
     from carbonsched.config import ConfigError, DaemonConfig, load_config
     from carbonsched.providers import DEFAULT_PROVIDER_SPEC
 
@@ -133,8 +134,34 @@ def _provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
     try:
         config = load_config(config_file) if config_file is not None else DaemonConfig()
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return config.provider or DEFAULT_PROVIDER_SPEC
+
+
+def forecast_slots(provider: Optional[str], config_file: Optional[Path], now: datetime,
+                   horizon_s: float) -> tuple[IntensityReading, list[Slot], list[str]]:
+    """The provider's reading (``--provider``, else the daemon config's), its forecast as planning
+    slots up to ``horizon_s`` seconds from ``now``, and notes on what the forecast does not cover.
+    A bad spec exits 2, a provider with no answer exits 1."""
+    from carbonsched.planning.forecast import slots_from_forecast
+    from carbonsched.providers import ProviderSpecError, build_provider
+    from carbonsched.types import ProviderError
+
+    spec = provider_spec(provider, config_file)
+    try:
+        reading = build_provider(spec).current()
+    except ProviderSpecError as exc:
+        fail(str(exc))
+    except ProviderError as exc:
+        fail(f"no carbon intensity: {exc}", 1)
+    slots = slots_from_forecast(now, reading.intensity_g_per_kwh, reading.forecast, horizon_s)
+    notes = []
+    if not reading.forecast:
+        notes.append(f"{reading.provider} gives no forecast: the current value is assumed to hold to the deadline")
+    elif slots[-1].end_s < horizon_s:
+        notes.append(f"the forecast covers {slots[-1].end_s / 3600:.1f} h of the {horizon_s / 3600:g} h "
+                     "to the deadline: planned within the forecast")
+    return reading, slots, notes
 
 
 def _slot_rows(plan: Plan, slots: list[Slot], now: datetime) -> list[str]:
@@ -167,32 +194,17 @@ def plan(
     plot: Optional[Path] = PlotFile,
 ) -> None:
     """The plan for a job you describe against the provider's forecast: when to run, at which ρ, and the gCO2e."""
-    from carbonsched.planning.forecast import slots_from_forecast
-    from carbonsched.providers import ProviderSpecError, build_provider
-    from carbonsched.types import ProviderError, utcnow
+    from carbonsched.types import utcnow
 
     _check_choices(fmt, plot)
     now = utcnow()
     try:
         deadline_s = parse_deadline(deadline, now)
     except ValueError as exc:
-        _fail(str(exc))
-    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
+        fail(str(exc))
+    job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
                               idle_power_w, measured_epoch, measured_power)
-    spec = _provider_spec(provider, config_file)
-    try:
-        reading = build_provider(spec).current()
-    except ProviderSpecError as exc:
-        _fail(str(exc))
-    except ProviderError as exc:
-        _fail(f"no carbon intensity: {exc}", 1)
-    slots = slots_from_forecast(now, reading.intensity_g_per_kwh, reading.forecast, job.deadline_s)
-    notes = []
-    if not reading.forecast:
-        notes.append(f"{reading.provider} gives no forecast: the current value is assumed to hold to the deadline")
-    elif slots[-1].end_s < job.deadline_s:
-        notes.append(f"the forecast covers {slots[-1].end_s / 3600:.1f} h of the {job.deadline_s / 3600:g} h "
-                     "to the deadline: planned within the forecast")
+    reading, slots, notes = forecast_slots(provider, config_file, now, job.deadline_s)
     result = strategies.planned(job, cost, slots)
     if result.note:
         notes.append(result.note)
@@ -202,7 +214,7 @@ def plan(
     finish = now + timedelta(seconds=result.finish_s)
     if fmt == "json":
         typer.echo(json.dumps({
-            "provider": reading.provider, "now": now.isoformat(), "job": _job_json(job, cost),
+            "provider": reading.provider, "now": now.isoformat(), "job": job_json(job, cost),
             "feasible": result.feasible, "notes": notes, "finish": finish.isoformat(), "mean_rho": result.mean_rho,
             "running_s": result.running_s, "paused_s": result.paused_s,
             "segments": [{"start": (now + timedelta(seconds=s.start_s)).isoformat(),
@@ -211,7 +223,7 @@ def plan(
             "expected_carbon_g": carbon_g,
         }, ensure_ascii=False, indent=2))
     else:
-        lines = [f"provider {reading.provider}, now {now.strftime('%Y-%m-%d %H:%M')} UTC", _job_line(job, cost), ""]
+        lines = [f"provider {reading.provider}, now {now.strftime('%Y-%m-%d %H:%M')} UTC", job_line(job, cost), ""]
         lines += _slot_rows(result, slots, now) + [""]
         lines.append(f"finish {finish.strftime('%Y-%m-%d %H:%M')} UTC, mean ρ {result.mean_rho:.3f}, running "
                      f"{result.running_s / 3600:.2f} h, paused {result.paused_s / 3600:.2f} h")
@@ -240,7 +252,7 @@ def _steps_factory(policy_file: Optional[Path], trace_start: datetime):
         source = PolicySource.from_path(path)
         policy_from_source(source)
     except PolicyFileError as exc:
-        _fail(str(exc).replace("\n", "; "))
+        fail(str(exc).replace("\n", "; "))
 
     def make(offset_s: float):
         policy = policy_from_source(source)  # fresh hysteresis and dwell state per submission
@@ -287,36 +299,36 @@ def backtest(
 
     _check_choices(fmt, plot)
     if not (math.isfinite(noise) and noise >= 0):
-        _fail(f"--noise must be a non-negative fraction, got {noise!r}")
+        fail(f"--noise must be a non-negative fraction, got {noise!r}")
     if not (math.isfinite(every_hours) and every_hours > 0):
-        _fail(f"--every-hours must be positive, got {every_hours!r}")
+        fail(f"--every-hours must be positive, got {every_hours!r}")
     if not (math.isfinite(epoch_time_error) and 0 <= epoch_time_error < 1):
-        _fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
-    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
+        fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
+    job, cost = job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
                               power_w, idle_power_w, measured_epoch, measured_power)
     try:
         loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
     except TraceFormatError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s, loaded.timestamps[0].timestamp())
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
                               make_steps_rho=_steps_factory(policy_file, loaded.timestamps[0]),
                               epoch_time_error=epoch_time_error)
     except PlanningInputError as exc:
-        _fail(f"{trace}: {exc}")
+        fail(f"{trace}: {exc}")
     trace_info = {"path": str(trace), "samples": len(loaded.values_g_per_kwh), "step_s": loaded.step_s,
                   "start": loaded.timestamps[0].isoformat(), "duration_s": loaded.duration_s,
                   "time_column": loaded.time_column, "intensity_column": loaded.intensity_column,
                   "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
     if fmt == "json":
-        typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
+        typer.echo(json.dumps({"trace": trace_info, "job": job_json(job, cost), "noise": noise, "seed": seed,
                                "epoch_time_error": epoch_time_error, "every_s": every_hours * 3600, **result.to_json()}, ensure_ascii=False, indent=2))
     else:
         slower_header = f"met if {SLOWER_SHARE:.0%} slower"
         lines = [f"trace {trace}: {len(loaded.values_g_per_kwh)} samples, step {loaded.step_s / 60:g} min, "
                  f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
-                 _job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})"
+                 job_line(job, cost) + f"; forecast noise {noise:.0%} (seed {seed})"
                  + (f"; true epoch time x U[{1 - epoch_time_error:g}, {1 + epoch_time_error:g}]"
                     if epoch_time_error else ""), "",
                  f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'deadline met':>12} "

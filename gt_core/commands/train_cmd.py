@@ -200,6 +200,7 @@ def train(
                 raise _BadInput(str(exc)) from None
         if opts["resume"] is not None:
             opts = _resumed_options(ctx, opts)
+        opts = _declared_in_environment(ctx, opts)
         trainer = _build_trainer(**opts)
     except _BadInput as exc:
         _fail(str(exc))
@@ -258,6 +259,29 @@ def _explicit_options(ctx: typer.Context, opts: dict[str, Any]) -> set[str]:
 
         given |= set(read_config_file(opts["config"]))
     return given
+
+
+def _declared_in_environment(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """With --rho-from daemon and no --deadline: the job ``carbonsched sbatch`` declared in the
+    environment fills in the deadline options (and --epochs) not given on the command line."""
+    if opts["rho_from"] is None or opts["deadline"] is not None:
+        return opts
+    from gt_core.job_env import declaration_from_env
+
+    try:
+        declared = declaration_from_env()
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
+    if not declared:
+        return opts
+    epochs = declared["epochs"]
+    if epochs != int(epochs):
+        raise _BadInput(f"the job declared {epochs:g} epochs in the environment; greentrainer train runs whole epochs")
+    values = {"deadline": repr(declared["deadline"]), "epochs": int(epochs), "epoch_seconds": declared.get("epoch_seconds"),
+              "rho_min": declared.get("rho_min"), "mean_rho": declared.get("mean_rho"),
+              "may_pause": declared.get("may_pause")}
+    explicit = _explicit_options(ctx, opts)
+    return {**opts, **{name: value for name, value in values.items() if value is not None and name not in explicit}}
 
 
 def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
@@ -431,7 +455,8 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _job_id(given: str | None, resume: Path | None) -> str | None:
-    """--job-id, else the id a resumed run used (so the daemon keeps one job), else None (random)."""
+    """--job-id, else the id a resumed run used (so the daemon keeps one job), else in a Slurm job
+    ``slurm-<SLURM_JOB_ID>``, else None (random)."""
     if given is not None:
         if not _JOB_ID.fullmatch(given):
             raise _BadInput(f"--job-id {given!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -439,8 +464,11 @@ def _job_id(given: str | None, resume: Path | None) -> str | None:
     saved = resume / JOB_ID_FILE if resume is not None else None
     if saved is not None and saved.is_file():
         text = saved.read_text(encoding="utf-8").strip()
-        return text if _JOB_ID.fullmatch(text) else None
-    return None
+        if _JOB_ID.fullmatch(text):
+            return text
+    from gt_core.job_env import slurm_job_name
+
+    return slurm_job_name()
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,110 @@
+"""`carbonsched sbatch`: plan a deadline job against the forecast and submit it to Slurm to begin
+when the plan starts it (``sbatch --begin``), with Slurm's own ``--deadline``.
+
+The job's declaration (deadline, epochs, epoch seconds, ρ bounds, may pause) goes to the batch
+script in the environment (:data:`~carbonsched.protocol.JOB_DECLARATION_ENV`), so the trainer
+inside (``greentrainer train --rho-from daemon``, or a ``DaemonRhoSource``) declares the job it
+was planned as and the daemon on its node keeps planning it from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from carbonsched.commands.daemon_cmds import CONFIG_ENV
+from carbonsched.commands.plan_cmds import (
+    EpochMinutes, IdlePowerW, MayPause, MeanRho, PowerW, fail, forecast_slots, job_and_cost, parse_deadline,
+)
+from carbonsched.protocol import JOB_DECLARATION_ENV, encode_job_declaration
+
+# Options of sbatch that the plan sets; given again by the user they would silently override it.
+PLANNED_SBATCH_OPTIONS = ("--begin", "-b", "--deadline")
+
+
+def _refuse_planned_options(sbatch_args: list[str]) -> None:
+    for arg in sbatch_args:
+        if arg == "--":
+            continue
+        if not arg.startswith("-"):
+            return  # the script: what follows are its own arguments
+        name = arg.split("=", 1)[0]
+        if name in PLANNED_SBATCH_OPTIONS or (name.startswith("-b") and not name.startswith("--")):
+            fail(f"sbatch option {arg!r}: carbonsched sbatch sets the begin time and deadline from the plan; "
+                 "leave it out (use --deadline of carbonsched sbatch)")
+
+
+def sbatch(
+    sbatch_args: list[str] = typer.Argument(..., metavar="-- [SBATCH OPTIONS] SCRIPT [ARGS]",
+                                            help="sbatch's own options, the batch script and its arguments."),
+    epochs: float = typer.Option(..., "--epochs", help="Epochs the job trains."),
+    epoch_minutes: float = EpochMinutes,
+    deadline: str = typer.Option(..., "--deadline", help="Hours (8, 8h), minutes (90m) or an ISO time (UTC)."),
+    mean_rho: Optional[float] = MeanRho,
+    rho_min: Optional[float] = typer.Option(None, "--rho-min", help="Lowest ρ any epoch may get (default: "
+                                            "--mean-rho, else 1: the job is only shifted in time)."),
+    may_pause: bool = MayPause,
+    power_w: float = PowerW,
+    idle_power_w: float = IdlePowerW,
+    provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV,
+                                               help="Daemon TOML config (its provider is used)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the sbatch command; submit nothing."),
+) -> None:
+    """Plan a deadline job and submit it to Slurm to begin at the plan's start (sbatch --begin)."""
+    from carbonsched.planning.receding import JobDeclaration
+    from carbonsched.planning.start import plan_start
+    from carbonsched.slurm import SlurmError, parse_job_id, run_slurm, sbatch_command
+    from carbonsched.types import utcnow
+
+    _refuse_planned_options(sbatch_args)
+    if not any(not arg.startswith("-") for arg in sbatch_args):
+        fail("give the batch script after the sbatch options: carbonsched sbatch [OPTIONS] -- [SBATCH OPTIONS] SCRIPT")
+    now = utcnow()
+    try:
+        deadline_s = parse_deadline(deadline, now)
+    except ValueError as exc:
+        fail(str(exc))
+    if deadline_s <= 0:
+        fail(f"--deadline {deadline!r} is not in the future")
+    for name, value in (("--mean-rho", mean_rho), ("--rho-min", rho_min)):
+        if value is not None and not 0 < value <= 1:
+            fail(f"{name} must be in (0, 1], got {value}")
+    declaration = {"deadline": now.timestamp() + deadline_s, "epochs": epochs, "epoch_seconds": epoch_minutes * 60,
+                   "rho_min": rho_min, "mean_rho": mean_rho, "may_pause": may_pause}
+    declared = JobDeclaration.from_job(declaration)  # the daemon's reading of it: ρ floor rules included
+    job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, declared.rho_min, declared.mean_rho, may_pause, None,
+                             power_w, idle_power_w, [], [])
+    _, slots, notes = forecast_slots(provider, config_file, now, job.deadline_s)
+    start = plan_start(job, cost, slots)
+    command = sbatch_command(sbatch_args, begin_in_s=start.begin_s, deadline_in_s=deadline_s)
+    env_value = encode_job_declaration(declaration)
+    begin = now + timedelta(seconds=start.begin_s)
+    finish = now + timedelta(seconds=start.finish_s)
+    summary = (f"plan: begin {begin.strftime('%Y-%m-%d %H:%M:%S')} UTC (in {start.begin_s:.0f} s), finish by "
+               f"{finish.strftime('%Y-%m-%d %H:%M:%S')} UTC, mean ρ {start.plan.mean_rho:.3f}, running "
+               f"{start.plan.running_s / 3600:.2f} h, paused {max(0.0, start.plan.paused_s - start.begin_s) / 3600:.2f} h, "
+               f"expected {start.plan.expected_carbon_g:.2f} gCO2e"
+               + ("" if start.plan.feasible else "; the deadline cannot be met as declared"))
+    if dry_run:
+        typer.echo(f"{JOB_DECLARATION_ENV}={shlex.quote(env_value)} {shlex.join(command)}")
+        typer.echo(summary)
+    else:
+        try:
+            out = run_slurm(command, env={**os.environ, JOB_DECLARATION_ENV: env_value})
+            job_id = parse_job_id(out)
+        except SlurmError as exc:
+            fail(str(exc), 1)
+        typer.echo(f"Submitted Slurm job {job_id}")
+        typer.echo(summary)
+    for note in notes + ([start.plan.note] if start.plan.note else []):
+        typer.echo(f"note: {note}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sbatch", context_settings={"allow_interspersed_args": False})(sbatch)

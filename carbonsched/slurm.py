@@ -1,0 +1,104 @@
+"""Slurm's command-line tools as carbonsched uses them: submit with a begin time, requeue, and
+write a job's energy and carbon into its record.
+
+Times are given to Slurm relative to now (``now+N`` seconds), so the controller's time zone does
+not matter. Every call is bounded by ``timeout_s``; a failure is a :class:`SlurmError` with one
+line naming the command and what it said.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+import threading
+from typing import Mapping, Sequence
+
+__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "parse_job_id", "record_in_slurm", "relative_time", "requeue",
+           "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
+
+SLURM_TIMEOUT_S = 30.0
+log = logging.getLogger("carbonsched.slurm")
+_JOB_ID = re.compile(r"\d+(?:_\d+)?")
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command failed or is missing; the message is one line."""
+
+
+def relative_time(seconds_from_now: float) -> str:
+    """``now+N`` (whole seconds, rounded up so the job never begins before the plan says)."""
+    return f"now+{max(0, math.ceil(seconds_from_now))}"
+
+
+def sbatch_command(sbatch_args: Sequence[str], *, begin_in_s: float, deadline_in_s: float) -> list[str]:
+    """``sbatch --parsable --begin=now+B --deadline=now+D`` followed by the user's sbatch options,
+    the script and its arguments (options given later win in sbatch, so the user's own
+    ``--begin`` would override the plan's: the caller refuses those)."""
+    return ["sbatch", "--parsable", f"--begin={relative_time(begin_in_s)}",
+            f"--deadline={relative_time(deadline_in_s)}", *sbatch_args]
+
+
+def parse_job_id(stdout: str) -> str:
+    """The job id ``sbatch --parsable`` printed (``ID`` or ``ID;CLUSTER``)."""
+    first = stdout.strip().splitlines()[0] if stdout.strip() else ""
+    job_id = first.split(";")[0].strip()
+    if not _JOB_ID.fullmatch(job_id):
+        raise SlurmError(f"sbatch printed no job id: {stdout.strip()[:200]!r}")
+    return job_id
+
+
+def run_slurm(args: Sequence[str], *, env: Mapping[str, str] | None = None,
+              timeout_s: float = SLURM_TIMEOUT_S) -> str:
+    """Run one Slurm command; its stdout, or :class:`SlurmError`."""
+    try:
+        done = subprocess.run(list(args), env=None if env is None else dict(env), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout_s)
+    except FileNotFoundError:
+        raise SlurmError(f"{args[0]} not found: is Slurm installed on this host?") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{args[0]} did not answer within {timeout_s:g} s") from None
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        raise SlurmError(f"{args[0]} failed (exit {done.returncode}): {said[-1] if said else 'no message'}")
+    return done.stdout
+
+
+def admin_comment(energy_kwh: float, carbon_g: float) -> str:
+    """What carbonsched writes into a job's AdminComment (no spaces: ``scontrol show job`` splits at them)."""
+    return f"carbonsched:energy_kwh={energy_kwh:.6g},carbon_gco2e={carbon_g:.6g}"
+
+
+def set_admin_comment(job_id: str, comment: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
+    run_slurm(["scontrol", "update", f"JobId={job_id}", f"AdminComment={comment}"], timeout_s=timeout_s)
+
+
+def requeue(job_id: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
+    """``scontrol requeue``: Slurm signals the batch script (SIGTERM), and the job goes back to the queue."""
+    run_slurm(["scontrol", "requeue", job_id], timeout_s=timeout_s)
+
+
+def set_begin(job_id: str, begin_in_s: float, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
+    """Hold a pending job until ``begin_in_s`` seconds from now."""
+    run_slurm(["scontrol", "update", f"JobId={job_id}", f"StartTime={relative_time(begin_in_s)}"],
+              timeout_s=timeout_s)
+
+
+def record_in_slurm(slurm_job_id: str, energy_kwh: float, carbon_g: float, *,
+                    timeout_s: float = SLURM_TIMEOUT_S) -> threading.Thread:
+    """Write the job's energy and carbon into its Slurm record (AdminComment), in a background
+    thread so the daemon's answer does not wait for the controller; a failure is one log line."""
+
+    def write() -> None:
+        try:
+            set_admin_comment(slurm_job_id, admin_comment(energy_kwh, carbon_g), timeout_s=timeout_s)
+        except SlurmError as exc:
+            log.warning("Slurm job %s: energy and carbon not written to its record: %s", slurm_job_id, exc)
+        else:
+            log.info("Slurm job %s: %.6g kWh, %.6g gCO2e written to its AdminComment", slurm_job_id, energy_kwh,
+                     carbon_g)
+
+    thread = threading.Thread(target=write, name=f"slurm-record-{slurm_job_id}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,158 @@
+"""carbonsched with a real Slurm: a one-node cluster (munged, slurmctld, slurmd from Debian's
+packages, :mod:`slurm_cluster`) runs real `greentrainer train` jobs submitted with `carbonsched
+sbatch`, next to a real carbonsched daemon in this process (real socket and store; a fake NVML
+with two GPUs, the hardware boundary). The provider is a static value with a forecast file the
+test writes: dirty now, clean from a few seconds on.
+
+Shown here: the job begins no earlier than the plan's begin time; the trainer declares the job
+`carbonsched sbatch` planned (from the environment) under the id ``slurm-<SLURM_JOB_ID>`` with the
+GPU Slurm gave it; at its end its kWh and gCO2e are in ``scontrol show job``.
+
+Skips with one line where Slurm or munge is not installed or not root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from carbonsched.config import DaemonConfig, Intervals
+from carbonsched.daemon import Daemon
+from carbonsched.power import NodeEnergyMeter
+from carbonsched.protocol import JOB_DECLARATION_ENV
+from carbonsched.store import J_PER_KWH, Store
+from daemon_helpers import short_dir, wait_until
+from fake_pynvml import FakeGpu, make_fake_nvml
+from slurm_cluster import SlurmCluster, slurm_skip_reason
+
+pytestmark = pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")
+
+BIN = Path(sys.executable).parent
+CARBONSCHED = BIN / "carbonsched"
+GREENTRAINER = BIN / "greentrainer"
+GPUS = [FakeGpu(uuid="GPU-aaaaaaaa-0000-0000-0000-000000000000", bus_id="00000000:07:00.0", energy_mJ=None),
+        FakeGpu(uuid="GPU-bbbbbbbb-0000-0000-0000-000000000000", bus_id="00000000:0A:00.0", energy_mJ=None)]
+DIRTY_G_PER_KWH = 700.0  # above POL's static value, so waiting for the forecast's clean value pays
+CLEAN_G_PER_KWH = 50.0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    slurm = SlurmCluster().start()
+    try:
+        yield slurm
+    finally:
+        slurm.stop()
+
+
+def write_forecast(path: Path, clean_from_s: float, clean_for_s: float) -> None:
+    """Clean from ``clean_from_s`` seconds from now for ``clean_for_s``, dirty after."""
+    now = datetime.now(timezone.utc)
+    rows = [(now + timedelta(seconds=clean_from_s), CLEAN_G_PER_KWH),
+            (now + timedelta(seconds=clean_from_s + clean_for_s), DIRTY_G_PER_KWH),
+            (now + timedelta(seconds=clean_from_s + 2 * clean_for_s), DIRTY_G_PER_KWH)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("timestamp,intensity\n" + "".join(f"{t.isoformat()},{v}\n" for t, v in rows))
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def node(cluster):
+    """The carbonsched daemon of the cluster's node, and the provider spec it and the submitter use.
+    Its Slurm commands find the cluster through SLURM_CONF, as on a node whose slurm.conf is elsewhere."""
+    with short_dir() as d, pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", str(cluster.conf))
+        forecast = d / "forecast.csv"
+        write_forecast(forecast, 3600, 3600)
+        provider = f"static:POL?forecast_file={forecast}"
+        config = DaemonConfig(socket=d / "run" / "cs.sock", state_dir=d / "state", provider=provider,
+                              intervals=Intervals(poll_intensity_s=0.5, sample_power_s=0.2, decide_s=0.5,
+                                                  check_jobs_s=3600))
+        daemon = Daemon(config, meter_factory=lambda: NodeEnergyMeter(make_fake_nvml(GPUS), cpu_ram=False))
+        daemon.start()
+        try:
+            yield {"dir": d, "config": config, "provider": provider, "forecast": forecast}
+        finally:
+            daemon.stop()
+
+
+def training_script(path: Path, socket: Path, output_dir: Path) -> Path:
+    path.write_text(f"""#!/bin/bash
+#SBATCH --requeue --signal=B:TERM@120 --open-mode=append
+echo "begin $(date +%s.%N) restart ${{SLURM_RESTART_COUNT:-0}}"
+export OMP_NUM_THREADS=1
+exec {GREENTRAINER} train --tiny opt --limit 16 --batch-size 8 --max-input-length 48 --max-target-length 12 \\
+  --importance-batches 1 --lr 1e-3 --no-progress --rho-from daemon:{socket} --output-dir {output_dir}
+""")
+    path.chmod(0o755)
+    return path
+
+
+def carbonsched_sbatch(cluster: SlurmCluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CARBONSCHED), "sbatch", *args], env=cluster.env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_carbon_in_slurm(cluster, node, tmp_path):
+    write_forecast(node["forecast"], clean_from_s=20, clean_for_s=600)
+    script = training_script(tmp_path / "train.sh", node["config"].socket, tmp_path / "run")
+    out = tmp_path / "job.out"
+    submitted = carbonsched_sbatch(cluster, "--epochs", "1", "--epoch-minutes", "1", "--deadline", "20m",
+                                   "--may-pause", "--mean-rho", "0.7", "--provider", node["provider"], "--",
+                                   "--gres=gpu:1", "-o", str(out), str(script))
+    submitted_at = time.time()
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"Submitted Slurm job (\d+)", submitted.stdout).group(1)
+    begin_in_s = float(re.search(r"\(in (\d+) s\)", submitted.stdout).group(1))
+    assert begin_in_s >= 15, submitted.stdout  # the plan waits for the clean forecast
+    pending = cluster.job(job_id)
+    assert pending["JobState"] == "PENDING" and pending["Reason"] == "BeginTime", pending
+
+    assert cluster.wait_state(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout_s=240) == "COMPLETED", (
+        out.read_text() if out.exists() else cluster.logs())
+    began_at = float(re.search(r"begin (\S+)", out.read_text()).group(1))
+    assert began_at >= submitted_at + begin_in_s - 1.0  # whole seconds in the plan's printout
+    assert "done: 1 epochs" in out.read_text(), out.read_text()
+
+    with Store(node["config"].state_dir / "carbonsched.sqlite3", read_only=True) as store:
+        job = store.job(f"slurm-{job_id}")
+        energy_j, carbon_g = store.job_energy_and_carbon(f"slurm-{job_id}")
+    assert job is not None and job["status"] == "completed"
+    assert job["slurm_job_id"] == job_id and job["slurm_nodes"] == cluster.node
+    assert job["devices"] == ["gpu:0"]  # SLURM_JOB_GPUS, resolved to the daemon's name
+    assert job["epochs"] == 1 and job["may_pause"] and job["mean_rho"] == 0.7 and job["epoch_seconds"] == 60
+    assert energy_j > 0 and carbon_g > 0
+
+    def recorded() -> str | None:
+        comment = cluster.job(job_id).get("AdminComment", "")
+        return comment if comment.startswith("carbonsched:") else None
+
+    assert wait_until(recorded, timeout_s=30), cluster.job(job_id)
+    values = dict(pair.split("=") for pair in recorded().removeprefix("carbonsched:").split(","))
+    assert float(values["energy_kwh"]) == pytest.approx(energy_j / J_PER_KWH, rel=1e-5)
+    assert float(values["carbon_gco2e"]) == pytest.approx(carbon_g, rel=1e-5)
+
+
+def test_dry_run_prints_the_sbatch_command_with_the_plan_and_the_declaration(cluster, node, tmp_path):
+    write_forecast(node["forecast"], clean_from_s=600, clean_for_s=600)
+    done = carbonsched_sbatch(cluster, "--epochs", "2", "--epoch-minutes", "5", "--deadline", "2h", "--provider",
+                              node["provider"], "--dry-run", "--", "-p", "debug", "job.sh", "arg")
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.splitlines()[0]
+    begin = int(re.search(r"--begin=now\+(\d+)", command).group(1))
+    assert 590 <= begin <= 601 and "--deadline=now+7200" in command
+    assert command.startswith(f"{JOB_DECLARATION_ENV}=") and command.endswith("-p debug job.sh arg")
+    assert cluster.run("squeue", "-h").stdout.strip() == ""  # nothing submitted
+
+
+def test_sbatch_options_that_the_plan_sets_are_refused(cluster, node):
+    done = carbonsched_sbatch(cluster, "--epochs", "1", "--deadline", "1h", "--provider", node["provider"], "--",
+                              "--begin=now+60", "job.sh")
+    assert done.returncode == 2 and "--begin=now+60" in done.stderr and "Traceback" not in done.stderr
