@@ -18,6 +18,7 @@ from carbonsched.accounting import (
 from carbonsched.job_planning import JobPlanner
 from carbonsched.processes import process_alive
 from carbonsched.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
+from carbonsched.slurm_release import PauseReleaser
 from carbonsched.store import Store
 from carbonsched.types import (
     Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow,
@@ -38,6 +39,7 @@ class PeriodicWork:
         self._job_policies: dict[str, Any] = {}  # job_id -> its copy of the policy; under _decide_lock
         self._policy_copied: Any = None  # the policy those copies were made from
         self.job_planner = JobPlanner()  # deadline jobs: plans, and the pauses their trainers report
+        self.pause_releaser = PauseReleaser()  # Slurm jobs requeued for a long pause
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -187,6 +189,10 @@ class PeriodicWork:
         except Exception as exc:  # the jobs keep their policy's ρ
             self.state.record_error("plan", f"{type(exc).__name__}: {exc}")
             return {}
+        try:
+            self.pause_releaser.consider(running_jobs, {job_id: plan.pause_until_s for job_id, plan in plans.items()})
+        except Exception as exc:  # the jobs pause in place
+            self.state.record_error("slurm", f"{type(exc).__name__}: {exc}")
         return {
             job_id: DecisionRecord(
                 decision=Decision(rho=plan.rho, reason=plan.reason, policy="planner"), decided_at=signals.now,

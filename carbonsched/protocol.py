@@ -193,6 +193,8 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "rho_min": (OPTIONAL, _fraction),
         "mean_rho": (OPTIONAL, _fraction),
         "may_pause": (OPTIONAL, _boolean),
+        # Under Slurm: a planned pause longer than this (s) requeues the job instead of holding its GPUs.
+        "release_after_s": (OPTIONAL, _positive),
         # A job started by Slurm: its job id and node list (SLURM_JOB_ID, SLURM_JOB_NODELIST).
         "slurm_job_id": (OPTIONAL, _string),
         "slurm_nodes": (OPTIONAL, _string),
@@ -342,7 +344,7 @@ class LineBuffer:
 JOB_DECLARATION_ENV = "CARBONSCHED_JOB"
 """``carbonsched sbatch`` sets it for the batch script: a JSON object of the ``job.start``
 declaration fields, so the trainer inside declares the job it was planned as."""
-DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause")
+DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause", "release_after_s")
 
 
 def encode_job_declaration(declaration: dict[str, Any]) -> str:

@@ -15,8 +15,8 @@ import subprocess
 import threading
 from typing import Mapping, Sequence
 
-__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "parse_job_id", "record_in_slurm", "relative_time", "requeue",
-           "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
+__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "job_state", "parse_job_id", "record_in_slurm",
+           "relative_time", "release", "requeue_held", "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
 
 SLURM_TIMEOUT_S = 30.0
 log = logging.getLogger("carbonsched.slurm")
@@ -74,9 +74,23 @@ def set_admin_comment(job_id: str, comment: str, *, timeout_s: float = SLURM_TIM
     run_slurm(["scontrol", "update", f"JobId={job_id}", f"AdminComment={comment}"], timeout_s=timeout_s)
 
 
-def requeue(job_id: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
-    """``scontrol requeue``: Slurm signals the batch script (SIGTERM), and the job goes back to the queue."""
-    run_slurm(["scontrol", "requeue", job_id], timeout_s=timeout_s)
+def requeue_held(job_id: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
+    """``scontrol requeuehold``: Slurm signals the batch script (SIGTERM), and the job goes back
+    to the queue held, so that its new begin time can be set before anything starts it."""
+    run_slurm(["scontrol", "requeuehold", job_id], timeout_s=timeout_s)
+
+
+def release(job_id: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:
+    run_slurm(["scontrol", "release", job_id], timeout_s=timeout_s)
+
+
+def job_state(job_id: str, *, timeout_s: float = SLURM_TIMEOUT_S) -> str:
+    """The job's ``JobState`` (PENDING, RUNNING, COMPLETING, ...)."""
+    out = run_slurm(["scontrol", "show", "job", "-o", job_id], timeout_s=timeout_s)
+    for token in out.split():
+        if token.startswith("JobState="):
+            return token.split("=", 1)[1]
+    raise SlurmError(f"scontrol show job {job_id} gave no JobState")
 
 
 def set_begin(job_id: str, begin_in_s: float, *, timeout_s: float = SLURM_TIMEOUT_S) -> None:

@@ -127,6 +127,8 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
         job_for(ctx, job_id, peer)
         ctx.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local,
                              pids_foreign=pids_foreign)
+        if ctx.work.pause_releaser.came_back(job_id):  # the pause it was requeued for ends here
+            ctx.store.end_pause(job_id, now)
         log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
@@ -202,7 +204,10 @@ def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: 
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.close_open_epochs(job, f"job.end {fields['status']}")
     now = utcnow()
-    ctx.store.end_job(fields["job_id"], fields["status"], now)
+    released_until_s = ctx.work.pause_releaser.released_until(fields["job_id"])
+    ctx.store.end_job(fields["job_id"], fields["status"], now, keep_pause_open=released_until_s is not None)
+    if released_until_s is not None:  # requeued for its pause: paused until it starts again
+        ctx.store.start_pause(fields["job_id"], now, released_until_s)
     carbon_g = ctx.state.job_ended(fields["job_id"])
     log.info("job %s ended: %s", fields["job_id"], fields["status"])
     if job.get("slurm_job_id") and job.get("rank") in (None, 0):

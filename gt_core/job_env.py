@@ -23,7 +23,8 @@ from carbonsched.protocol import JOB_DECLARATION_ENV, decode_job_declaration
 NVIDIA_MAJOR = 195
 NVIDIA_CONTROL_MINOR = 255  # nvidiactl and above are not GPUs
 
-__all__ = ["cgroup_gpus", "declaration_from_env", "devices_from_env", "slurm_job_fields", "slurm_job_name"]
+__all__ = ["cgroup_gpus", "declaration_from_env", "devices_from_env", "slurm_job_fields", "slurm_job_name",
+           "slurm_restart_count"]
 
 
 def _split(value: str) -> list[str]:
@@ -75,6 +76,12 @@ def slurm_job_fields(env: Mapping[str, str] | None = None) -> dict[str, str]:
         return {}
     nodes = env.get("SLURM_JOB_NODELIST", "").strip() or env.get("SLURMD_NODENAME", "").strip()
     return {"slurm_job_id": job_id, **({"slurm_nodes": nodes} if nodes else {})}
+
+
+def slurm_restart_count(env: Mapping[str, str] | None = None) -> int:
+    """How often Slurm has requeued this job (``SLURM_RESTART_COUNT``); 0 outside Slurm or when unreadable."""
+    text = (os.environ if env is None else env).get("SLURM_RESTART_COUNT", "").strip()
+    return int(text) if text.isdigit() else 0
 
 
 def slurm_job_name(env: Mapping[str, str] | None = None) -> str | None:

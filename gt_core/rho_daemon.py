@@ -113,6 +113,7 @@ class DaemonRhoSource(TrainerCallback):
         rho_min: float | None = None,
         mean_rho: float | None = None,
         may_pause: bool = False,
+        release_after_s: float | None = None,
         pause_poll_s: float = DEFAULT_PAUSE_POLL_S,
         pause_max_wait_s: float = DEFAULT_PAUSE_MAX_WAIT_S,
     ) -> None:
@@ -138,7 +139,8 @@ class DaemonRhoSource(TrainerCallback):
         # The job model a daemon plans a deadline job by (sent with job.start when given); with
         # none given, the one `carbonsched sbatch` put in the environment.
         declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
-                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None}
+                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
+                    "release_after_s": release_after_s}
         if deadline_s is None:
             from_env = declaration_from_env()
             if from_env:

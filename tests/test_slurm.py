@@ -13,6 +13,7 @@ Skips with one line where Slurm or munge is not installed or not root.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import torch
 
 from carbonsched.config import DaemonConfig, Intervals
 from carbonsched.daemon import Daemon
@@ -83,16 +85,26 @@ def node(cluster):
             daemon.stop()
 
 
-def training_script(path: Path, socket: Path, output_dir: Path) -> Path:
+TRAIN_OPTIONS = ("--tiny", "opt", "--batch-size", "4", "--max-input-length", "48", "--max-target-length", "12",
+                 "--importance-batches", "1", "--lr", "1e-3", "--no-progress", "--seed", "3")
+
+
+def training_script(path: Path, socket: Path, output_dir: Path, *extra: str) -> Path:
+    """The batch script the docs show: the #SBATCH lines for a requeue, then the trainer alone."""
+    options = " ".join((*TRAIN_OPTIONS, *extra))
     path.write_text(f"""#!/bin/bash
 #SBATCH --requeue --signal=B:TERM@120 --open-mode=append
 echo "begin $(date +%s.%N) restart ${{SLURM_RESTART_COUNT:-0}}"
 export OMP_NUM_THREADS=1
-exec {GREENTRAINER} train --tiny opt --limit 16 --batch-size 8 --max-input-length 48 --max-target-length 12 \\
-  --importance-batches 1 --lr 1e-3 --no-progress --rho-from daemon:{socket} --output-dir {output_dir}
+exec {GREENTRAINER} train {options} --rho-from daemon:{socket} --output-dir {output_dir}
 """)
     path.chmod(0o755)
     return path
+
+
+def begins(out: Path) -> dict[int, float]:
+    """Restart count -> when that part of the job began (unix s), from the script's own lines."""
+    return {int(m.group(2)): float(m.group(1)) for m in re.finditer(r"begin (\S+) restart (\d+)", out.read_text())}
 
 
 def carbonsched_sbatch(cluster: SlurmCluster, *args: str) -> subprocess.CompletedProcess:
@@ -102,7 +114,7 @@ def carbonsched_sbatch(cluster: SlurmCluster, *args: str) -> subprocess.Complete
 
 def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_carbon_in_slurm(cluster, node, tmp_path):
     write_forecast(node["forecast"], clean_from_s=20, clean_for_s=600)
-    script = training_script(tmp_path / "train.sh", node["config"].socket, tmp_path / "run")
+    script = training_script(tmp_path / "train.sh", node["config"].socket, tmp_path / "run", "--limit", "16")
     out = tmp_path / "job.out"
     submitted = carbonsched_sbatch(cluster, "--epochs", "1", "--epoch-minutes", "1", "--deadline", "20m",
                                    "--may-pause", "--mean-rho", "0.7", "--provider", node["provider"], "--",
@@ -117,7 +129,7 @@ def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_
 
     assert cluster.wait_state(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout_s=240) == "COMPLETED", (
         out.read_text() if out.exists() else cluster.logs())
-    began_at = float(re.search(r"begin (\S+)", out.read_text()).group(1))
+    began_at = begins(out)[0]
     assert began_at >= submitted_at + begin_in_s - 1.0  # whole seconds in the plan's printout
     assert "done: 1 epochs" in out.read_text(), out.read_text()
 
@@ -139,6 +151,12 @@ def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_
     assert float(values["energy_kwh"]) == pytest.approx(energy_j / J_PER_KWH, rel=1e-5)
     assert float(values["carbon_gco2e"]) == pytest.approx(carbon_g, rel=1e-5)
 
+    report = subprocess.run([str(CARBONSCHED), "report", "--slurm-job", job_id, "--format", "json", "--state-dir",
+                             str(node["config"].state_dir)], capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    (reported,) = json.loads(report.stdout)["jobs"]
+    assert reported["job_id"] == f"slurm-{job_id}" and reported["totals"]["carbon_g"] == pytest.approx(carbon_g)
+
 
 def test_dry_run_prints_the_sbatch_command_with_the_plan_and_the_declaration(cluster, node, tmp_path):
     write_forecast(node["forecast"], clean_from_s=600, clean_for_s=600)
@@ -156,3 +174,60 @@ def test_sbatch_options_that_the_plan_sets_are_refused(cluster, node):
     done = carbonsched_sbatch(cluster, "--epochs", "1", "--deadline", "1h", "--provider", node["provider"], "--",
                               "--begin=now+60", "job.sh")
     assert done.returncode == 2 and "--begin=now+60" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_it_resumes_to_identical_weights(
+        cluster, node, tmp_path):
+    write_forecast(node["forecast"], clean_from_s=1, clean_for_s=900)
+    run_dir = tmp_path / "run"
+    script = training_script(tmp_path / "train.sh", node["config"].socket, run_dir, "--limit", "48", "--scheme", "full",
+                             "--pause-poll-s", "0.2")
+    out = tmp_path / "job.out"
+    submitted = carbonsched_sbatch(cluster, "--epochs", "3", "--epoch-minutes", "1", "--deadline", "30m",
+                                   "--may-pause", "--release-after", "5s", "--provider", node["provider"], "--",
+                                   "-c", "2", "--gres=gpu:1", "-o", str(out), str(script))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"Submitted Slurm job (\d+)", submitted.stdout).group(1)
+    daemon_job = f"slurm-{job_id}"
+    db = node["config"].state_dir / "carbonsched.sqlite3"
+
+    def first_epoch_ended() -> bool:
+        with Store(db, read_only=True) as store:
+            return any(e["ended_at"] for e in store.epochs(daemon_job))
+
+    assert wait_until(first_epoch_ended, timeout_s=180, interval_s=0.3), out.read_text() if out.exists() else ""
+    # The job holds both CPUs: this one waits for them.
+    filler_out = tmp_path / "filler.out"
+    filler = cluster.run("sbatch", "--parsable", "-c", "1", "-o", str(filler_out), "--wrap",
+                         "echo ran $(date +%s.%N)").stdout.strip()
+    assert cluster.job_state(filler) == "PENDING"
+    # Dirty from now for 25 s: the plan pauses the job that long, more than its 5 s release-after.
+    pause_planned_at = time.time()
+    write_forecast(node["forecast"], clean_from_s=25, clean_for_s=900)
+
+    assert cluster.wait_state(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout_s=240) == "COMPLETED", (
+        out.read_text())
+    assert cluster.wait_state(filler, ("COMPLETED", "FAILED")) == "COMPLETED"
+    text = out.read_text()
+    parts = begins(out)
+    assert sorted(parts) == [0, 1], text  # one requeue
+    filler_ran = float(re.search(r"ran (\S+)", filler_out.read_text()).group(1))
+    assert pause_planned_at < filler_ran < parts[1]  # the CPUs were free in the gap
+    assert parts[1] >= pause_planned_at + 25 - 2.0, text  # began again no earlier than the pause's end
+    assert "resuming the run in" in text and "interrupted: checkpoint saved" in text and "done: 3 epochs" in text
+
+    with Store(db, read_only=True) as store:
+        job, pauses, epochs = store.job(daemon_job), store.pauses(daemon_job), store.epochs(daemon_job)
+    assert job["status"] == "completed" and job["release_after_s"] == 5.0
+    assert [e["epoch"] for e in epochs] == [0, 1, 2] and all(e["ended_at"] for e in epochs)
+    assert any(p["started_at"] < filler_ran and p["ended_at"] >= parts[1] - 1.0 for p in pauses), pauses
+
+    reference = tmp_path / "reference"
+    done = subprocess.run([str(GREENTRAINER), "train", *TRAIN_OPTIONS, "--limit", "48", "--scheme", "full",
+                           "--epochs", "3", "--rho", "1", "--output-dir", str(reference)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = torch.load(run_dir / "checkpoint" / "model.pt", weights_only=True)
+    uninterrupted = torch.load(reference / "checkpoint" / "model.pt", weights_only=True)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)

@@ -10,6 +10,7 @@ was planned as and the daemon on its node keeps planning it from there.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,18 @@ from carbonsched.protocol import JOB_DECLARATION_ENV, encode_job_declaration
 
 # Options of sbatch that the plan sets; given again by the user they would silently override it.
 PLANNED_SBATCH_OPTIONS = ("--begin", "-b", "--deadline")
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
+_SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "": 60.0, "h": 3600.0}
+
+
+def parse_duration_s(text: str, option: str) -> float:
+    """``90s``, ``30m``, ``2h`` or a bare number of minutes, in seconds (positive)."""
+    match = _DURATION.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{option} {text!r} is not a positive duration (90s, 30m, 2h; a bare number is minutes)")
+    return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
 
 
 def _refuse_planned_options(sbatch_args: list[str]) -> None:
@@ -49,6 +62,9 @@ def sbatch(
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="Lowest ρ any epoch may get (default: "
                                             "--mean-rho, else 1: the job is only shifted in time)."),
     may_pause: bool = MayPause,
+    release_after: str = typer.Option("30m", "--release-after", help="With --may-pause: a planned pause longer than "
+                                      "this (90s, 30m, 2h; a bare number is minutes) requeues the job, giving its "
+                                      "GPUs back, to begin again when the plan runs it next."),
     power_w: float = PowerW,
     idle_power_w: float = IdlePowerW,
     provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
@@ -75,8 +91,13 @@ def sbatch(
     for name, value in (("--mean-rho", mean_rho), ("--rho-min", rho_min)):
         if value is not None and not 0 < value <= 1:
             fail(f"{name} must be in (0, 1], got {value}")
+    try:
+        release_after_s = parse_duration_s(release_after, "--release-after")
+    except ValueError as exc:
+        fail(str(exc))
     declaration = {"deadline": now.timestamp() + deadline_s, "epochs": epochs, "epoch_seconds": epoch_minutes * 60,
-                   "rho_min": rho_min, "mean_rho": mean_rho, "may_pause": may_pause}
+                   "rho_min": rho_min, "mean_rho": mean_rho, "may_pause": may_pause,
+                   "release_after_s": release_after_s if may_pause else None}
     declared = JobDeclaration.from_job(declaration)  # the daemon's reading of it: ρ floor rules included
     job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, declared.rho_min, declared.mean_rho, may_pause, None,
                              power_w, idle_power_w, [], [])
