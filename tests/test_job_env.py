@@ -60,3 +60,19 @@ def test_declaration_round_trip_and_bad_values_named():
         with pytest.raises(ValueError, match=JOB_DECLARATION_ENV) as caught:
             declaration_from_env({JOB_DECLARATION_ENV: text})
         assert named in str(caught.value), text
+
+
+def test_a_daemon_rho_source_in_a_slurm_job_declares_what_carbonsched_sbatch_planned(monkeypatch):
+    from gt_core.rho_daemon import DaemonRhoSource
+
+    declared = {"deadline": 1.9e9, "epochs": 3.0, "epoch_seconds": 600.0, "mean_rho": 0.7, "may_pause": True,
+                "release_after_s": 900.0}
+    for name, value in {"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_GPUS": "3",
+                        "CUDA_VISIBLE_DEVICES": "0", JOB_DECLARATION_ENV: encode_job_declaration(declared)}.items():
+        monkeypatch.setenv(name, value)
+    source = DaemonRhoSource("/nonexistent.sock", model_name="m", scheme="green")
+    assert source.job_id == "slurm-42" and source.devices == ["3"] and source.may_pause
+    assert source.job_fields == {**declared, "slurm_job_id": "42", "slurm_nodes": "n1"}
+    given = DaemonRhoSource("/nonexistent.sock", model_name="m", scheme="green", job_id="mine", deadline_s=2e9,
+                            epochs=1)
+    assert given.job_id == "mine" and given.job_fields["deadline"] == 2e9 and "mean_rho" not in given.job_fields

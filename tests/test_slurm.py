@@ -6,7 +6,10 @@ test writes: dirty now, clean from a few seconds on.
 
 Shown here: the job begins no earlier than the plan's begin time; the trainer declares the job
 `carbonsched sbatch` planned (from the environment) under the id ``slurm-<SLURM_JOB_ID>`` with the
-GPU Slurm gave it; at its end its kWh and gCO2e are in ``scontrol show job``.
+GPU Slurm gave it; at its end its kWh and gCO2e are in ``scontrol show job``. A planned pause
+longer than the job's release-after requeues it: another job runs on the freed CPUs in the gap,
+the job begins again no earlier than the pause's end, resumes from its checkpoint and ends with
+the weights of an uninterrupted run.
 
 Skips with one line where Slurm or munge is not installed or not root.
 """
