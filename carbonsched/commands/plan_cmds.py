@@ -290,9 +290,21 @@ def backtest(
                                                                       "(default: the daemon's built-in one)."),
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
+    jobs_file: Optional[Path] = typer.Option(None, "--jobs", help="Instead of one job: a CSV of jobs (arrival_h, "
+                                             "epochs, epoch_minutes, deadline_h[, mean_rho, rho_min, power_w]) "
+                                             "sharing --gpus GPUs, planned one by one, jointly and by the LP."),
+    gpus: int = typer.Option(1, "--gpus", help="With --jobs: the partition's GPUs (one per job)."),
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner,
-    planner-receding (re-planned every slot, as the daemon does) and oracle."""
+    planner-receding (re-planned every slot, as the daemon does) and oracle; with --jobs, a set of jobs sharing GPUs."""
+    if jobs_file is not None:
+        from carbonsched.commands.jobset_cmd import backtest_jobs
+
+        _check_choices(fmt, None)
+        if plot is not None:
+            fail("--plot is for the single-job backtest")
+        backtest_jobs(trace, jobs_file, gpus, fmt, time_column, intensity_column)
+        return
     from carbonsched.planning.backtest import SLOWER_SHARE, run_backtest
     from carbonsched.planning.series import Series
     from carbonsched.providers.trace import TraceFormatError, load_trace
