@@ -218,6 +218,17 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "val_loss": (OPTIONAL, _nullable(_number)),
     },
     "job.end": {"job_id": (REQUIRED, _string), "status": (REQUIRED, _one_of(JOB_END_STATUSES))},
+    # `carbonsched sbatch --socket`: plan a pausable deadline job with the ones handed out before
+    # under the partition's GPUs (carbonsched.submitted_plans), then name its Slurm job.
+    "plan.submit": {
+        "deadline": (REQUIRED, _instant),
+        "epochs": (REQUIRED, _positive),
+        "epoch_seconds": (REQUIRED, _positive),
+        "rho_min": (OPTIONAL, _fraction),
+        "mean_rho": (OPTIONAL, _fraction),
+        "power_w": (OPTIONAL, _positive),
+    },
+    "plan.bind": {"plan_id": (REQUIRED, _string), "slurm_job_id": (REQUIRED, _string)},
     "status": {},
     "jobs": {"status": (OPTIONAL, _string), "limit": (OPTIONAL, _integer(1))},
     "override": {"rho": (REQUIRED, _nullable(_fraction)), "ttl_s": (OPTIONAL, _nullable(_positive))},

@@ -15,7 +15,7 @@ import subprocess
 import threading
 from typing import Mapping, Sequence
 
-__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "job_state", "parse_job_id", "record_in_slurm",
+__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "job_state", "move_begin", "parse_job_id", "record_in_slurm",
            "relative_time", "release", "requeue_held", "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
 
 SLURM_TIMEOUT_S = 30.0
@@ -114,5 +114,22 @@ def record_in_slurm(slurm_job_id: str, energy_kwh: float, carbon_g: float, *,
                      carbon_g)
 
     thread = threading.Thread(target=write, name=f"slurm-record-{slurm_job_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def move_begin(slurm_job_id: str, begin_in_s: float, *, timeout_s: float = SLURM_TIMEOUT_S) -> threading.Thread:
+    """Move a pending job's begin time (a joint re-plan moved it), in a background thread; a
+    failure (the job began meanwhile, or is gone) is one log line."""
+
+    def move() -> None:
+        try:
+            set_begin(slurm_job_id, begin_in_s, timeout_s=timeout_s)
+        except SlurmError as exc:
+            log.warning("Slurm job %s: begin time not moved: %s", slurm_job_id, exc)
+        else:
+            log.info("Slurm job %s: begin moved to %s by a joint re-plan", slurm_job_id, relative_time(begin_in_s))
+
+    thread = threading.Thread(target=move, name=f"slurm-begin-{slurm_job_id}", daemon=True)
     thread.start()
     return thread

@@ -10,20 +10,24 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.accounting import epoch_energy, measured_j_per_flop, recorded_epoch_savings
-from carbonsched.job_planning import paused_seconds
+from carbonsched.job_planning import paused_seconds, planning_slots, reading_history
+from carbonsched.planning import CostModel, Job, PlanningInputError
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W
+from carbonsched.planning.receding import JobDeclaration
 from carbonsched.periodic import PeriodicWork
 from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
 from carbonsched.protocol import DECLARATION_FIELDS, ProtocolError, Request, declaration_problem
 from carbonsched.runtime_state import RuntimeState
 from carbonsched.server import PeerCred
-from carbonsched.slurm import record_in_slurm
+from carbonsched.slurm import move_begin, record_in_slurm
 from carbonsched.store import J_PER_KWH, Store
+from carbonsched.submitted_plans import SubmittedPlans
 from carbonsched.types import Decision, iso_utc, utcnow
 
 log = logging.getLogger("carbonsched.daemon")
@@ -38,6 +42,7 @@ class OpContext:
     work: PeriodicWork
     reload: Callable[[], dict[str, Any]]
     status: Callable[[], dict[str, Any]]
+    submitted: SubmittedPlans = field(default_factory=SubmittedPlans)
 
 
 Op = Callable[[OpContext, dict[str, Any], PeerCred, Request], dict[str, Any]]
@@ -216,6 +221,45 @@ def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: 
     return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
 
 
+def op_plan_submit(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    gpus = ctx.state.settings.config.partition_gpus
+    if gpus is None:
+        raise ProtocolError("bad_request", "plan.submit: this daemon has no partition_gpus in its config")
+    problem = declaration_problem({**fields, "may_pause": True})
+    if problem is not None:
+        raise ProtocolError("bad_request", f"plan.submit: {problem}")
+    now = utcnow()
+    reading = ctx.state.view(now).reading
+    if reading is None:
+        raise ProtocolError("unavailable", "plan.submit: no carbon intensity reading yet")
+    declaration = JobDeclaration.from_job({**fields, "may_pause": True})
+    deadline_s = declaration.deadline_s - now.timestamp()
+    try:
+        job = Job(epochs=declaration.epochs, deadline_s=deadline_s, rho_min=declaration.rho_min,
+                  mean_rho=declaration.mean_rho, may_pause=True)
+        cost = CostModel(epoch_s_at_full=fields["epoch_seconds"], running_power_w=fields.get("power_w", DEFAULT_RUNNING_POWER_W))
+    except PlanningInputError as exc:
+        raise ProtocolError("bad_request", f"plan.submit: {exc}") from None
+    history = reading_history(ctx.store, reading, now.timestamp())
+    submission = ctx.submitted.submit(
+        job, cost, now.timestamp(),
+        lambda horizon_s: planning_slots(now, reading.intensity_g_per_kwh, reading.forecast, horizon_s, history), gpus)
+    for slurm_job_id, begin_s in submission.moved:
+        move_begin(slurm_job_id, begin_s - now.timestamp())
+    log.info("plan %s: begin %s, %d jobs planned together on %d GPUs", submission.plan_id, iso_utc(submission.begin_s),
+             len(ctx.submitted), gpus)
+    return {"plan_id": submission.plan_id, "begin": iso_utc(submission.begin_s), "begin_s": submission.begin_s,
+            "finish": iso_utc(submission.finish_s), "expected_carbon_g": submission.expected_carbon_g,
+            "mean_rho": submission.mean_rho, "feasible": submission.feasible, "gpus": gpus,
+            "moved": [{"slurm_job_id": job_id, "begin": iso_utc(begin_s)} for job_id, begin_s in submission.moved]}
+
+
+def op_plan_bind(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    if not ctx.submitted.bind(fields["plan_id"], fields["slurm_job_id"]):
+        raise ProtocolError("bad_request", f"unknown plan_id {fields['plan_id']!r}")
+    return {"plan_id": fields["plan_id"], "slurm_job_id": fields["slurm_job_id"]}
+
+
 def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
     jobs = ctx.store.jobs(status=fields.get("status"))
     if "limit" in fields:
@@ -262,6 +306,8 @@ OPS: dict[str, Op] = {
     "epoch.start": op_epoch_start,
     "epoch.end": op_epoch_end,
     "job.end": op_job_end,
+    "plan.submit": op_plan_submit,
+    "plan.bind": op_plan_bind,
     "jobs": op_jobs,
     "override": op_override,
     "reload": op_reload,

@@ -81,7 +81,7 @@ def node(cluster):
         forecast = d / "forecast.csv"
         write_forecast(forecast, 3600, 3600)
         provider = f"static:POL?forecast_file={forecast}"
-        config = DaemonConfig(socket=d / "run" / "cs.sock", state_dir=d / "state", provider=provider,
+        config = DaemonConfig(socket=d / "run" / "cs.sock", state_dir=d / "state", provider=provider, partition_gpus=1,
                               intervals=Intervals(poll_intensity_s=0.5, sample_power_s=0.2, decide_s=0.5,
                                                   check_jobs_s=3600))
         daemon = Daemon(config, meter_factory=lambda: NodeEnergyMeter(make_fake_nvml(GPUS), cpu_ram=False))
@@ -244,3 +244,28 @@ def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_i
     uninterrupted = torch.load(reference / "checkpoint" / "model.pt", weights_only=True)
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
+
+
+def test_jobs_planned_together_by_the_daemon_a_later_submission_moves_an_earlier_pending_job(cluster, node, tmp_path):
+    """One GPU in the partition (the daemon's partition_gpus): the clean hour goes to the job that
+    needs it more, and the job planned into it before is moved out of it in Slurm."""
+    write_forecast(node["forecast"], clean_from_s=600, clean_for_s=3600)
+    script = tmp_path / "wait.sh"
+    script.write_text("#!/bin/bash\nsleep 300\n")
+    common = ("--socket", str(node["config"].socket), "--epochs", "1", "--epoch-minutes", "60", "--may-pause")
+    first = carbonsched_sbatch(cluster, *common, "--deadline", "10h", "--power-w", "200", "--", "-o", "/dev/null",
+                               str(script))
+    assert first.returncode == 0, first.stderr
+    first_id = re.search(r"Submitted Slurm job (\d+)", first.stdout).group(1)
+    assert int(re.search(r"\(in (\d+) s\)", first.stdout).group(1)) >= 540  # alone: into the clean hour
+    second = carbonsched_sbatch(cluster, *common, "--deadline", "80m", "--power-w", "400", "--", "-o", "/dev/null",
+                                str(script))
+    assert second.returncode == 0, second.stderr
+    second_id = re.search(r"Submitted Slurm job (\d+)", second.stdout).group(1)
+    assert int(re.search(r"\(in (\d+) s\)", second.stdout).group(1)) >= 540
+    assert f"Slurm job {first_id} now begins at" in second.stdout
+    try:  # moved to now (the dirty minutes before the clean hour): Slurm starts it at once
+        assert cluster.wait_state(first_id, ("RUNNING",), timeout_s=60) == "RUNNING"
+        assert cluster.job(second_id)["Reason"] == "BeginTime"
+    finally:
+        cluster.run("scancel", first_id, second_id, check=False)

@@ -14,11 +14,11 @@ import typer
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W
 from carbonsched.types import IntensityReading
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("table", "json")
-DEFAULT_RUNNING_POWER_W = 300.0
 
 Epochs = typer.Option(12.0, "--epochs", help="Epochs of work left (may be fractional).")
 EpochMinutes = typer.Option(30.0, "--epoch-minutes", help="Minutes one epoch takes at ρ 1.")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from datetime import timedelta
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -70,6 +71,9 @@ def sbatch(
     provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the daemon config's)."),
     config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV,
                                                help="Daemon TOML config (its provider is used)."),
+    socket: Optional[Path] = typer.Option(None, "--socket", help="Plan with the daemon at this socket instead: "
+                                          "against its forecast, together with the jobs it planned before, under "
+                                          "its partition_gpus (the job must --may-pause)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the sbatch command; submit nothing."),
 ) -> None:
     """Plan a deadline job and submit it to Slurm to begin at the plan's start (sbatch --begin)."""
@@ -98,20 +102,26 @@ def sbatch(
     declaration = {"deadline": now.timestamp() + deadline_s, "epochs": epochs, "epoch_seconds": epoch_minutes * 60,
                    "rho_min": rho_min, "mean_rho": mean_rho, "may_pause": may_pause,
                    "release_after_s": release_after_s if may_pause else None}
-    declared = JobDeclaration.from_job(declaration)  # the daemon's reading of it: ρ floor rules included
-    job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, declared.rho_min, declared.mean_rho, may_pause, None,
-                             power_w, idle_power_w, [], [])
-    _, slots, notes = forecast_slots(provider, config_file, now, job.deadline_s)
-    start = plan_start(job, cost, slots)
-    command = sbatch_command(sbatch_args, begin_in_s=start.begin_s, deadline_in_s=deadline_s)
+    if socket is not None:
+        if not may_pause:
+            fail("--socket plans jobs together, which needs jobs that may pause: add --may-pause")
+        if dry_run:
+            fail("--dry-run with --socket would hand out a plan the daemon then keeps; drop one of them")
+        begin_in_s, summary, notes, submission = _daemon_plan(socket, declaration, power_w)
+    else:
+        declared = JobDeclaration.from_job(declaration)  # the daemon's reading of it: ρ floor rules included
+        job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, declared.rho_min, declared.mean_rho, may_pause,
+                                 None, power_w, idle_power_w, [], [])
+        _, slots, notes = forecast_slots(provider, config_file, now, job.deadline_s)
+        start = plan_start(job, cost, slots)
+        begin_in_s, submission = start.begin_s, None
+        notes = notes + ([start.plan.note] if start.plan.note else [])
+        paused_s = max(0.0, start.plan.paused_s - start.begin_s)
+        summary = _summary(now.timestamp() + start.begin_s, start.begin_s, now.timestamp() + start.finish_s,
+                           start.plan.mean_rho, start.plan.expected_carbon_g, start.plan.feasible,
+                           f", running {start.plan.running_s / 3600:.2f} h, paused {paused_s / 3600:.2f} h")
+    command = sbatch_command(sbatch_args, begin_in_s=begin_in_s, deadline_in_s=deadline_s - (time.time() - now.timestamp()))
     env_value = encode_job_declaration(declaration)
-    begin = now + timedelta(seconds=start.begin_s)
-    finish = now + timedelta(seconds=start.finish_s)
-    summary = (f"plan: begin {begin.strftime('%Y-%m-%d %H:%M:%S')} UTC (in {start.begin_s:.0f} s), finish by "
-               f"{finish.strftime('%Y-%m-%d %H:%M:%S')} UTC, mean ρ {start.plan.mean_rho:.3f}, running "
-               f"{start.plan.running_s / 3600:.2f} h, paused {max(0.0, start.plan.paused_s - start.begin_s) / 3600:.2f} h, "
-               f"expected {start.plan.expected_carbon_g:.2f} gCO2e"
-               + ("" if start.plan.feasible else "; the deadline cannot be met as declared"))
     if dry_run:
         typer.echo(f"{JOB_DECLARATION_ENV}={shlex.quote(env_value)} {shlex.join(command)}")
         typer.echo(summary)
@@ -123,8 +133,50 @@ def sbatch(
             fail(str(exc), 1)
         typer.echo(f"Submitted Slurm job {job_id}")
         typer.echo(summary)
-    for note in notes + ([start.plan.note] if start.plan.note else []):
+        if submission is not None:
+            _bind(socket, submission["plan_id"], job_id)
+    for note in notes:
         typer.echo(f"note: {note}")
+
+
+def _summary(begin_s: float, begin_in_s: float, finish_s: float, mean_rho: float, carbon_g: float,
+             feasible: bool, times: str = "") -> str:
+    begin, finish = (datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") for t in (begin_s, finish_s))
+    return (f"plan: begin {begin} UTC (in {begin_in_s:.0f} s), finish by {finish} UTC, mean ρ {mean_rho:.3f}{times}, "
+            f"expected {carbon_g:.2f} gCO2e" + ("" if feasible else "; the deadline cannot be met as declared"))
+
+
+def _daemon_plan(socket: Path, declaration: dict, power_w: float) -> tuple[float, str, list[str], dict]:
+    """The daemon's joint plan for the job (op ``plan.submit``): begin in s from now, summary, notes, reply."""
+    from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+
+    fields = {k: v for k, v in declaration.items() if v is not None and k not in ("may_pause", "release_after_s")}
+    try:
+        with DaemonClient(socket, timeout_s=30.0) as client:
+            reply = client.call("plan.submit", **fields, power_w=power_w)
+    except DaemonUnavailable as exc:
+        fail(f"no daemon at {socket}: {exc}", 1)
+    except DaemonRequestError as exc:
+        fail(f"the daemon at {socket} did not plan the job: {exc.message}", 1)
+    begin_in_s = max(0.0, reply["begin_s"] - time.time())
+    finish_s = datetime.fromisoformat(reply["finish"].replace("Z", "+00:00")).timestamp()
+    summary = _summary(reply["begin_s"], begin_in_s, finish_s, reply["mean_rho"], reply["expected_carbon_g"],
+                       reply["feasible"])
+    notes = [f"planned by the daemon at {socket} with the jobs it planned before, on {reply['gpus']} GPUs"]
+    notes += [f"Slurm job {m['slurm_job_id']} now begins at {m['begin']}" for m in reply["moved"]]
+    return begin_in_s, summary, notes, reply
+
+
+def _bind(socket: Path, plan_id: str, slurm_job_id: str) -> None:
+    """Tell the daemon which Slurm job the plan became, so that a later re-plan can move it."""
+    from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+
+    try:
+        with DaemonClient(socket, timeout_s=10.0) as client:
+            client.call("plan.bind", plan_id=plan_id, slurm_job_id=slurm_job_id)
+    except (DaemonUnavailable, DaemonRequestError) as exc:
+        typer.echo(f"warning: the daemon at {socket} was not told the job's Slurm id ({exc}): a later "
+                   "submission cannot move its begin time", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -32,12 +32,11 @@ from carbonsched.planning import strategies
 from carbonsched.planning.capacity import (
     EPSILON_S, J_PER_KWH, CapacityJob, job_power_w, max_concurrent, plan_jointly, split_slots,
 )
-from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W, CostModel, Job, PlanningInputError, Slot
 from carbonsched.planning.planner import fastest_mix, running_s_of
 from carbonsched.planning.series import Series
 
 STEP_S = 60.0
-DEFAULT_POWER_W = 300.0
 HOUR_S = 3600.0
 REQUIRED_COLUMNS = ("arrival_h", "epochs", "epoch_minutes", "deadline_h")
 OPTIONAL_COLUMNS = ("mean_rho", "rho_min", "power_w")
@@ -83,7 +82,7 @@ def load_jobs(path: Path) -> list[CapacityJob]:
             job = Job(epochs=values["epochs"], deadline_s=values["deadline_h"] * HOUR_S,
                       rho_min=values.get("rho_min", mean_rho or 1.0), mean_rho=mean_rho, may_pause=True)
             cost = CostModel(epoch_s_at_full=values["epoch_minutes"] * 60,
-                             running_power_w=values.get("power_w", DEFAULT_POWER_W))
+                             running_power_w=values.get("power_w", DEFAULT_RUNNING_POWER_W))
         except PlanningInputError as exc:
             raise JobsFileError(f"{path}:{line}: {exc}") from None
         jobs.append(CapacityJob(f"job{number}", values["arrival_h"] * HOUR_S, job, cost))
