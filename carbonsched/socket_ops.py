@@ -31,6 +31,8 @@ from carbonsched.submitted_plans import SubmittedPlans
 from carbonsched.types import Decision, iso_utc, utcnow
 
 log = logging.getLogger("carbonsched.daemon")
+MAX_PLAN_AHEAD_S = 31 * 86400.0  # plan.submit: a deadline further ahead is refused
+MAX_KEPT_PLANS = 200  # plan.submit: plans kept at once (each submission re-plans them all)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,12 @@ def op_plan_submit(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, reque
         raise ProtocolError("unavailable", "plan.submit: no carbon intensity reading yet")
     declaration = JobDeclaration.from_job({**fields, "may_pause": True})
     deadline_s = declaration.deadline_s - now.timestamp()
+    if deadline_s > MAX_PLAN_AHEAD_S:
+        raise ProtocolError("bad_request", f"plan.submit: field 'deadline' is more than {MAX_PLAN_AHEAD_S / 86400:g} "
+                                           "days ahead")
+    if len(ctx.submitted) >= MAX_KEPT_PLANS:
+        raise ProtocolError("unavailable", f"plan.submit: {MAX_KEPT_PLANS} plans are kept already; try after some "
+                                           "deadlines have passed")
     try:
         job = Job(epochs=declaration.epochs, deadline_s=deadline_s, rho_min=declaration.rho_min,
                   mean_rho=declaration.mean_rho, may_pause=True)

@@ -61,3 +61,39 @@ def slots_until_from(offset_s: float):
                    for s in SLOTS if s.end_s > offset_s]
         return [Slot(s.start_s, min(s.end_s, horizon_s), s.intensity_g_per_kwh) for s in shifted if s.start_s < horizon_s]
     return slots
+
+
+def test_plan_submit_over_the_socket_needs_partition_gpus_and_a_sane_declaration():
+    import time
+
+    from carbonsched.daemon import Daemon
+    from daemon_helpers import LineConn, short_dir
+
+    with short_dir() as d:
+        for gpus in (None, 2):
+            config = DaemonConfig(socket=d / f"cs{gpus}.sock", state_dir=d / f"state{gpus}", provider="static:DEU",
+                                  partition_gpus=gpus)
+            daemon = Daemon(config, meter_factory=lambda: None)
+            daemon.start()
+            try:
+                conn = LineConn(config.socket)
+                deadline = time.time() + 8 * HOUR_S
+                reply = conn.ask(op="plan.submit", deadline=deadline, epochs=2, epoch_seconds=HOUR_S)
+                if gpus is None:
+                    assert not reply["ok"] and "partition_gpus" in reply["error"]["message"]
+                    continue
+                assert reply["ok"] and reply["gpus"] == 2 and reply["feasible"], reply
+                assert reply["begin_s"] == pytest.approx(time.time(), abs=60)  # a flat forecast: now
+                bad = conn.ask(op="plan.submit", deadline=time.time() - 10, epochs=2, epoch_seconds=HOUR_S)
+                assert not bad["ok"] and bad["error"]["code"] == "bad_request" and "deadline" in bad["error"]["message"]
+                far = conn.ask(op="plan.submit", deadline=time.time() + 1e9, epochs=2, epoch_seconds=HOUR_S)
+                assert not far["ok"] and "days ahead" in far["error"]["message"]
+                mixed = conn.ask(op="plan.submit", deadline=deadline, epochs=2, epoch_seconds=HOUR_S, rho_min=0.8,
+                                 mean_rho=0.5)
+                assert not mixed["ok"] and "mean_rho" in mixed["error"]["message"]
+                bind = conn.ask(op="plan.bind", plan_id="nope", slurm_job_id="1")
+                assert not bind["ok"] and "unknown plan_id" in bind["error"]["message"]
+                assert conn.ask(op="plan.bind", plan_id=reply["plan_id"], slurm_job_id="7")["ok"]
+                conn.close()
+            finally:
+                daemon.stop()
