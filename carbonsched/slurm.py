@@ -15,7 +15,7 @@ import subprocess
 import threading
 from typing import Mapping, Sequence
 
-__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "job_state", "move_begin", "parse_job_id", "record_in_slurm",
+__all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "exporting", "job_state", "split_sbatch_args", "move_begin", "parse_job_id", "record_in_slurm",
            "relative_time", "release", "requeue_held", "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
 
 SLURM_TIMEOUT_S = 30.0
@@ -38,6 +38,53 @@ def sbatch_command(sbatch_args: Sequence[str], *, begin_in_s: float, deadline_in
     ``--begin`` would override the plan's: the caller refuses those)."""
     return ["sbatch", "--parsable", f"--begin={relative_time(begin_in_s)}",
             f"--deadline={relative_time(deadline_in_s)}", *sbatch_args]
+
+
+# sbatch options that take no value (every other option without "=" takes the next argument).
+_FLAGS = frozenset({
+    "--requeue", "--no-requeue", "--exclusive", "--parsable", "--hold", "--wait", "--test-only", "--contiguous",
+    "--use-min-nodes", "--overcommit", "--spread-job", "--quiet", "--verbose", "--help", "--usage", "--version",
+    "--ignore-pbs", "--no-kill", "--oversubscribe", "--reboot", "--get-user-env", "--nice", "--exclusive=user",
+    "-h", "-H", "-I", "-k", "-O", "-Q", "-s", "-v", "-V", "-W",
+})
+
+
+def split_sbatch_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """sbatch's own options, and the script with its arguments (empty when no script is given).
+    An option written ``--name value`` or ``-x value`` takes the next argument; ``--`` ends them."""
+    options: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return options, list(args[index + 1:])
+        if not arg.startswith("-") or arg == "-":
+            return options, list(args[index:])
+        options.append(arg)
+        takes_value = "=" not in arg and arg not in _FLAGS and (arg.startswith("--") or len(arg) == 2)
+        if takes_value and index + 1 < len(args):
+            options.append(args[index + 1])
+            index += 1
+        index += 1
+    return options, []
+
+
+def exporting(sbatch_args: Sequence[str], variable: str) -> list[str]:
+    """``sbatch_args`` with ``variable`` added to a ``--export=`` list among sbatch's options
+    (``NONE`` becomes just ``variable``), so that the batch script still gets it; unchanged without
+    one (sbatch exports the whole environment by default)."""
+    options, script = split_sbatch_args(sbatch_args)
+    out = []
+    for arg in options:
+        if arg.startswith("--export="):
+            value = arg.split("=", 1)[1]
+            names = [v.split("=", 1)[0] for v in value.split(",")]
+            if value.upper() == "NONE":
+                arg = f"--export={variable}"
+            elif "ALL" not in (n.upper() for n in names) and variable not in names:
+                arg = f"--export={value},{variable}"
+        out.append(arg)
+    return out + script
 
 
 def parse_job_id(stdout: str) -> str:

@@ -174,12 +174,14 @@ def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_
 def test_dry_run_prints_the_sbatch_command_with_the_plan_and_the_declaration(cluster, node, tmp_path):
     write_forecast(node["forecast"], clean_from_s=600, clean_for_s=600)
     done = carbonsched_sbatch(cluster, "--epochs", "2", "--epoch-minutes", "5", "--deadline", "2h", "--provider",
-                              node["provider"], "--dry-run", "--", "-p", "debug", "job.sh", "arg")
+                              node["provider"], "--dry-run", "--", "-p", "debug", "--export=NONE", "job.sh", "arg")
     assert done.returncode == 0, done.stderr
     command = done.stdout.splitlines()[0]
     begin = int(re.search(r"--begin=now\+(\d+)", command).group(1))
     assert 540 <= begin <= 601 and "--deadline=now+7200" in command  # 600 s less the command's start-up
-    assert command.startswith(f"{JOB_DECLARATION_ENV}=") and command.endswith("-p debug job.sh arg")
+    # --export=NONE would withhold the declaration from the script: only it is exported.
+    assert command.startswith(f"{JOB_DECLARATION_ENV}=")
+    assert command.endswith(f"-p debug --export={JOB_DECLARATION_ENV} job.sh arg")
     assert cluster.run("squeue", "-h").stdout.strip() == ""  # nothing submitted
 
 
@@ -187,6 +189,12 @@ def test_sbatch_options_that_the_plan_sets_are_refused(cluster, node):
     done = carbonsched_sbatch(cluster, "--epochs", "1", "--deadline", "1h", "--provider", node["provider"], "--",
                               "--begin=now+60", "job.sh")
     assert done.returncode == 2 and "--begin=now+60" in done.stderr and "Traceback" not in done.stderr
+    no_script = carbonsched_sbatch(cluster, "--epochs", "1", "--deadline", "1h", "--provider", node["provider"], "--",
+                                   "-o", "out.txt")
+    assert no_script.returncode == 2 and "give the batch script" in no_script.stderr
+    own_arguments = carbonsched_sbatch(cluster, "--epochs", "1", "--deadline", "1h", "--provider", node["provider"],
+                                       "--dry-run", "--", "-p", "debug", "job.sh", "--deadline", "x")
+    assert own_arguments.returncode == 0 and own_arguments.stdout.splitlines()[0].endswith("job.sh --deadline x")
 
 
 def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_it_resumes_to_identical_weights(

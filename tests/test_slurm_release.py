@@ -45,3 +45,24 @@ def test_sbatch_command_and_record_format():
     assert parse_job_id("123\n") == "123" and parse_job_id("45;cluster\n") == "45"
     assert admin_comment(0.0123456789, 5.5) == "carbonsched:energy_kwh=0.0123457,carbon_gco2e=5.5"
     assert " " not in admin_comment(1e-9, 1e9)
+
+
+def test_a_users_export_list_still_carries_the_declaration():
+    from carbonsched.slurm import exporting
+
+    assert exporting(["-p", "gpu", "job.sh", "--export=X"], "CJ") == ["-p", "gpu", "job.sh", "--export=X"]
+    assert exporting(["-p", "gpu", "--export=NONE", "--requeue", "job.sh"], "CJ") == [
+        "-p", "gpu", "--export=CJ", "--requeue", "job.sh"]
+    assert exporting(["--export=NONE", "job.sh"], "CJ") == ["--export=CJ", "job.sh"]
+    assert exporting(["--export=HOME,PATH=/bin", "job.sh"], "CJ") == ["--export=HOME,PATH=/bin,CJ", "job.sh"]
+    assert exporting(["--export=ALL,X=1", "job.sh"], "CJ") == ["--export=ALL,X=1", "job.sh"]
+    assert exporting(["--export=CJ", "job.sh"], "CJ") == ["--export=CJ", "job.sh"]
+
+
+def test_sbatch_options_and_the_script_are_told_apart():
+    from carbonsched.slurm import split_sbatch_args
+
+    assert split_sbatch_args(["-p", "gpu", "--requeue", "--time", "10", "-c2", "job.sh", "--deadline", "x"]) == (
+        ["-p", "gpu", "--requeue", "--time", "10", "-c2"], ["job.sh", "--deadline", "x"])
+    assert split_sbatch_args(["--gres=gpu:1", "--", "job.sh"]) == (["--gres=gpu:1"], ["job.sh"])
+    assert split_sbatch_args(["-o", "out"]) == (["-o", "out"], [])

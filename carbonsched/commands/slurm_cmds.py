@@ -41,16 +41,18 @@ def parse_duration_s(text: str, option: str) -> float:
     return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
 
 
-def _refuse_planned_options(sbatch_args: list[str]) -> None:
-    for arg in sbatch_args:
-        if arg == "--":
-            continue
-        if not arg.startswith("-"):
-            return  # the script: what follows are its own arguments
+def _check_sbatch_args(sbatch_args: list[str]) -> None:
+    """A script is given, and none of sbatch's options is one the plan sets."""
+    from carbonsched.slurm import split_sbatch_args
+
+    options, script = split_sbatch_args(sbatch_args)
+    for arg in options:
         name = arg.split("=", 1)[0]
         if name in PLANNED_SBATCH_OPTIONS or (name.startswith("-b") and not name.startswith("--")):
             fail(f"sbatch option {arg!r}: carbonsched sbatch sets the begin time and deadline from the plan; "
                  "leave it out (use --deadline of carbonsched sbatch)")
+    if not script:
+        fail("give the batch script after the sbatch options: carbonsched sbatch [OPTIONS] -- [SBATCH OPTIONS] SCRIPT")
 
 
 def sbatch(
@@ -79,12 +81,10 @@ def sbatch(
     """Plan a deadline job and submit it to Slurm to begin at the plan's start (sbatch --begin)."""
     from carbonsched.planning.receding import JobDeclaration
     from carbonsched.planning.start import plan_start
-    from carbonsched.slurm import SlurmError, parse_job_id, run_slurm, sbatch_command
+    from carbonsched.slurm import SlurmError, exporting, parse_job_id, run_slurm, sbatch_command
     from carbonsched.types import utcnow
 
-    _refuse_planned_options(sbatch_args)
-    if not any(not arg.startswith("-") for arg in sbatch_args):
-        fail("give the batch script after the sbatch options: carbonsched sbatch [OPTIONS] -- [SBATCH OPTIONS] SCRIPT")
+    _check_sbatch_args(sbatch_args)
     now = utcnow()
     try:
         deadline_s = parse_deadline(deadline, now)
@@ -120,7 +120,7 @@ def sbatch(
         summary = _summary(now.timestamp() + start.begin_s, start.begin_s, now.timestamp() + start.finish_s,
                            start.plan.mean_rho, start.plan.expected_carbon_g, start.plan.feasible,
                            f", running {start.plan.running_s / 3600:.2f} h, paused {paused_s / 3600:.2f} h")
-    command = sbatch_command(sbatch_args, begin_in_s=begin_in_s, deadline_in_s=deadline_s - (time.time() - now.timestamp()))
+    command = sbatch_command(exporting(sbatch_args, JOB_DECLARATION_ENV), begin_in_s=begin_in_s, deadline_in_s=deadline_s - (time.time() - now.timestamp()))
     env_value = encode_job_declaration(declaration)
     if dry_run:
         typer.echo(f"{JOB_DECLARATION_ENV}={shlex.quote(env_value)} {shlex.join(command)}")
