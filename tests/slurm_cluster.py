@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from daemon_helpers import wait_until
@@ -180,12 +179,3 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                 process.wait()
         self._daemons.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def wait_for_file_text(path: Path, text: str, timeout_s: float = 90.0) -> bool:
-    return wait_until(lambda: path.exists() and text in path.read_text(errors="replace"), timeout_s=timeout_s,
-                      interval_s=0.3)
-
-
-def now_s() -> float:
-    return time.time()

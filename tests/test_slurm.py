@@ -87,6 +87,7 @@ def node(cluster):
         daemon = Daemon(config, meter_factory=lambda: NodeEnergyMeter(make_fake_nvml(GPUS), cpu_ram=False))
         daemon.start()
         try:
+            assert wait_until(lambda: daemon.state.view(datetime.now(timezone.utc)).reading is not None, timeout_s=30)
             yield {"dir": d, "config": config, "provider": provider, "forecast": forecast}
         finally:
             daemon.stop()

@@ -67,7 +67,7 @@ def test_plan_submit_over_the_socket_needs_partition_gpus_and_a_sane_declaration
     import time
 
     from carbonsched.daemon import Daemon
-    from daemon_helpers import LineConn, short_dir
+    from daemon_helpers import LineConn, short_dir, wait_until
 
     with short_dir() as d:
         for gpus in (None, 2):
@@ -78,7 +78,14 @@ def test_plan_submit_over_the_socket_needs_partition_gpus_and_a_sane_declaration
             try:
                 conn = LineConn(config.socket)
                 deadline = time.time() + 8 * HOUR_S
-                reply = conn.ask(op="plan.submit", deadline=deadline, epochs=2, epoch_seconds=HOUR_S)
+                answers = []
+
+                def answered() -> bool:  # "unavailable" until the daemon's first reading
+                    answers.append(conn.ask(op="plan.submit", deadline=deadline, epochs=2, epoch_seconds=HOUR_S))
+                    return answers[-1]["ok"] or answers[-1]["error"]["code"] != "unavailable"
+
+                assert wait_until(answered, timeout_s=30)
+                reply = answers[-1]
                 if gpus is None:
                     assert not reply["ok"] and "partition_gpus" in reply["error"]["message"]
                     continue

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from carbonsched.planning.margin import margin_s
-from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot
+from carbonsched.planning.model import CostModel, Job, PlanningInputError, Slot, carbon_g
 from carbonsched.planning.planner import Level, Plan, Segment, expected_carbon_g, fastest_mix, running_s_of
 from carbonsched.planning.strategies import intensity_at
 
-J_PER_KWH = 3.6e6
 EPSILON_S = 1e-7
 
 __all__ = ["CapacityJob", "JointPlan", "job_power_w", "max_concurrent", "plan_jointly", "split_slots"]
@@ -169,7 +168,7 @@ def plan_jointly(jobs: Sequence[CapacityJob], slots: Sequence[Slot], gpus: int) 
         for s_index, slot in enumerate(slots):
             seconds = _overlap(start_s, end_s, slot.start_s, slot.end_s)
             if seconds > EPSILON_S:
-                cost = power_w[j.name] * slot.intensity_g_per_kwh / J_PER_KWH
+                cost = carbon_g(power_w[j.name], slot.intensity_g_per_kwh, 1.0)  # g per running second
                 edges[j_index, s_index] = graph.add(1 + j_index, 1 + len(jobs) + s_index, seconds, cost)
     for s_index, slot in enumerate(slots):
         graph.add(1 + len(jobs) + s_index, sink, gpus * slot.length_s, 0.0)
@@ -180,8 +179,8 @@ def plan_jointly(jobs: Sequence[CapacityJob], slots: Sequence[Slot], gpus: int) 
     if sent < total_s - 1e-6 * max(1.0, total_s):
         late = _place_late(jobs, slots, seconds, need_s, gpus)
     plans = _segments_by_job(jobs, slots, seconds, levels)
-    carbon_g = sum(plan.expected_carbon_g for plan in plans.values())
-    return JointPlan(plans, carbon_g, not late, gpus, late)
+    total_g = sum(plan.expected_carbon_g for plan in plans.values())
+    return JointPlan(plans, total_g, not late, gpus, late)
 
 
 def _place_late(jobs: Sequence[CapacityJob], slots: Sequence[Slot], seconds: dict[tuple[int, int], float],
@@ -231,9 +230,9 @@ def _segments_by_job(jobs: Sequence[CapacityJob], slots: Sequence[Slot], seconds
     for j_index, j in enumerate(jobs):
         intervals = sorted(pieces[j_index])
         segments = _with_rho(intervals, levels[j.name], j.cost, slots)
-        carbon_g = expected_carbon_g(segments, slots, j.cost)
+        plan_g = expected_carbon_g(segments, slots, j.cost)
         feasible = bool(segments) and segments[-1].end_s <= j.arrival_s + j.job.deadline_s + 1e-6
-        plans[j.name] = Plan(j.job, tuple(segments), tuple(levels[j.name]), carbon_g, feasible)
+        plans[j.name] = Plan(j.job, tuple(segments), tuple(levels[j.name]), plan_g, feasible)
     return plans
 
 

@@ -30,9 +30,9 @@ from typing import Sequence
 
 from carbonsched.planning import strategies
 from carbonsched.planning.capacity import (
-    EPSILON_S, J_PER_KWH, CapacityJob, job_power_w, max_concurrent, plan_jointly, split_slots,
+    EPSILON_S, CapacityJob, job_power_w, max_concurrent, plan_jointly, split_slots,
 )
-from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W, CostModel, Job, PlanningInputError, Slot
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W, CostModel, Job, PlanningInputError, Slot, carbon_g
 from carbonsched.planning.planner import fastest_mix, running_s_of
 from carbonsched.planning.series import Series
 
@@ -41,8 +41,7 @@ HOUR_S = 3600.0
 REQUIRED_COLUMNS = ("arrival_h", "epochs", "epoch_minutes", "deadline_h")
 OPTIONAL_COLUMNS = ("mean_rho", "rho_min", "power_w")
 
-__all__ = ["JobOutcome", "JobSetResult", "JobsFileError", "STRATEGIES", "load_jobs", "lp_optimum_g", "run_jobset_backtest"]
-STRATEGIES = ("independent", "joint", "joint-known", "lp")
+__all__ = ["JobOutcome", "JobSetResult", "JobsFileError", "load_jobs", "lp_optimum_g", "run_jobset_backtest"]
 
 
 class JobsFileError(ValueError):
@@ -134,7 +133,7 @@ def _horizon_s(jobs: Sequence[CapacityJob], series: Series) -> float:
 
 
 def _carbon_g(series: Series, power_w: float, start_s: float, end_s: float) -> float:
-    return sum(power_w * s.length_s * s.intensity_g_per_kwh for s in series.slots(start_s, end_s)) / J_PER_KWH
+    return sum(carbon_g(power_w, s.intensity_g_per_kwh, s.length_s) for s in series.slots(start_s, end_s))
 
 
 def _independent(jobs: Sequence[CapacityJob], series: Series, gpus: int) -> tuple[dict[str, JobOutcome], int]:
@@ -179,9 +178,9 @@ def _joint_outcomes(jobs: Sequence[CapacityJob], plans: dict, series: Series) ->
     for j in jobs:
         segments = plans[j.name]
         power_w = job_power_w(j.job, j.cost)
-        carbon_g = sum(_carbon_g(series, power_w, start, end) for start, end in segments)
+        job_g = sum(_carbon_g(series, power_w, start, end) for start, end in segments)
         finish_s = max(end for _, end in segments)
-        outcomes[j.name] = JobOutcome(carbon_g, finish_s, finish_s <= _deadline_abs_s(j) + 1e-6)
+        outcomes[j.name] = JobOutcome(job_g, finish_s, finish_s <= _deadline_abs_s(j) + 1e-6)
     return outcomes
 
 
@@ -236,7 +235,7 @@ def lp_optimum_g(jobs: Sequence[CapacityJob], slots: Sequence[Slot], gpus: int) 
         for s_index, slot in enumerate(slots):
             if slot.start_s >= start_s - 1e-9 and slot.end_s <= end_s + 1e-9:
                 variables.append((j_index, s_index))
-                costs.append(power_w * slot.intensity_g_per_kwh / J_PER_KWH)
+                costs.append(carbon_g(power_w, slot.intensity_g_per_kwh, 1.0))
     if not variables:
         return None
     a_eq = [[1.0 if v[0] == j_index else 0.0 for v in variables] for j_index in range(len(jobs))]
