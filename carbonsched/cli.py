@@ -6,7 +6,7 @@ import typer
 
 from cli_support.typer_app import run_app
 from carbonsched.commands import (
-    daemon_cmds, doctor_cmd, forecast_cmds, plan_cmds, policy_cmds, report_cmd, service_cmds,
+    daemon_cmds, doctor_cmd, forecast_cmds, plan_cmds, policy_cmds, report_cmd, service_cmds, slurm_cmds,
 )
 
 app = typer.Typer(
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for _module in (daemon_cmds, policy_cmds, doctor_cmd, report_cmd, service_cmds, plan_cmds, forecast_cmds):
+for _module in (daemon_cmds, policy_cmds, doctor_cmd, report_cmd, service_cmds, plan_cmds, forecast_cmds, slurm_cmds):
     _module.register(app)
 
 

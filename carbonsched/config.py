@@ -66,6 +66,7 @@ class DaemonConfig:
     node_name: str = field(default_factory=gethostname)  # names this node's rows in multi-node reports
     intervals: Intervals = field(default_factory=Intervals)
     planning: PlanningSettings = field(default_factory=PlanningSettings)
+    partition_gpus: int | None = None  # GPUs of the Slurm partition: `carbonsched sbatch --socket` plans jobs together
     source: Path | None = None  # the file this came from, if any
 
     def with_overrides(self, **overrides: Any) -> "DaemonConfig":
@@ -89,6 +90,7 @@ class DaemonConfig:
             "node_name": self.node_name,
             "intervals": dataclasses.asdict(self.intervals),
             "planning": dataclasses.asdict(self.planning),
+            "partition_gpus": self.partition_gpus,
             "source": str(self.source) if self.source else None,
         }
 
@@ -185,6 +187,8 @@ def parse_config(data: dict[str, Any], path: Path, base: DaemonConfig) -> Daemon
             values[key] = _integer(where, value, 1024, 16 * 1024 * 1024)
         elif key == "metrics_port":
             values[key] = _integer(where, value, 0, 65535) or None
+        elif key == "partition_gpus":
+            values[key] = _integer(where, value, 1, 1_000_000)
         elif key in ("metrics_addr", "node_name"):
             values[key] = _string(where, value)
         elif key == "intervals":

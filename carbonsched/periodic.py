@@ -19,6 +19,7 @@ from carbonsched.accounting import (
 from carbonsched.job_planning import JobPlanner, reading_history
 from carbonsched.processes import process_alive
 from carbonsched.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
+from carbonsched.slurm_release import PauseReleaser
 from carbonsched.store import Store
 from carbonsched.types import (
     Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow,
@@ -47,6 +48,7 @@ class PeriodicWork:
         self._recovery: deque[str | None] = deque()  # running jobs whose counters are still to restore (None: today's carbon)
         self._recovery_lock = threading.Lock()
         self._recovery_j_per_flop: dict[str, float | None] = {}  # model -> measured J/FLOP, for one recovery
+        self.pause_releaser = PauseReleaser()  # Slurm jobs requeued for a long pause
 
     # -- scheduling ----------------------------------------------------------------------------
 
@@ -249,6 +251,10 @@ class PeriodicWork:
         except Exception as exc:  # the jobs keep their policy's ρ
             self.state.record_error("plan", f"{type(exc).__name__}: {exc}")
             return {}
+        try:
+            self.pause_releaser.consider(running_jobs, {job_id: plan.pause_until_s for job_id, plan in plans.items()})
+        except Exception as exc:  # the jobs pause in place
+            self.state.record_error("slurm", f"{type(exc).__name__}: {exc}")
         return {
             job_id: DecisionRecord(
                 decision=Decision(rho=plan.rho, reason=plan.reason, policy="planner"), decided_at=signals.now,

@@ -193,6 +193,11 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "rho_min": (OPTIONAL, _fraction),
         "mean_rho": (OPTIONAL, _fraction),
         "may_pause": (OPTIONAL, _boolean),
+        # Under Slurm: a planned pause longer than this (s) requeues the job instead of holding its GPUs.
+        "release_after_s": (OPTIONAL, _positive),
+        # A job started by Slurm: its job id and node list (SLURM_JOB_ID, SLURM_JOB_NODELIST).
+        "slurm_job_id": (OPTIONAL, _string),
+        "slurm_nodes": (OPTIONAL, _string),
     },
     "epoch.start": {
         "job_id": (REQUIRED, _string),
@@ -213,6 +218,17 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "val_loss": (OPTIONAL, _nullable(_number)),
     },
     "job.end": {"job_id": (REQUIRED, _string), "status": (REQUIRED, _one_of(JOB_END_STATUSES))},
+    # `carbonsched sbatch --socket`: plan a pausable deadline job with the ones handed out before
+    # under the partition's GPUs (carbonsched.submitted_plans), then name its Slurm job.
+    "plan.submit": {
+        "deadline": (REQUIRED, _instant),
+        "epochs": (REQUIRED, _positive),
+        "epoch_seconds": (REQUIRED, _positive),
+        "rho_min": (OPTIONAL, _fraction),
+        "mean_rho": (OPTIONAL, _fraction),
+        "power_w": (OPTIONAL, _positive),
+    },
+    "plan.bind": {"plan_id": (REQUIRED, _string), "slurm_job_id": (REQUIRED, _string)},
     "status": {},
     "jobs": {"status": (OPTIONAL, _string), "limit": (OPTIONAL, _integer(1))},
     "override": {"rho": (REQUIRED, _nullable(_fraction)), "ttl_s": (OPTIONAL, _nullable(_positive))},
@@ -332,3 +348,52 @@ class LineBuffer:
             del self._buf[: nl + 1]
             if line.strip():
                 yield line
+
+
+# -- a deadline job's declaration handed to the trainer through the environment ----------------
+
+JOB_DECLARATION_ENV = "CARBONSCHED_JOB"
+"""``carbonsched sbatch`` sets it for the batch script: a JSON object of the ``job.start``
+declaration fields, so the trainer inside declares the job it was planned as."""
+DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause", "release_after_s")
+
+
+def encode_job_declaration(declaration: dict[str, Any]) -> str:
+    """The environment value for ``declaration`` (fields of :data:`DECLARATION_FIELDS`; None left out)."""
+    unknown = set(declaration) - set(DECLARATION_FIELDS)
+    if unknown:
+        raise ValueError(f"not declaration fields: {', '.join(sorted(unknown))}")
+    return json.dumps({k: v for k, v in declaration.items() if v is not None}, sort_keys=True)
+
+
+def decode_job_declaration(text: str) -> dict[str, Any]:
+    """The declaration in an environment value, each field checked as ``job.start`` checks it;
+    ValueError naming :data:`JOB_DECLARATION_ENV` and the field otherwise."""
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ValueError(f"{JOB_DECLARATION_ENV}: not a JSON object ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{JOB_DECLARATION_ENV}: not a JSON object")
+    checks = OPS["job.start"]
+    declaration = {}
+    for name, value in data.items():
+        if name not in DECLARATION_FIELDS:
+            raise ValueError(f"{JOB_DECLARATION_ENV}: unknown field {name!r}; expected {', '.join(DECLARATION_FIELDS)}")
+        try:
+            declaration[name] = checks[name][1](value)
+        except ValueError as exc:
+            raise ValueError(f"{JOB_DECLARATION_ENV}: field {name!r} {exc}") from None
+    problem = declaration_problem(declaration)
+    if problem is not None:
+        raise ValueError(f"{JOB_DECLARATION_ENV}: {problem}")
+    return declaration
+
+
+def declaration_problem(fields: dict[str, Any]) -> str | None:
+    """What makes checked declaration fields unusable together, or None."""
+    if ("deadline" in fields) != ("epochs" in fields):
+        return "fields 'deadline' and 'epochs' go together"
+    if "mean_rho" in fields and "rho_min" in fields and fields["mean_rho"] < fields["rho_min"]:
+        return "field 'mean_rho' must be at least 'rho_min'"
+    return None

@@ -10,22 +10,29 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.accounting import epoch_energy, measured_j_per_flop, recorded_epoch_savings
-from carbonsched.job_planning import paused_seconds
+from carbonsched.job_planning import paused_seconds, planning_slots, reading_history
+from carbonsched.planning import CostModel, Job, PlanningInputError
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W
+from carbonsched.planning.receding import JobDeclaration
 from carbonsched.periodic import PeriodicWork
 from carbonsched.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
-from carbonsched.protocol import ProtocolError, Request
+from carbonsched.protocol import DECLARATION_FIELDS, ProtocolError, Request, declaration_problem
 from carbonsched.runtime_state import RuntimeState
 from carbonsched.server import PeerCred
-from carbonsched.store import Store
+from carbonsched.slurm import move_begin, record_in_slurm
+from carbonsched.store import J_PER_KWH, Store
+from carbonsched.submitted_plans import SubmittedPlans
 from carbonsched.types import Decision, iso_utc, utcnow
 
 log = logging.getLogger("carbonsched.daemon")
+MAX_PLAN_AHEAD_S = 31 * 86400.0  # plan.submit: a deadline further ahead is refused
+MAX_KEPT_PLANS = 200  # plan.submit: plans kept at once (each submission re-plans them all)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class OpContext:
     work: PeriodicWork
     reload: Callable[[], dict[str, Any]]
     status: Callable[[], dict[str, Any]]
+    submitted: SubmittedPlans = field(default_factory=SubmittedPlans)
 
 
 Op = Callable[[OpContext, dict[str, Any], PeerCred, Request], dict[str, Any]]
@@ -126,24 +134,24 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
         job_for(ctx, job_id, peer)
         ctx.store.resume_job(job_id, pid=fields["pid"], pids=fields.get("pids"), pids_local=pids_local,
                              pids_foreign=pids_foreign)
+        if ctx.work.pause_releaser.came_back(job_id):  # the pause it was requeued for ends here
+            ctx.store.end_pause(job_id, now)
         log.info("job %s resumed by pid %d (uid %d)", job_id, fields["pid"], peer.uid)
     else:
         log.info("job %s started: %s, %s, pid %d, uid %d", job_id, fields["model"], fields["scheme"], fields["pid"], peer.uid)
     ctx.state.job_started(job_id, fields["model"], fields["scheme"])
+    if "slurm_job_id" in fields:
+        ctx.store.set_slurm_job(job_id, fields["slurm_job_id"], fields.get("slurm_nodes"))
     if any(name in fields for name in DECLARATION_FIELDS):
         declare_job(ctx, job_id, fields)
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
-DECLARATION_FIELDS = ("deadline", "epochs", "epoch_seconds", "rho_min", "mean_rho", "may_pause")
-
-
 def check_declaration(fields: dict[str, Any]) -> None:
     """Fields of the job model that make no sense together."""
-    if ("deadline" in fields) != ("epochs" in fields):
-        raise ProtocolError("bad_request", "job.start: fields 'deadline' and 'epochs' go together")
-    if "mean_rho" in fields and "rho_min" in fields and fields["mean_rho"] < fields["rho_min"]:
-        raise ProtocolError("bad_request", "job.start: field 'mean_rho' must be at least 'rho_min'")
+    problem = declaration_problem(fields)
+    if problem is not None:
+        raise ProtocolError("bad_request", f"job.start: {problem}")
 
 
 def declare_job(ctx: OpContext, job_id: str, fields: dict[str, Any]) -> None:
@@ -219,10 +227,61 @@ def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: 
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.close_open_epochs(job, f"job.end {fields['status']}")
     now = utcnow()
-    ctx.store.end_job(fields["job_id"], fields["status"], now)
+    released_until_s = ctx.work.pause_releaser.released_until(fields["job_id"])
+    ctx.store.end_job(fields["job_id"], fields["status"], now, keep_pause_open=released_until_s is not None)
+    if released_until_s is not None:  # requeued for its pause: paused until it starts again
+        ctx.store.start_pause(fields["job_id"], now, released_until_s)
     carbon_g = ctx.state.job_ended(fields["job_id"])
     log.info("job %s ended: %s", fields["job_id"], fields["status"])
+    if job.get("slurm_job_id") and job.get("rank") in (None, 0):
+        energy_j, job_carbon_g = ctx.store.job_energy_and_carbon(fields["job_id"])
+        record_in_slurm(job["slurm_job_id"], energy_j / J_PER_KWH, job_carbon_g)
     return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
+
+
+def op_plan_submit(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    gpus = ctx.state.settings.config.partition_gpus
+    if gpus is None:
+        raise ProtocolError("bad_request", "plan.submit: this daemon has no partition_gpus in its config")
+    problem = declaration_problem({**fields, "may_pause": True})
+    if problem is not None:
+        raise ProtocolError("bad_request", f"plan.submit: {problem}")
+    now = utcnow()
+    reading = ctx.state.view(now).reading
+    if reading is None:
+        raise ProtocolError("unavailable", "plan.submit: no carbon intensity reading yet")
+    declaration = JobDeclaration.from_job({**fields, "may_pause": True})
+    deadline_s = declaration.deadline_s - now.timestamp()
+    if deadline_s > MAX_PLAN_AHEAD_S:
+        raise ProtocolError("bad_request", f"plan.submit: field 'deadline' is more than {MAX_PLAN_AHEAD_S / 86400:g} "
+                                           "days ahead")
+    if len(ctx.submitted) >= MAX_KEPT_PLANS:
+        raise ProtocolError("unavailable", f"plan.submit: {MAX_KEPT_PLANS} plans are kept already; try after some "
+                                           "deadlines have passed")
+    try:
+        job = Job(epochs=declaration.epochs, deadline_s=deadline_s, rho_min=declaration.rho_min,
+                  mean_rho=declaration.mean_rho, may_pause=True)
+        cost = CostModel(epoch_s_at_full=fields["epoch_seconds"], running_power_w=fields.get("power_w", DEFAULT_RUNNING_POWER_W))
+    except PlanningInputError as exc:
+        raise ProtocolError("bad_request", f"plan.submit: {exc}") from None
+    history = reading_history(ctx.store, reading, now.timestamp())
+    submission = ctx.submitted.submit(
+        job, cost, now.timestamp(),
+        lambda horizon_s: planning_slots(now, reading.intensity_g_per_kwh, reading.forecast, horizon_s, history), gpus)
+    for slurm_job_id, begin_s in submission.moved:
+        move_begin(slurm_job_id, begin_s - now.timestamp())
+    log.info("plan %s: begin %s, %d jobs planned together on %d GPUs", submission.plan_id, iso_utc(submission.begin_s),
+             len(ctx.submitted), gpus)
+    return {"plan_id": submission.plan_id, "begin": iso_utc(submission.begin_s), "begin_s": submission.begin_s,
+            "finish": iso_utc(submission.finish_s), "expected_carbon_g": submission.expected_carbon_g,
+            "mean_rho": submission.mean_rho, "feasible": submission.feasible, "gpus": gpus,
+            "moved": [{"slurm_job_id": job_id, "begin": iso_utc(begin_s)} for job_id, begin_s in submission.moved]}
+
+
+def op_plan_bind(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+    if not ctx.submitted.bind(fields["plan_id"], fields["slurm_job_id"]):
+        raise ProtocolError("bad_request", f"unknown plan_id {fields['plan_id']!r}")
+    return {"plan_id": fields["plan_id"], "slurm_job_id": fields["slurm_job_id"]}
 
 
 def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
@@ -271,6 +330,8 @@ OPS: dict[str, Op] = {
     "epoch.start": op_epoch_start,
     "epoch.end": op_epoch_end,
     "job.end": op_job_end,
+    "plan.submit": op_plan_submit,
+    "plan.bind": op_plan_bind,
     "jobs": op_jobs,
     "override": op_override,
     "reload": op_reload,

@@ -162,6 +162,13 @@ MIGRATIONS: list[str] = [
         stopped_at REAL
     );
     """,
+    # Jobs started by Slurm: the Slurm job id and node list the trainer reported.
+    """
+    ALTER TABLE jobs ADD COLUMN slurm_job_id TEXT;
+    ALTER TABLE jobs ADD COLUMN slurm_nodes TEXT;
+    ALTER TABLE jobs ADD COLUMN release_after_s REAL;
+    CREATE INDEX jobs_slurm_job_id ON jobs (slurm_job_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -452,9 +459,11 @@ class Store:
             return None
         return rows[0]["value"] if rows else None
 
-    def end_job(self, job_id: str, status: str, ended_at: datetime | float) -> bool:
-        """Mark the job ended; a pause still open ends with it."""
-        self.end_pause(job_id, ended_at)
+    def end_job(self, job_id: str, status: str, ended_at: datetime | float, *, keep_pause_open: bool = False) -> bool:
+        """Mark the job ended; a pause still open ends with it, unless ``keep_pause_open`` (the
+        job was requeued for its pause and comes back as the same job)."""
+        if not keep_pause_open:
+            self.end_pause(job_id, ended_at)
         cur = self._write(
             "UPDATE jobs SET status = ?, ended_at = ? WHERE job_id = ?",
             (status, to_unix_s(ended_at), job_id),
@@ -462,14 +471,35 @@ class Store:
         return cur.rowcount == 1
 
     def declare_job(self, job_id: str, *, deadline: float | None, epochs: float | None, epoch_seconds: float | None,
-                    rho_min: float | None, mean_rho: float | None, may_pause: bool) -> None:
+                    rho_min: float | None, mean_rho: float | None, may_pause: bool,
+                    release_after_s: float | None = None) -> None:
         """Keep what the job declared at ``job.start``: deadline (unix s), epochs, epoch seconds
-        at ρ 1, ρ bounds and whether it may pause (a new job.start replaces them)."""
+        at ρ 1, ρ bounds, whether it may pause and (under Slurm) after how long a pause releases
+        its resources (a new job.start replaces them)."""
         self._write(
-            "UPDATE jobs SET deadline = ?, epochs = ?, epoch_seconds = ?, rho_min = ?, mean_rho = ?, may_pause = ? "
-            "WHERE job_id = ?",
-            (deadline, epochs, epoch_seconds, rho_min, mean_rho, int(may_pause), job_id),
+            "UPDATE jobs SET deadline = ?, epochs = ?, epoch_seconds = ?, rho_min = ?, mean_rho = ?, may_pause = ?, "
+            "release_after_s = ? WHERE job_id = ?",
+            (deadline, epochs, epoch_seconds, rho_min, mean_rho, int(may_pause), release_after_s, job_id),
         )
+
+    def set_slurm_job(self, job_id: str, slurm_job_id: str, slurm_nodes: str | None) -> None:
+        """Keep the Slurm job id (and node list) a job reported at ``job.start``."""
+        self._write("UPDATE jobs SET slurm_job_id = ?, slurm_nodes = coalesce(?, slurm_nodes) WHERE job_id = ?",
+                    (slurm_job_id, slurm_nodes, job_id))
+
+    def jobs_of_slurm_job(self, slurm_job_id: str) -> list[str]:
+        """Ids of the jobs that reported this Slurm job id (oldest first)."""
+        try:
+            rows = self._rows("SELECT job_id FROM jobs WHERE slurm_job_id = ? ORDER BY started_at", (slurm_job_id,))
+        except sqlite3.OperationalError:  # a read-only store older than the column
+            return []
+        return [row["job_id"] for row in rows]
+
+    def job_energy_and_carbon(self, job_id: str) -> tuple[float, float]:
+        """The job's recorded energy (J) and carbon (gCO2e): the sums over its ended epochs."""
+        rows = self._rows("SELECT coalesce(sum(energy_j), 0) AS energy_j, coalesce(sum(carbon_g), 0) AS carbon_g "
+                          "FROM epochs WHERE job_id = ?", (job_id,))
+        return float(rows[0]["energy_j"]), float(rows[0]["carbon_g"])
 
     def start_pause(self, job_id: str, started_at: datetime | float, planned_until: float | None) -> bool:
         """Open a pause of the job unless one is open; True when opened."""

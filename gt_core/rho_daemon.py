@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 
 from gt_core.callbacks import TrainerCallback, TrainStatus
+from gt_core.job_env import declaration_from_env, devices_from_env, slurm_job_fields, slurm_job_name
 from gt_core.rho import RhoReading, check_rho
 
 if TYPE_CHECKING:
@@ -57,16 +58,6 @@ _EXTRA_FIELDS = ("tensors_selected", "param_share_selected", "steps", "selection
 
 DEFAULT_PAUSE_POLL_S = 2.0
 DEFAULT_PAUSE_MAX_WAIT_S = 300.0
-
-
-def devices_from_env(env: dict[str, str] | None = None) -> list[str]:
-    """The job's GPUs as CUDA_VISIBLE_DEVICES names them (ordinals, GPU UUIDs, MIG ids); [] when
-    unset (the daemon then counts every GPU of the node). The daemon maps them to its NVML
-    devices, which only it can see."""
-    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return []
-    return [e.strip() for e in value.split(",") if e.strip()]
 
 
 _REPORTING_METHODS = ("start_job", "open_epoch", "report_epoch", "end_job")
@@ -122,6 +113,7 @@ class DaemonRhoSource(TrainerCallback):
         rho_min: float | None = None,
         mean_rho: float | None = None,
         may_pause: bool = False,
+        release_after_s: float | None = None,
         pause_poll_s: float = DEFAULT_PAUSE_POLL_S,
         pause_max_wait_s: float = DEFAULT_PAUSE_MAX_WAIT_S,
     ) -> None:
@@ -139,13 +131,22 @@ class DaemonRhoSource(TrainerCallback):
         self.client = DaemonClient(socket_path, timeout_s=timeout_s, default_rho=self.default_rho)
         self.model_name = model_name
         self.scheme = scheme
-        self.job_id = job_id or uuid.uuid4().hex[:16]
+        self.job_id = job_id or slurm_job_name() or uuid.uuid4().hex[:16]
         self.devices = list(devices_from_env() if devices is None else devices)
-        # More job.start fields, e.g. hostname/rank/local_rank/world_size of a multi-process job.
-        self.job_fields: dict[str, Any] = dict(job_fields or {})
-        # The job model a daemon plans a deadline job by (sent with job.start when given).
+        # More job.start fields, e.g. hostname/rank/local_rank/world_size of a multi-process job;
+        # in a Slurm job, its Slurm id and nodes.
+        self.job_fields: dict[str, Any] = {**slurm_job_fields(), **(job_fields or {})}
+        # The job model a daemon plans a deadline job by (sent with job.start when given); with
+        # none given, the one `carbonsched sbatch` put in the environment.
         declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
-                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None}
+                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
+                    "release_after_s": release_after_s}
+        if deadline_s is None:
+            from_env = declaration_from_env()
+            if from_env:
+                declared = {**from_env, **{k: v for k, v in declared.items() if v is not None and k != "may_pause"}}
+                self.may_pause = bool(declared.get("may_pause"))
+                declared["may_pause"] = True if self.may_pause else None
         self.job_fields.update({k: v for k, v in declared.items() if v is not None})
         self.registered = False
         self.reachable: bool | None = None  # None until the first exchange

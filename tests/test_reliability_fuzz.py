@@ -58,6 +58,8 @@ def _valid_fields(rng: random.Random, op: str) -> dict[str, Any]:
         "epoch.end": {"job_id": job_id, "epoch": 0, "rho_asked": 0.5, "rho_effective": 0.5, "wall_s": 1.0,
                       "train_loss": 1.0},
         "job.end": {"job_id": job_id, "status": "completed"},
+        "plan.submit": {"deadline": 2e9, "epochs": 1, "epoch_seconds": 60.0},
+        "plan.bind": {"plan_id": "p", "slurm_job_id": "1"},
         "status": {},
         "jobs": {"limit": 5},
         "override": {"rho": 0.5, "ttl_s": 5},

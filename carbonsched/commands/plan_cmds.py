@@ -21,10 +21,11 @@ from carbonsched.planning import CostModel, Job, Plan, PlanningInputError, Slot
 from carbonsched.planning import strategies
 from carbonsched.planning.receding import SWITCH_SHARE as SWITCH_SHARE_DEFAULT
 from carbonsched.planning.series import Series
+from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W
+from carbonsched.types import IntensityReading
 
 EXIT_BAD_INPUT = 2
 FORMATS = ("table", "json")
-DEFAULT_RUNNING_POWER_W = 300.0
 
 Epochs = typer.Option(12.0, "--epochs", help="Epochs of work left (may be fractional).")
 EpochMinutes = typer.Option(30.0, "--epoch-minutes", help="Minutes one epoch takes at ρ 1.")
@@ -42,7 +43,7 @@ Format = typer.Option("table", "--format", help="table | json")
 PlotFile = typer.Option(None, "--plot", help="Also write a PNG plot to this file.")
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -66,11 +67,11 @@ def _rho_pair(text: str, option: str, form: str) -> tuple[float, float]:
         raise ValueError(f"{option} {text!r} is not {form}") from None
 
 
-def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
+def job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min: float, mean_rho: Optional[float],
                   may_pause: bool, budget_g: Optional[float], power_w: float, idle_power_w: float,
                   measured: list[str], measured_power: list[str]) -> tuple[Job, CostModel]:
     if budget_g is not None and may_pause:
-        _fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
+        fail("--budget-g is for jobs that may not pause; drop --may-pause or --budget-g")
     try:
         points = tuple(parse_measured_epoch(text) for text in measured)
         power = tuple(parse_measured_power(text) for text in measured_power)
@@ -79,7 +80,7 @@ def _job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_mi
         cost = CostModel(epoch_s_at_full=epoch_minutes * 60, running_power_w=power_w, idle_power_w=idle_power_w,
                          epoch_time_points=points, power_points=power)
     except ValueError as exc:  # PlanningInputError included
-        _fail(str(exc))
+        fail(str(exc))
     return job, cost
 
 
@@ -87,15 +88,15 @@ def _check_choices(fmt: str, plot: Optional[Path]) -> None:
     from carbonsched.report import ReportPathError, check_output_file
 
     if fmt not in FORMATS:
-        _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if plot is not None:
         try:
             check_output_file(plot, "--plot")
         except ReportPathError as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
 
-def _job_line(job: Job, cost: CostModel) -> str:
+def job_line(job: Job, cost: CostModel) -> str:
     pause = "may pause" if job.may_pause else "no pausing"
     budget = f", budget {job.carbon_budget_g:g} gCO2e" if job.carbon_budget_g is not None else ""
     running = (f"{cost.running_power_w:g} W" if not cost.power_points
@@ -105,7 +106,7 @@ def _job_line(job: Job, cost: CostModel) -> str:
             f"{running} running, {cost.idle_power_w:g} W paused")
 
 
-def _job_json(job: Job, cost: CostModel) -> dict:
+def job_json(job: Job, cost: CostModel) -> dict:
     return {"epochs": job.epochs, "epoch_s_at_full": cost.epoch_s_at_full,
             "measured_epoch_s": [[rho, seconds] for rho, seconds in cost.epoch_time_points],
             "measured_power_w": [[rho, watts] for rho, watts in cost.power_points], "deadline_s": job.deadline_s,
@@ -141,8 +142,34 @@ def provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
     try:
         config = load_config(config_file) if config_file is not None else DaemonConfig()
     except ConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     return config.provider or DEFAULT_PROVIDER_SPEC
+
+
+def forecast_slots(provider: Optional[str], config_file: Optional[Path], now: datetime,
+                   horizon_s: float) -> tuple[IntensityReading, list[Slot], list[str]]:
+    """The provider's reading (``--provider``, else the daemon config's), its forecast as planning
+    slots up to ``horizon_s`` seconds from ``now``, and notes on what the forecast does not cover.
+    A bad spec exits 2, a provider with no answer exits 1."""
+    from carbonsched.planning.forecast import slots_from_forecast
+    from carbonsched.providers import ProviderSpecError, build_provider
+    from carbonsched.types import ProviderError
+
+    spec = provider_spec(provider, config_file)
+    try:
+        reading = build_provider(spec).current()
+    except ProviderSpecError as exc:
+        fail(str(exc))
+    except ProviderError as exc:
+        fail(f"no carbon intensity: {exc}", 1)
+    slots = slots_from_forecast(now, reading.intensity_g_per_kwh, reading.forecast, horizon_s)
+    notes = []
+    if not reading.forecast:
+        notes.append(f"{reading.provider} gives no forecast: the current value is assumed to hold to the deadline")
+    elif slots[-1].end_s < horizon_s:
+        notes.append(f"the forecast covers {slots[-1].end_s / 3600:.1f} h of the {horizon_s / 3600:g} h "
+                     "to the deadline: planned within the forecast")
+    return reading, slots, notes
 
 
 def _slot_rows(plan: Plan, slots: list[Slot], now: datetime) -> list[str]:
@@ -175,32 +202,17 @@ def plan(
     plot: Optional[Path] = PlotFile,
 ) -> None:
     """The plan for a job you describe against the provider's forecast: when to run, at which ρ, and the gCO2e."""
-    from carbonsched.planning.forecast import slots_from_forecast
-    from carbonsched.providers import ProviderSpecError, build_provider
-    from carbonsched.types import ProviderError, utcnow
+    from carbonsched.types import utcnow
 
     _check_choices(fmt, plot)
     now = utcnow()
     try:
         deadline_s = parse_deadline(deadline, now)
     except ValueError as exc:
-        _fail(str(exc))
-    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
+        fail(str(exc))
+    job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
                               idle_power_w, measured_epoch, measured_power)
-    spec = provider_spec(provider, config_file)
-    try:
-        reading = build_provider(spec).current()
-    except ProviderSpecError as exc:
-        _fail(str(exc))
-    except ProviderError as exc:
-        _fail(f"no carbon intensity: {exc}", 1)
-    slots = slots_from_forecast(now, reading.intensity_g_per_kwh, reading.forecast, job.deadline_s)
-    notes = []
-    if not reading.forecast:
-        notes.append(f"{reading.provider} gives no forecast: the current value is assumed to hold to the deadline")
-    elif slots[-1].end_s < job.deadline_s:
-        notes.append(f"the forecast covers {slots[-1].end_s / 3600:.1f} h of the {job.deadline_s / 3600:g} h "
-                     "to the deadline: planned within the forecast")
+    reading, slots, notes = forecast_slots(provider, config_file, now, job.deadline_s)
     result = strategies.planned(job, cost, slots)
     if result.note:
         notes.append(result.note)
@@ -213,7 +225,7 @@ def plan(
     finish = now + timedelta(seconds=result.finish_s)
     if fmt == "json":
         typer.echo(json.dumps({
-            "provider": reading.provider, "now": now.isoformat(), "job": _job_json(job, cost),
+            "provider": reading.provider, "now": now.isoformat(), "job": job_json(job, cost),
             "feasible": result.feasible, "notes": notes, "finish": finish.isoformat(), "mean_rho": result.mean_rho,
             "running_s": result.running_s, "paused_s": result.paused_s,
             "segments": [{"start": (now + timedelta(seconds=s.start_s)).isoformat(),
@@ -222,7 +234,7 @@ def plan(
             "expected_carbon_g": carbon_g,
         }, ensure_ascii=False, indent=2))
     else:
-        lines = [f"provider {reading.provider}, now {now.strftime('%Y-%m-%d %H:%M')} UTC", _job_line(job, cost), ""]
+        lines = [f"provider {reading.provider}, now {now.strftime('%Y-%m-%d %H:%M')} UTC", job_line(job, cost), ""]
         lines += _slot_rows(result, slots, now) + [""]
         lines.append(f"finish {finish.strftime('%Y-%m-%d %H:%M')} UTC, mean ρ {result.mean_rho:.3f}, running "
                      f"{result.running_s / 3600:.2f} h, paused {result.paused_s / 3600:.2f} h")
@@ -257,7 +269,7 @@ def policy_rho_factory(policy_file: Optional[Path], series: Series) -> Callable[
         source = PolicySource.from_path(path)
         policy_from_source(source)
     except PolicyFileError as exc:
-        _fail(str(exc).replace("\n", "; "))
+        fail(str(exc).replace("\n", "; "))
 
     def moment(offset_s: float) -> datetime:
         return datetime.fromtimestamp(series.origin_s + offset_s, timezone.utc)
@@ -334,9 +346,21 @@ def backtest(
                                                                       "forecast and its last 7 days as the history."),
     fmt: str = Format,
     plot: Optional[Path] = PlotFile,
+    jobs_file: Optional[Path] = typer.Option(None, "--jobs", help="Instead of one job: a CSV of jobs (arrival_h, "
+                                             "epochs, epoch_minutes, deadline_h[, mean_rho, rho_min, power_w]) "
+                                             "sharing --gpus GPUs, planned one by one, jointly and by the LP."),
+    gpus: int = typer.Option(1, "--gpus", help="With --jobs: the partition's GPUs (one per job)."),
 ) -> None:
     """Replay a trace, submit the job every K hours, and compare now-full, now-constant, shift, steps, planner,
-    planner-receding (re-planned every slot, as the daemon does) and oracle."""
+    planner-receding (re-planned every slot, as the daemon does) and oracle; with --jobs, a set of jobs sharing GPUs."""
+    if jobs_file is not None:
+        from carbonsched.commands.jobset_cmd import backtest_jobs
+
+        _check_choices(fmt, None)
+        if plot is not None:
+            fail("--plot is for the single-job backtest")
+        backtest_jobs(trace, jobs_file, gpus, fmt, time_column, intensity_column)
+        return
     from carbonsched.planning.backtest import (
         SLOWER_SHARE, iid_forecasts, model_forecasts, run_backtest, vintage_forecasts,
     )
@@ -348,45 +372,45 @@ def backtest(
 
     _check_choices(fmt, plot)
     if not (math.isfinite(noise) and noise >= 0):
-        _fail(f"--noise must be a non-negative fraction, got {noise!r}")
+        fail(f"--noise must be a non-negative fraction, got {noise!r}")
     if sum(x is not None for x in (noise_model, forecasts_file)) + (noise > 0) > 1:
-        _fail("--noise, --noise-model and --forecasts are alternatives: give one")
+        fail("--noise, --noise-model and --forecasts are alternatives: give one")
     if not (math.isfinite(every_hours) and every_hours > 0):
-        _fail(f"--every-hours must be positive, got {every_hours!r}")
+        fail(f"--every-hours must be positive, got {every_hours!r}")
     if not (math.isfinite(epoch_time_error) and 0 <= epoch_time_error < 1):
-        _fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
+        fail(f"--epoch-time-error must be a fraction in [0, 1), got {epoch_time_error!r}")
     if guard not in GUARDS:
-        _fail(f"--guard must be one of {', '.join(GUARDS)}, got {guard!r}")
+        fail(f"--guard must be one of {', '.join(GUARDS)}, got {guard!r}")
     if not (math.isfinite(switch_share) and 0 <= switch_share < 1):
-        _fail(f"--switch-share must be a fraction in [0, 1), got {switch_share!r}")
+        fail(f"--switch-share must be a fraction in [0, 1), got {switch_share!r}")
     if workers < 0:
-        _fail(f"--workers must be 0 (one per CPU) or a positive count, got {workers}")
+        fail(f"--workers must be 0 (one per CPU) or a positive count, got {workers}")
     names = strategies.STRATEGIES
     if strategy_names is not None:
         names = tuple(name.strip() for name in strategy_names.split(",") if name.strip())
         unknown = [name for name in names if name not in strategies.STRATEGIES]
         if unknown or not names:
-            _fail(f"--strategies: unknown strategy {unknown[0] if unknown else strategy_names!r}; "
+            fail(f"--strategies: unknown strategy {unknown[0] if unknown else strategy_names!r}; "
                   f"known: {', '.join(strategies.STRATEGIES)}")
     window = []
     for option, text in (("--start", start), ("--end", end)):
         try:
             window.append(None if text is None else instant_unix_s(text))
         except ValueError as exc:
-            _fail(f"{option} {text!r}: {exc}")
-    job, cost = _job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
+            fail(f"{option} {text!r}: {exc}")
+    job, cost = job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
                               power_w, idle_power_w, measured_epoch, measured_power)
     try:
         loaded = load_trace(trace, time_column=time_column, intensity_column=intensity_column)
     except TraceFormatError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     series = Series(loaded.offsets_s, loaded.values_g_per_kwh, loaded.duration_s, loaded.timestamps[0].timestamp())
     if window != [None, None]:
         start_s, end_s = (None if at is None else at - series.origin_s for at in window)
         try:
             series = series.window(start_s, end_s)
         except ValueError as exc:
-            _fail(f"{trace}: --start/--end: {exc}")
+            fail(f"{trace}: --start/--end: {exc}")
     forecast_kind = f"forecast noise {noise:.0%} (seed {seed}), independent per slot"
     try:
         if noise_model is not None:
@@ -404,7 +428,7 @@ def backtest(
         settings = PlanningSettings(guard=guard, switch_share=switch_share,
                                     forecast_error=None if error_path is None else load_noise_model(error_path))
     except (NoiseModelError, VintagesFormatError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     bar = _ProgressBar(enabled=sys.stderr.isatty() if progress is None else progress)
     try:
         result = run_backtest(series, job, cost, every_s=every_hours * 3600, noise=noise, seed=seed,
@@ -413,7 +437,7 @@ def backtest(
                               workers=workers or (os.cpu_count() or 1), progress=bar.update,
                               settings=settings, receding_if_slower=receding_if_slower)
     except PlanningInputError as exc:
-        _fail(f"{trace}: {exc}")
+        fail(f"{trace}: {exc}")
     finally:
         bar.close()
     steps = series.step_sizes_s()
@@ -424,7 +448,7 @@ def backtest(
                   "time_column": loaded.time_column, "intensity_column": loaded.intensity_column,
                   "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
     if fmt == "json":
-        typer.echo(json.dumps({"trace": trace_info, "job": _job_json(job, cost), "noise": noise, "seed": seed,
+        typer.echo(json.dumps({"trace": trace_info, "job": job_json(job, cost), "noise": noise, "seed": seed,
                                "forecasts": forecast_kind, "guard": guard, "switch_share": switch_share,
                                "planner_error_model": None if settings.forecast_error is None else
                                str(planner_error_model or noise_model),
@@ -481,7 +505,7 @@ def _backtest_lines(trace: Path, loaded: Any, series: Any, result: Any, job: Any
                        f"({first['from_s'] / 60:g} -> {first['to_s'] / 60:g} min)")
     lines = [f"trace {trace}: {len(series.values_g_per_kwh)} samples, steps {steps}{change_text}; "
              f"{loaded.gap_summary()}; {result.submissions} submissions every {every_hours:g} h",
-             _job_line(job, cost) + f"; {forecast_kind}"
+             job_line(job, cost) + f"; {forecast_kind}"
              + (f"; true epoch time x U[{1 - epoch_time_error:g}, {1 + epoch_time_error:g}]" if epoch_time_error else ""),
              "",
              f"{'strategy':<17} {'carbon vs now-full':>18} {'p10':>7} {'p90':>7} {'regret':>7} {'deadline met':>12} "

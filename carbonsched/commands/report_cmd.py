@@ -29,6 +29,9 @@ def parse_since(value: str) -> datetime:
 
 def report(
     job: Optional[str] = typer.Option(None, "--job", help="Only this job id."),
+    slurm_job: Optional[str] = typer.Option(
+        None, "--slurm-job", help="Only this Slurm job: every part of it (each requeue) on this node and on the "
+                                  "nodes given with --include."),
     since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO date/time (UTC)."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
@@ -50,6 +53,8 @@ def report(
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if job is not None and slurm_job is not None:
+        _fail("give --job or --slurm-job, not both")
     try:
         since_dt = parse_since(since) if since is not None else None
         if output is not None:
@@ -66,6 +71,8 @@ def report(
     use_local = db.is_file() or not include or state_dir is not None
     if use_local and not db.is_file():
         _fail(f"no store at {db} (has `carbonsched run --state-dir {directory}` run?)", 1)
+    if slurm_job is not None:
+        job = _slurm_job_id_in_store(db if use_local else None, slurm_job)
     try:
         reports = [r for path in include for r in reports_from_path(path, job_id=job, since=since_dt)]
     except ReportMergeError as exc:
@@ -101,6 +108,22 @@ def report(
 
         plot_report(reports, samples, plot)
         typer.echo(f"plot written to {plot}", err=output is None and fmt != "table")
+
+
+def _slurm_job_id_in_store(db: Optional[Path], slurm_job_id: str) -> str:
+    """The daemon's id of a Slurm job: the one the store recorded with that Slurm id, else the
+    trainer's default ``slurm-<ID>`` (every requeued part and every node use it)."""
+    from carbonsched.store import Store, StoreError
+
+    if db is not None:
+        try:
+            with Store(db, read_only=True) as store:
+                ids = store.jobs_of_slurm_job(slurm_job_id)
+        except StoreError as exc:
+            _fail(f"cannot read the store: {exc}", 1)
+        if len(ids) == 1:
+            return ids[0]
+    return f"slurm-{slurm_job_id}"
 
 
 def register(app: typer.Typer) -> None:

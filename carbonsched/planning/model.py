@@ -48,6 +48,9 @@ from typing import Sequence
 JOULES_PER_KWH = 3.6e6
 
 
+DEFAULT_RUNNING_POWER_W = 300.0  # a job's running power when none is given or measured
+
+
 class PlanningInputError(ValueError):
     """A job, cost model or forecast the planner cannot use; the message names the field."""
 

@@ -172,6 +172,7 @@ def train(
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="With --deadline: never plan ρ below this (default: --mean-rho, else 1: only shift in time)."),
     epoch_seconds: Optional[float] = typer.Option(None, "--epoch-seconds", help="With --deadline: estimated seconds of one epoch at ρ 1, until the first epoch is measured."),
     pause_poll_s: float = typer.Option(2.0, "--pause-poll-s", help="With --may-pause: ask the daemon about pausing at most this often (s)."),
+    release_after_s: Optional[float] = typer.Option(None, "--release-after-s", help="With --may-pause in a Slurm job: a planned pause longer than this (s; the daemon's default 1800) requeues the job, giving its GPUs back; it resumes from its checkpoint."),
     pause_max_wait_s: float = typer.Option(300.0, "--pause-max-wait-s", help="With --may-pause: resume a pause on its own after the daemon has not answered for this long (s)."),
 ) -> None:
     """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
@@ -184,8 +185,10 @@ def train(
                 opts = apply_config_file(ctx, config, opts)
             except ConfigFileError as exc:
                 raise _BadInput(str(exc)) from None
+        opts = _resume_requeued_slurm_job(opts)
         if opts["resume"] is not None:
             opts = _resumed_options(ctx, opts)
+        opts = _declared_in_environment(ctx, opts)
         trainer = _build_trainer(**opts)
     except _BadInput as exc:
         _fail(str(exc))
@@ -252,6 +255,47 @@ def _explicit_options(ctx: typer.Context, opts: dict[str, Any]) -> set[str]:
 
         given |= set(read_config_file(opts["config"]))
     return given
+
+
+def _resume_requeued_slurm_job(opts: dict[str, Any]) -> dict[str, Any]:
+    """A Slurm job that was requeued (``SLURM_RESTART_COUNT`` >= 1) and whose --output-dir holds
+    a checkpoint resumes from it, as if --resume DIR had been given: the same batch script serves
+    the first run and every run after a requeue."""
+    from gt_core.job_env import slurm_restart_count
+
+    restarts = slurm_restart_count()
+    if opts["resume"] is not None or opts["output_dir"] is None or restarts < 1:
+        return opts
+    from gt_core.checkpoint import find_checkpoint
+
+    output_dir = Path(opts["output_dir"])
+    if not output_dir.is_dir() or find_checkpoint(output_dir) is None:
+        return opts
+    typer.echo(f"note: Slurm restarted this job (restart {restarts}): resuming the run in {output_dir}", err=True)
+    return {**opts, "resume": output_dir}
+
+
+def _declared_in_environment(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """With --rho-from daemon and no --deadline: the job ``carbonsched sbatch`` declared in the
+    environment fills in the deadline options (and --epochs) not given on the command line."""
+    if opts["rho_from"] is None or opts["deadline"] is not None:
+        return opts
+    from gt_core.job_env import declaration_from_env
+
+    try:
+        declared = declaration_from_env()
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
+    if not declared:
+        return opts
+    epochs = declared["epochs"]
+    if epochs != int(epochs):
+        raise _BadInput(f"the job declared {epochs:g} epochs in the environment; greentrainer train runs whole epochs")
+    values = {"deadline": repr(declared["deadline"]), "epochs": int(epochs), "epoch_seconds": declared.get("epoch_seconds"),
+              "rho_min": declared.get("rho_min"), "mean_rho": declared.get("mean_rho"),
+              "may_pause": declared.get("may_pause"), "release_after_s": declared.get("release_after_s")}
+    explicit = _explicit_options(ctx, opts)
+    return {**opts, **{name: value for name, value in values.items() if value is not None and name not in explicit}}
 
 
 def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]:
@@ -425,8 +469,8 @@ def _job_declaration(opts: dict[str, Any]) -> dict[str, Any]:
     from carbonsched.protocol import instant_unix_s
 
     if opts["deadline"] is None:
-        if opts["may_pause"] or opts["mean_rho"] is not None or opts["rho_min"] is not None:
-            raise _BadInput("--may-pause, --mean-rho and --rho-min plan a job with a --deadline; give one")
+        if opts["may_pause"] or opts["mean_rho"] is not None or opts["rho_min"] is not None or opts["release_after_s"] is not None:
+            raise _BadInput("--may-pause, --mean-rho, --rho-min and --release-after-s plan a job with a --deadline; give one")
         return {}
     try:
         deadline_s = instant_unix_s(opts["deadline"])
@@ -435,9 +479,11 @@ def _job_declaration(opts: dict[str, Any]) -> dict[str, Any]:
     for name in ("mean_rho", "rho_min"):
         if opts[name] is not None and not 0 < opts[name] <= 1:
             raise _BadInput(f"--{name.replace('_', '-')} must be in (0, 1], got {opts[name]}")
-    if opts["epoch_seconds"] is not None and not opts["epoch_seconds"] > 0:
-        raise _BadInput(f"--epoch-seconds must be positive, got {opts['epoch_seconds']}")
+    for name in ("epoch_seconds", "release_after_s"):
+        if opts[name] is not None and not opts[name] > 0:
+            raise _BadInput(f"--{name.replace('_', '-')} must be positive, got {opts[name]}")
     return {"deadline_s": deadline_s, "epochs": opts["epochs"], "epoch_seconds": opts["epoch_seconds"],
+            "release_after_s": opts["release_after_s"],
             "rho_min": opts["rho_min"], "mean_rho": opts["mean_rho"], "may_pause": opts["may_pause"],
             "pause_poll_s": opts["pause_poll_s"], "pause_max_wait_s": opts["pause_max_wait_s"]}
 
@@ -447,7 +493,8 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _job_id(given: str | None, resume: Path | None) -> str | None:
-    """--job-id, else the id a resumed run used (so the daemon keeps one job), else None (random)."""
+    """--job-id, else the id a resumed run used (so the daemon keeps one job), else in a Slurm job
+    ``slurm-<SLURM_JOB_ID>``, else None (random)."""
     if given is not None:
         if not _JOB_ID.fullmatch(given):
             raise _BadInput(f"--job-id {given!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -455,8 +502,11 @@ def _job_id(given: str | None, resume: Path | None) -> str | None:
     saved = resume / JOB_ID_FILE if resume is not None else None
     if saved is not None and saved.is_file():
         text = saved.read_text(encoding="utf-8").strip()
-        return text if _JOB_ID.fullmatch(text) else None
-    return None
+        if _JOB_ID.fullmatch(text):
+            return text
+    from gt_core.job_env import slurm_job_name
+
+    return slurm_job_name()
 
 
 def register(app: typer.Typer) -> None:
