@@ -16,9 +16,11 @@ Skips with one line where Slurm or munge is not installed or not root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -61,8 +63,9 @@ def cluster():
         slurm.stop()
 
 
-def write_forecast(path: Path, clean_from_s: float, clean_for_s: float) -> None:
-    """Clean from ``clean_from_s`` seconds from now for ``clean_for_s``, dirty after."""
+def write_forecast(path: Path, clean_from_s: float, clean_for_s: float) -> datetime:
+    """Clean from ``clean_from_s`` seconds from now for ``clean_for_s``, dirty after; returns
+    when the clean stretch begins."""
     now = datetime.now(timezone.utc)
     rows = [(now + timedelta(seconds=clean_from_s), CLEAN_G_PER_KWH),
             (now + timedelta(seconds=clean_from_s + clean_for_s), DIRTY_G_PER_KWH),
@@ -70,6 +73,19 @@ def write_forecast(path: Path, clean_from_s: float, clean_for_s: float) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("timestamp,intensity\n" + "".join(f"{t.isoformat()},{v}\n" for t, v in rows))
     tmp.replace(path)
+    return rows[0][0]
+
+
+def new_forecast(node: dict, clean_from_s: float, clean_for_s: float) -> None:
+    """Write the forecast file and wait until the daemon's reading carries it."""
+    clean_at = write_forecast(node["forecast"], clean_from_s, clean_for_s)
+
+    def seen() -> bool:
+        reading = node["daemon"].state.view(datetime.now(timezone.utc)).reading
+        return reading is not None and any(abs((p.timestamp - clean_at).total_seconds()) < 1e-3
+                                           for p in reading.forecast)
+
+    assert wait_until(seen, timeout_s=30), "the daemon did not read the new forecast"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +104,7 @@ def node(cluster):
         daemon.start()
         try:
             assert wait_until(lambda: daemon.state.view(datetime.now(timezone.utc)).reading is not None, timeout_s=30)
-            yield {"dir": d, "config": config, "provider": provider, "forecast": forecast}
+            yield {"dir": d, "config": config, "provider": provider, "forecast": forecast, "daemon": daemon}
         finally:
             daemon.stop()
 
@@ -121,7 +137,7 @@ def carbonsched_sbatch(cluster: SlurmCluster, *args: str) -> subprocess.Complete
 
 
 def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_carbon_in_slurm(cluster, node, tmp_path):
-    write_forecast(node["forecast"], clean_from_s=30, clean_for_s=600)
+    new_forecast(node, clean_from_s=30, clean_for_s=600)
     # Another job holds GPU 0 of the shared node: Slurm gives the training job GPU 1.
     other = cluster.run("sbatch", "--parsable", "--gres=gpu:1", "-o", "/dev/null", "--wrap", "sleep 600").stdout.strip()
     assert cluster.wait_state(other, ("RUNNING",)) == "RUNNING"
@@ -173,7 +189,7 @@ def test_carbonsched_sbatch_begins_the_job_at_the_planned_start_and_records_its_
 
 
 def test_dry_run_prints_the_sbatch_command_with_the_plan_and_the_declaration(cluster, node, tmp_path):
-    write_forecast(node["forecast"], clean_from_s=600, clean_for_s=600)
+    new_forecast(node, clean_from_s=600, clean_for_s=600)
     done = carbonsched_sbatch(cluster, "--epochs", "2", "--epoch-minutes", "5", "--deadline", "2h", "--provider",
                               node["provider"], "--dry-run", "--", "-p", "debug", "--export=NONE", "job.sh", "arg")
     assert done.returncode == 0, done.stderr
@@ -200,10 +216,10 @@ def test_sbatch_options_that_the_plan_sets_are_refused(cluster, node):
 
 def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_it_resumes_to_identical_weights(
         cluster, node, tmp_path):
-    write_forecast(node["forecast"], clean_from_s=1, clean_for_s=900)
+    new_forecast(node, clean_from_s=1, clean_for_s=900)
     run_dir = tmp_path / "run"
-    script = training_script(tmp_path / "train.sh", node["config"].socket, run_dir, "--limit", "48", "--scheme", "full",
-                             "--pause-poll-s", "0.2")
+    script = training_script(tmp_path / "train.sh", node["config"].socket, run_dir, "--limit", "400", "--scheme",
+                             "full", "--pause-poll-s", "0.2")
     out = tmp_path / "job.out"
     submitted = carbonsched_sbatch(cluster, "--epochs", "3", "--epoch-minutes", "1", "--deadline", "30m",
                                    "--may-pause", "--release-after", "5s", "--provider", node["provider"], "--",
@@ -213,19 +229,29 @@ def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_i
     daemon_job = f"slurm-{job_id}"
     db = node["config"].state_dir / "carbonsched.sqlite3"
 
-    def training() -> bool:  # in its step loop: a SIGTERM from now on ends in a checkpoint
+    def first_epoch_ended() -> bool:
         with Store(db, read_only=True) as store:
-            return any(e["started_at"] for e in store.epochs(daemon_job))
+            return any(e["ended_at"] for e in store.epochs(daemon_job))
 
-    assert wait_until(training, timeout_s=180, interval_s=0.2), out.read_text() if out.exists() else ""
-    # The job holds both CPUs: this one waits for them.
-    filler_out = tmp_path / "filler.out"
-    filler = cluster.run("sbatch", "--parsable", "-c", "1", "-o", str(filler_out), "--wrap",
-                         "echo ran $(date +%s.%N)").stdout.strip()
-    assert cluster.job_state(filler) == "PENDING"
-    # Dirty from now for 25 s: the plan pauses the job that long, more than its 5 s release-after.
-    pause_planned_at = time.time()
-    write_forecast(node["forecast"], clean_from_s=25, clean_for_s=900)
+    assert wait_until(first_epoch_ended, timeout_s=180, interval_s=0.02), out.read_text() if out.exists() else ""
+    # Stopped (SIGSTOP) in epoch 1, the trainer cannot finish before its pause; Slurm's requeue
+    # sends it SIGCONT and SIGTERM, and it checkpoints mid-run.
+    with Store(db, read_only=True) as store:
+        trainer_pid = store.job(daemon_job)["pid"]
+    os.kill(trainer_pid, signal.SIGSTOP)
+    try:
+        # The job holds both CPUs: this one waits for them.
+        filler_out = tmp_path / "filler.out"
+        filler = cluster.run("sbatch", "--parsable", "-c", "1", "-o", str(filler_out), "--wrap",
+                             "echo ran $(date +%s.%N)").stdout.strip()
+        assert cluster.job_state(filler) == "PENDING"
+        # Dirty from now for 25 s: the plan pauses the job that long, more than its 5 s release-after.
+        pause_planned_at = time.time()
+        new_forecast(node, clean_from_s=25, clean_for_s=900)
+        assert wait_until(lambda: cluster.job_state(job_id) != "RUNNING", timeout_s=60), cluster.job(job_id)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(trainer_pid, signal.SIGCONT)
 
     assert cluster.wait_state(job_id, ("COMPLETED", "FAILED", "CANCELLED"), timeout_s=240) == "COMPLETED", (
         out.read_text())
@@ -237,6 +263,7 @@ def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_i
     assert pause_planned_at < filler_ran < parts[1]  # the CPUs were free in the gap
     assert parts[1] >= pause_planned_at + 25 - 2.0, text  # began again no earlier than the pause's end
     assert "resuming the run in" in text and "interrupted: checkpoint saved" in text and "done: 3 epochs" in text
+    assert text.count("epoch 0:") == 1  # the second part went on from the checkpoint, not from the start
 
     with Store(db, read_only=True) as store:
         job, pauses, epochs = store.job(daemon_job), store.pauses(daemon_job), store.epochs(daemon_job)
@@ -245,7 +272,7 @@ def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_i
     assert any(p["started_at"] < filler_ran and p["ended_at"] >= parts[1] - 1.0 for p in pauses), pauses
 
     reference = tmp_path / "reference"
-    done = subprocess.run([str(GREENTRAINER), "train", *TRAIN_OPTIONS, "--limit", "48", "--scheme", "full",
+    done = subprocess.run([str(GREENTRAINER), "train", *TRAIN_OPTIONS, "--limit", "400", "--scheme", "full",
                            "--epochs", "3", "--rho", "1", "--output-dir", str(reference)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -258,7 +285,7 @@ def test_a_long_planned_pause_requeues_the_job_another_job_runs_in_the_gap_and_i
 def test_jobs_planned_together_by_the_daemon_a_later_submission_moves_an_earlier_pending_job(cluster, node, tmp_path):
     """One GPU in the partition (the daemon's partition_gpus): the clean hour goes to the job that
     needs it more, and the job planned into it before is moved out of it in Slurm."""
-    write_forecast(node["forecast"], clean_from_s=600, clean_for_s=3600)
+    new_forecast(node, clean_from_s=600, clean_for_s=3600)
     script = tmp_path / "wait.sh"
     script.write_text("#!/bin/bash\nsleep 300\n")
     common = ("--socket", str(node["config"].socket), "--epochs", "1", "--epoch-minutes", "60", "--may-pause")
