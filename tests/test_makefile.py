@@ -49,6 +49,7 @@ def test_make_venv_as_root_installs_the_systemd_tools_with_apt(project):
     assert done.returncode == 0, done.stdout + done.stderr
     calls = (project_dir / "apt-get.log").read_text().splitlines()
     assert "install -y -qq systemd" in calls and "install -y -qq systemd-container" in calls
+    assert "install -y -qq slurm-wlm munge" in calls
 
 
 def test_no_apt_skips_apt_get_and_says_what_is_missing(project):
@@ -57,4 +58,5 @@ def test_no_apt_skips_apt_get_and_says_what_is_missing(project):
     assert done.returncode == 0, done.stdout + done.stderr
     assert not (project_dir / "apt-get.log").exists()
     assert "warning: systemd-analyze not found" in done.stdout and "warning: systemd-nspawn not found" in done.stdout
+    assert "warning: slurmctld or munged not found" in done.stdout
     assert (project_dir / ".venv" / ".installed").is_file()
