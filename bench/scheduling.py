@@ -65,6 +65,16 @@ def _pct(x: float, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def regret(results: list[BacktestResult], name: str) -> float:
+    """Σ strategy / Σ oracle − 1, averaged over ``results`` (one per forecast seed)."""
+    return mean(r.regrets[name]["total"] for r in results)
+
+
 def _case(series: Series, forecast: str, seed: int, error: float, settings: PlanningSettings,
           names: tuple[str, ...] = STRATEGIES_RUN) -> BacktestResult:
     forecasts = (iid_forecasts(series, JOB.deadline_s, 0.0, seed) if forecast == "perfect"
@@ -88,14 +98,6 @@ def main(quick: bool = False) -> list[str]:
             now = [_case(series, forecast, seed, error, aware) for seed in case_seeds]
             before = [_case(series, forecast, seed, error, BEFORE, ("now-constant", RECEDING)) for seed in case_seeds]
             label = f"{forecast}{f', epoch time ±{error:.0%}' if error else ''}"
-
-            def mean(values) -> float:
-                values = list(values)
-                return sum(values) / len(values)
-
-            def regret(results: list[BacktestResult], name: str) -> float:
-                return mean(r.regrets[name]["total"] for r in results)
-
             rows.append([kind, label,
                          _pct(mean(r.summaries["now-constant"].carbon_vs_now_full_mean for r in now)),
                          _pct(mean(r.summaries["steps"].carbon_vs_now_full_mean for r in now)),
