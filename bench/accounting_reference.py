@@ -1,4 +1,4 @@
-"""The accounting split as it was before the sweep (carbonsched.accounting before WindowShare), for
+"""The accounting split as it was before the sweep (carbonsched.reporting.accounting before WindowShare), for
 benchmarking and equivalence tests only: for every sample it cuts the sample at every boundary of
 every eligible window and counts, per piece, the jobs whose windows cover the piece's midpoint.
 O(samples × windows²) for one epoch.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from carbonsched.accounting import JobWindow
+from carbonsched.reporting.accounting import JobWindow
 
 
 def reference_target_share(

@@ -4,7 +4,7 @@ sections share.
 Setup (all sizes in ``Sizes``): a tiny OPT is first pre-trained as a plain language model (full
 fine-tuning on report continuations: first two sentences → the rest) so that fine-tuning starts from
 a model that already knows the words. GreenTrainer then fine-tunes a copy of that base on the
-embedded summarisation task (``gt_core.trainer``) at ρ = 0.5 on every seed, and at ρ = 0.4 and 0.7
+embedded summarisation task (``gt_core.training.trainer``) at ρ = 0.5 on every seed, and at ρ = 0.4 and 0.7
 on the first seed. The learning rate is the best of a sweep at ρ = 0.5 on seed 0 by dev-split
 validation loss (3 half-decade values, extended past whichever end wins, up to 3 more); the reported
 numbers are on a separate test split.
@@ -84,8 +84,8 @@ class Task:
 
 
 def _continuation_examples(n: int, seed: int) -> list:
-    from gt_core.data import Example
-    from gt_core.embedded_task import embedded_task
+    from gt_core.data.datasets import Example
+    from gt_core.data.embedded_task import embedded_task
 
     reports, _ = embedded_task(n_train=n, n_val=0, seed=seed)
     out = []
@@ -108,10 +108,10 @@ def build_task(quick: bool) -> Task:
 def _build_task(quick: bool) -> Task:
     import torch
 
-    from gt_core.embedded_task import embedded_task
-    from gt_core.tiny import tiny_model
-    from gt_core.tokenizer import build_tokenizer
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.data.embedded_task import embedded_task
+    from gt_core.models.tiny import tiny_model
+    from gt_core.data.tokenizer import build_tokenizer
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     sizes = Sizes.for_mode(quick)
     tokenizer = build_tokenizer()
@@ -138,12 +138,12 @@ def run_one(task: Task, key: str, lr: float, seed: int, metric: str = "dw_grad",
     ``rho_schedule``: one ρ per epoch instead of the scheme's constant ρ (green scheme)."""
     import torch
 
-    from gt_core.rho import ScheduleRho
+    from gt_core.rho.sources import ScheduleRho
 
     from gt_core.evaluate import evaluate_model
-    from gt_core.metrics_log import MetricsLog
-    from gt_core.tiny import tiny_model
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.training.metrics_log import MetricsLog
+    from gt_core.models.tiny import tiny_model
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     s = task.sizes
     scheme, rho, _ = SCHEMES[key]

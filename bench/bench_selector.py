@@ -1,4 +1,4 @@
-"""Selection DP speed and quality: ours (gt_core.selector) against the plain Eq. 7 reference.
+"""Selection DP speed and quality: ours (gt_core.selection.dp) against the plain Eq. 7 reference.
 
 Run: ``.venv/bin/python -m bench.bench_selector [--quick]``. Prints a markdown report and writes it to
 bench/results/dp_speed.md. Random profiles: t_dw, t_dy uniform in [1, 100] GFLOPs, forward FLOPs
@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.dp_reference import floor_quantise, reference_dp
 from gt_core.profiler import TensorProfile
-from gt_core.selector import quantise, select_tensors, solve_quantised
+from gt_core.selection.dp import quantise, select_tensors, solve_quantised
 
 RHO = 0.5
 OUT = Path(__file__).resolve().parent / "results" / "dp_speed.md"

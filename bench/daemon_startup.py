@@ -8,7 +8,7 @@ by side, the revision before the accounting sweep and background recovery (BASEL
 the revision in $CARBONSCHED_BENCH_BASELINE) run on copies of the same store.
 
 Accounting: one epoch's attribution over S energy samples with W other jobs' windows overlapping
-it: the store query, the sweep (carbonsched.accounting.WindowShare) and the quadratic split it
+it: the store query, the sweep (carbonsched.reporting.accounting.WindowShare) and the quadratic split it
 replaced (bench/accounting_reference.py, run only where it finishes in reasonable time), timed in
 one process, one after the other, on the same rows.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.accounting_reference import reference_power_pieces
 from bench.common import ROOT, machine_line, run_section, table, write_section
-from carbonsched.accounting import JobWindow, WindowShare
+from carbonsched.reporting.accounting import JobWindow, WindowShare
 from carbonsched.store import MIGRATIONS, Store
 
 BASELINE_REVISION = "d00b89f"  # the last revision with the quadratic split and start-up recovery in the foreground

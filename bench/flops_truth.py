@@ -40,7 +40,7 @@ def random_masks(n: int, count: int, seed: int) -> list[np.ndarray]:
 def run_arch(arch: str, n_masks: int) -> dict:
     from gt_core.profiler import profile_model
     from gt_core.profiler.profile_model import make_batch
-    from gt_core.tiny import tiny_model
+    from gt_core.models.tiny import tiny_model
 
     model = tiny_model(arch, attn_implementation="eager", **SIZE)
     target = T5_TARGET if arch == "t5" else None
@@ -93,7 +93,7 @@ def main(quick: bool = False) -> list[str]:
     lines = [
         "## 1. FLOPs truth: profiled mask cost vs torch's FLOP counter",
         "",
-        f"Random-init models from `gt_core.tiny.tiny_model` (vocab {SIZE['vocab_size']}, hidden {SIZE['hidden']}, "
+        f"Random-init models from `gt_core.models.tiny.tiny_model` (vocab {SIZE['vocab_size']}, hidden {SIZE['hidden']}, "
         f"{SIZE['layers']} layers, {SIZE['heads']} heads, eager attention), batch {BATCH} × {SEQ} tokens "
         f"(T5: {SEQ} encoder / {T5_TARGET} decoder tokens). Profile: `profile_model(..., count=\"matmul\")`. "
         f"For each of {n_masks} random masks per architecture (half scattered with random density, half "

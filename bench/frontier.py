@@ -4,7 +4,7 @@ The proxy (``bench.proxy``) is an 8-layer OPT whose token embedding is a small s
 parameters, pre-trained on standard-library docstrings (not the tasks). Every scheme fine-tunes
 a copy of it with the GreenTrainer loop on two generated tasks of different kinds:
 
-* summarisation: the embedded task (``gt_core.embedded_task``), scored by ROUGE-L;
+* summarisation: the embedded task (``gt_core.data.embedded_task``), scored by ROUGE-L;
 * classification phrased as generation: the same kind of reports with a short question appended;
   the answer is the kind of the recorded event ("trade", "upkeep", "audit" or "storage"), decided
   by a visible rule: which of the eight event verbs the report contains (distractor sentences never
@@ -117,7 +117,7 @@ class Task:
 def classification_example(example: Any) -> Any:
     """The report's opening sentence and its event sentence, with the question appended; the answer
     is the event verb's kind."""
-    from gt_core.data import Example
+    from gt_core.data.datasets import Example
 
     words = example.target.split()  # "<first> <last> <verb> <qty> <item...> at <place>"
     opener = example.source.split(". ")[0].rstrip(".")
@@ -125,7 +125,7 @@ def classification_example(example: Any) -> Any:
 
 
 def build_tasks(s: Sizes) -> list[Task]:
-    from gt_core.embedded_task import embedded_task
+    from gt_core.data.embedded_task import embedded_task
 
     train, held = embedded_task(n_train=s.n_train, n_val=s.n_dev + s.n_test, seed=0)
     dev, test = held[: s.n_dev], held[s.n_dev:]
@@ -147,8 +147,8 @@ class Trained:
 def train_one(proxy: Proxy, task: Task, s: Sizes, scheme: Scheme, lr: float, seed: int) -> Trained:
     import torch
 
-    from gt_core.metrics_log import MetricsLog
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.training.metrics_log import MetricsLog
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     model = proxy.build()
     torch.manual_seed(seed)  # LoRA / prefix initialisation

@@ -50,7 +50,7 @@ def prefix_note(proxy: T5Proxy) -> str:
     """Why prefix tuning is left out, measured on this proxy: one backward pass through peft's prefix."""
     import torch
 
-    from gt_core.schemes import apply_prefix
+    from gt_core.selection.schemes import apply_prefix
 
     model = apply_prefix(proxy.build(), num_virtual_tokens=16)
     inputs = torch.randint(4, len(proxy.tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))

@@ -1,6 +1,6 @@
 """Benchmark 5: importance metric ablation (paper Table 4 shape) at ρ = 0.5.
 
-GreenTrainer at ρ = 0.5 with the three importance metrics of ``gt_core.importance``:
+GreenTrainer at ρ = 0.5 with the three importance metrics of ``gt_core.selection.importance``:
 ``dw_grad`` (Eq. 6, -Σ Δw·∂L/∂w), ``dw`` (Σ|Δw|) and ``grad`` (Σ|∂L/∂w|), same base model, data,
 seeds and learning rate as the accuracy section (the ``dw_grad`` runs are reused from it when its
 run file matches this mode). A diagnostic re-run of the seed-0 ``dw_grad`` run looks inside its last
@@ -35,11 +35,11 @@ def diagnose_last_selection(task, lr: float, seed: int, rho: float = 0.5) -> dic
     import numpy as np
     import torch
 
-    from gt_core.callbacks import TrainerCallback
-    from gt_core.importance import compute_importance, parameters_by_name
-    from gt_core.selector import dy_prefix, select_tensors
-    from gt_core.tiny import tiny_model
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.training.callbacks import TrainerCallback
+    from gt_core.selection.importance import compute_importance, parameters_by_name
+    from gt_core.selection.dp import dy_prefix, select_tensors
+    from gt_core.models.tiny import tiny_model
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     s = task.sizes
     seen: dict = {}

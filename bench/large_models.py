@@ -127,7 +127,7 @@ def measure_one(name: str) -> dict:
     import torch
 
     from gt_core.profiler import profile_model_shape
-    from gt_core.selector import select_tensors
+    from gt_core.selection.dp import select_tensors
 
     torch.set_num_threads(1)
     config = MODELS[name]()
@@ -257,7 +257,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         "the goal is checked on CPU time. *Peak RSS* is the process's `VmHWM` (peak resident "
         "set size of its own address space; `ru_maxrss` would also count the size of the parent it was forked from) "
         "read right after the first profile, so it includes Python, torch and transformers; *RSS before* "
-        "is the resident size just before profiling, imports done. *DP ms* is `gt_core.selector.select_tensors` "
+        "is the resident size just before profiling, imports done. *DP ms* is `gt_core.selection.dp.select_tensors` "
         f"at ρ = {RHO} with importance drawn uniformly from [-0.1, 1] (seed 0), median of 3. Goal: profile "
         f"< {PROFILE_GOAL_S:.0f} s and < 1 GiB, DP < {DP_GOAL_S:.0f} s.",
         "",
@@ -278,7 +278,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         "expert's weight tensors are priced at k/E of the tokens and the expert FLOPs of a step equal those of "
         "T·k token-expert visits (Mixtral: 2 of 8). The router still runs and its top-k weights still scale the "
         "expert outputs, so the router's gradient is priced. Live and meta profiles use the same rule, so they "
-        "agree exactly (`tests/test_profiler_meta.py`). Real routing is rarely perfectly balanced; a step's "
+        "agree exactly (`tests/gt_core/profiler/test_profiler_meta.py`). Real routing is rarely perfectly balanced; a step's "
         "real expert FLOPs still total T·k visits, only their split over the E experts' tensors differs.",
         "",
         machine_line(),

@@ -108,8 +108,8 @@ def release_freed_memory() -> None:
 def memory_examples(n: int, seq_len: int) -> list:
     """``n`` pairs from the embedded task, each long enough to fill ``seq_len`` tokens once
     tokenised (the data set cuts the prompt to fit)."""
-    from gt_core.data import Example
-    from gt_core.embedded_task import embedded_task
+    from gt_core.data.datasets import Example
+    from gt_core.data.embedded_task import embedded_task
 
     reports, _ = embedded_task(n_train=n * 8, n_val=0, seed=7)
     pairs = []
@@ -124,13 +124,13 @@ def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, A
     """Train one configuration in this process; ``rho=None`` is full fine-tuning."""
     import torch
 
-    from gt_core.callbacks import TrainerCallback
-    from gt_core.distributed import dist_env, is_distributed_launch, trainer_class
-    from gt_core.memory import PeakMemory
-    from gt_core.rho import ScheduleRho
-    from gt_core.tiny import tiny_model
-    from gt_core.tokenizer import build_tokenizer
-    from gt_core.trainer import TrainConfig
+    from gt_core.training.callbacks import TrainerCallback
+    from gt_core.distributed.data_parallel import dist_env, is_distributed_launch, trainer_class
+    from gt_core.training.memory import PeakMemory
+    from gt_core.rho.sources import ScheduleRho
+    from gt_core.models.tiny import tiny_model
+    from gt_core.data.tokenizer import build_tokenizer
+    from gt_core.training.trainer import TrainConfig
 
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
@@ -448,7 +448,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
 
 
 def len_vocab() -> int:
-    from gt_core.tokenizer import build_tokenizer
+    from gt_core.data.tokenizer import build_tokenizer
 
     return len(build_tokenizer())
 

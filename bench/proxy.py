@@ -96,7 +96,7 @@ def stdlib_docstrings(max_chars: int) -> list[str]:
 
 
 def proxy_model(recipe: ProxyRecipe, vocab_size: int) -> Any:
-    from gt_core.tiny import tiny_model
+    from gt_core.models.tiny import tiny_model
 
     return tiny_model("opt", vocab_size=vocab_size, hidden=recipe.hidden, layers=recipe.layers, heads=recipe.heads,
                       max_len=recipe.max_len, seed=recipe.seed, tie_word_embeddings=recipe.tied)
@@ -125,7 +125,7 @@ def _blocks(tokenizer: Any, corpus: list[str], block_tokens: int) -> Any:
 def _pretrain(recipe: ProxyRecipe, corpus: list[str], log) -> Proxy:
     import torch
 
-    from gt_core.tokenizer import build_tokenizer
+    from gt_core.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
     blocks = _blocks(tokenizer, corpus, recipe.block_tokens)

@@ -35,10 +35,10 @@ def pretrain_loop(model: Any, batch: Callable[[], dict], steps: int, lr: float, 
                   log: Callable[[str], None], lr_factor: Callable[[int], float] | None = None) -> None:
     """AdamW (wd 0.01, grad-norm clip 1.0) on ``steps`` batches from ``batch()``; the lr is ``lr``
     times ``lr_factor(step)``, by default warmed up over ``warmup_steps`` then cosine-decayed to 0
-    (``gt_core.trainer.lr_schedule``). Any model whose forward returns a ``loss``."""
+    (``gt_core.training.trainer.lr_schedule``). Any model whose forward returns a ``loss``."""
     import torch
 
-    from gt_core.trainer import lr_schedule
+    from gt_core.training.trainer import lr_schedule
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     scheduler = (lr_schedule(optimizer, "cosine", steps, warmup_steps) if lr_factor is None

@@ -146,7 +146,7 @@ def pretrain_t5(recipe: T5ProxyRecipe, corpus: list[str], log: Callable[[str], N
 
     import torch
 
-    from gt_core.tokenizer import build_tokenizer
+    from gt_core.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(corpus, vocab_size=recipe.vocab_size)
     tokenizer.add_special_tokens({"additional_special_tokens": sentinel_tokens(recipe.n_sentinels)})

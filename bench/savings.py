@@ -46,8 +46,8 @@ def main(quick: bool = False) -> list[str]:
 
     from gt_core.profiler import profile_model
     from gt_core.profiler.profile_model import make_batch
-    from gt_core.selector import select_tensors
-    from gt_core.tiny import tiny_model
+    from gt_core.selection.dp import select_tensors
+    from gt_core.models.tiny import tiny_model
 
     single_thread()
     started = time.perf_counter()

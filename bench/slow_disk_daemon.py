@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from carbonsched.config import DaemonConfig, Intervals
-from carbonsched.daemon import Daemon
-from carbonsched.logsetup import setup_logging
+from carbonsched.daemon.lifecycle import Daemon
+from carbonsched.daemon.logsetup import setup_logging
 from carbonsched.paths import store_path
 from carbonsched.store import Store
 

@@ -116,18 +116,18 @@ def run_demo(options: DemoOptions, echo: Callable[[str], None] = print) -> DemoR
 
 def import_training_code() -> None:
     """Import the training stack (torch, transformers, gt_core's trainer) ahead of its first use."""
-    import gt_core.trainer  # noqa: F401
+    import gt_core.training.trainer  # noqa: F401
 
 
 def train_with_daemon(options: DemoOptions, socket_path: Path, out: Path, echo: Callable[[str], None]) -> DemoResult:
     """Fine-tune the tiny OPT on the embedded task, asking the daemon at ``socket_path`` for ρ each epoch."""
     import torch
 
-    from gt_core.embedded_task import embedded_task
-    from gt_core.rho_daemon import DaemonRhoSource
-    from gt_core.tiny import tiny_model
-    from gt_core.tokenizer import build_tokenizer
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.data.embedded_task import embedded_task
+    from gt_core.rho.daemon_source import DaemonRhoSource
+    from gt_core.models.tiny import tiny_model
+    from gt_core.data.tokenizer import build_tokenizer
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     # One thread: a model this small gains nothing from a second one, and on a busy machine the
     # threads' spin-waits cost 15x the CPU time (150 instead of 10 CPU-s for the 6 epochs).

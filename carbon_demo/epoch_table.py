@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from gt_core.callbacks import TrainerCallback
-from gt_core.rho import RhoReading
+from gt_core.training.callbacks import TrainerCallback
+from gt_core.rho.sources import RhoReading
 
 J_PER_KWH = 3.6e6
 

@@ -3,7 +3,7 @@
 Training code must keep training whatever happens to the daemon: ``rho()`` never raises and
 never waits longer than ``timeout_s``; the job/epoch helpers return None on failure. The client
 itself does not throttle: every call tries the daemon, so a caller asking often (the trainer's ρ
-source, :mod:`gt_core.rho_daemon`) backs off after a failure.
+source, :mod:`gt_core.rho.daemon_source`) backs off after a failure.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Example::
     sample_power_s = 10
     decide_s = 60
 
-    [planning]          # deadline jobs (see carbonsched.job_planning)
+    [planning]          # deadline jobs (see carbonsched.planning.job_planner)
     guard = "floor"     # "full": keep the work left at ρ 1 within reach (costs carbon near the deadline)
     switch_share = 0.0  # a fresh plan replaces the one a job follows only when this much cheaper
     forecast_error = "forecast-error.json"  # the provider's error by lead (`carbonsched forecast-error --write-model`)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from carbonsched.server import socket_in_use
+from carbonsched.daemon.server import socket_in_use
 
 SOCKET_NAME = "carbonsched.sock"
 STORE_NAME = "carbonsched.sqlite3"

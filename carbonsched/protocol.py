@@ -186,7 +186,7 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
         "local_rank": (OPTIONAL, _integer(0)),
         "world_size": (OPTIONAL, _integer(1)),
         "pids": (OPTIONAL, _pid_list),  # every process of the job on this node (local ranks)
-        # The job model the daemon plans a deadline job by (see carbonsched.job_planning).
+        # The job model the daemon plans a deadline job by (see carbonsched.planning.job_planner).
         "deadline": (OPTIONAL, _instant),
         "epochs": (OPTIONAL, _positive),
         "epoch_seconds": (OPTIONAL, _positive),  # estimated wall seconds of one epoch at ρ 1
@@ -219,7 +219,7 @@ OPS: dict[str, dict[str, tuple[bool, Callable[[Any], Any]]]] = {
     },
     "job.end": {"job_id": (REQUIRED, _string), "status": (REQUIRED, _one_of(JOB_END_STATUSES))},
     # `carbonsched sbatch --socket`: plan a pausable deadline job with the ones handed out before
-    # under the partition's GPUs (carbonsched.submitted_plans), then name its Slurm job.
+    # under the partition's GPUs (carbonsched.planning.submitted_plans), then name its Slurm job.
     "plan.submit": {
         "deadline": (REQUIRED, _instant),
         "epochs": (REQUIRED, _positive),

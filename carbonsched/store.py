@@ -135,7 +135,7 @@ MIGRATIONS: list[str] = [
     );
     """,
     # Deadline jobs: the first plan the daemon made for each, kept to judge later whether planning
-    # paid off (carbonsched.plan_outcome). Expected carbon is NULL when the job's running power was
+    # paid off (carbonsched.reporting.plan_outcome). Expected carbon is NULL when the job's running power was
     # not measured yet; the plan's carbon per W of running power is kept for pricing it later.
     """
     CREATE TABLE job_plans (

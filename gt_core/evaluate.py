@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from gt_core.data import (
+from gt_core.data.datasets import (
     IGNORE_INDEX,
     Example,
     PromptDataset,
@@ -17,7 +17,7 @@ from gt_core.data import (
     make_loader,
     prompt_batches,
 )
-from gt_core.model_traits import is_encoder_decoder, max_positions, pad_token_id
+from gt_core.models.traits import is_encoder_decoder, max_positions, pad_token_id
 
 METRICS = ("rouge", "exact_match")
 

@@ -212,10 +212,10 @@ def run_one(plan: CheckPlan, scheme: str, rho: float | None, mode: str, daemon: 
             workdir: Path) -> RunResult:
     import transformers as tf
 
-    from gt_core.callbacks import TrainerCallback
-    from gt_core.memory import PeakMemory
-    from gt_core.rho_daemon import DaemonRhoSource
-    from gt_core.trainer import GreenTrainer, TrainConfig
+    from gt_core.training.callbacks import TrainerCallback
+    from gt_core.training.memory import PeakMemory
+    from gt_core.rho.daemon_source import DaemonRhoSource
+    from gt_core.training.trainer import GreenTrainer, TrainConfig
 
     tokenizer, train, val = data
     device = torch.device(plan.device)
@@ -282,9 +282,9 @@ def synchronize(device: torch.device) -> None:
 
 def check_data(plan: CheckPlan) -> tuple:
     """The built-in tokenizer and embedded-task pairs, sources long enough to fill ``seq_len``."""
-    from gt_core.data import Example
-    from gt_core.embedded_task import embedded_task
-    from gt_core.tokenizer import build_tokenizer
+    from gt_core.data.datasets import Example
+    from gt_core.data.embedded_task import embedded_task
+    from gt_core.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     n_train = plan.batch_size * plan.steps_per_epoch
@@ -332,10 +332,10 @@ def fsdp_worker(spec: str, out: Path) -> None:
     """One rank of the FSDP case: each scheme trains a fresh random-init model of the shape."""
     import transformers as tf
 
-    from gt_core.callbacks import TrainerCallback
-    from gt_core.distributed import dist_env, trainer_class
-    from gt_core.sharding import local_part
-    from gt_core.trainer import TrainConfig
+    from gt_core.training.callbacks import TrainerCallback
+    from gt_core.distributed.data_parallel import dist_env, trainer_class
+    from gt_core.distributed.sharding import local_part
+    from gt_core.training.trainer import TrainConfig
 
     values = json.loads(spec)
     plan = CheckPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
@@ -548,8 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpu-check: skipped: no CUDA device visible to torch {torch.__version__} "
               f"(use --device cpu --tiny for a smoke run)")
         return 0
-    from gt_core.device import resolve_device
-    from gt_core.precision import check_precision
+    from gt_core.training.device import resolve_device
+    from gt_core.training.precision import check_precision
 
     try:
         device = resolve_device(args.device or "cuda")

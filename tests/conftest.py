@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def tokenizer():
     """The built-in tokenizer, built once per test module."""
-    from gt_core.tokenizer import build_tokenizer
+    from gt_core.data.tokenizer import build_tokenizer
 
     return build_tokenizer()
 
@@ -24,6 +24,6 @@ def tokenizer():
 def task():
     """The embedded task with 16 training and 4 validation examples; a module needing another
     size defines its own ``task``."""
-    from gt_core.embedded_task import embedded_task
+    from gt_core.data.embedded_task import embedded_task
 
     return embedded_task(n_train=16, n_val=4)

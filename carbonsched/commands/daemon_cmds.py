@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         check_jobs_s: Optional[float] = typer.Option(None, "--check-jobs-s", min=0.01, help="How often to look for jobs whose processes died."),
     ) -> None:
         """Run the daemon in the foreground (systemd: Type=notify). SIGHUP reloads, SIGTERM stops."""
-        from carbonsched.daemon import StartupError, run_daemon
+        from carbonsched.daemon.lifecycle import StartupError, run_daemon
 
         overrides = dict(
             socket=socket, state_dir=state_dir, provider=provider, policy=policy, metrics_port=metrics_port,
@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOption,
     ) -> None:
         """Current grid carbon intensity from the configured provider (no daemon needed)."""
-        from carbonsched.daemon import build_provider_from
+        from carbonsched.daemon.lifecycle import build_provider_from
         from carbonsched.types import ProviderError
 
         config = _config(config_file, provider=provider)

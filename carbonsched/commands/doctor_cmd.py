@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
         Exits 1 when any check fails; warnings alone exit 0.
         """
-        from carbonsched import doctor as doctor_checks
+        from carbonsched.service import doctor as doctor_checks
 
         checks = doctor_checks.run_checks(
             socket_path=socket, state_dir=state_dir, provider_spec=provider, check_network=check_network

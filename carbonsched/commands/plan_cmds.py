@@ -85,7 +85,7 @@ def job_and_cost(epochs: float, epoch_minutes: float, deadline_s: float, rho_min
 
 
 def _check_choices(fmt: str, plot: Optional[Path]) -> None:
-    from carbonsched.report import ReportPathError, check_output_file
+    from carbonsched.reporting.energy_report import ReportPathError, check_output_file
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -216,7 +216,7 @@ def plan(
     result = strategies.planned(job, cost, slots)
     if result.note:
         notes.append(result.note)
-    from carbonsched.plan_notes import slot_notes
+    from carbonsched.reporting.plan_notes import slot_notes
 
     notes += slot_notes(result, slots, now)
     compared = {"now-full": strategies.now_full(job, cost, slots), "now-constant": strategies.now_constant(job, cost, slots),
@@ -245,7 +245,7 @@ def plan(
         lines += [f"note: {n}" for n in notes]
         typer.echo("\n".join(lines))
     if plot is not None:
-        from carbonsched.plan_plot import plot_plan
+        from carbonsched.reporting.plan_plot import plot_plan
 
         plot_plan(result, slots, now, carbon_g, plot)
         typer.echo(f"plot written to {plot}", err=fmt == "json")
@@ -458,7 +458,7 @@ def backtest(
         typer.echo("\n".join(_backtest_lines(trace, loaded, series, result, job, cost, every_hours, forecast_kind,
                                                epoch_time_error, SLOWER_SHARE)))
     if plot is not None:
-        from carbonsched.plan_plot import plot_backtest
+        from carbonsched.reporting.plan_plot import plot_backtest
 
         plot_backtest(result.summaries, f"{trace.name}: {result.submissions} submissions", plot)
         typer.echo(f"plot written to {plot}", err=fmt == "json")

@@ -45,7 +45,7 @@ def report(
 ) -> None:
     """Energy (kWh), carbon (gCO2e) and savings vs full fine-tuning per job and epoch; no daemon needed."""
     from carbonsched.paths import default_state_dir, store_path
-    from carbonsched.report import (
+    from carbonsched.reporting.energy_report import (
         FORMATS, ReportMergeError, ReportPathError, build_report, check_output_file, merge_reports, render,
         reports_from_path,
     )
@@ -61,7 +61,7 @@ def report(
             check_output_file(output, "--output")
         if plot is not None:
             check_output_file(plot, "--plot")
-            from carbonsched.plot import plot_format
+            from carbonsched.reporting.report_plot import plot_format
 
             plot_format(plot)
     except (ValueError, ReportPathError) as exc:
@@ -104,7 +104,7 @@ def report(
     else:
         typer.echo(text.rstrip("\n"))
     if plot is not None:
-        from carbonsched.plot import plot_report
+        from carbonsched.reporting.report_plot import plot_report
 
         plot_report(reports, samples, plot)
         typer.echo(f"plot written to {plot}", err=output is None and fmt != "table")

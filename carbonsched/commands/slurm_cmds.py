@@ -43,7 +43,7 @@ def parse_duration_s(text: str, option: str) -> float:
 
 def _check_sbatch_args(sbatch_args: list[str]) -> None:
     """A script is given, and none of sbatch's options is one the plan sets."""
-    from carbonsched.slurm import split_sbatch_args
+    from carbonsched.slurm.slurm_cli import split_sbatch_args
 
     options, script = split_sbatch_args(sbatch_args)
     for arg in options:
@@ -81,7 +81,7 @@ def sbatch(
     """Plan a deadline job and submit it to Slurm to begin at the plan's start (sbatch --begin)."""
     from carbonsched.planning.receding import JobDeclaration
     from carbonsched.planning.start import plan_start
-    from carbonsched.slurm import SlurmError, exporting, parse_job_id, run_slurm, sbatch_command
+    from carbonsched.slurm.slurm_cli import SlurmError, exporting, parse_job_id, run_slurm, sbatch_command
     from carbonsched.types import utcnow
 
     _check_sbatch_args(sbatch_args)

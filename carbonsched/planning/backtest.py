@@ -7,7 +7,7 @@ offset ``t0`` (every ``every_s`` while the deadline still lies inside the trace)
   time: the estimate times :func:`epoch_time_factor` (1 unless ``epoch_time_error`` is given);
 - the *forecast* comes from a :data:`ForecastSource`: :func:`iid_forecasts` (every slot after the
   current one times ``1 + noise · N(0, 1)``, a fresh draw at every ask, from the submission's own
-  stream :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, submission index)``),
+  stream :func:`carbonsched.planning.forecast_noise.seeded_rng` ``(seed, submission index)``),
   :func:`model_forecasts` (errors that grow with lead and agree between issues,
   :mod:`carbonsched.planning.noise_model`) or :func:`vintage_forecasts` (forecasts as they were
   issued, :mod:`carbonsched.planning.vintages`); the current slot is always measured, so exact;
@@ -42,7 +42,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from carbonsched.forecast_noise import perturbed, seeded_rng
+from carbonsched.planning.forecast_noise import perturbed, seeded_rng
 from carbonsched.planning import strategies
 from carbonsched.planning.closed_loop import Execution, ForecastAt, execute_open_loop, execute_receding
 from carbonsched.planning.noise_model import LeadNoiseModel

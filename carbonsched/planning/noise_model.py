@@ -12,8 +12,8 @@ innovations arriving at one instant are AR(1)-correlated across targets with coe
 Consequences: the current slot (and anything in the issue's own grid cell) is exact; a later issue
 for the same target keeps the earlier issue's error less the innovations that arrived in between
 (forecasts converge on the truth); errors are median-unbiased (zero mean in log space). The draws
-are a fixed function of :func:`carbonsched.forecast_noise.seeded_rng` ``(seed, stream)`` and the
-arrival instant (:func:`carbonsched.forecast_noise.normals_at`), so a forecast asked twice, by the
+are a fixed function of :func:`carbonsched.planning.forecast_noise.seeded_rng` ``(seed, stream)`` and the
+arrival instant (:func:`carbonsched.planning.forecast_noise.normals_at`), so a forecast asked twice, by the
 backtest or the trace provider, is the same.
 
 :data:`UK_LIKE` is a preset whose MAPE by lead is about the published figures for the GB national
@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from carbonsched.forecast_noise import normals_at
+from carbonsched.planning.forecast_noise import normals_at
 from carbonsched.planning.closed_loop import ForecastAt
 from carbonsched.planning.model import Slot
 from carbonsched.planning.series import Series

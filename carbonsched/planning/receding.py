@@ -1,11 +1,11 @@
 """One receding-horizon decision for a job with a deadline, from its progress. Pure, no I/O.
 
-The daemon (:mod:`carbonsched.job_planning`) and the backtest's ``planner-receding``
+The daemon (:mod:`carbonsched.planning.job_planner`) and the backtest's ``planner-receding``
 (:mod:`carbonsched.planning.closed_loop`) both call these functions: :func:`progress_from_records`
 turns a job's epoch records and pause intervals into its progress (epochs done, their ρ, the epoch
 time at ρ 1 learned from ended epochs, running power per ρ), and :func:`decide` answers "ρ now or
 pause until when" from that progress, the time left and the planning slots, with the deadline guard
-and the margin. The module docstring of :mod:`carbonsched.job_planning` states the rules.
+and the margin. The module docstring of :mod:`carbonsched.planning.job_planner` states the rules.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from carbonsched.planning.closed_loop import ForecastAt
-from carbonsched.job_planning import planning_slots
+from carbonsched.planning.job_planner import planning_slots
 from carbonsched.planning.forecast import DAY_S, DEFAULT_STEP_S, HISTORY_DAYS, ReadingHistory
 from carbonsched.planning.model import Slot
 from carbonsched.planning.series import Series
@@ -164,7 +164,7 @@ def vintage_forecast_at(vintages: Vintages, truth: Series, submission_offset_s: 
 
     At ``now_s`` seconds after the submission (at ``submission_offset_s`` into ``truth``), slots
     from that moment to ``min(moment + horizon_s, submission + deadline_s)``, times relative to the
-    moment, as the daemon builds them (:func:`carbonsched.job_planning.planning_slots`): the current
+    moment, as the daemon builds them (:func:`carbonsched.planning.job_planner.planning_slots`): the current
     slot is the truth's value then (measured), then the points of the newest vintage issued at or
     before the moment (:func:`~carbonsched.planning.forecast.slots_from_forecast`), and beyond that
     vintage's horizon the same time of day on previous days

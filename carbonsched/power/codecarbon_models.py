@@ -6,7 +6,7 @@ themselves are small: a table of CPU TDPs (CodeCarbon's bundled ``cpu_power.csv`
 with the csv module), the rules CodeCarbon uses to match this machine's CPU model name against
 it, its load model (10 % of TDP when idle, rising with the cube of the machine's CPU load to
 the TDP) and its RAM model (a power per estimated memory module). They are re-stated here so
-the daemon's numbers equal CodeCarbon's (tests/test_power_cpu.py compares the two for a set
+the daemon's numbers equal CodeCarbon's (tests/carbonsched/power/test_power_cpu.py compares the two for a set
 of CPU names, loads and memory sizes). Unlike CodeCarbon, nothing here looks at SLURM: the
 daemon meters the whole machine.
 """

@@ -24,7 +24,7 @@ timestamp. The forecast is the samples after the current one that start within t
 ``forecast_hours`` (default 24, at most 720) of trace time, mapped to wall time.
 
 Forecast noise (``forecast_noise=0.1&forecast_seed=7``): every forecast sample is the true one times
-``1 + noise · N(0, 1)``, clipped at 0 (:mod:`carbonsched.forecast_noise`, the backtest's model). The
+``1 + noise · N(0, 1)``, clipped at 0 (:mod:`carbonsched.planning.forecast_noise`, the backtest's model). The
 error of a sample is drawn from the seed and the sample's position in the replay (loops counted), so
 the same future sample has the same error at every ask and re-plans see a steady forecast, as with a
 real forecaster; it does not shrink as the sample approaches. The current value is the true one.
@@ -48,7 +48,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from carbonsched.forecast_noise import LogErrorModel, perturbed, seeded_rng
+from carbonsched.planning.forecast_noise import LogErrorModel, perturbed, seeded_rng
 from carbonsched.providers.base import (
     MAX_PLAUSIBLE_G_PER_KWH,
     Clock,

@@ -14,8 +14,8 @@ class _UsageError(Exception):
 
 
 def _load(model: Optional[str], checkpoint: Optional[Path], tiny: Optional[str]) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model, load_model_and_tokenizer
-    from gt_core.tokenizer import load_tokenizer
+    from gt_core.models.loading import ModelLoadError, load_model, load_model_and_tokenizer
+    from gt_core.data.tokenizer import load_tokenizer
 
     chosen = [name for name, value in (("--model", model), ("--checkpoint", checkpoint), ("--tiny", tiny)) if value]
     if len(chosen) != 1:
@@ -50,8 +50,8 @@ def _examples(
 ) -> tuple[list, str]:
     """The examples to score and, in words, what they are: ``--data``, else the validation
     examples of the checkpoint's run, else the embedded task's validation split."""
-    from gt_core.data import DataError, load_examples
-    from gt_core.run_data import split_run_data
+    from gt_core.data.datasets import DataError, load_examples
+    from gt_core.data.run_data import split_run_data
 
     try:
         if data is not None:

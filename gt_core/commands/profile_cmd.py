@@ -71,7 +71,7 @@ def _table(prof: Any) -> str:
 
 def _memory_table(config: Any, prof: Any, world_size: int, strategy: str, precision: str, batch_size: int,
                   seq_len: int, as_json: bool) -> str:
-    from gt_core.memory_plan import PLAN_RHOS, RankMemoryModel
+    from gt_core.training.memory_plan import PLAN_RHOS, RankMemoryModel
 
     plans = {
         checkpointing: RankMemoryModel(config, prof, world_size=world_size, strategy=strategy, precision=precision,
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         if batch_size < 1 or seq_len < 1 or (target_len is not None and target_len < 1):
             _fail("--batch-size, --seq-len and --target-len must be positive")
 
-        from gt_core.models import ModelLoadError, load_config, load_model
+        from gt_core.models.loading import ModelLoadError, load_config, load_model
         from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model_shape
 
         try:

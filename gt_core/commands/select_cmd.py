@@ -18,7 +18,7 @@ def _shape_source(model: Optional[str], tiny: Optional[str]) -> Any:
     trains (sized to the local tokenizer, LM head untied)."""
     if (model is None) == (tiny is None):
         raise _UsageError("give exactly one of --model or --tiny")
-    from gt_core.models import ModelLoadError, load_config, load_tiny_for_training
+    from gt_core.models.loading import ModelLoadError, load_config, load_tiny_for_training
 
     try:
         return load_config(model) if model is not None else load_tiny_for_training(tiny)[0]
@@ -31,7 +31,7 @@ def _shape(
 ) -> tuple[int, int, Optional[int], str]:
     """Batch size, sequence lengths (tokens) and where they come from: the options given, else the
     shape an importance file was profiled at, else batch 4 at the model's maximum positions."""
-    from gt_core.model_traits import max_positions
+    from gt_core.models.traits import max_positions
 
     run_seq_len = _positive_int(saved.get("seq_len"))
     if seq_len is None and run_seq_len is not None:
@@ -95,9 +95,9 @@ def select(
         source = _shape_source(model, tiny)
 
         from gt_core.profiler import UnsupportedModuleError, UnsupportedOpError, profile_model_shape
-        from gt_core.selector import select_tensors
+        from gt_core.selection.dp import select_tensors
 
-        from gt_core.importance_file import ImportanceFileError, read_importance
+        from gt_core.selection.importance_file import ImportanceFileError, read_importance
 
         try:
             saved = read_importance(importance) if importance is not None else None

@@ -39,7 +39,7 @@ def _parse_reselect(value: str) -> str | int:
 def _load_data(
     data: str | None, val_data: str | None, source_field: str, target_field: str, limit: int | None, seed: int
 ) -> tuple[list, list]:
-    from gt_core.run_data import split_run_data
+    from gt_core.data.run_data import split_run_data
 
     try:
         split = split_run_data(data, val_data, source_field=source_field, target_field=target_field, seed=seed)
@@ -70,7 +70,7 @@ def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
 def _load_model_and_tokenizer(
     tiny: str | None, model_name: str | None, *, torch_dtype: Any = None, device_map: str | None = None
 ) -> tuple[Any, Any]:
-    from gt_core.models import ModelLoadError, load_model_and_tokenizer, load_tiny_for_training
+    from gt_core.models.loading import ModelLoadError, load_model_and_tokenizer, load_tiny_for_training
 
     try:
         if tiny is not None:
@@ -261,12 +261,12 @@ def _resume_requeued_slurm_job(opts: dict[str, Any]) -> dict[str, Any]:
     """A Slurm job that was requeued (``SLURM_RESTART_COUNT`` >= 1) and whose --output-dir holds
     a checkpoint resumes from it, as if --resume DIR had been given: the same batch script serves
     the first run and every run after a requeue."""
-    from gt_core.job_env import slurm_restart_count
+    from gt_core.training.job_env import slurm_restart_count
 
     restarts = slurm_restart_count()
     if opts["resume"] is not None or opts["output_dir"] is None or restarts < 1:
         return opts
-    from gt_core.checkpoint import find_checkpoint
+    from gt_core.training.checkpoint import find_checkpoint
 
     output_dir = Path(opts["output_dir"])
     if not output_dir.is_dir() or find_checkpoint(output_dir) is None:
@@ -280,7 +280,7 @@ def _declared_in_environment(ctx: typer.Context, opts: dict[str, Any]) -> dict[s
     environment fills in the deadline options (and --epochs) not given on the command line."""
     if opts["rho_from"] is None or opts["deadline"] is not None:
         return opts
-    from gt_core.job_env import declaration_from_env
+    from gt_core.training.job_env import declaration_from_env
 
     try:
         declared = declaration_from_env()
@@ -320,8 +320,8 @@ def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]
 
 
 def _build_trainer(**opts: Any) -> Any:
-    from gt_core.rho import ConstantRho, ScheduleRho, check_rho
-    from gt_core.schemes import check_scheme
+    from gt_core.rho.sources import ConstantRho, ScheduleRho, check_rho
+    from gt_core.selection.schemes import check_scheme
 
     if opts["output_dir"] is None:
         raise _BadInput("give --output-dir DIR (or output-dir in --config)")
@@ -332,7 +332,7 @@ def _build_trainer(**opts: Any) -> Any:
         raise _BadInput(f"give exactly one of --tiny ARCH or --model NAME_OR_PATH{unsaved}")
     if opts["device_map"] is not None and opts["model"] is None:
         raise _BadInput("--device-map applies to a pretrained --model only")
-    from gt_core.fsdp import STRATEGIES
+    from gt_core.distributed.fsdp import STRATEGIES
 
     if opts["strategy"] not in STRATEGIES:
         raise _BadInput(f"--strategy must be one of {', '.join(STRATEGIES)}, got {opts['strategy']!r}")
@@ -340,14 +340,14 @@ def _build_trainer(**opts: Any) -> Any:
         raise _BadInput("--fsdp-wrap and --fsdp-cpu-offload apply to --strategy fsdp only")
     if opts["strategy"] == "fsdp" and opts["device_map"] is not None:
         raise _BadInput("--device-map and --strategy fsdp both place the model: give one")
-    from gt_core.precision import precision_from_launcher
+    from gt_core.training.precision import precision_from_launcher
 
     precision = opts["precision"] or precision_from_launcher() or "fp32"
-    from gt_core.reporting import check_reporters
+    from gt_core.training.trackers import check_reporters
 
     reporters = check_reporters(opts["report_to"])
     if opts["tiny"] is not None:
-        from gt_core.tiny import TINY_ARCHS
+        from gt_core.models.tiny import TINY_ARCHS
 
         if opts["tiny"] not in TINY_ARCHS:
             raise _BadInput(f"unknown tiny architecture {opts['tiny']!r}; choose one of {', '.join(TINY_ARCHS)}")
@@ -362,7 +362,7 @@ def _build_trainer(**opts: Any) -> Any:
         kind, _, socket_path = opts["rho_from"].partition(":")
         if kind != "daemon":
             raise _BadInput(f"--rho-from must be 'daemon' or 'daemon:SOCKET', got {opts['rho_from']!r}")
-        from gt_core.rho_daemon import DaemonRhoSource
+        from gt_core.rho.daemon_source import DaemonRhoSource
 
         rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
         rho_source = DaemonRhoSource(
@@ -397,7 +397,7 @@ def _build_trainer(**opts: Any) -> Any:
     resume = opts["resume"]
     _check_output_dir(output_dir, resume)
     if resume is not None:
-        from gt_core.checkpoint import find_checkpoint
+        from gt_core.training.checkpoint import find_checkpoint
 
         if find_checkpoint(resume) is None:
             raise _BadInput(f"no checkpoint to resume in {resume}")
@@ -405,7 +405,7 @@ def _build_trainer(**opts: Any) -> Any:
     train_examples, val_examples = _load_data(
         opts["data"], opts["val_data"], opts["source_field"], opts["target_field"], opts["limit"], opts["seed"]
     )
-    from gt_core.trainer import TrainConfig
+    from gt_core.training.trainer import TrainConfig
 
     config = TrainConfig(
         scheme=opts["scheme"], rho=rho, lr=opts["lr"], batch_size=opts["batch_size"], epochs=opts["epochs"],
@@ -418,17 +418,17 @@ def _build_trainer(**opts: Any) -> Any:
         weight_decay=opts["weight_decay"], max_grad_norm=opts["max_grad_norm"], scheduler=opts["scheduler"],
         warmup_steps=opts["warmup_steps"], warmup_ratio=opts["warmup_ratio"],
     )
-    from gt_core.device import resolve_device
+    from gt_core.training.device import resolve_device
 
     resolve_device(config.device)  # a device this machine lacks: one line before any loading
-    from gt_core.models import transformers_progress_bars
+    from gt_core.models.loading import transformers_progress_bars
 
     with transformers_progress_bars(opts["progress"]):  # --no-progress: no "Loading weights" bar either
         model, tokenizer = _load_model_and_tokenizer(
             opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
         )
-    from gt_core.distributed import trainer_class
-    from gt_core.reporting import TrackerCallback
+    from gt_core.distributed.data_parallel import trainer_class
+    from gt_core.training.trackers import TrackerCallback
 
     callbacks = [TrackerCallback(reporters, output_dir, _run_config(opts, precision))] if reporters else []
     # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel or sharded variant.
@@ -504,7 +504,7 @@ def _job_id(given: str | None, resume: Path | None) -> str | None:
         text = saved.read_text(encoding="utf-8").strip()
         if _JOB_ID.fullmatch(text):
             return text
-    from gt_core.job_env import slurm_job_name
+    from gt_core.training.job_env import slurm_job_name
 
     return slurm_job_name()
 

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from gt_core.model_traits import is_encoder_decoder
+from gt_core.models.traits import is_encoder_decoder
 from gt_core.profiler.graph import compile_recording
 from gt_core.profiler.modules import check_modules
 from gt_core.profiler.moe import balanced_routing

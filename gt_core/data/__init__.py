@@ -1,0 +1,1 @@
+"""Training data: datasets and prompts, the embedded task, a run's train/validation split, tokenizers."""

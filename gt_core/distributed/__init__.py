@@ -1,0 +1,1 @@
+"""Several processes: data parallel (DDP), FSDP2 sharding, and the set-ups selection refuses."""

@@ -1,0 +1,1 @@
+"""GreenTrainer inside other training loops (Hugging Face transformers.Trainer)."""

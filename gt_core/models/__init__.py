@@ -1,0 +1,1 @@
+"""Models to fine-tune: loading pretrained or tiny ones, and small facts about them."""
