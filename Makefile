@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	command -v systemd-nspawn >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container >/dev/null; } || \
 		echo "warning: systemd-nspawn not found; install Debian's systemd-container package for the real-systemd test"
-	@# munged, slurmctld and slurmd run a one-node Slurm cluster for the real-Slurm test (docs/SLURM.md).
+	@# munged, slurmctld and slurmd run a one-node Slurm cluster for the real-Slurm test (docs/slurm.md).
 	command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; } || \
 		echo "warning: slurmctld or munged not found; install Debian's slurm-wlm and munge packages for the real-Slurm test"

@@ -424,7 +424,7 @@ def _task_lines(task: Task, best: dict[str, float], points: dict[str, dict], swe
         lines += [f"Always answering the test split's most frequent label would score {majority_share(task.test):.2f}%; "
                   "exactly that score on every seed is what answering one label throughout gives.", ""]
     lines += _comparison(task, points)
-    lines += ["", f"![{task.name} frontier]({PLOTS[task.name]})", ""]
+    lines += ["", f"![{task.name} frontier](bench/results/{PLOTS[task.name]})", ""]
     if s.sweep:
         edge, sweep_rows = sweep_table(sweeps, best, SWEPT, LABELS)
         lines += [f"Learning-rate sweep (seed 0; lr (dev loss), * chosen): "
@@ -636,7 +636,7 @@ def report(s: Sizes, results: dict, tasks: list[Task], all_points: dict) -> list
         "Share of epochs × seeds in which each tensor is selected, per module kind (rows) and layer "
         "(columns; in column G the first four rows are the token embedding, the position embedding, the "
         "final norm and an untied head), for each ρ and both tasks.", "",
-        f"![selection]({PLOTS['selection']})", "",
+        f"![selection](bench/results/{PLOTS['selection']})", "",
         *table(["task", "scheme", "epochs with the token embedding selected", "params trained (mean)",
                 "FLOPs / full", "test loss"], _embedding_rows(tasks, all_points)), "",
         f"GreenTrainer selects once per epoch ({s.epochs} times per summarisation run, "

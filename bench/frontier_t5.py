@@ -209,7 +209,7 @@ def render(results: dict) -> list[str]:
         *table(header, scheme_rows(points, best, LABELS)), "",
         *table(["scheme", "FLOPs / full", "ROUGE-L", "ROUGE-L vs full (relative)", "test loss − full's",
                 "LoRA's ROUGE-L at that share", "GT − LoRA"], versus_rows(points)), "",
-        f"![T5 frontier]({PLOT})", "",
+        f"![T5 frontier](bench/results/{PLOT})", "",
     ]
     if s.sweep:
         edge, sweep_rows = sweep_table(results["sweep"], best, SWEPT, LABELS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-# The launcher flags docs/SCALING.md gives for 2 processes (gloo on a CPU-only machine).
+# The launcher flags docs/scaling.md gives for 2 processes (gloo on a CPU-only machine).
 ACCELERATE_FLAGS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
 
 

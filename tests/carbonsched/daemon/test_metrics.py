@@ -90,7 +90,7 @@ def test_metrics_endpoint_serves_node_and_job_series_and_avoided_carbon():
 
 
 def test_every_documented_metric_is_what_the_endpoint_declares():
-    """The README's table comes from METRICS; the families a scrape declares must match it."""
+    """The table in docs/service.md comes from METRICS; the families a scrape declares must match it."""
     registry = CollectorRegistry()
     registry.register(DaemonCollector(RuntimeState(Settings(config=DaemonConfig(), policy=None, provider=None))))
     declared = {}
@@ -102,8 +102,8 @@ def test_every_documented_metric_is_what_the_endpoint_declares():
         assert spec.name.endswith("_total") == (spec.kind == "counter")
 
 
-def test_the_readme_table_lists_every_metric_with_type_unit_and_labels():
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    rows = [line.strip("|").split("|") for line in readme.splitlines() if line.startswith("| `carbonsched_")]
+def test_the_service_page_table_lists_every_metric_with_type_unit_and_labels():
+    page = (Path(__file__).resolve().parents[3] / "docs" / "service.md").read_text()
+    rows = [line.strip("|").split("|") for line in page.splitlines() if line.startswith("| `carbonsched_")]
     table = [(name.strip().strip("`"), kind.strip(), unit.strip(), labels.strip()) for name, kind, unit, labels, _what in rows]
     assert table == [(m.name, m.kind, m.unit, ", ".join(m.labels) or "—") for m in METRICS]

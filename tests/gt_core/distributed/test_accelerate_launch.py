@@ -1,5 +1,5 @@
 """``accelerate launch`` (the installed CLI, explicit flags, no user config) with the command
-docs/SCALING.md gives: 2 processes on this CPU-only machine, and ``greentrainer train`` finishes
+docs/scaling.md gives: 2 processes on this CPU-only machine, and ``greentrainer train`` finishes
 with the same weights and metrics on both ranks."""
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ TIMINGS = {"wall_s", "importance_s", "dp_s", "peak_memory_bytes"}  # measured pe
 
 
 def _documented_command() -> str:
-    text = (ROOT / "docs" / "SCALING.md").read_text()
-    section = text[text.index("### accelerate launch") :]
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    section = text[text.index("## accelerate launch") :]
     block = section[section.index("```sh") + 5 : section.index("```", section.index("```sh") + 5)]
     return " ".join(re.sub(r"\\\n", " ", block).split())
 
