@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
+                                        parse_utc)
+from carbonsched.providers.declaration import BuildContext, Credential, HttpApi, ProviderKind, ProviderSpec
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
 
@@ -138,3 +140,56 @@ class ElectricityMapsProvider(IntensityProvider):
             "forecast_hours": (self.forecast_hours or API_DEFAULT_FORECAST_HOURS) if self.want_forecast else None,
             **self.http.describe(),
         }
+
+
+TOKEN = Credential(TOKEN_ENV, TOKEN_CREDENTIAL)
+API = HttpApi("CARBONSCHED_ELECTRICITYMAPS_URL", DEFAULT_ROOT)
+
+
+def check_zone(spec: ProviderSpec) -> None:
+    """A zone or a lat/lon point, not both; the point within range; a known emission factor type."""
+    text, zone = spec.text, spec.zone
+    has_point = "lat" in spec.params or "lon" in spec.params
+    if zone is None and not has_point:
+        raise ProviderSpecError(f"provider spec {text!r}: electricitymaps needs a zone (electricitymaps:DE) or ?lat=..&lon=..")
+    if zone is not None and has_point:
+        raise ProviderSpecError(f"provider spec {text!r}: give a zone or lat/lon, not both")
+    if has_point:
+        for key, limit in (("lat", 90.0), ("lon", 180.0)):
+            value = spec.number(key, None, positive=False)
+            if value is None or abs(value) > limit:
+                raise ProviderSpecError(f"provider spec {text!r}: {key} must be a number within ±{limit:g}")
+    factor = spec.params.get("emission_factor_type")
+    if factor is not None and factor not in ("lifecycle", "direct"):
+        raise ProviderSpecError(f"provider spec {text!r}: emission_factor_type must be lifecycle or direct")
+
+
+def build(spec: ProviderSpec, context: BuildContext) -> ElectricityMapsProvider:
+    token = TOKEN.read(context.env)
+    if not token:
+        raise ProviderSpecError(f"{spec.text}: no Electricity Maps API token; " + TOKEN.hint())
+    return ElectricityMapsProvider(
+        context.http_client(spec, API),
+        token,
+        zone=spec.zone,
+        lat=spec.number("lat", None, positive=False),
+        lon=spec.number("lon", None, positive=False),
+        emission_factor_type=spec.params.get("emission_factor_type"),
+        disable_estimations=spec.flag("disable_estimations", False),
+        want_forecast=spec.flag("forecast", True),
+        forecast_hours=spec.whole_hours(),
+        clock=context.clock,
+    )
+
+
+PROVIDER = ProviderKind(
+    name="electricitymaps",
+    build=build,
+    usage="electricitymaps:ZONE",
+    options=frozenset({"lat", "lon", "emission_factor_type", "disable_estimations"}),
+    flag_options=frozenset({"disable_estimations"}),
+    forecast_hours=FORECAST_HOURS,
+    http=API,
+    credentials=(TOKEN,),
+    check_zone=check_zone,
+)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
@@ -21,6 +22,7 @@ from carbonsched.providers.base import (
     check_intensity,
     default_clock,
 )
+from carbonsched.providers.declaration import BuildContext, ProviderKind, ProviderSpec
 from carbonsched.types import IntensityReading
 
 ENERGY_MIX_RESOURCE = ("codecarbon", "data/private_infra/global_energy_mix.json")
@@ -82,6 +84,18 @@ class StaticProvider(IntensityProvider):
     def describe(self) -> dict:
         return {**super().describe(), "signal": "average", "interval_s": None, "calls": 0,
                 "value_g_per_kwh": self.intensity_g_per_kwh, "forecast_source": None, "forecast_hours": None, **self.detail}
+
+
+def check_zone(spec: ProviderSpec) -> None:
+    if spec.zone is None or not re.fullmatch(r"[A-Za-z]{3}", spec.zone):
+        raise ProviderSpecError(f"provider spec {spec.text!r}: static needs an ISO 3166-1 alpha-3 country, e.g. static:FRA")
+
+
+def build(spec: ProviderSpec, context: BuildContext) -> StaticProvider:
+    return StaticProvider(spec.zone or "", clock=context.clock)
+
+
+PROVIDER = ProviderKind(name="static", build=build, usage="static:ISO3", check_zone=check_zone)
 
 
 def main() -> None:

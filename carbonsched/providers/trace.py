@@ -56,6 +56,7 @@ from carbonsched.providers.base import (
     ProviderSpecError,
     default_clock,
 )
+from carbonsched.providers.declaration import BuildContext, DoctorNote, ProviderKind, ProviderSpec
 from carbonsched.types import ForecastPoint, IntensityReading
 
 HEADER = ("timestamp", "intensity_g_per_kwh")
@@ -361,3 +362,43 @@ class TraceProvider(IntensityProvider):
             "forecast_hours": self.forecast_hours,
             "calls": self.calls,
         }
+
+
+def spec_noise_model(spec: ProviderSpec) -> LogErrorModel | None:
+    """The spec's ``noise_model=FILE.json``, read now; a bad file is a ProviderSpecError naming it and the field."""
+    # Imported here: the planning modules read their files with the trace reader of this module.
+    from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
+
+    path = spec.params.get("noise_model")
+    if path is None:
+        return None
+    try:
+        return load_noise_model(Path(path).expanduser())
+    except NoiseModelError as exc:
+        raise ProviderSpecError(f"provider spec {spec.text!r}: noise_model: {exc}") from None
+
+
+def build(spec: ProviderSpec, context: BuildContext) -> TraceProvider:
+    return TraceProvider(spec.zone, speedup=spec.number("speedup", 1.0) or 1.0, clock=context.clock,
+                         time_column=spec.params.get("time_column"),
+                         intensity_column=spec.params.get("intensity_column"),
+                         forecast_hours=spec.number("forecast_hours", DEFAULT_FORECAST_HOURS) or DEFAULT_FORECAST_HOURS,
+                         forecast_noise=spec.number("forecast_noise", 0.0, positive=False) or 0.0,
+                         forecast_seed=int(spec.params.get("forecast_seed", "0")),
+                         noise_model=spec_noise_model(spec), noise_model_path=spec.params.get("noise_model", ""))
+
+
+def doctor_note(spec: ProviderSpec) -> DoctorNote:
+    return DoctorNote(f"{spec.text!r} replays a recorded trace, not this node's grid",
+                      "use a live provider for real runs, e.g. electricitymaps:<ZONE> or static:<ISO3>")
+
+
+PROVIDER = ProviderKind(
+    name="trace",
+    build=build,
+    usage="trace (the bundled synthetic trace, not this node's grid)",
+    options=frozenset({"speedup", "time_column", "intensity_column", "forecast_noise", "forecast_seed", "noise_model"}),
+    positive_options=frozenset({"speedup"}),
+    forecast_hours=MAX_FORECAST_HOURS,
+    doctor_note=doctor_note,
+)

@@ -11,11 +11,14 @@ regional readings are always estimated; their forecast comes from
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 
-from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
-from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
+from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
+                                        parse_utc)
+from carbonsched.providers.declaration import BuildContext, DoctorNote, HttpApi, ProviderKind, ProviderSpec
 from carbonsched.providers.http import HttpClient
+from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
 
 log = logging.getLogger("carbonsched.providers")
 
@@ -24,6 +27,7 @@ INTERVAL_S = 1800.0
 REGION_IDS = range(1, 18)
 FORECAST_HOURS = (24, 48)  # the API's forward windows: fw24h, fw48h
 DEFAULT_FORECAST_HOURS = 48
+OUTWARD_POSTCODE = re.compile(r"^[A-Z]{1,2}[0-9][A-Z0-9]?$")
 
 
 class UkGridProvider(IntensityProvider):
@@ -159,3 +163,45 @@ def _region_block(provider: str, body: object) -> dict:
     if isinstance(data, dict):
         return data
     raise ProviderError(provider, "regional reply has no region data")
+
+
+API = HttpApi("CARBONSCHED_UKGRID_URL", DEFAULT_ROOT)
+
+
+def check_zone(spec: ProviderSpec) -> None:
+    """No zone (national), ``region=<1-17>`` or ``postcode=<outward code>``."""
+    if spec.zone is None:
+        return
+    text = spec.text
+    key, has_eq, value = spec.zone.partition("=")
+    if not has_eq or key not in ("region", "postcode"):
+        raise ProviderSpecError(f"provider spec {text!r}: ukgrid zone must be region=<1-17> or postcode=<outward code>")
+    if key == "region" and not (value.isdigit() and int(value) in REGION_IDS):
+        raise ProviderSpecError(f"provider spec {text!r}: ukgrid region must be a number from 1 to 17")
+    if key == "postcode" and not OUTWARD_POSTCODE.match(value.upper()):
+        raise ProviderSpecError(f"provider spec {text!r}: ukgrid postcode must be an outward code such as RG10")
+
+
+def build(spec: ProviderSpec, context: BuildContext) -> UkGridProvider:
+    key, _, value = (spec.zone or "").partition("=")
+    where: dict = {"region_id": int(value)} if key == "region" else {"postcode": value} if key == "postcode" else {}
+    return UkGridProvider(context.http_client(spec, API), **where, want_forecast=spec.flag("forecast", True),
+                          forecast_hours=spec.whole_hours() or DEFAULT_FORECAST_HOURS, clock=context.clock)
+
+
+def doctor_note(spec: ProviderSpec) -> DoctorNote | None:
+    if spec.zone is not None:
+        return None
+    return DoctorNote(f"{spec.text!r}: no region given; falling back to the national Great Britain value",
+                      "add a region or postcode, e.g. ukgrid:region=13 or ukgrid:postcode=RG10")
+
+
+PROVIDER = ProviderKind(
+    name="ukgrid",
+    build=build,
+    usage="ukgrid[:region=N]",
+    forecast_hours=FORECAST_HOURS,
+    http=API,
+    check_zone=check_zone,
+    doctor_note=doctor_note,
+)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timedelta
 
-from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
+                                        parse_utc)
+from carbonsched.providers.declaration import BuildContext, Credential, HttpApi, ProviderKind, ProviderSpec
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
 
@@ -151,3 +153,33 @@ class WattTimeProvider(IntensityProvider):
             "forecast_hours": self.forecast_hours or API_DEFAULT_FORECAST_HOURS,
             **self.http.describe(),
         }
+
+
+USERNAME = Credential(USERNAME_ENV, USERNAME_CREDENTIAL)
+PASSWORD = Credential(PASSWORD_ENV, PASSWORD_CREDENTIAL)
+API = HttpApi("CARBONSCHED_WATTTIME_URL", DEFAULT_ROOT)
+
+
+def check_zone(spec: ProviderSpec) -> None:
+    if spec.zone is None:
+        raise ProviderSpecError(f"provider spec {spec.text!r}: watttime needs a region, e.g. watttime:CAISO_NORTH")
+
+
+def build(spec: ProviderSpec, context: BuildContext) -> WattTimeProvider:
+    username, password = USERNAME.read(context.env), PASSWORD.read(context.env)
+    if not username or not password:
+        missing = USERNAME if not username else PASSWORD
+        raise ProviderSpecError(f"{spec.text}: no WattTime credentials; " + missing.hint())
+    return WattTimeProvider(context.http_client(spec, API), username, password, region=spec.zone or "",
+                            forecast_hours=spec.whole_hours(), clock=context.clock)
+
+
+PROVIDER = ProviderKind(
+    name="watttime",
+    build=build,
+    usage="watttime:REGION",
+    forecast_hours=tuple(range(1, MAX_FORECAST_HOURS + 1)),
+    http=API,
+    credentials=(USERNAME, PASSWORD),
+    check_zone=check_zone,
+)

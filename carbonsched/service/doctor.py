@@ -101,22 +101,10 @@ def check_cpu_ram(powercap_root: Path = DEFAULT_POWERCAP_ROOT) -> list[Check]:
 # -- provider --------------------------------------------------------------------------------------
 
 
-def _credentials_by_kind() -> dict[str, tuple[tuple[str, str], ...]]:
-    from carbonsched.providers import electricitymaps, watttime
-
-    return {
-        "electricitymaps": ((electricitymaps.TOKEN_ENV, electricitymaps.TOKEN_CREDENTIAL),),
-        "watttime": (
-            (watttime.USERNAME_ENV, watttime.USERNAME_CREDENTIAL),
-            (watttime.PASSWORD_ENV, watttime.PASSWORD_CREDENTIAL),
-        ),
-    }
-
-
 def check_provider(spec_text: str | None, env: Mapping[str, str], check_network: bool = False) -> list[Check]:
     try:
         from carbonsched.providers import DEFAULT_PROVIDER_SPEC, ProviderSpecError
-        from carbonsched.providers.secrets import credential_hint, read_credential
+        from carbonsched.providers.registry import declaration_of
         from carbonsched.providers.spec import parse_specs
     except ImportError as exc:
         return [Check("provider", "warn", f"cannot check the provider: {exc}", "reinstall carbonsched")]
@@ -134,38 +122,24 @@ def check_provider(spec_text: str | None, env: Mapping[str, str], check_network:
         specs = parse_specs(spec_text)
     except ProviderSpecError as exc:
         return checks + [Check("provider", "fail", str(exc), "fix the --provider spec (see `carbonsched --help`)")]
-    credentials = _credentials_by_kind()
     for spec in specs:
-        missing = [(var, name) for var, name in credentials.get(spec.kind, ()) if not read_credential(env, var, name)]
+        declared = declaration_of(spec.kind, spec.text)
+        missing = declared.missing_credentials(env)
         if missing:
             checks.append(Check(
                 f"provider:{spec.text}", "fail",
-                f"{spec.kind} credentials missing: {', '.join(var for var, _ in missing)}",
-                "; ".join(credential_hint(var, name) for var, name in missing),
+                f"{spec.kind} credentials missing: {', '.join(credential.env_var for credential in missing)}",
+                "; ".join(credential.hint() for credential in missing),
             ))
         else:
-            needs = ", ".join(var for var, _ in credentials.get(spec.kind, ()))
+            needs = ", ".join(credential.env_var for credential in declared.credentials)
             checks.append(Check(f"provider:{spec.text}", "ok", f"{spec.kind}: " + (f"{needs} set" if needs else "no credentials needed")))
-        location = None if defaulted else _location(spec)
-        if location is not None:
-            checks.append(location)
+        note = None if defaulted else declared.doctor_note(spec)
+        if note is not None:
+            checks.append(Check("location", "warn", note.message, note.fix))
     if check_network:
         checks.append(_fetch(spec_text, env))
     return checks
-
-
-def _location(spec: Any) -> Check | None:
-    if spec.kind == "trace":
-        return Check(
-            "location", "warn", f"{spec.text!r} replays a recorded trace, not this node's grid",
-            "use a live provider for real runs, e.g. electricitymaps:<ZONE> or static:<ISO3>",
-        )
-    if spec.kind == "ukgrid" and spec.zone is None:
-        return Check(
-            "location", "warn", f"{spec.text!r}: no region given; falling back to the national Great Britain value",
-            "add a region or postcode, e.g. ukgrid:region=13 or ukgrid:postcode=RG10",
-        )
-    return None
 
 
 def _fetch(spec_text: str, env: Mapping[str, str]) -> Check:
@@ -275,12 +249,11 @@ def run_checks(
 def secrets_in(env: Mapping[str, str]) -> list[str]:
     """Every credential value present in ``env`` (or its systemd credential files), for redaction."""
     try:
-        from carbonsched.providers.secrets import read_credential
-
-        pairs = [pair for group in _credentials_by_kind().values() for pair in group]
+        from carbonsched.providers.registry import loadable_kinds
     except ImportError:
         return []
-    return [value for var, name in pairs if (value := read_credential(env, var, name))]
+    credentials = [credential for kind in loadable_kinds() for credential in kind.credentials]
+    return [value for credential in credentials if (value := credential.read(env))]
 
 
 def exit_code(checks: list[Check]) -> int:

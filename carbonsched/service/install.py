@@ -41,10 +41,8 @@ POLICY_HEADER = (
 
 
 PROVIDER_PLACEHOLDER = "@PROVIDER@"
-PROVIDER_FORMS = {
-    "electricitymaps": "electricitymaps:ZONE", "watttime": "watttime:REGION", "ukgrid": "ukgrid[:region=N]",
-    "static": "static:ISO3", "trace": "trace (the bundled synthetic trace, not this node's grid)",
-}
+# The kinds suggested first when a provider must be named: the live grids, then the synthetic trace last.
+SUGGESTED_KINDS = ("electricitymaps", "watttime", "ukgrid", "static", "trace")
 
 
 @dataclass(frozen=True)
@@ -75,11 +73,11 @@ class ProviderMissing(ServiceError):
     """Nothing names the provider: the install needs ``--provider``."""
 
     def __init__(self) -> None:
-        from carbonsched.providers.spec import KINDS
+        from carbonsched.providers.registry import loadable_kinds
 
-        kinds = [kind for kind in PROVIDER_FORMS if kind in KINDS]
-        kinds += [kind for kind in KINDS if kind not in PROVIDER_FORMS]
-        self.forms = ", ".join(PROVIDER_FORMS.get(kind, kind) for kind in kinds)
+        usage = {kind.name: kind.usage for kind in loadable_kinds()}
+        kinds = [name for name in SUGGESTED_KINDS if name in usage] + [name for name in usage if name not in SUGGESTED_KINDS]
+        self.forms = ", ".join(usage[name] for name in kinds)
         super().__init__(f"no provider given: pass --provider with one of {self.forms}", 2)
 
 
