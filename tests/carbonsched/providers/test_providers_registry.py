@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from carbonsched.doctor import check_provider, redact
+from carbonsched.service.doctor import check_provider, redact
 from carbonsched.providers import ProviderSpecError, build_provider
 from carbonsched.providers.registry import BUILTIN_PROVIDERS, ENTRY_POINT_GROUP, available_kinds
 from carbonsched.providers.spec import parse_specs
 
 TOKEN = "fixedgrid-secret-51c2"
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 # The whole of a new provider (its class, zone check, builder and declaration), as the docs show it.
 PLUGIN_MODULE = (REPO_ROOT / "docs" / "examples" / "fixedgrid_provider" / "fixedgrid_provider.py").read_text(
     encoding="utf-8")
