@@ -170,20 +170,8 @@ def train(
     pause_max_wait_s: float = typer.Option(300.0, "--pause-max-wait-s", help="With --may-pause: resume a pause on its own after the daemon has not answered for this long (s)."),
 ) -> None:
     """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
-    opts = dict(ctx.params)  # parse: the command line, then --config, a resumed run, the environment
     try:
-        if config is not None:
-            from gt_core.commands.config_file import ConfigFileError, apply_config_file
-
-            try:
-                opts = apply_config_file(ctx, config, opts)
-            except ConfigFileError as exc:
-                raise _BadInput(str(exc)) from None
-        opts = _resume_requeued_slurm_job(opts)
-        if opts["resume"] is not None:
-            opts = _resumed_options(ctx, opts)
-        opts = _declared_in_environment(ctx, opts)
-        options = validate_train_options(opts)
+        options = validate_train_options(_gathered_options(ctx))
         trainer = build_trainer(options)
     except (_BadInput, TrainOptionsError) as exc:
         _fail(str(exc))
@@ -211,6 +199,23 @@ def train(
         f"model in {output_dir / 'final'}"
         + (_daemon_job_summary(trainer.rho_source, epochs_this_run) if rho_from is not None else "")
     )
+
+
+def _gathered_options(ctx: typer.Context) -> dict[str, Any]:
+    """Parse: one value per option, from the command line, then --config, a resumed run's saved
+    options (also when Slurm requeued the job) and a job declared in the environment."""
+    opts = dict(ctx.params)
+    if opts["config"] is not None:
+        from gt_core.commands.config_file import ConfigFileError, apply_config_file
+
+        try:
+            opts = apply_config_file(ctx, opts["config"], opts)
+        except ConfigFileError as exc:
+            raise _BadInput(str(exc)) from None
+    opts = _resume_requeued_slurm_job(opts)
+    if opts["resume"] is not None:
+        opts = _resumed_options(ctx, opts)
+    return _declared_in_environment(ctx, opts)
 
 
 def _rho_source_text(trainer: Any, options: TrainOptions) -> str:
