@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from carbonsched import PROTOCOL_VERSION
 
@@ -443,7 +443,7 @@ class DeadlineJob:
         return dict(self._wire_items())
 
     @classmethod
-    def from_wire(cls, fields: Mapping[str, Any]) -> "DeadlineJob | None":
+    def from_wire(cls, fields: dict[str, Any]) -> "DeadlineJob | None":
         """From ``job.start`` fields or a declaration (other fields ignored; an ISO 8601 deadline is
         read as :func:`instant_unix_s` does); None when none of :data:`DECLARATION_FIELDS` is there."""
         if not any(fields.get(name) is not None for name in DECLARATION_FIELDS):
