@@ -397,3 +397,61 @@ def declaration_problem(fields: dict[str, Any]) -> str | None:
     if "mean_rho" in fields and "rho_min" in fields and fields["mean_rho"] < fields["rho_min"]:
         return "field 'mean_rho' must be at least 'rho_min'"
     return None
+
+
+@dataclass(frozen=True)
+class DeadlineJob:
+    """The job model a deadline job declares with ``job.start`` (and ``carbonsched sbatch`` hands
+    the trainer in :data:`JOB_DECLARATION_ENV`): one value from the command line to the wire and,
+    on the daemon side, from the request to the store.
+
+    ``deadline_unix_s`` is when the job must be done (unix s); ``epochs`` its length;
+    ``epoch_s_at_full_rho`` the estimated wall seconds of one epoch at ρ 1; ``rho_min`` and
+    ``mean_rho`` the ρ floor and the quality floor (fractions in (0, 1]); ``may_pause`` whether the
+    daemon may pause it between steps; ``release_after_s`` (under Slurm) after how long a planned
+    pause requeues it. A declaration may leave the deadline out (a job with ``may_pause`` only), but
+    the deadline and the epochs go together. Every field is checked as ``job.start`` checks it;
+    ValueError naming the wire field otherwise. The wire names are those of :data:`DECLARATION_FIELDS`.
+    """
+
+    deadline_unix_s: float | None = None
+    epochs: float | None = None
+    epoch_s_at_full_rho: float | None = None
+    rho_min: float | None = None
+    mean_rho: float | None = None
+    may_pause: bool = False
+    release_after_s: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = OPS["job.start"]
+        for wire_name, value in self._wire_items():
+            try:
+                checks[wire_name][1](value)
+            except ValueError as exc:
+                raise ValueError(f"field {wire_name!r} {exc}") from None
+        problem = declaration_problem(self.to_wire())
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _wire_items(self) -> list[tuple[str, Any]]:
+        values = (self.deadline_unix_s, self.epochs, self.epoch_s_at_full_rho, self.rho_min, self.mean_rho,
+                  True if self.may_pause else None, self.release_after_s)
+        return [(name, value) for name, value in zip(DECLARATION_FIELDS, values) if value is not None]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``job.start`` fields (:data:`DECLARATION_FIELDS`); None and ``may_pause`` false left out."""
+        return dict(self._wire_items())
+
+    @classmethod
+    def from_wire(cls, fields: dict[str, Any]) -> "DeadlineJob | None":
+        """From ``job.start`` fields or a declaration (other fields ignored; an ISO 8601 deadline is
+        read as :func:`instant_unix_s` does); None when none of :data:`DECLARATION_FIELDS` is there."""
+        if not any(fields.get(name) is not None for name in DECLARATION_FIELDS):
+            return None
+        deadline = fields.get("deadline")
+        return cls(
+            deadline_unix_s=instant_unix_s(deadline) if isinstance(deadline, str) else deadline,
+            epochs=fields.get("epochs"), epoch_s_at_full_rho=fields.get("epoch_seconds"),
+            rho_min=fields.get("rho_min"), mean_rho=fields.get("mean_rho"),
+            may_pause=fields.get("may_pause") is True, release_after_s=fields.get("release_after_s"),
+        )

@@ -101,150 +101,153 @@ def job_plan_line(job: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def run(
+    config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV, help="TOML config file."),
+    socket: Optional[Path] = typer.Option(None, "--socket", help="Socket path to listen on."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Directory for the SQLite store."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec, e.g. 'trace?speedup=600'."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML file."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:N."),
+    poll_intensity_s: Optional[float] = typer.Option(None, "--poll-intensity-s", min=0.01, help="Intensity polling interval."),
+    sample_power_s: Optional[float] = typer.Option(None, "--sample-power-s", min=0.01, help="Power sampling interval."),
+    decide_s: Optional[float] = typer.Option(None, "--decide-s", min=0.01, help="ρ decision interval."),
+    check_jobs_s: Optional[float] = typer.Option(None, "--check-jobs-s", min=0.01, help="How often to look for jobs whose processes died."),
+) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify). SIGHUP reloads, SIGTERM stops."""
+    from carbonsched.daemon.lifecycle import StartupError, run_daemon
+
+    overrides = dict(
+        socket=socket, state_dir=state_dir, provider=provider, policy=policy, metrics_port=metrics_port,
+        poll_intensity_s=poll_intensity_s, sample_power_s=sample_power_s, decide_s=decide_s, check_jobs_s=check_jobs_s,
+    )
+    config = _config(config_file, **overrides)
+    try:
+        run_daemon(config, cli_overrides=overrides)
+    except StartupError as exc:
+        _fail(f"cannot start: {exc}")
+
+
+def status(socket: Optional[Path] = SocketOption, as_json: bool = JsonOption, timeout_s: float = TimeoutOption) -> None:
+    """What the daemon is doing: provider, policy, last decision, meter, jobs, errors."""
+    r = _ask(socket, timeout_s, "status")
+    if as_json:
+        return _print_json(r)
+    decision, intensity, policy = r.get("last_decision") or {}, r.get("intensity") or {}, r.get("policy") or {}
+    lines = [
+        f"daemon     pid {r.get('pid')}, up {_num(r.get('uptime_s'), '{:.0f}', ' s')}, version {r.get('version')}",
+        f"provider   {(r.get('provider') or {}).get('name', '?')}: "
+        f"{_num(intensity.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')}"
+        + (f" ({intensity.get('signal')}, age {intensity.get('age_s', 0):.0f} s)" if intensity else ""),
+        f"forecast   {_forecast_line(r.get('provider') or {})}",
+        f"policy     {policy.get('name')} ({policy.get('kind')}, {policy.get('file')}), rho_min {policy.get('rho_min')}",
+        f"rho        {_num(decision.get('rho'), '{:.3f}')}: {decision.get('reason', 'no decision yet')}",
+    ]
+    if r.get("override"):
+        o = r["override"]
+        lines.append(f"override   rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'} (uid {o.get('uid')})")
+    meter = r.get("meter") or {}
+    lines.append(f"power      GPU {_num(r.get('gpu_power_w'), unit=' W')}; today {_num(r.get('carbon_used_today_g'), '{:.2f}', ' gCO2e')}"
+                 + (f"; meter: {meter.get('error')}" if meter.get("error") else ""))
+    jobs = r.get("jobs_running") or []
+    lines.append(f"jobs       {len(jobs)} running" + "".join(f"\n           {j['job_id']} {j['model']} ({j['scheme']}, pid {j['pid']})" for j in jobs))
+    if r.get("reload_error"):
+        lines.append(f"reload     {r['reload_error']}")
+    for e in _current_errors(r)[-5:]:
+        lines.append(f"error      {e['at']} {e['where']}: {e['message']}")
+    typer.echo("\n".join(lines))
+
+
+def rho(
+    job_id: Optional[str] = typer.Option(None, "--job-id"),
+    socket: Optional[Path] = SocketOption,
+    as_json: bool = JsonOption,
+    timeout_s: float = TimeoutOption,
+) -> None:
+    """The ρ the daemon gives training jobs now, and why."""
+    r = _ask(socket, timeout_s, "rho", **({"job_id": job_id} if job_id else {}))
+    if as_json:
+        return _print_json(r)
+    typer.echo(
+        f"rho {r['rho']:.3f}{' (override)' if r.get('override') else ''} — {r.get('policy')}: {r.get('reason')}\n"
+        f"intensity {_num(r.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')} ({r.get('signal')}, {r.get('provider')}), "
+        f"valid until {r.get('valid_until')}"
+    )
+
+
+def intensity(
+    config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV, help="TOML config file."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the config's)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Current grid carbon intensity from the configured provider (no daemon needed)."""
+    from carbonsched.daemon.lifecycle import build_provider_from
+    from carbonsched.types import ProviderError
+
+    config = _config(config_file, provider=provider)
+    try:
+        reading = build_provider_from(config).current()
+    except (ProviderError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        return _print_json({
+            "intensity_g_per_kwh": reading.intensity_g_per_kwh, "signal": reading.signal, "provider": reading.provider,
+            "zone": reading.zone, "timestamp": reading.timestamp.isoformat(), "fetched_at": reading.fetched_at.isoformat(),
+            "estimated": reading.estimated, "age_s": reading.age_s(),
+            "forecast": [{"timestamp": p.timestamp.isoformat(), "intensity_g_per_kwh": p.intensity_g_per_kwh} for p in reading.forecast],
+        })
+    typer.echo(
+        f"{reading.intensity_g_per_kwh:.1f} gCO2e/kWh ({reading.signal}) from {reading.provider}"
+        f"{' zone ' + reading.zone if reading.zone else ''}, for {reading.timestamp.isoformat()}"
+        f"{' (estimated)' if reading.estimated else ''}"
+    )
+
+
+def jobs(
+    status_filter: Optional[str] = typer.Option(None, "--status", help="Only jobs with this status (running, completed, ...)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    socket: Optional[Path] = SocketOption,
+    as_json: bool = JsonOption,
+    timeout_s: float = TimeoutOption,
+) -> None:
+    """Training jobs the daemon knows about."""
+    fields = {k: v for k, v in (("status", status_filter), ("limit", limit)) if v is not None}
+    r = _ask(socket, timeout_s, "jobs", **fields)
+    if as_json:
+        return _print_json(r)
+    if not r["jobs"]:
+        typer.echo("no jobs")
+    for j in r["jobs"]:
+        rank = f" rank {j['rank']}/{j['world_size']}" if j.get("world_size") and j.get("rank") is not None else ""
+        status = "paused" if j.get("paused") and j["status"] == "running" else j["status"]
+        typer.echo(f"{j['job_id']}  {status:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
+                   f"{j['started_at']} → {j['ended_at'] or '…'}")
+        if j.get("deadline") or j.get("paused_s"):
+            typer.echo("    " + job_plan_line(j))
+
+
+def override(
+    value: Optional[float] = typer.Argument(None, metavar="RHO", help="ρ in (0, 1] to serve instead of the policy's."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the override."),
+    ttl_s: Optional[float] = typer.Option(None, "--ttl-s", help="Override expires after this many seconds."),
+    socket: Optional[Path] = SocketOption,
+    as_json: bool = JsonOption,
+    timeout_s: float = TimeoutOption,
+) -> None:
+    """Force ρ (daemon's user or root only)."""
+    if clear == (value is not None):
+        _fail("give either RHO or --clear", 2)
+    if value is not None and not 0.0 < value <= 1.0:
+        _fail("RHO must be in (0, 1]", 2)
+    fields: dict[str, Any] = {"rho": None if clear else value}
+    if ttl_s is not None:
+        fields["ttl_s"] = ttl_s
+    r = _ask(socket, timeout_s, "override", **fields)
+    if as_json:
+        return _print_json(r)
+    o = r.get("override")
+    typer.echo("override cleared" if o is None else f"rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'}")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def run(
-        config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV, help="TOML config file."),
-        socket: Optional[Path] = typer.Option(None, "--socket", help="Socket path to listen on."),
-        state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Directory for the SQLite store."),
-        provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec, e.g. 'trace?speedup=600'."),
-        policy: Optional[Path] = typer.Option(None, "--policy", help="Policy TOML file."),
-        metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:N."),
-        poll_intensity_s: Optional[float] = typer.Option(None, "--poll-intensity-s", min=0.01, help="Intensity polling interval."),
-        sample_power_s: Optional[float] = typer.Option(None, "--sample-power-s", min=0.01, help="Power sampling interval."),
-        decide_s: Optional[float] = typer.Option(None, "--decide-s", min=0.01, help="ρ decision interval."),
-        check_jobs_s: Optional[float] = typer.Option(None, "--check-jobs-s", min=0.01, help="How often to look for jobs whose processes died."),
-    ) -> None:
-        """Run the daemon in the foreground (systemd: Type=notify). SIGHUP reloads, SIGTERM stops."""
-        from carbonsched.daemon.lifecycle import StartupError, run_daemon
-
-        overrides = dict(
-            socket=socket, state_dir=state_dir, provider=provider, policy=policy, metrics_port=metrics_port,
-            poll_intensity_s=poll_intensity_s, sample_power_s=sample_power_s, decide_s=decide_s, check_jobs_s=check_jobs_s,
-        )
-        config = _config(config_file, **overrides)
-        try:
-            run_daemon(config, cli_overrides=overrides)
-        except StartupError as exc:
-            _fail(f"cannot start: {exc}")
-
-    @app.command()
-    def status(socket: Optional[Path] = SocketOption, as_json: bool = JsonOption, timeout_s: float = TimeoutOption) -> None:
-        """What the daemon is doing: provider, policy, last decision, meter, jobs, errors."""
-        r = _ask(socket, timeout_s, "status")
-        if as_json:
-            return _print_json(r)
-        decision, intensity, policy = r.get("last_decision") or {}, r.get("intensity") or {}, r.get("policy") or {}
-        lines = [
-            f"daemon     pid {r.get('pid')}, up {_num(r.get('uptime_s'), '{:.0f}', ' s')}, version {r.get('version')}",
-            f"provider   {(r.get('provider') or {}).get('name', '?')}: "
-            f"{_num(intensity.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')}"
-            + (f" ({intensity.get('signal')}, age {intensity.get('age_s', 0):.0f} s)" if intensity else ""),
-            f"forecast   {_forecast_line(r.get('provider') or {})}",
-            f"policy     {policy.get('name')} ({policy.get('kind')}, {policy.get('file')}), rho_min {policy.get('rho_min')}",
-            f"rho        {_num(decision.get('rho'), '{:.3f}')}: {decision.get('reason', 'no decision yet')}",
-        ]
-        if r.get("override"):
-            o = r["override"]
-            lines.append(f"override   rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'} (uid {o.get('uid')})")
-        meter = r.get("meter") or {}
-        lines.append(f"power      GPU {_num(r.get('gpu_power_w'), unit=' W')}; today {_num(r.get('carbon_used_today_g'), '{:.2f}', ' gCO2e')}"
-                     + (f"; meter: {meter.get('error')}" if meter.get("error") else ""))
-        jobs = r.get("jobs_running") or []
-        lines.append(f"jobs       {len(jobs)} running" + "".join(f"\n           {j['job_id']} {j['model']} ({j['scheme']}, pid {j['pid']})" for j in jobs))
-        if r.get("reload_error"):
-            lines.append(f"reload     {r['reload_error']}")
-        for e in _current_errors(r)[-5:]:
-            lines.append(f"error      {e['at']} {e['where']}: {e['message']}")
-        typer.echo("\n".join(lines))
-
-    @app.command()
-    def rho(
-        job_id: Optional[str] = typer.Option(None, "--job-id"),
-        socket: Optional[Path] = SocketOption,
-        as_json: bool = JsonOption,
-        timeout_s: float = TimeoutOption,
-    ) -> None:
-        """The ρ the daemon gives training jobs now, and why."""
-        r = _ask(socket, timeout_s, "rho", **({"job_id": job_id} if job_id else {}))
-        if as_json:
-            return _print_json(r)
-        typer.echo(
-            f"rho {r['rho']:.3f}{' (override)' if r.get('override') else ''} — {r.get('policy')}: {r.get('reason')}\n"
-            f"intensity {_num(r.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')} ({r.get('signal')}, {r.get('provider')}), "
-            f"valid until {r.get('valid_until')}"
-        )
-
-    @app.command()
-    def intensity(
-        config_file: Optional[Path] = typer.Option(None, "--config", envvar=CONFIG_ENV, help="TOML config file."),
-        provider: Optional[str] = typer.Option(None, "--provider", help="Provider spec (default: the config's)."),
-        as_json: bool = JsonOption,
-    ) -> None:
-        """Current grid carbon intensity from the configured provider (no daemon needed)."""
-        from carbonsched.daemon.lifecycle import build_provider_from
-        from carbonsched.types import ProviderError
-
-        config = _config(config_file, provider=provider)
-        try:
-            reading = build_provider_from(config).current()
-        except (ProviderError, ValueError) as exc:
-            _fail(str(exc))
-        if as_json:
-            return _print_json({
-                "intensity_g_per_kwh": reading.intensity_g_per_kwh, "signal": reading.signal, "provider": reading.provider,
-                "zone": reading.zone, "timestamp": reading.timestamp.isoformat(), "fetched_at": reading.fetched_at.isoformat(),
-                "estimated": reading.estimated, "age_s": reading.age_s(),
-                "forecast": [{"timestamp": p.timestamp.isoformat(), "intensity_g_per_kwh": p.intensity_g_per_kwh} for p in reading.forecast],
-            })
-        typer.echo(
-            f"{reading.intensity_g_per_kwh:.1f} gCO2e/kWh ({reading.signal}) from {reading.provider}"
-            f"{' zone ' + reading.zone if reading.zone else ''}, for {reading.timestamp.isoformat()}"
-            f"{' (estimated)' if reading.estimated else ''}"
-        )
-
-    @app.command()
-    def jobs(
-        status_filter: Optional[str] = typer.Option(None, "--status", help="Only jobs with this status (running, completed, ...)."),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1),
-        socket: Optional[Path] = SocketOption,
-        as_json: bool = JsonOption,
-        timeout_s: float = TimeoutOption,
-    ) -> None:
-        """Training jobs the daemon knows about."""
-        fields = {k: v for k, v in (("status", status_filter), ("limit", limit)) if v is not None}
-        r = _ask(socket, timeout_s, "jobs", **fields)
-        if as_json:
-            return _print_json(r)
-        if not r["jobs"]:
-            typer.echo("no jobs")
-        for j in r["jobs"]:
-            rank = f" rank {j['rank']}/{j['world_size']}" if j.get("world_size") and j.get("rank") is not None else ""
-            status = "paused" if j.get("paused") and j["status"] == "running" else j["status"]
-            typer.echo(f"{j['job_id']}  {status:<11} {j['model']} ({j['scheme']}) pid {j['pid']} uid {j['uid']}{rank}  "
-                       f"{j['started_at']} → {j['ended_at'] or '…'}")
-            if j.get("deadline") or j.get("paused_s"):
-                typer.echo("    " + job_plan_line(j))
-
-    @app.command()
-    def override(
-        value: Optional[float] = typer.Argument(None, metavar="RHO", help="ρ in (0, 1] to serve instead of the policy's."),
-        clear: bool = typer.Option(False, "--clear", help="Remove the override."),
-        ttl_s: Optional[float] = typer.Option(None, "--ttl-s", help="Override expires after this many seconds."),
-        socket: Optional[Path] = SocketOption,
-        as_json: bool = JsonOption,
-        timeout_s: float = TimeoutOption,
-    ) -> None:
-        """Force ρ (daemon's user or root only)."""
-        if clear == (value is not None):
-            _fail("give either RHO or --clear", 2)
-        if value is not None and not 0.0 < value <= 1.0:
-            _fail("RHO must be in (0, 1]", 2)
-        fields: dict[str, Any] = {"rho": None if clear else value}
-        if ttl_s is not None:
-            fields["ttl_s"] = ttl_s
-        r = _ask(socket, timeout_s, "override", **fields)
-        if as_json:
-            return _print_json(r)
-        o = r.get("override")
-        typer.echo("override cleared" if o is None else f"rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'}")
+    for command in (run, status, rho, intensity, jobs, override):
+        app.command()(command)

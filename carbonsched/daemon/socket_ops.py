@@ -22,7 +22,7 @@ from carbonsched.planning.receding import JobDeclaration
 from carbonsched.daemon.periodic import PeriodicWork
 from carbonsched.daemon.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
-from carbonsched.protocol import DECLARATION_FIELDS, ProtocolError, Request, declaration_problem
+from carbonsched.protocol import DeadlineJob, ProtocolError, Request, declaration_problem
 from carbonsched.daemon.runtime_state import RuntimeState
 from carbonsched.daemon.server import PeerCred
 from carbonsched.slurm.slurm_cli import move_begin, record_in_slurm
@@ -111,7 +111,7 @@ def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Requ
 
 
 def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
-    check_declaration(fields)
+    deadline_job = checked_deadline_job(fields)
     job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
     now = utcnow()
     # Whatever names the job used (CUDA ordinals, GPU UUIDs, MIG ids, PCI bus ids) → this node's gpu:N.
@@ -142,25 +142,28 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     ctx.state.job_started(job_id, fields["model"], fields["scheme"])
     if "slurm_job_id" in fields:
         ctx.store.set_slurm_job(job_id, fields["slurm_job_id"], fields.get("slurm_nodes"))
-    if any(name in fields for name in DECLARATION_FIELDS):
-        declare_job(ctx, job_id, fields)
+    if deadline_job is not None:
+        declare_job(ctx, job_id, deadline_job)
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
-def check_declaration(fields: dict[str, Any]) -> None:
-    """Fields of the job model that make no sense together."""
-    problem = declaration_problem(fields)
-    if problem is not None:
-        raise ProtocolError("bad_request", f"job.start: {problem}")
+def checked_deadline_job(fields: dict[str, Any]) -> DeadlineJob | None:
+    """The job model a ``job.start`` declared, None when it declared none; a ``bad_request`` when
+    its fields make no sense together."""
+    try:
+        return DeadlineJob.from_wire(fields)
+    except ValueError as exc:
+        raise ProtocolError("bad_request", f"job.start: {exc}") from None
 
 
-def declare_job(ctx: OpContext, job_id: str, fields: dict[str, Any]) -> None:
+def declare_job(ctx: OpContext, job_id: str, job: DeadlineJob) -> None:
     """Keep the job model a deadline job declared (see carbonsched.planning.job_planner)."""
-    ctx.store.declare_job(job_id, may_pause=fields.get("may_pause", False),
-                          **{name: fields.get(name) for name in DECLARATION_FIELDS if name != "may_pause"})
-    if "deadline" in fields:
-        log.info("job %s: deadline %s, %g epochs%s", job_id, iso_utc(fields["deadline"]), fields["epochs"],
-                 ", may pause" if fields.get("may_pause") else "")
+    ctx.store.declare_job(job_id, deadline=job.deadline_unix_s, epochs=job.epochs, epoch_seconds=job.epoch_s_at_full_rho,
+                          rho_min=job.rho_min, mean_rho=job.mean_rho, may_pause=job.may_pause,
+                          release_after_s=job.release_after_s)
+    if job.deadline_unix_s is not None:
+        log.info("job %s: deadline %s, %g epochs%s", job_id, iso_utc(job.deadline_unix_s), job.epochs,
+                 ", may pause" if job.may_pause else "")
         try:  # plan it now: its first ρ request may come before the next decide interval
             ctx.work.decide()
         except Exception as exc:

@@ -1,16 +1,21 @@
 """`greentrainer train`: fine-tune a model with GreenTrainer or a baseline scheme.
 
-Every input is validated (data, fields, ρ, scheme, model, feasibility of ρ) before the output
-directory is created; bad input is one ``error: ...`` line on stderr and exit code 2.
+Three steps: parse (the command line, ``--config``, a resumed run's saved options and a job
+declared in the environment give one value per option), validate (pure, in
+:mod:`gt_core.commands.train_options`: a frozen ``TrainOptions`` or a usage error naming the
+option), build (the daemon probe, the data, the model, the output directory and its files).
+Every input is checked before the output directory is created; bad input is one ``error: ...``
+line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from gt_core.commands.train_options import JOB_ID_PATTERN, TrainOptions, TrainOptionsError, validate_train_options
 
 EXIT_BAD_INPUT = 2
 
@@ -22,18 +27,6 @@ class _BadInput(Exception):
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _parse_reselect(value: str) -> str | int:
-    if value in ("epoch", "on_change"):
-        return value
-    try:
-        steps = int(value)
-    except ValueError:
-        raise _BadInput(f"--reselect must be 'epoch', 'on_change' or a number of steps, got {value!r}") from None
-    if steps < 1:
-        raise _BadInput(f"--reselect needs a positive number of steps, got {steps}")
-    return steps
 
 
 def _load_data(
@@ -60,8 +53,9 @@ def _weight_dtype(precision: str) -> Any:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def _run_config(opts: dict[str, Any], precision: str) -> dict[str, Any]:
+def _run_config(options: TrainOptions, precision: str) -> dict[str, Any]:
     """What a tracker records as the run's parameters."""
+    opts = options.option_values()
     keep = ("tiny", "model", "data", "scheme", "rho", "epochs", "batch_size", "lr", "seed", "device", "frozen_state",
             "grad_accumulation", "weight_decay", "scheduler", "warmup_steps", "warmup_ratio", "importance_metric")
     return {**{k: opts[k] for k in keep if opts.get(k) is not None}, "precision": precision}
@@ -176,27 +170,16 @@ def train(
     pause_max_wait_s: float = typer.Option(300.0, "--pause-max-wait-s", help="With --may-pause: resume a pause on its own after the daemon has not answered for this long (s)."),
 ) -> None:
     """Fine-tune with GreenTrainer (or a baseline) under a FLOPs budget ρ."""
-    opts = {k: v for k, v in locals().items() if k != "ctx"}
     try:
-        if config is not None:
-            from gt_core.commands.config_file import ConfigFileError, apply_config_file
-
-            try:
-                opts = apply_config_file(ctx, config, opts)
-            except ConfigFileError as exc:
-                raise _BadInput(str(exc)) from None
-        opts = _resume_requeued_slurm_job(opts)
-        if opts["resume"] is not None:
-            opts = _resumed_options(ctx, opts)
-        opts = _declared_in_environment(ctx, opts)
-        trainer = _build_trainer(**opts)
-    except _BadInput as exc:
+        options = validate_train_options(_gathered_options(ctx))
+        trainer = build_trainer(options)
+    except (_BadInput, TrainOptionsError) as exc:
         _fail(str(exc))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc).strip("'\""))
-    output_dir, rho_from = Path(opts["output_dir"]), opts["rho_from"]
+    output_dir, rho_from = options.output_dir, options.rho_from
     if getattr(trainer, "rank", 0) == 0:
-        typer.echo(_banner(trainer, opts))
+        typer.echo(_banner(trainer, options))
     epochs_before = trainer.state.epoch
     records = trainer.train()
     epochs_this_run = trainer.state.epoch - epochs_before
@@ -218,24 +201,41 @@ def train(
     )
 
 
-def _rho_source_text(trainer: Any, opts: dict[str, Any]) -> str:
+def _gathered_options(ctx: typer.Context) -> dict[str, Any]:
+    """Parse: one value per option, from the command line, then --config, a resumed run's saved
+    options (also when Slurm requeued the job) and a job declared in the environment."""
+    opts = dict(ctx.params)
+    if opts["config"] is not None:
+        from gt_core.commands.config_file import ConfigFileError, apply_config_file
+
+        try:
+            opts = apply_config_file(ctx, opts["config"], opts)
+        except ConfigFileError as exc:
+            raise _BadInput(str(exc)) from None
+    opts = _resume_requeued_slurm_job(opts)
+    if opts["resume"] is not None:
+        opts = _resumed_options(ctx, opts)
+    return _declared_in_environment(ctx, opts)
+
+
+def _rho_source_text(trainer: Any, options: TrainOptions) -> str:
     source = trainer.rho_source
-    if opts["rho_from"] is not None:
+    if options.rho_from is not None:
         return f"rho from the daemon at {source.socket_path} (fallback {source.default_rho:.2f})"
-    if opts["rho_schedule"] is not None:
-        return f"rho schedule {opts['rho_schedule']} ({', '.join(f'{v:g}' for v in source.values)})"
+    if options.rho_schedule is not None:
+        return f"rho schedule {options.rho_schedule} ({', '.join(f'{v:g}' for v in source.values)})"
     return f"rho {trainer.config.rho:g}"
 
 
-def _banner(trainer: Any, opts: dict[str, Any]) -> str:
+def _banner(trainer: Any, options: TrainOptions) -> str:
     """The start-up line: what trains, where, on what, under which budget."""
-    model = opts["model"] or f"tiny {opts['tiny']}"
+    model = options.model or f"tiny {options.tiny}"
     validation = len(trainer.val_set) if trainer.val_set is not None else 0
-    resumed = f", resuming at {_resume_point(trainer)}" if opts["resume"] is not None else ""
+    resumed = f", resuming at {_resume_point(trainer)}" if options.resume is not None else ""
     return (
         f"train: {model} ({trainer.total_params / 1e6:.2f} M parameters) on {trainer.device}, {trainer.config.precision}; "
         f"{len(trainer.train_set)} training / {validation} validation examples; scheme {trainer.config.scheme}, "
-        f"{_rho_source_text(trainer, opts)}; {trainer.config.epochs} epochs (numbered from 0){resumed}"
+        f"{_rho_source_text(trainer, options)}; {trainer.config.epochs} epochs (numbered from 0){resumed}"
     )
 
 
@@ -319,190 +319,149 @@ def _resumed_options(ctx: typer.Context, opts: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _build_trainer(**opts: Any) -> Any:
-    from gt_core.rho.sources import ConstantRho, ScheduleRho, check_rho
-    from gt_core.selection.schemes import check_scheme
-
-    if opts["output_dir"] is None:
-        raise _BadInput("give --output-dir DIR (or output-dir in --config)")
-    if (opts["tiny"] is None) == (opts["model"] is None):
-        from gt_core.commands.run_args import RUN_ARGS_FILE
-
-        unsaved = f" ({opts['resume']} has no {RUN_ARGS_FILE} to take it from)" if opts["resume"] is not None else ""
-        raise _BadInput(f"give exactly one of --tiny ARCH or --model NAME_OR_PATH{unsaved}")
-    if opts["device_map"] is not None and opts["model"] is None:
-        raise _BadInput("--device-map applies to a pretrained --model only")
-    from gt_core.distributed.fsdp import STRATEGIES
-
-    if opts["strategy"] not in STRATEGIES:
-        raise _BadInput(f"--strategy must be one of {', '.join(STRATEGIES)}, got {opts['strategy']!r}")
-    if opts["strategy"] != "fsdp" and (opts["fsdp_wrap"] is not None or opts["fsdp_cpu_offload"]):
-        raise _BadInput("--fsdp-wrap and --fsdp-cpu-offload apply to --strategy fsdp only")
-    if opts["strategy"] == "fsdp" and opts["device_map"] is not None:
-        raise _BadInput("--device-map and --strategy fsdp both place the model: give one")
+def build_trainer(options: TrainOptions) -> Any:
+    """The trainer for validated ``options``: asks the daemon, reads the data and the model,
+    checks the output directory, then writes the run's files there (rank 0)."""
     from gt_core.training.precision import precision_from_launcher
-
-    precision = opts["precision"] or precision_from_launcher() or "fp32"
     from gt_core.training.trackers import check_reporters
 
-    reporters = check_reporters(opts["report_to"])
-    if opts["tiny"] is not None:
-        from gt_core.models.tiny import TINY_ARCHS
-
-        if opts["tiny"] not in TINY_ARCHS:
-            raise _BadInput(f"unknown tiny architecture {opts['tiny']!r}; choose one of {', '.join(TINY_ARCHS)}")
-    check_scheme(opts["scheme"])
-    if opts["rho"] is not None and opts["rho_schedule"] is not None:
-        raise _BadInput("give --rho or --rho-schedule, not both")
-    if opts["rho_from"] is not None and opts["rho_schedule"] is not None:
-        raise _BadInput("give --rho-from or --rho-schedule, not both")
-    if opts["rho_from"] is None and opts["deadline"] is not None:
-        raise _BadInput("--deadline needs --rho-from daemon (the daemon plans the job)")
-    if opts["rho_from"] is not None:
-        kind, _, socket_path = opts["rho_from"].partition(":")
-        if kind != "daemon":
-            raise _BadInput(f"--rho-from must be 'daemon' or 'daemon:SOCKET', got {opts['rho_from']!r}")
-        from gt_core.rho.daemon_source import DaemonRhoSource
-
-        rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
-        rho_source = DaemonRhoSource(
-            socket_path or None, default_rho=rho, model_name=opts["model"] or f"tiny-{opts['tiny']}", scheme=opts["scheme"],
-            job_id=_job_id(opts["job_id"], opts["resume"]), **_job_declaration(opts),
-        )
-        _check_daemon_answers(rho_source, rho, optional=opts["daemon_optional"])
-    elif opts["daemon_optional"]:
-        raise _BadInput("--daemon-optional needs --rho-from daemon")
-    elif opts["job_id"] is not None:
-        raise _BadInput("--job-id needs --rho-from daemon")
-    elif opts["rho_schedule"] is not None:
-        rho_source = ScheduleRho.from_file(opts["rho_schedule"])
-        rho = rho_source.values[0]
-        count, epochs = len(rho_source.values), opts["epochs"]
-        if count < epochs:
-            later = f"epoch {count}" if count == epochs - 1 else f"epochs {count}-{epochs - 1}"
-            typer.echo(
-                f"warning: --rho-schedule {opts['rho_schedule']} has {count} value{'s' if count > 1 else ''} for "
-                f"{epochs} epochs: {later} reuse its last value {rho_source.values[-1]:g}",
-                err=True,
-            )
-    else:
-        rho = check_rho(0.5 if opts["rho"] is None else opts["rho"], what="--rho")
-        rho_source = ConstantRho(rho)
-    if opts["lr"] <= 0:
-        raise _BadInput(f"--lr must be positive, got {opts['lr']}")
-    reselect = _parse_reselect(opts["reselect"])
-    if opts["importance_metric"] not in ("dw_grad", "dw", "grad"):
-        raise _BadInput(f"unknown --importance-metric {opts['importance_metric']!r}; choose dw_grad, dw or grad")
-    output_dir = Path(opts["output_dir"])
-    resume = opts["resume"]
-    _check_output_dir(output_dir, resume)
-    if resume is not None:
+    precision = options.precision or precision_from_launcher() or "fp32"
+    try:
+        reporters = check_reporters(options.report_to)
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
+    rho, rho_source = _rho_source(options)
+    _check_output_dir(options.output_dir, options.resume)
+    if options.resume is not None:
         from gt_core.training.checkpoint import find_checkpoint
 
-        if find_checkpoint(resume) is None:
-            raise _BadInput(f"no checkpoint to resume in {resume}")
-
+        if find_checkpoint(options.resume) is None:
+            raise _BadInput(f"no checkpoint to resume in {options.resume}")
     train_examples, val_examples = _load_data(
-        opts["data"], opts["val_data"], opts["source_field"], opts["target_field"], opts["limit"], opts["seed"]
+        options.data, options.val_data, options.source_field, options.target_field, options.limit, options.seed
     )
-    from gt_core.training.trainer import TrainConfig
-
-    config = TrainConfig(
-        scheme=opts["scheme"], rho=rho, lr=opts["lr"], batch_size=opts["batch_size"], epochs=opts["epochs"],
-        max_input_length=opts["max_input_length"], max_target_length=opts["max_target_length"],
-        importance_batches=opts["importance_batches"], importance_metric=opts["importance_metric"],
-        reselect=reselect, topk=opts["topk"], lora_r=opts["lora_r"], seed=opts["seed"],
-        output_dir=output_dir, checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
-        device=opts["device"], precision=precision, frozen_state=opts["frozen_state"],
-        gradient_checkpointing=opts["gradient_checkpointing"], grad_accumulation=opts["grad_accumulation"],
-        weight_decay=opts["weight_decay"], max_grad_norm=opts["max_grad_norm"], scheduler=opts["scheduler"],
-        warmup_steps=opts["warmup_steps"], warmup_ratio=opts["warmup_ratio"],
-    )
+    config = _train_config(options, rho, precision)
     from gt_core.training.device import resolve_device
 
     resolve_device(config.device)  # a device this machine lacks: one line before any loading
     from gt_core.models.loading import transformers_progress_bars
 
-    with transformers_progress_bars(opts["progress"]):  # --no-progress: no "Loading weights" bar either
+    with transformers_progress_bars(options.progress):  # --no-progress: no "Loading weights" bar either
         model, tokenizer = _load_model_and_tokenizer(
-            opts["tiny"], opts["model"], torch_dtype=_weight_dtype(precision), device_map=opts["device_map"]
+            options.tiny, options.model, torch_dtype=_weight_dtype(precision), device_map=options.device_map
         )
-    from gt_core.distributed.data_parallel import trainer_class
     from gt_core.training.trackers import TrackerCallback
 
-    callbacks = [TrackerCallback(reporters, output_dir, _run_config(opts, precision))] if reporters else []
-    # GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel or sharded variant.
+    callbacks = [TrackerCallback(reporters, options.output_dir, _run_config(options, precision))] if reporters else []
+    trainer = _trainer(options, model, tokenizer, train_examples, val_examples, config, rho_source, callbacks)
+    if options.resume is not None:
+        _resume(trainer, options.resume, model)
+    if getattr(trainer, "rank", 0) == 0:
+        _save_run_files(options, rho, rho_source)
+    return trainer
+
+
+def _rho_source(options: TrainOptions) -> tuple[float, Any]:
+    """The first epoch's ρ and where every epoch's ρ comes from: the daemon (asked now, at job
+    start), a schedule file, or the constant --rho."""
+    from gt_core.rho.sources import ConstantRho, ScheduleRho
+
+    if options.rho_from is not None:
+        from gt_core.rho.daemon_source import DaemonRhoSource
+
+        assert options.budget_rho is not None
+        rho_source = DaemonRhoSource(
+            options.daemon_socket, default_rho=options.budget_rho, model_name=options.model or f"tiny-{options.tiny}",
+            scheme=options.scheme, job_id=_job_id(options.job_id, options.resume), deadline_job=options.deadline_job,
+            pause_poll_s=options.pause_poll_s, pause_max_wait_s=options.pause_max_wait_s,
+        )
+        _check_daemon_answers(rho_source, options.budget_rho, optional=options.daemon_optional)
+        return options.budget_rho, rho_source
+    if options.rho_schedule is not None:
+        schedule = ScheduleRho.from_file(options.rho_schedule)
+        count, epochs = len(schedule.values), options.epochs
+        if count < epochs:
+            later = f"epoch {count}" if count == epochs - 1 else f"epochs {count}-{epochs - 1}"
+            typer.echo(
+                f"warning: --rho-schedule {options.rho_schedule} has {count} value{'s' if count > 1 else ''} for "
+                f"{epochs} epochs: {later} reuse its last value {schedule.values[-1]:g}",
+                err=True,
+            )
+        return schedule.values[0], schedule
+    assert options.budget_rho is not None
+    return options.budget_rho, ConstantRho(options.budget_rho)
+
+
+def _train_config(options: TrainOptions, rho: float, precision: str) -> Any:
+    from gt_core.training.trainer import TrainConfig
+
+    return TrainConfig(
+        scheme=options.scheme, rho=rho, lr=options.lr, batch_size=options.batch_size, epochs=options.epochs,
+        max_input_length=options.max_input_length, max_target_length=options.max_target_length,
+        importance_batches=options.importance_batches, importance_metric=options.importance_metric,
+        reselect=options.reselect_every, topk=options.topk, lora_r=options.lora_r, seed=options.seed,
+        output_dir=options.output_dir, checkpoint_every=options.checkpoint_every, progress=options.progress,
+        device=options.device, precision=precision, frozen_state=options.frozen_state,
+        gradient_checkpointing=options.gradient_checkpointing, grad_accumulation=options.grad_accumulation,
+        weight_decay=options.weight_decay, max_grad_norm=options.max_grad_norm, scheduler=options.scheduler,
+        warmup_steps=options.warmup_steps, warmup_ratio=options.warmup_ratio,
+    )
+
+
+def _trainer(options: TrainOptions, model: Any, tokenizer: Any, train_examples: list, val_examples: list,
+             config: Any, rho_source: Any, callbacks: list) -> Any:
+    """GreenTrainer, or under torchrun/accelerate launch (WORLD_SIZE > 1) its data-parallel or sharded variant."""
+    from gt_core.distributed.data_parallel import trainer_class
+
     try:
-        cls = trainer_class(opts["strategy"])
+        cls = trainer_class(options.strategy)
     except ValueError as exc:
         raise _BadInput(str(exc)) from None
-    sharding = {"fsdp_wrap": opts["fsdp_wrap"], "cpu_offload": opts["fsdp_cpu_offload"]} if opts["strategy"] == "fsdp" else {}
+    sharding = {"fsdp_wrap": options.fsdp_wrap, "cpu_offload": options.fsdp_cpu_offload} if options.strategy == "fsdp" else {}
     try:
-        trainer = cls(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks, **sharding)
+        return cls(model, tokenizer, train_examples, val_examples, config, rho_source=rho_source, callbacks=callbacks, **sharding)
     except ValueError as exc:
         if not sharding:
             raise
         raise _BadInput(str(exc)) from None
-    if resume is not None:
-        try:
-            trainer.resume(resume)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise _BadInput(
-                f"the checkpoint in {resume} does not fit this model ({type(model).__name__}): "
-                f"{str(exc).strip().splitlines()[0]}; resume with the run's own model"
-            ) from None
-        if trainer.resume_note is not None and getattr(trainer, "rank", 0) == 0:
-            typer.echo(f"note: {trainer.resume_note}", err=True)
-    if getattr(trainer, "rank", 0) == 0:
-        from gt_core.commands.run_args import save_run_args
-
-        output_dir.mkdir(parents=True, exist_ok=True)
-        # The ρ used, also when it was the default (a schedule's values live in its own file).
-        save_run_args(output_dir, opts if opts["rho_schedule"] is not None else {**opts, "rho": rho})
-        if opts["rho_from"] is not None:
-            (output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
-    return trainer
 
 
-def _job_declaration(opts: dict[str, Any]) -> dict[str, Any]:
-    """The deadline job model the daemon plans by (DaemonRhoSource keyword arguments)."""
-    from carbonsched.protocol import instant_unix_s
-
-    if opts["deadline"] is None:
-        if opts["may_pause"] or opts["mean_rho"] is not None or opts["rho_min"] is not None or opts["release_after_s"] is not None:
-            raise _BadInput("--may-pause, --mean-rho, --rho-min and --release-after-s plan a job with a --deadline; give one")
-        return {}
+def _resume(trainer: Any, resume: Path, model: Any) -> None:
     try:
-        deadline_s = instant_unix_s(opts["deadline"])
-    except ValueError as exc:
-        raise _BadInput(f"--deadline {opts['deadline']!r} {exc}") from None
-    for name in ("mean_rho", "rho_min"):
-        if opts[name] is not None and not 0 < opts[name] <= 1:
-            raise _BadInput(f"--{name.replace('_', '-')} must be in (0, 1], got {opts[name]}")
-    for name in ("epoch_seconds", "release_after_s"):
-        if opts[name] is not None and not opts[name] > 0:
-            raise _BadInput(f"--{name.replace('_', '-')} must be positive, got {opts[name]}")
-    return {"deadline_s": deadline_s, "epochs": opts["epochs"], "epoch_seconds": opts["epoch_seconds"],
-            "release_after_s": opts["release_after_s"],
-            "rho_min": opts["rho_min"], "mean_rho": opts["mean_rho"], "may_pause": opts["may_pause"],
-            "pause_poll_s": opts["pause_poll_s"], "pause_max_wait_s": opts["pause_max_wait_s"]}
+        trainer.resume(resume)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise _BadInput(
+            f"the checkpoint in {resume} does not fit this model ({type(model).__name__}): "
+            f"{str(exc).strip().splitlines()[0]}; resume with the run's own model"
+        ) from None
+    if trainer.resume_note is not None and getattr(trainer, "rank", 0) == 0:
+        typer.echo(f"note: {trainer.resume_note}", err=True)
+
+
+def _save_run_files(options: TrainOptions, rho: float, rho_source: Any) -> None:
+    """run-args.json (with the ρ used, also when it was the default; a schedule's values live in
+    its own file) and, with a daemon, the job id a resumed run keeps."""
+    from gt_core.commands.run_args import save_run_args
+
+    options.output_dir.mkdir(parents=True, exist_ok=True)
+    values = options.option_values()
+    save_run_args(options.output_dir, values if options.rho_schedule is not None else {**values, "rho": rho})
+    if options.rho_from is not None:
+        (options.output_dir / JOB_ID_FILE).write_text(rho_source.job_id + "\n", encoding="utf-8")
 
 
 JOB_ID_FILE = "carbonsched-job-id"
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _job_id(given: str | None, resume: Path | None) -> str | None:
     """--job-id, else the id a resumed run used (so the daemon keeps one job), else in a Slurm job
     ``slurm-<SLURM_JOB_ID>``, else None (random)."""
     if given is not None:
-        if not _JOB_ID.fullmatch(given):
-            raise _BadInput(f"--job-id {given!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return given
     saved = resume / JOB_ID_FILE if resume is not None else None
     if saved is not None and saved.is_file():
         text = saved.read_text(encoding="utf-8").strip()
-        if _JOB_ID.fullmatch(text):
+        if JOB_ID_PATTERN.fullmatch(text):
             return text
     from gt_core.training.job_env import slurm_job_name
 

@@ -22,8 +22,9 @@ the first attempt after the back-off, or at the next epoch event) the same job i
 again (the daemon marks it running) and reporting resumes. An epoch whose start was missed is
 still recorded at its end (the daemon derives its start from the wall time).
 
-A job with a deadline sends its job model with ``job.start`` (``deadline_s``, ``epochs``,
-``epoch_seconds``, ``rho_min``, ``mean_rho``, ``may_pause``); the daemon then plans it, and its ρ
+A job with a deadline sends its job model with ``job.start`` (a
+:class:`~carbonsched.protocol.DeadlineJob` as ``deadline_job``, or the separate ``deadline_s``,
+``epochs``, ``epoch_seconds``, ``rho_min``, ``mean_rho``, ``may_pause``); the daemon then plans it, and its ρ
 answers may carry a pause (:attr:`~gt_core.rho.sources.RhoReading.pause_until_s`). :meth:`DaemonRhoSource.check_pause`
 is the cheap, rate-limited question :mod:`gt_core.rho.pausing` asks between steps.
 """
@@ -38,6 +39,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
+from carbonsched.protocol import DeadlineJob
 
 from gt_core.training.callbacks import TrainerCallback, TrainStatus
 from gt_core.training.job_env import declaration_from_env, devices_from_env, slurm_job_fields, slurm_job_name
@@ -91,7 +93,9 @@ class DaemonRhoSource(TrainerCallback):
     job with a full fine-tuning job of the same model). ``job_id`` defaults to a fresh random id,
     kept for the whole run so a daemon restart does not split the job. ``backoff_s`` and
     ``max_backoff_s`` bound how often mid-epoch ρ requests try an unreachable daemon (see the
-    module docstring).
+    module docstring). A deadline job's model is ``deadline_job`` (checked once, when it was
+    built) or, for callers that declare it piece by piece, the separate fields ``deadline_s`` ...
+    ``release_after_s``; not both.
     """
 
     def __init__(
@@ -116,7 +120,13 @@ class DaemonRhoSource(TrainerCallback):
         release_after_s: float | None = None,
         pause_poll_s: float = DEFAULT_PAUSE_POLL_S,
         pause_max_wait_s: float = DEFAULT_PAUSE_MAX_WAIT_S,
+        deadline_job: DeadlineJob | None = None,
     ) -> None:
+        if deadline_job is not None:
+            loose = (deadline_s, epochs, epoch_seconds, rho_min, mean_rho, release_after_s)
+            if may_pause or any(value is not None for value in loose):
+                raise ValueError("give deadline_job or the separate deadline fields (deadline_s, epochs, ...), not both")
+            deadline_s, may_pause = deadline_job.deadline_unix_s, deadline_job.may_pause
         self.default_rho = check_rho(default_rho, what="default rho")
         if not (math.isfinite(pause_poll_s) and pause_poll_s > 0 and math.isfinite(pause_max_wait_s) and pause_max_wait_s >= 0):
             raise ValueError(f"need pause_poll_s > 0 and pause_max_wait_s >= 0, got {pause_poll_s} and {pause_max_wait_s}")
@@ -138,9 +148,12 @@ class DaemonRhoSource(TrainerCallback):
         self.job_fields: dict[str, Any] = {**slurm_job_fields(), **(job_fields or {})}
         # The job model a daemon plans a deadline job by (sent with job.start when given); with
         # none given, the one `carbonsched sbatch` put in the environment.
-        declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
-                    "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
-                    "release_after_s": release_after_s}
+        if deadline_job is not None:
+            declared: dict[str, Any] = deadline_job.to_wire()
+        else:
+            declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
+                        "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
+                        "release_after_s": release_after_s}
         if deadline_s is None:
             from_env = declaration_from_env()
             if from_env:
