@@ -21,8 +21,9 @@ from carbonsched.processes import process_alive
 from carbonsched.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
 from carbonsched.slurm_release import PauseReleaser
 from carbonsched.store import Store
+from carbonsched.times import iso_utc
 from carbonsched.types import (
-    Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow,
+    Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, utcnow,
 )
 
 log = logging.getLogger("carbonsched.daemon")

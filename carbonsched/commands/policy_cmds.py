@@ -11,7 +11,8 @@ import typer
 
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.policies import PolicyFileError, PolicyFileUnreadable, PolicySource, policy_from_source
-from carbonsched.policies.forecast_csv import ForecastFileError, parse_utc, read_forecast_csv
+from carbonsched.policies.forecast_csv import ForecastFileError, read_forecast_csv
+from carbonsched.times import parse_instant
 from carbonsched.types import Signals, utcnow
 
 policy_app = typer.Typer(help="Check policy files and explain the ρ they give.", no_args_is_help=True)
@@ -114,9 +115,9 @@ def explain(
         except ProviderSpecError as exc:
             raise _fail(str(exc), 2) from None
     try:
-        at: datetime = parse_utc(now) if now else utcnow()
-    except ValueError:
-        raise _fail(f"--now is not an ISO 8601 time: {now!r}", 2) from None
+        at: datetime = parse_instant(now, "--now") if now else utcnow()
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
     try:
         forecast = read_forecast_csv(forecast_file) if forecast_file else ()
         history = read_forecast_csv(history_file) if history_file else ()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
+
+from carbonsched.times import parse_instant
 
 EXIT_BAD_INPUT = 2
 
@@ -15,16 +16,6 @@ EXIT_BAD_INPUT = 2
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
-
-
-def parse_since(value: str) -> datetime:
-    """An ISO date or date-time; without an offset it is taken as UTC."""
-    text = value.strip()
-    try:
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValueError(f"--since {value!r} is not an ISO date or date-time (e.g. 2025-01-06 or 2025-01-06T12:00)") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
 def report(
@@ -56,7 +47,7 @@ def report(
     if job is not None and slurm_job is not None:
         _fail("give --job or --slurm-job, not both")
     try:
-        since_dt = parse_since(since) if since is not None else None
+        since_dt = parse_instant(since, "--since") if since is not None else None
         if output is not None:
             check_output_file(output, "--output")
         if plot is not None:

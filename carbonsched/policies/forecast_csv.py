@@ -1,25 +1,19 @@
 """Reading a forecast from a CSV file: ``timestamp,intensity_g_per_kwh`` rows, header optional.
 
-Timestamps are ISO 8601; ones without a UTC offset are taken as UTC.
+Timestamps are read by :mod:`carbonsched.times` (ISO 8601, no offset means UTC, or unix seconds).
 """
 
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timezone
 from pathlib import Path
 
+from carbonsched.times import TimeFormatError, parse_instant
 from carbonsched.types import ForecastPoint
 
 
 class ForecastFileError(ValueError):
     """The forecast file cannot be used; the message names the file (and line when it applies)."""
-
-
-def parse_utc(text: str) -> datetime:
-    """ISO 8601 → aware datetime; no offset means UTC. Raises ValueError."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def read_forecast_csv(path: str | Path) -> tuple[ForecastPoint, ...]:
@@ -42,8 +36,8 @@ def read_forecast_csv(path: str | Path) -> tuple[ForecastPoint, ...]:
                 continue  # header row
             raise ForecastFileError(f"{path}:{line_number}: intensity is not a number: {row[1]!r}") from None
         try:
-            timestamp = parse_utc(row[0])
-        except ValueError:
-            raise ForecastFileError(f"{path}:{line_number}: timestamp is not ISO 8601: {row[0]!r}") from None
+            timestamp = parse_instant(row[0], f"{path}:{line_number}: timestamp")
+        except TimeFormatError as exc:
+            raise ForecastFileError(str(exc)) from None
         points.append(ForecastPoint(timestamp, intensity_g_per_kwh))
     return tuple(sorted(points, key=lambda p: p.timestamp))

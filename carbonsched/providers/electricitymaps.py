@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, reply_time
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
 
@@ -74,7 +74,7 @@ class ElectricityMapsProvider(IntensityProvider):
         if not isinstance(body, dict) or "carbonIntensity" not in body:
             raise ProviderError(self.name, "reply to /latest has no carbonIntensity")
         value = check_intensity(self.name, body["carbonIntensity"])
-        timestamp = parse_utc(self.name, body.get("datetime"), "datetime")
+        timestamp = reply_time(self.name, body.get("datetime"), "datetime")
         detail = {
             key: body[key]
             for key in ("emissionFactorType", "estimationMethod", "updatedAt")
@@ -105,7 +105,7 @@ class ElectricityMapsProvider(IntensityProvider):
                 raise ProviderError(self.name, "reply to /forecast has no forecast list")
             return tuple(
                 ForecastPoint(
-                    timestamp=parse_utc(self.name, point.get("datetime"), "forecast datetime"),
+                    timestamp=reply_time(self.name, point.get("datetime"), "forecast datetime"),
                     intensity_g_per_kwh=check_intensity(self.name, point.get("carbonIntensity"), "forecast value"),
                 )
                 for point in points

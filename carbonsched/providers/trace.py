@@ -56,6 +56,7 @@ from carbonsched.providers.base import (
     ProviderSpecError,
     default_clock,
 )
+from carbonsched.times import TimeFormatError, parse_instant_and_offset
 from carbonsched.types import ForecastPoint, IntensityReading
 
 HEADER = ("timestamp", "intensity_g_per_kwh")
@@ -171,8 +172,8 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
             raise TraceFormatError(f"{path}:{number}: expected {len(header)} fields, got {len(cells)}")
         if not cells[value_index].strip():
             continue  # a missing sample: shows up as a gap
-        stamp, naive = parse_timestamp(path, number, time_name, cells[time_index])
-        if naive:
+        stamp, has_offset = timestamp_cell(path, number, time_name, cells[time_index])
+        if not has_offset:
             naive_lines.append(number)
         else:
             aware_seen = True
@@ -221,23 +222,13 @@ def _gap_spacings(spacings: list[float], step_s: float) -> list[tuple[int, float
     return gaps
 
 
-def parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
-    """The timestamp as aware UTC, and whether the text had no offset (then it is taken as UTC).
-
-    ISO 8601, or unix seconds (a plain number, which is never naive)."""
-    cleaned = text.strip()
+def timestamp_cell(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
+    """The cell's instant (:func:`carbonsched.times.parse_instant_and_offset`) as aware UTC, and whether
+    it gave its offset; TraceFormatError naming file, line and field otherwise."""
     try:
-        parsed = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith(("Z", "z")) else cleaned)
-    except ValueError:
-        try:
-            unix_s = float(cleaned)
-            return datetime.fromtimestamp(unix_s, timezone.utc), False
-        except (ValueError, OverflowError, OSError):
-            raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not ISO 8601 or unix seconds") \
-                from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc), True
-    return parsed.astimezone(timezone.utc), False
+        return parse_instant_and_offset(text.strip(), f"{path}:{line}: field {column}:")
+    except TimeFormatError as exc:
+        raise TraceFormatError(str(exc)) from None
 
 
 def parse_value(path: Path, line: int, column: str, text: str) -> float:

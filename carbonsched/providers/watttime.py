@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timedelta
 
-from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, parse_utc
+from carbonsched.providers.base import Clock, IntensityProvider, check_intensity, default_clock, reply_time
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
 
@@ -102,7 +102,7 @@ class WattTimeProvider(IntensityProvider):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = value * factor
         return ForecastPoint(
-            timestamp=parse_utc(self.name, raw.get("point_time"), "point_time"),
+            timestamp=reply_time(self.name, raw.get("point_time"), "point_time"),
             intensity_g_per_kwh=check_intensity(self.name, value, "MOER"),
         )
 

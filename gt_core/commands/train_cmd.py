@@ -7,6 +7,7 @@ directory is created; bad input is one ``error: ...`` line on stderr and exit co
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -166,7 +167,7 @@ def train(
     warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", min=0.0, max=0.999, help="Warmup as a share of all steps (used when --warmup-steps is 0)."),
     report_to: list[str] = typer.Option([], "--report-to", help="tensorboard | wandb | mlflow | none (repeatable; offline modes work without network)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Options from a .toml or .yaml file; flags given on the command line override it."),
-    deadline: Optional[str] = typer.Option(None, "--deadline", help="With --rho-from daemon: finish by this time (ISO 8601, UTC unless an offset is given, or unix seconds); the daemon plans ρ and pauses."),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="With --rho-from daemon: finish by this time (ISO 8601, UTC unless an offset is given, or unix seconds) or this long from now (8h, 90m, 1h30m); the daemon plans ρ and pauses."),
     may_pause: bool = typer.Option(False, "--may-pause", help="With --deadline: the daemon may pause the job between steps until a cleaner hour."),
     mean_rho: Optional[float] = typer.Option(None, "--mean-rho", help="With --deadline: the mean ρ over the job must stay at least this (the quality floor)."),
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="With --deadline: never plan ρ below this (default: --mean-rho, else 1: only shift in time)."),
@@ -466,16 +467,16 @@ def _build_trainer(**opts: Any) -> Any:
 
 def _job_declaration(opts: dict[str, Any]) -> dict[str, Any]:
     """The deadline job model the daemon plans by (DaemonRhoSource keyword arguments)."""
-    from carbonsched.protocol import instant_unix_s
+    from carbonsched.times import parse_deadline_s
 
     if opts["deadline"] is None:
         if opts["may_pause"] or opts["mean_rho"] is not None or opts["rho_min"] is not None or opts["release_after_s"] is not None:
             raise _BadInput("--may-pause, --mean-rho, --rho-min and --release-after-s plan a job with a --deadline; give one")
         return {}
     try:
-        deadline_s = instant_unix_s(opts["deadline"])
+        deadline_s = parse_deadline_s(opts["deadline"], "--deadline", time.time())
     except ValueError as exc:
-        raise _BadInput(f"--deadline {opts['deadline']!r} {exc}") from None
+        raise _BadInput(str(exc)) from None
     for name in ("mean_rho", "rho_min"):
         if opts[name] is not None and not 0 < opts[name] <= 1:
             raise _BadInput(f"--{name.replace('_', '-')} must be in (0, 1], got {opts[name]}")
