@@ -56,7 +56,7 @@ from carbonsched.providers.base import (
     ProviderSpecError,
     default_clock,
 )
-from carbonsched.times import TimeFormatError, parse_instant_and_offset
+from carbonsched.times import TimeFormatError, iso_utc, parse_instant_and_offset
 from carbonsched.types import ForecastPoint, IntensityReading
 
 HEADER = ("timestamp", "intensity_g_per_kwh")
@@ -97,7 +97,7 @@ class Trace:
             return "no gaps"
         longest = max(self.gaps, key=lambda gap: gap.missing_s)
         return (f"{len(self.gaps)} gap{'s' if len(self.gaps) > 1 else ''} in the samples, longest "
-                f"{longest.missing_s / 3600:g} h from {longest.start.isoformat()}")
+                f"{longest.missing_s / 3600:g} h from {iso_utc(longest.start)}")
 
 
 def bundled_trace_path() -> Path:
@@ -318,7 +318,7 @@ class TraceProvider(IntensityProvider):
             interval_s=self._sample_length_s(index) / self.speedup,
             estimated=False,
             forecast=self._forecast(int(loop) * len(trace.values_g_per_kwh) + index, wall_start, elapsed_trace_s),
-            detail={"trace_time": trace.timestamps[index].isoformat(), "loop": int(loop), "speedup": self.speedup},
+            detail={"trace_time": iso_utc(trace.timestamps[index]), "loop": int(loop), "speedup": self.speedup},
         )
 
     def _sample_length_s(self, index: int) -> float:
