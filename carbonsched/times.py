@@ -15,9 +15,9 @@ which unit, a plain number (``--deadline 24`` is hours, ``--release-after 30`` i
 
 Deadlines (:func:`parse_deadline_s`): a duration from now, or an instant.
 
-Writing (:func:`iso_utc`): ISO 8601 in UTC with the microseconds Python keeps. The wire, the daemon's
-status and logs write the offset as ``+00:00``; the JSON and CSV reports of ``carbonsched report``
-write ``Z`` (``zulu=True``). Both forms are read back by :func:`parse_instant`.
+Writing (:func:`iso_utc`): ISO 8601 in UTC with the microseconds Python keeps. The wire and the
+daemon's status write the offset as ``+00:00``; the JSON and CSV reports of ``carbonsched report``
+write ``Z`` (``zulu=True``), as do the pause log lines. Both forms are read back by :func:`parse_instant`.
 
 Errors are :class:`TimeFormatError` (a ValueError): one line naming the field or option and the text.
 Standard library only: gt_core reads the wire's times with it.
@@ -30,7 +30,7 @@ import re
 from datetime import datetime, timezone
 
 INSTANT_FORMS = "an ISO 8601 time (e.g. 2026-03-01T18:00Z; no offset means UTC) or unix seconds"
-DURATION_FORMS = "a duration (30s, 90m, 8h, 2d, 1h30m, PT8H)"
+DURATION_EXAMPLES = "(30s, 90m, 8h, 2d, 1h30m, PT8H)"
 
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _NUMBER = r"\d+(?:\.\d+)?|\.\d+"
@@ -84,10 +84,11 @@ def _duration_or_none(text: str, bare_unit_s: float | None) -> float | None:
     if bare_unit_s is not None and re.fullmatch(_NUMBER, cleaned):
         return float(cleaned) * bare_unit_s
     if _COMPOUND.fullmatch(cleaned):
-        units = [unit.lower() for _, unit in _PART.findall(cleaned)]
+        parts = [(float(number), unit.lower()) for number, unit in _PART.findall(cleaned)]
+        units = [unit for _, unit in parts]
         if units != sorted(set(units), key=list(_UNIT_S).index):
             return None  # a unit twice, or out of order (30m1h): more likely a typo than meant
-        return sum(float(number) * _UNIT_S[unit.lower()] for number, unit in _PART.findall(cleaned))
+        return sum(number * _UNIT_S[unit] for number, unit in parts)
     iso = _ISO_DURATION.fullmatch(cleaned)
     if iso and any(iso.groupdict().values()):
         return sum(float(iso[unit]) * _UNIT_S[unit] for unit in "dhms" if iso[unit])
@@ -104,7 +105,8 @@ def parse_duration_s(text: str, field: str, *, bare_unit_s: float | None = 1.0) 
     """A positive duration in seconds; a plain number counts ``bare_unit_s`` seconds each (None: refused)."""
     duration_s = _duration_or_none(str(text), bare_unit_s)
     if duration_s is None or not (math.isfinite(duration_s) and duration_s > 0):
-        raise TimeFormatError(f"{field} {text!r} is not a positive {DURATION_FORMS[2:]}{_bare_number_hint(bare_unit_s)}")
+        raise TimeFormatError(f"{field} {text!r} is not a positive duration {DURATION_EXAMPLES}"
+                              f"{_bare_number_hint(bare_unit_s)}")
     return duration_s
 
 
@@ -117,7 +119,7 @@ def parse_deadline_s(text: str, field: str, now_s: float, *, bare_unit_s: float 
     try:
         return parse_instant_s(text, field)
     except TimeFormatError:
-        raise TimeFormatError(f"{field} {text!r} is neither {DURATION_FORMS} nor {INSTANT_FORMS}"
+        raise TimeFormatError(f"{field} {text!r} is neither a duration {DURATION_EXAMPLES} nor {INSTANT_FORMS}"
                               f"{_bare_number_hint(bare_unit_s)}") from None
 
 

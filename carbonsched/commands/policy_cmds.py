@@ -101,7 +101,7 @@ def explain(
     gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
     used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
     used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
-    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
+    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (UTC unless an offset is given) or unix seconds (default: now).")] = None,
     socket: Annotated[Optional[Path], typer.Option(
         help="Daemon socket asked for the intensity (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")] = None,
     provider: Annotated[Optional[str], typer.Option(

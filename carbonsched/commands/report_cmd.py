@@ -23,7 +23,7 @@ def report(
     slurm_job: Optional[str] = typer.Option(
         None, "--slurm-job", help="Only this Slurm job: every part of it (each requeue) on this node and on the "
                                   "nodes given with --include."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO date/time (UTC)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO 8601 date or time (UTC unless an offset is given) or unix seconds."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot (intensity, ρ, FLOPs per epoch) to this file; .png, .jpg, .svg or .pdf by its extension."),

@@ -48,7 +48,7 @@ def sbatch(
                                             help="sbatch's own options, the batch script and its arguments."),
     epochs: float = typer.Option(..., "--epochs", help="Epochs the job trains."),
     epoch_minutes: float = EpochMinutes,
-    deadline: str = typer.Option(..., "--deadline", help="Hours (8, 8h), minutes (90m) or an ISO time (UTC)."),
+    deadline: str = typer.Option(..., "--deadline", help="A duration from now (8h, 90m, 1h30m, PT8H; a plain number is hours) or an ISO 8601 time (UTC unless an offset is given)."),
     mean_rho: Optional[float] = MeanRho,
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="Lowest ρ any epoch may get (default: "
                                             "--mean-rho, else 1: the job is only shifted in time)."),
