@@ -15,10 +15,10 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from carbonsched import PROTOCOL_VERSION
+from carbonsched.times import INSTANT_FORMS, TimeFormatError, parse_instant_s
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
 
@@ -123,22 +123,14 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def instant_unix_s(text: str) -> float:
-    """An instant written as ISO 8601 (an offset or Z; none means UTC) or unix seconds, as unix
-    seconds; ValueError naming both forms otherwise."""
-    try:
-        return _positive(float(text))
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ValueError("must be an ISO 8601 time (e.g. 2026-03-01T18:00Z) or unix seconds") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
-
-
 def _instant(value: Any) -> float:
-    return instant_unix_s(value) if isinstance(value, str) else _positive(value)
+    """An instant field: unix seconds, or text as :mod:`carbonsched.times` reads it."""
+    if isinstance(value, str):
+        try:
+            return _positive(parse_instant_s(value, "the text"))
+        except TimeFormatError:
+            raise ValueError(f"must be {INSTANT_FORMS}") from None
+    return _positive(value)
 
 
 def _string_list(value: Any) -> list[str]:
@@ -445,12 +437,12 @@ class DeadlineJob:
     @classmethod
     def from_wire(cls, fields: dict[str, Any]) -> "DeadlineJob | None":
         """From ``job.start`` fields or a declaration (other fields ignored; an ISO 8601 deadline is
-        read as :func:`instant_unix_s` does); None when none of :data:`DECLARATION_FIELDS` is there."""
+        read as the ``job.start`` schema reads it); None when none of :data:`DECLARATION_FIELDS` is there."""
         if not any(fields.get(name) is not None for name in DECLARATION_FIELDS):
             return None
         deadline = fields.get("deadline")
         return cls(
-            deadline_unix_s=instant_unix_s(deadline) if isinstance(deadline, str) else deadline,
+            deadline_unix_s=_instant(deadline) if isinstance(deadline, str) else deadline,
             epochs=fields.get("epochs"), epoch_s_at_full_rho=fields.get("epoch_seconds"),
             rho_min=fields.get("rho_min"), mean_rho=fields.get("mean_rho"),
             may_pause=fields.get("may_pause") is True, release_after_s=fields.get("release_after_s"),

@@ -96,15 +96,6 @@ class Decision:
     policy: str
 
 
-def iso_utc(value: datetime | float | None) -> str | None:
-    """ISO 8601 in UTC for a datetime or unix seconds; None stays None."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, timezone.utc)
-    return value.astimezone(timezone.utc).isoformat()
-
-
 def finite_or_none(value: object) -> float | None:
     """``value`` as a finite float, or None when it is missing, not a number, NaN or infinite."""
     try:

@@ -11,7 +11,7 @@ import typer
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 from carbonsched.config import ConfigError, DaemonConfig, load_config
-from carbonsched.types import iso_utc
+from carbonsched.times import TimeFormatError, iso_utc, parse_instant
 
 CONFIG_ENV = "CARBONSCHED_CONFIG"
 
@@ -61,7 +61,7 @@ def _current_errors(status: dict[str, Any]) -> list[dict[str, Any]]:
     fixed = status.get("reload_error") is None and reloaded_at is not None
     return [
         e for e in status.get("errors") or []
-        if not (fixed and e.get("where") == "reload" and _parse_iso(e.get("at")) <= _parse_iso(reloaded_at))
+        if not (fixed and e.get("where") == "reload" and _error_time(e.get("at")) <= _error_time(reloaded_at))
     ]
 
 
@@ -76,10 +76,11 @@ def _forecast_line(provider: dict[str, Any]) -> str:
     return line
 
 
-def _parse_iso(text: Any) -> datetime:
+def _error_time(text: Any) -> datetime:
+    """An error's time from the status reply; one that cannot be read sorts last (it stays listed)."""
     try:
-        return datetime.fromisoformat(str(text))
-    except ValueError:
+        return parse_instant(str(text), "status time")
+    except TimeFormatError:
         return datetime.max.replace(tzinfo=timezone.utc)
 
 
@@ -191,13 +192,13 @@ def intensity(
     if as_json:
         return _print_json({
             "intensity_g_per_kwh": reading.intensity_g_per_kwh, "signal": reading.signal, "provider": reading.provider,
-            "zone": reading.zone, "timestamp": reading.timestamp.isoformat(), "fetched_at": reading.fetched_at.isoformat(),
+            "zone": reading.zone, "timestamp": iso_utc(reading.timestamp), "fetched_at": iso_utc(reading.fetched_at),
             "estimated": reading.estimated, "age_s": reading.age_s(),
-            "forecast": [{"timestamp": p.timestamp.isoformat(), "intensity_g_per_kwh": p.intensity_g_per_kwh} for p in reading.forecast],
+            "forecast": [{"timestamp": iso_utc(p.timestamp), "intensity_g_per_kwh": p.intensity_g_per_kwh} for p in reading.forecast],
         })
     typer.echo(
         f"{reading.intensity_g_per_kwh:.1f} gCO2e/kWh ({reading.signal}) from {reading.provider}"
-        f"{' zone ' + reading.zone if reading.zone else ''}, for {reading.timestamp.isoformat()}"
+        f"{' zone ' + reading.zone if reading.zone else ''}, for {iso_utc(reading.timestamp)}"
         f"{' (estimated)' if reading.estimated else ''}"
     )
 

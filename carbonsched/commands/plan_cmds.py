@@ -6,7 +6,6 @@ import bisect
 import json
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from carbonsched.planning import strategies
 from carbonsched.planning.receding import SWITCH_SHARE as SWITCH_SHARE_DEFAULT
 from carbonsched.planning.series import Series
 from carbonsched.planning.model import DEFAULT_RUNNING_POWER_W
+from carbonsched.times import iso_utc, parse_deadline_s, parse_instant_s
 from carbonsched.types import IntensityReading
 
 EXIT_BAD_INPUT = 2
@@ -118,18 +118,11 @@ def job_json(job: Job, cost: CostModel) -> dict:
 # ---- plan ----------------------------------------------------------------------------------------
 
 
-def parse_deadline(text: str, now: datetime) -> float:
-    """Seconds from ``now``: ``24``/``24h`` hours, ``90m`` minutes, or an ISO time (no offset: UTC)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([hm]?)\s*", text)
-    if match:
-        return float(match.group(1)) * (60 if match.group(2) == "m" else 3600)
-    cleaned = text.strip()
-    try:
-        at = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith("Z") else cleaned)
-    except ValueError:
-        raise ValueError(f"--deadline {text!r} is not hours (24, 24h), minutes (90m) or an ISO time") from None
-    at = at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
-    return (at - now).total_seconds()
+def deadline_from_now_s(text: str, now: datetime) -> float:
+    """``--deadline`` of ``plan`` and ``sbatch`` in seconds from ``now``: a duration (a plain number is
+    hours) or an instant, as :func:`carbonsched.times.parse_deadline_s` reads them."""
+    now_s = now.timestamp()
+    return parse_deadline_s(text, "--deadline", now_s, bare_unit_s=3600.0) - now_s
 
 
 def provider_spec(provider: Optional[str], config_file: Optional[Path]) -> str:
@@ -186,7 +179,7 @@ def _slot_rows(plan: Plan, slots: list[Slot], now: datetime) -> list[str]:
 def plan(
     epochs: float = Epochs,
     epoch_minutes: float = EpochMinutes,
-    deadline: str = typer.Option("24h", "--deadline", help="Hours (24, 24h), minutes (90m) or an ISO time (UTC)."),
+    deadline: str = typer.Option("24h", "--deadline", help="A duration from now (24h, 90m, 1h30m, PT8H; a plain number is hours) or an ISO 8601 time (UTC unless an offset is given)."),
     mean_rho: Optional[float] = MeanRho,
     rho_min: float = RhoMin,
     may_pause: bool = MayPause,
@@ -207,7 +200,7 @@ def plan(
     _check_choices(fmt, plot)
     now = utcnow()
     try:
-        deadline_s = parse_deadline(deadline, now)
+        deadline_s = deadline_from_now_s(deadline, now)
     except ValueError as exc:
         fail(str(exc))
     job, cost = job_and_cost(epochs, epoch_minutes, deadline_s, rho_min, mean_rho, may_pause, budget_g, power_w,
@@ -225,11 +218,11 @@ def plan(
     finish = now + timedelta(seconds=result.finish_s)
     if fmt == "json":
         typer.echo(json.dumps({
-            "provider": reading.provider, "now": now.isoformat(), "job": job_json(job, cost),
-            "feasible": result.feasible, "notes": notes, "finish": finish.isoformat(), "mean_rho": result.mean_rho,
+            "provider": reading.provider, "now": iso_utc(now), "job": job_json(job, cost),
+            "feasible": result.feasible, "notes": notes, "finish": iso_utc(finish), "mean_rho": result.mean_rho,
             "running_s": result.running_s, "paused_s": result.paused_s,
-            "segments": [{"start": (now + timedelta(seconds=s.start_s)).isoformat(),
-                          "end": (now + timedelta(seconds=s.end_s)).isoformat(), "rho": s.rho,
+            "segments": [{"start": iso_utc(now + timedelta(seconds=s.start_s)),
+                          "end": iso_utc(now + timedelta(seconds=s.end_s)), "rho": s.rho,
                           "intensity_g_per_kwh": s.intensity_g_per_kwh} for s in result.segments],
             "expected_carbon_g": carbon_g,
         }, ensure_ascii=False, indent=2))
@@ -367,7 +360,6 @@ def backtest(
     from carbonsched.planning.noise_model import NoiseModelError, load_noise_model
     from carbonsched.planning.receding import GUARDS, PlanningSettings
     from carbonsched.planning.vintages import VintagesFormatError, load_vintages
-    from carbonsched.protocol import instant_unix_s
     from carbonsched.providers.trace import TraceFormatError, load_trace
 
     _check_choices(fmt, plot)
@@ -395,9 +387,9 @@ def backtest(
     window = []
     for option, text in (("--start", start), ("--end", end)):
         try:
-            window.append(None if text is None else instant_unix_s(text))
+            window.append(None if text is None else parse_instant_s(text, option))
         except ValueError as exc:
-            fail(f"{option} {text!r}: {exc}")
+            fail(str(exc))
     job, cost = job_and_cost(epochs, epoch_minutes, deadline_hours * 3600, rho_min, mean_rho, may_pause, budget_g,
                               power_w, idle_power_w, measured_epoch, measured_power)
     try:
@@ -443,10 +435,10 @@ def backtest(
     steps = series.step_sizes_s()
     trace_info = {"path": str(trace), "samples": len(series.values_g_per_kwh), "step_s": loaded.step_s,
                   "step_sizes_s": list(steps), "step_changes": series.step_changes(),
-                  "start": datetime.fromtimestamp(series.origin_s + series.offsets_s[0], timezone.utc).isoformat(),
+                  "start": iso_utc(series.origin_s + series.offsets_s[0]),
                   "duration_s": series.end_s - series.offsets_s[0],
                   "time_column": loaded.time_column, "intensity_column": loaded.intensity_column,
-                  "gaps": [{"start": g.start.isoformat(), "missing_s": g.missing_s} for g in loaded.gaps]}
+                  "gaps": [{"start": iso_utc(g.start), "missing_s": g.missing_s} for g in loaded.gaps]}
     if fmt == "json":
         typer.echo(json.dumps({"trace": trace_info, "job": job_json(job, cost), "noise": noise, "seed": seed,
                                "forecasts": forecast_kind, "guard": guard, "switch_share": switch_share,

@@ -11,8 +11,8 @@ import typer
 
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.policies import PolicyFileError, PolicyFileUnreadable, PolicySource, policy_from_source
-from carbonsched.policies.forecast_csv import ForecastFileError, parse_utc, read_forecast_csv
-from carbonsched.types import Signals, utcnow
+from carbonsched.times import iso_utc, parse_instant
+from carbonsched.types import ForecastPoint, Signals, utcnow
 
 policy_app = typer.Typer(help="Check policy files and explain the ρ they give.", no_args_is_help=True)
 
@@ -73,18 +73,35 @@ def current_intensity(socket: Optional[Path], provider: Optional[str],
         return None, f"{source} failed: {exc}"
 
 
+def _points_known_at(path: Optional[Path], now: datetime, option: str) -> tuple[ForecastPoint, ...]:
+    """The points of the forecast file ``path`` as known at ``now`` (of a vintages file: the newest
+    issue at or before it); none without a file. A file that cannot be used is a usage error."""
+    if path is None:
+        return ()
+    # Imported only with a file: the providers package loads numpy, which `policy explain` otherwise need not.
+    from carbonsched.providers.forecast_csv import ForecastFileError, read_forecast_csv
+
+    try:
+        points = read_forecast_csv(path).known_at(now)
+    except ForecastFileError as err:
+        raise _fail(str(err), 2) from None
+    if points is None:
+        raise _fail(f"{option} {path}: no forecast issued at or before {iso_utc(now)}", 2)
+    return points
+
+
 @policy_app.command("explain")
 def explain(
     file: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     intensity: Annotated[Optional[float], typer.Option(
         help="Grid intensity, gCO2e/kWh (omit: the running daemon's current reading, else the provider's).")] = None,
-    forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh.")] = None,
+    forecast_file: Annotated[Optional[Path], typer.Option(help="CSV: timestamp,intensity_g_per_kwh (header optional), any forecast_file layout.")] = None,
     history_file: Annotated[Optional[Path], typer.Option(help="CSV of past readings, as --forecast-file "
                                                               "(ranked by a forecast policy's history_days).")] = None,
     gpu_power_w: Annotated[Optional[float], typer.Option(help="Measured GPU power, W.")] = None,
     used_today_g: Annotated[Optional[float], typer.Option(help="Carbon used today, gCO2e.")] = None,
     used_job_g: Annotated[Optional[float], typer.Option(help="Carbon used by the job, gCO2e.")] = None,
-    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (default: now, UTC).")] = None,
+    now: Annotated[Optional[str], typer.Option(help="Evaluation time, ISO 8601 (UTC unless an offset is given) or unix seconds (default: now).")] = None,
     socket: Annotated[Optional[Path], typer.Option(
         help="Daemon socket asked for the intensity (default: $CARBONSCHED_SOCKET or the per-user runtime dir).")] = None,
     provider: Annotated[Optional[str], typer.Option(
@@ -114,14 +131,11 @@ def explain(
         except ProviderSpecError as exc:
             raise _fail(str(exc), 2) from None
     try:
-        at: datetime = parse_utc(now) if now else utcnow()
-    except ValueError:
-        raise _fail(f"--now is not an ISO 8601 time: {now!r}", 2) from None
-    try:
-        forecast = read_forecast_csv(forecast_file) if forecast_file else ()
-        history = read_forecast_csv(history_file) if history_file else ()
-    except ForecastFileError as err:
-        raise _fail(str(err), 2) from None
+        at: datetime = parse_instant(now, "--now") if now else utcnow()
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    forecast = _points_known_at(forecast_file, at, "--forecast-file")
+    history = _points_known_at(history_file, at, "--history-file")
     signals = Signals(now=at, intensity_g_per_kwh=intensity, forecast=forecast, history=history,
                       gpu_power_w=gpu_power_w, carbon_used_today_g=used_today_g, carbon_used_job_g=used_job_g)
     explanation = policy.explain(signals)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import typer
+
+from carbonsched.times import parse_instant
 
 EXIT_BAD_INPUT = 2
 
@@ -24,22 +26,12 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
-def parse_since(value: str) -> datetime:
-    """An ISO date or date-time; without an offset it is taken as UTC."""
-    text = value.strip()
-    try:
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValueError(f"--since {value!r} is not an ISO date or date-time (e.g. 2025-01-06 or 2025-01-06T12:00)") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
-
-
 def report(
     job: Optional[str] = typer.Option(None, "--job", help="Only this job id."),
     slurm_job: Optional[str] = typer.Option(
         None, "--slurm-job", help="Only this Slurm job: every part of it (each requeue) on this node and on the "
                                   "nodes given with --include."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO date/time (UTC)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only jobs started at or after this ISO 8601 date or time (UTC unless an offset is given) or unix seconds."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     output: Optional[Path] = typer.Option(None, "--output", help="Write the report to this file instead of stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a plot (intensity, ρ, FLOPs per epoch) to this file; .png, .jpg, .svg or .pdf by its extension."),
@@ -89,7 +81,7 @@ def validate_report_options(
     if job is not None and slurm_job is not None:
         raise ReportOptionsError("give --job or --slurm-job, not both")
     try:
-        since_dt = parse_since(since) if since is not None else None
+        since_dt = parse_instant(since, "--since") if since is not None else None
     except ValueError as exc:
         raise ReportOptionsError(str(exc)) from None
     return ReportOptions(job, slurm_job, since_dt, fmt, output, plot, state_dir, tuple(include))

@@ -10,7 +10,6 @@ was planned as and the daemon on its node keeps planning it from there.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import time
 from datetime import datetime, timezone
@@ -21,24 +20,13 @@ import typer
 
 from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.commands.plan_cmds import (
-    EpochMinutes, IdlePowerW, MayPause, MeanRho, PowerW, fail, forecast_slots, job_and_cost, parse_deadline,
+    EpochMinutes, IdlePowerW, MayPause, MeanRho, PowerW, fail, forecast_slots, job_and_cost, deadline_from_now_s,
 )
 from carbonsched.protocol import JOB_DECLARATION_ENV, encode_job_declaration
+from carbonsched.times import parse_duration_s, parse_instant_s
 
 # Options of sbatch that the plan sets; given again by the user they would silently override it.
 PLANNED_SBATCH_OPTIONS = ("--begin", "-b", "--deadline")
-
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
-_SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "": 60.0, "h": 3600.0}
-
-
-def parse_duration_s(text: str, option: str) -> float:
-    """``90s``, ``30m``, ``2h`` or a bare number of minutes, in seconds (positive)."""
-    match = _DURATION.fullmatch(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"{option} {text!r} is not a positive duration (90s, 30m, 2h; a bare number is minutes)")
-    return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2)]
 
 
 def _check_sbatch_args(sbatch_args: list[str]) -> None:
@@ -60,7 +48,7 @@ def sbatch(
                                             help="sbatch's own options, the batch script and its arguments."),
     epochs: float = typer.Option(..., "--epochs", help="Epochs the job trains."),
     epoch_minutes: float = EpochMinutes,
-    deadline: str = typer.Option(..., "--deadline", help="Hours (8, 8h), minutes (90m) or an ISO time (UTC)."),
+    deadline: str = typer.Option(..., "--deadline", help="A duration from now (8h, 90m, 1h30m, PT8H; a plain number is hours) or an ISO 8601 time (UTC unless an offset is given)."),
     mean_rho: Optional[float] = MeanRho,
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="Lowest ρ any epoch may get (default: "
                                             "--mean-rho, else 1: the job is only shifted in time)."),
@@ -87,7 +75,7 @@ def sbatch(
     _check_sbatch_args(sbatch_args)
     now = utcnow()
     try:
-        deadline_s = parse_deadline(deadline, now)
+        deadline_s = deadline_from_now_s(deadline, now)
     except ValueError as exc:
         fail(str(exc))
     if deadline_s <= 0:
@@ -96,7 +84,7 @@ def sbatch(
         if value is not None and not 0 < value <= 1:
             fail(f"{name} must be in (0, 1], got {value}")
     try:
-        release_after_s = parse_duration_s(release_after, "--release-after")
+        release_after_s = parse_duration_s(release_after, "--release-after", bare_unit_s=60.0)
     except ValueError as exc:
         fail(str(exc))
     declaration = {"deadline": now.timestamp() + deadline_s, "epochs": epochs, "epoch_seconds": epoch_minutes * 60,
@@ -159,7 +147,7 @@ def _daemon_plan(socket: Path, declaration: dict, power_w: float) -> tuple[float
     except DaemonRequestError as exc:
         fail(f"the daemon at {socket} did not plan the job: {exc.message}", 1)
     begin_in_s = max(0.0, reply["begin_s"] - time.time())
-    finish_s = datetime.fromisoformat(reply["finish"].replace("Z", "+00:00")).timestamp()
+    finish_s = parse_instant_s(reply["finish"], "the daemon's finish")
     summary = _summary(reply["begin_s"], begin_in_s, finish_s, reply["mean_rho"], reply["expected_carbon_g"],
                        reply["feasible"])
     notes = [f"planned by the daemon at {socket} with the jobs it planned before, on {reply['gpus']} GPUs"]

@@ -21,8 +21,9 @@ from carbonsched.daemon.processes import process_alive
 from carbonsched.daemon.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
 from carbonsched.slurm.release import PauseReleaser
 from carbonsched.store import Store
+from carbonsched.times import iso_utc
 from carbonsched.types import (
-    Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, iso_utc, utcnow,
+    Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, utcnow,
 )
 
 log = logging.getLogger("carbonsched.daemon.lifecycle")

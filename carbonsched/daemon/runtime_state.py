@@ -19,8 +19,9 @@ from typing import Any
 
 from carbonsched.config import DaemonConfig
 from carbonsched.store import J_PER_KWH
+from carbonsched.times import iso_utc
 from carbonsched.types import (
-    Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, iso_utc, utcnow,
+    Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, utcnow,
 )
 
 log = logging.getLogger("carbonsched.daemon.lifecycle")

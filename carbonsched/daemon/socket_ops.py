@@ -28,7 +28,8 @@ from carbonsched.daemon.server import PeerCred
 from carbonsched.slurm.slurm_cli import move_begin, record_in_slurm
 from carbonsched.store import J_PER_KWH, Store
 from carbonsched.planning.submitted_plans import SubmittedPlans
-from carbonsched.types import Decision, iso_utc, utcnow
+from carbonsched.times import iso_utc
+from carbonsched.types import Decision, utcnow
 
 log = logging.getLogger("carbonsched.daemon.lifecycle")
 MAX_PLAN_AHEAD_S = 31 * 86400.0  # plan.submit: a deadline further ahead is refused

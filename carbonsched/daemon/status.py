@@ -10,7 +10,8 @@ from typing import Any
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.daemon.runtime_state import DecisionRecord, RuntimeState, Settings
 from carbonsched.store import Store
-from carbonsched.types import iso_utc, utcnow
+from carbonsched.times import iso_utc
+from carbonsched.types import utcnow
 
 
 def _safe(what: Callable[[], Any]) -> Any:

@@ -8,7 +8,7 @@ Two layouts are recognised by their column names (case and surrounding spaces ig
   ``forecast``, e.g. ``forecast_g_per_kwh``).
 
 ``issued_column=``, ``target_column=``, ``forecast_column=`` name other columns. Timestamps are
-parsed as trace files' are (:func:`carbonsched.providers.trace.parse_timestamp`: ISO 8601 with or
+parsed as trace files' are (:mod:`carbonsched.times`: ISO 8601 with or
 without an offset, naive = UTC, or unix seconds); rows may come in any order; an empty forecast
 cell is a missing point. Every problem raises :class:`VintagesFormatError` naming file, line and field.
 
@@ -34,10 +34,10 @@ from carbonsched.planning.series import Series
 from carbonsched.providers.trace import (
     TraceFormatError,
     normalise_column_name,
-    parse_timestamp,
     parse_value,
     pick_column,
     read_csv_rows,
+    timestamp_cell,
 )
 from carbonsched.types import ForecastPoint
 
@@ -138,8 +138,8 @@ def _parse(path: Path, issued_column: str | None, target_column: str | None,
             raise VintagesFormatError(f"{path}:{number}: expected {len(header)} fields, got {len(cells)}")
         if not cells[value_index].strip():
             continue  # a missing point
-        issued_s = parse_timestamp(path, number, issued_name, cells[issued_index])[0].timestamp()
-        target_s = parse_timestamp(path, number, target_name, cells[target_index])[0].timestamp()
+        issued_s = timestamp_cell(path, number, issued_name, cells[issued_index])[0].timestamp()
+        target_s = timestamp_cell(path, number, target_name, cells[target_index])[0].timestamp()
         value = parse_value(path, number, value_name, cells[value_index])
         points = by_issue.setdefault(issued_s, {})
         if target_s in points:

@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 from carbonsched.policies.fields import FieldReader
 from carbonsched.policies.problems import PolicyFileError
 from carbonsched.policies.source import PolicySource
+from carbonsched.times import iso_utc
 from carbonsched.types import Decision, Signals
 
 DEFAULT_RHO_MIN = 0.34
@@ -264,4 +265,4 @@ def _describe_inputs(signals: Signals) -> str:
              f"GPU power {known(signals.gpu_power_w, 'W')}",
              f"carbon used today {known(signals.carbon_used_today_g, 'g')}",
              f"carbon used by job {known(signals.carbon_used_job_g, 'g')}"]
-    return f"inputs at {signals.now.isoformat()}: " + ", ".join(parts)
+    return f"inputs at {iso_utc(signals.now)}: " + ", ".join(parts)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 
+from carbonsched.times import TimeFormatError, parse_instant
 from carbonsched.types import IntensityReading, ProviderError, utcnow
 
 Clock = Callable[[], datetime]
@@ -53,20 +54,15 @@ def check_intensity(provider: str, value: object, what: str = "carbon intensity"
     return number
 
 
-def parse_utc(provider: str, text: object, what: str = "timestamp") -> datetime:
-    """Parse an ISO 8601 timestamp as the providers write it ("…Z", "…+00:00", "2026-10-18T02:00Z")."""
+def reply_time(provider: str, text: object, what: str = "timestamp") -> datetime:
+    """A time in a provider's reply ("…Z", "…+00:00", "2026-10-18T02:00Z"; :mod:`carbonsched.times`)
+    as aware UTC; ProviderError naming the provider and the field otherwise."""
     if not isinstance(text, str) or not text:
         raise ProviderError(provider, f"missing or non-text {what}: {text!r}")
-    cleaned = text.strip()
-    if cleaned.endswith(("Z", "z")):
-        cleaned = cleaned[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(cleaned)
-    except ValueError:
-        raise ProviderError(provider, f"unparseable {what}: {text!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        return parse_instant(text, what)
+    except TimeFormatError as exc:
+        raise ProviderError(provider, f"unparseable {exc}") from None
 
 
 def default_clock() -> datetime:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from carbonsched.providers.base import Clock, IntensityProvider, default_clock
+from carbonsched.times import iso_utc
 from carbonsched.types import IntensityReading, ProviderError
 
 DEFAULT_ERROR_COOLDOWN_S = 30.0
@@ -137,9 +138,9 @@ class CachedProvider(IntensityProvider):
         return {
             "state": "live" if self.local else ("fresh" if fresh else "expired"),
             "value_g_per_kwh": entry.reading.intensity_g_per_kwh,
-            "timestamp": entry.reading.timestamp.isoformat(),
-            "fetched_at": entry.reading.fetched_at.isoformat(),
-            "fresh_until": entry.fresh_until.isoformat() if entry.fresh_until else None,
+            "timestamp": iso_utc(entry.reading.timestamp),
+            "fetched_at": iso_utc(entry.reading.fetched_at),
+            "fresh_until": iso_utc(entry.fresh_until),
             "hits": self.cache_hits,
         }
 
@@ -147,9 +148,9 @@ class CachedProvider(IntensityProvider):
         return {
             **self.inner.describe(),
             "last_error": _message(self.last_error) if self.last_error else None,
-            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "last_error_at": iso_utc(self.last_error_at),
             "consecutive_failures": self.consecutive_failures,
-            "cooldown_until": self.cooldown_until.isoformat() if self.cooldown_until else None,
+            "cooldown_until": iso_utc(self.cooldown_until),
             "cooldown_s": self.error_cooldown_s,
             "max_cooldown_s": self.max_error_cooldown_s,
             "max_age_s": self.max_age_s,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 
 from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
-                                        parse_utc)
+                                        reply_time)
 from carbonsched.providers.declaration import BuildContext, Credential, HttpApi, ProviderKind, ProviderSpec
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
@@ -76,7 +76,7 @@ class ElectricityMapsProvider(IntensityProvider):
         if not isinstance(body, dict) or "carbonIntensity" not in body:
             raise ProviderError(self.name, "reply to /latest has no carbonIntensity")
         value = check_intensity(self.name, body["carbonIntensity"])
-        timestamp = parse_utc(self.name, body.get("datetime"), "datetime")
+        timestamp = reply_time(self.name, body.get("datetime"), "datetime")
         detail = {
             key: body[key]
             for key in ("emissionFactorType", "estimationMethod", "updatedAt")
@@ -107,7 +107,7 @@ class ElectricityMapsProvider(IntensityProvider):
                 raise ProviderError(self.name, "reply to /forecast has no forecast list")
             return tuple(
                 ForecastPoint(
-                    timestamp=parse_utc(self.name, point.get("datetime"), "forecast datetime"),
+                    timestamp=reply_time(self.name, point.get("datetime"), "forecast datetime"),
                     intensity_g_per_kwh=check_intensity(self.name, point.get("carbonIntensity"), "forecast value"),
                 )
                 for point in points

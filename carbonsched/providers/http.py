@@ -25,6 +25,7 @@ import requests
 
 from carbonsched.providers.base import Clock, default_clock
 from carbonsched.providers.secrets import redact
+from carbonsched.times import iso_utc
 from carbonsched.types import ProviderError
 
 log = logging.getLogger("carbonsched.providers")
@@ -184,7 +185,7 @@ class HttpClient:
             "base_url": self.base_url,
             "calls": self.calls,
             "last_http_error": self.last_error,
-            "rate_limited_until": self.not_before.isoformat() if self.not_before else None,
+            "rate_limited_until": iso_utc(self.not_before),
         }
 
 

@@ -57,6 +57,7 @@ from carbonsched.providers.base import (
     default_clock,
 )
 from carbonsched.providers.declaration import BuildContext, DoctorNote, ProviderKind, ProviderSpec
+from carbonsched.times import TimeFormatError, iso_utc, parse_instant_and_offset
 from carbonsched.types import ForecastPoint, IntensityReading
 
 HEADER = ("timestamp", "intensity_g_per_kwh")
@@ -97,7 +98,7 @@ class Trace:
             return "no gaps"
         longest = max(self.gaps, key=lambda gap: gap.missing_s)
         return (f"{len(self.gaps)} gap{'s' if len(self.gaps) > 1 else ''} in the samples, longest "
-                f"{longest.missing_s / 3600:g} h from {longest.start.isoformat()}")
+                f"{longest.missing_s / 3600:g} h from {iso_utc(longest.start)}")
 
 
 def bundled_trace_path() -> Path:
@@ -139,9 +140,11 @@ def pick_column(path: Path, line: int, header: list[str], wanted: str | None, kn
                            f"{', '.join(repr(c.strip()) for c in header)} (name one with ?{option}=)")
 
 
-def read_csv_rows(path: Path, what: str, expected_header: str) -> list[tuple[int, list[str]]]:
+def read_csv_rows(path: Path, what: str, expected_header: str, *, may_be_empty: bool = False
+                  ) -> list[tuple[int, list[str]]]:
     """The rows of a CSV file as (line number, cells), the header first, without blank and ``#`` lines;
-    raise TraceFormatError when the file cannot be read or has no rows (``what``: "trace", ...)."""
+    raise TraceFormatError when the file cannot be read or (unless ``may_be_empty``) has no rows
+    (``what``: "trace", ...)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -149,7 +152,7 @@ def read_csv_rows(path: Path, what: str, expected_header: str) -> list[tuple[int
     rows = [(number, next(csv.reader([line])))
             for number, line in enumerate(text.splitlines(), start=1)
             if line.strip() and not line.lstrip().startswith("#")]
-    if not rows:
+    if not rows and not may_be_empty:
         raise TraceFormatError(f"{path}: empty {what} (expected a header such as {expected_header})")
     return rows
 
@@ -165,21 +168,14 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
     time_name, value_name = header[time_index].strip(), header[value_index].strip()
     timestamps: list[datetime] = []
     values: list[float] = []
-    naive_lines: list[int] = []
-    aware_seen = False
+    offset_check = OffsetMixCheck(path, time_name)
     for number, cells in rows[1:]:
         if len(cells) != len(header):
             raise TraceFormatError(f"{path}:{number}: expected {len(header)} fields, got {len(cells)}")
         if not cells[value_index].strip():
             continue  # a missing sample: shows up as a gap
-        stamp, naive = parse_timestamp(path, number, time_name, cells[time_index])
-        if naive:
-            naive_lines.append(number)
-        else:
-            aware_seen = True
-        if naive_lines and aware_seen:
-            raise TraceFormatError(f"{path}:{naive_lines[0]}: field {time_name}: has no UTC offset while other rows "
-                                   "have one (write all timestamps with an offset, or none)")
+        stamp, has_offset = timestamp_cell(path, number, time_name, cells[time_index])
+        offset_check.add(number, has_offset)
         timestamps.append(stamp)
         values.append(parse_value(path, number, value_name, cells[value_index]))
         if len(timestamps) > 1 and timestamps[-1] <= timestamps[-2]:
@@ -191,12 +187,18 @@ def load_trace(path: str | Path, *, time_column: str | None = None, intensity_co
     offsets = tuple((ts - start).total_seconds() for ts in timestamps)
     spacings = [b - a for a, b in zip(offsets, offsets[1:])]
     counts = collections.Counter(spacings)
-    step_s = min(counts, key=lambda spacing: (-counts[spacing], spacing))  # most common; the shorter on a tie
+    step_s = regular_step_s(spacings)
     gaps = tuple(TraceGap(timestamps[i] + timedelta(seconds=local_s), spacing - local_s)
                  for i, spacing, local_s in _gap_spacings(spacings, step_s))
     last_step_s = spacings[-1] if spacings[-1] in counts and counts[spacings[-1]] > 1 else step_s
     return Trace(str(path), tuple(timestamps), tuple(values), offsets, offsets[-1] + last_step_s, step_s, gaps,
                  time_name, value_name)
+
+
+def regular_step_s(spacings: list[float]) -> float:
+    """The regular step of samples with these spacings (s): the most common one, the shorter on a tie."""
+    counts = collections.Counter(spacings)
+    return min(counts, key=lambda spacing: (-counts[spacing], spacing))
 
 
 RUN_OF_A_STEP = 3  # equal spacings in a row that make a regular step rather than gaps
@@ -222,23 +224,32 @@ def _gap_spacings(spacings: list[float], step_s: float) -> list[tuple[int, float
     return gaps
 
 
-def parse_timestamp(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
-    """The timestamp as aware UTC, and whether the text had no offset (then it is taken as UTC).
-
-    ISO 8601, or unix seconds (a plain number, which is never naive)."""
-    cleaned = text.strip()
+def timestamp_cell(path: Path, line: int, column: str, text: str) -> tuple[datetime, bool]:
+    """The cell's instant (:func:`carbonsched.times.parse_instant_and_offset`) as aware UTC, and whether
+    it gave its offset; TraceFormatError naming file, line and field otherwise."""
     try:
-        parsed = datetime.fromisoformat(cleaned[:-1] + "+00:00" if cleaned.endswith(("Z", "z")) else cleaned)
-    except ValueError:
-        try:
-            unix_s = float(cleaned)
-            return datetime.fromtimestamp(unix_s, timezone.utc), False
-        except (ValueError, OverflowError, OSError):
-            raise TraceFormatError(f"{path}:{line}: field {column}: {cleaned!r} is not ISO 8601 or unix seconds") \
-                from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc), True
-    return parsed.astimezone(timezone.utc), False
+        return parse_instant_and_offset(text.strip(), f"{path}:{line}: field {column}:")
+    except TimeFormatError as exc:
+        raise TraceFormatError(str(exc)) from None
+
+
+class OffsetMixCheck:
+    """Refuses a file whose timestamps mix with and without a UTC offset: naive ones are taken as UTC, so a
+    mix is most likely local times by mistake. The error names the first line without one."""
+
+    def __init__(self, path: Path, column: str) -> None:
+        self.path, self.column = path, column
+        self.first_naive_line: int | None = None
+        self.offset_seen = False
+
+    def add(self, line: int, has_offset: bool) -> None:
+        """Note one row's timestamp; TraceFormatError once both kinds have been seen."""
+        self.offset_seen = self.offset_seen or has_offset
+        if not has_offset and self.first_naive_line is None:
+            self.first_naive_line = line
+        if self.first_naive_line is not None and self.offset_seen:
+            raise TraceFormatError(f"{self.path}:{self.first_naive_line}: field {self.column}: has no UTC offset "
+                                   "while other rows have one (write all timestamps with an offset, or none)")
 
 
 def parse_value(path: Path, line: int, column: str, text: str) -> float:
@@ -308,7 +319,7 @@ class TraceProvider(IntensityProvider):
             interval_s=self._sample_length_s(index) / self.speedup,
             estimated=False,
             forecast=self._forecast(int(loop) * len(trace.values_g_per_kwh) + index, wall_start, elapsed_trace_s),
-            detail={"trace_time": trace.timestamps[index].isoformat(), "loop": int(loop), "speedup": self.speedup},
+            detail={"trace_time": iso_utc(trace.timestamps[index]), "loop": int(loop), "speedup": self.speedup},
         )
 
     def _sample_length_s(self, index: int) -> float:

@@ -15,10 +15,10 @@ import re
 from datetime import datetime
 
 from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
-                                        parse_utc)
+                                        reply_time)
 from carbonsched.providers.declaration import BuildContext, DoctorNote, HttpApi, ProviderKind, ProviderSpec
-from carbonsched.providers.http import HttpClient
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
+from carbonsched.providers.http import HttpClient
 
 log = logging.getLogger("carbonsched.providers")
 
@@ -75,7 +75,7 @@ class UkGridProvider(IntensityProvider):
             slot = _first(self.name, {"data": region.get("data")}, "regional data")
             value, estimated = self._forecast_value(slot), True
             detail = {key: region[key] for key in ("regionid", "shortname", "dnoregion") if key in region}
-        timestamp = parse_utc(self.name, slot.get("from"), "from")
+        timestamp = reply_time(self.name, slot.get("from"), "from")
         intensity = slot.get("intensity") or {}
         if isinstance(intensity, dict) and isinstance(intensity.get("index"), str):
             detail["index"] = intensity["index"]
@@ -125,7 +125,7 @@ class UkGridProvider(IntensityProvider):
             if not isinstance(slots, list):
                 raise ProviderError(self.name, "forecast reply has no list of half-hours")
             return tuple(
-                ForecastPoint(parse_utc(self.name, slot.get("from"), "from"), self._forecast_value(slot))
+                ForecastPoint(reply_time(self.name, slot.get("from"), "from"), self._forecast_value(slot))
                 for slot in slots
                 if isinstance(slot, dict)
             )

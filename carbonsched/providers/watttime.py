@@ -15,7 +15,7 @@ import base64
 from datetime import datetime, timedelta
 
 from carbonsched.providers.base import (Clock, IntensityProvider, ProviderSpecError, check_intensity, default_clock,
-                                        parse_utc)
+                                        reply_time)
 from carbonsched.providers.declaration import BuildContext, Credential, HttpApi, ProviderKind, ProviderSpec
 from carbonsched.providers.http import HttpClient, HttpStatusError
 from carbonsched.types import ForecastPoint, IntensityReading, ProviderError
@@ -104,7 +104,7 @@ class WattTimeProvider(IntensityProvider):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = value * factor
         return ForecastPoint(
-            timestamp=parse_utc(self.name, raw.get("point_time"), "point_time"),
+            timestamp=reply_time(self.name, raw.get("point_time"), "point_time"),
             intensity_g_per_kwh=check_intensity(self.name, value, "MOER"),
         )
 

@@ -29,6 +29,7 @@ from carbonsched.reporting.accounting import measured_j_per_flop, recorded_epoch
 from carbonsched.planning.job_planner import paused_seconds
 from carbonsched.reporting.plan_outcome import Counterfactual, PlanOutcome, plan_outcome
 from carbonsched.store import J_PER_KWH, Store, to_unix_s
+from carbonsched.times import iso_utc, parse_instant_s
 
 FORMATS = ("table", "json", "csv")
 
@@ -469,19 +470,12 @@ TOTAL_FIELDS = ("duration_s", "flops", "flops_full", "energy_kwh", "carbon_g", "
 NODE_TOTAL_FIELDS = ("duration_s", "energy_kwh", "carbon_g", "saved_kwh", "saved_g")
 
 
-def iso_utc(ts: float | None) -> str | None:
-    """Unix seconds as ISO 8601 UTC (``2026-01-02T03:04:05.678901Z``); None stays None."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _with_iso_times(row: dict[str, Any]) -> dict[str, Any]:
     """``*_at`` fields as ISO 8601 UTC, each followed by ``*_at_s`` with the Unix seconds."""
     out: dict[str, Any] = {}
     for key, value in row.items():
         if key.endswith("_at") and (value is None or isinstance(value, (int, float))):
-            out[key], out[f"{key}_s"] = iso_utc(value), value
+            out[key], out[f"{key}_s"] = iso_utc(value, zulu=True), value
         else:
             out[key] = value
     return out
@@ -494,7 +488,7 @@ def _unix_times(row: dict[str, Any]) -> dict[str, Any]:
         if f"{key}_s" in row:
             out[key] = row[f"{key}_s"]
         elif isinstance(out[key], str):
-            out[key] = datetime.fromisoformat(out[key].replace("Z", "+00:00")).timestamp()
+            out[key] = parse_instant_s(out[key], f"the report's {key}")
     return out
 
 

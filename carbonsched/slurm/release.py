@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from carbonsched.slurm import slurm_cli as slurm
+from carbonsched.times import iso_utc
 
 log = logging.getLogger("carbonsched.slurm.slurm_cli")
 
@@ -70,7 +71,7 @@ class PauseReleaser:
                     continue
                 self._released[job_id] = until_s
             log.info("job %s: pause until %s is longer than %g s: requeueing Slurm job %s", job_id,
-                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until_s)),
+                     iso_utc(float(int(until_s)), zulu=True),
                      job.get("release_after_s") or DEFAULT_RELEASE_AFTER_S, job["slurm_job_id"])
             threading.Thread(target=self._requeue, args=(job_id, str(job["slurm_job_id"]), until_s),
                              name=f"slurm-requeue-{job['slurm_job_id']}", daemon=True).start()
@@ -111,7 +112,7 @@ class PauseReleaser:
                 log.warning("job %s: Slurm job %s stays held (scontrol release %s by hand): %s", job_id,
                             slurm_job_id, slurm_job_id, exc)
         log.info("job %s: Slurm job %s requeued, to begin again at %s", job_id, slurm_job_id,
-                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until_s)))
+                 iso_utc(float(int(until_s)), zulu=True))
 
     def _failed(self, job_id: str, slurm_job_id: str, exc: Exception) -> None:
         """Not requeued: the job keeps its pause in process, and is not tried again until it registers anew."""

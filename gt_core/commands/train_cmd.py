@@ -160,7 +160,7 @@ def train(
     warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", min=0.0, max=0.999, help="Warmup as a share of all steps (used when --warmup-steps is 0)."),
     report_to: list[str] = typer.Option([], "--report-to", help="tensorboard | wandb | mlflow | none (repeatable; offline modes work without network)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Options from a .toml or .yaml file; flags given on the command line override it."),
-    deadline: Optional[str] = typer.Option(None, "--deadline", help="With --rho-from daemon: finish by this time (ISO 8601, UTC unless an offset is given, or unix seconds); the daemon plans ρ and pauses."),
+    deadline: Optional[str] = typer.Option(None, "--deadline", help="With --rho-from daemon: finish by this time (ISO 8601, UTC unless an offset is given, or unix seconds) or this long from now (8h, 90m, 1h30m); the daemon plans ρ and pauses."),
     may_pause: bool = typer.Option(False, "--may-pause", help="With --deadline: the daemon may pause the job between steps until a cleaner hour."),
     mean_rho: Optional[float] = typer.Option(None, "--mean-rho", help="With --deadline: the mean ρ over the job must stay at least this (the quality floor)."),
     rho_min: Optional[float] = typer.Option(None, "--rho-min", help="With --deadline: never plan ρ below this (default: --mean-rho, else 1: only shift in time)."),

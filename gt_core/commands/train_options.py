@@ -10,11 +10,13 @@ filesystem, the environment or the daemon happens after it, when the trainer is 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from carbonsched.protocol import DeadlineJob, instant_unix_s
+from carbonsched.protocol import DeadlineJob
+from carbonsched.times import parse_deadline_s
 
 from gt_core.commands.run_args import RUN_ARGS_FILE
 
@@ -203,9 +205,9 @@ def _deadline_job(given: Mapping[str, Any]) -> DeadlineJob | None:
             raise TrainOptionsError("--may-pause, --mean-rho, --rho-min and --release-after-s plan a job with a --deadline; give one")
         return None
     try:
-        deadline_s = instant_unix_s(given["deadline"])
+        deadline_s = parse_deadline_s(given["deadline"], "--deadline", time.time())
     except ValueError as exc:
-        raise TrainOptionsError(f"--deadline {given['deadline']!r} {exc}") from None
+        raise TrainOptionsError(str(exc)) from None
     for name in ("mean_rho", "rho_min"):
         if given[name] is not None and not 0 < given[name] <= 1:
             raise TrainOptionsError(f"--{name.replace('_', '-')} must be in (0, 1], got {given[name]}")

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable
 
+from carbonsched.times import iso_utc
 from gt_core.rho.sources import RhoReading
 
 log = logging.getLogger("gt_core.rho.pausing")
@@ -73,7 +73,7 @@ def wait_while_paused(
     until_s = reading.pause_until_s
     paused_at = monotonic()
     log.warning("paused before step %d (epoch %d) until %s, as the carbon plan asks (%s)",
-                step, epoch, _utc(until_s), reading.detail.get("reason", "no reason given"))
+                step, epoch, iso_utc(float(int(until_s)), zulu=True), reading.detail.get("reason", "no reason given"))
     silent_since: float | None = None
     why = "told to run"
     while True:
@@ -105,7 +105,3 @@ def wait_while_paused(
     if on_resume is not None:
         on_resume(paused_s)
     return resumed or reading
-
-
-def _utc(unix_s: float) -> str:
-    return datetime.fromtimestamp(unix_s, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -5,7 +5,8 @@ imported, so no torch) and its imports are compared with the rules below.
   ``import pkg.mod`` followed by ``pkg.mod._name`` (dunder names such as ``__version__`` are public).
   Function-local imports count here.
 * gt_core talks to the daemon only through ``carbonsched.client`` and the wire constants of
-  ``carbonsched.protocol``; carbonsched imports nothing from gt_core; the shared CLI helper package
+  ``carbonsched.protocol``, and reads and writes times with ``carbonsched.times`` (the wire's time
+  vocabulary, standard library only); carbonsched imports nothing from gt_core; the shared CLI helper package
   imports neither half; nothing in either half imports the demo, which joins them.
 * No import cycles among the modules. An edge is a module-level import, including imports under
   ``if TYPE_CHECKING:``, ``try:`` and ``if __name__ == "__main__":`` blocks. Imports inside function
@@ -25,7 +26,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gt_core", "carbonsched", "cli_support", "carbon_demo")
-DAEMON_API_FOR_GT_CORE = frozenset({"carbonsched.client", "carbonsched.protocol"})
+DAEMON_API_FOR_GT_CORE = frozenset({"carbonsched.client", "carbonsched.protocol", "carbonsched.times"})
 DEMO_PACKAGE = "carbon_demo"
 NEUTRAL_PACKAGE = "cli_support"
 

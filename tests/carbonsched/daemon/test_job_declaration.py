@@ -108,7 +108,9 @@ def test_client_reads_pause_until_and_ignores_anything_but_a_number():
 
 @pytest.mark.parametrize("flags, expected", [
     (["--deadline", "2026-03-01T18:00Z"], "--deadline needs --rho-from daemon"),
-    (["--rho-from", "daemon:/nonexistent.sock", "--deadline", "soon"], "--deadline 'soon' must be an ISO 8601 time"),
+    (["--rho-from", "daemon:/nonexistent.sock", "--deadline", "soon"], "--deadline 'soon' is neither a duration"),
+    (["--rho-from", "daemon:/nonexistent.sock", "--deadline", "8h", "--mean-rho", "1.5"],
+     "--mean-rho must be in (0, 1]"),  # 8h is a deadline: the options after it are checked
     (["--rho-from", "daemon:/nonexistent.sock", "--may-pause"], "plan a job with a --deadline"),
     (["--rho-from", "daemon:/nonexistent.sock", "--deadline", "2026-03-01T18:00Z", "--mean-rho", "1.5"],
      "--mean-rho must be in (0, 1]"),

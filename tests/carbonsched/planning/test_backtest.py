@@ -288,8 +288,9 @@ def test_plan_command_against_a_trace_provider(tmp_path):
 def test_plan_command_bad_deadline_is_one_line_exit_2():
     result = runner.invoke(app, ["plan", "--provider", "trace", "--deadline", "tomorrow"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: --deadline 'tomorrow' is not hours (24, 24h), minutes (90m) "
-                                     "or an ISO time")
+    assert result.stderr.strip() == ("error: --deadline 'tomorrow' is neither a duration (30s, 90m, 8h, 2d, 1h30m, "
+                                     "PT8H) nor an ISO 8601 time (e.g. 2026-03-01T18:00Z; no offset means UTC) or unix "
+                                     "seconds; a plain number is hours")
 
 
 def test_plan_command_with_measured_epoch_times_mixes_the_hull_levels(tmp_path):

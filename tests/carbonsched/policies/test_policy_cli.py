@@ -87,7 +87,8 @@ def test_explain_bad_forecast_file_and_bad_policy(tmp_path):
     forecast.write_text("2025-03-01T13:00:00Z,100\nyesterday,200\n", encoding="utf-8")
     result = runner.invoke(app, ["policy", "explain", STEPS, "--intensity", "1", "--forecast-file", str(forecast)])
     assert result.exit_code == 2
-    assert result.stderr == f"error: {forecast}:2: timestamp is not ISO 8601: 'yesterday'\n"
+    assert result.stderr == (f"error: {forecast}:2: field timestamp: 'yesterday' is not an ISO 8601 time "
+                             "(e.g. 2026-03-01T18:00Z; no offset means UTC) or unix seconds\n")
     bad = tmp_path / "bad.toml"
     bad.write_text('kind = "constant"\nrho = 2\n', encoding="utf-8")
     result = runner.invoke(app, ["policy", "explain", str(bad), "--intensity", "1"])

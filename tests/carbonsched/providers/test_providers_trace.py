@@ -88,7 +88,7 @@ HEADER = "timestamp,intensity_g_per_kwh\n"
     [
         ("time,value\n2025-01-01T00:00:00Z,1\n", 1, None,
          "header: no intensity column among 'time', 'value' (name one with ?intensity_column=)"),
-        (HEADER + "2025-01-01T00:00:00Z,1\nyesterday,2\n", 3, "timestamp", "'yesterday' is not ISO 8601"),
+        (HEADER + "2025-01-01T00:00:00Z,1\nyesterday,2\n", 3, "timestamp", "'yesterday' is not an ISO 8601 time"),
         (HEADER + "2025-01-01T00:00:00,1\n2025-01-01T01:00:00Z,2\n", 2, "timestamp",
          "has no UTC offset while other rows have one (write all timestamps with an offset, or none)"),
         (HEADER + "2025-01-01T00:00:00Z,lots\n2025-01-01T01:00:00Z,2\n", 2, "intensity_g_per_kwh", "'lots' is not a number"),

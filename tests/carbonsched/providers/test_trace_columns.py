@@ -87,5 +87,5 @@ def test_unix_seconds_are_timestamps_and_never_naive(tmp_path):
                                         "1735693200.0,80\n"))
     assert trace.timestamps == tuple(datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=m)
                                      for m in (0, 30, 60))
-    with pytest.raises(ProviderSpecError, match="t.csv:3: field timestamp: 'soon' is not ISO 8601 or unix seconds"):
+    with pytest.raises(ProviderSpecError, match="t.csv:3: field timestamp: 'soon' is not an ISO 8601 time"):
         load_trace(_write(tmp_path, "timestamp,intensity_g_per_kwh\n1735689600,100\nsoon,90\n"))

@@ -158,7 +158,7 @@ def test_report_cli_formats_filters_and_refuses_bad_paths(tmp_path):
     for args, message in (
         (["--job", "nope"], "no job 'nope'"),
         (["--format", "xml"], "--format must be one of"),
-        (["--since", "yesterday"], "not an ISO date"),
+        (["--since", "yesterday"], "--since 'yesterday' is not an ISO 8601 time"),
         (["--plot", str(tmp_path)], "is a directory"),
         (["--plot", str(tmp_path / "missing" / "p.png")], "does not exist"),
         (["--output", str(tmp_path)], "is a directory"),

@@ -30,7 +30,7 @@ def test_valid_options_become_a_frozen_typed_value():
 @pytest.mark.parametrize("given, message", [
     ({"fmt": "xml"}, "--format must be one of table, json, csv, got 'xml'"),
     ({"job": "a", "slurm_job": "7"}, "give --job or --slurm-job, not both"),
-    ({"since": "yesterday"}, "--since 'yesterday' is not an ISO date or date-time"),
+    ({"since": "yesterday"}, "--since 'yesterday' is not an ISO 8601 time"),
 ])
 def test_a_bad_option_is_one_line_naming_it(tmp_path, monkeypatch, given, message):
     monkeypatch.chdir(tmp_path)

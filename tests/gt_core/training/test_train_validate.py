@@ -78,7 +78,7 @@ BAD_COMBINATIONS = [
     ({"rho": 1.5}, "--rho must be in (0, 1], got 1.5"),
     ({"rho_from": "daemon", "job_id": "a b"}, "--job-id 'a b': use 1-64 letters"),
     ({"rho_from": "daemon", "may_pause": True}, "plan a job with a --deadline; give one"),
-    ({"rho_from": "daemon", "deadline": "soon"}, "--deadline 'soon' must be an ISO 8601 time"),
+    ({"rho_from": "daemon", "deadline": "soon"}, "--deadline 'soon' is neither a duration"),
     ({"rho_from": "daemon", "deadline": "2026-03-01T18:00Z", "rho_min": 0.0}, "--rho-min must be in (0, 1], got 0.0"),
     ({"rho_from": "daemon", "deadline": "2026-03-01T18:00Z", "epoch_seconds": -1.0}, "--epoch-seconds must be positive"),
     ({"rho_from": "daemon", "deadline": "2026-03-01T18:00Z", "rho_min": 0.6, "mean_rho": 0.5},
