@@ -122,8 +122,9 @@ def memory_examples(n: int, seq_len: int) -> list:
     return pairs
 
 
-def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, Any]:
-    """Train one configuration in this process; ``rho=None`` is full fine-tuning."""
+def measure_one(mode: str, rho: float | None, shape: MemoryShape, steady: bool = False) -> dict[str, Any]:
+    """Train one configuration in this process; ``rho=None`` is full fine-tuning. The ρ schedule is
+    [1.0, ρ], or [ρ, ρ] when ``steady`` (the previous epoch left only its selection's moments)."""
     import torch
 
     from gt_core.callbacks import TrainerCallback
@@ -177,7 +178,7 @@ def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, A
             max_input_length=shape.seq_len, max_target_length=48, importance_batches=1, output_dir=tmp,
             progress=False, save_final=False, print_epoch_summary=False, device="cpu", frozen_state=mode,
         )
-        source = None if rho is None else ScheduleRho([1.0, rho])
+        source = None if rho is None else ScheduleRho([rho if steady else 1.0, rho])
         # Under torchrun: --strategy fsdp, each rank its half of every global batch.
         cls = trainer_class("fsdp" if is_distributed_launch() else "ddp")
         trainer = cls(model, tokenizer, examples[:n_train], examples[n_train:], cfg,
@@ -207,10 +208,10 @@ def measure_one(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, A
     }
 
 
-def run_fresh(mode: str, rho: float | None, shape: MemoryShape) -> dict[str, Any]:
+def run_fresh(mode: str, rho: float | None, shape: MemoryShape, steady: bool = False) -> dict[str, Any]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TRANSFORMERS_VERBOSITY="error",
                MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD_BYTES), TOKENIZERS_PARALLELISM="false")
-    spec = json.dumps({"mode": mode, "rho": rho, "shape": asdict(shape)})
+    spec = json.dumps({"mode": mode, "rho": rho, "shape": asdict(shape), "steady": steady})
     done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", spec], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=1800)
     if done.returncode != 0:
@@ -403,6 +404,16 @@ def memory_table_lines(full: dict, runs: list[dict]) -> list[str]:
     ]
 
 
+def steady_line(full: dict, steady: dict) -> str:
+    """The goal configuration after an epoch at the same ρ instead of ρ 1."""
+    full_peak = over_baseline(full)
+    return (f"After an epoch at the same ρ {steady['rho']} instead of ρ 1 (schedule [{steady['rho']}, {steady['rho']}], "
+            f"`drop`), the second epoch starts with {over_baseline(steady, 'before_pass_peak_bytes') / 2**20:.0f} MiB, "
+            f"its importance pass peaks at {over_baseline(steady, 'pass_peak_bytes') / 2**20:.0f} MiB and its training "
+            f"steps at {over_baseline(steady) / 2**20:.0f} MiB: the epoch at {epoch_peak(steady) / full_peak:.2f}× full "
+            "fine-tuning's.")
+
+
 def _accuracy_rows(runs: list[dict]) -> list[list[object]]:
     rows = []
     schedules = list(dict.fromkeys(tuple(r["schedule"]) for r in runs))
@@ -429,6 +440,8 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         for mode in shape.modes:
             log(f"  {mode} rho {rho} ...")
             runs.append(run_fresh(mode, rho, shape))
+    log(f"  drop rho {GOAL_RHO} after an epoch at the same rho ...")
+    steady = run_fresh("drop", GOAL_RHO, shape, steady=True)
     log(f"  the same under --strategy fsdp, {SHARDED_PROCS} processes ...")
     sharded_full = run_fresh_sharded("keep", None, shape, SHARDED_PROCS)
     sharded = [run_fresh_sharded(mode, rho, shape, SHARDED_PROCS) for rho in shape.rhos for mode in shape.modes]
@@ -439,7 +452,7 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
     png = RESULTS / "memory.png"
     _plot(full, runs, shape, png)
     (RESULTS / "memory.json").write_text(json.dumps(
-        {"quick": quick, "shape": asdict(shape), "full": full, "runs": runs,
+        {"quick": quick, "shape": asdict(shape), "full": full, "runs": runs, "steady": steady,
          "sharded": {"procs": SHARDED_PROCS, "full": sharded_full, "runs": sharded},
          "accuracy_lr": acc_lr, "accuracy": [{k: v for k, v in r.items() if k != "epochs"} |
                                               {"selected_per_epoch": [e.get("selected") for e in r["epochs"]]}
@@ -468,6 +481,8 @@ def main(quick: bool = False, log: Callable[[str], None] = print) -> list[str]:
         "measures on CUDA. ρ = 1 selects every tensor, so it is the full fine-tuning row (the star in the plot).",
         "",
         *memory_table_lines(full, runs),
+        "",
+        steady_line(full, steady),
         "",
         *sharded_table_lines(sharded_full, sharded, SHARDED_PROCS),
         "",
@@ -504,6 +519,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         spec = json.loads(sys.argv[2])
         shape = MemoryShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["shape"].items()})
-        print(json.dumps(measure_one(spec["mode"], spec["rho"], shape)), flush=True)
+        print(json.dumps(measure_one(spec["mode"], spec["rho"], shape, spec.get("steady", False))), flush=True)
     else:
         run_section(main)
