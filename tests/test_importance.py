@@ -328,3 +328,19 @@ def test_recomputed_blocks_save_only_what_lies_outside_the_blocks_and_change_no_
         torch.testing.assert_close(recomputed_grads[name], grad, rtol=1e-6, atol=0)
     assert all("forward" not in block.__dict__ for block in transformer_blocks(model))
     assert model.config.use_cache is True
+
+
+@pytest.mark.parametrize("metric", ["dw_grad", "dw"])
+def test_scoring_over_slices_matches_the_former_implementation(monkeypatch, metric):
+    """Slices of 100 elements (every weight matrix spans several, most end in a partial one) give the
+    former implementation's scores, with Adam's moments and weight decay sliced alike."""
+    import gt_core.importance as importance
+
+    monkeypatch.setattr(importance, "SCORE_SLICE_ELEMENTS", 100)
+    model, names, opt, _ = _trained_setup(steps=2)
+    batches = _batches(2, seed=12)
+    excluded = np.zeros(len(names), dtype=bool)
+    got = compute_importance(model, names, batches, opt, metric=metric)
+    want = _reference_importance(model, names, batches, opt, metric, [1.0, 1.0], excluded)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-want, kind="stable"))
