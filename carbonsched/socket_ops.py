@@ -44,7 +44,7 @@ from carbonsched.protocol import (
 from carbonsched.runtime_state import RuntimeState
 from carbonsched.server import PeerCred
 from carbonsched.slurm import move_begin, record_in_slurm
-from carbonsched.store import J_PER_KWH, Store
+from carbonsched.store import J_PER_KWH, Row, Store
 from carbonsched.submitted_plans import SubmittedPlans
 from carbonsched.types import Decision, iso_utc, utcnow
 
@@ -73,7 +73,7 @@ def handle(ctx: OpContext, request: Request, peer: PeerCred) -> OpReply:
     return OPS[request.op](ctx, request.fields, peer, request)
 
 
-def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> JobRecord:
+def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> Row:
     """The stored job, if the peer may act on it (its owner, root or the daemon's own user)."""
     job = ctx.store.job(job_id)
     if job is None:

@@ -35,7 +35,7 @@ import math
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, TypeGuard, cast
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 from carbonsched.protocol import EpochEndReply, JsonObject, JsonValue
@@ -64,7 +64,26 @@ DEFAULT_PAUSE_MAX_WAIT_S = 300.0
 _REPORTING_METHODS = ("start_job", "open_epoch", "report_epoch", "end_job")
 
 
-def is_daemon_reporter(obj: object) -> bool:
+class DaemonReporter(Protocol):
+    """What reports a job to a daemon: :class:`DaemonRhoSource`, or anything with its job id,
+    ``job.start`` fields and reporting methods."""
+
+    job_id: str
+    job_fields: JsonObject
+
+    def start_job(self) -> bool: ...
+
+    def open_epoch(self, epoch: int, rho_asked: float, rho_effective: float | None = None) -> None: ...
+
+    def report_epoch(self, epoch: int, *, rho_asked: float | None, rho_effective: float | None,
+                     flops_forward: float | None, flops_backward: float | None, flops_full: float | None,
+                     wall_s: float | None, train_loss: float | None = None, val_loss: float | None = None,
+                     scheme: str | None = None, **extra: JsonValue) -> EpochEndReply | None: ...
+
+    def end_job(self, status: TrainStatus) -> None: ...
+
+
+def is_daemon_reporter(obj: object) -> TypeGuard[DaemonReporter]:
     """True for a ρ source or callback that reports a job to a daemon: a :class:`DaemonRhoSource`
     or anything with its ``job_id``, ``job_fields`` and ``start_job``/``open_epoch``/
     ``report_epoch``/``end_job`` methods."""
