@@ -21,8 +21,9 @@ def shape_problems(reply: typing.Mapping[str, object], reply_type: type, where: 
     """Keys ``reply`` lacks or has beyond ``reply_type``'s declaration (the envelope aside)."""
     declared = reply_type.__required_keys__ | reply_type.__optional_keys__
     keys = set(reply) - ENVELOPE
-    return ([f"{where}: missing {sorted(reply_type.__required_keys__ - keys)}"] if reply_type.__required_keys__ - keys else []) + (
-        [f"{where}: undeclared {sorted(keys - declared)}"] if keys - declared else [])
+    missing, undeclared = reply_type.__required_keys__ - keys, keys - declared
+    return ([f"{where}: missing {sorted(missing)}"] if missing else []) + (
+        [f"{where}: undeclared {sorted(undeclared)}"] if undeclared else [])
 
 
 def test_every_op_has_a_reply_type():
@@ -78,9 +79,12 @@ def test_a_deadline_jobs_plan_in_the_jobs_reply_matches_its_type(daemon):
                             epochs=2.0, epoch_seconds=60.0)
         job_id = reply["job_id"]
         try:
-            (row,) = [j for j in client.jobs()["jobs"] if j["job_id"] == job_id]
-            assert wait_until(lambda: [j for j in client.jobs()["jobs"] if j["job_id"] == job_id][0]["plan"] is not None, 30)
-            (row,) = [j for j in client.jobs()["jobs"] if j["job_id"] == job_id]
+            def current_row() -> JobRow:
+                (found,) = [j for j in client.jobs()["jobs"] if j["job_id"] == job_id]
+                return found
+
+            assert wait_until(lambda: current_row()["plan"] is not None, 30)
+            row = current_row()
             assert shape_problems(row, JobRow, "jobs.jobs") == []
             assert shape_problems(row["plan"], JobPlan, "jobs.jobs.plan") == []
         finally:
