@@ -41,10 +41,15 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
+RequestFields = dict[str, Any]
+"""A request's fields after checking: each value has its checker's type (:data:`OPS`), which varies
+by op and field, so readers index the fields their op declares."""
+
+
 @dataclass(frozen=True)
 class Request:
     op: str
-    fields: JsonObject
+    fields: RequestFields
     id: RequestId = None
     extra: JsonObject = field(default_factory=dict)
 
@@ -276,7 +281,7 @@ def decode_request(line: bytes) -> Request:
     spec = OPS.get(op)
     if spec is None:
         raise ProtocolError("unknown_op", f"unknown op {op[:64]!r}; known: {', '.join(OPS)}", request_id)
-    fields: JsonObject = {}
+    fields: RequestFields = {}
     for name, (required, check) in spec.items():
         if name not in obj:
             if required:
@@ -292,17 +297,17 @@ def decode_request(line: bytes) -> Request:
     return Request(op=op, fields=fields, id=request_id, extra=extra)
 
 
-def _with_id(reply: JsonObject, request_id: RequestId) -> JsonObject:
+def _with_id(reply: dict[str, object], request_id: RequestId) -> dict[str, object]:
     if request_id is not None:
         reply["id"] = request_id
     return reply
 
 
-def ok_reply(result: Mapping[str, object], request_id: RequestId = None) -> JsonObject:
+def ok_reply(result: Mapping[str, object], request_id: RequestId = None) -> dict[str, object]:
     return _with_id({"v": PROTOCOL_VERSION, "ok": True, **result}, request_id)
 
 
-def error_reply(code: str, message: str, request_id: RequestId = None) -> JsonObject:
+def error_reply(code: str, message: str, request_id: RequestId = None) -> dict[str, object]:
     return _with_id(
         {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message}}, request_id
     )

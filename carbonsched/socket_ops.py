@@ -29,7 +29,6 @@ from carbonsched.protocol import (
     JobEndReply,
     JobsReply,
     JobStartReply,
-    JsonObject,
     OverrideReply,
     PingReply,
     PlanBindReply,
@@ -37,6 +36,7 @@ from carbonsched.protocol import (
     ProtocolError,
     ReloadReply,
     Request,
+    RequestFields,
     RhoReply,
     StatusReply,
     declaration_problem,
@@ -66,7 +66,7 @@ class OpContext:
 
 
 OpReply = Mapping[str, object]  # one of the protocol's *Reply types
-Op = Callable[[OpContext, JsonObject, PeerCred, Request], OpReply]
+Op = Callable[[OpContext, RequestFields, PeerCred, Request], OpReply]
 
 
 def handle(ctx: OpContext, request: Request, peer: PeerCred) -> OpReply:
@@ -83,11 +83,11 @@ def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> Row:
     return job
 
 
-def op_ping(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> PingReply:
+def op_ping(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PingReply:
     return {"pong": True, "version": __version__, "protocol": PROTOCOL_VERSION}
 
 
-def op_rho(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> RhoReply:
+def op_rho(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> RhoReply:
     now = utcnow()
     record, override = ctx.state.decision_and_override(fields.get("job_id"))
     if record is None:
@@ -110,12 +110,12 @@ def op_rho(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request)
         "override": False,
     }
     if override is not None and override.active(now):
-        answer.update(
-            rho=override.rho,
-            policy="override",
-            reason=f"override by uid {override.uid} (policy would say {record.decision.rho:.3f})",
-            override=True,
-        )
+        answer.update({
+            "rho": override.rho,
+            "policy": "override",
+            "reason": f"override by uid {override.uid} (policy would say {record.decision.rho:.3f})",
+            "override": True,
+        })
         if override.expires_at is not None:
             answer["valid_until"] = iso_utc(min(override.expires_at, record.valid_until))
     # A deadline job's plan may say "pause until" (unix s); older clients ignore the field.
@@ -129,7 +129,7 @@ def op_rho(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request)
     return answer
 
 
-def op_job_start(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> JobStartReply:
+def op_job_start(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobStartReply:
     check_declaration(fields)
     job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
     now = utcnow()
@@ -166,14 +166,14 @@ def op_job_start(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Re
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
-def check_declaration(fields: JsonObject) -> None:
+def check_declaration(fields: RequestFields) -> None:
     """Fields of the job model that make no sense together."""
     problem = declaration_problem(fields)
     if problem is not None:
         raise ProtocolError("bad_request", f"job.start: {problem}")
 
 
-def declare_job(ctx: OpContext, job_id: str, fields: JsonObject) -> None:
+def declare_job(ctx: OpContext, job_id: str, fields: RequestFields) -> None:
     """Keep the job model a deadline job declared (see carbonsched.job_planning)."""
     ctx.store.declare_job(job_id, may_pause=fields.get("may_pause", False),
                           **{name: fields.get(name) for name in DECLARATION_FIELDS if name != "may_pause"})
@@ -186,7 +186,7 @@ def declare_job(ctx: OpContext, job_id: str, fields: JsonObject) -> None:
             ctx.state.record_error("decide", f"{type(exc).__name__}: {exc}")
 
 
-def op_epoch_start(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> EpochStartReply:
+def op_epoch_start(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> EpochStartReply:
     job = job_for(ctx, fields["job_id"], peer)
     # An earlier epoch whose end never arrived ended before this one starts.
     ctx.work.close_open_epochs(job, f"epoch.start {fields['epoch']}", keep_epoch=fields["epoch"])
@@ -199,7 +199,7 @@ def op_epoch_start(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: 
     return {"job_id": fields["job_id"], "epoch": fields["epoch"], "started_at": iso_utc(now)}
 
 
-def op_epoch_end(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> EpochEndReply:
+def op_epoch_end(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> EpochEndReply:
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.sample_power_now()
     now = utcnow()
@@ -242,7 +242,7 @@ def op_epoch_end(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Re
     }
 
 
-def op_job_end(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> JobEndReply:
+def op_job_end(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobEndReply:
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.close_open_epochs(job, f"job.end {fields['status']}")
     now = utcnow()
@@ -258,7 +258,7 @@ def op_job_end(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Requ
     return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
 
 
-def op_plan_submit(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> PlanSubmitReply:
+def op_plan_submit(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PlanSubmitReply:
     gpus = ctx.state.settings.config.partition_gpus
     if gpus is None:
         raise ProtocolError("bad_request", "plan.submit: this daemon has no partition_gpus in its config")
@@ -297,13 +297,13 @@ def op_plan_submit(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: 
             "moved": [{"slurm_job_id": job_id, "begin": iso_utc(begin_s)} for job_id, begin_s in submission.moved]}
 
 
-def op_plan_bind(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> PlanBindReply:
+def op_plan_bind(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PlanBindReply:
     if not ctx.submitted.bind(fields["plan_id"], fields["slurm_job_id"]):
         raise ProtocolError("bad_request", f"unknown plan_id {fields['plan_id']!r}")
     return {"plan_id": fields["plan_id"], "slurm_job_id": fields["slurm_job_id"]}
 
 
-def op_jobs(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> JobsReply:
+def op_jobs(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobsReply:
     jobs = ctx.store.jobs(status=fields.get("status"))
     if "limit" in fields:
         jobs = jobs[-fields["limit"]:]
@@ -320,7 +320,7 @@ def op_jobs(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request
     return {"jobs": jobs}
 
 
-def op_override(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> OverrideReply:
+def op_override(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> OverrideReply:
     now = utcnow()
     rho, ttl_s = fields["rho"], fields.get("ttl_s")
     override = ctx.state.set_override(rho, ttl_s, peer.uid, now)
@@ -334,11 +334,11 @@ def op_override(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Req
     return {"override": override.to_dict() if override is not None else None}
 
 
-def op_reload(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> ReloadReply:
+def op_reload(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> ReloadReply:
     return ctx.reload()
 
 
-def op_status(ctx: OpContext, fields: JsonObject, peer: PeerCred, request: Request) -> StatusReply:
+def op_status(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> StatusReply:
     return ctx.status()
 
 

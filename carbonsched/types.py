@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Union
+from collections.abc import Mapping, Sequence
+from typing import Literal, Union, overload
 
-JsonValue = Union[None, bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"]]
+JsonValue = Union[None, bool, int, float, str, Sequence["JsonValue"], Mapping[str, "JsonValue"]]
 """A value JSON can carry: what crosses the socket and what the store's rows hold."""
 JsonObject = dict[str, JsonValue]
 
@@ -98,6 +99,14 @@ class Decision:
     rho: float
     reason: str
     policy: str
+
+
+@overload
+def iso_utc(value: datetime | float) -> str: ...
+
+
+@overload
+def iso_utc(value: datetime | float | None) -> str | None: ...
 
 
 def iso_utc(value: datetime | float | None) -> str | None:

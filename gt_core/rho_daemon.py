@@ -158,7 +158,7 @@ class DaemonRhoSource(TrainerCallback):
         self.job_fields: JsonObject = {**slurm_job_fields(), **(job_fields or {})}
         # The job model a daemon plans a deadline job by (sent with job.start when given); with
         # none given, the one `carbonsched sbatch` put in the environment.
-        declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
+        declared: JsonObject = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
                     "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
                     "release_after_s": release_after_s}
         if deadline_s is None:
