@@ -9,12 +9,14 @@ kept as the epoch's ``extra`` JSON. Every field named here is type-checked; a wr
 ``bad_request`` naming the field.
 """
 
+from __future__ import annotations
+
 import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, NoReturn, NotRequired, TypedDict
+from typing import Any, Callable, NoReturn, TypedDict
 
 from carbonsched import PROTOCOL_VERSION
 from carbonsched.types import JsonObject, JsonValue
@@ -330,8 +332,10 @@ def decode_reply(line: bytes) -> JsonObject:
 
 
 # -- replies: what each op answers (the envelope's v/ok/id aside) ------------------------------
-# Fields a daemon added in a later release are NotRequired: a client reads them with .get() and
-# gets None from an older daemon. Instants are ISO 8601 UTC strings unless named ``*_s`` (unix s).
+# Fields a reply may lack (added in a later release, or only for some requests) sit in a total=False
+# base class (_<Reply>Later): a client reads them with .get() and gets None when they are absent.
+# Instants are ISO 8601 UTC strings unless named ``*_s`` (unix s).
+
 
 class ErrorBody(TypedDict):
     code: str
@@ -344,7 +348,14 @@ class PingReply(TypedDict):
     protocol: int
 
 
-class RhoReply(TypedDict):
+class _RhoReplyLater(TypedDict, total=False):
+    """RhoReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    pause_until: float | None  # unix s; only a deadline job's plan sets it
+    job_id: str
+
+
+class RhoReply(_RhoReplyLater):
     rho: float
     intensity_g_per_kwh: float | None
     signal: str | None
@@ -355,8 +366,6 @@ class RhoReply(TypedDict):
     decided_at: str
     valid_until: str
     override: bool
-    pause_until: NotRequired[float | None]  # unix s; only a deadline job's plan sets it
-    job_id: NotRequired[str]
 
 
 class JobStartReply(TypedDict):
@@ -371,15 +380,20 @@ class EpochStartReply(TypedDict):
     started_at: str
 
 
-class EpochEndReply(TypedDict):
+class _EpochEndReplyLater(TypedDict, total=False):
+    """EpochEndReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    energy_j: float | None
+    carbon_g: float | None
+    mean_intensity_g_per_kwh: float | None
+    accounting: JsonObject | None  # carbonsched.accounting.EpochAccounting as a dict
+    savings: JsonObject | None  # carbonsched.accounting.Savings as a dict
+
+
+class EpochEndReply(_EpochEndReplyLater):
     job_id: str
     epoch: int
     ended_at: str
-    energy_j: NotRequired[float | None]
-    carbon_g: NotRequired[float | None]
-    mean_intensity_g_per_kwh: NotRequired[float | None]
-    accounting: NotRequired[JsonObject | None]  # carbonsched.accounting.EpochAccounting as a dict
-    savings: NotRequired[JsonObject | None]  # carbonsched.accounting.Savings as a dict
 
 
 class JobEndReply(TypedDict):
@@ -425,8 +439,32 @@ class JobPlan(TypedDict):
     finish_at_s: float | None
 
 
-class JobRow(TypedDict):
-    """One job of the ``jobs`` reply: its stored row plus the fields below (NotRequired: newer)."""
+class _JobRowLater(TypedDict, total=False):
+    """JobRow's fields a reply may lack: added in a later release, or only for some requests."""
+
+    pids: list[int]
+    pids_local: int | None
+    pids_foreign: int | None
+    hostname: str | None
+    rank: int | None
+    local_rank: int | None
+    world_size: int | None
+    slurm_job_id: str | None
+    slurm_nodes: str | None
+    deadline: str | None
+    epochs: float | None
+    epoch_seconds: float | None
+    rho_min: float | None
+    mean_rho: float | None
+    may_pause: bool
+    release_after_s: float | None
+    paused: bool
+    paused_s: float
+    plan: JobPlan | None
+
+
+class JobRow(_JobRowLater):
+    """One job of the ``jobs`` reply: its stored row with its plan and pauses."""
 
     job_id: str
     model: str
@@ -437,25 +475,6 @@ class JobRow(TypedDict):
     started_at: str | None
     ended_at: str | None
     devices: list[str]
-    pids: NotRequired[list[int]]
-    pids_local: NotRequired[int | None]
-    pids_foreign: NotRequired[int | None]
-    hostname: NotRequired[str | None]
-    rank: NotRequired[int | None]
-    local_rank: NotRequired[int | None]
-    world_size: NotRequired[int | None]
-    slurm_job_id: NotRequired[str | None]
-    slurm_nodes: NotRequired[str | None]
-    deadline: NotRequired[str | None]
-    epochs: NotRequired[float | None]
-    epoch_seconds: NotRequired[float | None]
-    rho_min: NotRequired[float | None]
-    mean_rho: NotRequired[float | None]
-    may_pause: NotRequired[bool]
-    release_after_s: NotRequired[float | None]
-    paused: NotRequired[bool]
-    paused_s: NotRequired[float]
-    plan: NotRequired[JobPlan | None]
 
 
 class JobsReply(TypedDict):
@@ -473,10 +492,15 @@ class OverrideReply(TypedDict):
     override: OverrideState | None
 
 
-class ReloadReply(TypedDict):
+class _ReloadReplyLater(TypedDict, total=False):
+    """ReloadReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    policy: str | None
+    error: str
+
+
+class ReloadReply(_ReloadReplyLater):
     reloaded: bool
-    policy: NotRequired[str | None]
-    error: NotRequired[str]
 
 
 class StatusIntensity(TypedDict):
@@ -520,7 +544,14 @@ class StatusError(TypedDict):
     message: str
 
 
-class StatusReply(TypedDict):
+class _StatusReplyLater(TypedDict, total=False):
+    """StatusReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    reload_error: str | None
+    last_reload_at: str | None
+
+
+class StatusReply(_StatusReplyLater):
     pid: int
     uid: int
     version: str
@@ -540,8 +571,6 @@ class StatusReply(TypedDict):
     meter: JsonObject  # the power meter's status(); {"available": false, "error": ...} without one
     jobs_running: list[StatusJob]
     connections: int
-    reload_error: NotRequired[str | None]
-    last_reload_at: NotRequired[str | None]
     errors: list[StatusError]
 
 
