@@ -17,14 +17,35 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypeVar, cast
 
 from carbonsched.paths import client_socket_path, how_to_start
-from carbonsched.protocol import DEFAULT_MAX_LINE_BYTES, LineBuffer, ProtocolError, decode_reply, encode
+from carbonsched.protocol import (
+    DEFAULT_MAX_LINE_BYTES,
+    EpochEndReply,
+    EpochStartReply,
+    JobEndReply,
+    JobsReply,
+    JobStartReply,
+    JsonObject,
+    JsonValue,
+    LineBuffer,
+    OverrideReply,
+    PingReply,
+    PlanBindReply,
+    PlanSubmitReply,
+    ProtocolError,
+    ReloadReply,
+    RhoReply,
+    StatusReply,
+    decode_reply,
+    encode,
+)
 
 log = logging.getLogger("carbonsched.client")
 
 RhoSourceName = Literal["daemon", "last_known", "default"]
+Reply = TypeVar("Reply")
 
 
 class DaemonUnavailable(Exception):
@@ -45,11 +66,11 @@ class DaemonRequestError(Exception):
 class RhoAnswer:
     rho: float
     source: RhoSourceName
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: JsonObject = field(default_factory=dict)  # the daemon's reply (RhoReply) or why it fell back
     pause_until_s: float | None = None  # unix s: the daemon's plan pauses the job until then
 
 
-def pause_until_from(value: Any) -> float | None:
+def pause_until_from(value: object) -> float | None:
     """A reply's ``pause_until`` as unix seconds; anything but a finite number means no pause."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
@@ -97,7 +118,7 @@ class DaemonClient:
             self._sock.close()
             self._sock = None
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    def request(self, op: str, **fields: JsonValue) -> JsonObject:
         """Send one request and return the reply object (``ok`` may be false).
 
         Raises DaemonUnavailable if no reply arrives within ``timeout_s`` in total.
@@ -109,10 +130,11 @@ class DaemonClient:
             reused = self._sock is not None
             try:
                 reply = self._exchange(payload, request_id, deadline)
-                if reply.get("id") is None and (reply.get("error") or {}).get("code") == "unavailable":
+                error = reply.get("error")
+                if reply.get("id") is None and isinstance(error, dict) and error.get("code") == "unavailable":
                     # Refused at the door (too many connections): no request of ours was read.
                     self._drop()
-                    raise DaemonUnavailable(f"{self.socket_path} busy: {reply['error'].get('message', '')}")
+                    raise DaemonUnavailable(f"{self.socket_path} busy: {error.get('message', '')}")
                 return reply
             except (OSError, ValueError, ProtocolError, _Closed) as first:
                 self._drop()
@@ -125,7 +147,7 @@ class DaemonClient:
                         first = second
                 raise DaemonUnavailable(f"no answer from {self.socket_path}: {_describe(first)}") from None
 
-    def _exchange(self, payload: bytes, request_id: int, deadline: float) -> dict[str, Any]:
+    def _exchange(self, payload: bytes, request_id: int, deadline: float) -> JsonObject:
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -155,13 +177,44 @@ class DaemonClient:
                     return reply
                 # A reply to an earlier request that timed out on our side: skip it.
 
-    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+    def call(self, op: str, **fields: JsonValue) -> JsonObject:
         """Like request(), but an error reply raises DaemonRequestError."""
         reply = self.request(op, **fields)
         if not reply.get("ok"):
-            error = reply.get("error") or {}
+            error = reply.get("error")
+            error = error if isinstance(error, dict) else {}
             raise DaemonRequestError(str(error.get("code", "internal")), str(error.get("message", "")))
         return reply
+
+    # -- typed ops: the reply of each op (carbonsched.protocol), DaemonRequestError on an error -----
+
+    def ping(self) -> PingReply:
+        return cast(PingReply, self.call("ping"))
+
+    def status(self) -> StatusReply:
+        return cast(StatusReply, self.call("status"))
+
+    def rho_reply(self, job_id: str | None = None) -> RhoReply:
+        """The daemon's whole ``rho`` answer (:meth:`rho` is the never-failing one for training)."""
+        return cast(RhoReply, self.call("rho", **({"job_id": job_id} if job_id is not None else {})))
+
+    def jobs(self, status: str | None = None, limit: int | None = None) -> JobsReply:
+        fields = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        return cast(JobsReply, self.call("jobs", **fields))
+
+    def override(self, rho: float | None, ttl_s: float | None = None) -> OverrideReply:
+        """Serve ``rho`` instead of the policy's (None clears it), for ``ttl_s`` s or until cleared."""
+        return cast(OverrideReply, self.call("override", rho=rho, **({"ttl_s": ttl_s} if ttl_s is not None else {})))
+
+    def reload(self) -> ReloadReply:
+        return cast(ReloadReply, self.call("reload"))
+
+    def plan_submit(self, **declaration: JsonValue) -> PlanSubmitReply:
+        """``declaration``: deadline, epochs, epoch_seconds, rho_min, mean_rho, power_w."""
+        return cast(PlanSubmitReply, self.call("plan.submit", **declaration))
+
+    def plan_bind(self, plan_id: str, slurm_job_id: str) -> PlanBindReply:
+        return cast(PlanBindReply, self.call("plan.bind", plan_id=plan_id, slurm_job_id=slurm_job_id))
 
     # -- ρ -----------------------------------------------------------------------------------
 
@@ -170,11 +223,11 @@ class DaemonClient:
         client's ``default_rho``). ``detail`` says why a fallback was used. ``paused``: tell the
         daemon whether the job is waiting out a pause (it records the pause interval); the
         answer's ``pause_until_s`` is set only by a daemon answer that pauses the job."""
-        fields: dict[str, Any] = {"job_id": job_id} if job_id is not None else {}
+        fields: JsonObject = {"job_id": job_id} if job_id is not None else {}
         if paused is not None:
             fields["paused"] = paused
         try:
-            reply = self.call("rho", **fields)
+            reply = cast(RhoReply, self.call("rho", **fields))
             rho = float(reply["rho"])
             if not 0.0 < rho <= 1.0:
                 raise ValueError(f"daemon sent rho={rho} outside (0, 1]")
@@ -190,14 +243,14 @@ class DaemonClient:
             fallback = self.default_rho if default is None else default
             return RhoAnswer(float(fallback), "default", {"reason": reason})
         self._last_rho, self._last_rho_at = rho, time.monotonic()
-        detail = {k: v for k, v in reply.items() if k not in ("ok", "v", "id", "rho")}
+        detail: JsonObject = {k: v for k, v in reply.items() if k not in ("ok", "v", "id", "rho")}
         return RhoAnswer(rho, "daemon", detail, pause_until_from(reply.get("pause_until")))
 
     # -- job and epoch reports (never raise) -------------------------------------------------
 
-    def _quiet(self, op: str, **fields: Any) -> dict[str, Any] | None:
+    def _quiet(self, reply_type: type[Reply], op: str, **fields: JsonValue) -> Reply | None:
         try:
-            return self.call(op, **{k: v for k, v in fields.items() if v is not None})
+            return cast(Reply, self.call(op, **{k: v for k, v in fields.items() if v is not None}))
         except (DaemonUnavailable, DaemonRequestError) as exc:
             log.warning("carbonsched %s not recorded: %s", op, _describe(exc))
             return None
@@ -214,21 +267,23 @@ class DaemonClient:
         devices: list[str] | None = None,
         job_id: str | None = None,
     ) -> str | None:
-        reply = self._quiet("job.start", model=model, scheme=scheme, pid=pid or os.getpid(), devices=devices, job_id=job_id)
+        reply = self._quiet(JobStartReply, "job.start", model=model, scheme=scheme, pid=pid or os.getpid(), devices=devices, job_id=job_id)
         return None if reply is None else str(reply["job_id"])
 
     def epoch_start(
         self, job_id: str, epoch: int, rho_asked: float, rho_effective: float | None = None
-    ) -> dict[str, Any] | None:
-        return self._quiet("epoch.start", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
+    ) -> EpochStartReply | None:
+        return self._quiet(EpochStartReply, "epoch.start", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective)
 
-    def epoch_end(self, job_id: str, epoch: int, rho_asked: float, rho_effective: float, **metrics: Any) -> dict[str, Any] | None:
+    def epoch_end(
+        self, job_id: str, epoch: int, rho_asked: float, rho_effective: float, **metrics: JsonValue
+    ) -> EpochEndReply | None:
         """``metrics``: flops_forward, flops_backward, flops_full, wall_s, train_loss, val_loss,
         and any extra JSON-able values (stored with the epoch)."""
-        return self._quiet("epoch.end", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective, **metrics)
+        return self._quiet(EpochEndReply, "epoch.end", job_id=job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective, **metrics)
 
-    def job_end(self, job_id: str, status: str = "completed") -> dict[str, Any] | None:
-        return self._quiet("job.end", job_id=job_id, status=status)
+    def job_end(self, job_id: str, status: str = "completed") -> JobEndReply | None:
+        return self._quiet(JobEndReply, "job.end", job_id=job_id, status=status)
 
 
 class _Closed(Exception):

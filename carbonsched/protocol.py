@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn, TypedDict
 
 from carbonsched import PROTOCOL_VERSION
 from carbonsched.times import INSTANT_FORMS, TimeFormatError, parse_instant_s
+from carbonsched.types import JsonObject, JsonValue
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
 
@@ -30,8 +31,11 @@ MAX_DEVICES = 64
 MAX_PIDS = 1024
 
 
+RequestId = str | int | None  # a request's "id", echoed in its reply
+
+
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, request_id: Any = None):
+    def __init__(self, code: str, message: str, request_id: RequestId = None):
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
@@ -39,12 +43,17 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
+RequestFields = dict[str, Any]
+"""A request's fields after checking: each value has its checker's type (:data:`OPS`), which varies
+by op and field, so readers index the fields their op declares."""
+
+
 @dataclass(frozen=True)
 class Request:
     op: str
-    fields: dict[str, Any]
-    id: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    fields: RequestFields
+    id: RequestId = None
+    extra: JsonObject = field(default_factory=dict)
 
 
 # -- field checkers: each returns the normalised value or raises ValueError("must be ...") ------
@@ -60,7 +69,7 @@ def _is_unicode_text(value: str) -> bool:
     return True
 
 
-def _string(value: Any) -> str:
+def _string(value: object) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_STRING_CHARS:
         raise ValueError(f"must be a non-empty string of at most {MAX_STRING_CHARS} characters")
     if not _is_unicode_text(value):
@@ -68,8 +77,8 @@ def _string(value: Any) -> str:
     return value
 
 
-def _integer(min_value: int = 0) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
+def _integer(min_value: int = 0) -> Callable[[object], int]:
+    def check(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < min_value or value > 2**63 - 1:
             raise ValueError(f"must be an integer >= {min_value}")
         return value
@@ -77,7 +86,7 @@ def _integer(min_value: int = 0) -> Callable[[Any], int]:
     return check
 
 
-def _number(value: Any) -> float:
+def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be a finite number")
     try:
@@ -89,41 +98,41 @@ def _number(value: Any) -> float:
     return number
 
 
-def _non_negative(value: Any) -> float:
+def _non_negative(value: object) -> float:
     number = _number(value)
     if number < 0:
         raise ValueError("must be a finite number >= 0")
     return number
 
 
-def _positive(value: Any) -> float:
+def _positive(value: object) -> float:
     number = _number(value)
     if number <= 0:
         raise ValueError("must be a finite number > 0")
     return number
 
 
-def _fraction(value: Any) -> float:
+def _fraction(value: object) -> float:
     number = _number(value)
     if not 0.0 < number <= 1.0:
         raise ValueError("must be a number in (0, 1]")
     return number
 
 
-def _nullable(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def nullable(value: Any) -> Any:
+def _nullable(check: Callable[[object], JsonValue]) -> Callable[[object], JsonValue]:
+    def nullable(value: object) -> JsonValue:
         return None if value is None else check(value)
 
     return nullable
 
 
-def _boolean(value: Any) -> bool:
+def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
     return value
 
 
-def _instant(value: Any) -> float:
+def _instant(value: object) -> float:
     """An instant field: unix seconds, or text as :mod:`carbonsched.times` reads it."""
     if isinstance(value, str):
         try:
@@ -133,13 +142,13 @@ def _instant(value: Any) -> float:
     return _positive(value)
 
 
-def _string_list(value: Any) -> list[str]:
+def _string_list(value: object) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_DEVICES:
         raise ValueError(f"must be a list of at most {MAX_DEVICES} strings")
     return [_string(v) for v in value]
 
 
-def _pid_list(value: Any) -> list[int]:
+def _pid_list(value: object) -> list[int]:
     if not isinstance(value, list) or len(value) > MAX_PIDS:
         raise ValueError(f"must be a list of at most {MAX_PIDS} process ids")
     check = _integer(1)
@@ -149,8 +158,8 @@ def _pid_list(value: Any) -> list[int]:
         raise ValueError("must be a list of process ids (integers >= 1)") from None
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value: object) -> str:
         if value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}")
         return value
@@ -230,7 +239,7 @@ KEEPS_EXTRA_FIELDS = frozenset({"epoch.end"})
 ENVELOPE_FIELDS = frozenset({"op", "id", "v"})
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -266,7 +275,7 @@ def decode_request(line: bytes) -> Request:
     spec = OPS.get(op)
     if spec is None:
         raise ProtocolError("unknown_op", f"unknown op {op[:64]!r}; known: {', '.join(OPS)}", request_id)
-    fields: dict[str, Any] = {}
+    fields: RequestFields = {}
     for name, (required, check) in spec.items():
         if name not in obj:
             if required:
@@ -276,42 +285,293 @@ def decode_request(line: bytes) -> Request:
             fields[name] = check(obj[name])
         except ValueError as exc:
             raise ProtocolError("bad_request", f"{op}: field '{name}' {exc}", request_id) from None
-    extra: dict[str, Any] = {}
+    extra: JsonObject = {}
     if op in KEEPS_EXTRA_FIELDS:
         extra = {k: v for k, v in obj.items() if k not in spec and k not in ENVELOPE_FIELDS}
     return Request(op=op, fields=fields, id=request_id, extra=extra)
 
 
-def _with_id(reply: dict[str, Any], request_id: Any) -> dict[str, Any]:
+def _with_id(reply: dict[str, object], request_id: RequestId) -> dict[str, object]:
     if request_id is not None:
         reply["id"] = request_id
     return reply
 
 
-def ok_reply(result: dict[str, Any], request_id: Any = None) -> dict[str, Any]:
+def ok_reply(result: Mapping[str, object], request_id: RequestId = None) -> dict[str, object]:
     return _with_id({"v": PROTOCOL_VERSION, "ok": True, **result}, request_id)
 
 
-def error_reply(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+def error_reply(code: str, message: str, request_id: RequestId = None) -> dict[str, object]:
     return _with_id(
         {"v": PROTOCOL_VERSION, "ok": False, "error": {"code": code, "message": message}}, request_id
     )
 
 
-def encode(obj: dict[str, Any]) -> bytes:
+def encode(obj: Mapping[str, object]) -> bytes:
     """One line of compact UTF-8 JSON, newline-terminated. NaN/inf are refused (ValueError)."""
     return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
-def encode_request(op: str, **fields: Any) -> bytes:
+def encode_request(op: str, **fields: JsonValue) -> bytes:
     return encode({"op": op, **fields})
 
 
-def decode_reply(line: bytes) -> dict[str, Any]:
+def decode_reply(line: bytes) -> JsonObject:
     obj = json.loads(line.decode("utf-8"))
     if not isinstance(obj, dict) or "ok" not in obj:
         raise ValueError("reply is not a protocol object")
     return obj
+
+
+# -- replies: what each op answers (the envelope's v/ok/id aside) ------------------------------
+# Fields a reply may lack (added in a later release, or only for some requests) sit in a total=False
+# base class (_<Reply>Later): a client reads them with .get() and gets None when they are absent.
+# Instants are ISO 8601 UTC strings unless named ``*_s`` (unix s).
+
+
+class ErrorBody(TypedDict):
+    code: str
+    message: str
+
+
+class PingReply(TypedDict):
+    pong: bool
+    version: str
+    protocol: int
+
+
+class _RhoReplyLater(TypedDict, total=False):
+    """RhoReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    pause_until: float | None  # unix s; only a deadline job's plan sets it
+    job_id: str
+
+
+class RhoReply(_RhoReplyLater):
+    rho: float
+    intensity_g_per_kwh: float | None
+    signal: str | None
+    provider: str | None
+    age_s: float | None
+    policy: str
+    reason: str
+    decided_at: str
+    valid_until: str
+    override: bool
+
+
+class JobStartReply(TypedDict):
+    job_id: str
+    resumed: bool
+    started_at: str
+
+
+class EpochStartReply(TypedDict):
+    job_id: str
+    epoch: int
+    started_at: str
+
+
+class _EpochEndReplyLater(TypedDict, total=False):
+    """EpochEndReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    energy_j: float | None
+    carbon_g: float | None
+    mean_intensity_g_per_kwh: float | None
+    accounting: JsonObject | None  # carbonsched.reporting.accounting.EpochAccounting as a dict
+    savings: JsonObject | None  # carbonsched.reporting.accounting.Savings as a dict
+
+
+class EpochEndReply(_EpochEndReplyLater):
+    job_id: str
+    epoch: int
+    ended_at: str
+
+
+class JobEndReply(TypedDict):
+    job_id: str
+    status: str
+    ended_at: str
+    carbon_g: float | None
+
+
+class MovedJob(TypedDict):
+    slurm_job_id: str
+    begin: str
+
+
+class PlanSubmitReply(TypedDict):
+    plan_id: str
+    begin: str
+    begin_s: float
+    finish: str
+    expected_carbon_g: float
+    mean_rho: float
+    feasible: bool
+    gpus: int
+    moved: list[MovedJob]
+
+
+class PlanBindReply(TypedDict):
+    plan_id: str
+    slurm_job_id: str
+
+
+class JobPlan(TypedDict):
+    """A deadline job's plan for now (carbonsched.planning.receding.JobPlanDecision); unix s."""
+
+    rho: float
+    pause_until_s: float | None
+    reason: str
+    guard: bool
+    slack_s: float
+    work_left_epochs: float
+    next_pause_at_s: float | None
+    next_resume_at_s: float | None
+    finish_at_s: float | None
+
+
+class _JobRowLater(TypedDict, total=False):
+    """JobRow's fields a reply may lack: added in a later release, or only for some requests."""
+
+    pids: list[int]
+    pids_local: int | None
+    pids_foreign: int | None
+    hostname: str | None
+    rank: int | None
+    local_rank: int | None
+    world_size: int | None
+    slurm_job_id: str | None
+    slurm_nodes: str | None
+    deadline: str | None
+    epochs: float | None
+    epoch_seconds: float | None
+    rho_min: float | None
+    mean_rho: float | None
+    may_pause: bool
+    release_after_s: float | None
+    paused: bool
+    paused_s: float
+    plan: JobPlan | None
+
+
+class JobRow(_JobRowLater):
+    """One job of the ``jobs`` reply: its stored row with its plan and pauses."""
+
+    job_id: str
+    model: str
+    scheme: str
+    pid: int
+    uid: int | None
+    status: str
+    started_at: str | None
+    ended_at: str | None
+    devices: list[str]
+
+
+class JobsReply(TypedDict):
+    jobs: list[JobRow]
+
+
+class OverrideState(TypedDict):
+    rho: float
+    set_at: str | None
+    expires_at: str | None
+    uid: int
+
+
+class OverrideReply(TypedDict):
+    override: OverrideState | None
+
+
+class _ReloadReplyLater(TypedDict, total=False):
+    """ReloadReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    policy: str | None
+    error: str
+
+
+class ReloadReply(_ReloadReplyLater):
+    reloaded: bool
+
+
+class StatusIntensity(TypedDict):
+    intensity_g_per_kwh: float
+    signal: str
+    provider: str
+    zone: str | None
+    timestamp: str | None
+    age_s: float
+    estimated: bool
+
+
+class StatusPolicy(TypedDict):
+    name: str | None
+    kind: str | None
+    file: str | None
+    rho_min: float | None
+
+
+class StatusDecision(TypedDict):
+    rho: float
+    reason: str
+    policy: str
+    decided_at: str | None
+    valid_until: str | None
+
+
+class StatusJob(TypedDict):
+    job_id: str
+    model: str
+    scheme: str
+    pid: int
+    uid: int | None
+    started_at: str | None
+    rho: float | None
+
+
+class StatusError(TypedDict):
+    at: str | None
+    where: str
+    message: str
+
+
+class _StatusReplyLater(TypedDict, total=False):
+    """StatusReply's fields a reply may lack: added in a later release, or only for some requests."""
+
+    reload_error: str | None
+    last_reload_at: str | None
+
+
+class StatusReply(_StatusReplyLater):
+    pid: int
+    uid: int
+    version: str
+    protocol: int
+    started_at: str | None
+    uptime_s: float
+    config: JsonObject
+    store: JsonObject
+    provider: JsonObject | None  # the provider's describe(): name, forecast_source, forecast_hours, ...
+    intensity: StatusIntensity | None
+    intensity_error: str | None
+    policy: StatusPolicy
+    last_decision: StatusDecision | None
+    override: OverrideState | None
+    gpu_power_w: float | None
+    carbon_used_today_g: float | None
+    meter: JsonObject  # the power meter's status(); {"available": false, "error": ...} without one
+    jobs_running: list[StatusJob]
+    connections: int
+    errors: list[StatusError]
+
+
+REPLIES: dict[str, type] = {
+    "ping": PingReply, "rho": RhoReply, "job.start": JobStartReply, "epoch.start": EpochStartReply,
+    "epoch.end": EpochEndReply, "job.end": JobEndReply, "plan.submit": PlanSubmitReply, "plan.bind": PlanBindReply,
+    "status": StatusReply, "jobs": JobsReply, "override": OverrideReply, "reload": ReloadReply,
+}
+"""Each op's reply type (without the envelope's ``v``, ``ok`` and ``id``)."""
 
 
 class LineBuffer:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from carbonsched.types import Decision, EnergyReading, IntensityReading, finite_or_none
+from carbonsched.types import Decision, EnergyReading, IntensityReading, JsonValue, finite_or_none
+
+Row = dict[str, JsonValue]
+"""One stored row by column name (JSON columns such as a job's devices decoded)."""
+SqlParam = None | int | float | str | bytes
 
 J_PER_KWH = 3.6e6
 
@@ -259,11 +263,11 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, params: Sequence[SqlParam] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, params)
 
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: Sequence[SqlParam] = ()) -> list[Row]:
         with self._lock:
             return [dict(row) for row in self._db.execute(sql, params).fetchall()]
 
@@ -516,7 +520,7 @@ class Store:
                           (to_unix_s(ended_at), job_id))
         return cur.rowcount > 0
 
-    def pauses(self, job_id: str) -> list[dict[str, Any]]:
+    def pauses(self, job_id: str) -> list[Row]:
         """The job's pauses, oldest first (``ended_at`` None: still paused). An older schema has none."""
         if self.schema_version < 5:
             return []
@@ -537,7 +541,7 @@ class Store:
         )
         return cur.rowcount == 1
 
-    def first_plan(self, job_id: str) -> dict[str, Any] | None:
+    def first_plan(self, job_id: str) -> Row | None:
         """The job's first plan as recorded; None if none was (or the store predates plan records)."""
         if self.schema_version < 6:
             return None
@@ -584,7 +588,7 @@ class Store:
         epoch: int,
         *,
         ended_at: datetime | float,
-        extra: dict[str, Any] | None = None,
+        extra: Mapping[str, JsonValue] | None = None,
         started_at: datetime | float | None = None,
         **values: float | str | None,
     ) -> None:
@@ -606,11 +610,11 @@ class Store:
             (job_id, epoch, start_guess, end_s, json.dumps(extra or {}), *[values[c] for c in cols]),
         )
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> Row | None:
         rows = self._rows("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
         return _decode_job(rows[0]) if rows else None
 
-    def jobs(self, *, status: str | None = None, since: datetime | float | None = None) -> list[dict[str, Any]]:
+    def jobs(self, *, status: str | None = None, since: datetime | float | None = None) -> list[Row]:
         sql, params = "SELECT * FROM jobs WHERE 1", []
         if status is not None:
             sql += " AND status = ?"
@@ -620,13 +624,13 @@ class Store:
             params.append(to_unix_s(since))
         return [_decode_job(r) for r in self._rows(sql + " ORDER BY started_at, job_id", params)]
 
-    def epochs(self, job_id: str) -> list[dict[str, Any]]:
+    def epochs(self, job_id: str) -> list[Row]:
         rows = self._rows("SELECT * FROM epochs WHERE job_id = ? ORDER BY epoch", (job_id,))
         for row in rows:
             row["extra"] = json.loads(row["extra"] or "{}")
         return rows
 
-    def epoch_windows(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+    def epoch_windows(self, start: datetime | float, end: datetime | float) -> list[Row]:
         """Epochs that may overlap [start, end): started before ``end`` and ended after ``start``,
         or not ended yet while their job runs. Each row is the job's columns with the epoch's
         ``epoch``, ``epoch_started_at`` and ``epoch_ended_at``."""
@@ -643,7 +647,7 @@ class Store:
     # -- windows for reports ---------------------------------------------------------------
 
     def intensity_samples(self, start: datetime | float, end: datetime | float, *,
-                          source: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
+                          source: tuple[str, str | None] | None = None) -> list[Row]:
         """Readings with ``start <= ts < end``; with ``source`` (provider name, zone), only that
         provider's readings for that zone (None: readings stored without a zone)."""
         where, params = "ts >= ? AND ts < ?", [to_unix_s(start), to_unix_s(end)]
@@ -652,13 +656,13 @@ class Store:
             where, params = where + " AND provider = ? AND ifnull(zone, '') = ?", [*params, provider, zone or ""]
         return self._rows(f"SELECT * FROM intensity_samples WHERE {where} ORDER BY ts", tuple(params))
 
-    def latest_intensity(self) -> dict[str, Any] | None:
+    def latest_intensity(self) -> Row | None:
         rows = self._rows("SELECT * FROM intensity_samples ORDER BY ts DESC LIMIT 1")
         return rows[0] if rows else None
 
     def energy_samples(
         self, start: datetime | float, end: datetime | float, *, devices: Sequence[str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Row]:
         sql = 'SELECT * FROM energy_samples WHERE "end" > ? AND "start" < ?'
         params: list[Any] = [to_unix_s(start), to_unix_s(end)]
         if devices:
@@ -670,7 +674,7 @@ class Store:
             row["pids"] = [] if not pids or pids == "[]" else json.loads(pids)  # most rows list none (CPU, RAM)
         return rows
 
-    def decisions(self, start: datetime | float, end: datetime | float) -> list[dict[str, Any]]:
+    def decisions(self, start: datetime | float, end: datetime | float) -> list[Row]:
         return self._rows(
             "SELECT * FROM decisions WHERE ts >= ? AND ts < ? ORDER BY ts",
             (to_unix_s(start), to_unix_s(end)),
@@ -710,7 +714,7 @@ class Store:
         return None if row is None else float(row[0])
 
 
-def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
+def _decode_job(row: Row) -> Row:
     row["devices"] = json.loads(row["devices"] or "[]")
     row["pids"] = json.loads(row.get("pids") or "[]")
     if "may_pause" in row:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Literal, Union
+
+JsonValue = Union[None, bool, int, float, str, Sequence["JsonValue"], Mapping[str, "JsonValue"]]
+"""A value JSON can carry: what crosses the socket and what the store's rows hold."""
+JsonObject = dict[str, JsonValue]
 
 SignalType = Literal["average", "marginal"]
 EnergySource = Literal["nvml_counter", "nvml_power_integrated", "rapl", "tdp_estimate", "codecarbon", "absent"]

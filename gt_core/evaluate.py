@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -19,6 +19,13 @@ from gt_core.data.datasets import (
 )
 from gt_core.models.traits import is_encoder_decoder, max_positions, pad_token_id
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from transformers import PreTrainedTokenizerBase
+
+    from carbonsched.protocol import JsonObject
+
 METRICS = ("rouge", "exact_match")
 
 
@@ -32,7 +39,7 @@ def _prompt_budget(model: torch.nn.Module, max_input_length: int, max_new_tokens
 
 def generate_predictions(
     model: torch.nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     *,
     encoder_decoder: bool,
@@ -140,7 +147,7 @@ def validation_loss(model: torch.nn.Module, loader: DataLoader) -> float:
 
 def evaluate_model(
     model: torch.nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     *,
     metric: str = "rouge",
@@ -152,7 +159,7 @@ def evaluate_model(
     max_target_length: int = 64,
     include_predictions: bool = False,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> JsonObject:
     """Score generated summaries with ``metric`` and add ``val_loss`` and ``n_examples``.
 
     ``encoder_decoder`` defaults to the model config. With ``include_predictions`` the result
@@ -185,7 +192,7 @@ def evaluate_model(
     return result
 
 
-def save_predictions(path: Any, examples: Sequence[Example], predictions: Sequence[str]) -> int:
+def save_predictions(path: str | Path, examples: Sequence[Example], predictions: Sequence[str]) -> int:
     """Write one JSON line per example: ``source``, ``reference`` and ``prediction``; returns the count."""
     import json
 

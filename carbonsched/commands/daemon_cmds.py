@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from collections.abc import Callable, Mapping
+from typing import NoReturn, Optional, TypeVar
 
 import typer
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 from carbonsched.config import ConfigError, DaemonConfig, load_config
+from carbonsched.protocol import JobRow, JsonObject, StatusError, StatusReply
 from carbonsched.times import TimeFormatError, iso_utc, parse_instant
 
 CONFIG_ENV = "CARBONSCHED_CONFIG"
+Reply = TypeVar("Reply")
 
 SocketOption = typer.Option(None, "--socket", help="Daemon socket (default: $CARBONSCHED_SOCKET, else your own daemon's socket while it listens, else the service's /run/carbonsched/).")
 JsonOption = typer.Option(False, "--json", help="Print the daemon's reply as JSON.")
@@ -25,7 +28,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _config(config_file: Optional[Path], **overrides: Any) -> DaemonConfig:
+def _config(config_file: Optional[Path], **overrides: object) -> DaemonConfig:
     try:
         base = load_config(config_file) if config_file is not None else DaemonConfig()
     except ConfigError as exc:
@@ -33,10 +36,11 @@ def _config(config_file: Optional[Path], **overrides: Any) -> DaemonConfig:
     return base.with_overrides(**overrides)
 
 
-def _ask(socket_path: Optional[Path], timeout_s: float, op: str, **fields: Any) -> dict[str, Any]:
+def _ask(socket_path: Optional[Path], timeout_s: float, ask: Callable[[DaemonClient], Reply]) -> Reply:
+    """``ask``'s reply from the daemon at ``socket_path``; exits with one line when there is none."""
     client = DaemonClient(socket_path, timeout_s=timeout_s)
     try:
-        return client.call(op, **fields)
+        return ask(client)
     except DaemonUnavailable as exc:
         if isinstance(exc.__cause__, TimeoutError) or "timed out" in str(exc):
             _fail(f"daemon at {client.socket_path} did not answer within {timeout_s:g} s")
@@ -47,25 +51,25 @@ def _ask(socket_path: Optional[Path], timeout_s: float, op: str, **fields: Any) 
         client.close()
 
 
-def _print_json(reply: dict[str, Any]) -> None:
+def _print_json(reply: Mapping[str, object]) -> None:
     typer.echo(json.dumps({k: v for k, v in reply.items() if k not in ("id",)}, indent=2, ensure_ascii=False))
 
 
-def _num(value: Any, fmt: str = "{:.1f}", unit: str = "") -> str:
+def _num(value: float | None, fmt: str = "{:.1f}", unit: str = "") -> str:
     return "unknown" if value is None else fmt.format(value) + unit
 
 
-def _current_errors(status: dict[str, Any]) -> list[dict[str, Any]]:
+def _current_errors(status: StatusReply) -> list[StatusError]:
     """The status reply's recent errors without reload failures a later successful reload fixed."""
-    reloaded_at = status.get("last_reload_at")
+    reloaded_at = status.get("last_reload_at")  # None from a daemon older than reload tracking
     fixed = status.get("reload_error") is None and reloaded_at is not None
     return [
-        e for e in status.get("errors") or []
-        if not (fixed and e.get("where") == "reload" and _error_time(e.get("at")) <= _error_time(reloaded_at))
+        e for e in status["errors"]
+        if not (fixed and e["where"] == "reload" and _error_time(e["at"]) <= _error_time(reloaded_at))
     ]
 
 
-def _forecast_line(provider: dict[str, Any]) -> str:
+def _forecast_line(provider: JsonObject) -> str:
     """Where the provider's forecast comes from and how far it reaches, from its describe()."""
     source = provider.get("forecast_source")
     if not source:
@@ -76,7 +80,7 @@ def _forecast_line(provider: dict[str, Any]) -> str:
     return line
 
 
-def _error_time(text: Any) -> datetime:
+def _error_time(text: str | None) -> datetime:
     """An error's time from the status reply; one that cannot be read sorts last (it stays listed)."""
     try:
         return parse_instant(str(text), "status time")
@@ -84,7 +88,7 @@ def _error_time(text: Any) -> datetime:
         return datetime.max.replace(tzinfo=timezone.utc)
 
 
-def job_plan_line(job: dict[str, Any]) -> str:
+def job_plan_line(job: JobRow) -> str:
     """A deadline job's plan and pauses in one line (from the ``jobs`` reply)."""
     parts = []
     if job.get("deadline"):
@@ -130,26 +134,26 @@ def run(
 
 def status(socket: Optional[Path] = SocketOption, as_json: bool = JsonOption, timeout_s: float = TimeoutOption) -> None:
     """What the daemon is doing: provider, policy, last decision, meter, jobs, errors."""
-    r = _ask(socket, timeout_s, "status")
+    r = _ask(socket, timeout_s, DaemonClient.status)
     if as_json:
         return _print_json(r)
-    decision, intensity, policy = r.get("last_decision") or {}, r.get("intensity") or {}, r.get("policy") or {}
+    decision, intensity, policy, provider = r["last_decision"], r["intensity"], r["policy"], r["provider"] or {}
     lines = [
-        f"daemon     pid {r.get('pid')}, up {_num(r.get('uptime_s'), '{:.0f}', ' s')}, version {r.get('version')}",
-        f"provider   {(r.get('provider') or {}).get('name', '?')}: "
-        f"{_num(intensity.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')}"
-        + (f" ({intensity.get('signal')}, age {intensity.get('age_s', 0):.0f} s)" if intensity else ""),
-        f"forecast   {_forecast_line(r.get('provider') or {})}",
-        f"policy     {policy.get('name')} ({policy.get('kind')}, {policy.get('file')}), rho_min {policy.get('rho_min')}",
-        f"rho        {_num(decision.get('rho'), '{:.3f}')}: {decision.get('reason', 'no decision yet')}",
+        f"daemon     pid {r['pid']}, up {_num(r['uptime_s'], '{:.0f}', ' s')}, version {r['version']}",
+        f"provider   {provider.get('name', '?')}: "
+        + (f"{_num(intensity['intensity_g_per_kwh'], unit=' gCO2e/kWh')} ({intensity['signal']}, age {intensity['age_s']:.0f} s)"
+           if intensity else "unknown"),
+        f"forecast   {_forecast_line(provider)}",
+        f"policy     {policy['name']} ({policy['kind']}, {policy['file']}), rho_min {policy['rho_min']}",
+        "rho        " + (f"{decision['rho']:.3f}: {decision['reason']}" if decision else "unknown: no decision yet"),
     ]
-    if r.get("override"):
+    if r["override"]:
         o = r["override"]
-        lines.append(f"override   rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'} (uid {o.get('uid')})")
-    meter = r.get("meter") or {}
-    lines.append(f"power      GPU {_num(r.get('gpu_power_w'), unit=' W')}; today {_num(r.get('carbon_used_today_g'), '{:.2f}', ' gCO2e')}"
-                 + (f"; meter: {meter.get('error')}" if meter.get("error") else ""))
-    jobs = r.get("jobs_running") or []
+        lines.append(f"override   rho {o['rho']:.3f} until {o['expires_at'] or 'cleared'} (uid {o['uid']})")
+    meter_error = r["meter"].get("error")
+    lines.append(f"power      GPU {_num(r['gpu_power_w'], unit=' W')}; today {_num(r['carbon_used_today_g'], '{:.2f}', ' gCO2e')}"
+                 + (f"; meter: {meter_error}" if meter_error else ""))
+    jobs = r["jobs_running"]
     lines.append(f"jobs       {len(jobs)} running" + "".join(f"\n           {j['job_id']} {j['model']} ({j['scheme']}, pid {j['pid']})" for j in jobs))
     if r.get("reload_error"):
         lines.append(f"reload     {r['reload_error']}")
@@ -165,13 +169,13 @@ def rho(
     timeout_s: float = TimeoutOption,
 ) -> None:
     """The ρ the daemon gives training jobs now, and why."""
-    r = _ask(socket, timeout_s, "rho", **({"job_id": job_id} if job_id else {}))
+    r = _ask(socket, timeout_s, lambda client: client.rho_reply(job_id or None))
     if as_json:
         return _print_json(r)
     typer.echo(
-        f"rho {r['rho']:.3f}{' (override)' if r.get('override') else ''} — {r.get('policy')}: {r.get('reason')}\n"
-        f"intensity {_num(r.get('intensity_g_per_kwh'), unit=' gCO2e/kWh')} ({r.get('signal')}, {r.get('provider')}), "
-        f"valid until {r.get('valid_until')}"
+        f"rho {r['rho']:.3f}{' (override)' if r['override'] else ''} — {r['policy']}: {r['reason']}\n"
+        f"intensity {_num(r['intensity_g_per_kwh'], unit=' gCO2e/kWh')} ({r['signal']}, {r['provider']}), "
+        f"valid until {r['valid_until']}"
     )
 
 
@@ -211,8 +215,7 @@ def jobs(
     timeout_s: float = TimeoutOption,
 ) -> None:
     """Training jobs the daemon knows about."""
-    fields = {k: v for k, v in (("status", status_filter), ("limit", limit)) if v is not None}
-    r = _ask(socket, timeout_s, "jobs", **fields)
+    r = _ask(socket, timeout_s, lambda client: client.jobs(status_filter, limit))
     if as_json:
         return _print_json(r)
     if not r["jobs"]:
@@ -239,14 +242,11 @@ def override(
         _fail("give either RHO or --clear", 2)
     if value is not None and not 0.0 < value <= 1.0:
         _fail("RHO must be in (0, 1]", 2)
-    fields: dict[str, Any] = {"rho": None if clear else value}
-    if ttl_s is not None:
-        fields["ttl_s"] = ttl_s
-    r = _ask(socket, timeout_s, "override", **fields)
+    r = _ask(socket, timeout_s, lambda client: client.override(None if clear else value, ttl_s))
     if as_json:
         return _print_json(r)
-    o = r.get("override")
-    typer.echo("override cleared" if o is None else f"rho {o['rho']:.3f} until {o.get('expires_at') or 'cleared'}")
+    o = r["override"]
+    typer.echo("override cleared" if o is None else f"rho {o['rho']:.3f} until {o['expires_at'] or 'cleared'}")
 
 
 def register(app: typer.Typer) -> None:

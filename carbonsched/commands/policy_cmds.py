@@ -54,11 +54,11 @@ def current_intensity(socket: Optional[Path], provider: Optional[str],
     if provider is None:
         with DaemonClient(socket, timeout_s=DAEMON_ASK_TIMEOUT_S) as client:
             try:
-                reading = client.call("status").get("intensity") or {}
+                reading = client.status()["intensity"]
             except (DaemonUnavailable, DaemonRequestError):
-                reading, why_provider = {}, "no daemon answered"
-            if reading.get("intensity_g_per_kwh") is not None:
-                return reading["intensity_g_per_kwh"], f"the daemon at {client.socket_path} ({reading.get('provider')})"
+                reading, why_provider = None, "no daemon answered"
+            if reading is not None:
+                return reading["intensity_g_per_kwh"], f"the daemon at {client.socket_path} ({reading['provider']})"
             why_provider = why_provider or "the daemon has no reading yet"
     from carbonsched.commands.plan_cmds import provider_spec
     from carbonsched.providers import build_provider

@@ -22,7 +22,7 @@ from carbonsched.commands.daemon_cmds import CONFIG_ENV
 from carbonsched.commands.plan_cmds import (
     EpochMinutes, IdlePowerW, MayPause, MeanRho, PowerW, fail, forecast_slots, job_and_cost, deadline_from_now_s,
 )
-from carbonsched.protocol import JOB_DECLARATION_ENV, encode_job_declaration
+from carbonsched.protocol import JOB_DECLARATION_ENV, PlanSubmitReply, encode_job_declaration
 from carbonsched.times import parse_duration_s, parse_instant_s
 
 # Options of sbatch that the plan sets; given again by the user they would silently override it.
@@ -134,14 +134,14 @@ def _summary(begin_s: float, begin_in_s: float, finish_s: float, mean_rho: float
             f"expected {carbon_g:.2f} gCO2e" + ("" if feasible else "; the deadline cannot be met as declared"))
 
 
-def _daemon_plan(socket: Path, declaration: dict, power_w: float) -> tuple[float, str, list[str], dict]:
+def _daemon_plan(socket: Path, declaration: dict, power_w: float) -> tuple[float, str, list[str], PlanSubmitReply]:
     """The daemon's joint plan for the job (op ``plan.submit``): begin in s from now, summary, notes, reply."""
     from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
 
     fields = {k: v for k, v in declaration.items() if v is not None and k not in ("may_pause", "release_after_s")}
     try:
         with DaemonClient(socket, timeout_s=30.0) as client:
-            reply = client.call("plan.submit", **fields, power_w=power_w)
+            reply = client.plan_submit(**fields, power_w=power_w)
     except DaemonUnavailable as exc:
         fail(f"no daemon at {socket}: {exc}", 1)
     except DaemonRequestError as exc:
@@ -161,7 +161,7 @@ def _bind(socket: Path, plan_id: str, slurm_job_id: str) -> None:
 
     try:
         with DaemonClient(socket, timeout_s=10.0) as client:
-            client.call("plan.bind", plan_id=plan_id, slurm_job_id=slurm_job_id)
+            client.plan_bind(plan_id, slurm_job_id)
     except (DaemonUnavailable, DaemonRequestError) as exc:
         typer.echo(f"warning: the daemon at {socket} was not told the job's Slurm id ({exc}): a later "
                    "submission cannot move its begin time", err=True)

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from datetime import timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from carbonsched.daemon import socket_ops
 from carbonsched.config import DaemonConfig, load_config
@@ -32,7 +32,15 @@ from carbonsched.daemon.server import ServerError, UnixSocketServer
 from carbonsched.store import Store, StoreError
 from carbonsched.types import utcnow
 
-log = logging.getLogger("carbonsched.daemon.lifecycle")
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from carbonsched.policies import Policy
+    from carbonsched.power import NodeEnergyMeter
+    from carbonsched.protocol import ReloadReply, StatusReply
+    from carbonsched.providers.base import IntensityProvider
+
+log = logging.getLogger("carbonsched.daemon")
 SIGNAL_POLL_S = 0.1  # how soon run_forever() acts on a stop or reload request
 
 # A reload keeps these as they were started with; they take effect on restart.
@@ -43,13 +51,13 @@ class StartupError(Exception):
     """The daemon cannot start; the message is one line for the user."""
 
 
-def build_provider_from(config: DaemonConfig) -> Any:
+def build_provider_from(config: DaemonConfig) -> IntensityProvider:
     from carbonsched.providers import DEFAULT_PROVIDER_SPEC, build_provider
 
     return build_provider(config.provider or DEFAULT_PROVIDER_SPEC)
 
 
-def load_policy_from(config: DaemonConfig) -> Any:
+def load_policy_from(config: DaemonConfig) -> Policy:
     from carbonsched.policies import default_policy_path, load_policy
 
     return load_policy(config.policy or default_policy_path())
@@ -59,7 +67,7 @@ def open_store(config: DaemonConfig) -> Store:
     return Store(store_path(config.state_dir))
 
 
-def build_meter() -> Any:
+def build_meter() -> NodeEnergyMeter:
     from carbonsched.power import NodeEnergyMeter
 
     return NodeEnergyMeter()
@@ -70,11 +78,11 @@ class Daemon:
         self,
         config: DaemonConfig,
         *,
-        cli_overrides: dict[str, Any] | None = None,
+        cli_overrides: Mapping[str, object] | None = None,
         notifier: Notifier | None = None,
-        provider_factory: Callable[[DaemonConfig], Any] = build_provider_from,
-        policy_loader: Callable[[DaemonConfig], Any] = load_policy_from,
-        meter_factory: Callable[[], Any] | None = build_meter,
+        provider_factory: Callable[[DaemonConfig], IntensityProvider] = build_provider_from,
+        policy_loader: Callable[[DaemonConfig], Policy] = load_policy_from,
+        meter_factory: Callable[[], NodeEnergyMeter] | None = build_meter,
         store_factory: Callable[[DaemonConfig], Store] = open_store,
     ):
         self._cli_overrides = dict(cli_overrides or {})
@@ -235,14 +243,14 @@ class Daemon:
 
     # -- reload --------------------------------------------------------------------------------
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> ReloadReply:
         """Re-read the config file and policy; on any error keep what runs and report it.
         SIGHUP and the `reload` op may ask at once: one reload at a time, so the later one reads
         the files after the earlier one's result is in force and its own result is what stays."""
         with self._reload_lock:
             return self._reload()
 
-    def _reload(self) -> dict[str, Any]:
+    def _reload(self) -> ReloadReply:
         self.notifier.reloading()
         running = self.state.settings
         try:
@@ -265,7 +273,7 @@ class Daemon:
                 new_config = dataclasses.replace(new_config, **{name: getattr(running.config, name)})
         intervals_changed = self.state.apply_reload(Settings(config=new_config, policy=new_policy, provider=new_provider))
         log.info("reloaded: provider %s, policy %s", getattr(new_provider, "name", "?"), getattr(new_policy, "name", "?"))
-        reply: dict[str, Any] = {"reloaded": True, "policy": getattr(new_policy, "name", None)}
+        reply: ReloadReply = {"reloaded": True, "policy": getattr(new_policy, "name", None)}
         try:  # the new settings are in force; what follows must not take the reload path down
             if self.store is not None:
                 self.store.set_meta("node_name", new_config.node_name)
@@ -282,7 +290,7 @@ class Daemon:
 
     # -- serve ---------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReply:
         assert self.store is not None
         return build_status(
             self.state, self.store, meter=self.meter, meter_error=self.meter_error, started_at=self.started_at,
@@ -295,7 +303,7 @@ class Daemon:
         return status_line(self.state.settings, record, self.state.reload_status())
 
 
-def run_daemon(config: DaemonConfig, cli_overrides: dict[str, Any] | None = None) -> None:
+def run_daemon(config: DaemonConfig, cli_overrides: Mapping[str, object] | None = None) -> None:
     """Foreground entry point for `carbonsched run`; raises StartupError if it cannot start."""
     setup_logging()
     daemon = Daemon(config, cli_overrides=cli_overrides)

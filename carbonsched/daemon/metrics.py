@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from carbonsched.daemon.runtime_state import RuntimeState
 from carbonsched.types import utcnow
 
-log = logging.getLogger("carbonsched.daemon.metrics")
+log = logging.getLogger("carbonsched.metrics")
 
 JOB_LABELS = ("job_id", "model", "scheme")
 

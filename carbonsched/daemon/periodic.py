@@ -11,7 +11,7 @@ from collections import deque
 from copy import deepcopy
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carbonsched.reporting.accounting import (
     epoch_energy, job_pids, job_windows, measured_j_per_flop, recorded_epoch_savings, sample_job_energy_j,
@@ -20,13 +20,19 @@ from carbonsched.planning.job_planner import JobPlanner, reading_history
 from carbonsched.daemon.processes import process_alive
 from carbonsched.daemon.runtime_state import DecisionRecord, JobCounters, PolicyInputs, RuntimeState, start_of_utc_day
 from carbonsched.slurm.release import PauseReleaser
-from carbonsched.store import Store
+from carbonsched.store import Row, Store
 from carbonsched.times import iso_utc
 from carbonsched.types import (
     Decision, EnergyReading, IntensityReading, ProviderError, Signals, finite_or_none, utcnow,
 )
 
-log = logging.getLogger("carbonsched.daemon.lifecycle")
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from carbonsched.policies import Policy
+    from carbonsched.power import NodeEnergyMeter
+
+log = logging.getLogger("carbonsched.daemon")
 
 PRUNE_INTERVAL_S = 3600.0
 RECOVERY_TICK_S = 0.5  # after a restart, how often a few more running jobs' counters are restored
@@ -36,7 +42,7 @@ HEARTBEAT_S = 2.0  # how often the run records that it is alive (bounds what a k
 
 
 class PeriodicWork:
-    def __init__(self, state: RuntimeState, store: Store, meter: Any):
+    def __init__(self, state: RuntimeState, store: Store, meter: NodeEnergyMeter | None):
         self.state = state
         self.store = store
         self.meter = meter
@@ -53,7 +59,7 @@ class PeriodicWork:
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def schedule(self, scheduler: Any, watchdog: Callable[[], None], watchdog_interval_s: float | None) -> None:
+    def schedule(self, scheduler: BackgroundScheduler, watchdog: Callable[[], None], watchdog_interval_s: float | None) -> None:
         """(Re)register every periodic job on ``scheduler`` with the configured intervals."""
         intervals = self.state.settings.config.intervals
         now = datetime.now(timezone.utc)
@@ -77,7 +83,7 @@ class PeriodicWork:
                     next_run_time=first, misfire_grace_time=max(1, int(seconds)),
                 )
 
-    def _guarded(self, where: str, func: Callable[[], Any]) -> Callable[[], None]:
+    def _guarded(self, where: str, func: Callable[[], object]) -> Callable[[], None]:
         def run() -> None:
             try:
                 func()
@@ -194,7 +200,7 @@ class PeriodicWork:
                 self.state.end_restore()
             return bool(self._recovery)
 
-    def _stored_counters(self, job: dict[str, Any], until_s: float) -> JobCounters:
+    def _stored_counters(self, job: Row, until_s: float) -> JobCounters:
         counters = JobCounters(model=job["model"], scheme=job["scheme"])
         if job["model"] not in self._recovery_j_per_flop:
             self._recovery_j_per_flop[job["model"]] = measured_j_per_flop(self.store, job["model"])
@@ -242,7 +248,7 @@ class PeriodicWork:
                 log.info("rho %.3f (%s: %s)", node.decision.rho, node.decision.policy, node.decision.reason)
             return node
 
-    def _planned_records(self, running_jobs: list[dict[str, Any]], inputs: PolicyInputs) -> dict[str, DecisionRecord]:
+    def _planned_records(self, running_jobs: list[Row], inputs: PolicyInputs) -> dict[str, DecisionRecord]:
         """Deadline jobs get their plan's ρ or pause instead of the policy's ρ."""
         signals = inputs.node
         interval_s = self.state.settings.config.intervals.decide_s
@@ -265,7 +271,7 @@ class PeriodicWork:
             for job_id, plan in plans.items()
         }
 
-    def _job_policies_for(self, policy: Any, running: list[str]) -> dict[str, Any]:
+    def _job_policies_for(self, policy: Policy, running: list[str]) -> dict[str, Policy]:
         """One policy per running job, each a copy of the node's (with its hysteresis and
         dwell history) when the job is first seen or the policy was reloaded."""
         if policy is not self._policy_copied:
@@ -283,7 +289,7 @@ class PeriodicWork:
         self._job_policies = kept
         return kept
 
-    def _decision_record(self, policy: Any, signals: Signals, reading: IntensityReading | None) -> DecisionRecord:
+    def _decision_record(self, policy: Policy, signals: Signals, reading: IntensityReading | None) -> DecisionRecord:
         decision = policy.decide(signals)
         rho = finite_or_none(decision.rho)
         if rho is None or not 0.0 < rho <= 1.0:
@@ -327,7 +333,7 @@ class PeriodicWork:
             )
 
     def close_open_epochs(
-        self, job: dict[str, Any], closed_by: str, *, keep_epoch: int | None = None, not_after_s: float | None = None,
+        self, job: Row, closed_by: str, *, keep_epoch: int | None = None, not_after_s: float | None = None,
     ) -> None:
         """End the job's epochs that started but never reported their end (all but ``keep_epoch``),
         so none stays open beside the job's later epochs and none is nobody's once the job stops.

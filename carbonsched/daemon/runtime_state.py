@@ -24,7 +24,7 @@ from carbonsched.types import (
     Decision, EnergyReading, ForecastPoint, IntensityReading, Signals, finite_or_none, utcnow,
 )
 
-log = logging.getLogger("carbonsched.daemon.lifecycle")
+log = logging.getLogger("carbonsched.daemon")
 
 MAX_RECENT_ERRORS = 20
 

@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-log = logging.getLogger("carbonsched.daemon.sd_notify")
+log = logging.getLogger("carbonsched.notify")
 
 
 def _address(notify_socket: str) -> str | bytes:

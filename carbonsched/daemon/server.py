@@ -32,7 +32,7 @@ from carbonsched.protocol import (
     ok_reply,
 )
 
-log = logging.getLogger("carbonsched.daemon.server")
+log = logging.getLogger("carbonsched.server")
 
 _UMASK_LOCK = threading.Lock()
 _PEERCRED_STRUCT = struct.Struct("3i")

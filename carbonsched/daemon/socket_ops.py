@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from carbonsched import PROTOCOL_VERSION, __version__
 from carbonsched.reporting.accounting import epoch_energy, measured_j_per_flop, recorded_epoch_savings
@@ -22,16 +21,34 @@ from carbonsched.planning.receding import JobDeclaration
 from carbonsched.daemon.periodic import PeriodicWork
 from carbonsched.daemon.pid_namespace import sent_pids_are_ours
 from carbonsched.power.devices import resolve_job_devices
-from carbonsched.protocol import DeadlineJob, ProtocolError, Request, declaration_problem
+from carbonsched.protocol import (
+    DeadlineJob,
+    EpochEndReply,
+    EpochStartReply,
+    JobEndReply,
+    JobsReply,
+    JobStartReply,
+    OverrideReply,
+    PingReply,
+    PlanBindReply,
+    PlanSubmitReply,
+    ProtocolError,
+    ReloadReply,
+    Request,
+    RequestFields,
+    RhoReply,
+    StatusReply,
+    declaration_problem,
+)
 from carbonsched.daemon.runtime_state import RuntimeState
 from carbonsched.daemon.server import PeerCred
 from carbonsched.slurm.slurm_cli import move_begin, record_in_slurm
-from carbonsched.store import J_PER_KWH, Store
+from carbonsched.store import J_PER_KWH, Row, Store
 from carbonsched.planning.submitted_plans import SubmittedPlans
 from carbonsched.times import iso_utc
 from carbonsched.types import Decision, utcnow
 
-log = logging.getLogger("carbonsched.daemon.lifecycle")
+log = logging.getLogger("carbonsched.daemon")
 MAX_PLAN_AHEAD_S = 31 * 86400.0  # plan.submit: a deadline further ahead is refused
 MAX_KEPT_PLANS = 200  # plan.submit: plans kept at once (each submission re-plans them all)
 
@@ -43,19 +60,20 @@ class OpContext:
     state: RuntimeState
     store: Store
     work: PeriodicWork
-    reload: Callable[[], dict[str, Any]]
-    status: Callable[[], dict[str, Any]]
+    reload: Callable[[], ReloadReply]
+    status: Callable[[], StatusReply]
     submitted: SubmittedPlans = field(default_factory=SubmittedPlans)
 
 
-Op = Callable[[OpContext, dict[str, Any], PeerCred, Request], dict[str, Any]]
+OpReply = Mapping[str, object]  # one of the protocol's *Reply types
+Op = Callable[[OpContext, RequestFields, PeerCred, Request], OpReply]
 
 
-def handle(ctx: OpContext, request: Request, peer: PeerCred) -> dict[str, Any]:
+def handle(ctx: OpContext, request: Request, peer: PeerCred) -> OpReply:
     return OPS[request.op](ctx, request.fields, peer, request)
 
 
-def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> dict[str, Any]:
+def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> Row:
     """The stored job, if the peer may act on it (its owner, root or the daemon's own user)."""
     job = ctx.store.job(job_id)
     if job is None:
@@ -65,11 +83,11 @@ def job_for(ctx: OpContext, job_id: str, peer: PeerCred) -> dict[str, Any]:
     return job
 
 
-def op_ping(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_ping(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PingReply:
     return {"pong": True, "version": __version__, "protocol": PROTOCOL_VERSION}
 
 
-def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_rho(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> RhoReply:
     now = utcnow()
     record, override = ctx.state.decision_and_override(fields.get("job_id"))
     if record is None:
@@ -79,7 +97,7 @@ def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Requ
             ctx.state.record_error("decide", f"{type(exc).__name__}: {exc}")
             raise ProtocolError("unavailable", f"no ρ decision available: {exc}") from exc
     reading = record.reading
-    answer: dict[str, Any] = {
+    answer: RhoReply = {
         "rho": record.decision.rho,
         "intensity_g_per_kwh": reading.intensity_g_per_kwh if reading else None,
         "signal": reading.signal if reading else None,
@@ -92,12 +110,12 @@ def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Requ
         "override": False,
     }
     if override is not None and override.active(now):
-        answer.update(
-            rho=override.rho,
-            policy="override",
-            reason=f"override by uid {override.uid} (policy would say {record.decision.rho:.3f})",
-            override=True,
-        )
+        answer.update({
+            "rho": override.rho,
+            "policy": "override",
+            "reason": f"override by uid {override.uid} (policy would say {record.decision.rho:.3f})",
+            "override": True,
+        })
         if override.expires_at is not None:
             answer["valid_until"] = iso_utc(min(override.expires_at, record.valid_until))
     # A deadline job's plan may say "pause until" (unix s); older clients ignore the field.
@@ -111,7 +129,7 @@ def op_rho(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Requ
     return answer
 
 
-def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_job_start(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobStartReply:
     deadline_job = checked_deadline_job(fields)
     job_id = fields.get("job_id") or uuid.uuid4().hex[:16]
     now = utcnow()
@@ -148,7 +166,7 @@ def op_job_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     return {"job_id": job_id, "resumed": not created, "started_at": iso_utc(now)}
 
 
-def checked_deadline_job(fields: dict[str, Any]) -> DeadlineJob | None:
+def checked_deadline_job(fields: RequestFields) -> DeadlineJob | None:
     """The job model a ``job.start`` declared, None when it declared none; a ``bad_request`` when
     its fields make no sense together."""
     try:
@@ -171,7 +189,7 @@ def declare_job(ctx: OpContext, job_id: str, job: DeadlineJob) -> None:
             ctx.state.record_error("decide", f"{type(exc).__name__}: {exc}")
 
 
-def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_epoch_start(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> EpochStartReply:
     job = job_for(ctx, fields["job_id"], peer)
     # An earlier epoch whose end never arrived ended before this one starts.
     ctx.work.close_open_epochs(job, f"epoch.start {fields['epoch']}", keep_epoch=fields["epoch"])
@@ -184,7 +202,7 @@ def op_epoch_start(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, reque
     return {"job_id": fields["job_id"], "epoch": fields["epoch"], "started_at": iso_utc(now)}
 
 
-def op_epoch_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_epoch_end(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> EpochEndReply:
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.sample_power_now()
     now = utcnow()
@@ -227,7 +245,7 @@ def op_epoch_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request
     }
 
 
-def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_job_end(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobEndReply:
     job = job_for(ctx, fields["job_id"], peer)
     ctx.work.close_open_epochs(job, f"job.end {fields['status']}")
     now = utcnow()
@@ -243,7 +261,7 @@ def op_job_end(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: 
     return {"job_id": fields["job_id"], "status": fields["status"], "ended_at": iso_utc(now), "carbon_g": carbon_g}
 
 
-def op_plan_submit(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_plan_submit(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PlanSubmitReply:
     gpus = ctx.state.settings.config.partition_gpus
     if gpus is None:
         raise ProtocolError("bad_request", "plan.submit: this daemon has no partition_gpus in its config")
@@ -282,13 +300,13 @@ def op_plan_submit(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, reque
             "moved": [{"slurm_job_id": job_id, "begin": iso_utc(begin_s)} for job_id, begin_s in submission.moved]}
 
 
-def op_plan_bind(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_plan_bind(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> PlanBindReply:
     if not ctx.submitted.bind(fields["plan_id"], fields["slurm_job_id"]):
         raise ProtocolError("bad_request", f"unknown plan_id {fields['plan_id']!r}")
     return {"plan_id": fields["plan_id"], "slurm_job_id": fields["slurm_job_id"]}
 
 
-def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_jobs(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> JobsReply:
     jobs = ctx.store.jobs(status=fields.get("status"))
     if "limit" in fields:
         jobs = jobs[-fields["limit"]:]
@@ -305,7 +323,7 @@ def op_jobs(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Req
     return {"jobs": jobs}
 
 
-def op_override(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_override(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> OverrideReply:
     now = utcnow()
     rho, ttl_s = fields["rho"], fields.get("ttl_s")
     override = ctx.state.set_override(rho, ttl_s, peer.uid, now)
@@ -319,11 +337,11 @@ def op_override(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request:
     return {"override": override.to_dict() if override is not None else None}
 
 
-def op_reload(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_reload(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> ReloadReply:
     return ctx.reload()
 
 
-def op_status(ctx: OpContext, fields: dict[str, Any], peer: PeerCred, request: Request) -> dict[str, Any]:
+def op_status(ctx: OpContext, fields: RequestFields, peer: PeerCred, request: Request) -> StatusReply:
     return ctx.status()
 
 

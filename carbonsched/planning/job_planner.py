@@ -76,7 +76,7 @@ from carbonsched.planning.receding import (
 )
 from carbonsched.types import ForecastPoint, IntensityReading
 
-log = logging.getLogger("carbonsched.daemon.lifecycle")
+log = logging.getLogger("carbonsched.daemon")
 
 __all__ = ["MARGIN_SHARE", "JobDeclaration", "JobPlanDecision", "JobPlanner", "JobProgress", "PlanningSettings",
            "decide_job", "first_plan_values", "pause_intervals", "paused_seconds", "plan_job", "planning_slots",

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
-from carbonsched.store import J_PER_KWH, Store
+from carbonsched.store import J_PER_KWH, Row, Store
+
+if TYPE_CHECKING:
+    from carbonsched.types import JsonObject
 
 INTENSITY_LOOKBACK_S = 2 * 86400.0
 FOREIGN_PIDS_ATTRIBUTION = "whole-device (pids of another pid namespace)"
@@ -73,10 +76,10 @@ class EpochEnergy:
     gpu_attribution: str  # "per-pid", "whole-device", FOREIGN_PIDS_ATTRIBUTION, "mixed" or "no GPU samples"
     sources: dict[str, str]  # device -> energy source (nvml_counter, rapl, tdp_estimate, ...)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return asdict(self)
 
-    def epoch_columns(self) -> dict[str, Any]:
+    def epoch_columns(self) -> dict[str, float | str | None]:
         """The values :meth:`carbonsched.store.Store.end_epoch` keeps for an epoch."""
         return {"energy_j": self.energy_j, "carbon_g": self.carbon_g, "gpu_j": self.gpu_j, "cpu_j": self.cpu_j,
                 "ram_j": self.ram_j, "gpu_attribution": self.gpu_attribution}
@@ -92,7 +95,7 @@ class Savings:
     saved_j: float
     saved_g: float | None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JsonObject:
         return asdict(self)
 
 
@@ -146,7 +149,7 @@ class IntensityCurve:
 # -- windows -----------------------------------------------------------------------------------
 
 
-def job_pids(job: dict[str, Any]) -> frozenset[int]:
+def job_pids(job: Row) -> frozenset[int]:
     """The registering process and every process the job listed (``pids``) on this node."""
     pids = set(job.get("pids") or ())
     if job.get("pid") is not None:
@@ -154,7 +157,7 @@ def job_pids(job: dict[str, Any]) -> frozenset[int]:
     return frozenset(pids)
 
 
-def _window(job: dict[str, Any], start_s: float, end_s: float) -> JobWindow:
+def _window(job: Row, start_s: float, end_s: float) -> JobWindow:
     gpus = frozenset(d for d in job.get("devices") or () if d.startswith("gpu"))
     return JobWindow(job["job_id"], job_pids(job), gpus, start_s, end_s, pids_foreign=bool(job.get("pids_foreign")))
 
@@ -219,7 +222,7 @@ class WindowShare:
             entry = self._classes[key] = [share_pieces(self.start_s, self.end_s, eligible), 0]
         return entry
 
-    def power_pieces(self, sample: dict[str, Any]) -> list[tuple[float, float, float]]:
+    def power_pieces(self, sample: Row) -> list[tuple[float, float, float]]:
         """Pieces (start, end, W) of one energy sample's power that belong to the job."""
         span_s = sample["end"] - sample["start"]
         if span_s <= 0 or not self.owner.eligible(sample["device"], sample["pids"]):
@@ -250,7 +253,7 @@ def merged_intervals(intervals: Iterable[tuple[float, float]]) -> list[list[floa
     return merged
 
 
-def sample_job_energy_j(samples: Iterable[dict[str, Any]], windows: Sequence[JobWindow]) -> dict[str, float]:
+def sample_job_energy_j(samples: Iterable[Row], windows: Sequence[JobWindow]) -> dict[str, float]:
     """Each job's energy (J) in ``samples`` (rows shaped like ``Store.energy_samples``), split
     between the epoch ``windows`` as :func:`epoch_energy` splits it (a job's overlapping windows
     count once)."""
@@ -270,7 +273,7 @@ def sample_job_energy_j(samples: Iterable[dict[str, Any]], windows: Sequence[Job
 
 
 def epoch_energy(
-    store: Store, job: dict[str, Any], start_s: float, end_s: float, *, now_s: float | None = None
+    store: Store, job: Row, start_s: float, end_s: float, *, now_s: float | None = None
 ) -> EpochEnergy:
     """Energy and carbon attributed to ``job`` over its epoch window [start_s, end_s)."""
     now_s = end_s if now_s is None else now_s
@@ -365,7 +368,7 @@ def measured_savings(
     return Savings("measured", full_j, full_g, full_j - energy_j, saved_g)
 
 
-def recorded_epoch_intensity_g_per_kwh(store: Store, epoch: dict[str, Any]) -> float | None:
+def recorded_epoch_intensity_g_per_kwh(store: Store, epoch: Row) -> float | None:
     """The intensity (gCO2e/kWh) a recorded epoch's energy was priced at: energy-weighted
     (carbon / energy) when both are recorded, else the time-weighted mean over its window."""
     start, end = epoch["started_at"], epoch["ended_at"]
@@ -377,7 +380,7 @@ def recorded_epoch_intensity_g_per_kwh(store: Store, epoch: dict[str, Any]) -> f
     return None
 
 
-def recorded_epoch_savings(store: Store, epoch: dict[str, Any], *, j_per_flop: float | None) -> Savings | None:
+def recorded_epoch_savings(store: Store, epoch: Row, *, j_per_flop: float | None) -> Savings | None:
     """Savings against full fine-tuning of an epoch as the store has it (a row of
     ``Store.epochs``), priced at :func:`recorded_epoch_intensity_g_per_kwh`. The one definition
     the report, the epoch.end reply and the avoided-carbon metrics share."""
@@ -386,7 +389,7 @@ def recorded_epoch_savings(store: Store, epoch: dict[str, Any], *, j_per_flop: f
 
 
 def epoch_savings(
-    epoch: dict[str, Any], *, j_per_flop: float | None, mean_intensity_g_per_kwh: float | None
+    epoch: Row, *, j_per_flop: float | None, mean_intensity_g_per_kwh: float | None
 ) -> Savings | None:
     """Measured savings when a full-FT J/FLOP is known, else modelled; None without energy."""
     used = (epoch.get("flops_forward") or 0.0) + (epoch.get("flops_backward") or 0.0)

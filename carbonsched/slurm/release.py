@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from carbonsched.slurm import slurm_cli as slurm
 from carbonsched.times import iso_utc
 
-log = logging.getLogger("carbonsched.slurm.slurm_cli")
+log = logging.getLogger("carbonsched.slurm")
 
 DEFAULT_RELEASE_AFTER_S = 1800.0
 HELD_TIMEOUT_S = 120.0  # the trainer's checkpoint, Slurm's KillWait and the epilog

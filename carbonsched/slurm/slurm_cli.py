@@ -19,7 +19,7 @@ __all__ = ["SLURM_TIMEOUT_S", "SlurmError", "admin_comment", "exporting", "job_s
            "relative_time", "release", "requeue_held", "run_slurm", "sbatch_command", "set_admin_comment", "set_begin"]
 
 SLURM_TIMEOUT_S = 30.0
-log = logging.getLogger("carbonsched.slurm.slurm_cli")
+log = logging.getLogger("carbonsched.slurm")
 _JOB_ID = re.compile(r"\d+(?:_\d+)?")
 
 

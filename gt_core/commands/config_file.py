@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -19,7 +18,7 @@ class ConfigFileError(ValueError):
     """The config file cannot be used; the message names the file and the key."""
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, object]:
     """The file's top-level table, keys normalised to ``snake_case``."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -48,7 +47,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
-def apply_config_file(ctx: typer.Context, path: Path, values: dict[str, Any], skip: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+def apply_config_file(ctx: typer.Context, path: Path, values: dict[str, object], skip: tuple[str, ...] = ("config",)) -> dict[str, object]:
     """``values`` (the command's parameters) with every option not given on the command line
     taken from ``path``. Values are converted and range-checked as the option itself would be."""
     params = {p.name: p for p in ctx.command.params if p.name not in skip}

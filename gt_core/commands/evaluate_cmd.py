@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from carbonsched.protocol import JsonObject
 
 
 class _UsageError(Exception):
     """Bad command-line input, reported as one line on stderr with exit code 2."""
 
 
-def _load(model: Optional[str], checkpoint: Optional[Path], tiny: Optional[str]) -> tuple[Any, Any]:
+def _load(model: Optional[str], checkpoint: Optional[Path], tiny: Optional[str]) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     from gt_core.models.loading import ModelLoadError, load_model, load_model_and_tokenizer
     from gt_core.data.tokenizer import load_tokenizer
 
@@ -73,7 +79,7 @@ def _examples(
     return examples, source
 
 
-def _saved_run_data(run_dir: Path) -> dict[str, Any]:
+def _saved_run_data(run_dir: Path) -> JsonObject:
     """The run's saved options, relative paths of older files resolved (and noted on stderr)."""
     from gt_core.commands.run_args import RUN_ARGS_FILE, RunArgsError, load_run_args, resolve_saved_paths
 

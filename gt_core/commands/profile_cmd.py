@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:
+    import click
+    from transformers import PretrainedConfig
+
+    from gt_core.profiler import TensorProfile
 
 _COUNTS = ("all", "matmul")
 _PREFIXES = ("", "k", "M", "G", "T", "P", "E")
@@ -21,7 +27,7 @@ def _fail(message: str) -> None:
 class _OneLineErrors(TyperCommand):
     """Report bad command-line arguments as one ``error: ...`` line (exit code 2)."""
 
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
         except Exception as exc:  # click's UsageError family; typer vendors click privately
@@ -51,7 +57,7 @@ def human_count(n: float) -> str:
     return f"{value:.3g}{prefix}"
 
 
-def _table(prof: Any) -> str:
+def _table(prof: TensorProfile) -> str:
     width = max([len("tensor")] + [len(n) for n in prof.names])
     lines = [f"{'#':>4}  {'tensor':<{width}}  {'params':>8}  {'t_dw':>14}  {'t_dy':>14}"]
     for i, name in enumerate(prof.names):
@@ -69,7 +75,7 @@ def _table(prof: Any) -> str:
     return "\n".join(lines)
 
 
-def _memory_table(config: Any, prof: Any, world_size: int, strategy: str, precision: str, batch_size: int,
+def _memory_table(config: PretrainedConfig, prof: TensorProfile, world_size: int, strategy: str, precision: str, batch_size: int,
                   seq_len: int, as_json: bool) -> str:
     from gt_core.training.memory_plan import PLAN_RHOS, RankMemoryModel
 
@@ -108,7 +114,7 @@ def _memory_table(config: Any, prof: Any, world_size: int, strategy: str, precis
     return "\n".join(lines)
 
 
-def _as_json(prof: Any, source: str) -> str:
+def _as_json(prof: TensorProfile, source: str) -> str:
     doc = {
         "model": source,
         "count": prof.count,

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import torch
+    from transformers import PretrainedConfig
+
+    from gt_core.selection.importance_file import SavedImportance
 
 
 class _UsageError(Exception):
     """Bad command-line input, reported as one line on stderr with exit code 2."""
 
 
-def _shape_source(model: Optional[str], tiny: Optional[str]) -> Any:
+def _shape_source(model: Optional[str], tiny: Optional[str]) -> PretrainedConfig | torch.nn.Module:
     """The config of ``--model`` (only its config.json is read) or the tiny model ``train --tiny``
     trains (sized to the local tokenizer, LM head untied)."""
     if (model is None) == (tiny is None):
@@ -27,7 +35,8 @@ def _shape_source(model: Optional[str], tiny: Optional[str]) -> Any:
 
 
 def _shape(
-    source: Any, saved: dict[str, Any], batch_size: Optional[int], seq_len: Optional[int], target_len: Optional[int]
+    source: PretrainedConfig | torch.nn.Module, saved: Mapping[str, object], batch_size: Optional[int],
+    seq_len: Optional[int], target_len: Optional[int],
 ) -> tuple[int, int, Optional[int], str]:
     """Batch size, sequence lengths (tokens) and where they come from: the options given, else the
     shape an importance file was profiled at, else batch 4 at the model's maximum positions."""
@@ -45,11 +54,11 @@ def _shape(
     return batch_size or 4, seq_len, target_len, "--seq-len"
 
 
-def _positive_int(value: Any) -> Optional[int]:
+def _positive_int(value: object) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def _importance_line(saved: Any) -> str:
+def _importance_line(saved: SavedImportance | None) -> str:
     """The first line: which importance the DP maximised."""
     if saved is None:
         return (

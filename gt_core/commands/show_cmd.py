@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from carbonsched.protocol import JsonObject
 
 
 class _UsageError(Exception):
     """Bad command-line input, reported as one line on stderr with exit code 2."""
 
 
-def read_epoch_records(run_dir: Path) -> list[dict[str, Any]]:
+def read_epoch_records(run_dir: Path) -> list[JsonObject]:
     """The epoch records of ``run_dir/metrics.jsonl`` in order; a usage error names what is wrong."""
     if not run_dir.is_dir():
         raise _UsageError(f"run directory {run_dir}: no such directory")
@@ -31,7 +34,7 @@ def read_epoch_records(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _epoch_lines(record: dict[str, Any], with_names: bool) -> list[str]:
+def _epoch_lines(record: JsonObject, with_names: bool) -> list[str]:
     rho = record.get("rho_asked")
     head = (
         f"epoch {record['epoch']}: {record.get('scheme', '?')}, rho {'-' if rho is None else f'{rho:.2f}'}"

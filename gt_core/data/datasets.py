@@ -8,10 +8,17 @@ import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from carbonsched.protocol import JsonValue
+
+    HubRecord = dict[str, JsonValue]  # one row of a Hugging Face data set
 
 IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -30,7 +37,7 @@ class Example:
 # ----------------------------------------------------------------------------- loading
 
 
-def _field_text(value: Any) -> str | None:
+def _field_text(value: object) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -41,7 +48,7 @@ def _field_text(value: Any) -> str | None:
 
 
 def _example_from_record(
-    record: Any, where: str, source_field: str, target_field: str
+    record: object, where: str, source_field: str, target_field: str
 ) -> Example:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(record).__name__}")
@@ -120,11 +127,12 @@ def _read_csv(path: Path, source_field: str, target_field: str, limit: int | Non
     return examples
 
 
-def _scitldr_source(record: dict[str, Any]) -> str:
+
+def _scitldr_source(record: HubRecord) -> str:
     return " ".join(record["source"])
 
 
-def _scitldr_target(record: dict[str, Any]) -> str:
+def _scitldr_target(record: HubRecord) -> str:
     return record["target"][0] if record["target"] else ""
 
 
@@ -132,8 +140,8 @@ def _scitldr_target(record: dict[str, Any]) -> str:
 class _HubShortcut:
     dataset: str
     config: str | None
-    source: Callable[[dict[str, Any]], str]
-    target: Callable[[dict[str, Any]], str]
+    source: Callable[[HubRecord], str]
+    target: Callable[[HubRecord], str]
 
 
 HUB_SHORTCUTS: dict[str, _HubShortcut] = {
@@ -218,11 +226,11 @@ def format_prompt(source: str, *, encoder_decoder: bool) -> str:
     return f"summarize: {source}" if encoder_decoder else f"{source} TL;DR: "
 
 
-def _ids(tokenizer: Any, text: str, *, special: bool) -> list[int]:
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _cut_source(tokenizer: Any, source: str, keep_tokens: int) -> str:
+def _cut_source(tokenizer: PreTrainedTokenizerBase, source: str, keep_tokens: int) -> str:
     """The prefix of ``source`` that spans its first ``keep_tokens`` tokens."""
     if keep_tokens <= 0:
         return ""
@@ -236,7 +244,7 @@ def _cut_source(tokenizer: Any, source: str, keep_tokens: int) -> str:
 
 
 def encode_prompt(
-    tokenizer: Any, source: str, *, encoder_decoder: bool, max_length: int
+    tokenizer: PreTrainedTokenizerBase, source: str, *, encoder_decoder: bool, max_length: int
 ) -> list[int]:
     """Token ids of the prompt for ``source``, shortening the source (never the prompt words) to fit."""
     if max_length <= 0:
@@ -257,7 +265,7 @@ def encode_prompt(
         keep -= max(1, len(ids) - max_length)
 
 
-def _eos_id(tokenizer: Any) -> int:
+def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-sequence token")
     return int(tokenizer.eos_token_id)
@@ -275,7 +283,7 @@ class SummarizationDataset(Dataset):
     def __init__(
         self,
         examples: Sequence[Example],
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         encoder_decoder: bool,
         max_input_length: int = 512,
@@ -357,7 +365,7 @@ class PromptDataset(Dataset):
     """Prompt token ids only, for generation (decoder-only prompts end with the "TL;DR:" cue)."""
 
     def __init__(
-        self, examples: Sequence[Example], tokenizer: Any, *, encoder_decoder: bool, max_input_length: int = 512
+        self, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *, encoder_decoder: bool, max_input_length: int = 512
     ) -> None:
         self.encoder_decoder = encoder_decoder
         self.prompts = [

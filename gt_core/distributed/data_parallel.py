@@ -34,7 +34,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,18 @@ from gt_core.data.datasets import IGNORE_INDEX, collate_batch
 from gt_core.selection.pipeline import GreenSelection, ImportanceBatches, SelectionHooks
 from gt_core.rho.daemon_source import is_daemon_reporter
 from gt_core.training.trainer import GreenTrainer, TrainConfig
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from carbonsched.protocol import JsonObject, JsonValue
+    from gt_core.training.checkpoint import RngState
+    from gt_core.data.datasets import Example
+    from gt_core.rho.sources import RhoSource
+
+Picklable = TypeVar("Picklable")
+Callback = TypeVar("Callback")
 
 
 # ----------------------------------------------------------------------------- process group
@@ -100,7 +112,7 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def job_identity() -> dict[str, Any]:
+def job_identity() -> JsonObject:
     """Fields every rank's ``job.start`` carries so per-node reports can be summed and listed."""
     env = dist_env()
     return {
@@ -120,7 +132,7 @@ def node_pids() -> list[int]:
     return sorted(pid for node, pid in everyone if node == key)
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
+def broadcast_object(obj: Picklable, src: int = 0) -> Picklable:
     """``obj`` from rank ``src`` on every rank (pickled; small objects only)."""
     box = [obj]
     dist.broadcast_object_list(box, src=src)
@@ -157,17 +169,17 @@ def loss_items(batch: Mapping[str, torch.Tensor], encoder_decoder: bool) -> int:
 class _NullLog:
     """metrics.jsonl stand-in on ranks other than 0."""
 
-    def write(self, record: Mapping[str, Any]) -> None:
+    def write(self, record: Mapping[str, JsonValue]) -> None:
         pass
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[JsonObject]:
         return []
 
     def keep_epochs_before(self, epoch: int) -> None:
         pass
 
 
-def share_daemon_job(callbacks: Sequence[Any]) -> list[Any]:
+def share_daemon_job(callbacks: Sequence[Callback]) -> list[Callback]:
     """Set up daemon ρ sources (:class:`~gt_core.rho.daemon_source.DaemonRhoSource`) among
     ``callbacks`` for a multi-process job; returns the callbacks this process keeps.
 
@@ -200,7 +212,7 @@ class RankBatches:
     contributes no loss.
     """
 
-    def __init__(self, dataset: Any, batch_size: int, generator: torch.Generator, rank: int, world_size: int, pad_id: int) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, generator: torch.Generator, rank: int, world_size: int, pad_id: int) -> None:
         self.dataset, self.rank, self.world_size, self.pad_id = dataset, rank, world_size, pad_id
         self.global_batches = DataLoader(
             range(len(dataset)), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=list
@@ -233,12 +245,12 @@ class DistributedGreenTrainer(GreenTrainer):
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer: Any,
-        train_examples: Sequence[Any],
-        val_examples: Sequence[Any],
+        tokenizer: PreTrainedTokenizerBase,
+        train_examples: Sequence[Example],
+        val_examples: Sequence[Example],
         config: TrainConfig,
-        rho_source: Any = None,
-        callbacks: Sequence[Any] = (),
+        rho_source: RhoSource | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         if not dist.is_initialized():
             raise RuntimeError("DistributedGreenTrainer needs a process group: call init_distributed() first")
@@ -280,7 +292,7 @@ class DistributedGreenTrainer(GreenTrainer):
         # Importance reduces tensor by tensor as gradients arrive: the selection's total.
         self._timing["allreduce_s"] = self._timing.get("allreduce_s", 0.0) + time.perf_counter() - start
 
-    def _broadcast(self, obj: Any) -> Any:
+    def _broadcast(self, obj: Picklable) -> Picklable:
         start = time.perf_counter()
         result = broadcast_object(obj)
         # ρ is broadcast before importance, the mask after its all-reduce.
@@ -382,7 +394,7 @@ class DistributedGreenTrainer(GreenTrainer):
 
     # ------------------------------------------------------------------ output
 
-    def checkpoint(self, rank_rng_states: list[dict[str, Any]] | None = None) -> Path:
+    def checkpoint(self, rank_rng_states: list[RngState] | None = None) -> Path:
         """Rank 0 writes it, with every rank's RNG states (a collective: all ranks call it)."""
         states: list[Any] = [None] * self.world_size
         dist.all_gather_object(states, rng_state())
@@ -414,7 +426,7 @@ class DistributedGreenTrainer(GreenTrainer):
 class _SelectionOverheadLog(TrainerCallback):
     """Hands each selection to :meth:`DistributedGreenTrainer.record_overhead`."""
 
-    def on_selection(self, trainer: Any, selection: GreenSelection) -> None:
+    def on_selection(self, trainer: DistributedGreenTrainer, selection: GreenSelection) -> None:
         trainer.record_overhead(selection)
 
 

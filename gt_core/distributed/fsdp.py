@@ -29,7 +29,7 @@ import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ from gt_core.distributed.data_parallel import DistributedGreenTrainer, broadcast
 from gt_core.selection.pipeline import ImportanceBatches
 from gt_core.models.traits import transformer_blocks
 from gt_core.distributed.sharding import is_dtensor
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from gt_core.training.checkpoint import RngState
 
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 FINAL_SHARD_BYTES = 2 * 2**30
@@ -68,7 +73,7 @@ def wrap_classes(model: torch.nn.Module, wrap: str | None = None) -> list[type]:
     return sorted(found, key=lambda kind: kind.__name__)
 
 
-def mixed_precision_policy(precision: str) -> Any:
+def mixed_precision_policy(precision: str) -> MixedPrecisionPolicy | None:
     """FSDP2's ``MixedPrecisionPolicy`` for ``--precision`` (None for fp32 and pure bf16)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -106,7 +111,7 @@ class FsdpGreenTrainer(DistributedGreenTrainer):
     the module text). ``fsdp_wrap``: the block class to wrap (default: ``_no_split_modules``);
     ``cpu_offload``: FSDP2's ``CPUOffloadPolicy`` (parameters, gradients and moments in CPU memory)."""
 
-    def __init__(self, *args: Any, fsdp_wrap: str | None = None, cpu_offload: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: object, fsdp_wrap: str | None = None, cpu_offload: bool = False, **kwargs: object) -> None:
         """:class:`DistributedGreenTrainer`'s arguments, and how to shard."""
         self.fsdp_wrap, self.cpu_offload = fsdp_wrap, cpu_offload
         super().__init__(*args, **kwargs)
@@ -161,7 +166,7 @@ class FsdpGreenTrainer(DistributedGreenTrainer):
         by_param = {p: name for name, p in self.model.named_parameters()}
         return {by_param[p]: dict(state) for p, state in self.optimizer.state.items()}
 
-    def checkpoint(self, rank_rng_states: list[dict[str, Any]] | None = None) -> Path:
+    def checkpoint(self, rank_rng_states: list[RngState] | None = None) -> Path:
         """Every rank writes its shards (``torch.distributed.checkpoint``); rank 0 the rest (a collective)."""
         import torch.distributed.checkpoint as dcp
 

@@ -16,11 +16,16 @@ Measured on the CPU (torch 2.13, gloo, 2 processes, tiny Llama):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from gt_core.distributed.sharding import is_dtensor
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from transformers import TrainingArguments
 
 
 CALLBACK_FSDP2_REASON = (
@@ -65,7 +70,7 @@ def check_model_supported(model: torch.nn.Module) -> None:
         )
 
 
-def check_training_args_supported(args: Any) -> None:
+def check_training_args_supported(args: TrainingArguments) -> None:
     """Raise for ``transformers.TrainingArguments`` that shard parameters (FSDP, DeepSpeed ZeRO-3)."""
     if getattr(args, "fsdp", None):
         config = getattr(args, "fsdp_config", None) or {}
@@ -85,7 +90,7 @@ def check_training_args_supported(args: Any) -> None:
         )
 
 
-def _zero_stage(deepspeed: Any) -> int | None:
+def _zero_stage(deepspeed: str | Mapping[str, object] | None) -> int | None:
     config = deepspeed
     if isinstance(deepspeed, str):
         import json

@@ -7,7 +7,7 @@ change: ``p.grad`` and the optimizer state are DTensors too, each rank holding i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import torch
 
@@ -20,8 +20,10 @@ def dtensor_type() -> type | None:
         return None
     return DTensor
 
+Value = TypeVar("Value")
 
-def is_dtensor(value: Any) -> bool:
+
+def is_dtensor(value: object) -> bool:
     """True for a DTensor or a parameter wrapping one."""
     kind = dtensor_type()
     return kind is not None and (isinstance(value, kind) or isinstance(getattr(value, "data", None), kind))
@@ -34,6 +36,6 @@ def is_sharded(p: torch.Tensor) -> bool:
     return any(placement.is_shard() for placement in p.placements)
 
 
-def local_part(value: Any) -> Any:
+def local_part(value: Value) -> Value:
     """This rank's piece of a DTensor; any other value unchanged."""
     return value.to_local() if is_dtensor(value) else value

@@ -79,7 +79,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -97,10 +97,17 @@ from gt_core.rho.pausing import wait_while_paused
 from gt_core.training.precision import precision_from_training_args
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho.sources import ConstantRho, RhoSource
-from gt_core.rho.daemon_source import is_daemon_reporter
+from gt_core.rho.daemon_source import DaemonReporter, is_daemon_reporter
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader, Dataset
+    from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_utils import TrainOutput
+
+Result = TypeVar("Result")
 
 
-log = logging.getLogger("gt_core.integrations.hf_callback")
+log = logging.getLogger("gt_core.hf_callback")
 
 
 class GreenTrainerCallback(TrainerCallback):
@@ -127,19 +134,19 @@ class GreenTrainerCallback(TrainerCallback):
         self.importance_metric = importance_metric
         self.resolution = int(resolution)
         self.seed = int(seed)
-        self.trainer: Any = None
+        self.trainer: Trainer | None = None
         self.profile: TensorProfile | None = None
         self.selector: GreenSelector | None = None
         self.min_rho: float | None = None
         self._user_trainable: dict[str, bool] = {}  # requires_grad before training, restored at its end
-        self.history: list[dict[str, Any]] = []
-        self.reporter: Any = None  # the ρ source, when it reports to a daemon from this process
-        self._ended: Any = None  # the reporter that sent job.end "completed" in the current train() call
+        self.history: list[dict[str, object]] = []  # one entry per epoch, as logged
+        self.reporter: DaemonReporter | None = None  # the ρ source, when it reports to a daemon from this process
+        self._ended: DaemonReporter | None = None  # the reporter that sent job.end "completed" in the current train() call
         self._epoch: dict[str, Any] | None = None  # the running epoch's selection and counters
         self._pending: dict[str, Any] | None = None  # an ended epoch whose report waits for a log/evaluation
         self._waiting: set[str] = set()
 
-    def attach(self, trainer: Any) -> "GreenTrainerCallback":
+    def attach(self, trainer: Trainer) -> "GreenTrainerCallback":
         """Register with ``trainer`` and log through ``trainer.log``; returns self.
 
         Also wraps ``trainer.train`` so that a run ending in an exception is reported to a
@@ -151,7 +158,7 @@ class GreenTrainerCallback(TrainerCallback):
         train = trainer.train
 
         @functools.wraps(train)
-        def train_reporting_how_it_ended(*args: Any, **kwargs: Any) -> Any:
+        def train_reporting_how_it_ended(*args: object, **kwargs: object) -> TrainOutput:
             self._ended = None
             try:
                 return train(*args, **kwargs)
@@ -180,14 +187,14 @@ class GreenTrainerCallback(TrainerCallback):
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
-    def _longest(dataset: Any, key: str) -> int | None:
+    def _longest(dataset: Dataset, key: str) -> int | None:
         try:
             lengths = [len(dataset[i][key]) for i in range(len(dataset))]
         except (KeyError, TypeError, IndexError):
             return None
         return max(lengths) if lengths else None
 
-    def _batches(self, dataloader: Any, batch_size: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    def _batches(self, dataloader: DataLoader, batch_size: int, step: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
         """A few training batches from the data set and collator, drawn by a generator of our own."""
         dataset = dataloader.dataset
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -199,7 +206,7 @@ class GreenTrainerCallback(TrainerCallback):
             batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
         return batches
 
-    def _ddp_settings(self, args: Any, model: Any) -> tuple[bool, bool] | None:
+    def _ddp_settings(self, args: TrainingArguments, model: torch.nn.Module) -> tuple[bool, bool] | None:
         """``(find_unused_parameters, static_graph)`` of the Trainer's DDP wrapper: read from it when
         attached, else derived from ``args`` as the Trainer does; None when the Trainer does not use DDP."""
         wrapped = getattr(self.trainer, "model_wrapped", None)
@@ -213,7 +220,7 @@ class GreenTrainerCallback(TrainerCallback):
             find_unused = not (checkpointing or getattr(model, "is_activation_checkpointing", False))
         return bool(find_unused), bool(args.ddp_static_graph)
 
-    def _check_ddp(self, args: Any, model: Any) -> None:
+    def _check_ddp(self, args: TrainingArguments, model: torch.nn.Module) -> None:
         """Raise on every rank, before the first step, if DDP would stop on the frozen tensors."""
         settings = self._ddp_settings(args, model)
         if settings is None:
@@ -226,7 +233,7 @@ class GreenTrainerCallback(TrainerCallback):
                 "frozen tensors get no gradient and the selection changes between epochs, which DDP otherwise stops on"
             )
 
-    def _setup_reporting(self) -> Any:
+    def _setup_reporting(self) -> DaemonReporter | None:
         """The ρ source when this process reports the job to a daemon, else None. Under a process
         group every rank must call this (rank 0's job id is broadcast)."""
         source = self.rho_source
@@ -236,7 +243,7 @@ class GreenTrainerCallback(TrainerCallback):
             return None  # not local rank 0: another process reports for this node
         return source
 
-    def _flush(self, state: Any) -> None:
+    def _flush(self, state: TrainerState) -> None:
         """Finish the ended epoch's entry in ``history`` (losses) and send its ``epoch.end``."""
         pending, self._pending = self._pending, None
         self._waiting = set()
@@ -256,7 +263,7 @@ class GreenTrainerCallback(TrainerCallback):
             dp_s=entry["gt_dp_s"], rho_source=entry["source"],
         )
 
-    def _log(self, state: Any, values: dict[str, float]) -> None:
+    def _log(self, state: TrainerState, values: dict[str, float]) -> None:
         if self.trainer is not None:
             self.trainer.log(dict(values))
         else:
@@ -264,7 +271,9 @@ class GreenTrainerCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ events
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, train_dataloader: Any = None, **kwargs: Any):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: torch.nn.Module | None = None, train_dataloader: DataLoader | None = None,
+                       **kwargs: object):
         dataset = train_dataloader.dataset if train_dataloader is not None else None
         seq_len = self.seq_len or (self._longest(dataset, "input_ids") if dataset is not None else None)
         if seq_len is None:
@@ -293,7 +302,7 @@ class GreenTrainerCallback(TrainerCallback):
         return control
 
     @staticmethod
-    def _use_non_reentrant_checkpointing(args: Any, model: Any) -> None:
+    def _use_non_reentrant_checkpointing(args: TrainingArguments, model: torch.nn.Module) -> None:
         """Reentrant activation checkpointing gives no gradient to tensors inside a checkpointed
         block unless an input requires grad, which transformers forces by making the embedding
         output require grad: every backward then runs down to the embeddings, FLOPs the selection
@@ -307,8 +316,8 @@ class GreenTrainerCallback(TrainerCallback):
         enable_activation_checkpointing(model, **kwargs)
         log.info("GreenTrainerCallback: activation checkpointing set to use_reentrant=False without input gradients")
 
-    def _choose(self, epoch: int, state: Any, args: Any, model: Any, optimizer: Any,
-                train_dataloader: Any) -> GreenSelection:
+    def _choose(self, epoch: int, state: TrainerState, args: TrainingArguments, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, train_dataloader: DataLoader) -> GreenSelection:
         """This epoch's selection (on rank 0 under a process group)."""
         selector = self.selector
         reading = selector.ask(epoch, state.global_step)
@@ -322,8 +331,9 @@ class GreenTrainerCallback(TrainerCallback):
             autocast=precision_from_training_args(args), eligible=eligible,  # the Trainer's own mixed precision
         )
 
-    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       train_dataloader: Any = None, **kwargs: Any):
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                       train_dataloader: DataLoader | None = None, **kwargs: object):
         self._flush(state)  # the previous epoch, if its report still waited for a log/evaluation
         started = time.perf_counter()
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
@@ -353,12 +363,12 @@ class GreenTrainerCallback(TrainerCallback):
         self._log(state, values)
         return control
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object):
         if self._epoch is not None:  # the step's batches are fetched and run after the pause
             self._epoch["paused_s"] += self._wait_while_paused(self._epoch["entry"]["epoch"], state, control)
         return control
 
-    def _wait_while_paused(self, epoch: int, state: Any, control: Any) -> float:
+    def _wait_while_paused(self, epoch: int, state: TrainerState, control: TrainerControl) -> float:
         """Wait out a pause the ρ source asks for (:func:`gt_core.rho.pausing.wait_while_paused`;
         returns at once for a source that does not pause); the seconds paused, each pause logged
         as ``gt_paused_s``."""
@@ -369,18 +379,18 @@ class GreenTrainerCallback(TrainerCallback):
             self._log(state, {"gt_paused_s": seconds})
         return sum(pauses)
 
-    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_substep_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object):
         if self._epoch is not None:
             self._epoch["micro_batches"] += 1
         return control
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object):
         if self._epoch is not None:
             self._epoch["micro_batches"] += 1
             self._epoch["steps"] += 1
         return control
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object):
         current, self._epoch = self._epoch, None
         if current is None:
             return control
@@ -399,14 +409,15 @@ class GreenTrainerCallback(TrainerCallback):
             self._flush(state)
         return control
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: object):
         if self._pending is not None:
             self._waiting.discard("log")
             if not self._waiting:
                 self._flush(state)
         return control
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object):
         if self._pending is not None:
             self._waiting.discard("evaluate")
             self._waiting.discard("log")
@@ -414,7 +425,8 @@ class GreenTrainerCallback(TrainerCallback):
                 self._flush(state)
         return control
 
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     model: torch.nn.Module | None = None, **kwargs: object):
         self._flush(state)
         if model is not None and self._user_trainable:  # leave the model as the user gave it
             for name, p in model.named_parameters():
@@ -427,7 +439,7 @@ class GreenTrainerCallback(TrainerCallback):
         return control
 
 
-def _epoch_losses(entries: list[dict[str, Any]], step_start: int) -> tuple[float | None, float | None]:
+def _epoch_losses(entries: Sequence[Mapping[str, float]], step_start: int) -> tuple[float | None, float | None]:
     """(mean training loss, last eval loss) of an epoch's log entries. Each ``loss`` entry is the
     mean over the optimizer steps since the previous one, so it is weighted by them."""
     total = weight = 0.0
@@ -446,12 +458,12 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _on_rank0(work: Callable[[], Any]) -> Any:
+def _on_rank0(work: Callable[[], Result]) -> Result:
     """``work()`` run on rank 0 only and its result broadcast to every rank (just ``work()`` in one
     process). If it raises on rank 0, every rank raises after the same broadcast."""
     if _world_size() == 1:
         return work()
-    outcome: tuple[Any, str | None] | None = None
+    outcome: tuple[Result | None, str | None] | None = None
     failure: Exception | None = None
     if dist.get_rank() == 0:
         try:

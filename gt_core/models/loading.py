@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from gt_core.models.tiny import TINY_ARCHS, tiny_model
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 class ModelLoadError(RuntimeError):
@@ -125,7 +128,7 @@ def adapter_base_dir(directory: str) -> str | None:
 
 def load_model_and_tokenizer(
     model: str, *, torch_dtype: torch.dtype | None = None, device_map: str | dict | None = None
-) -> tuple[torch.nn.Module, Any]:
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """A pretrained model and its tokenizer, checked in the order a user can fix them: the
     directory (or hub name), then the tokenizer, then the weights. Every failure is one
     :class:`ModelLoadError` line."""
@@ -139,7 +142,7 @@ def load_model_and_tokenizer(
     return load_model(model, torch_dtype=torch_dtype, device_map=device_map), tokenizer
 
 
-def load_tiny_for_training(tiny: str) -> tuple[torch.nn.Module, Any]:
+def load_tiny_for_training(tiny: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """The tiny model ``greentrainer train --tiny`` trains, with its tokenizer.
 
     The local tokenizer decides the vocabulary; the model is sized to it. Its LM head is untied:
@@ -151,7 +154,7 @@ def load_tiny_for_training(tiny: str) -> tuple[torch.nn.Module, Any]:
     return load_model(tiny=tiny, vocab_size=len(tokenizer), tie_word_embeddings=False), tokenizer
 
 
-def load_config(model: str) -> Any:
+def load_config(model: str) -> PretrainedConfig:
     """The ``transformers`` config of ``model`` (hub name or local directory), nothing else.
 
     Reads only ``config.json``: a directory holding just that file is enough (no weights, no

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 TINY_ARCHS = ("opt", "bloom", "gpt2", "llama", "qwen2", "mistral", "t5")
 
 
-def _config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int) -> Any:
+def _config(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, max_len: int) -> PretrainedConfig:
     import transformers as tf
 
     ffn = 4 * hidden

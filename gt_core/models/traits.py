@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 
 def is_encoder_decoder(model: torch.nn.Module) -> bool:
@@ -13,7 +16,7 @@ def is_encoder_decoder(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
-def pad_token_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id batches are padded with: the pad token, else end-of-sequence."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
@@ -21,7 +24,7 @@ def pad_token_id(tokenizer: Any) -> int:
     return int(pad)
 
 
-def max_positions(config: Any) -> int | None:
+def max_positions(config: PretrainedConfig) -> int | None:
     """The longest sequence (tokens) a model's position table holds: its config's
     ``max_position_embeddings`` or ``n_positions``; None when it names none (ALiBi or relative
     positions, as in BLOOM and T5 configs without ``n_positions``)."""

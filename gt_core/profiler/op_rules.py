@@ -13,10 +13,13 @@ once when any input requires grad (the CPU/GPU attention kernels compute dq, dk 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch.utils import flop_counter as fc
+
+if TYPE_CHECKING:
+    from torch._ops import OpOverload, OpOverloadPacket
 
 aten = torch.ops.aten
 
@@ -45,7 +48,7 @@ class OpCost:
 Rule = Callable[[tuple, list[torch.Tensor], list[torch.Tensor]], OpCost]
 
 
-def _numel(t: Any) -> int:
+def _numel(t: object) -> int:
     return int(t.numel()) if isinstance(t, torch.Tensor) else 0
 
 
@@ -57,7 +60,7 @@ def _out_numel(outs: list[torch.Tensor]) -> int:
     return _numel(outs[0]) if outs else 0
 
 
-def _positions(inputs: list[torch.Tensor], *tensors: Any) -> list[int]:
+def _positions(inputs: list[torch.Tensor], *tensors: object) -> list[int]:
     """Positions in ``inputs`` of the given tensor objects (identity, not equality)."""
     ids = {id(t) for t in tensors if isinstance(t, torch.Tensor)}
     return [i for i, t in enumerate(inputs) if id(t) in ids]
@@ -248,17 +251,17 @@ for _name in _FREE:
 _POINTWISE_FWD = {"pow": 1, "rsqrt": 2, "sqrt": 1, "exp": 1, "tanh": 1, "gelu": 8, "silu": 4, "sigmoid": 4}
 
 
-def register_op_rule(op: Any, rule: Rule) -> None:
+def register_op_rule(op: OpOverloadPacket, rule: Rule) -> None:
     """Add or replace the FLOPs rule of an aten op packet (e.g. ``torch.ops.aten.my_op``)."""
     _RULES[op] = rule
 
 
-def is_free(packet: Any) -> bool:
+def is_free(packet: OpOverloadPacket) -> bool:
     """True for ops registered as pure data movement (zero FLOPs both ways)."""
     return _RULES.get(packet) is _free_rule
 
 
-def op_cost(func: Any, args: tuple, inputs: list[torch.Tensor], outs: list[torch.Tensor]) -> OpCost:
+def op_cost(func: OpOverload, args: tuple, inputs: list[torch.Tensor], outs: list[torch.Tensor]) -> OpCost:
     """FLOPs of one aten op call, or ``UnsupportedOpError`` when it reads float tensors and has no rule."""
     packet = func.overloadpacket
     rule = _RULES.get(packet)

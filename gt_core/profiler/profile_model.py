@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ def make_batch(
     return {"input_ids": ids, "labels": ids}
 
 
-def _loss_of(output: Any) -> torch.Tensor:
+def _loss_of(output: object) -> torch.Tensor:
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, (tuple, list)) and output:
         loss = output[0]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gt_core.profiler.op_rules import OpCost, UnsupportedOpError, op_cost
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+    from torch._ops import OpOverload
 
 aten = torch.ops.aten
 
@@ -47,14 +52,14 @@ class Recording:
     loss_value: int | None = None
 
 
-def _float_tensors(tree: Any) -> list[torch.Tensor]:
+def _float_tensors(tree: object) -> list[torch.Tensor]:
     """Float tensors of an aten op's args or outputs, in pytree leaf order (lists, tuples, dict values)."""
     found: list[torch.Tensor] = []
     _collect_float_tensors(tree, found)
     return found
 
 
-def _collect_float_tensors(obj: Any, found: list[torch.Tensor]) -> None:
+def _collect_float_tensors(obj: object, found: list[torch.Tensor]) -> None:
     # A hand-rolled walk: aten arguments only nest lists, tuples and dicts, and this runs once per
     # recorded op, where torch's generic pytree walk was a tenth of the profiling time.
     if isinstance(obj, torch.Tensor):
@@ -68,7 +73,7 @@ def _collect_float_tensors(obj: Any, found: list[torch.Tensor]) -> None:
             _collect_float_tensors(item, found)
 
 
-def _returns_view(func: Any) -> bool:
+def _returns_view(func: OpOverload) -> bool:
     return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
 
 
@@ -116,7 +121,7 @@ class OpRecorder(TorchDispatchMode):
             self.recording.first_use.append(v)
         return v
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_dispatch__(self, func: OpOverload, types: Collection[type], args: tuple = (), kwargs: dict | None = None) -> object:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         module = self._module_stack[-1] if self._module_stack else "<top>"
@@ -228,19 +233,19 @@ class ModulePathTracker:
             self._handles.append(module.register_forward_hook(self._pop(path), always_call=True))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
-    def _push(self, path: str) -> Any:
-        def hook(module: torch.nn.Module, args: Any) -> None:
+    def _push(self, path: str) -> Callable[[torch.nn.Module, tuple[object, ...]], None]:
+        def hook(module: torch.nn.Module, args: tuple[object, ...]) -> None:
             self.stack.append(path)
 
         return hook
 
-    def _pop(self, path: str) -> Any:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+    def _pop(self, path: str) -> Callable[[torch.nn.Module, tuple[object, ...], object], None]:
+        def hook(module: torch.nn.Module, args: tuple[object, ...], output: object) -> None:
             if self.stack and self.stack[-1] == path:
                 self.stack.pop()
 

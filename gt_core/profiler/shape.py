@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +21,9 @@ from gt_core.profiler.attention_kernels import attention_kernels_of
 from gt_core.profiler.op_rules import UnsupportedOpError
 from gt_core.profiler.profile_model import profile_model
 from gt_core.profiler.tensor_profile import TensorProfile
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _is_config(obj: Any) -> bool:
+def _is_config(obj: object) -> bool:
     try:
         from transformers import PretrainedConfig
     except ImportError:  # pragma: no cover - transformers is a dependency
@@ -45,7 +48,7 @@ def _is_config(obj: Any) -> bool:
     return isinstance(obj, PretrainedConfig)
 
 
-def model_from_config(config: Any, dtype: torch.dtype | None = None) -> torch.nn.Module:
+def model_from_config(config: PretrainedConfig, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The language model of ``config`` on the meta device (seq2seq LM if encoder-decoder, else causal LM).
 
     ``config`` is a ``transformers.PretrainedConfig``; it is copied, not changed. No parameter
@@ -137,7 +140,7 @@ def meta_twin(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def profile_model_shape(
-    model_or_config: Any,
+    model_or_config: torch.nn.Module | PretrainedConfig,
     batch_size: int,
     seq_len: int,
     target_len: int | None = None,

@@ -36,10 +36,10 @@ import math
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, TypeGuard, cast
 
 from carbonsched.client import DaemonClient, DaemonRequestError, DaemonUnavailable
-from carbonsched.protocol import DeadlineJob
+from carbonsched.protocol import DeadlineJob, EpochEndReply, JsonObject, JsonValue
 
 from gt_core.training.callbacks import TrainerCallback, TrainStatus
 from gt_core.training.job_env import declaration_from_env, devices_from_env, slurm_job_fields, slurm_job_name
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from gt_core.training.records import EpochRecord, TrainerView
 
-log = logging.getLogger("gt_core.rho.daemon_source")
+log = logging.getLogger("gt_core.rho_daemon")
 
 J_PER_KWH = 3.6e6
 
@@ -65,7 +65,26 @@ DEFAULT_PAUSE_MAX_WAIT_S = 300.0
 _REPORTING_METHODS = ("start_job", "open_epoch", "report_epoch", "end_job")
 
 
-def is_daemon_reporter(obj: Any) -> bool:
+class DaemonReporter(Protocol):
+    """What reports a job to a daemon: :class:`DaemonRhoSource`, or anything with its job id,
+    ``job.start`` fields and reporting methods."""
+
+    job_id: str
+    job_fields: JsonObject
+
+    def start_job(self) -> bool: ...
+
+    def open_epoch(self, epoch: int, rho_asked: float, rho_effective: float | None = None) -> None: ...
+
+    def report_epoch(self, epoch: int, *, rho_asked: float | None, rho_effective: float | None,
+                     flops_forward: float | None, flops_backward: float | None, flops_full: float | None,
+                     wall_s: float | None, train_loss: float | None = None, val_loss: float | None = None,
+                     scheme: str | None = None, **extra: JsonValue) -> EpochEndReply | None: ...
+
+    def end_job(self, status: TrainStatus) -> None: ...
+
+
+def is_daemon_reporter(obj: object) -> TypeGuard[DaemonReporter]:
     """True for a ρ source or callback that reports a job to a daemon: a :class:`DaemonRhoSource`
     or anything with its ``job_id``, ``job_fields`` and ``start_job``/``open_epoch``/
     ``report_epoch``/``end_job`` methods."""
@@ -82,7 +101,7 @@ def _clamp_fraction(value: float | None) -> float | None:
     return min(1.0, float(value))
 
 
-def _finite(value: Any) -> float | None:
+def _finite(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
@@ -108,7 +127,7 @@ class DaemonRhoSource(TrainerCallback):
         scheme: str,
         job_id: str | None = None,
         devices: Sequence[str] | None = None,
-        job_fields: Mapping[str, Any] | None = None,
+        job_fields: Mapping[str, JsonValue] | None = None,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         deadline_s: float | None = None,
@@ -145,11 +164,11 @@ class DaemonRhoSource(TrainerCallback):
         self.devices = list(devices_from_env() if devices is None else devices)
         # More job.start fields, e.g. hostname/rank/local_rank/world_size of a multi-process job;
         # in a Slurm job, its Slurm id and nodes.
-        self.job_fields: dict[str, Any] = {**slurm_job_fields(), **(job_fields or {})}
+        self.job_fields: JsonObject = {**slurm_job_fields(), **(job_fields or {})}
         # The job model a daemon plans a deadline job by (sent with job.start when given); with
         # none given, the one `carbonsched sbatch` put in the environment.
         if deadline_job is not None:
-            declared: dict[str, Any] = deadline_job.to_wire()
+            declared: JsonObject = deadline_job.to_wire()
         else:
             declared = {"deadline": deadline_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "rho_min": rho_min,
                         "mean_rho": mean_rho, "may_pause": True if self.may_pause else None,
@@ -164,7 +183,7 @@ class DaemonRhoSource(TrainerCallback):
         self.registered = False
         self.reachable: bool | None = None  # None until the first exchange
         self.warnings = 0
-        self.epoch_reports: dict[int, dict[str, Any]] = {}
+        self.epoch_reports: dict[int, EpochEndReply] = {}
         self.last_reading: RhoReading | None = None
         self._epoch_rho: dict[int, float] = {}
         # Back-off after a failed exchange: the current delay (0 while the daemon answers) and
@@ -209,7 +228,7 @@ class DaemonRhoSource(TrainerCallback):
             )
         self.reachable = ok
 
-    def _call(self, op: str, **fields: Any) -> dict[str, Any] | None:
+    def _call(self, op: str, **fields: JsonValue) -> JsonObject | None:
         """One request; None on any failure. An unknown job (a daemon with a fresh store) is
         registered again and the request retried once."""
         fields = {k: v for k, v in fields.items() if v is not None}
@@ -315,7 +334,7 @@ class DaemonRhoSource(TrainerCallback):
         self.last_reading = RhoReading(answer.rho, "daemon", dict(answer.detail), answer.pause_until_s)
         return self.last_reading
 
-    def _call_if_registered(self, op: str, **fields: Any) -> dict[str, Any] | None:
+    def _call_if_registered(self, op: str, **fields: JsonValue) -> JsonObject | None:
         return self._call(op, **fields) if self.registered else None
 
     # -- job reporting (used by the callbacks below and by gt_core.integrations.hf_callback) ------------------
@@ -346,8 +365,8 @@ class DaemonRhoSource(TrainerCallback):
         train_loss: float | None = None,
         val_loss: float | None = None,
         scheme: str | None = None,
-        **extra: Any,
-    ) -> dict[str, Any] | None:
+        **extra: JsonValue,
+    ) -> EpochEndReply | None:
         """``epoch.end`` with the epoch's totals (FLOPs of the whole job's steps in the epoch);
         ``extra`` values are kept with the epoch by the daemon (non-finite ones are dropped).
         ``rho_asked`` defaults to the ρ the epoch was opened with; ``rho_effective`` outside
@@ -357,13 +376,13 @@ class DaemonRhoSource(TrainerCallback):
         extra["model"], extra["scheme"] = self.model_name, scheme or self.scheme
         if not self._register():
             return None
-        reply = self._call(
+        reply = cast("EpochEndReply | None", self._call(
             "epoch.end", job_id=self.job_id, epoch=epoch, rho_asked=rho_asked, rho_effective=rho_effective,
             flops_forward=_finite(flops_forward), flops_backward=_finite(flops_backward),
             flops_full=_finite(flops_full), wall_s=_finite(wall_s),
             train_loss=_finite(train_loss), val_loss=_finite(val_loss),
             **{k: v for k, v in extra.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))},
-        )
+        ))
         if reply is not None:
             self.epoch_reports[epoch] = reply
         return reply

@@ -31,24 +31,34 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable, Protocol, TypeGuard
 
 from carbonsched.times import iso_utc
 from gt_core.rho.sources import RhoReading
 
-log = logging.getLogger("gt_core.rho.pausing")
+log = logging.getLogger("gt_core.pausing")
 
 MIN_SLEEP_S = 0.05
 DEFAULT_POLL_S = 2.0
 DEFAULT_MAX_WAIT_S = 300.0
 
 
-def source_supports_pause(source: Any) -> bool:
+class PausableSource(Protocol):
+    """A ρ source whose plan may pause the job (:class:`gt_core.rho.daemon_source.DaemonRhoSource`)."""
+
+    supports_pause: bool
+    pause_poll_s: float
+    pause_max_wait_s: float
+
+    def check_pause(self, *, paused: bool, force: bool = False) -> RhoReading | None: ...
+
+
+def source_supports_pause(source: object) -> TypeGuard[PausableSource]:
     return bool(getattr(source, "supports_pause", False)) and callable(getattr(source, "check_pause", None))
 
 
 def wait_while_paused(
-    source: Any,
+    source: object,
     epoch: int,
     step: int,
     *,
@@ -68,7 +78,7 @@ def wait_while_paused(
     reading = source.check_pause(paused=False)
     if reading is None or reading.pause_until_s is None:
         return reading
-    poll_s = poll_s or getattr(source, "pause_poll_s", DEFAULT_POLL_S)
+    poll_s = poll_s or getattr(source, "pause_poll_s", DEFAULT_POLL_S)  # a source without them: the defaults
     max_wait_s = getattr(source, "pause_max_wait_s", DEFAULT_MAX_WAIT_S) if max_wait_s is None else max_wait_s
     until_s = reading.pause_until_s
     paused_at = monotonic()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 
-def check_rho(rho: Any, *, what: str = "rho") -> float:
+def check_rho(rho: object, *, what: str = "rho") -> float:
     """Return ``rho`` as a float, or raise ValueError unless it lies in (0, 1]."""
     try:
         value = float(rho)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -267,7 +267,7 @@ def compute_importance(
     loss_weights: Sequence[float] | None = None,
     batch_count: int | None = None,
     reduce: Callable[[torch.Tensor], None] | None = None,
-    autocast: Callable[[], ContextManager[Any]] | None = None,
+    autocast: Callable[[], ContextManager[None]] | None = None,
     eligible: np.ndarray | None = None,
 ) -> np.ndarray:
     """Importance of each tensor in ``names`` (profile order), scaled by the largest magnitude.
@@ -352,7 +352,7 @@ def check_adam(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+def unwrap_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The torch optimizer inside a wrapper (accelerate's AcceleratedOptimizer keeps it as ``.optimizer``)."""
     # AcceleratedOptimizer is itself an Optimizer subclass: unwrap by the attribute, not the type.
     while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):

@@ -22,7 +22,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from carbonsched.protocol import JsonValue
 
 IMPORTANCE_DIR = "importance"
 
@@ -60,7 +65,7 @@ def importance_path(output_dir: Path, epoch: int) -> Path:
 
 def write_importance(
     path: Path, names: Sequence[str], importance: Sequence[float], *, epoch: int, global_step: int,
-    metric: str, rho: float, selected: Sequence[str], profiled_at: dict[str, Any],
+    metric: str, rho: float, selected: Sequence[str], profiled_at: Mapping[str, JsonValue],
 ) -> Path:
     """Write one selection's importance (module text form) atomically; returns ``path``."""
     record = {

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,10 @@ from gt_core.profiler import TensorProfile
 from gt_core.rho.sources import RhoReading, RhoSource
 from gt_core.selection.dp import InfeasibleBudgetError, select_tensors
 
-log = logging.getLogger("gt_core.selection.pipeline")
+if TYPE_CHECKING:
+    from carbonsched.protocol import JsonObject
+
+log = logging.getLogger("gt_core.green_selector")
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class GreenSelection:
     non_finite: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> JsonObject:
         """JSON-ready fields for logs and checkpoints (no arrays)."""
         return {
             "epoch": self.epoch,
@@ -174,7 +177,7 @@ class GreenSelector:
         *,
         epoch: int,
         global_step: int,
-        autocast: Callable[[], ContextManager[Any]] | None = None,
+        autocast: Callable[[], ContextManager[None]] | None = None,
         eligible: np.ndarray | None = None,
     ) -> GreenSelection:
         """Importance on ``batches``, the DP under ``reading.rho``, the fallback; nothing changes on

@@ -8,13 +8,19 @@ adds. ``prof.backward(mask)`` prices "these tensors train" (exact when the profi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
 from gt_core.models.traits import is_encoder_decoder
 from gt_core.profiler import TensorProfile
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import PretrainedConfig
 
 SCHEMES: tuple[str, ...] = ("green", "full", "topk", "lora", "prefix")
 
@@ -195,7 +201,7 @@ def lora_flops(
     return StepFLOPs(prof.t_fp + adapter, backward)
 
 
-def apply_lora(model: torch.nn.Module, r: int = 8, alpha: int | None = None, dropout: float = 0.05) -> Any:
+def apply_lora(model: torch.nn.Module, r: int = 8, alpha: int | None = None, dropout: float = 0.05) -> PeftModel:
     """Wrap ``model`` with LoRA adapters on its query and value projections (peft)."""
     import peft
 
@@ -221,7 +227,7 @@ def _task_type(model: torch.nn.Module) -> str:
     return "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
 
 
-def _attention_width(config: Any) -> int:
+def _attention_width(config: PretrainedConfig) -> int:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "num_heads")
     head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
     if head_dim is None:
@@ -271,7 +277,7 @@ def prefix_flops(
     return StepFLOPs(prof.t_fp + extra, backward)
 
 
-def apply_prefix(model: torch.nn.Module, num_virtual_tokens: int = 16) -> Any:
+def apply_prefix(model: torch.nn.Module, num_virtual_tokens: int = 16) -> PeftModel:
     """Wrap ``model`` with prefix tuning (peft, no reparameterisation)."""
     import peft
 
@@ -305,7 +311,7 @@ def is_adapted(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
 
 
-def save_adapted_model(model: Any, directory: Any) -> str:
+def save_adapted_model(model: PeftModel, directory: str | Path) -> str:
     """Save a peft-wrapped model so that it loads as a whole; returns what was saved.
 
     LoRA: the merged weights, a plain model directory (``save_pretrained`` layout); the model is

@@ -17,14 +17,40 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+
 CHECKPOINT_DIR = "checkpoint"
 SHARDED_DIR = "sharded"  # torch.distributed.checkpoint files of a sharded (FSDP2) run
 _PREVIOUS = ".checkpoint.old"
+
+
+class NumpyRngState(TypedDict):
+    kind: str
+    keys: torch.Tensor
+    pos: int
+    has_gauss: int
+    cached_gaussian: float
+
+
+class PythonRngState(TypedDict):
+    version: int
+    state: torch.Tensor
+    gauss_next: float | None
+
+
+class RngState(TypedDict, total=False):
+    """One process's RNG states (``cuda`` only where CUDA was initialised)."""
+
+    torch: torch.Tensor
+    numpy: NumpyRngState
+    python: PythonRngState
+    cuda: list[torch.Tensor]
 
 
 @dataclass
@@ -40,12 +66,12 @@ class TrainerState:
     settings: dict[str, Any] = field(default_factory=dict)  # frozen-state mode, precision, loss-scaler state
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state() -> RngState:
     """torch, numpy and python RNG states as tensors and plain numbers only, so that the file
     loads with ``torch.load(weights_only=True)``: resuming never unpickles arbitrary objects."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    state = {
+    state: RngState = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
@@ -56,7 +82,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: RngState) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -75,7 +101,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save_tensor_file(obj: Any, path: Path) -> None:
+def _save_tensor_file(obj: object, path: Path) -> None:
     with path.open("wb") as handle:
         torch.save(obj, handle)
         handle.flush()
@@ -86,9 +112,9 @@ def save_checkpoint(
     output_dir: str | Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    scheduler: LRScheduler,
     state: TrainerState,
-    rank_rng_states: list[dict[str, Any]] | None = None,
+    rank_rng_states: list[RngState] | None = None,
 ) -> Path:
     """Write ``output_dir/checkpoint`` atomically and return its path. ``rank_rng_states``: every
     process's RNG states (index = rank) for a multi-process run, written as ``rng_rank{r}.pt``."""
@@ -111,7 +137,7 @@ def new_checkpoint_dir(output_dir: str | Path) -> Path:
 
 
 def write_run_files(
-    tmp: Path, scheduler: Any, state: TrainerState, rank_rng_states: list[dict[str, Any]] | None = None
+    tmp: Path, scheduler: LRScheduler, state: TrainerState, rank_rng_states: list[RngState] | None = None
 ) -> None:
     """Scheduler, RNG states (this process's, and every rank's when given) and ``state.json`` into ``tmp``."""
     _save_tensor_file(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -151,7 +177,7 @@ def find_checkpoint(path: str | Path) -> Path | None:
 
 
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler, rank: int = 0
 ) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from a checkpoint; return the position.
     ``rank``: under several processes each restores its own RNG states (``rng_rank{rank}.pt``)."""
@@ -168,7 +194,7 @@ def load_checkpoint(
     return read_run_files(found, scheduler, rank)
 
 
-def read_run_files(found: Path, scheduler: Any, rank: int = 0) -> TrainerState:
+def read_run_files(found: Path, scheduler: LRScheduler, rank: int = 0) -> TrainerState:
     """Restore the scheduler and this rank's RNG states from checkpoint ``found``; its position."""
     scheduler.load_state_dict(torch.load(found / "scheduler.pt", map_location="cpu", weights_only=True))
     rng_file = found / (f"rng_rank{rank}.pt" if (found / f"rng_rank{rank}.pt").is_file() else "rng.pt")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
@@ -51,7 +51,7 @@ def spread_over_devices(model: torch.nn.Module) -> bool:
     return len({p.device for p in model.parameters()}) > 1
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: Mapping[str, object], device: torch.device) -> dict[str, object]:
     """``batch`` with every tensor on ``device`` (non-blocking from pinned memory)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -63,7 +63,7 @@ def is_activation_checkpointing(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
-def enable_activation_checkpointing(model: torch.nn.Module, **kwargs: Any) -> None:
+def enable_activation_checkpointing(model: torch.nn.Module, **kwargs: object) -> None:
     """Non-reentrant activation checkpointing on a transformers model, without the input-gradient
     hook transformers adds with it: the non-reentrant form needs no input that requires grad, and
     the hook would make every backward run down to the embeddings, paying activation-gradient

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from carbonsched.protocol import JOB_DECLARATION_ENV, decode_job_declaration
+
+if TYPE_CHECKING:
+    from carbonsched.protocol import JsonObject
 
 NVIDIA_MAJOR = 195
 NVIDIA_CONTROL_MINOR = 255  # nvidiactl and above are not GPUs
@@ -57,7 +60,7 @@ def cgroup_gpus(proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path
     return []
 
 
-def devices_from_env(env: Mapping[str, str] | None = None, *, cgroup: Any = cgroup_gpus) -> list[str]:
+def devices_from_env(env: Mapping[str, str] | None = None, *, cgroup: Callable[[], list[str]] = cgroup_gpus) -> list[str]:
     """The job's GPUs (see the module docstring for the order); ``cgroup`` reads the device list."""
     env = os.environ if env is None else env
     in_slurm = "SLURM_JOB_ID" in env
@@ -91,7 +94,7 @@ def slurm_job_name(env: Mapping[str, str] | None = None) -> str | None:
     return f"slurm-{fields['slurm_job_id']}" if fields else None
 
 
-def declaration_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def declaration_from_env(env: Mapping[str, str] | None = None) -> JsonObject:
     """The declaration ``carbonsched sbatch`` put in :data:`~carbonsched.protocol.JOB_DECLARATION_ENV`
     (``deadline`` in unix s, ``epochs``, ...); {} when unset. ValueError naming the variable and
     field when it cannot be used."""

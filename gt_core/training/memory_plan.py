@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from gt_core.selection.importance import unreachable_tensors
 from gt_core.profiler import TensorProfile, model_from_config
 from gt_core.profiler.profile_model import make_batch, one_sequence_per_row
 from gt_core.selection.dp import select_tensors
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 PLAN_RHOS: tuple[float, ...] = (0.4, 0.5, 0.7)
 _UNIT = re.compile(r"^(.*\.(?:layers|layer|h|blocks|block)\.\d+)\.")
@@ -80,7 +83,7 @@ def wrap_units(names: list[str]) -> list[str]:
     return units
 
 
-def saved_activation_bytes(config: Any, batch_size: int, seq_len: int, trainable: set[str] | None,
+def saved_activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, trainable: set[str] | None,
                            precision: str = "fp32", gradient_checkpointing: bool = False) -> int:
     """Bytes autograd saves for the backward of one micro-batch (``trainable``: the names that
     require grad; None: all), counted on the meta device. With gradient checkpointing: the
@@ -148,7 +151,7 @@ def widest_selection(profile: TensorProfile, rho: float) -> np.ndarray:
 class RankMemoryModel:
     """The per-rank memory of one set-up (see the module text); ``batch_size`` is the global batch."""
 
-    def __init__(self, config: Any, profile: TensorProfile, *, world_size: int = 1, strategy: str = "ddp",
+    def __init__(self, config: PretrainedConfig, profile: TensorProfile, *, world_size: int = 1, strategy: str = "ddp",
                  precision: str = "fp32", batch_size: int, seq_len: int, gradient_checkpointing: bool = False) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} (global) must be a multiple of the world size {world_size}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from carbonsched.protocol import JsonObject, JsonValue
 
 
 class MetricsLog:
@@ -14,14 +17,14 @@ class MetricsLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def write(self, record: Mapping[str, Any]) -> None:
+    def write(self, record: Mapping[str, JsonValue]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(dict(record), sort_keys=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[JsonObject]:
         if not self.path.exists():
             return []
         lines = self.path.read_text(encoding="utf-8").splitlines()

@@ -18,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
 
@@ -65,14 +68,14 @@ class Precision:
         """The dtype model weights are cast to (None: left as loaded)."""
         return torch.bfloat16 if self.name == "bf16" else None
 
-    def autocast(self) -> ContextManager[Any]:
+    def autocast(self) -> ContextManager[None]:
         """The forward/backward context (a no-op for fp32 and bf16)."""
         dtype = self.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def autocast_factory(self) -> Callable[[], ContextManager[Any]] | None:
+    def autocast_factory(self) -> Callable[[], ContextManager[None]] | None:
         return None if self.autocast_dtype is None else self.autocast
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -93,15 +96,15 @@ class Precision:
         self.scaler.update()
         return self.scaler.get_scale() >= scale
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, dict[str, object]]:
         return {} if self.scaler is None else {"scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, dict[str, object]]) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
 
-def precision_from_training_args(args: Any) -> Callable[[], ContextManager[Any]] | None:
+def precision_from_training_args(args: TrainingArguments) -> Callable[[], ContextManager[None]] | None:
     """The autocast a ``transformers.TrainingArguments`` run trains under (bf16/fp16 flags), so
     importance can run under the same one; None for fp32."""
     device = torch.device(getattr(args, "device", "cpu"))

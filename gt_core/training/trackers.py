@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from gt_core.training.callbacks import TrainerCallback
+from gt_core.training.callbacks import TrainerCallback, TrainStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from mlflow import ActiveRun
+    from torch.utils.tensorboard import SummaryWriter
+    from wandb.sdk.wandb_run import Run as WandbRun
+
+    from gt_core.training.records import EpochRecord, TrainerView
 
 REPORTERS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow", "none")
 _MODULE = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -41,7 +50,7 @@ def check_reporters(names: Sequence[str]) -> list[str]:
     return wanted
 
 
-def epoch_scalars(record: Any) -> dict[str, float]:
+def epoch_scalars(record: EpochRecord) -> dict[str, float]:
     """The numeric fields of an epoch record worth plotting (None values left out)."""
     out = {}
     for name in _SCALARS:
@@ -54,36 +63,36 @@ def epoch_scalars(record: Any) -> dict[str, float]:
 class TrackerCallback(TrainerCallback):
     """Logs each epoch record to the named trackers (from the main process only)."""
 
-    def __init__(self, names: Sequence[str], output_dir: str | Path, run_config: dict[str, Any]) -> None:
+    def __init__(self, names: Sequence[str], output_dir: str | Path, run_config: Mapping[str, object]) -> None:
         self.names = list(names)
         self.output_dir = Path(output_dir)
         self.run_config = run_config
-        self.writers: dict[str, Any] = {}
+        self.writers: dict[str, object] = {}  # tracker name -> its open writer or run
 
-    def _main(self, trainer: Any) -> bool:
+    def _main(self, trainer: TrainerView) -> bool:
         return bool(getattr(trainer, "is_main_process", True))
 
-    def on_train_start(self, trainer: Any) -> None:
+    def on_train_start(self, trainer: TrainerView) -> None:
         if not self._main(trainer):
             return
         for name in self.names:
             self.writers[name] = getattr(self, f"_open_{name}")()
 
-    def on_epoch_end(self, trainer: Any, record: Any) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: EpochRecord) -> None:
         if not self._main(trainer):
             return
         scalars, step = epoch_scalars(record), int(record.epoch) + 1
         for name, writer in self.writers.items():
             getattr(self, f"_log_{name}")(writer, scalars, step)
 
-    def on_train_end(self, trainer: Any, records: Sequence[Any], status: str) -> None:
+    def on_train_end(self, trainer: TrainerView, records: Sequence[EpochRecord], status: TrainStatus) -> None:
         for name, writer in self.writers.items():
             getattr(self, f"_close_{name}")(writer, status)
         self.writers = {}
 
     # -- TensorBoard ----------------------------------------------------------------------------
 
-    def _open_tensorboard(self) -> Any:
+    def _open_tensorboard(self) -> SummaryWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
@@ -91,34 +100,34 @@ class TrackerCallback(TrainerCallback):
         return writer
 
     @staticmethod
-    def _log_tensorboard(writer: Any, scalars: dict[str, float], step: int) -> None:
+    def _log_tensorboard(writer: SummaryWriter, scalars: dict[str, float], step: int) -> None:
         for key, value in scalars.items():
             writer.add_scalar(f"greentrainer/{key}", value, step)
         writer.flush()
 
     @staticmethod
-    def _close_tensorboard(writer: Any, status: str) -> None:
+    def _close_tensorboard(writer: SummaryWriter, status: str) -> None:
         writer.close()
 
     # -- Weights & Biases -------------------------------------------------------------------------
 
-    def _open_wandb(self) -> Any:
+    def _open_wandb(self) -> WandbRun:
         import wandb
 
         os.environ.setdefault("WANDB_MODE", "offline")
         return wandb.init(project="greentrainer", dir=str(self.output_dir), config=self.run_config, reinit=True)
 
     @staticmethod
-    def _log_wandb(run: Any, scalars: dict[str, float], step: int) -> None:
+    def _log_wandb(run: WandbRun, scalars: dict[str, float], step: int) -> None:
         run.log(scalars, step=step)
 
     @staticmethod
-    def _close_wandb(run: Any, status: str) -> None:
+    def _close_wandb(run: WandbRun, status: str) -> None:
         run.finish(exit_code=0 if status == "completed" else 1)
 
     # -- MLflow -----------------------------------------------------------------------------------
 
-    def _open_mlflow(self) -> Any:
+    def _open_mlflow(self) -> ActiveRun:
         import mlflow
 
         if not os.environ.get("MLFLOW_TRACKING_URI"):
@@ -128,13 +137,13 @@ class TrackerCallback(TrainerCallback):
         return run
 
     @staticmethod
-    def _log_mlflow(run: Any, scalars: dict[str, float], step: int) -> None:
+    def _log_mlflow(run: ActiveRun, scalars: dict[str, float], step: int) -> None:
         import mlflow
 
         mlflow.log_metrics(scalars, step=step)
 
     @staticmethod
-    def _close_mlflow(run: Any, status: str) -> None:
+    def _close_mlflow(run: ActiveRun, status: str) -> None:
         import mlflow
 
         mlflow.end_run(status="FINISHED" if status == "completed" else "FAILED")

@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,16 @@ from gt_core.training.precision import Precision, check_precision
 from gt_core.profiler import TensorProfile, profile_model_shape
 from gt_core.rho.sources import ConstantRho, RhoReading, RhoSource, check_rho
 from gt_core.training.records import EpochRecord, TrainedTensors
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import PreTrainedTokenizerBase
+
+    from gt_core.training.checkpoint import RngState
+
+    SignalHandler = Callable[[int, FrameType | None], object] | int | None
 
 _IMPORTANCE_SEED_OFFSET = 0x5EED
 
@@ -164,7 +174,7 @@ def lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> Any:
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """Linear warmup to the base lr over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
 
     def factor(step: int) -> float:
@@ -191,7 +201,7 @@ class GreenTrainer:
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         train_examples: Sequence[Example],
         val_examples: Sequence[Example],
         config: TrainConfig,
@@ -403,7 +413,7 @@ class GreenTrainer:
         """Stop after the current step with a checkpoint (the SIGTERM/SIGINT handler calls this)."""
         self.stop_signal = signum
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
+    def _install_signal_handlers(self) -> dict[int, SignalHandler]:
         previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -412,7 +422,7 @@ class GreenTrainer:
                 pass
         return previous
 
-    def checkpoint(self, rank_rng_states: list[dict[str, Any]] | None = None) -> Path:
+    def checkpoint(self, rank_rng_states: list[RngState] | None = None) -> Path:
         """Write the checkpoint (``rank_rng_states``: every process's RNG states, multi-process runs)."""
         self.state.settings = {
             "frozen_state": self.config.frozen_state, "precision": self.config.precision, **self.precision.state_dict(),
@@ -596,7 +606,7 @@ class GreenTrainer:
             if bars_were_on:
                 hf_logging.enable_progress_bar()
 
-    def _notify(self, hook: str, *args: Any) -> None:
+    def _notify(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 

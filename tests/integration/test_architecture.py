@@ -13,6 +13,12 @@ imported, so no torch) and its imports are compared with the rules below.
   bodies are excluded: they run at call time, after every module involved has finished loading.
   Only explicit imports are edges, not the implicit import of a module's parent package.
 
+* ``Any`` stays rare in signatures: in each of gt_core and carbonsched at most
+  :data:`MAX_ANY_SIGNATURE_SHARE` of the functions (methods and nested functions alike) mention
+  ``Any`` in a parameter or return annotation (``typing.Any``, quoted annotations and module-level
+  aliases of types holding ``Any`` count too). Real types instead: torch.nn.Module, Mapping[str, float], the protocol's
+  TypedDicts, Protocols, ``object`` where truly anything goes.
+
 Tests of private helpers in tests/ are not covered: only the packages are scanned.
 """
 
@@ -388,6 +394,70 @@ def test_tests_mirror_the_packages():
                 assert (REPO_ROOT / package / room.name).is_dir(), f"tests/{package}/{room.name}/ mirrors no room of {package}"
 
 
+MAX_ANY_SIGNATURE_SHARE = 0.10
+TYPED_PACKAGES = ("gt_core", "carbonsched")
+
+
+def _mentions_any(annotation: ast.expr | None, any_names: frozenset[str] = frozenset({"Any"})) -> bool:
+    """True when ``annotation`` names ``Any`` or one of ``any_names`` (aliases of types holding it),
+    quoted or not, bare or qualified (``typing.Any``)."""
+    if annotation is None:
+        return False
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Name) and node.id in any_names or isinstance(node, ast.Attribute) and node.attr == "Any":
+            return True
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                if _mentions_any(ast.parse(node.value, mode="eval").body, any_names):
+                    return True
+            except SyntaxError:
+                continue
+    return False
+
+
+def _aliases_of_any(trees: list[ast.Module]) -> frozenset[str]:
+    """``Any`` and the names of module-level aliases whose value mentions it (``Row = dict[str,
+    Any]``), to a fixed point, so an alias does not hide an ``Any`` from the count."""
+    assignments = [(node.targets[0].id if isinstance(node, ast.Assign) else node.target.id, node.value)
+                   for tree in trees for node in tree.body
+                   if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                   or isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None]
+    names = frozenset({"Any"})
+    while True:
+        grown = names | {name for name, value in assignments if _mentions_any(value, names)}
+        if grown == names:
+            return names
+        names = grown
+
+
+def signatures_with_any(root: Path, package: str) -> tuple[list[str], int]:
+    """``path:line name`` of each function of ``package`` whose signature mentions ``Any`` (or an
+    alias of a type holding it), and the number of functions."""
+    trees = {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted((root / package).rglob("*.py"))}
+    any_names = _aliases_of_any(list(trees.values()))
+    found, total = [], 0
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            total += 1
+            args = node.args
+            annotations = [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg) if a]
+            if any(_mentions_any(a, any_names) for a in (*annotations, node.returns)):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    return found, total
+
+
+@pytest.mark.parametrize("package", TYPED_PACKAGES)
+def test_few_signatures_mention_any(package):
+    found, total = signatures_with_any(REPO_ROOT, package)
+    assert total > 100
+    assert len(found) <= MAX_ANY_SIGNATURE_SHARE * total, (
+        f"{len(found)} of {total} signatures in {package} mention Any ({len(found) / total:.1%}; at most "
+        f"{MAX_ANY_SIGNATURE_SHARE:.0%}):" + _report(found)
+    )
+
+
 # --- the checker itself, on small packages written to a temporary directory --------------------------
 
 
@@ -442,3 +512,19 @@ def test_checker_allows_only_the_listed_modules_across_a_seam(sample_tree):
 def test_pending_fixes_match_violations_whatever_their_line():
     assert without_line("gt_core/x.py:12: imports _y from gt_core.z") == "gt_core/x.py: imports _y from gt_core.z"
     assert without_line("a (line 3) -> b (line 1) -> a  [2 modules in the cycle set: a, b]") == "cycle among a, b"
+
+
+def test_any_checker_counts_parameters_returns_quoted_and_qualified_any(tmp_path):
+    _write(tmp_path, {"pkg/m.py": (
+        "import typing\nfrom typing import Any\n"
+        "def a(x: Any) -> int: ...\n"
+        "def b(x: int) -> dict[str, Any]: ...\n"
+        "def c(*args: 'list[Any]') -> None: ...\n"
+        "def d(**kw: typing.Any) -> None: ...\n"
+        "def e(x: object, y: 'Anything') -> None:\n    inner: Any = 1\n"
+        "class K:\n    def f(self, x: int) -> None: ...\n"
+        "Fields = dict[str, Any]\nMoreFields = list[Fields]\n"
+    ), "pkg/n.py": "from pkg.m import MoreFields\ndef g(x: 'MoreFields') -> None: ...\ndef h(x: int) -> None: ...\n"})
+    found, total = signatures_with_any(tmp_path, "pkg")
+    assert total == 8
+    assert [entry.split()[1] for entry in found] == ["a", "b", "c", "d", "g"]

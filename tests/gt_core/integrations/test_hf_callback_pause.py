@@ -104,7 +104,7 @@ def _paused_logs(trainer) -> list[dict[str, Any]]:
 
 
 def test_daemon_pauses_the_hf_trainer_at_step_boundaries_and_every_step_runs_once(tmp_path, tokenizer, task):
-    pausing_log = logging.getLogger("gt_core.rho.pausing")
+    pausing_log = logging.getLogger("gt_core.pausing")
     with short_dir() as d:
         # 1000x: the 23 dirty hours last 83 s; the job is resumed by an admin's ρ long before.
         daemon = DaemonProcess(d, "--provider", f"trace:{write_trace(d)}?speedup=1000").wait_ready()
@@ -170,7 +170,7 @@ def test_daemon_pauses_the_hf_trainer_at_step_boundaries_and_every_step_runs_onc
 
 
 def test_an_hf_trainer_paused_by_a_daemon_that_dies_resumes_after_its_bounded_wait(tmp_path, tokenizer, task):
-    pausing_log = logging.getLogger("gt_core.rho.pausing")
+    pausing_log = logging.getLogger("gt_core.pausing")
     with short_dir() as d:
         daemon = DaemonProcess(d, "--provider", f"trace:{write_trace(d)}?speedup=1000").wait_ready()
         assert wait_for_reading(daemon)
