@@ -18,6 +18,8 @@ _EXPORTS = {
     "UnsupportedModuleError": "gt_core.profiler",
     "UnsupportedOpError": "gt_core.profiler",
     "load_model": "gt_core.models.loading",
+    "load_tiny_for_training": "gt_core.models.loading",
+    "embedded_task": "gt_core.data.embedded_task",
     "ModelLoadError": "gt_core.models.loading",
     "select_tensors": "gt_core.selection.dp",
     "Selection": "gt_core.selection.dp",
@@ -45,7 +47,8 @@ if TYPE_CHECKING:
     from gt_core.selection.pipeline import GreenSelection, GreenSelector
     from gt_core.integrations.hf_callback import GreenTrainerCallback
     from gt_core.selection.importance import compute_importance
-    from gt_core.models.loading import ModelLoadError, load_model
+    from gt_core.data.embedded_task import embedded_task
+    from gt_core.models.loading import ModelLoadError, load_model, load_tiny_for_training
     from gt_core.profiler import (
         TensorProfile,
         UnsupportedModuleError,

@@ -242,17 +242,19 @@ def recomputed_blocks(model: torch.nn.Module) -> Iterator[None]:
     instead of keeping every block's. Works in eval mode (transformers' own checkpointing is off
     there) and leaves the forward's results unchanged; the model's key-value cache is off inside
     (a recomputed forward would append to it twice)."""
-    config = getattr(model, "config", None)
-    use_cache = getattr(config, "use_cache", None)
-    if use_cache is not None:
+    # Sub-models may hold their own copy of the config (T5's encoder and decoder stacks do).
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
+               and getattr(c, "use_cache", None) is not None}
+    saved = {key: config.use_cache for key, config in configs.items()}
+    for config in configs.values():
         config.use_cache = False
     try:
         with forwards_replaced(transformer_blocks(model),
                                lambda block: functools.partial(checkpoint, block.forward, use_reentrant=False)):
             yield
     finally:
-        if use_cache is not None:
-            config.use_cache = use_cache
+        for key, config in configs.items():
+            config.use_cache = saved[key]
 
 
 def compute_importance(

@@ -145,7 +145,7 @@ def test_declared_epochs_fill_in_only_a_deadline_job_without_them():
 
 
 def test_trainer_completes_without_a_daemon_on_the_fallback_rho(tmp_path, caplog):
-    with short_dir() as d, caplog.at_level(logging.WARNING, logger="gt_core.rho.daemon_source"):
+    with short_dir() as d, caplog.at_level(logging.WARNING, logger="gt_core.rho_daemon"):
         source = DaemonRhoSource(d / "absent.sock", default_rho=0.8, model_name="tiny-llama", scheme="green")
         trainer, green = _trainer(tmp_path, source, evaluate=False)
         trainer.train()
@@ -153,7 +153,7 @@ def test_trainer_completes_without_a_daemon_on_the_fallback_rho(tmp_path, caplog
     assert [h["gt_rho"] for h in green.history] == [0.8, 0.8]
     assert [h["source"] for h in green.history] == ["daemon-fallback"] * 2
     assert source.warnings == 1 and source.reachable is False and not source.epoch_reports
-    warnings = [r for r in caplog.records if r.name == "gt_core.rho.daemon_source" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "gt_core.rho_daemon" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "unavailable" in warnings[0].getMessage()
     # The epochs' totals are still computed (and kept in the history) without a daemon.
     assert all(h["micro_batches"] == MICRO_BATCHES and h["train_loss"] > 0 and h["val_loss"] is None for h in green.history)

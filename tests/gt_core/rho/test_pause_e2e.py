@@ -121,7 +121,7 @@ def test_a_paused_job_resumes_as_soon_as_the_daemon_says_run(caplog):
             assert source.start_job()
             result = {}
             waiter = threading.Thread(target=lambda: result.update(reading=wait_while_paused(source, 0, 0)))
-            with caplog.at_level(logging.WARNING, logger="gt_core.rho.pausing"):
+            with caplog.at_level(logging.WARNING, logger="gt_core.pausing"):
                 waiter.start()
                 assert wait_until(lambda: paused_job(daemon) is not None, 30, 0.1), daemon.log()
                 pause_until_s = paused_job(daemon)["plan"]["pause_until_s"]

@@ -86,7 +86,7 @@ def test_all_zero_importance_is_reported_and_falls_back_to_one_tensor(caplog):
     prof = _profile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: every Δw is 0
     selector = GreenSelector(prof, ConstantRho(0.6))
-    with caplog.at_level(logging.WARNING, logger="gt_core.selection.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="gt_core.green_selector"):
         selection = selector.choose(model, optimizer, ImportanceBatches(batches), RhoReading(0.6, "test"), epoch=0, global_step=0)
     assert selection.mask.sum() == 1
     assert selection.fallback is not None and selection.names[0] in selection.fallback
@@ -102,7 +102,7 @@ def test_non_finite_importance_is_counted_and_never_selected(caplog):
     victim = dict(model.named_parameters())[victim_name]
     victim.register_hook(lambda grad: torch.full_like(grad, float("nan")))  # as an fp16 overflow would
     selector = GreenSelector(prof, ConstantRho(1.0))
-    with caplog.at_level(logging.WARNING, logger="gt_core.selection.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="gt_core.green_selector"):
         selection = selector.choose(model, optimizer, ImportanceBatches(batches), RhoReading(1.0, "test"), epoch=0, global_step=0)
     assert selection.non_finite == 1
     assert victim_name not in selection.names and selection.names
