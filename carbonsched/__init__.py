@@ -12,6 +12,7 @@ The shared seam, at the top of the package:
 * ``config``    -- the daemon's TOML config; ``paths`` -- where sockets and state live.
 * ``store``     -- the SQLite store of readings, decisions, jobs, epochs and pauses.
 * ``types``     -- values that cross modules (readings, decisions, JSON values).
+* ``times``     -- the time vocabulary: instants, durations and deadlines read one way, one formatter.
 * ``cli``       -- the ``carbonsched`` command, built from ``commands/``.
 
 The rooms:
