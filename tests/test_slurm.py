@@ -39,7 +39,9 @@ from daemon_helpers import short_dir, wait_until
 from fake_pynvml import FakeGpu, make_fake_nvml
 from slurm_cluster import SlurmCluster, slurm_skip_reason
 
-pytestmark = pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")
+# One cluster for the module, on one xdist worker: two clusters would each start a slurmd for this host's node.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-cluster"),
+              pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")]
 
 BIN = Path(sys.executable).parent
 CARBONSCHED = BIN / "carbonsched"
