@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch; a GPU user installs their CUDA build of torch first (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test soak bench gpu-check venv clean
+.PHONY: demo test test-fast soak bench gpu-check venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m carbon_demo
 
+# The suite runs on one pytest-xdist worker per core (TEST_WORKERS=0 runs it in this process).
+# Tests that share one fixed resource (the one-node Slurm cluster, the booted systemd) carry an
+# xdist_group mark, and --dist loadgroup keeps each group on one worker.
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not soak" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" $(PYTEST_ARGS)
+
+# The quick loop: leaves out the slow tests (daemons, subprocesses, DDP/FSDP, Slurm, systemd, end-to-end).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not slow and not soak" $(PYTEST_ARGS)
 
 # Long reliability runs (50 kill -9 rounds, 100k fuzzed messages, ...): about 4 minutes.
 soak: $(STAMP)

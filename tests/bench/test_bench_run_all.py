@@ -12,6 +12,8 @@ import bench.common
 import bench.scheduling
 from bench import run_all
 
+pytestmark = pytest.mark.slow
+
 # A child that burns this much CPU time (its own clock, not the wall clock) before exiting.
 BURN_CPU_S = 0.3
 BURN = f"import time\nwhile time.process_time() < {BURN_CPU_S}: pass\n"

@@ -241,6 +241,7 @@ def test_default_state_dir_order():
     assert default_state_dir({"HOME": "/home/u", "XDG_STATE_HOME": "/xs"}) == Path("/xs/carbonsched")
 
 
+@pytest.mark.slow
 def test_a_daemon_refusing_connections_is_unavailable_busy_and_rho_falls_back():
     from daemon_helpers import admitted_conn, configured_daemon
 

@@ -137,6 +137,7 @@ def test_retention_prunes_samples_and_decisions_but_keeps_jobs_and_epochs(tmp_pa
         assert store.job("old") is not None and len(store.epochs("old")) == 1
 
 
+@pytest.mark.slow
 def test_acknowledged_rows_survive_kill_9(tmp_path):
     """A writer process is SIGKILLed right after reporting its writes; all are readable after."""
     path = tmp_path / "s.sqlite3"

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 HEAVY = ("torch", "transformers", "numpy", "peft", "datasets", "matplotlib", "tokenizers", "scipy")
 
 # Runs one command line as its console entry point would, then prints the top-level packages it imported.

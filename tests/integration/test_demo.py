@@ -5,6 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

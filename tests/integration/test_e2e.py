@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from carbonsched.cli import app as carbonsched_app
@@ -21,6 +22,8 @@ from gt_core.rho.daemon_source import DaemonRhoSource
 from gt_core.models.tiny import tiny_model
 from gt_core.data.tokenizer import build_tokenizer
 from gt_core.training.trainer import GreenTrainer, TrainConfig
+
+pytestmark = pytest.mark.slow
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
 

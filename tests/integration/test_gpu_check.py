@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 RUN_LABELS = ["full FT"] + [f"green ρ={rho} {mode}" for rho in ("1", "0.7", "0.4") for mode in ("keep", "offload", "drop")]

@@ -60,3 +60,34 @@ def test_no_apt_skips_apt_get_and_says_what_is_missing(project):
     assert "warning: systemd-analyze not found" in done.stdout and "warning: systemd-nspawn not found" in done.stdout
     assert "warning: slurmctld or munged not found" in done.stdout
     assert (project_dir / ".venv" / ".installed").is_file()
+
+
+@pytest.fixture
+def recording_project(project):
+    """The same copy, with a Python stand-in that records the arguments it is run with."""
+    project_dir, make = project
+    _script(project_dir / ".venv" / "bin" / "python", f'echo "$@" >> {project_dir / "python.log"}')
+    (project_dir / ".venv" / ".installed").touch()  # newer than pyproject.toml: no install step
+    return project_dir, make
+
+
+def _pytest_calls(project_dir: Path, make: str, *args: str) -> list[str]:
+    done = subprocess.run([make, "-C", str(project_dir), *args], capture_output=True, text=True,
+                          env={"PATH": str(project_dir / "bin")}, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return [line for line in (project_dir / "python.log").read_text().splitlines() if line.startswith("-m pytest")]
+
+
+def test_make_test_runs_everything_but_soak_on_a_worker_per_core(recording_project):
+    (call,) = _pytest_calls(*recording_project, "test")
+    assert "-n auto --dist loadgroup" in call and call.endswith("-m not soak")
+
+
+def test_make_test_fast_leaves_out_the_slow_tests_and_passes_extra_arguments(recording_project):
+    (call,) = _pytest_calls(*recording_project, "test-fast", "TEST_WORKERS=0", "PYTEST_ARGS=-x")
+    assert "-n 0 --dist loadgroup" in call and call.endswith("-m not slow and not soak -x")
+
+
+def test_make_soak_runs_only_the_soak_tests(recording_project):
+    (call,) = _pytest_calls(*recording_project, "soak")
+    assert "-m soak" in call and "not soak" not in call

@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from carbonsched.reporting.accounting import node_energy_j
@@ -25,6 +26,8 @@ from carbonsched.cli import app as carbonsched_app
 from carbonsched.store import J_PER_KWH, Store
 from carbonsched.reporting.store_invariants import store_violations
 from daemon_helpers import DaemonProcess, short_dir, wait_until, write_policy
+
+pytestmark = pytest.mark.slow
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
 EPOCHS = 6

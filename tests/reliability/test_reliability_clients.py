@@ -20,6 +20,8 @@ import pytest
 
 from daemon_helpers import LineConn, ask_new_conn, configured_daemon, short_dir, wait_until
 
+pytestmark = pytest.mark.slow
+
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 MAX_CONNECTIONS = 64
 READ_TIMEOUT_S = 2.0

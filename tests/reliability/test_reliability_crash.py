@@ -25,6 +25,8 @@ from carbonsched.store import Store
 from carbonsched.reporting.store_invariants import store_violations
 from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
+pytestmark = pytest.mark.slow
+
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 ROUNDS = int(os.environ.get("CARBONSCHED_CRASH_ROUNDS", 10))
 SOAK_ROUNDS = 50

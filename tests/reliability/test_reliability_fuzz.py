@@ -30,6 +30,8 @@ from carbonsched.reporting.store_invariants import store_violations
 
 from daemon_helpers import DaemonProcess, LineConn, short_dir, store_integrity
 
+pytestmark = pytest.mark.slow
+
 SOAK = os.environ.get("CARBONSCHED_SOAK") == "1"
 FUZZ_MESSAGES = int(os.environ.get("CARBONSCHED_FUZZ_MESSAGES", 10_000))
 SOAK_FUZZ_MESSAGES = 100_000

@@ -28,6 +28,8 @@ import pytest
 from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, LineConn, short_dir, wait_until
 from provider_server import EM_TOKEN, FakeProviderServer, Reply
 
+pytestmark = pytest.mark.slow
+
 LATEST = "/v3/carbon-intensity/latest"
 PRIMARY, FALLBACK = "electricitymaps:DE", "static:DEU"
 

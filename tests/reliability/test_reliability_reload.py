@@ -19,6 +19,8 @@ import pytest
 
 from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, ask_new_conn, configured_daemon, short_dir, wait_until
 
+pytestmark = pytest.mark.slow
+
 POLICY = 'kind = "constant"\nname = "steady"\nrho = 0.55\nrho_min = 0.3\n'
 OTHER_POLICY = 'kind = "constant"\nname = "steadier"\nrho = 0.65\nrho_min = 0.3\n'
 

@@ -15,6 +15,8 @@ from carbonsched.store import Store
 
 from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, configured_daemon, short_dir, wait_until
 
+pytestmark = pytest.mark.slow
+
 GOOD_POLICY = 'kind = "constant"\nname = "pinned"\nrho = 0.6\nrho_min = 0.34\n'
 OTHER_POLICY = 'kind = "constant"\nname = "repinned"\nrho = 0.8\nrho_min = 0.34\n'
 BROKEN_POLICY = 'kind = "constant"\nname = "broken"\nrho = "lots"\n'

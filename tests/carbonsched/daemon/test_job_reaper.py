@@ -9,9 +9,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from carbonsched.daemon.processes import process_alive
 from carbonsched.store import Store
 from daemon_helpers import DaemonProcess, short_dir, wait_until
+
+pytestmark = pytest.mark.slow
 
 TRAINER = textwrap.dedent(
     """

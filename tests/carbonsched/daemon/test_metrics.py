@@ -19,6 +19,8 @@ from carbonsched.store import Store
 from daemon_helpers import DaemonProcess, short_dir, wait_until
 from proc_helpers import free_port
 
+pytestmark = pytest.mark.slow
+
 JOB = 'job_id="j",model="m",scheme="green"'
 
 

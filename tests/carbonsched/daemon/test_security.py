@@ -25,6 +25,8 @@ import pytest
 from daemon_helpers import CARBONSCHED_BIN, DaemonProcess, short_dir, wait_until
 from provider_server import FakeProviderServer, Reply
 
+pytestmark = pytest.mark.slow
+
 NOBODY = 65534
 FAKE_KEY = "cs-FAKEKEY-7f3a9c1e5b2d"
 SETPRIV = shutil.which("setpriv")

@@ -213,6 +213,7 @@ for line in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 def test_admin_ops_are_refused_to_another_uid_but_normal_ops_work(sock_dir):
     os.chmod(sock_dir, 0o755)  # let nobody reach the socket; the socket itself stays 0660
     srv = UnixSocketServer(sock_dir / "s.sock", handler)

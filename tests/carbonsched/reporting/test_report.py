@@ -105,6 +105,7 @@ def test_savings_are_modelled_until_a_full_fine_tuning_run_of_the_model_is_store
     assert [r.job_id for r in build_report(store, since=T0 + 1)] == []
 
 
+@pytest.mark.slow
 def test_two_concurrent_jobs_add_up_to_the_node_energy(tmp_path):
     """Real daemon, real meter: the jobs' epoch energies sum to the node's over the same windows."""
     with short_dir() as d:

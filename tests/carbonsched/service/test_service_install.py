@@ -18,7 +18,7 @@ CARBONSCHED = Path(sys.executable).parent / "carbonsched"
 GPU_GID = 4242  # owns the tree's /dev/dri/renderD128, under the group name "gpuusers"
 PROVIDER = "static:FRA"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="useradd/groupadd --prefix need root")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="useradd/groupadd --prefix need root")]
 
 
 def run_service(root: Path | None, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -58,7 +58,9 @@ def _skip_reason() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")]
+# One booted container for the module, on one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("systemd-container"),
+              pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")]
 
 
 def _descendants(pid: int) -> Iterator[int]:

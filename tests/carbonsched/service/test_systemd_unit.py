@@ -19,7 +19,8 @@ CARBONSCHED = Path(sys.executable).parent / "carbonsched"
 MAX_EXPOSURE = 20
 
 ANALYZE = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing: apt-get install -y systemd")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing: apt-get install -y systemd")]
 
 PLAIN = UnitParameters(executable=CARBONSCHED)
 # A GPU machine whose interpreter lives in a home directory, installed with a PYTHONPATH.

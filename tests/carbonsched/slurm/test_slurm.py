@@ -39,7 +39,9 @@ from daemon_helpers import short_dir, wait_until
 from fake_pynvml import FakeGpu, make_fake_nvml
 from slurm_cluster import SlurmCluster, slurm_skip_reason
 
-pytestmark = pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")
+# One cluster for the module, on one xdist worker: two clusters would each start a slurmd for this host's node.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-cluster"),
+              pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")]
 
 BIN = Path(sys.executable).parent
 CARBONSCHED = BIN / "carbonsched"
@@ -195,7 +197,9 @@ def test_dry_run_prints_the_sbatch_command_with_the_plan_and_the_declaration(clu
     assert done.returncode == 0, done.stderr
     command = done.stdout.splitlines()[0]
     begin = int(re.search(r"--begin=now\+(\d+)", command).group(1))
-    assert 540 <= begin <= 601 and "--deadline=now+7200" in command  # 600 s less the command's start-up
+    deadline = int(re.search(r"--deadline=now\+(\d+)", command).group(1))
+    # 600 s and 2 h, each less the command's start-up (whole seconds: a loaded machine takes one or more)
+    assert 540 <= begin <= 601 and 7140 <= deadline <= 7200
     # --export=NONE would withhold the declaration from the script: only it is exported.
     assert command.startswith(f"{JOB_DECLARATION_ENV}=")
     assert command.endswith(f"-p debug --export={JOB_DECLARATION_ENV} job.sh arg")

@@ -5,12 +5,16 @@ with the same weights and metrics on both ranks."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from proc_helpers import ACCELERATE_FLAGS, ROOT, launch
+
+pytestmark = pytest.mark.slow
 
 TRAIN_ARGS = [
     "train", "--tiny", "opt", "--limit", "16", "--epochs", "2", "--batch-size", "4", "--max-input-length", "64",
@@ -76,7 +80,9 @@ def test_train_ends_with_identical_weights_and_metrics_on_both_ranks(tmp_path):
     out = tmp_path / "run"
     run = launch(
         "accelerate", ["-m", "rank_dump", *TRAIN_ARGS, "--rho-schedule", str(schedule), "--output-dir", str(out)],
-        tmp_path, PYTHONPATH=str(tmp_path / "mods"), RANK_DUMP_DIR=str(tmp_path),
+        tmp_path, RANK_DUMP_DIR=str(tmp_path),
+        # Ahead of, not instead of, the caller's path: the ranks import the gt_core under test.
+        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path / "mods"), os.environ.get("PYTHONPATH")])),
     )
     assert run.returncode == 0, run.stderr[-4000:]
     info = [json.loads((tmp_path / f"info_r{r}.json").read_text()) for r in (0, 1)]

@@ -17,6 +17,8 @@ from gt_core.distributed.data_parallel import (
 )
 from proc_helpers import BIN, ROOT, free_port, launch_env
 
+pytestmark = pytest.mark.slow
+
 # 2-process vs 1-process: same examples per global step and token-weighted loss, so only float
 # summation order differs (measured: 7e-9 after epoch 1, 1.4e-7 after epoch 2).
 WEIGHT_TOL = 1e-5

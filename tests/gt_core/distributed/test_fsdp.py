@@ -15,6 +15,8 @@ from gt_core.distributed.fsdp import check_strategy, wrap_classes
 from gt_core.models.tiny import tiny_model
 from proc_helpers import BIN, ROOT, free_port, launch_env
 
+pytestmark = pytest.mark.slow
+
 # float64 end to end (fsdp_worker's loss too): only summation order differs between 1 and 2
 # processes (measured: 6e-17 after epoch 1, 3.9e-12 after epoch 2).
 WEIGHT_TOL = 1e-10

@@ -25,6 +25,8 @@ from gt_core.models.tiny import tiny_model
 from gt_core.data.tokenizer import load_tokenizer
 from proc_helpers import free_port
 
+pytestmark = pytest.mark.slow
+
 N_TRAIN, BATCH, ACCUMULATION = 20, 4, 2
 MICRO_BATCHES = 5  # 20 rows / 4 per micro-batch, per epoch
 OPTIMIZER_STEPS = 3  # windows of 2, 2 and 1 micro-batches

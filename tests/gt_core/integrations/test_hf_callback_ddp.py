@@ -14,6 +14,8 @@ import torch
 
 from proc_helpers import ROOT, launch
 
+pytestmark = pytest.mark.slow
+
 WORKER = ROOT / "tests" / "helpers" / "hf_ddp_worker.py"
 SCHEDULE = [0.5, 0.8]  # as in the worker
 

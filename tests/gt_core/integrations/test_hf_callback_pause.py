@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import pytest
 from transformers import TrainerCallback
 
 from carbonsched.store import Store
@@ -21,6 +22,8 @@ from gt_core.rho.daemon_source import DaemonRhoSource
 from gt_core.models.tiny import tiny_model
 from hf_trainer_helpers import green_hf_trainer
 from pause_helpers import paused_job, wait_for_reading, write_trace
+
+pytestmark = pytest.mark.slow
 
 EPOCHS, STEPS_PER_EPOCH = 2, 4  # 8 examples, 2 per step
 POLL_S = 0.05

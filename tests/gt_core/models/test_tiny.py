@@ -85,6 +85,7 @@ def test_every_public_name_of_gt_core_is_the_object_of_that_name():
         gt_core.nope  # noqa: B018
 
 
+@pytest.mark.slow
 def test_importing_gt_core_does_not_import_torch():
     """The package loads its public names lazily, so ``greentrainer --help`` stays fast."""
     code = "import sys, gt_core; assert gt_core.__all__; print('torch' in sys.modules)"

@@ -71,6 +71,7 @@ def test_bad_arguments_give_one_error_line_and_exit_2(args: list[str], message: 
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_real_process() -> None:
     exe = Path(sys.executable).with_name("greentrainer")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

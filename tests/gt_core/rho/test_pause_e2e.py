@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from carbonsched.cli import app as carbonsched_app
@@ -22,6 +23,8 @@ from daemon_helpers import DaemonProcess, short_dir, wait_until
 from gt_core.rho.pausing import wait_while_paused
 from gt_core.rho.daemon_source import DaemonRhoSource
 from pause_helpers import paused_job, wait_for_reading, write_trace
+
+pytestmark = pytest.mark.slow
 
 GREENTRAINER_BIN = os.path.join(os.path.dirname(sys.executable), "greentrainer")
 

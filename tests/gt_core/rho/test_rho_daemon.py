@@ -12,6 +12,8 @@ from gt_core.models.tiny import tiny_model
 from gt_core.training.trainer import GreenTrainer, TrainConfig
 from carbonsched.store import Store
 
+pytestmark = pytest.mark.slow
+
 
 def make_trainer(tmp_path, tokenizer, task, source, epochs=2, callbacks=()):
     config = TrainConfig(

@@ -260,6 +260,7 @@ def test_scoring_on_arrival_matches_the_former_all_gradients_implementation(metr
     assert np.array_equal(np.argsort(-got[live], kind="stable"), np.argsort(-want[live], kind="stable"))
 
 
+@pytest.mark.slow
 def test_importance_pass_holds_no_gradient_per_tensor(tmp_path):
     """Peak resident memory of the importance pass over the model, in a fresh process whose freed
     tensors leave the resident set: below one gradient per tensor (the former pass held every

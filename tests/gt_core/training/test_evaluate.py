@@ -185,6 +185,7 @@ def test_cli_bad_input_is_one_error_line_with_exit_code_2(tmp_path, args, messag
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_real_command():
     executable = Path(sys.executable).with_name("greentrainer")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -16,6 +16,8 @@ from gt_core.models.tiny import tiny_model
 from gt_core.data.tokenizer import load_tokenizer
 from proc_helpers import BIN, ROOT, free_port, launch_env
 
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 0.10
 
 

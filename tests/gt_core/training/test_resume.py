@@ -10,6 +10,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -308,6 +308,7 @@ assert trainer.interrupted
 """
 
 
+@pytest.mark.slow
 def test_resuming_a_mid_epoch_checkpoint_names_the_step(tmp_path):
     import os
     import subprocess
@@ -325,6 +326,7 @@ def test_resuming_a_mid_epoch_checkpoint_names_the_step(tmp_path):
     assert "resuming at epoch 0, step 2 of 4" in resumed.output, resumed.output
 
 
+@pytest.mark.slow
 def test_no_progress_also_silences_the_loading_weights_bar_of_a_local_model(tmp_path):
     import os
     import subprocess
