@@ -35,10 +35,10 @@ demo: $(STAMP)
 	$(PY) -m carbon_demo
 
 # The suite runs on one pytest-xdist worker per core (TEST_WORKERS=0 runs it in this process).
-# Tests that share one fixed resource (the one-node Slurm cluster, the booted systemd) carry an
-# xdist_group mark, and --dist loadgroup keeps each group on one worker.
+# --dist loadfile keeps each test module on one worker: a module's fixtures (the one-node Slurm
+# cluster, the booted systemd container, expensive models) are set up once and never twice at a time.
 TEST_WORKERS ?= auto
-XDIST := -n $(TEST_WORKERS) --dist loadgroup
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) -m "not soak" $(PYTEST_ARGS)

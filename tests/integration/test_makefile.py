@@ -80,12 +80,12 @@ def _pytest_calls(project_dir: Path, make: str, *args: str) -> list[str]:
 
 def test_make_test_runs_everything_but_soak_on_a_worker_per_core(recording_project):
     (call,) = _pytest_calls(*recording_project, "test")
-    assert "-n auto --dist loadgroup" in call and call.endswith("-m not soak")
+    assert "-n auto --dist loadfile" in call and call.endswith("-m not soak")
 
 
 def test_make_test_fast_leaves_out_the_slow_tests_and_passes_extra_arguments(recording_project):
     (call,) = _pytest_calls(*recording_project, "test-fast", "TEST_WORKERS=0", "PYTEST_ARGS=-x")
-    assert "-n 0 --dist loadgroup" in call and call.endswith("-m not slow and not soak -x")
+    assert "-n 0 --dist loadfile" in call and call.endswith("-m not slow and not soak -x")
 
 
 def test_make_soak_runs_only_the_soak_tests(recording_project):

@@ -58,8 +58,8 @@ def _skip_reason() -> str | None:
     return None
 
 
-# One booted container for the module, on one xdist worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("systemd-container"),
+# One booted container for the module, whose tests run in order on one worker (make test's --dist loadfile).
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")]
 
 

@@ -39,8 +39,9 @@ from daemon_helpers import short_dir, wait_until
 from fake_pynvml import FakeGpu, make_fake_nvml
 from slurm_cluster import SlurmCluster, slurm_skip_reason
 
-# One cluster for the module, on one xdist worker: two clusters would each start a slurmd for this host's node.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm-cluster"),
+# One cluster for the module (make test's --dist loadfile keeps a module on one worker): two clusters
+# would each start a slurmd for this host's node.
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(slurm_skip_reason() is not None, reason=slurm_skip_reason() or "")]
 
 BIN = Path(sys.executable).parent
