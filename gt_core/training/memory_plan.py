@@ -24,7 +24,10 @@ holds the moments of every tensor the budget can reach (trained in an earlier ep
 in flight, and the activations of a backward reaching the deepest of them: the pass recomputes each
 transformer block in its backward (:func:`gt_core.selection.importance.recomputed_blocks`), so these are the
 checkpointed forward's saved bytes plus one block's recomputation, with or without the training
-run's gradient checkpointing.
+run's gradient checkpointing. Under ``fsdp`` the pass's peak is inside its backward, where FSDP2
+still holds the previous unit's reduce-scatter input (its unsharded gradients, kept until the next
+unit's reduce-scatter) while the current unit's gradients accumulate: the unsharded gradients of
+the two largest units the budget reaches.
 """
 
 from __future__ import annotations
@@ -188,11 +191,13 @@ class RankMemoryModel:
     def importance(self, label: str, rho: float, with_state: np.ndarray | None = None) -> RankMemory:
         """The importance pass at ``rho``: one gradient in flight, moments of ``with_state`` (default:
         every tensor the budget can reach), the activations of a backward reaching all of them with
-        each block recomputed."""
+        each block recomputed; under ``fsdp`` two units' unsharded gradients (see the module text)."""
         reachable = ~unreachable_tensors(self.profile, rho)
         state = reachable if with_state is None else with_state
         in_flight = int(self.counts[reachable].max()) * 4 // self.shard
-        unit_grads = max((self.unit_params[u] for u, t in zip(self.units, reachable) if t), default=0) * 4
+        reached_units = {u for u, t in zip(self.units, reachable) if t}
+        # The previous unit's reduce-scatter input and the current unit's accumulating gradients.
+        unit_grads = sum(sorted((self.unit_params[u] for u in reached_units), reverse=True)[:2]) * 4
         return RankMemory(label, self.weights, in_flight, 2 * int(self.counts[state].sum()) * self.width // self.shard,
                           self.activations(reachable, recomputed=True),
                           self.gathered + (unit_grads if self.shard > 1 else 0))
