@@ -329,11 +329,6 @@ def decode_reply(line: bytes) -> JsonObject:
 # Instants are ISO 8601 UTC strings unless named ``*_s`` (unix s).
 
 
-class ErrorBody(TypedDict):
-    code: str
-    message: str
-
-
 class PingReply(TypedDict):
     pong: bool
     version: str
